@@ -1,0 +1,469 @@
+//! Configuration: a TOML file (every key optional), `${VAR}` expansion from the
+//! environment, then CLI flags and `SWITCHBOARD_*` environment variables on top.
+//!
+//! Unknown keys are an error that names the key, so that a typo never silently
+//! turns a setting off.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_PORT: u16 = 18789;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// TCP port for HTTP and WebSocket (default 18789).
+    pub port: u16,
+    /// `loopback` (127.0.0.1), `lan` (0.0.0.0) or an IP address.
+    pub bind: String,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsConfig,
+    /// Browser origins allowed to open a WebSocket (exact `scheme://host[:port]`, or `*`).
+    /// Same-host origins are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Interval of `tick` events (ms).
+    pub tick_interval_ms: u64,
+    /// How often the health monitor re-checks health when nothing notified it (ms).
+    pub health_check_interval_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            bind: "loopback".into(),
+            auth: AuthConfig::default(),
+            tls: None,
+            limits: LimitsConfig::default(),
+            allowed_origins: Vec::new(),
+            tick_interval_ms: 30_000,
+            health_check_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared token: grants every scope of every role.
+    pub token: Option<String>,
+    /// Shared password: grants every scope of every role.
+    pub password: Option<String>,
+    /// Extra tokens limited to some scopes (e.g. a read-only dashboard).
+    pub tokens: Vec<ScopedToken>,
+    /// Failed handshakes allowed per remote IP per minute before `rate limited`.
+    pub max_failures_per_minute: u32,
+    /// Loopback clients without a browser `Origin` are not rate limited.
+    pub exempt_loopback: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            password: None,
+            tokens: Vec::new(),
+            max_failures_per_minute: 10,
+            exempt_loopback: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// A label for logs.
+    pub name: String,
+    pub token: String,
+    /// Roles this token may take (default: operator).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Scopes this token may be granted.
+    pub scopes: Vec<String>,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["operator".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open TCP connections (HTTP and WebSocket) at once; held for the socket's life.
+    pub max_connections: usize,
+    /// Largest frame accepted before the handshake completes.
+    pub preauth_max_frame_bytes: usize,
+    /// Largest frame accepted after the handshake (advertised as `policy.maxPayload`).
+    pub max_payload_bytes: usize,
+    /// Advertised as `policy.maxBufferedBytes`.
+    pub max_buffered_bytes: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub send_queue_frames: usize,
+    /// Kernel send buffer per WebSocket (bytes, 0 = OS default/autotuning).
+    pub socket_send_buffer_bytes: usize,
+    /// Time allowed between the upgrade and a successful `connect`.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed for a client to send complete HTTP request headers.
+    pub header_read_timeout_ms: u64,
+    /// Requests one connection may have in flight at once.
+    pub max_inflight_requests: usize,
+    /// Bound on graceful shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            preauth_max_frame_bytes: 64 * 1024,
+            max_payload_bytes: 25 * 1024 * 1024,
+            max_buffered_bytes: 50 * 1024 * 1024,
+            send_queue_frames: 1024,
+            socket_send_buffer_bytes: 256 * 1024,
+            handshake_timeout_ms: 15_000,
+            header_read_timeout_ms: 10_000,
+            max_inflight_requests: 32,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory watched for channel plugins (`*.wasm`).
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+        }
+    }
+}
+
+/// Values from CLI flags and environment variables; `None` leaves the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub bind: Option<String>,
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given (it must exist), else
+    /// `./switchboard.toml` if present, else defaults; then applies `overrides`
+    /// and validates the result.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None => {
+                let default = Path::new("switchboard.toml");
+                if default.is_file() {
+                    Self::from_file(default)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml_str(&text, |k| std::env::var(k).ok())
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses TOML text, expanding `${VAR}` in every string value with `env`.
+    pub fn from_toml_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        expand_env(&mut value, "", &env)?;
+        // Deserialising from the expanded Value loses line numbers but keeps the
+        // key names, which is what the error needs.
+        Config::deserialize(value).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(p) = o.port {
+            self.gateway.port = p;
+        }
+        if let Some(b) = &o.bind {
+            self.gateway.bind = b.clone();
+        }
+        if let Some(t) = &o.token {
+            self.gateway.auth.token = Some(t.clone());
+        }
+        if let Some(p) = &o.password {
+            self.gateway.auth.password = Some(p.clone());
+        }
+        if let Some(d) = &o.plugins_dir {
+            self.plugins.dir = d.clone();
+        }
+    }
+
+    /// Checks what serde cannot: bind address, auth when reachable beyond
+    /// loopback, TLS files, limits.
+    pub fn validate(&mut self) -> Result<()> {
+        // Empty secrets are as good as none; treat them so.
+        if self.gateway.auth.token.as_deref() == Some("") {
+            self.gateway.auth.token = None;
+        }
+        if self.gateway.auth.password.as_deref() == Some("") {
+            self.gateway.auth.password = None;
+        }
+        let ip = self.bind_ip()?;
+        if !ip.is_loopback() && !self.has_auth() {
+            bail!(
+                "refusing to listen on {ip} without authentication: anyone on the network could \
+                 control this gateway. Set a token with `--token`, SWITCHBOARD_TOKEN or \
+                 `[gateway.auth] token = \"${{SWITCHBOARD_TOKEN}}\"` (or a password with \
+                 `--password` / `[gateway.auth] password`), or bind to loopback (`--bind loopback`)"
+            );
+        }
+        for (i, t) in self.gateway.auth.tokens.iter().enumerate() {
+            if t.token.is_empty() {
+                bail!("gateway.auth.tokens[{i}] ({}) has an empty token", t.name);
+            }
+            for s in &t.scopes {
+                if !crate::gateway::auth::KNOWN_SCOPES.contains(&s.as_str()) {
+                    bail!(
+                        "gateway.auth.tokens[{i}] ({}): unknown scope `{s}`; known scopes: {}",
+                        t.name,
+                        crate::gateway::auth::KNOWN_SCOPES.join(", ")
+                    );
+                }
+            }
+            for r in &t.roles {
+                if r != "operator" && r != "node" {
+                    bail!(
+                        "gateway.auth.tokens[{i}] ({}): unknown role `{r}`; use operator or node",
+                        t.name
+                    );
+                }
+            }
+        }
+        let l = &self.gateway.limits;
+        if l.max_connections == 0 {
+            bail!("gateway.limits.max_connections must be at least 1");
+        }
+        if l.send_queue_frames == 0 {
+            bail!("gateway.limits.send_queue_frames must be at least 1");
+        }
+        if l.max_inflight_requests == 0 {
+            bail!("gateway.limits.max_inflight_requests must be at least 1");
+        }
+        if l.preauth_max_frame_bytes < 1024 {
+            bail!("gateway.limits.preauth_max_frame_bytes must be at least 1024");
+        }
+        if l.max_payload_bytes < l.preauth_max_frame_bytes {
+            bail!("gateway.limits.max_payload_bytes must be at least preauth_max_frame_bytes");
+        }
+        if self.gateway.tick_interval_ms == 0 {
+            bail!("gateway.tick_interval_ms must be at least 1");
+        }
+        if self.gateway.health_check_interval_ms == 0 {
+            bail!("gateway.health_check_interval_ms must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn has_auth(&self) -> bool {
+        self.gateway.auth.token.is_some()
+            || self.gateway.auth.password.is_some()
+            || !self.gateway.auth.tokens.is_empty()
+    }
+
+    pub fn bind_ip(&self) -> Result<IpAddr> {
+        match self.gateway.bind.as_str() {
+            "loopback" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "lan" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            other => other.parse().with_context(|| {
+                format!("gateway.bind: `{other}` is not `loopback`, `lan` or an IP address")
+            }),
+        }
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        Ok(SocketAddr::new(self.bind_ip()?, self.gateway.port))
+    }
+
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.gateway.tick_interval_ms)
+    }
+}
+
+/// Expands `${VAR}` in every string of `value`; `$${` stands for a literal `${`.
+fn expand_env(
+    value: &mut toml::Value,
+    path: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    match value {
+        toml::Value::String(s) => {
+            *s = expand_str(s, env).with_context(|| format!("in `{path}`"))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_env(v, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                expand_env(v, &p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(stripped) = after.strip_prefix("${") {
+            let end = stripped
+                .find('}')
+                .with_context(|| format!("unterminated `${{` in \"{s}\""))?;
+            let name = &stripped[..end];
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                bail!("`${{{name}}}` is not a valid environment variable reference");
+            }
+            let v = env(name).with_context(|| {
+                format!("environment variable {name} is not set (referenced as `${{{name}}}`)")
+            })?;
+            out.push_str(&v);
+            rest = &stripped[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A flat key → value view used by `status` to show where settings came from.
+pub fn describe(config: &Config) -> BTreeMap<&'static str, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    m.insert("bind", serde_json::json!(config.gateway.bind));
+    m.insert("port", serde_json::json!(config.gateway.port));
+    m.insert("tls", serde_json::json!(config.gateway.tls.is_some()));
+    m.insert(
+        "auth",
+        serde_json::json!(match (
+            config.gateway.auth.token.is_some(),
+            config.gateway.auth.password.is_some()
+        ) {
+            (true, true) => "token+password",
+            (true, false) => "token",
+            (false, true) => "password",
+            (false, false) if !config.gateway.auth.tokens.is_empty() => "scoped-tokens",
+            _ => "none",
+        }),
+    );
+    m.insert(
+        "pluginsDir",
+        serde_json::json!(config.plugins.dir.display().to_string()),
+    );
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "TOK" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_variables_and_escapes() {
+        let c = Config::from_toml_str(
+            "[gateway.auth]\ntoken = \"${TOK}\"\npassword = \"a$${b}c$d\"\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.gateway.auth.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.gateway.auth.password.as_deref(), Some("a${b}c$d"));
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_the_key() {
+        let e = Config::from_toml_str("[gateway.auth]\ntoken = \"${NOPE}\"\n", env).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("NOPE"), "{msg}");
+        assert!(msg.contains("gateway.auth.token"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("[gateway]\nprot = 1\n", env).unwrap_err();
+        assert!(format!("{e:#}").contains("prot"), "{e:#}");
+    }
+
+    #[test]
+    fn lan_without_auth_is_refused() {
+        let mut c = Config::default();
+        c.gateway.bind = "lan".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--token"), "{e}");
+        c.gateway.auth.token = Some("x".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_bind_is_explained() {
+        let mut c = Config::default();
+        c.gateway.bind = "everywhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("gateway.bind"));
+    }
+}

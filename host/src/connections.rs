@@ -1,0 +1,313 @@
+//! The connection manager: every authenticated WebSocket connection, looked
+//! up by id, role, scope and device id, and the presence list built from them.
+//!
+//! A [`Connection`] is the handle other components hold: its bounded outbound
+//! queue (drained by the connection's writer task) and its close signal.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::gateway::auth::scope_satisfies;
+use crate::gateway::frames::PreparedEvent;
+
+/// What a connection's writer task sends, in queue order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A complete frame (a response, or an unsequenced event).
+    Frame(String),
+    /// A broadcast event; the writer appends this connection's next `seq`.
+    Event(Arc<PreparedEvent>),
+    /// Flush what is queued before this, then close with this code.
+    Close(u16, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The client's self-description from `connect.client`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub version: String,
+    pub platform: String,
+    pub device_family: Option<String>,
+    pub model_identifier: Option<String>,
+    pub mode: String,
+    pub instance_id: Option<String>,
+}
+
+pub struct Connection {
+    pub id: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+    pub device_id: Option<String>,
+    pub client: ClientInfo,
+    pub remote_ip: IpAddr,
+    pub connected_at_ms: u64,
+    tx: mpsc::Sender<Outbound>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+/// Why an enqueue did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// The queue is full: the client is not reading fast enough.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+impl Connection {
+    pub fn new(
+        id: String,
+        role: String,
+        scopes: Vec<String>,
+        device_id: Option<String>,
+        client: ClientInfo,
+        remote_ip: IpAddr,
+        connected_at_ms: u64,
+        tx: mpsc::Sender<Outbound>,
+        close: watch::Sender<Option<CloseReason>>,
+    ) -> Self {
+        Self {
+            id,
+            role,
+            scopes,
+            device_id,
+            client,
+            remote_ip,
+            connected_at_ms,
+            tx,
+            close,
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        scope_satisfies(&self.scopes, scope)
+    }
+
+    /// Queues without waiting.
+    pub fn try_send(&self, item: Outbound) -> Result<(), EnqueueError> {
+        self.tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EnqueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => EnqueueError::Closed,
+        })
+    }
+
+    /// Closes at once, dropping whatever is still queued (slow consumers).
+    pub fn close_now(&self, code: u16, reason: &str) {
+        self.close.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(CloseReason {
+                    code,
+                    reason: reason.to_string(),
+                });
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Closes after the frames already queued (shutdown); falls back to an
+    /// immediate close when the queue is full.
+    pub fn close_after_queue(&self, code: u16, reason: &str) {
+        if self.try_send(Outbound::Close(code, reason.to_string())) == Err(EnqueueError::Full) {
+            self.close_now(code, reason);
+        }
+    }
+
+    /// This connection's entry in `system-presence`.
+    pub fn presence_entry(&self) -> Value {
+        let host = self
+            .client
+            .display_name
+            .clone()
+            .unwrap_or_else(|| self.client.id.clone());
+        let mut e = json!({
+            "host": host,
+            "ip": self.remote_ip.to_string(),
+            "version": self.client.version,
+            "platform": self.client.platform,
+            "mode": self.client.mode,
+            "reason": "connect",
+            "instanceId": self.client.instance_id.clone().unwrap_or_else(|| self.id.clone()),
+            "text": format!("{} ({}) · {} · mode {} · {}", host, self.remote_ip, self.client.version, self.client.mode, self.role),
+            "ts": self.connected_at_ms,
+            "onlineSince": self.connected_at_ms,
+            "roles": [self.role],
+            "scopes": self.scopes,
+        });
+        if let Some(d) = &self.device_id {
+            e["deviceId"] = json!(d);
+        }
+        if let Some(f) = &self.client.device_family {
+            e["deviceFamily"] = json!(f);
+        }
+        if let Some(m) = &self.client.model_identifier {
+            e["modelIdentifier"] = json!(m);
+        }
+        e
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<String, Arc<Connection>>,
+    by_device: HashMap<String, HashSet<String>>,
+}
+
+/// Every authenticated connection. Registration order is kept for presence.
+#[derive(Default)]
+pub struct ConnectionManager {
+    inner: RwLock<Registry>,
+}
+
+impl ConnectionManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, conn: Arc<Connection>) {
+        let mut r = self.write();
+        if let Some(d) = &conn.device_id {
+            r.by_device
+                .entry(d.clone())
+                .or_default()
+                .insert(conn.id.clone());
+        }
+        r.by_id.insert(conn.id.clone(), conn);
+    }
+
+    pub fn unregister(&self, id: &str) -> Option<Arc<Connection>> {
+        let mut r = self.write();
+        let conn = r.by_id.remove(id)?;
+        if let Some(d) = &conn.device_id {
+            if let Some(set) = r.by_device.get_mut(d) {
+                set.remove(id);
+                if set.is_empty() {
+                    r.by_device.remove(d);
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Connection>> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn by_role(&self, role: &str) -> Vec<Arc<Connection>> {
+        self.filter(|c| c.role == role)
+    }
+
+    pub fn by_scope(&self, scope: &str) -> Vec<Arc<Connection>> {
+        self.filter(|c| c.has_scope(scope))
+    }
+
+    pub fn by_device(&self, device_id: &str) -> Vec<Arc<Connection>> {
+        let r = self.read();
+        r.by_device
+            .get(device_id)
+            .map(|ids| ids.iter().filter_map(|id| r.by_id.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn count_by_role(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for c in self.read().by_id.values() {
+            *m.entry(c.role.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Runs `f` over every connection under the registry's read lock. `f`
+    /// must not block (the broadcaster only does `try_send`).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
+        for c in self.read().by_id.values() {
+            f(c);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.read().by_id.values().cloned().collect()
+    }
+
+    fn filter(&self, pred: impl Fn(&Connection) -> bool) -> Vec<Arc<Connection>> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|c| pred(c))
+            .cloned()
+            .collect()
+    }
+
+    /// Presence entries of every client, oldest connection first.
+    pub fn presence(&self) -> Vec<Value> {
+        let mut conns = self.all();
+        conns.sort_by(|a, b| {
+            a.connected_at_ms
+                .cmp(&b.connected_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        conns.iter().map(|c| c.presence_entry()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: &str, role: &str, scopes: &[&str], device: Option<&str>) -> Arc<Connection> {
+        let (tx, _rx) = mpsc::channel(1);
+        let (close, _) = watch::channel(None);
+        Arc::new(Connection::new(
+            id.into(),
+            role.into(),
+            scopes.iter().map(|s| s.to_string()).collect(),
+            device.map(Into::into),
+            ClientInfo::default(),
+            "127.0.0.1".parse().unwrap(),
+            0,
+            tx,
+            close,
+        ))
+    }
+
+    #[test]
+    fn lookups() {
+        let m = ConnectionManager::new();
+        m.register(conn("a", "operator", &["operator.admin"], Some("d1")));
+        m.register(conn("b", "operator", &["operator.read"], Some("d1")));
+        m.register(conn("c", "node", &[], None));
+        assert_eq!(m.count(), 3);
+        assert_eq!(m.by_role("node").len(), 1);
+        assert_eq!(m.by_scope("operator.write").len(), 1);
+        assert_eq!(m.by_scope("operator.read").len(), 2);
+        assert_eq!(m.by_device("d1").len(), 2);
+        m.unregister("a");
+        assert_eq!(m.by_device("d1").len(), 1);
+        assert!(m.get("a").is_none());
+        assert_eq!(m.count_by_role()["operator"], 1);
+    }
+}

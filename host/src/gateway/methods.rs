@@ -1,0 +1,122 @@
+//! Control-plane methods: the table of names and required scopes, parameter
+//! validation, and dispatch.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::SCOPE_READ;
+use super::frames::ErrorShape;
+use super::Gateway;
+use crate::connections::Connection;
+
+/// Every method this gateway implements, with the scope it needs.
+const METHODS: &[(&str, &str)] = &[
+    ("health", SCOPE_READ),
+    ("status", SCOPE_READ),
+    ("system-presence", SCOPE_READ),
+    ("channels.status", SCOPE_READ),
+];
+
+pub fn names() -> Vec<&'static str> {
+    METHODS.iter().map(|(n, _)| *n).collect()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthParams {
+    #[allow(dead_code)]
+    probe: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ChannelsStatusParams {
+    #[allow(dead_code)]
+    probe: Option<bool>,
+    #[allow(dead_code)]
+    timeout_ms: Option<u64>,
+    channel: Option<String>,
+}
+
+fn parse<T: for<'de> Deserialize<'de> + Default>(method: &str, params: Option<Value>) -> Result<T, ErrorShape> {
+    match params {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| ErrorShape::invalid(format!("invalid {method} params: {e}"))),
+    }
+}
+
+pub async fn dispatch(
+    gw: &Arc<Gateway>,
+    conn: &Connection,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, ErrorShape> {
+    let Some((_, scope)) = METHODS.iter().find(|(n, _)| *n == method) else {
+        return Err(ErrorShape::invalid(format!("unknown method: {method}")));
+    };
+    if !conn.has_scope(scope) {
+        return Err(ErrorShape::missing_scope(scope));
+    }
+    match method {
+        "health" => {
+            let _: HealthParams = parse(method, params)?;
+            Ok(crate::health::snapshot(gw))
+        }
+        "status" => {
+            let _: Empty = parse(method, params)?;
+            Ok(status(gw))
+        }
+        "system-presence" => {
+            let _: Empty = parse(method, params)?;
+            Ok(Value::Array(gw.presence()))
+        }
+        "channels.status" => {
+            let p: ChannelsStatusParams = parse(method, params)?;
+            let snap = gw.channels.snapshot();
+            if let Some(c) = &p.channel {
+                if !snap.channels.contains_key(c) {
+                    return Err(ErrorShape::invalid(format!(
+                        "unknown channel: {c} (configured: {})",
+                        if snap.channels.is_empty() {
+                            "none".to_string()
+                        } else {
+                            snap.order().join(", ")
+                        }
+                    )));
+                }
+            }
+            Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
+        }
+        _ => Err(ErrorShape::invalid(format!("unknown method: {method}"))),
+    }
+}
+
+fn status(gw: &Gateway) -> Value {
+    let snap = gw.channels.snapshot();
+    let accounts: usize = snap.channels.values().map(|c| c.accounts.len()).sum();
+    let running: usize = snap
+        .channels
+        .values()
+        .flat_map(|c| c.accounts.values())
+        .filter(|a| a.running)
+        .count();
+    json!({
+        "version": crate::VERSION,
+        "protocol": super::frames::PROTOCOL_VERSION,
+        "instanceId": gw.instance_id,
+        "host": gw.hostname,
+        "startedAt": gw.started_at_ms,
+        "uptimeMs": gw.uptime_ms(),
+        "connections": {"total": gw.conns.count(), "byRole": gw.conns.count_by_role()},
+        "channels": {"count": snap.channels.len(), "accounts": accounts, "running": running},
+        "plugins": {"dir": gw.plugins.dir().display().to_string(), "loaded": gw.plugins.loaded_count()},
+        "gateway": crate::config::describe(&gw.config),
+    })
+}

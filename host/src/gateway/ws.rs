@@ -1,0 +1,617 @@
+//! One WebSocket connection: the `connect.challenge` → `connect` → `hello-ok`
+//! handshake (read with the strict pre-auth reader), then a reader loop in
+//! this task and a writer task that owns the sink and drains the bounded
+//! queue of pre-serialised frames in batches.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::auth::{self, ConnectAuth, DeviceProof, SignedFields};
+use super::frames::{self, codes, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
+use super::preauth::{self, PreauthRead};
+use super::{ConnMeta, Gateway};
+use crate::broadcast::{events, Filter};
+use crate::connections::{ClientInfo, CloseReason, Connection, EnqueueError, Outbound};
+
+/// How long we wait to deliver our close frame to a client that is not reading.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Frames written per flush at most.
+const BATCH: usize = 64;
+
+// Every field of the protocol's schema is accepted (unknown ones are an
+// error); some are not used by this gateway yet.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ClientParams {
+    id: String,
+    display_name: Option<String>,
+    version: String,
+    build_id: Option<String>,
+    platform: String,
+    device_family: Option<String>,
+    model_identifier: Option<String>,
+    time_zone: Option<String>,
+    mode: String,
+    instance_id: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConnectParams {
+    min_protocol: u32,
+    max_protocol: u32,
+    client: ClientParams,
+    #[serde(default)]
+    caps: Vec<String>,
+    commands: Option<Vec<String>>,
+    computer_use: Option<Value>,
+    worker_runs: Option<Value>,
+    permissions: Option<serde_json::Map<String, Value>>,
+    path_env: Option<String>,
+    role: Option<String>,
+    scopes: Option<Vec<String>>,
+    device: Option<DeviceProof>,
+    auth: Option<ConnectAuth>,
+    locale: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// A handshake that did not succeed: what to answer and how to close.
+struct Refusal {
+    response: Option<String>,
+    code: u16,
+    reason: String,
+    /// Counted against the remote IP's failed-auth budget.
+    auth_failure: bool,
+}
+
+impl Refusal {
+    fn close(code: u16, reason: &str) -> Self {
+        Self {
+            response: None,
+            code,
+            reason: reason.into(),
+            auth_failure: false,
+        }
+    }
+    fn answer(id: &str, err: ErrorShape, code: u16, reason: &str) -> Self {
+        Self {
+            response: Some(frames::response_err(id, &err)),
+            code,
+            reason: reason.into(),
+            auth_failure: false,
+        }
+    }
+    fn auth(id: &str, err: ErrorShape) -> Self {
+        let reason = err.message.clone();
+        Self {
+            auth_failure: true,
+            ..Self::answer(id, err, 1008, &reason)
+        }
+    }
+}
+
+struct Accepted {
+    request_id: String,
+    role: String,
+    scopes: Vec<String>,
+    device_id: Option<String>,
+    client: ClientInfo,
+    via: String,
+}
+
+/// Runs a connection from the upgrade to the close.
+pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, browser: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = meta.remote;
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let challenge = frames::event_unsequenced(
+        "connect.challenge",
+        &json!({"nonce": nonce, "ts": crate::now_ms()}),
+    );
+    if preauth::write_text(&mut io, &challenge).await.is_err() {
+        return;
+    }
+    let limits = &gw.config.gateway.limits;
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits.handshake_timeout_ms),
+        handshake(&gw, &mut io, &nonce, &meta, browser),
+    );
+    let outcome = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(Some(a))) => Ok(a),
+            Ok(Ok(None)) => return, // the client left
+            Ok(Err(refusal)) => Err(refusal),
+            Err(_) => Err(Refusal::close(1008, "handshake timeout")),
+        },
+        _ = gw.shutdown_started() => Err(Refusal::close(1012, "service restart")),
+    };
+    let accepted = match outcome {
+        Ok(a) => a,
+        Err(r) => {
+            gw.metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if r.auth_failure {
+                gw.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                gw.limiter.record_failure(remote.ip());
+            }
+            tracing::info!(%remote, close_code = r.code, reason = %r.reason, "handshake refused");
+            if let Some(resp) = &r.response {
+                let _ = preauth::write_text(&mut io, resp).await;
+            }
+            let _ = preauth::write_close(&mut io, r.code, &r.reason).await;
+            // Give the client a moment to read the close before the socket drops.
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut io)).await;
+            return;
+        }
+    };
+    serve_connection(gw, io, meta, accepted).await;
+}
+
+async fn drain<S: AsyncRead + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Reads the first frame and decides. `Ok(None)`: the client went away.
+async fn handshake<S>(
+    gw: &Gateway,
+    io: &mut S,
+    nonce: &str,
+    meta: &ConnMeta,
+    browser: bool,
+) -> Result<Option<Accepted>, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = gw.config.gateway.limits.preauth_max_frame_bytes;
+    let text = match preauth::read_message(io, max).await {
+        Ok(PreauthRead::Text(t)) => t,
+        Ok(PreauthRead::Closed) | Err(_) => return Ok(None),
+        Ok(PreauthRead::Binary) => return Err(Refusal::close(1008, "invalid request frame")),
+        Ok(PreauthRead::TooLarge(n)) => {
+            return Err(Refusal::close(
+                1009,
+                &format!("frame of {n} bytes exceeds the {max}-byte limit before connect"),
+            ))
+        }
+        Ok(PreauthRead::Protocol(why)) => return Err(Refusal::close(1002, why)),
+    };
+    gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+    let req = match RequestFrame::parse(&text) {
+        Ok(r) => r,
+        Err(FrameError::NotARequest(_)) => {
+            return Err(Refusal::close(1008, "invalid request frame"))
+        }
+        Err(FrameError::Malformed { id, message }) => {
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::invalid(message),
+                1008,
+                "invalid request frame",
+            ))
+        }
+    };
+    let id = req.id.clone();
+    if req.method != "connect" {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid("invalid handshake: first request must be connect"),
+            1008,
+            "invalid handshake",
+        ));
+    }
+    let params: ConnectParams =
+        match serde_json::from_value(req.params.unwrap_or(Value::Null)) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(Refusal::answer(
+                    &id,
+                    ErrorShape::invalid(format!("invalid connect params: {e}")),
+                    1008,
+                    "invalid connect params",
+                ))
+            }
+        };
+    if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!(
+                "protocol mismatch: this gateway speaks protocol {PROTOCOL_VERSION}, client offered {}..{}",
+                params.min_protocol, params.max_protocol
+            ))
+            .with_details(json!({"code": "PROTOCOL_MISMATCH", "expectedProtocol": PROTOCOL_VERSION})),
+            1002,
+            "protocol mismatch",
+        ));
+    }
+    let ip = meta.remote.ip();
+    let exempt = gw.config.gateway.auth.exempt_loopback && ip.is_loopback() && !browser;
+    if !exempt {
+        if let Some(retry) = gw.limiter.check(ip) {
+            let ms = retry.as_millis().max(1) as u64;
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::unavailable(format!(
+                    "rate limited: too many failed connection attempts from {ip}; retry in {}s",
+                    ms.div_ceil(1000)
+                ))
+                .with_details(json!({"code": "AUTH_RATE_LIMITED"}))
+                .retry_after(ms),
+                1008,
+                "rate limited",
+            ));
+        }
+    }
+    let role = params.role.clone().unwrap_or_else(|| "operator".into());
+    if role != "operator" && role != "node" {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!("invalid role `{role}`: use operator or node")),
+            1008,
+            "invalid role",
+        ));
+    }
+    let connect_auth = params.auth.unwrap_or_default();
+    let grant = auth::authenticate(&gw.config.gateway.auth, &connect_auth)
+        .map_err(|e| Refusal::auth(&id, e))?;
+    if !grant.allows_role(&role) {
+        return Err(Refusal::auth(
+            &id,
+            ErrorShape::invalid(format!("unauthorized: this credential may not connect as {role}"))
+                .with_details(json!({"code": "AUTH_SCOPE_MISMATCH"})),
+        ));
+    }
+    let requested = params.scopes.clone().unwrap_or_default();
+    let device_id = match &params.device {
+        None => None,
+        Some(proof) => {
+            let token = connect_auth
+                .token
+                .as_deref()
+                .or(connect_auth.device_token.as_deref())
+                .or(connect_auth.bootstrap_token.as_deref())
+                .unwrap_or("");
+            let fields = SignedFields {
+                client_id: &params.client.id,
+                client_mode: &params.client.mode,
+                role: &role,
+                scopes: &requested,
+                token,
+                platform: &params.client.platform,
+                device_family: params.client.device_family.as_deref().unwrap_or(""),
+            };
+            let now = crate::now_ms() as i64;
+            Some(
+                auth::verify_device(proof, nonce, now, &fields)
+                    .map_err(|e| Refusal::auth(&id, e))?,
+            )
+        }
+    };
+    let scopes = grant.filter_scopes(&requested);
+    let c = params.client;
+    Ok(Some(Accepted {
+        request_id: id,
+        role,
+        scopes,
+        device_id,
+        client: ClientInfo {
+            id: c.id,
+            display_name: c.display_name,
+            version: c.version,
+            platform: c.platform,
+            device_family: c.device_family,
+            model_identifier: c.model_identifier,
+            mode: c.mode,
+            instance_id: c.instance_id,
+        },
+        via: grant.via,
+    }))
+}
+
+async fn serve_connection<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, a: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &gw.config.gateway.limits;
+    let conn_id = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = mpsc::channel(limits.send_queue_frames);
+    let (close_tx, close_rx) = watch::channel(None);
+    let conn = Arc::new(Connection::new(
+        conn_id.clone(),
+        a.role.clone(),
+        a.scopes.clone(),
+        a.device_id.clone(),
+        a.client.clone(),
+        meta.remote.ip(),
+        crate::now_ms(),
+        tx,
+        close_tx,
+    ));
+    // Register before hello so the snapshot includes this client; events
+    // queued meanwhile are written after hello by the writer.
+    gw.conns.register(conn.clone());
+    gw.broadcaster.bump_presence();
+    let hello = hello_ok(&gw, &conn_id, &a);
+    if preauth::write_text(&mut io, &frames::response_ok(&a.request_id, &hello))
+        .await
+        .is_err()
+    {
+        gw.conns.unregister(&conn_id);
+        return;
+    }
+    gw.metrics.frames_out.fetch_add(2, Ordering::Relaxed);
+    tracing::info!(
+        conn_id = %conn_id, client = %a.client.id, mode = %a.client.mode, role = %a.role,
+        scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
+        remote = %meta.remote, tls = meta.tls, "connection open"
+    );
+    broadcast_presence(&gw, &conn_id);
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_buffered_bytes.max(limits.max_payload_bytes * 2))
+        .max_message_size(Some(limits.max_payload_bytes))
+        .max_frame_size(Some(limits.max_payload_bytes));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(writer(sink, rx, close_rx.clone(), gw.clone()));
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
+    let mut client_close: Option<u16> = None;
+    let mut close_rx = close_rx;
+    let mut writer_done = None;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                None => break,
+                Some(Err(WsError::Capacity(e))) => {
+                    conn.close_now(1009, &format!("message too big: {e}"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(conn_id = %conn_id, "read error: {e}");
+                    break;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    on_text(&gw, &conn, &inflight, t.as_str());
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    conn.close_now(1003, "binary frames are not supported; send JSON text frames");
+                }
+                Some(Ok(Message::Close(f))) => {
+                    client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                    break;
+                }
+                Some(Ok(_)) => {} // ping/pong are answered by the library
+            },
+            r = &mut writer => { writer_done = Some(r.ok().flatten()); break; }
+            _ = close_rx.changed() => {
+                // Our side closes: keep reading until the client answers or the
+                // writer gives up, so the close handshake completes.
+            }
+        }
+    }
+    let our_close = match writer_done {
+        Some(r) => r,
+        None => {
+            // The client closed or the socket failed: stop the writer.
+            conn.close_now(client_close.unwrap_or(1006), "");
+            match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
+                Ok(r) => r.ok().flatten(),
+                Err(_) => {
+                    writer.abort();
+                    None
+                }
+            }
+        }
+    };
+    gw.conns.unregister(&conn_id);
+    gw.broadcaster.bump_presence();
+    let code = client_close
+        .or(our_close.as_ref().map(|c| c.code))
+        .unwrap_or(1006);
+    tracing::info!(
+        conn_id = %conn_id, client = %a.client.id, role = %a.role, close_code = code,
+        by = if client_close.is_some() { "client" } else { "server" },
+        reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
+        "connection closed"
+    );
+    broadcast_presence(&gw, &conn_id);
+}
+
+fn broadcast_presence(gw: &Gateway, _changed: &str) {
+    gw.broadcaster.broadcast(
+        events::PRESENCE,
+        &json!({"presence": gw.presence()}),
+        &Filter::scope(auth::SCOPE_READ),
+    );
+}
+
+fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
+    let limits = &gw.config.gateway.limits;
+    json!({
+        "type": "hello-ok",
+        "protocol": PROTOCOL_VERSION,
+        "server": {"version": crate::VERSION, "connId": conn_id},
+        "features": {
+            "methods": super::methods::names(),
+            "events": events::ALL,
+        },
+        "snapshot": {
+            "presence": gw.presence(),
+            "health": crate::health::snapshot(gw),
+            "stateVersion": gw.broadcaster.state_version(),
+            "uptimeMs": gw.uptime_ms(),
+        },
+        "auth": {"role": a.role, "scopes": a.scopes},
+        "policy": {
+            "maxPayload": limits.max_payload_bytes,
+            "maxBufferedBytes": limits.max_buffered_bytes,
+            "tickIntervalMs": gw.config.gateway.tick_interval_ms,
+        },
+    })
+}
+
+fn respond(gw: &Gateway, conn: &Connection, frame: String) {
+    match conn.try_send(Outbound::Frame(frame)) {
+        Ok(()) => {}
+        Err(EnqueueError::Full) => {
+            gw.metrics
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(conn_id = %conn.id, "closing slow consumer: send queue full");
+            conn.close_now(1008, "slow consumer");
+        }
+        Err(EnqueueError::Closed) => {}
+    }
+}
+
+fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>, text: &str) {
+    let req = match RequestFrame::parse(text) {
+        Ok(r) => r,
+        Err(FrameError::NotARequest(why)) => {
+            tracing::info!(conn_id = %conn.id, "invalid frame: {why}");
+            conn.close_now(1008, "invalid request frame");
+            return;
+        }
+        Err(FrameError::Malformed { id, message }) => {
+            respond(gw, conn, frames::response_err(&id, &ErrorShape::invalid(message)));
+            return;
+        }
+    };
+    if req.method == "connect" {
+        respond(
+            gw,
+            conn,
+            frames::response_err(&req.id, &ErrorShape::invalid("already connected")),
+        );
+        return;
+    }
+    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+        respond(
+            gw,
+            conn,
+            frames::response_err(
+                &req.id,
+                &ErrorShape::new(
+                    codes::UNAVAILABLE,
+                    format!(
+                        "too many requests in flight on this connection (gateway.limits.max_inflight_requests = {})",
+                        gw.config.gateway.limits.max_inflight_requests
+                    ),
+                )
+                .retry_after(100),
+            ),
+        );
+        return;
+    };
+    let gw = gw.clone();
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let result = super::methods::dispatch(&gw, &conn, &req.method, req.params).await;
+        let frame = match result {
+            Ok(payload) => frames::response_ok(&req.id, &payload),
+            Err(e) => frames::response_err(&req.id, &e),
+        };
+        respond(&gw, &conn, frame);
+    });
+}
+
+/// Owns the sink: writes queued frames in batches (one flush per batch),
+/// assigning each event this connection's next `seq`. Returns the close it sent.
+async fn writer<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut close_rx: watch::Receiver<Option<CloseReason>>,
+    gw: Arc<Gateway>,
+) -> Option<CloseReason>
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let mut seq: u64 = 0;
+    let reason: Option<CloseReason> = loop {
+        let first = tokio::select! {
+            biased;
+            r = close_rx.changed() => {
+                if r.is_err() { break None; }
+                break close_rx.borrow().clone();
+            }
+            m = rx.recv() => m,
+        };
+        let Some(first) = first else { break None };
+        let mut batch = Vec::with_capacity(8);
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut close_after: Option<CloseReason> = None;
+        let mut written = 0u64;
+        let write = async {
+            for m in batch {
+                let msg = match m {
+                    Outbound::Frame(s) => Message::text(s),
+                    Outbound::Event(e) => {
+                        seq += 1;
+                        Message::text(e.with_seq(seq))
+                    }
+                    Outbound::Close(code, reason) => {
+                        close_after = Some(CloseReason { code, reason });
+                        break;
+                    }
+                };
+                sink.feed(msg).await?;
+                written += 1;
+            }
+            sink.flush().await
+        };
+        let res = tokio::select! {
+            biased;
+            r = close_rx.changed() => {
+                if r.is_err() { break None; }
+                break close_rx.borrow().clone();
+            }
+            r = write => r,
+        };
+        gw.metrics.frames_out.fetch_add(written, Ordering::Relaxed);
+        if res.is_err() {
+            break None;
+        }
+        if let Some(c) = close_after {
+            break Some(c);
+        }
+    };
+    // 1005/1006 are never sent on the wire (the client closed or vanished).
+    if let Some(r) = reason.as_ref().filter(|r| r.code != 1005 && r.code != 1006) {
+        let frame = CloseFrame {
+            code: CloseCode::from(r.code),
+            reason: r.reason.clone().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    }
+    reason
+}

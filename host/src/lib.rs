@@ -1,0 +1,55 @@
+//! Switchboard: a gateway daemon that owns messaging-channel connections,
+//! serves the OpenClaw Gateway WebSocket protocol to operator clients and
+//! broadcasts events to them. See ARCHITECTURE.md for the module map.
+
+pub mod broadcast;
+pub mod channels;
+pub mod client;
+pub mod config;
+pub mod connections;
+pub mod gateway;
+pub mod health;
+pub mod plugins;
+pub mod shutdown;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts the daemon and runs until SIGINT/SIGTERM, then shuts down gracefully.
+pub async fn serve(config: config::Config) -> Result<()> {
+    let addr = config.listen_addr()?;
+    let tls = gateway::tls_acceptor(&config)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another gateway running there? choose another with --port or gateway.port)")
+    })?;
+    let local = listener.local_addr().context("listener address")?;
+    let gw = gateway::Gateway::new(config);
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(
+        addr = %local,
+        url = %format!("{scheme}://{local}"),
+        auth = if gw.config.has_auth() { "required" } else { "none (loopback only)" },
+        plugins_dir = %gw.plugins.dir().display(),
+        "gateway listening"
+    );
+    let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
+    let ticker = tokio::spawn(health::run_ticker(gw.clone()));
+    let monitor = tokio::spawn(health::run_monitor(gw.clone(), gw.health_notify.clone()));
+    let signal = shutdown::wait_for_signal().await;
+    shutdown::run(gw.clone(), signal, acceptor).await;
+    ticker.abort();
+    monitor.abort();
+    let _: Arc<gateway::Gateway> = gw;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchboard::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Switchboard messaging gateway (OpenClaw Gateway protocol v4)")]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Connect, call one method, print its payload as JSON.
+    Call(CallArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Config file (TOML). Default: ./switchboard.toml when present.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Port for HTTP and WebSocket (0 = any free port).
+    #[arg(long, env = "SWITCHBOARD_PORT")]
+    port: Option<u16>,
+    /// `loopback`, `lan`, or an IP address.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Shared token clients must present.
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Shared password clients may present instead of the token.
+    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Plugins directory.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// Method name, e.g. `health`.
+    method: String,
+    /// Params as a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    #[arg(long, default_value = "ws://127.0.0.1:18789")]
+    url: String,
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Overall timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Call(args)) => runtime.block_on(call(args)),
+        Some(Command::Serve(args)) => {
+            init_logging(cli.log_format);
+            runtime.block_on(serve(args))
+        }
+        None => {
+            init_logging(cli.log_format);
+            runtime.block_on(serve(cli.serve))
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        port: args.port,
+        bind: args.bind,
+        token: args.token,
+        password: args.password,
+        plugins_dir: args.plugins,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match switchboard::serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn call(args: CallArgs) -> ExitCode {
+    let params: serde_json::Value = match serde_json::from_str(&args.params) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: --params is not valid JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = switchboard::client::CallOptions {
+        url: args.url,
+        method: args.method,
+        params,
+        token: args.token.filter(|t| !t.is_empty()),
+        password: args.password.filter(|p| !p.is_empty()),
+        timeout: Duration::from_millis(args.timeout),
+    };
+    match switchboard::client::call(opts).await {
+        Ok(payload) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&payload).unwrap_or_else(|_| payload.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ switchboard::client::CallError::Gateway { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
