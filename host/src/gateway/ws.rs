@@ -127,9 +127,12 @@ where
         return;
     }
     let limits = &gw.config.gateway.limits;
+    // Loopback clients without a browser Origin are neither limited nor counted.
+    let rate_limited =
+        !(gw.config.gateway.auth.exempt_loopback && remote.ip().is_loopback() && !browser);
     let handshake = tokio::time::timeout(
         Duration::from_millis(limits.handshake_timeout_ms),
-        handshake(&gw, &mut io, &nonce, &meta, browser),
+        handshake(&gw, &mut io, &nonce, &meta, rate_limited),
     );
     let outcome = tokio::select! {
         r = handshake => match r {
@@ -148,7 +151,9 @@ where
                 .fetch_add(1, Ordering::Relaxed);
             if r.auth_failure {
                 gw.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                gw.limiter.record_failure(remote.ip());
+                if rate_limited {
+                    gw.limiter.record_failure(remote.ip());
+                }
             }
             tracing::info!(%remote, close_code = r.code, reason = %r.reason, "handshake refused");
             if let Some(resp) = &r.response {
@@ -179,7 +184,7 @@ async fn handshake<S>(
     io: &mut S,
     nonce: &str,
     meta: &ConnMeta,
-    browser: bool,
+    rate_limited: bool,
 ) -> Result<Option<Accepted>, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -246,8 +251,7 @@ where
         ));
     }
     let ip = meta.remote.ip();
-    let exempt = gw.config.gateway.auth.exempt_loopback && ip.is_loopback() && !browser;
-    if !exempt {
+    if rate_limited {
         if let Some(retry) = gw.limiter.check(ip) {
             let ms = retry.as_millis().max(1) as u64;
             return Err(Refusal::answer(
@@ -366,7 +370,7 @@ where
         scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
         remote = %meta.remote, tls = meta.tls, "connection open"
     );
-    broadcast_presence(&gw, &conn_id);
+    broadcast_presence(&gw);
 
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -437,15 +441,18 @@ where
         reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
         "connection closed"
     );
-    broadcast_presence(&gw, &conn_id);
+    broadcast_presence(&gw);
 }
 
-fn broadcast_presence(gw: &Gateway, _changed: &str) {
-    gw.broadcaster.broadcast(
-        events::PRESENCE,
-        &json!({"presence": gw.presence()}),
-        &Filter::scope(auth::SCOPE_READ),
-    );
+/// Presence goes to operators that may read (nodes do not track presence).
+fn broadcast_presence(gw: &Gateway) {
+    let filter = Filter {
+        role: Some("operator".into()),
+        scope: Some(auth::SCOPE_READ.into()),
+        ..Filter::default()
+    };
+    gw.broadcaster
+        .broadcast(events::PRESENCE, &json!({"presence": gw.presence()}), &filter);
 }
 
 fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
