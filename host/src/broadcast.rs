@@ -106,20 +106,104 @@ impl Broadcaster {
                     return;
                 }
             }
-            if filter.exclude.iter().any(|i| i == &c.id) {
+            if filter.exclude.iter().any(|i| i == &c.id) || c.is_closing() {
                 return;
             }
             match c.try_send(Outbound::Event(prepared.clone())) {
                 Ok(()) => sent += 1,
-                Err(EnqueueError::Full) => {
-                    self.metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(conn_id = %c.id, client = %c.client.id, event, "closing slow consumer: send queue full");
-                    c.close_now(1008, "slow consumer");
-                }
+                Err(EnqueueError::Full) => close_slow_consumer(&self.metrics, c),
                 Err(EnqueueError::Closed) => {}
             }
         });
         self.metrics.broadcasts.fetch_add(1, Ordering::Relaxed);
         sent
+    }
+}
+
+/// Closes `c` with 1008 "slow consumer", counting each connection once.
+pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection) {
+    if c.close_now(1008, "slow consumer") {
+        metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(conn_id = %c.id, client = %c.client.id, "closing slow consumer: send queue full");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connections::{ClientInfo, Connection};
+    use tokio::sync::{mpsc, watch};
+
+    fn add(
+        m: &ConnectionManager,
+        id: &str,
+        role: &str,
+        scopes: &[&str],
+        queue: usize,
+    ) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(queue);
+        let (close, _) = watch::channel(None);
+        m.register(Arc::new(Connection::new(
+            id.into(),
+            role.into(),
+            scopes.iter().map(|s| s.to_string()).collect(),
+            None,
+            ClientInfo::default(),
+            "127.0.0.1".parse().unwrap(),
+            0,
+            tx,
+            close,
+        )));
+        rx
+    }
+
+    #[test]
+    fn filters_include_exclude_and_shares_bytes() {
+        let conns = Arc::new(ConnectionManager::new());
+        let metrics = Arc::new(Metrics::default());
+        let b = Broadcaster::new(conns.clone(), metrics.clone());
+        let mut a = add(&conns, "a", "operator", &["operator.read"], 8);
+        let mut n = add(&conns, "n", "node", &[], 8);
+        let mut c = add(&conns, "c", "operator", &["operator.admin"], 8);
+        let v = serde_json::json!({});
+        assert_eq!(b.broadcast("x", &v, &Filter::default()), 3);
+        let only_c = Filter {
+            include: Some(vec!["c".into()]),
+            ..Filter::default()
+        };
+        assert_eq!(b.broadcast("y", &v, &only_c), 1);
+        let not_a = Filter {
+            exclude: vec!["a".into()],
+            role: Some("operator".into()),
+            ..Filter::default()
+        };
+        assert_eq!(b.broadcast("z", &v, &not_a), 1);
+        let names = |rx: &mut mpsc::Receiver<Outbound>| {
+            let mut out = Vec::new();
+            while let Ok(Outbound::Event(e)) = rx.try_recv() {
+                out.push(e);
+            }
+            out
+        };
+        let (ea, en, ec) = (names(&mut a), names(&mut n), names(&mut c));
+        assert_eq!(ea.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["x"]);
+        assert_eq!(en.len(), 1);
+        assert_eq!(ec.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["x", "y", "z"]);
+        // Serialised once: every recipient holds the same allocation.
+        assert!(Arc::ptr_eq(&ea[0], &ec[0]) && Arc::ptr_eq(&ea[0], &en[0]));
+    }
+
+    #[test]
+    fn full_queue_closes_once() {
+        let conns = Arc::new(ConnectionManager::new());
+        let metrics = Arc::new(Metrics::default());
+        let b = Broadcaster::new(conns.clone(), metrics.clone());
+        let _rx = add(&conns, "s", "operator", &[], 1);
+        let v = serde_json::json!({});
+        assert_eq!(b.broadcast("1", &v, &Filter::default()), 1);
+        assert_eq!(b.broadcast("2", &v, &Filter::default()), 0);
+        assert_eq!(b.broadcast("3", &v, &Filter::default()), 0);
+        assert_eq!(metrics.slow_consumer_closes.load(Ordering::Relaxed), 1);
+        assert!(conns.get("s").unwrap().is_closing());
     }
 }

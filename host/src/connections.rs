@@ -102,8 +102,14 @@ impl Connection {
         })
     }
 
+    /// Has a close been requested?
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+
     /// Closes at once, dropping whatever is still queued (slow consumers).
-    pub fn close_now(&self, code: u16, reason: &str) {
+    /// Returns false when a close was already under way.
+    pub fn close_now(&self, code: u16, reason: &str) -> bool {
         self.close.send_if_modified(|cur| {
             if cur.is_none() {
                 *cur = Some(CloseReason {
@@ -114,14 +120,14 @@ impl Connection {
             } else {
                 false
             }
-        });
+        })
     }
 
     /// Closes after the frames already queued (shutdown); falls back to an
     /// immediate close when the queue is full.
     pub fn close_after_queue(&self, code: u16, reason: &str) {
         if self.try_send(Outbound::Close(code, reason.to_string())) == Err(EnqueueError::Full) {
-            self.close_now(code, reason);
+            let _ = self.close_now(code, reason);
         }
     }
 

@@ -390,7 +390,7 @@ where
             msg = stream.next() => match msg {
                 None => break,
                 Some(Err(WsError::Capacity(e))) => {
-                    conn.close_now(1009, &format!("message too big: {e}"));
+                    let _ = conn.close_now(1009, &format!("message too big: {e}"));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(conn_id = %conn_id, "read error: {e}");
@@ -401,7 +401,7 @@ where
                     on_text(&gw, &conn, &inflight, t.as_str());
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    conn.close_now(1003, "binary frames are not supported; send JSON text frames");
+                    let _ = conn.close_now(1003, "binary frames are not supported; send JSON text frames");
                 }
                 Some(Ok(Message::Close(f))) => {
                     client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
@@ -416,11 +416,13 @@ where
             }
         }
     }
+    // Did we ask to close (slow consumer, shutdown, bad frame) before the loop ended?
+    let we_closed = conn.is_closing();
     let our_close = match writer_done {
         Some(r) => r,
         None => {
             // The client closed or the socket failed: stop the writer.
-            conn.close_now(client_close.unwrap_or(1006), "");
+            let _ = conn.close_now(client_close.unwrap_or(1006), "");
             match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
                 Ok(r) => r.ok().flatten(),
                 Err(_) => {
@@ -432,12 +434,14 @@ where
     };
     gw.conns.unregister(&conn_id);
     gw.broadcaster.bump_presence();
-    let code = client_close
-        .or(our_close.as_ref().map(|c| c.code))
-        .unwrap_or(1006);
+    let code = if we_closed {
+        our_close.as_ref().map(|c| c.code).unwrap_or(1006)
+    } else {
+        client_close.unwrap_or(1006)
+    };
     tracing::info!(
         conn_id = %conn_id, client = %a.client.id, role = %a.role, close_code = code,
-        by = if client_close.is_some() { "client" } else { "server" },
+        by = if we_closed { "server" } else { "client" },
         reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
         "connection closed"
     );
@@ -483,13 +487,7 @@ fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
 fn respond(gw: &Gateway, conn: &Connection, frame: String) {
     match conn.try_send(Outbound::Frame(frame)) {
         Ok(()) => {}
-        Err(EnqueueError::Full) => {
-            gw.metrics
-                .slow_consumer_closes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(conn_id = %conn.id, "closing slow consumer: send queue full");
-            conn.close_now(1008, "slow consumer");
-        }
+        Err(EnqueueError::Full) => crate::broadcast::close_slow_consumer(&gw.metrics, conn),
         Err(EnqueueError::Closed) => {}
     }
 }
@@ -499,7 +497,7 @@ fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>,
         Ok(r) => r,
         Err(FrameError::NotARequest(why)) => {
             tracing::info!(conn_id = %conn.id, "invalid frame: {why}");
-            conn.close_now(1008, "invalid request frame");
+            let _ = conn.close_now(1008, "invalid request frame");
             return;
         }
         Err(FrameError::Malformed { id, message }) => {

@@ -1,0 +1,205 @@
+//! Broadcasting: filters by role and scope, presence and tick events, and a
+//! slow consumer closed with 1008 while 50 others receive every event.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_tests::*;
+use tokio_tungstenite::MaybeTlsStream;
+
+const TOKEN: &str = "bt";
+
+fn seqs_contiguous(seqs: &[u64]) -> bool {
+    seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1)
+}
+
+#[tokio::test]
+async fn presence_on_connect_and_disconnect() {
+    let d = Daemon::builder()
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
+        .start()
+        .unwrap();
+    let (mut watcher, hello) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    let v0 = hello["snapshot"]["stateVersion"]["presence"].as_u64().unwrap();
+    let mut p = connect_params(Some(TOKEN), &["operator.read"]);
+    p["client"]["instanceId"] = json!("visitor-1");
+    p["client"]["displayName"] = json!("visitor");
+    let (visitor, _) = connect_with(&d.url(), p).await.unwrap();
+    // The first presence event is the watcher's own arrival.
+    let own = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(own["seq"], 1);
+    let ev = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    let list = ev["payload"]["presence"].as_array().unwrap();
+    let entry = list
+        .iter()
+        .find(|e| e["instanceId"] == "visitor-1")
+        .expect("visitor in presence");
+    assert_eq!(entry["host"], "visitor");
+    assert_eq!(entry["mode"], "cli");
+    assert_eq!(entry["roles"], json!(["operator"]));
+    assert_eq!(ev["seq"], 2);
+    let v1 = ev["stateVersion"]["presence"].as_u64().unwrap();
+    assert!(v1 > v0);
+    drop(visitor);
+    let ev = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    assert!(!ev["payload"]["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["instanceId"] == "visitor-1"));
+    assert_eq!(ev["seq"], 3);
+    assert!(ev["stateVersion"]["presence"].as_u64().unwrap() > v1);
+    // system-presence agrees.
+    let res = watcher.request("sp", "system-presence", json!({})).await.unwrap();
+    assert_eq!(res["payload"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn ticks_arrive_with_rising_seq() {
+    let d = Daemon::builder()
+        .config("[gateway]\ntick_interval_ms = 100\n")
+        .start()
+        .unwrap();
+    let (mut c, hello) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    assert_eq!(hello["policy"]["tickIntervalMs"], 100);
+    let mut last_ts = 0;
+    let mut last_seq = 0;
+    for _ in 0..4 {
+        let ev = c.next_event("tick", Duration::from_secs(2)).await.unwrap();
+        let ts = ev["payload"]["ts"].as_u64().unwrap();
+        let seq = ev["seq"].as_u64().unwrap();
+        assert!(ts > last_ts);
+        assert!(seq > last_seq);
+        last_ts = ts;
+        last_seq = seq;
+    }
+}
+
+#[tokio::test]
+async fn filters_by_role_and_scope() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway]\ntick_interval_ms = 150\n[gateway.auth]\ntoken = \"{TOKEN}\"\n\
+             [[gateway.auth.tokens]]\nname = \"node\"\ntoken = \"node-token\"\nroles = [\"node\"]\nscopes = [\"operator.read\"]\n"
+        ))
+        .start()
+        .unwrap();
+    let mut np = connect_params(Some("node-token"), &["operator.read"]);
+    np["role"] = json!("node");
+    np["client"]["mode"] = json!("node");
+    let (mut node, hello) = connect_with(&d.url(), np).await.unwrap();
+    assert_eq!(hello["auth"]["role"], "node");
+    let (mut blind, _) = connect(&d.url(), Some(TOKEN), &[]).await.unwrap();
+    let (mut reader, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    // Trigger presence events.
+    let (other, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    drop(other);
+    reader.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    // Until two ticks have passed, the node (read scope, wrong role) and the
+    // scope-less operator must see only ticks.
+    for (name, c) in [("node", &mut node), ("blind", &mut blind)] {
+        let mut ticks = 0;
+        while ticks < 2 {
+            let v = c.recv_timeout(Duration::from_secs(3)).await.unwrap();
+            assert_eq!(v["event"], "tick", "{name} got {v}");
+            ticks += 1;
+        }
+    }
+}
+
+async fn stuck_client(d: &Daemon) -> Client {
+    // A tiny receive buffer so the kernel does not absorb much.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(d.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(d.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut c = Client::after_upgrade(ws).await.unwrap();
+    let res = c
+        .request("c1", "connect", connect_params(Some(TOKEN), &["operator.read"]))
+        .await
+        .unwrap();
+    assert_eq!(res["ok"], true);
+    c
+}
+
+/// Reads events until the presence list shows the marker client; returns the seqs.
+async fn watch(mut c: Client) -> anyhow::Result<(Vec<u64>, Client)> {
+    let mut seqs = Vec::new();
+    loop {
+        let v: Value = c.recv_timeout(Duration::from_secs(30)).await?;
+        if v["type"] != "event" {
+            continue;
+        }
+        seqs.push(v["seq"].as_u64().unwrap_or(0));
+        if v["event"] == "presence"
+            && v["payload"]["presence"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e["host"] == "final-marker"))
+        {
+            return Ok((seqs, c));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_while_50_others_get_everything() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway.auth]\ntoken = \"{TOKEN}\"\n[gateway.limits]\nsend_queue_frames = 16\nsocket_send_buffer_bytes = 8192\n"
+        ))
+        .start()
+        .unwrap();
+    let mut stuck = stuck_client(&d).await;
+    let mut watchers = Vec::new();
+    for _ in 0..50 {
+        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+        watchers.push(tokio::spawn(watch(c)));
+    }
+    // Churn: every connect and disconnect broadcasts the (large) presence list.
+    let mut closed = false;
+    for _ in 0..200 {
+        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+        drop(c);
+        if d.metric("switchboard_slow_consumer_closes_total").await.unwrap() > 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the stuck client was never closed");
+    // Read what the stuck client was sent: contiguous seqs, then 1008.
+    let (close, frames) = stuck.expect_close(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        close,
+        Closed {
+            code: 1008,
+            reason: "slow consumer".into()
+        }
+    );
+    let stuck_seqs: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["type"] == "event")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs_contiguous(&stuck_seqs), "{stuck_seqs:?}");
+    // A last event everybody must see.
+    let mut p = connect_params(Some(TOKEN), &["operator.read"]);
+    p["client"]["displayName"] = json!("final-marker");
+    let (_marker, _) = connect_with(&d.url(), p).await.unwrap();
+    let mut counts = Vec::new();
+    let mut open = Vec::new();
+    for w in watchers {
+        let (seqs, c) = w.await.unwrap().expect("watcher kept receiving");
+        assert!(seqs_contiguous(&seqs), "gap in {seqs:?}");
+        counts.push(seqs.len());
+        open.push(c); // still connected: closing now would make more events
+    }
+    // Exactly one slow consumer: none of the 50 was dropped.
+    assert_eq!(d.metric("switchboard_slow_consumer_closes_total").await.unwrap(), 1);
+    drop(open);
+    // The first watcher saw the most events (it joined first), and each saw
+    // at least the churn that followed the last watcher's arrival.
+    assert!(counts.iter().all(|c| *c >= 3), "{counts:?}");
+    assert!(counts[0] > counts[49], "{counts:?}");
+}
