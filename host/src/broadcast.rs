@@ -131,7 +131,7 @@ pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connections::{ClientInfo, Connection};
+    use crate::connections::{ClientInfo, ConnIdentity, Connection};
     use tokio::sync::{mpsc, watch};
 
     fn add(
@@ -144,13 +144,15 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let (close, _) = watch::channel(None);
         m.register(Arc::new(Connection::new(
-            id.into(),
-            role.into(),
-            scopes.iter().map(|s| s.to_string()).collect(),
-            None,
-            ClientInfo::default(),
-            "127.0.0.1".parse().unwrap(),
-            0,
+            ConnIdentity {
+                id: id.into(),
+                role: role.into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                device_id: None,
+                client: ClientInfo::default(),
+                remote_ip: "127.0.0.1".parse().unwrap(),
+                connected_at_ms: 0,
+            },
             tx,
             close,
         )));
@@ -186,9 +188,15 @@ mod tests {
             out
         };
         let (ea, en, ec) = (names(&mut a), names(&mut n), names(&mut c));
-        assert_eq!(ea.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["x"]);
+        assert_eq!(
+            ea.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["x"]
+        );
         assert_eq!(en.len(), 1);
-        assert_eq!(ec.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["x", "y", "z"]);
+        assert_eq!(
+            ec.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["x", "y", "z"]
+        );
         // Serialised once: every recipient holds the same allocation.
         assert!(Arc::ptr_eq(&ea[0], &ec[0]) && Arc::ptr_eq(&ea[0], &en[0]));
     }

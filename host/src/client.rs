@@ -107,9 +107,8 @@ async fn call_inner(opts: CallOptions) -> Result<Value, CallError> {
     Ok(payload)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_json(ws: &mut Ws) -> Result<Value, CallError> {
     loop {
@@ -120,7 +119,11 @@ async fn next_json(ws: &mut Ws) -> Result<Value, CallError> {
             }
             Some(Ok(Message::Close(f))) => {
                 return Err(CallError::Transport(match f {
-                    Some(f) => format!("gateway closed the connection ({}: {})", u16::from(f.code), f.reason),
+                    Some(f) => format!(
+                        "gateway closed the connection ({}: {})",
+                        u16::from(f.code),
+                        f.reason
+                    ),
                     None => "gateway closed the connection".into(),
                 }))
             }

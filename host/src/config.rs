@@ -367,11 +367,7 @@ fn expand_str(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String> 
                 .find('}')
                 .with_context(|| format!("unterminated `${{` in \"{s}\""))?;
             let name = &stripped[..end];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 bail!("`${{{name}}}` is not a valid environment variable reference");
             }
             let v = env(name).with_context(|| {
@@ -464,6 +460,10 @@ mod tests {
     fn bad_bind_is_explained() {
         let mut c = Config::default();
         c.gateway.bind = "everywhere".into();
-        assert!(c.validate().unwrap_err().to_string().contains("gateway.bind"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gateway.bind"));
     }
 }

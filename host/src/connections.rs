@@ -44,6 +44,17 @@ pub struct ClientInfo {
     pub instance_id: Option<String>,
 }
 
+/// Who a connection is, as established by its handshake.
+pub struct ConnIdentity {
+    pub id: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+    pub device_id: Option<String>,
+    pub client: ClientInfo,
+    pub remote_ip: IpAddr,
+    pub connected_at_ms: u64,
+}
+
 pub struct Connection {
     pub id: String,
     pub role: String,
@@ -67,16 +78,19 @@ pub enum EnqueueError {
 
 impl Connection {
     pub fn new(
-        id: String,
-        role: String,
-        scopes: Vec<String>,
-        device_id: Option<String>,
-        client: ClientInfo,
-        remote_ip: IpAddr,
-        connected_at_ms: u64,
+        identity: ConnIdentity,
         tx: mpsc::Sender<Outbound>,
         close: watch::Sender<Option<CloseReason>>,
     ) -> Self {
+        let ConnIdentity {
+            id,
+            role,
+            scopes,
+            device_id,
+            client,
+            remote_ip,
+            connected_at_ms,
+        } = identity;
         Self {
             id,
             role,
@@ -235,7 +249,11 @@ impl ConnectionManager {
         let r = self.read();
         r.by_device
             .get(device_id)
-            .map(|ids| ids.iter().filter_map(|id| r.by_id.get(id).cloned()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| r.by_id.get(id).cloned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -288,13 +306,15 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let (close, _) = watch::channel(None);
         Arc::new(Connection::new(
-            id.into(),
-            role.into(),
-            scopes.iter().map(|s| s.to_string()).collect(),
-            device.map(Into::into),
-            ClientInfo::default(),
-            "127.0.0.1".parse().unwrap(),
-            0,
+            ConnIdentity {
+                id: id.into(),
+                role: role.into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                device_id: device.map(Into::into),
+                client: ClientInfo::default(),
+                remote_ip: "127.0.0.1".parse().unwrap(),
+                connected_at_ms: 0,
+            },
             tx,
             close,
         ))

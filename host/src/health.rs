@@ -31,7 +31,10 @@ impl Metrics {
     pub fn render(&self, gw: &Gateway) -> String {
         let mut out = String::new();
         let by_role = gw.conns.count_by_role();
-        let _ = writeln!(out, "# HELP switchboard_connections Authenticated WebSocket connections by role.");
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_connections Authenticated WebSocket connections by role."
+        );
         let _ = writeln!(out, "# TYPE switchboard_connections gauge");
         for role in ["operator", "node"] {
             let _ = writeln!(
@@ -41,24 +44,63 @@ impl Metrics {
             );
         }
         let counters: [(&str, &str, &AtomicU64); 9] = [
-            ("frames_in_total", "WebSocket frames received from clients.", &self.frames_in),
-            ("frames_out_total", "WebSocket frames sent to clients.", &self.frames_out),
+            (
+                "frames_in_total",
+                "WebSocket frames received from clients.",
+                &self.frames_in,
+            ),
+            (
+                "frames_out_total",
+                "WebSocket frames sent to clients.",
+                &self.frames_out,
+            ),
             ("broadcasts_total", "Events broadcast.", &self.broadcasts),
-            ("slow_consumer_closes_total", "Connections closed because their send queue was full.", &self.slow_consumer_closes),
-            ("auth_failures_total", "Failed authentications (token, password, device proof, rate limit).", &self.auth_failures),
-            ("handshake_failures_total", "Handshakes that failed for any reason.", &self.handshake_failures),
-            ("connections_rejected_total", "TCP connections refused because max_connections was reached.", &self.connections_rejected),
-            ("connections_accepted_total", "TCP connections accepted.", &self.connections_total),
-            ("origin_rejections_total", "WebSocket upgrades refused for their Origin.", &self.origin_rejections),
+            (
+                "slow_consumer_closes_total",
+                "Connections closed because their send queue was full.",
+                &self.slow_consumer_closes,
+            ),
+            (
+                "auth_failures_total",
+                "Failed authentications (token, password, device proof, rate limit).",
+                &self.auth_failures,
+            ),
+            (
+                "handshake_failures_total",
+                "Handshakes that failed for any reason.",
+                &self.handshake_failures,
+            ),
+            (
+                "connections_rejected_total",
+                "TCP connections refused because max_connections was reached.",
+                &self.connections_rejected,
+            ),
+            (
+                "connections_accepted_total",
+                "TCP connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "origin_rejections_total",
+                "WebSocket upgrades refused for their Origin.",
+                &self.origin_rejections,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP switchboard_{name} {help}");
             let _ = writeln!(out, "# TYPE switchboard_{name} counter");
             let _ = writeln!(out, "switchboard_{name} {}", v.load(Ordering::Relaxed));
         }
-        let _ = writeln!(out, "# HELP switchboard_uptime_seconds Seconds since start.");
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_uptime_seconds Seconds since start."
+        );
         let _ = writeln!(out, "# TYPE switchboard_uptime_seconds gauge");
-        let _ = writeln!(out, "switchboard_uptime_seconds {}", gw.started.elapsed().as_secs());
+        let _ = writeln!(
+            out,
+            "switchboard_uptime_seconds {}",
+            gw.started.elapsed().as_secs()
+        );
         out
     }
 }

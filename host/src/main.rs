@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchboard::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Switchboard messaging gateway (OpenClaw Gateway protocol v4)")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Switchboard messaging gateway (OpenClaw Gateway protocol v4)"
+)]
 struct Cli {
     /// Log format on stderr (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -88,7 +92,10 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -16,7 +16,10 @@ pub async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
@@ -42,7 +45,10 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
     gw.begin_shutdown();
     let _ = tokio::time::timeout_at(deadline, acceptor).await;
 
-    tracing::info!(connections = gw.conns.count(), "shutdown 2/5: broadcast shutdown event");
+    tracing::info!(
+        connections = gw.conns.count(),
+        "shutdown 2/5: broadcast shutdown event"
+    );
     gw.broadcaster.broadcast(
         events::SHUTDOWN,
         &json!({"reason": format!("gateway stopping ({signal})")}),
@@ -50,15 +56,24 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
     );
 
     let stopped = tokio::time::timeout_at(deadline, gw.channels.stop_all()).await;
-    tracing::info!(accounts = stopped.unwrap_or(0), "shutdown 3/5: channels stopped");
+    tracing::info!(
+        accounts = stopped.unwrap_or(0),
+        "shutdown 3/5: channels stopped"
+    );
 
     let conns = gw.conns.all();
-    tracing::info!(connections = conns.len(), "shutdown 4/5: closing sockets with 1012");
+    tracing::info!(
+        connections = conns.len(),
+        "shutdown 4/5: closing sockets with 1012"
+    );
     for c in &conns {
         c.close_after_queue(1012, "service restart");
     }
     gw.tasks.close();
-    if tokio::time::timeout_at(deadline, gw.tasks.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, gw.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             remaining = gw.conns.count(),
             "shutdown bound ({} ms) reached; dropping remaining connections",

@@ -51,20 +51,11 @@ pub struct Daemon {
     pub config_path: PathBuf,
 }
 
+#[derive(Default)]
 pub struct DaemonBuilder {
     config: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-}
-
-impl Default for DaemonBuilder {
-    fn default() -> Self {
-        Self {
-            config: String::new(),
-            args: Vec::new(),
-            env: Vec::new(),
-        }
-    }
 }
 
 impl DaemonBuilder {
@@ -302,7 +293,10 @@ impl Client {
         if ch["event"] != "connect.challenge" {
             bail!("expected connect.challenge, got {ch}");
         }
-        c.nonce = ch["payload"]["nonce"].as_str().unwrap_or_default().to_string();
+        c.nonce = ch["payload"]["nonce"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         c.challenge_ts = ch["payload"]["ts"].as_u64().unwrap_or_default();
         Ok(c)
     }

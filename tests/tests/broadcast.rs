@@ -19,16 +19,26 @@ async fn presence_on_connect_and_disconnect() {
         .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
         .start()
         .unwrap();
-    let (mut watcher, hello) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
-    let v0 = hello["snapshot"]["stateVersion"]["presence"].as_u64().unwrap();
+    let (mut watcher, hello) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
+    let v0 = hello["snapshot"]["stateVersion"]["presence"]
+        .as_u64()
+        .unwrap();
     let mut p = connect_params(Some(TOKEN), &["operator.read"]);
     p["client"]["instanceId"] = json!("visitor-1");
     p["client"]["displayName"] = json!("visitor");
     let (visitor, _) = connect_with(&d.url(), p).await.unwrap();
     // The first presence event is the watcher's own arrival.
-    let own = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    let own = watcher
+        .next_event("presence", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(own["seq"], 1);
-    let ev = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    let ev = watcher
+        .next_event("presence", Duration::from_secs(5))
+        .await
+        .unwrap();
     let list = ev["payload"]["presence"].as_array().unwrap();
     let entry = list
         .iter()
@@ -41,7 +51,10 @@ async fn presence_on_connect_and_disconnect() {
     let v1 = ev["stateVersion"]["presence"].as_u64().unwrap();
     assert!(v1 > v0);
     drop(visitor);
-    let ev = watcher.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    let ev = watcher
+        .next_event("presence", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(!ev["payload"]["presence"]
         .as_array()
         .unwrap()
@@ -50,7 +63,10 @@ async fn presence_on_connect_and_disconnect() {
     assert_eq!(ev["seq"], 3);
     assert!(ev["stateVersion"]["presence"].as_u64().unwrap() > v1);
     // system-presence agrees.
-    let res = watcher.request("sp", "system-presence", json!({})).await.unwrap();
+    let res = watcher
+        .request("sp", "system-presence", json!({}))
+        .await
+        .unwrap();
     assert_eq!(res["payload"].as_array().unwrap().len(), 2);
 }
 
@@ -90,11 +106,18 @@ async fn filters_by_role_and_scope() {
     let (mut node, hello) = connect_with(&d.url(), np).await.unwrap();
     assert_eq!(hello["auth"]["role"], "node");
     let (mut blind, _) = connect(&d.url(), Some(TOKEN), &[]).await.unwrap();
-    let (mut reader, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    let (mut reader, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
     // Trigger presence events.
-    let (other, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    let (other, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
     drop(other);
-    reader.next_event("presence", Duration::from_secs(5)).await.unwrap();
+    reader
+        .next_event("presence", Duration::from_secs(5))
+        .await
+        .unwrap();
     // Until two ticks have passed, the node (read scope, wrong role) and the
     // scope-less operator must see only ticks.
     for (name, c) in [("node", &mut node), ("blind", &mut blind)] {
@@ -117,7 +140,11 @@ async fn stuck_client(d: &Daemon) -> Client {
         .unwrap();
     let mut c = Client::after_upgrade(ws).await.unwrap();
     let res = c
-        .request("c1", "connect", connect_params(Some(TOKEN), &["operator.read"]))
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
         .await
         .unwrap();
     assert_eq!(res["ok"], true);
@@ -154,15 +181,23 @@ async fn slow_consumer_is_closed_while_50_others_get_everything() {
     let mut stuck = stuck_client(&d).await;
     let mut watchers = Vec::new();
     for _ in 0..50 {
-        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+            .await
+            .unwrap();
         watchers.push(tokio::spawn(watch(c)));
     }
     // Churn: every connect and disconnect broadcasts the (large) presence list.
     let mut closed = false;
     for _ in 0..200 {
-        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+        let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+            .await
+            .unwrap();
         drop(c);
-        if d.metric("switchboard_slow_consumer_closes_total").await.unwrap() > 0 {
+        if d.metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap()
+            > 0
+        {
             closed = true;
             break;
         }
@@ -196,7 +231,12 @@ async fn slow_consumer_is_closed_while_50_others_get_everything() {
         open.push(c); // still connected: closing now would make more events
     }
     // Exactly one slow consumer: none of the 50 was dropped.
-    assert_eq!(d.metric("switchboard_slow_consumer_closes_total").await.unwrap(), 1);
+    assert_eq!(
+        d.metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap(),
+        1
+    );
     drop(open);
     // The first watcher saw the most events (it joined first), and each saw
     // at least the churn that followed the last watcher's arrival.

@@ -13,9 +13,7 @@ const TOKEN: &str = "test-token-123";
 
 fn daemon_with(extra: &str) -> Daemon {
     Daemon::builder()
-        .config(&format!(
-            "[gateway.auth]\ntoken = \"{TOKEN}\"\n{extra}"
-        ))
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n{extra}"))
         .start()
         .expect("start daemon")
 }
@@ -23,7 +21,9 @@ fn daemon_with(extra: &str) -> Daemon {
 #[tokio::test]
 async fn hello_ok_has_the_protocol_shape() {
     let d = daemon_with("");
-    let (_c, hello) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    let (_c, hello) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
     assert_eq!(hello["type"], "hello-ok");
     assert_eq!(hello["protocol"], 4);
     assert!(hello["server"]["connId"].as_str().unwrap().len() > 8);
@@ -40,7 +40,10 @@ async fn hello_ok_has_the_protocol_shape() {
         .as_array()
         .unwrap()
         .contains(&json!("tick")));
-    assert_eq!(hello["auth"], json!({"role": "operator", "scopes": ["operator.read"]}));
+    assert_eq!(
+        hello["auth"],
+        json!({"role": "operator", "scopes": ["operator.read"]})
+    );
     assert_eq!(hello["policy"]["maxPayload"], 26214400);
     assert_eq!(hello["policy"]["tickIntervalMs"], 30000);
     // The snapshot's presence holds the gateway and this client.
@@ -48,7 +51,12 @@ async fn hello_ok_has_the_protocol_shape() {
     assert_eq!(presence.len(), 2, "{presence:?}");
     assert_eq!(presence[0]["mode"], "gateway");
     assert_eq!(hello["snapshot"]["health"]["ok"], true);
-    assert!(hello["snapshot"]["stateVersion"]["presence"].as_u64().unwrap() >= 1);
+    assert!(
+        hello["snapshot"]["stateVersion"]["presence"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 }
 
 #[tokio::test]
@@ -61,7 +69,10 @@ async fn protocol_mismatch_closes_1002() {
     let (res, closed) = connect_refused(&mut c, p).await.unwrap();
     assert_eq!(res["ok"], false);
     assert_eq!(res["error"]["code"], "INVALID_REQUEST");
-    assert!(res["error"]["message"].as_str().unwrap().contains("protocol mismatch"));
+    assert!(res["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("protocol mismatch"));
     assert_eq!(res["error"]["details"]["code"], "PROTOCOL_MISMATCH");
     assert_eq!(res["error"]["details"]["expectedProtocol"], 4);
     assert_eq!(closed.code, 1002);
@@ -75,7 +86,10 @@ async fn wrong_and_missing_token_close_1008() {
         .await
         .unwrap();
     assert_eq!(res["error"]["code"], "INVALID_REQUEST");
-    assert!(res["error"]["message"].as_str().unwrap().starts_with("unauthorized:"));
+    assert!(res["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("unauthorized:"));
     assert_eq!(res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
     assert_eq!(closed.code, 1008);
 
@@ -85,7 +99,10 @@ async fn wrong_and_missing_token_close_1008() {
         .unwrap();
     assert_eq!(res["error"]["details"]["code"], "AUTH_REQUIRED");
     assert_eq!(closed.code, 1008);
-    assert_eq!(d.metric("switchboard_auth_failures_total").await.unwrap(), 2);
+    assert_eq!(
+        d.metric("switchboard_auth_failures_total").await.unwrap(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -149,7 +166,10 @@ async fn non_request_first_frames_close_1008() {
         .await
         .unwrap();
     let (closed, frames) = c.expect_close(Duration::from_secs(5)).await.unwrap();
-    assert!(frames[0]["error"]["message"].as_str().unwrap().contains("bogus"));
+    assert!(frames[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bogus"));
     assert_eq!(closed.code, 1008);
 }
 
@@ -183,12 +203,17 @@ async fn preauth_frame_cap_and_post_auth_payload() {
     let d = daemon_with("");
     // 70 KiB before connect: refused before the payload is even read.
     let mut c = Client::open(&d.url()).await.unwrap();
-    let big = format!(r#"{{"type":"req","id":"1","method":"connect","params":{{"pad":"{}"}}}}"#, "x".repeat(70 * 1024));
+    let big = format!(
+        r#"{{"type":"req","id":"1","method":"connect","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    );
     c.send_text(&big).await.unwrap();
     let (closed, _) = c.expect_close(Duration::from_secs(5)).await.unwrap();
     assert_eq!(closed.code, 1009, "{closed:?}");
     // After connect the same size is accepted (and answered with a params error).
-    let (mut c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"]).await.unwrap();
+    let (mut c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
     let res = c
         .request("big", "health", json!({"pad": "x".repeat(70 * 1024)}))
         .await
@@ -206,9 +231,13 @@ async fn scopes_are_enforced_and_never_gained() {
         "[[gateway.auth.tokens]]\nname = \"dash\"\ntoken = \"ro-token\"\nscopes = [\"operator.read\"]\n",
     );
     // The read-only token asks for admin: it gets read only.
-    let (mut c, hello) = connect(&d.url(), Some("ro-token"), &["operator.admin", "operator.read"])
-        .await
-        .unwrap();
+    let (mut c, hello) = connect(
+        &d.url(),
+        Some("ro-token"),
+        &["operator.admin", "operator.read"],
+    )
+    .await
+    .unwrap();
     assert_eq!(hello["auth"]["scopes"], json!(["operator.read"]));
     let res = c.request("1", "health", json!({})).await.unwrap();
     assert_eq!(res["ok"], true);
@@ -224,8 +253,13 @@ async fn scopes_are_enforced_and_never_gained() {
         json!({"code": "MISSING_SCOPE", "missingScope": "operator.read", "requiredScopes": ["operator.read"]})
     );
     // write implies read.
-    let (mut c, _) = connect(&d.url(), Some(TOKEN), &["operator.write"]).await.unwrap();
-    assert_eq!(c.request("3", "channels.status", json!({})).await.unwrap()["ok"], true);
+    let (mut c, _) = connect(&d.url(), Some(TOKEN), &["operator.write"])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.request("3", "channels.status", json!({})).await.unwrap()["ok"],
+        true
+    );
     // Unknown method.
     let res = c.request("4", "nope.nothing", json!({})).await.unwrap();
     assert_eq!(res["error"]["message"], "unknown method: nope.nothing");
@@ -237,6 +271,9 @@ async fn scopes_are_enforced_and_never_gained() {
     assert_eq!(res["error"]["details"]["code"], "AUTH_SCOPE_MISMATCH");
     assert_eq!(closed.code, 1008);
 }
+
+/// Builds connect params for a device and the challenge it answers.
+type MakeParams = Box<dyn Fn(&Device, &Client) -> Value>;
 
 struct Device {
     key: SigningKey,
@@ -258,14 +295,24 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn signed_params(dev: &Device, signer: &SigningKey, nonce: &str, signed_at: u64, v3: bool) -> Value {
+fn signed_params(
+    dev: &Device,
+    signer: &SigningKey,
+    nonce: &str,
+    signed_at: u64,
+    v3: bool,
+) -> Value {
     let mut p = connect_params(Some(TOKEN), &["operator.read"]);
     let base = format!(
         "{}|{}|cli|cli|operator|operator.read|{signed_at}|{TOKEN}|{nonce}",
         if v3 { "v3" } else { "v2" },
         dev.id
     );
-    let msg = if v3 { format!("{base}|linux|linux") } else { base };
+    let msg = if v3 {
+        format!("{base}|linux|linux")
+    } else {
+        base
+    };
     p["device"] = json!({
         "id": dev.id, "publicKey": dev.public,
         "signature": b64(&signer.sign(msg.as_bytes()).to_bytes()),
@@ -290,32 +337,45 @@ async fn device_proofs_accepted_and_forgeries_rejected() {
             .iter()
             .any(|e| e["deviceId"] == dev.id.as_str()));
     }
-    let cases: Vec<(&str, Box<dyn Fn(&Device, &Client) -> Value>)> = vec![
+    let cases: Vec<(&str, MakeParams)> = vec![
         // Signed by another key.
-        ("DEVICE_AUTH_SIGNATURE_INVALID", Box::new(|dev, c| {
-            let other = SigningKey::generate(&mut rand::rngs::OsRng);
-            signed_params(dev, &other, &c.nonce, c.challenge_ts, true)
-        })),
+        (
+            "DEVICE_AUTH_SIGNATURE_INVALID",
+            Box::new(|dev, c| {
+                let other = SigningKey::generate(&mut rand::rngs::OsRng);
+                signed_params(dev, &other, &c.nonce, c.challenge_ts, true)
+            }),
+        ),
         // A nonce from another challenge.
-        ("DEVICE_AUTH_NONCE_MISMATCH", Box::new(|dev, c| {
-            signed_params(dev, &dev.key, "not-the-nonce", c.challenge_ts, true)
-        })),
+        (
+            "DEVICE_AUTH_NONCE_MISMATCH",
+            Box::new(|dev, c| signed_params(dev, &dev.key, "not-the-nonce", c.challenge_ts, true)),
+        ),
         // Signed three minutes ago.
-        ("DEVICE_AUTH_SIGNATURE_EXPIRED", Box::new(|dev, c| {
-            signed_params(dev, &dev.key, &c.nonce, c.challenge_ts - 180_000, true)
-        })),
+        (
+            "DEVICE_AUTH_SIGNATURE_EXPIRED",
+            Box::new(|dev, c| {
+                signed_params(dev, &dev.key, &c.nonce, c.challenge_ts - 180_000, true)
+            }),
+        ),
         // Device id that is not the key's hash.
-        ("DEVICE_AUTH_DEVICE_ID_MISMATCH", Box::new(|dev, c| {
-            let mut p = signed_params(dev, &dev.key, &c.nonce, c.challenge_ts, true);
-            p["device"]["id"] = json!("00".repeat(32));
-            p
-        })),
+        (
+            "DEVICE_AUTH_DEVICE_ID_MISMATCH",
+            Box::new(|dev, c| {
+                let mut p = signed_params(dev, &dev.key, &c.nonce, c.challenge_ts, true);
+                p["device"]["id"] = json!("00".repeat(32));
+                p
+            }),
+        ),
         // Scopes changed after signing (asks for admin with a read signature).
-        ("DEVICE_AUTH_SIGNATURE_INVALID", Box::new(|dev, c| {
-            let mut p = signed_params(dev, &dev.key, &c.nonce, c.challenge_ts, true);
-            p["scopes"] = json!(["operator.admin"]);
-            p
-        })),
+        (
+            "DEVICE_AUTH_SIGNATURE_INVALID",
+            Box::new(|dev, c| {
+                let mut p = signed_params(dev, &dev.key, &c.nonce, c.challenge_ts, true);
+                p["scopes"] = json!(["operator.admin"]);
+                p
+            }),
+        ),
     ];
     for (code, make) in cases {
         let dev = device();
@@ -339,13 +399,17 @@ async fn failed_auth_is_rate_limited_per_ip() {
     // Loopback without an Origin is exempt: many failures, never limited.
     for _ in 0..5 {
         let mut c = Client::open(&d.url()).await.unwrap();
-        let (res, _) = connect_refused(&mut c, connect_params(Some("bad"), &[])).await.unwrap();
+        let (res, _) = connect_refused(&mut c, connect_params(Some("bad"), &[]))
+            .await
+            .unwrap();
         assert_eq!(res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
     }
     // With a browser Origin, loopback is not exempt.
     for _ in 0..3 {
         let mut c = Client::open_with_origin(&d.url(), &origin).await.unwrap();
-        let (res, _) = connect_refused(&mut c, connect_params(Some("bad"), &[])).await.unwrap();
+        let (res, _) = connect_refused(&mut c, connect_params(Some("bad"), &[]))
+            .await
+            .unwrap();
         assert_eq!(res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
     }
     // Now even the right token is refused until the window passes.
@@ -354,7 +418,10 @@ async fn failed_auth_is_rate_limited_per_ip() {
         .await
         .unwrap();
     assert_eq!(res["error"]["code"], "UNAVAILABLE");
-    assert!(res["error"]["message"].as_str().unwrap().starts_with("rate limited"));
+    assert!(res["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("rate limited"));
     let retry = res["error"]["retryAfterMs"].as_u64().unwrap();
     assert!(retry > 50_000 && retry <= 60_000, "{retry}");
     assert_eq!(res["error"]["retryable"], true);
@@ -369,7 +436,12 @@ async fn foreign_origin_gets_403_before_upgrade() {
         .err()
         .expect("must be refused");
     assert!(err.to_string().contains("403"), "{err}");
-    assert_eq!(d.metric("switchboard_origin_rejections_total").await.unwrap(), 1);
+    assert_eq!(
+        d.metric("switchboard_origin_rejections_total")
+            .await
+            .unwrap(),
+        1
+    );
     // Listed and same-host origins are allowed.
     Client::open_with_origin(&d.url(), "https://console.example")
         .await

@@ -27,11 +27,9 @@ pub const DEVICE_SKEW_MS: i64 = 2 * 60 * 1000;
 
 /// Does holding `granted` satisfy `required`? admin implies all, write implies read.
 pub fn scope_satisfies(granted: &[String], required: &str) -> bool {
-    granted.iter().any(|g| {
-        g == required
-            || g == SCOPE_ADMIN
-            || (g == SCOPE_WRITE && required == SCOPE_READ)
-    })
+    granted
+        .iter()
+        .any(|g| g == required || g == SCOPE_ADMIN || (g == SCOPE_WRITE && required == SCOPE_READ))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -100,8 +98,7 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 fn auth_error(detail: &str, message: &str) -> ErrorShape {
-    ErrorShape::invalid(format!("unauthorized: {message}"))
-        .with_details(json!({"code": detail}))
+    ErrorShape::invalid(format!("unauthorized: {message}")).with_details(json!({"code": detail}))
 }
 
 /// Checks the credential in `auth` against the configuration.
@@ -146,7 +143,10 @@ pub fn authenticate(cfg: &AuthConfig, auth: &ConnectAuth) -> Result<Grant, Error
                 roles: None,
                 scopes: None,
             }),
-            Some(_) => Err(auth_error("AUTH_PASSWORD_MISMATCH", "gateway password mismatch")),
+            Some(_) => Err(auth_error(
+                "AUTH_PASSWORD_MISMATCH",
+                "gateway password mismatch",
+            )),
             None => Err(auth_error(
                 "AUTH_PASSWORD_NOT_CONFIGURED",
                 "this gateway does not accept passwords; connect with its token",
@@ -177,8 +177,11 @@ fn lower_trim(s: &str) -> String {
 }
 
 fn device_error(detail: &str, message: &str) -> ErrorShape {
-    ErrorShape::new(codes::INVALID_REQUEST, format!("device auth failed: {message}"))
-        .with_details(json!({"code": detail}))
+    ErrorShape::new(
+        codes::INVALID_REQUEST,
+        format!("device auth failed: {message}"),
+    )
+    .with_details(json!({"code": detail}))
 }
 
 fn b64url_decode(s: &str) -> Option<Vec<u8>> {
@@ -212,8 +215,12 @@ pub fn verify_device(
             "signedAt is more than 2 minutes from the gateway's clock",
         ));
     }
-    let key_bytes = b64url_decode(&proof.public_key)
-        .ok_or_else(|| device_error("DEVICE_AUTH_PUBLIC_KEY_INVALID", "publicKey is not base64url"))?;
+    let key_bytes = b64url_decode(&proof.public_key).ok_or_else(|| {
+        device_error(
+            "DEVICE_AUTH_PUBLIC_KEY_INVALID",
+            "publicKey is not base64url",
+        )
+    })?;
     let key_arr: [u8; 32] = key_bytes.as_slice().try_into().map_err(|_| {
         device_error(
             "DEVICE_AUTH_PUBLIC_KEY_INVALID",
@@ -221,7 +228,10 @@ pub fn verify_device(
         )
     })?;
     let key = VerifyingKey::from_bytes(&key_arr).map_err(|_| {
-        device_error("DEVICE_AUTH_PUBLIC_KEY_INVALID", "publicKey is not a valid Ed25519 point")
+        device_error(
+            "DEVICE_AUTH_PUBLIC_KEY_INVALID",
+            "publicKey is not a valid Ed25519 point",
+        )
     })?;
     let derived = hex::encode(Sha256::digest(key_arr));
     if !proof.id.eq_ignore_ascii_case(&derived) {
@@ -230,10 +240,18 @@ pub fn verify_device(
             "device id is not the SHA-256 of its public key",
         ));
     }
-    let sig_bytes = b64url_decode(&proof.signature)
-        .ok_or_else(|| device_error("DEVICE_AUTH_SIGNATURE_INVALID", "signature is not base64url"))?;
-    let sig = Signature::from_slice(&sig_bytes)
-        .map_err(|_| device_error("DEVICE_AUTH_SIGNATURE_INVALID", "signature must be 64 bytes"))?;
+    let sig_bytes = b64url_decode(&proof.signature).ok_or_else(|| {
+        device_error(
+            "DEVICE_AUTH_SIGNATURE_INVALID",
+            "signature is not base64url",
+        )
+    })?;
+    let sig = Signature::from_slice(&sig_bytes).map_err(|_| {
+        device_error(
+            "DEVICE_AUTH_SIGNATURE_INVALID",
+            "signature must be 64 bytes",
+        )
+    })?;
     let scopes = f.scopes.join(",");
     let v2 = format!(
         "v2|{}|{}|{}|{}|{}|{}|{}|{}",
@@ -280,7 +298,10 @@ impl FailureLimiter {
         let now = Instant::now();
         let mut map = self.lock();
         let q = map.get_mut(&ip)?;
-        while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             q.pop_front();
         }
         if q.is_empty() {
@@ -300,7 +321,10 @@ impl FailureLimiter {
         // Bound memory under a flood of distinct addresses.
         if map.len() > 100_000 {
             let now = Instant::now();
-            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < self.window));
+            map.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
         }
         map.entry(ip).or_default().push_back(Instant::now());
     }

@@ -62,10 +62,11 @@ impl RequestFrame {
             ));
         }
         let id = id.to_string();
-        let frame: RequestFrame = serde_json::from_value(value).map_err(|e| FrameError::Malformed {
-            id: id.clone(),
-            message: format!("invalid request frame: {e}"),
-        })?;
+        let frame: RequestFrame =
+            serde_json::from_value(value).map_err(|e| FrameError::Malformed {
+                id: id.clone(),
+                message: format!("invalid request frame: {e}"),
+            })?;
         if frame.method.is_empty() {
             return Err(FrameError::Malformed {
                 id,

@@ -18,7 +18,10 @@ use super::{ConnMeta, Gateway};
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/", get(root))
-        .route("/health", get(|| async { Json(json!({"ok": true, "status": "live"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(json!({"ok": true, "status": "live"})) }),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(gw)
@@ -55,13 +58,21 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 fn plain(status: StatusCode, msg: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg + "\n").into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg + "\n",
+    )
+        .into_response()
 }
 
 /// Is a browser `Origin` allowed: listed in `gateway.allowed_origins` (or `*`),
 /// or the same host as the request's `Host`?
 pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let Some(host) = host else { return false };
@@ -77,7 +88,9 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
                 "https" | "wss" => 443,
                 _ => 80,
             };
-            let host_full = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            let host_full = if host
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
                 && !host.ends_with(']')
             {
                 host.to_string()
@@ -100,7 +113,10 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         );
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return plain(StatusCode::BAD_REQUEST, "missing `Connection: upgrade`".into());
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "missing `Connection: upgrade`".into(),
+        );
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -131,10 +147,16 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         }
     }
     let Some(meta) = req.extensions().get::<ConnMeta>().cloned() else {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "connection metadata missing".into());
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connection metadata missing".into(),
+        );
     };
     if gw.is_shutting_down() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down".into());
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is shutting down".into(),
+        );
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = derive_accept_key(key.as_bytes());
@@ -163,12 +185,24 @@ mod tests {
     #[test]
     fn origins() {
         let none: Vec<String> = vec![];
-        assert!(origin_allowed("http://127.0.0.1:18789", Some("127.0.0.1:18789"), &none));
+        assert!(origin_allowed(
+            "http://127.0.0.1:18789",
+            Some("127.0.0.1:18789"),
+            &none
+        ));
         assert!(origin_allowed("http://localhost", Some("localhost"), &none));
-        assert!(!origin_allowed("http://evil.example", Some("127.0.0.1:18789"), &none));
+        assert!(!origin_allowed(
+            "http://evil.example",
+            Some("127.0.0.1:18789"),
+            &none
+        ));
         assert!(!origin_allowed("null", Some("127.0.0.1:18789"), &none));
         let list = vec!["https://app.example".to_string()];
-        assert!(origin_allowed("https://app.example", Some("127.0.0.1:1"), &list));
+        assert!(origin_allowed(
+            "https://app.example",
+            Some("127.0.0.1:1"),
+            &list
+        ));
         assert!(origin_allowed("https://x", None, &["*".to_string()]));
     }
 }

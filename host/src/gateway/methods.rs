@@ -44,7 +44,10 @@ struct ChannelsStatusParams {
     channel: Option<String>,
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(method: &str, params: Option<Value>) -> Result<T, ErrorShape> {
+fn parse<T: for<'de> Deserialize<'de> + Default>(
+    method: &str,
+    params: Option<Value>,
+) -> Result<T, ErrorShape> {
     match params {
         None | Some(Value::Null) => Ok(T::default()),
         Some(v) => serde_json::from_value(v)

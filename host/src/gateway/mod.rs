@@ -159,11 +159,19 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("gateway.tls.cert: {} is not PEM", tls.cert.display()))?;
     if certs.is_empty() {
-        anyhow::bail!("gateway.tls.cert: {} holds no certificate", tls.cert.display());
+        anyhow::bail!(
+            "gateway.tls.cert: {} holds no certificate",
+            tls.cert.display()
+        );
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("gateway.tls.key: {} is not PEM", tls.key.display()))?
-        .with_context(|| format!("gateway.tls.key: {} holds no private key", tls.key.display()))?;
+        .with_context(|| {
+            format!(
+                "gateway.tls.key: {} holds no private key",
+                tls.key.display()
+            )
+        })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -196,9 +204,7 @@ pub async fn serve(
                 continue;
             }
         };
-        gw.metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         let permit = slots.clone().try_acquire_owned();
         let gw2 = gw.clone();
         let router = router.clone();
@@ -248,7 +254,8 @@ async fn refuse_busy(mut stream: tokio::net::TcpStream, tls: Option<tokio_rustls
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
             body.len()
         );
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
     }
 }
 

@@ -116,7 +116,11 @@ pub async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(io: &mut S, op: u8, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    op: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(payload.len() + 10);
     buf.push(0x80 | op);
     let len = payload.len();
@@ -139,7 +143,11 @@ pub async fn write_text<S: AsyncWrite + Unpin>(io: &mut S, text: &str) -> std::i
 }
 
 /// Sends a close frame with `code` and `reason` (truncated to fit 123 bytes).
-pub async fn write_close<S: AsyncWrite + Unpin>(io: &mut S, code: u16, reason: &str) -> std::io::Result<()> {
+pub async fn write_close<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    code: u16,
+    reason: &str,
+) -> std::io::Result<()> {
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig,
+};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -21,7 +23,9 @@ use super::frames::{self, codes, ErrorShape, FrameError, RequestFrame, PROTOCOL_
 use super::preauth::{self, PreauthRead};
 use super::{ConnMeta, Gateway};
 use crate::broadcast::{events, Filter};
-use crate::connections::{ClientInfo, CloseReason, Connection, EnqueueError, Outbound};
+use crate::connections::{
+    ClientInfo, CloseReason, ConnIdentity, Connection, EnqueueError, Outbound,
+};
 
 /// How long we wait to deliver our close frame to a client that is not reading.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -226,18 +230,17 @@ where
             "invalid handshake",
         ));
     }
-    let params: ConnectParams =
-        match serde_json::from_value(req.params.unwrap_or(Value::Null)) {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(Refusal::answer(
-                    &id,
-                    ErrorShape::invalid(format!("invalid connect params: {e}")),
-                    1008,
-                    "invalid connect params",
-                ))
-            }
-        };
+    let params: ConnectParams = match serde_json::from_value(req.params.unwrap_or(Value::Null)) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::invalid(format!("invalid connect params: {e}")),
+                1008,
+                "invalid connect params",
+            ))
+        }
+    };
     if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
         return Err(Refusal::answer(
             &id,
@@ -282,8 +285,10 @@ where
     if !grant.allows_role(&role) {
         return Err(Refusal::auth(
             &id,
-            ErrorShape::invalid(format!("unauthorized: this credential may not connect as {role}"))
-                .with_details(json!({"code": "AUTH_SCOPE_MISMATCH"})),
+            ErrorShape::invalid(format!(
+                "unauthorized: this credential may not connect as {role}"
+            ))
+            .with_details(json!({"code": "AUTH_SCOPE_MISMATCH"})),
         ));
     }
     let requested = params.scopes.clone().unwrap_or_default();
@@ -341,17 +346,16 @@ where
     let conn_id = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = mpsc::channel(limits.send_queue_frames);
     let (close_tx, close_rx) = watch::channel(None);
-    let conn = Arc::new(Connection::new(
-        conn_id.clone(),
-        a.role.clone(),
-        a.scopes.clone(),
-        a.device_id.clone(),
-        a.client.clone(),
-        meta.remote.ip(),
-        crate::now_ms(),
-        tx,
-        close_tx,
-    ));
+    let identity = ConnIdentity {
+        id: conn_id.clone(),
+        role: a.role.clone(),
+        scopes: a.scopes.clone(),
+        device_id: a.device_id.clone(),
+        client: a.client.clone(),
+        remote_ip: meta.remote.ip(),
+        connected_at_ms: crate::now_ms(),
+    };
+    let conn = Arc::new(Connection::new(identity, tx, close_tx));
     // Register before hello so the snapshot includes this client; events
     // queued meanwhile are written after hello by the writer.
     gw.conns.register(conn.clone());
@@ -455,8 +459,11 @@ fn broadcast_presence(gw: &Gateway) {
         scope: Some(auth::SCOPE_READ.into()),
         ..Filter::default()
     };
-    gw.broadcaster
-        .broadcast(events::PRESENCE, &json!({"presence": gw.presence()}), &filter);
+    gw.broadcaster.broadcast(
+        events::PRESENCE,
+        &json!({"presence": gw.presence()}),
+        &filter,
+    );
 }
 
 fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
@@ -501,7 +508,11 @@ fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>,
             return;
         }
         Err(FrameError::Malformed { id, message }) => {
-            respond(gw, conn, frames::response_err(&id, &ErrorShape::invalid(message)));
+            respond(
+                gw,
+                conn,
+                frames::response_err(&id, &ErrorShape::invalid(message)),
+            );
             return;
         }
     };

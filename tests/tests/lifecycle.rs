@@ -1,0 +1,360 @@
+//! Start-up, limits, TLS, HTTP endpoints, the `call` client and graceful
+//! shutdown, against the real daemon.
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_tests::*;
+
+#[test]
+fn unknown_config_key_is_named() {
+    let (code, err) = Daemon::builder()
+        .config("[gateway]\nprot = 1\n")
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("prot"), "{err}");
+    assert!(err.contains("switchboard.toml"), "{err}");
+}
+
+#[test]
+fn lan_without_auth_is_refused_with_a_hint() {
+    let (code, err) = Daemon::builder()
+        .arg("--bind")
+        .arg("lan")
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("without authentication"), "{err}");
+    assert!(err.contains("SWITCHBOARD_TOKEN"), "{err}");
+}
+
+#[test]
+fn missing_env_var_in_config_is_named() {
+    let (code, err) = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"${SB_TEST_UNSET_VAR}\"\n")
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("SB_TEST_UNSET_VAR"), "{err}");
+    assert!(err.contains("gateway.auth.token"), "{err}");
+}
+
+#[tokio::test]
+async fn env_var_expansion_and_env_token() {
+    // ${VAR} in the file.
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"${SB_TEST_TOKEN}\"\n")
+        .env("SB_TEST_TOKEN", "from-env")
+        .start()
+        .unwrap();
+    connect(&d.url(), Some("from-env"), &["operator.read"])
+        .await
+        .unwrap();
+    // SWITCHBOARD_TOKEN overrides the file.
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"file\"\n")
+        .env("SWITCHBOARD_TOKEN", "env-wins")
+        .start()
+        .unwrap();
+    connect(&d.url(), Some("env-wins"), &["operator.read"])
+        .await
+        .unwrap();
+    assert!(connect(&d.url(), Some("file"), &["operator.read"])
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn http_endpoints() {
+    let d = Daemon::builder().start().unwrap();
+    let h: Value = reqwest::get(d.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h, json!({"ok": true, "status": "live"}));
+    let r = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r, json!({"ready": true, "failing": []}));
+    let (_c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let m = reqwest::get(d.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("switchboard_connections{role=\"operator\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("# TYPE switchboard_frames_in_total counter"),
+        "{m}"
+    );
+    // A plain GET on / explains itself.
+    let r = reqwest::get(d.http("/")).await.unwrap();
+    assert_eq!(r.status(), 426);
+}
+
+#[tokio::test]
+async fn methods_answer_with_their_shapes() {
+    let d = Daemon::builder().start().unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let h = c.request("1", "health", json!({})).await.unwrap();
+    let h = &h["payload"];
+    assert_eq!(h["ok"], true);
+    assert_eq!(h["channels"], json!({}));
+    assert_eq!(h["channelOrder"], json!([]));
+    assert_eq!(h["plugins"], json!({"loaded": [], "errors": []}));
+    let s = c.request("2", "status", json!({})).await.unwrap();
+    assert_eq!(s["payload"]["connections"]["total"], 1);
+    assert_eq!(s["payload"]["protocol"], 4);
+    let cs = c.request("3", "channels.status", json!({})).await.unwrap();
+    assert_eq!(
+        cs["payload"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            "channelAccounts",
+            "channelDefaultAccountId",
+            "channelLabels",
+            "channelOrder",
+            "channels",
+            "ts"
+        ]
+    );
+    let bad = c
+        .request("4", "channels.status", json!({"channel": "telegram"}))
+        .await
+        .unwrap();
+    assert!(bad["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown channel: telegram"));
+    let bad = c.request("5", "status", json!({"x": 1})).await.unwrap();
+    assert_eq!(bad["error"]["code"], "INVALID_REQUEST");
+    // A frame that is not a request after connect closes with 1008.
+    c.send_text("{\"type\":\"res\",\"id\":\"1\",\"ok\":true}")
+        .await
+        .unwrap();
+    let (closed, _) = c.expect_close(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(closed.code, 1008);
+}
+
+#[tokio::test]
+async fn sigterm_broadcasts_shutdown_then_1012_then_exit_0() {
+    let mut d = Daemon::builder().start().unwrap();
+    let (mut a, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let (mut b, _) = connect(&d.url(), None, &[]).await.unwrap();
+    d.signal("TERM");
+    for c in [&mut a, &mut b] {
+        let (closed, frames) = c.expect_close(Duration::from_secs(10)).await.unwrap();
+        let shutdown = frames
+            .iter()
+            .find(|f| f["event"] == "shutdown")
+            .expect("shutdown event before close");
+        assert!(shutdown["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SIGTERM"));
+        assert_eq!(closed.code, 1012);
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    let log = d.log_text();
+    let mut pos = 0;
+    for step in [
+        "shutdown 1/5",
+        "shutdown 2/5",
+        "shutdown 3/5",
+        "shutdown 4/5",
+        "shutdown 5/5",
+    ] {
+        let at = log[pos..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step} missing:\n{log}"));
+        pos += at;
+    }
+}
+
+#[tokio::test]
+async fn sigint_with_a_stuck_client_still_exits_in_bound() {
+    let mut d = Daemon::builder()
+        .config("[gateway.limits]\nshutdown_timeout_ms = 2000\n")
+        .start()
+        .unwrap();
+    // A client mid-handshake and one connected that never reads.
+    let _half = Client::open(&d.url()).await.unwrap();
+    let (_idle, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let t0 = Instant::now();
+    d.signal("INT");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).unwrap(), 0);
+    assert!(t0.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn max_connections_is_held_for_the_socket_life() {
+    let d = Daemon::builder()
+        .config("[gateway.limits]\nmax_connections = 2\n")
+        .start()
+        .unwrap();
+    let (a, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let (_b, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    // Both slots are held by upgraded sockets: a third gets 503.
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("max_connections"), "{resp}");
+    // Closing one frees its slot.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if reqwest::get(d.http("/health"))
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The previous HTTP request's socket may still hold the free slot for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rejected = loop {
+        if let Ok(v) = d.metric("switchboard_connections_rejected_total").await {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "metrics unreachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rejected >= 1);
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let d = Daemon::builder()
+        .config("[gateway.limits]\nheader_read_timeout_ms = 300\n")
+        .start()
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finished
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let r = s.read_to_end(&mut buf);
+    assert!(r.is_ok(), "connection was not closed: {r:?}");
+    let e = t0.elapsed();
+    assert!(
+        e >= Duration::from_millis(200) && e < Duration::from_secs(4),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_generated_certificate() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .unwrap();
+    d.wait_log("url=wss://", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let url = format!("wss://localhost:{}", d.addr.port());
+    let tcp = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        url.as_str(),
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(Arc::new(client_cfg))),
+    )
+    .await
+    .unwrap();
+    let mut c = Client::after_upgrade(ws).await.unwrap();
+    let res = c
+        .request("c1", "connect", connect_params(None, &["operator.read"]))
+        .await
+        .unwrap();
+    assert_eq!(res["payload"]["type"], "hello-ok");
+    assert_eq!(
+        c.request("h", "health", json!({})).await.unwrap()["ok"],
+        true
+    );
+    // Plain HTTP on the TLS port does not get through.
+    assert!(reqwest::get(d.http("/health")).await.is_err());
+}
+
+fn call(d: &Daemon, args: &[&str], token: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("call")
+        .args(args)
+        .arg("--url")
+        .arg(d.url())
+        .env_remove("SWITCHBOARD_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SWITCHBOARD_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn call_subcommand() {
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"cli-tok\"\n")
+        .start()
+        .unwrap();
+    let (code, out, err) = call(&d, &["health"], Some("cli-tok"));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    let (code, out, _) = call(&d, &["channels.status", "--params", "{}"], Some("cli-tok"));
+    assert_eq!(code, 0);
+    assert!(out.contains("channelAccounts"));
+    let (code, _, err) = call(&d, &["health"], Some("wrong"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("INVALID_REQUEST") && err.contains("AUTH_TOKEN_MISMATCH"),
+        "{err}"
+    );
+    let (code, _, err) = call(&d, &["no.such.method"], Some("cli-tok"));
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown method: no.such.method"), "{err}");
+    let (code, _, err) = call(&d, &["health", "--params", "{oops"], Some("cli-tok"));
+    assert_eq!(code, 2);
+    assert!(err.contains("--params"), "{err}");
+}
