@@ -5,12 +5,30 @@ CARGO ?= cargo
 INTEROP_DIR := tests/interop
 PLUGINS_DIR := target/plugins
 
-.PHONY: run test build build-release interop-deps lint fmt clean
+WASM_TARGET := wasm32-wasip2
+WASM_OUT := target/$(WASM_TARGET)/release
+TEST_PLUGINS_DIR := target/test-plugins
+# Crates built for wasm32-wasip2: bundled plugins, then test plugins.
+PLUGIN_CRATES := switchboard-echo
+TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import
 
-## Build the daemon (release) and start it on 127.0.0.1:18789.
-run: build-release
-	mkdir -p $(PLUGINS_DIR)
+.PHONY: run test build build-release plugins wasm-target interop-deps lint fmt clean
+
+## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
+run: plugins build-release
 	./target/release/switchboard serve --plugins $(PLUGINS_DIR)
+
+## Every plugin as a component: target/plugins/<id>.wasm (bundled) and
+## target/test-plugins/<name>.wasm (test plugins that misbehave on purpose).
+plugins: wasm-target
+	$(CARGO) build --target $(WASM_TARGET) --release $(foreach c,$(PLUGIN_CRATES) $(TEST_PLUGIN_CRATES),-p $(c))
+	mkdir -p $(PLUGINS_DIR) $(TEST_PLUGINS_DIR)
+	cp $(WASM_OUT)/switchboard_echo.wasm $(PLUGINS_DIR)/echo.wasm
+	cp $(WASM_OUT)/test_plugin_wrong_export.wasm $(TEST_PLUGINS_DIR)/wrong-export.wasm
+	cp $(WASM_OUT)/test_plugin_extra_import.wasm $(TEST_PLUGINS_DIR)/extra-import.wasm
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 build-release:
 	$(CARGO) build --release -p switchboard
@@ -20,8 +38,9 @@ build:
 
 ## The whole suite: unit tests, end-to-end tests against the real binary,
 ## and interop with the official OpenClaw client library.
-test: build interop-deps
-	$(CARGO) test --workspace
+test: build plugins interop-deps
+	$(CARGO) test
+	$(CARGO) test -p switchboard-sdk --doc
 
 ## npm packages for the interop test (@openclaw/gateway-client), from the lockfile.
 interop-deps: $(INTEROP_DIR)/node_modules/.package-lock.json
@@ -31,9 +50,10 @@ $(INTEROP_DIR)/node_modules/.package-lock.json: $(INTEROP_DIR)/package.json $(IN
 	cd $(INTEROP_DIR) && npm ci --no-audit --no-fund
 	@touch $@
 
-lint:
+lint: wasm-target
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) $(foreach c,switchboard-sdk $(PLUGIN_CRATES) $(TEST_PLUGIN_CRATES),-p $(c)) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -33,6 +33,18 @@ enum Command {
     Serve(ServeArgs),
     /// Connect, call one method, print its payload as JSON.
     Call(CallArgs),
+    /// Work with channel plugin files.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Load a plugin file the way the daemon would and print what it is (or why it is refused).
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -104,6 +116,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
+        Some(Command::Plugins(PluginsCommand::Check { file })) => {
+            runtime.block_on(check_plugin(&file))
+        }
         Some(Command::Serve(args)) => {
             init_logging(cli.log_format);
             runtime.block_on(serve(args))
@@ -172,6 +187,41 @@ async fn call(args: CallArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(3)
+        }
+    }
+}
+
+async fn check_plugin(file: &std::path::Path) -> ExitCode {
+    use switchboard::plugins::runtime::{Limits, NullHost, Runtime};
+    let rt = match Runtime::new(Limits::default(), std::sync::Arc::new(NullHost)) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.load(file).await {
+        Ok(p) => {
+            let i = &p.info;
+            println!(
+                "ok: {} {} ({}) from {}",
+                i.id,
+                i.version,
+                i.name,
+                file.display()
+            );
+            println!("  description: {}", i.description);
+            println!("  sha256: {}", p.hash);
+            if i.network.is_empty() {
+                println!("  network: none requested");
+            } else {
+                println!("  network: {}", i.network.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(1)
         }
     }
 }

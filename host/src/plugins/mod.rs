@@ -6,6 +6,8 @@
 //! `plugins.errors`); the Wasm runtime itself is not implemented yet (see
 //! README, "Status").
 
+pub mod runtime;
+
 use std::path::PathBuf;
 use std::sync::RwLock;
 

@@ -1,0 +1,106 @@
+//! The echo channel: `send` delivers the text back as an inbound message from
+//! the same chat; `run` reports `connected` and, when the account sets
+//! `interval_secs`, delivers a heartbeat message at that interval.
+
+use serde::Deserialize;
+use switchboard_sdk::wstd;
+use switchboard_sdk::{
+    export_channel, Account, AccountState, Channel, ChannelError, Delivery, InboundMessage,
+    OutboundMessage, PluginInfo,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Deliver a heartbeat message every this many seconds (0 = never).
+    #[serde(default)]
+    interval_secs: u64,
+    /// The chat heartbeats come from.
+    #[serde(default = "default_chat")]
+    chat: String,
+}
+
+fn default_chat() -> String {
+    "heartbeat".into()
+}
+
+struct Echo;
+
+fn next_id(prefix: &str) -> String {
+    let n = switchboard_sdk::kv::get("counter")
+        .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0)
+        + 1;
+    switchboard_sdk::kv::set("counter", &n.to_le_bytes());
+    format!("{prefix}-{n}")
+}
+
+impl Channel for Echo {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "echo".into(),
+            name: "Echo".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Echoes every sent message back as an inbound message".into(),
+            network: vec![],
+        }
+    }
+
+    fn validate(account: Account) -> Result<(), ChannelError> {
+        account.settings::<Settings>().map(|_| ())
+    }
+
+    fn run(account: Account) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        switchboard_sdk::set_state(&account.id, AccountState::Connected, None);
+        wstd::runtime::block_on(async {
+            loop {
+                let secs = if s.interval_secs == 0 {
+                    3600
+                } else {
+                    s.interval_secs
+                };
+                wstd::task::sleep(wstd::time::Duration::from_secs(secs)).await;
+                if s.interval_secs > 0 {
+                    let id = next_id("hb");
+                    switchboard_sdk::deliver(InboundMessage {
+                        account_id: account.id.clone(),
+                        chat_id: s.chat.clone(),
+                        sender_id: "echo".into(),
+                        sender_name: Some("Echo".into()),
+                        message_id: id,
+                        text: "heartbeat".into(),
+                        timestamp_ms: switchboard_sdk::now_ms(),
+                        thread_id: None,
+                        reply_to_id: None,
+                        raw: None,
+                    })
+                    .map_err(ChannelError::Transient)?;
+                }
+            }
+        })
+    }
+
+    fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+        let id = next_id("echo");
+        switchboard_sdk::deliver(InboundMessage {
+            account_id: account.id.clone(),
+            chat_id: message.to.clone(),
+            sender_id: message.to.clone(),
+            sender_name: None,
+            message_id: id.clone(),
+            text: message.text,
+            timestamp_ms: switchboard_sdk::now_ms(),
+            thread_id: message.thread_id,
+            reply_to_id: message.reply_to_id,
+            raw: None,
+        })
+        .map_err(ChannelError::Transient)?;
+        Ok(Delivery {
+            message_id: id,
+            chat_id: Some(message.to),
+        })
+    }
+}
+
+export_channel!(Echo);

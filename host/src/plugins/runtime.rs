@@ -1,0 +1,448 @@
+//! The Wasm runtime: one engine, the `channel-plugin` bindings, the store
+//! state every instance gets (memory cap, WASI context with no filesystem,
+//! env or inherited stdio, stdout/stderr to `tracing`), the epoch ticker,
+//! and loading a component file into a validated, pre-instantiated plugin.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "channel-plugin",
+    exports: { default: async },
+});
+
+pub use self::exports::switchboard::channel::channel::{
+    Account, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage, PluginInfo,
+};
+pub use self::switchboard::channel::types::{AccountState, InboundMessage, LogLevel};
+
+/// How often the epoch ticker advances the engine's epoch.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every store.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// Wall-clock bound on one call (`info`, `validate`, `send`, `handle-webhook`).
+    pub call_timeout: Duration,
+    /// Largest `.wasm` file accepted.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            call_timeout: Duration::from_secs(30),
+            max_file_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the host does for a plugin's imports. The daemon's implementation
+/// broadcasts and persists; `plugins check` uses [`NullHost`].
+pub trait PluginHost: Send + Sync + 'static {
+    fn deliver(&self, plugin: &str, message: InboundMessage) -> Result<u64, String>;
+    fn set_state(&self, plugin: &str, account: &str, state: AccountState, detail: Option<String>);
+    fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>>;
+    fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>);
+    fn kv_delete(&self, plugin: &str, key: &str);
+}
+
+/// A host with no gateway behind it (`plugins check`): `deliver` fails with
+/// a clear message and the key-value store is empty.
+pub struct NullHost;
+
+impl PluginHost for NullHost {
+    fn deliver(&self, _: &str, _: InboundMessage) -> Result<u64, String> {
+        Err("no gateway is running (this is `switchboard plugins check`)".into())
+    }
+    fn set_state(&self, _: &str, _: &str, _: AccountState, _: Option<String>) {}
+    fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn kv_set(&self, _: &str, _: &str, _: Vec<u8>) {}
+    fn kv_delete(&self, _: &str, _: &str) {}
+}
+
+/// The data of one store: one instance of one plugin.
+pub struct PluginState {
+    plugin: String,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    host: Arc<dyn PluginHost>,
+    /// When the current call must end; `None` = no bound (the `run` loop).
+    deadline: Option<Instant>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl switchboard::channel::types::Host for PluginState {}
+
+impl switchboard::channel::host::Host for PluginState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let p = self.plugin.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin = p, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin = p, "{message}"),
+            LogLevel::Info => tracing::info!(plugin = p, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin = p, "{message}"),
+            LogLevel::Error => tracing::error!(plugin = p, "{message}"),
+        }
+    }
+    fn deliver(&mut self, message: InboundMessage) -> Result<u64, String> {
+        self.host.deliver(&self.plugin, message)
+    }
+    fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
+        self.host
+            .set_state(&self.plugin, &account_id, state, detail)
+    }
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.host.kv_get(&self.plugin, &key)
+    }
+    fn kv_set(&mut self, key: String, value: Vec<u8>) {
+        self.host.kv_set(&self.plugin, &key, value)
+    }
+    fn kv_delete(&mut self, key: String) {
+        self.host.kv_delete(&self.plugin, &key)
+    }
+}
+
+/// Plugin stdout/stderr: each line becomes a `tracing` event under the plugin's id.
+#[derive(Clone)]
+struct LogOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            out: self.clone(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+struct LineWriter {
+    out: LogOutput,
+    buf: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(
+            plugin = &*self.out.plugin,
+            stream = self.out.stream,
+            "{}",
+            text.trim_end()
+        );
+    }
+}
+
+impl tokio::io::AsyncWrite for LineWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.buf.extend_from_slice(data);
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            self.emit(&line);
+        }
+        // Bound a line that never ends.
+        if self.buf.len() > 8192 {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The process-wide engine plus the linker every plugin is checked against.
+pub struct Runtime {
+    pub engine: Engine,
+    linker: Linker<PluginState>,
+    pub limits: Limits,
+    host: Arc<dyn PluginHost>,
+    _ticker: EpochTicker,
+}
+
+/// Advances the engine's epoch on its own thread, so that a plugin spinning
+/// in a loop is interrupted even when every async worker is busy.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(limits: Limits, host: Arc<dyn PluginHost>) -> Result<Runtime> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(1024 * 1024);
+        let engine = ctx(Engine::new(&config), "create the Wasm engine")?;
+        let mut linker: Linker<PluginState> = Linker::new(&engine);
+        ctx(
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker),
+            "link WASI",
+        )?;
+        ctx(
+            ChannelPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s),
+            "link the switchboard host interface",
+        )?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("switchboard-epoch".into())
+            .spawn(move || {
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })
+            .context("start the epoch thread")?;
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            host,
+            _ticker: EpochTicker { stop },
+        })
+    }
+
+    /// A fresh store for one instance of `plugin`, with the call deadline set.
+    pub fn store(&self, plugin: &str, timeout: Option<Duration>) -> Store<PluginState> {
+        let name: Arc<str> = Arc::from(plugin);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogOutput {
+                plugin: name.clone(),
+                stream: "stdout",
+            })
+            .stderr(LogOutput {
+                plugin: name,
+                stream: "stderr",
+            })
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .instances(16)
+            .tables(64)
+            .memories(16)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            PluginState {
+                plugin: plugin.to_string(),
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                host: self.host.clone(),
+                deadline: timeout.map(|t| Instant::now() + t),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        // Every tick: past the deadline → trap; otherwise yield to the executor
+        // so a busy plugin never monopolises a worker thread.
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(wasmtime::Error::msg(
+                    "deadline exceeded: the call ran longer than its time limit",
+                ));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// Reads, compiles and validates a plugin file (off the async runtime
+    /// when called from one), then asks the plugin for its `info`.
+    pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        if !meta.file_type().is_file() {
+            return Err(LoadError::new(format!(
+                "{} is not a regular file (symlinks and directories are ignored)",
+                path.display()
+            )));
+        }
+        if meta.len() > self.limits.max_file_bytes {
+            return Err(LoadError::new(format!(
+                "file too large: {} bytes, the limit is {} (plugins.max_file_bytes)",
+                meta.len(),
+                self.limits.max_file_bytes
+            )));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let rt = self.clone();
+        let component = tokio::task::spawn_blocking(move || rt.compile(&bytes))
+            .await
+            .map_err(|e| LoadError::new(format!("compiler task failed: {e}")))??;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::new(format!("wrong world: {}", chain(&e))))?;
+        let pre = ChannelPluginPre::new(pre).map_err(|e| {
+            LoadError::new(format!(
+                "wrong world: the component does not export switchboard:channel/channel@0.1.0 as expected: {}",
+                chain(&e)
+            ))
+        })?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut store = self.store(&file_name, Some(self.limits.call_timeout));
+        let plugin = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::new(format!("instantiation failed: {}", chain(&e))))?;
+        let info = plugin
+            .switchboard_channel_channel()
+            .call_info(&mut store)
+            .await
+            .map_err(|e| LoadError::new(format!("`info` failed: {}", chain(&e))))?;
+        validate_info(&info)?;
+        Ok(LoadedPlugin {
+            info,
+            file: file_name,
+            hash,
+            pre,
+        })
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::new(
+                "not a WebAssembly file (no `\\0asm` header); build with `cargo build --target wasm32-wasip2`",
+            ));
+        }
+        // Byte 4..8: version + layer. Layer 0 = core module, 1 = component.
+        if bytes[6] == 0 && bytes[7] == 0 {
+            return Err(LoadError::new(
+                "a core WebAssembly module, not a component; build with `--target wasm32-wasip2` (not wasm32-unknown-unknown or wasip1)",
+            ));
+        }
+        Component::new(&self.engine, bytes).map_err(|e| {
+            LoadError::new(format!(
+                "invalid component (truncated or corrupt?): {}",
+                chain(&e)
+            ))
+        })
+    }
+}
+
+fn chain(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+}
+
+fn ctx<T>(r: wasmtime::Result<T>, what: &str) -> Result<T> {
+    r.map_err(|e| anyhow!("{what}: {e:#}"))
+}
+
+fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
+    let id_ok = !info.id.is_empty()
+        && info.id.len() <= 64
+        && info
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !id_ok {
+        return Err(LoadError::new(format!(
+            "plugin id `{}` is invalid: use 1-64 characters of [a-z0-9-]",
+            info.id
+        )));
+    }
+    for n in &info.network {
+        parse_host_port(n).map_err(|e| LoadError::new(format!("info.network: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Splits `host:port` (IPv6 in brackets).
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{s}`: `{port}` is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// A plugin file that compiled, linked and answered `info`.
+pub struct LoadedPlugin {
+    pub info: PluginInfo,
+    pub file: String,
+    /// SHA-256 of the file.
+    pub hash: String,
+    pub pre: ChannelPluginPre<PluginState>,
+}
+
+/// Why a plugin file was refused.
+#[derive(Debug, Clone)]
+pub struct LoadError(pub String);
+
+impl LoadError {
+    fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}

@@ -1,0 +1,214 @@
+//! # switchboard-sdk
+//!
+//! Write a [Switchboard](https://example.invalid) messaging channel as a
+//! WebAssembly component: implement [`Channel`], call [`export_channel!`], and
+//! build with `cargo build --target wasm32-wasip2 --release`.
+//!
+//! ```no_run
+//! use switchboard_sdk::{export_channel, Account, Channel, ChannelError, Delivery, OutboundMessage, PluginInfo};
+//!
+//! struct Echo;
+//!
+//! impl Channel for Echo {
+//!     fn info() -> PluginInfo {
+//!         PluginInfo {
+//!             id: "echo".into(),
+//!             name: "Echo".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             description: "Sends every message back as an inbound one".into(),
+//!             network: vec![],
+//!         }
+//!     }
+//!
+//!     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+//!         let id = format!("echo-{}", switchboard_sdk::now_ms());
+//!         switchboard_sdk::deliver(switchboard_sdk::InboundMessage {
+//!             account_id: account.id.clone(),
+//!             chat_id: message.to.clone(),
+//!             sender_id: "echo".into(),
+//!             sender_name: None,
+//!             message_id: id.clone(),
+//!             text: message.text,
+//!             timestamp_ms: switchboard_sdk::now_ms(),
+//!             thread_id: message.thread_id,
+//!             reply_to_id: None,
+//!             raw: None,
+//!         })
+//!         .map_err(ChannelError::Transient)?;
+//!         Ok(Delivery { message_id: id, chat_id: Some(message.to) })
+//!     }
+//! }
+//!
+//! export_channel!(Echo);
+//! ```
+//!
+//! The WIT bindings stay private: the types below are the WIT records under
+//! their UpperCamelCase names, host calls are plain functions, and the
+//! sandbox-capable HTTP client and TCP stream come from [`wstd`], re-exported.
+
+#[doc(hidden)]
+pub mod __private {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "channel-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_channel_plugin",
+        default_bindings_module: "switchboard_sdk::__private",
+    });
+    pub use self::exports::switchboard::channel::channel::Guest;
+}
+
+use __private::switchboard::channel::{host, types};
+
+pub use types::{
+    Account, AccountState, ChannelError, Delivery, HttpRequest, HttpResponse, InboundMessage,
+    LogLevel, OutboundMessage, PluginInfo,
+};
+/// An async standard library for WASI 0.2 components: HTTP client
+/// (`wstd::http`), TCP (`wstd::net`), timers (`wstd::task`) and a runtime
+/// (`wstd::runtime::block_on`). Network access is limited to the hosts the
+/// plugin is granted.
+pub use wstd;
+
+/// A messaging channel. Only [`info`](Channel::info) and
+/// [`send`](Channel::send) are required.
+pub trait Channel {
+    /// Static facts: id, name, version, the network the plugin needs.
+    fn info() -> PluginInfo;
+
+    /// Checks an account's settings before it is started. Default: accept.
+    fn validate(account: Account) -> Result<(), ChannelError> {
+        let _ = account;
+        Ok(())
+    }
+
+    /// The account's receive loop; the host cancels it when the account
+    /// stops. Default: report `connected` and wait (a send-only channel).
+    fn run(account: Account) -> Result<(), ChannelError> {
+        set_state(&account.id, AccountState::Connected, None);
+        wstd::runtime::block_on(async {
+            loop {
+                wstd::task::sleep(wstd::time::Duration::from_secs(3600)).await;
+            }
+        })
+    }
+
+    /// Sends one message.
+    fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError>;
+
+    /// Handles `POST /hooks/<channel>/<account>`. Default: 404.
+    fn handle_webhook(account: Account, request: HttpRequest) -> HttpResponse {
+        let _ = (account, request);
+        HttpResponse {
+            status: 404,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: br#"{"error":"this channel does not accept webhooks"}"#.to_vec(),
+        }
+    }
+}
+
+/// Exports `$t` (a type implementing [`Channel`]) as the component's `channel`.
+#[macro_export]
+macro_rules! export_channel {
+    ($t:ty) => {
+        const _: () = {
+            struct __SwitchboardChannel;
+            impl $crate::__private::Guest for __SwitchboardChannel {
+                fn info() -> $crate::PluginInfo {
+                    <$t as $crate::Channel>::info()
+                }
+                fn validate(account: $crate::Account) -> Result<(), $crate::ChannelError> {
+                    <$t as $crate::Channel>::validate(account)
+                }
+                fn run(account: $crate::Account) -> Result<(), $crate::ChannelError> {
+                    <$t as $crate::Channel>::run(account)
+                }
+                fn send(
+                    account: $crate::Account,
+                    message: $crate::OutboundMessage,
+                ) -> Result<$crate::Delivery, $crate::ChannelError> {
+                    <$t as $crate::Channel>::send(account, message)
+                }
+                fn handle_webhook(
+                    account: $crate::Account,
+                    request: $crate::HttpRequest,
+                ) -> $crate::HttpResponse {
+                    <$t as $crate::Channel>::handle_webhook(account, request)
+                }
+            }
+            $crate::__private::__export_channel_plugin!(__SwitchboardChannel with_types_in $crate::__private);
+        };
+    };
+}
+
+impl Account {
+    /// Parses the account's settings into `T`; a mismatch becomes
+    /// `ChannelError::InvalidConfig` naming the account and the problem.
+    pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, ChannelError> {
+        serde_json::from_str(&self.settings)
+            .map_err(|e| ChannelError::InvalidConfig(format!("account `{}`: {e}", self.id)))
+    }
+}
+
+/// Hands a received message to the gateway; returns its sequence number.
+/// Advance your upstream offset only after this returns `Ok`.
+pub fn deliver(message: InboundMessage) -> Result<u64, String> {
+    host::deliver(&message)
+}
+
+/// Reports an account's connection state.
+pub fn set_state(account_id: &str, state: AccountState, detail: Option<&str>) {
+    host::set_state(account_id, state, detail)
+}
+
+/// Writes a log line under the plugin's id (see also [`info!`] and friends).
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message)
+}
+
+/// Milliseconds since the Unix epoch, from the host's wall clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The plugin's private key-value store; it survives reloads and restarts.
+pub mod kv {
+    use super::host;
+
+    /// The value stored under `key`.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::kv_get(key)
+    }
+    /// Stores `value` under `key`.
+    pub fn set(key: &str, value: &[u8]) {
+        host::kv_set(key, value)
+    }
+    /// Removes `key`.
+    pub fn delete(key: &str) {
+        host::kv_delete(key)
+    }
+}
+
+/// Logs at info level: `switchboard_sdk::info!("connected to {}", host)`.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Info, &format!($($arg)*)) };
+}
+/// Logs at warn level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Warn, &format!($($arg)*)) };
+}
+/// Logs at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Error, &format!($($arg)*)) };
+}
+/// Logs at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log($crate::LogLevel::Debug, &format!($($arg)*)) };
+}
