@@ -24,7 +24,9 @@ pub mod events {
     pub const PRESENCE: &str = "presence";
     pub const HEALTH: &str = "health";
     pub const SHUTDOWN: &str = "shutdown";
-    pub const ALL: &[&str] = &[TICK, PRESENCE, HEALTH, SHUTDOWN];
+    pub const MESSAGE: &str = "message";
+    pub const PLUGINS: &str = "plugins";
+    pub const ALL: &[&str] = &[TICK, PRESENCE, HEALTH, SHUTDOWN, MESSAGE, PLUGINS];
 }
 
 /// Which connections receive an event. Empty = all.

@@ -1,15 +1,38 @@
-//! The channel manager: messaging-channel accounts, their lifecycle and the
-//! runtime snapshot behind `channels.status` and `health`.
+//! The channel manager: messaging-channel accounts from `[channels.<name>]`,
+//! their lifecycle (start = `validate` then the `run` loop, restarted with
+//! backoff; stop = cancel), `send` with idempotency, webhooks, inbound
+//! `deliver`, and the runtime snapshot behind `channels.status` and `health`.
 //!
-//! Channels are provided by Wasm plugins, which arrive with the plugin
-//! runtime; until then the set is empty, but every report goes through
-//! [`ChannelManager::snapshot`], the same path real channels will use.
+//! Plugin code always runs on the plugin runtime; a `run` loop is one task
+//! there, cancelled by aborting it (which drops its store).
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::{Notify, OnceCell};
+
+use crate::broadcast::{Broadcaster, Filter};
+use crate::config::ChannelConfig;
+use crate::gateway::auth::SCOPE_READ;
+use crate::gateway::frames::ErrorShape;
+use crate::plugins::kv::KvStore;
+use crate::plugins::runtime::{
+    self, Account, AccountState, ChannelError, HttpRequest, HttpResponse, InboundMessage,
+    OutboundMessage, PluginHost,
+};
+use crate::plugins::{Change, Plugin, PluginManager};
+
+/// Backoff of a failing `run` loop: 1 s doubling to 5 min.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A `run` that lasted this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+/// How long a `send` result is remembered for its idempotency key.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
 /// One account's runtime state, as `channels.status` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -23,11 +46,15 @@ pub struct AccountSnapshot {
     pub last_error: Option<String>,
     pub last_start_at: Option<u64>,
     pub last_stop_at: Option<u64>,
+    pub reconnect_attempts: u64,
+    pub last_inbound_at: Option<u64>,
+    pub last_outbound_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ChannelEntry {
     pub label: String,
+    pub plugin: String,
     pub default_account: Option<String>,
     pub accounts: BTreeMap<String, AccountSnapshot>,
 }
@@ -38,42 +65,711 @@ pub struct ChannelsSnapshot {
     pub channels: BTreeMap<String, ChannelEntry>,
 }
 
-#[derive(Default)]
+type Key = (String, String);
+/// idempotency key → (first seen, the result once there is one).
+type IdempotencyMap = HashMap<String, (Instant, Arc<OnceCell<Value>>)>;
+
 pub struct ChannelManager {
-    channels: RwLock<BTreeMap<String, ChannelEntry>>,
+    config: BTreeMap<String, ChannelConfig>,
+    plugins: Arc<PluginManager>,
+    broadcaster: Arc<Broadcaster>,
+    health: Arc<Notify>,
+    kv: Arc<KvStore>,
+    state: RwLock<BTreeMap<String, ChannelEntry>>,
+    /// Running `run` loops.
+    tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
+    /// Accounts an operator or the config wants running.
+    wanted: Mutex<std::collections::HashSet<Key>>,
+    idempotency: Mutex<IdempotencyMap>,
+    message_seq: AtomicU64,
+}
+
+/// The host side of a plugin's imports in the daemon.
+pub struct GatewayHost {
+    channels: std::sync::OnceLock<Weak<ChannelManager>>,
+    kv: Arc<KvStore>,
+}
+
+impl GatewayHost {
+    pub fn new(kv: Arc<KvStore>) -> Arc<Self> {
+        Arc::new(Self {
+            channels: std::sync::OnceLock::new(),
+            kv,
+        })
+    }
+
+    pub fn attach(&self, channels: &Arc<ChannelManager>) {
+        let _ = self.channels.set(Arc::downgrade(channels));
+    }
+
+    fn channels(&self) -> Option<Arc<ChannelManager>> {
+        self.channels.get().and_then(Weak::upgrade)
+    }
+}
+
+impl PluginHost for GatewayHost {
+    fn deliver(&self, plugin: &str, channel: &str, m: InboundMessage) -> Result<u64, String> {
+        let cm = self.channels().ok_or("the gateway is shutting down")?;
+        cm.deliver(plugin, channel, m)
+    }
+
+    fn set_state(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        state: AccountState,
+        detail: Option<String>,
+    ) {
+        if let Some(cm) = self.channels() {
+            cm.set_state(plugin, channel, account, state, detail);
+        }
+    }
+
+    fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(plugin, key)
+    }
+
+    fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) {
+        if let Err(e) = self.kv.set(plugin, key, &value) {
+            tracing::error!(plugin, "kv-set failed: {e}");
+        }
+    }
+
+    fn kv_delete(&self, plugin: &str, key: &str) {
+        self.kv.delete(plugin, key)
+    }
+}
+
+fn settings_json(table: &toml::Table) -> String {
+    let mut t = table.clone();
+    t.remove("enabled");
+    serde_json::to_string(&t).unwrap_or_else(|_| "{}".into())
+}
+
+/// The protocol error for a channel error.
+pub fn channel_error(channel: &str, e: &ChannelError) -> ErrorShape {
+    match e {
+        ChannelError::InvalidConfig(m) => {
+            ErrorShape::invalid(format!("{channel}: invalid config: {m}"))
+        }
+        ChannelError::Unauthorized(m) => {
+            ErrorShape::unavailable(format!("{channel}: unauthorized: {m}"))
+        }
+        ChannelError::NotFound(m) => ErrorShape::invalid(format!("{channel}: not found: {m}")),
+        ChannelError::RateLimited(ms) => {
+            ErrorShape::unavailable(format!("{channel}: rate limited, retry in {ms} ms"))
+                .retry_after(*ms)
+        }
+        ChannelError::Transient(m) => {
+            ErrorShape::unavailable(format!("{channel}: temporary failure: {m}")).retry_after(1000)
+        }
+        ChannelError::Fatal(m) => ErrorShape::unavailable(format!("{channel}: {m}")),
+    }
+}
+
+fn describe(e: &ChannelError) -> String {
+    match e {
+        ChannelError::InvalidConfig(m) => format!("invalid config: {m}"),
+        ChannelError::Unauthorized(m) => format!("unauthorized: {m}"),
+        ChannelError::NotFound(m) => format!("not found: {m}"),
+        ChannelError::RateLimited(ms) => format!("rate limited for {ms} ms"),
+        ChannelError::Transient(m) => format!("temporary failure: {m}"),
+        ChannelError::Fatal(m) => format!("fatal: {m}"),
+    }
 }
 
 impl ChannelManager {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(
+        config: BTreeMap<String, ChannelConfig>,
+        plugins: Arc<PluginManager>,
+        broadcaster: Arc<Broadcaster>,
+        health: Arc<Notify>,
+        kv: Arc<KvStore>,
+    ) -> Arc<Self> {
+        let mut state = BTreeMap::new();
+        for (name, c) in &config {
+            let accounts = c
+                .accounts
+                .iter()
+                .map(|(id, t)| {
+                    let enabled =
+                        c.enabled && t.get("enabled").and_then(|v| v.as_bool()).unwrap_or(true);
+                    (
+                        id.clone(),
+                        AccountSnapshot {
+                            account_id: id.clone(),
+                            enabled,
+                            configured: true,
+                            running: false,
+                            connected: false,
+                            last_error: None,
+                            last_start_at: None,
+                            last_stop_at: None,
+                            reconnect_attempts: 0,
+                            last_inbound_at: None,
+                            last_outbound_at: None,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>();
+            let default_account = if accounts.contains_key("default") {
+                Some("default".to_string())
+            } else {
+                accounts.keys().next().cloned()
+            };
+            state.insert(
+                name.clone(),
+                ChannelEntry {
+                    label: name.clone(),
+                    plugin: c.plugin.clone().unwrap_or_else(|| name.clone()),
+                    default_account,
+                    accounts,
+                },
+            );
+        }
+        Arc::new(Self {
+            config,
+            plugins,
+            broadcaster,
+            health,
+            kv,
+            state: RwLock::new(state),
+            tasks: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(Default::default()),
+            idempotency: Mutex::new(HashMap::new()),
+            message_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn kv(&self) -> &Arc<KvStore> {
+        &self.kv
     }
 
     pub fn snapshot(&self) -> ChannelsSnapshot {
         ChannelsSnapshot {
-            channels: self
-                .channels
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            channels: self.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
-    /// Stops every running account (shutdown step 3). Returns how many were stopped.
-    pub async fn stop_all(&self) -> usize {
-        let mut stopped = 0;
-        let now = crate::now_ms();
-        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
-        for entry in map.values_mut() {
-            for acct in entry.accounts.values_mut() {
-                if acct.running {
-                    acct.running = false;
-                    acct.connected = false;
-                    acct.last_stop_at = Some(now);
-                    stopped += 1;
+    fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
+            f(a);
+        }
+        drop(s);
+        self.health.notify_one();
+    }
+
+    fn plugin_of(&self, channel: &str) -> Option<String> {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+            .map(|c| c.plugin.clone())
+    }
+
+    /// The network this channel's plugin may reach.
+    pub fn grants_for(&self, plugin: &Plugin) -> Vec<String> {
+        // The first channel served by this plugin with an explicit list wins;
+        // otherwise what the plugin asks for.
+        for (name, c) in &self.config {
+            if c.plugin.as_deref().unwrap_or(name) == plugin.id() {
+                if let Some(n) = &c.network {
+                    return n.clone();
                 }
             }
         }
-        stopped
+        plugin.loaded.info.network.clone()
+    }
+
+    fn account_wit(&self, channel: &str, account: &str) -> Option<Account> {
+        let t = self.config.get(channel)?.accounts.get(account)?;
+        Some(Account {
+            id: account.to_string(),
+            settings: settings_json(t),
+        })
+    }
+
+    /// Resolves `channel`/`accountId` of a request (defaults when there is one choice).
+    pub fn resolve(
+        &self,
+        channel: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(String, String), ErrorShape> {
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let channel = match channel {
+            Some(c) => c.to_string(),
+            None if s.len() == 1 => s.keys().next().cloned().unwrap_or_default(),
+            None => {
+                return Err(ErrorShape::invalid(format!(
+                    "channel is required (configured: {})",
+                    if s.is_empty() {
+                        "none".to_string()
+                    } else {
+                        s.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                )))
+            }
+        };
+        let entry = s.get(&channel).ok_or_else(|| {
+            ErrorShape::invalid(format!(
+                "unknown channel: {channel}; add [channels.{channel}] to the config"
+            ))
+        })?;
+        let account = match account {
+            Some(a) => a.to_string(),
+            None => entry.default_account.clone().ok_or_else(|| {
+                ErrorShape::invalid(format!(
+                    "channel {channel} has no accounts; add [channels.{channel}.accounts.default]"
+                ))
+            })?,
+        };
+        if !entry.accounts.contains_key(&account) {
+            return Err(ErrorShape::invalid(format!(
+                "unknown account {account} of channel {channel} (configured: {})",
+                entry
+                    .accounts
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok((channel, account))
+    }
+
+    // ---- lifecycle ----
+
+    /// Starts every enabled account (at start-up).
+    pub fn start_all(self: &Arc<Self>) {
+        let keys: Vec<Key> = {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            s.iter()
+                .flat_map(|(c, e)| {
+                    e.accounts
+                        .values()
+                        .filter(|a| a.enabled)
+                        .map(move |a| (c.clone(), a.account_id.clone()))
+                })
+                .collect()
+        };
+        for (c, a) in keys {
+            self.start(&c, &a);
+        }
+    }
+
+    /// Starts (or restarts) one account's `run` loop.
+    pub fn start(self: &Arc<Self>, channel: &str, account: &str) {
+        let key = (channel.to_string(), account.to_string());
+        self.wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        let me = self.clone();
+        let (c, a) = key.clone();
+        let handle = self.plugins.spawn(async move { me.run_loop(c, a).await });
+        if let Some(old) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, handle.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops one account: cancels its `run` loop.
+    pub fn stop(&self, channel: &str, account: &str) {
+        let key = (channel.to_string(), account.to_string());
+        self.wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        if let Some(h) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            h.abort();
+        }
+        self.update(channel, account, |a| {
+            if a.running {
+                a.last_stop_at = Some(crate::now_ms());
+            }
+            a.running = false;
+            a.connected = false;
+        });
+    }
+
+    pub fn account_snapshot(&self, channel: &str, account: &str) -> Option<AccountSnapshot> {
+        self.snapshot()
+            .channels
+            .get(channel)?
+            .accounts
+            .get(account)
+            .cloned()
+    }
+
+    /// Stops every account (shutdown step 3). Returns how many were running.
+    pub async fn stop_all(&self) -> usize {
+        let keys: Vec<Key> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for (c, a) in &keys {
+            self.stop(c, a);
+        }
+        keys.len()
+    }
+
+    /// Applies plugin changes: restart the accounts of a loaded or replaced
+    /// plugin on the new version; stop those of a removed one.
+    pub fn on_plugin_changes(self: &Arc<Self>, changes: &[Change]) {
+        for ch in changes {
+            let (id, restart) = match ch {
+                Change::Loaded { id, .. } | Change::Replaced { id, .. } => (id, true),
+                Change::Removed { id } => (id, false),
+                Change::Failed { .. } => continue,
+            };
+            let affected: Vec<Key> = {
+                let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+                s.iter()
+                    .filter(|(_, e)| &e.plugin == id)
+                    .flat_map(|(c, e)| e.accounts.keys().map(move |a| (c.clone(), a.clone())))
+                    .collect()
+            };
+            let wanted = self
+                .wanted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for (c, a) in affected {
+                if !wanted.contains(&(c.clone(), a.clone())) {
+                    continue;
+                }
+                if restart {
+                    tracing::info!(channel = %c, account = %a, plugin = %id, "restarting account on the new plugin version");
+                    self.start(&c, &a);
+                } else {
+                    if let Some(h) = self
+                        .tasks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(c.clone(), a.clone()))
+                    {
+                        h.abort();
+                    }
+                    self.update(&c, &a, |s| {
+                        s.running = false;
+                        s.connected = false;
+                        s.last_stop_at = Some(crate::now_ms());
+                        s.last_error = Some(format!("plugin `{id}` was removed"));
+                    });
+                }
+            }
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>, channel: String, account: String) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let started = Instant::now();
+            let outcome = self.run_once(&channel, &account).await;
+            let err = match outcome {
+                Ok(()) => "run returned; restarting".to_string(),
+                Err(e) => e,
+            };
+            tracing::warn!(channel = %channel, account = %account, retry_in_ms = backoff.as_millis() as u64, "account stopped: {err}");
+            if started.elapsed() >= STABLE_RUN {
+                backoff = BACKOFF_START;
+            }
+            self.update(&channel, &account, |a| {
+                a.running = false;
+                a.connected = false;
+                a.last_stop_at = Some(crate::now_ms());
+                a.last_error = Some(err.clone());
+                a.reconnect_attempts += 1;
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One attempt: `validate` on a fresh instance, then `run` on a long-lived one.
+    async fn run_once(&self, channel: &str, account: &str) -> Result<(), String> {
+        let plugin_id = self.plugin_of(channel).ok_or("channel not configured")?;
+        let plugin = self.plugins.get(&plugin_id).ok_or_else(|| {
+            format!(
+                "plugin `{plugin_id}` is not loaded (no {plugin_id}.wasm in the plugins directory)"
+            )
+        })?;
+        let acct = self
+            .account_wit(channel, account)
+            .ok_or("account not configured")?;
+        self.update(channel, account, |a| {
+            a.running = true;
+            a.last_start_at = Some(crate::now_ms());
+        });
+        let rt = &self.plugins.runtime;
+        // validate
+        let mut store = rt.store(&plugin_id, channel, Some(rt.limits.call_timeout));
+        let inst = plugin
+            .loaded
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| runtime::chain(&e))?;
+        inst.switchboard_channel_channel()
+            .call_validate(&mut store, &acct)
+            .await
+            .map_err(|e| format!("validate trapped: {}", runtime::chain(&e)))?
+            .map_err(|e| describe(&e))?;
+        drop(store);
+        // run: no deadline, interrupted only by cancellation.
+        let mut store = rt.store(&plugin_id, channel, None);
+        let inst = plugin
+            .loaded
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| runtime::chain(&e))?;
+        self.update(channel, account, |a| a.last_error = None);
+        inst.switchboard_channel_channel()
+            .call_run(&mut store, &acct)
+            .await
+            .map_err(|e| format!("run trapped: {}", runtime::chain(&e)))?
+            .map_err(|e| describe(&e))
+    }
+
+    // ---- calls from plugins ----
+
+    fn deliver(&self, plugin: &str, channel: &str, m: InboundMessage) -> Result<u64, String> {
+        if channel.is_empty() {
+            return Err("deliver is not available while the plugin is being loaded".into());
+        }
+        if self.plugin_of(channel).as_deref() != Some(plugin) {
+            return Err(format!("plugin {plugin} does not serve channel {channel}"));
+        }
+        let known = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+            .is_some_and(|c| c.accounts.contains_key(&m.account_id));
+        if !known {
+            return Err(format!(
+                "unknown account `{}` of channel {channel}",
+                m.account_id
+            ));
+        }
+        let seq = self.message_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut ev = json!({
+            "messageSeq": seq, "direction": "inbound", "channel": channel, "accountId": m.account_id,
+            "chatId": m.chat_id, "senderId": m.sender_id, "messageId": m.message_id, "text": m.text,
+            "ts": m.timestamp_ms,
+        });
+        if let Some(v) = m.sender_name {
+            ev["senderName"] = json!(v);
+        }
+        if let Some(v) = m.thread_id {
+            ev["threadId"] = json!(v);
+        }
+        if let Some(v) = m.reply_to_id {
+            ev["replyToId"] = json!(v);
+        }
+        if let Some(v) = m.raw {
+            ev["raw"] = json!(v);
+        }
+        self.broadcaster.broadcast(
+            crate::broadcast::events::MESSAGE,
+            &ev,
+            &Filter::scope(SCOPE_READ),
+        );
+        self.update(channel, &m.account_id, |a| {
+            a.last_inbound_at = Some(crate::now_ms())
+        });
+        Ok(seq)
+    }
+
+    fn set_state(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        state: AccountState,
+        detail: Option<String>,
+    ) {
+        if channel.is_empty() || self.plugin_of(channel).as_deref() != Some(plugin) {
+            return;
+        }
+        self.update(channel, account, |a| {
+            a.connected = matches!(state, AccountState::Connected);
+            match state {
+                AccountState::Error => a.last_error = detail.or(Some("error".into())),
+                AccountState::Connected => a.last_error = None,
+                _ => {
+                    if detail.is_some() {
+                        a.last_error = detail;
+                    }
+                }
+            }
+        });
+    }
+
+    // ---- calls from operators ----
+
+    /// `send`: routes to the plugin's `send` on a fresh instance; the same
+    /// idempotency key returns the first result without sending again.
+    pub async fn send(
+        self: &Arc<Self>,
+        channel: &str,
+        account: &str,
+        key: &str,
+        message: OutboundMessage,
+    ) -> Result<Value, ErrorShape> {
+        let cell = {
+            let mut m = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|_, (t, _)| t.elapsed() < IDEMPOTENCY_TTL);
+            m.entry(key.to_string())
+                .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
+                .1
+                .clone()
+        };
+        let me = self.clone();
+        let (c, a, k) = (channel.to_string(), account.to_string(), key.to_string());
+        let result = cell
+            .get_or_try_init(|| async move { me.send_once(&c, &a, &k, message).await })
+            .await
+            .cloned();
+        if result.is_err() {
+            // Failures are not remembered: a retry with the same key sends again.
+            self.idempotency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+        }
+        result
+    }
+
+    async fn send_once(
+        &self,
+        channel: &str,
+        account: &str,
+        key: &str,
+        message: OutboundMessage,
+    ) -> Result<Value, ErrorShape> {
+        let plugin_id = self.plugin_of(channel).unwrap_or_default();
+        let plugin = self.plugins.get(&plugin_id).ok_or_else(|| {
+            ErrorShape::unavailable(format!(
+                "channel {channel}: plugin `{plugin_id}` is not loaded"
+            ))
+            .retry_after(1000)
+        })?;
+        let acct = self
+            .account_wit(channel, account)
+            .ok_or_else(|| ErrorShape::invalid(format!("unknown account {account}")))?;
+        let rt = self.plugins.runtime.clone();
+        let (ch, pid, msg) = (channel.to_string(), plugin_id.clone(), message.clone());
+        let call = self.plugins.spawn(async move {
+            let mut store = rt.store(&pid, &ch, Some(rt.limits.call_timeout));
+            let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
+            inst.switchboard_channel_channel()
+                .call_send(&mut store, &acct, &msg)
+                .await
+        });
+        let delivery = match call.await {
+            Ok(Ok(Ok(d))) => d,
+            Ok(Ok(Err(e))) => return Err(channel_error(channel, &e)),
+            Ok(Err(trap)) => {
+                return Err(ErrorShape::unavailable(format!(
+                    "channel {channel}: plugin `{plugin_id}` failed: {}",
+                    runtime::chain(&trap)
+                )))
+            }
+            Err(e) => {
+                return Err(ErrorShape::unavailable(format!(
+                    "channel {channel}: send task failed: {e}"
+                )))
+            }
+        };
+        let chat_id = delivery
+            .chat_id
+            .clone()
+            .unwrap_or_else(|| message.to.clone());
+        let seq = self.message_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut ev = json!({
+            "messageSeq": seq, "direction": "outbound", "channel": channel, "accountId": account,
+            "chatId": chat_id, "senderId": account, "messageId": delivery.message_id,
+            "text": message.text, "ts": crate::now_ms(),
+        });
+        if let Some(t) = &message.thread_id {
+            ev["threadId"] = json!(t);
+        }
+        if let Some(r) = &message.reply_to_id {
+            ev["replyToId"] = json!(r);
+        }
+        self.broadcaster.broadcast(
+            crate::broadcast::events::MESSAGE,
+            &ev,
+            &Filter::scope(SCOPE_READ),
+        );
+        self.update(channel, account, |a| {
+            a.last_outbound_at = Some(crate::now_ms())
+        });
+        Ok(
+            json!({"runId": key, "messageId": delivery.message_id, "channel": channel, "chatId": chat_id}),
+        )
+    }
+
+    /// `POST /hooks/<channel>/<account>` → the plugin's `handle-webhook`.
+    pub async fn webhook(
+        &self,
+        channel: &str,
+        account: &str,
+        req: HttpRequest,
+    ) -> Result<HttpResponse, (u16, String)> {
+        if !self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+            .is_some_and(|c| c.accounts.contains_key(account))
+        {
+            return Err((
+                404,
+                format!("no account {account} of channel {channel} is configured"),
+            ));
+        }
+        let plugin_id = self.plugin_of(channel).unwrap_or_default();
+        let plugin = self
+            .plugins
+            .get(&plugin_id)
+            .ok_or_else(|| (503, format!("plugin `{plugin_id}` is not loaded")))?;
+        let acct = self
+            .account_wit(channel, account)
+            .ok_or((404, "unknown account".to_string()))?;
+        let rt = self.plugins.runtime.clone();
+        let (ch, pid) = (channel.to_string(), plugin_id.clone());
+        let call = self.plugins.spawn(async move {
+            let mut store = rt.store(&pid, &ch, Some(rt.limits.call_timeout));
+            let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
+            inst.switchboard_channel_channel()
+                .call_handle_webhook(&mut store, &acct, &req)
+                .await
+        });
+        match call.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(trap)) => Err((
+                502,
+                format!("plugin `{plugin_id}` failed: {}", runtime::chain(&trap)),
+            )),
+            Err(e) => Err((502, format!("webhook task failed: {e}"))),
+        }
     }
 }
 
@@ -109,7 +805,7 @@ impl ChannelsSnapshot {
             channels.insert(
                 (*id).clone(),
                 json!({"configured": !list.is_empty(), "running": running > 0, "connected": connected > 0,
-                       "accounts": list.len(), "runningAccounts": running, "connectedAccounts": connected}),
+                       "plugin": e.plugin, "accounts": list.len(), "runningAccounts": running, "connectedAccounts": connected}),
             );
             accounts.insert((*id).clone(), json!(list));
             labels.insert((*id).clone(), json!(e.label));

@@ -21,6 +21,35 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// `[channels.<name>]`: messaging channels and their accounts.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// Where the daemon keeps state (the plugins' key-value stores).
+    /// Default: `$XDG_STATE_HOME/switchboard` or `~/.local/state/switchboard`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `[channels.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// The plugin id serving this channel (default: the channel's name).
+    pub plugin: Option<String>,
+    /// `false` keeps every account of the channel stopped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port` pairs this channel's plugin may reach; replaces the list
+    /// the plugin asks for in `info().network`.
+    pub network: Option<Vec<String>>,
+    /// `[channels.<name>.accounts.<id>]`: `enabled` is the host's; every
+    /// other key is handed to the plugin as its settings JSON.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, toml::Table>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,12 +186,27 @@ impl Default for LimitsConfig {
 pub struct PluginsConfig {
     /// Directory watched for channel plugins (`*.wasm`).
     pub dir: PathBuf,
+    /// Reload plugins when files in `dir` change.
+    pub watch: bool,
+    /// Linear memory per plugin instance (MiB).
+    pub memory_mb: usize,
+    /// Bound on one `validate`, `send` or `handle-webhook` call (ms).
+    pub call_timeout_ms: u64,
+    /// Largest plugin file accepted (bytes).
+    pub max_file_bytes: u64,
+    /// Quiet time after a change in `dir` before it is re-read (ms).
+    pub debounce_ms: u64,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("plugins"),
+            watch: true,
+            memory_mb: 64,
+            call_timeout_ms: 30_000,
+            max_file_bytes: 64 * 1024 * 1024,
+            debounce_ms: 200,
         }
     }
 }
@@ -175,6 +219,7 @@ pub struct Overrides {
     pub token: Option<String>,
     pub password: Option<String>,
     pub plugins_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -229,6 +274,9 @@ impl Config {
         }
         if let Some(d) = &o.plugins_dir {
             self.plugins.dir = d.clone();
+        }
+        if let Some(d) = &o.state_dir {
+            self.state_dir = Some(d.clone());
         }
     }
 
@@ -292,6 +340,24 @@ impl Config {
         if self.gateway.tick_interval_ms == 0 {
             bail!("gateway.tick_interval_ms must be at least 1");
         }
+        for (name, ch) in &self.channels {
+            if let Some(net) = &ch.network {
+                for n in net {
+                    crate::plugins::runtime::parse_host_port(n)
+                        .map_err(|e| anyhow::anyhow!("channels.{name}.network: {e}"))?;
+                }
+            }
+            for (id, acct) in &ch.accounts {
+                if let Some(v) = acct.get("enabled") {
+                    if !v.is_bool() {
+                        bail!("channels.{name}.accounts.{id}.enabled must be true or false");
+                    }
+                }
+            }
+        }
+        if self.plugins.memory_mb == 0 || self.plugins.call_timeout_ms == 0 {
+            bail!("plugins.memory_mb and plugins.call_timeout_ms must be at least 1");
+        }
         if self.gateway.health_check_interval_ms == 0 {
             bail!("gateway.health_check_interval_ms must be at least 1");
         }
@@ -316,6 +382,20 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr> {
         Ok(SocketAddr::new(self.bind_ip()?, self.gateway.port))
+    }
+
+    /// The state directory (see `state_dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("switchboard");
+        }
+        match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".local/state/switchboard"),
+            None => PathBuf::from(".switchboard-state"),
+        }
     }
 
     pub fn tick_interval(&self) -> Duration {

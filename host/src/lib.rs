@@ -34,13 +34,42 @@ pub async fn serve(config: config::Config) -> Result<()> {
         format!("cannot listen on {addr} (is another gateway running there? choose another with --port or gateway.port)")
     })?;
     let local = listener.local_addr().context("listener address")?;
-    let gw = gateway::Gateway::new(config);
+    let gw = gateway::Gateway::new(config)?;
+    let dir = gw.plugins.dir().clone();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create the plugins directory {}", dir.display()))?;
+    }
+    let initial = gw.reload_plugins().await;
+    gw.channels.start_all();
+    // Keep the watcher alive for the daemon's life.
+    let _watcher = if gw.config.plugins.watch {
+        let (w, mut rx) = plugins::watcher::watch(
+            &dir,
+            std::time::Duration::from_millis(gw.config.plugins.debounce_ms),
+        )?;
+        let g = gw.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                if g.is_shutting_down() {
+                    break;
+                }
+                g.reload_plugins().await;
+            }
+        });
+        Some(w)
+    } else {
+        None
+    };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     tracing::info!(
         addr = %local,
         url = %format!("{scheme}://{local}"),
         auth = if gw.config.has_auth() { "required" } else { "none (loopback only)" },
-        plugins_dir = %gw.plugins.dir().display(),
+        plugins_dir = %dir.display(),
+        plugins = gw.plugins.loaded_count(),
+        plugin_failures = initial.iter().filter(|c| matches!(c, plugins::Change::Failed { .. })).count(),
+        state_dir = %gw.config.state_dir().display(),
         "gateway listening"
     );
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));

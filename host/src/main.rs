@@ -67,6 +67,9 @@ struct ServeArgs {
     /// Plugins directory.
     #[arg(long)]
     plugins: Option<PathBuf>,
+    /// State directory (plugin key-value stores).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -137,6 +140,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         token: args.token,
         password: args.password,
         plugins_dir: args.plugins,
+        state_dir: args.state_dir,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -174,10 +178,7 @@ async fn call(args: CallArgs) -> ExitCode {
     };
     match switchboard::client::call(opts).await {
         Ok(payload) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&payload).unwrap_or_else(|_| payload.to_string())
-            );
+            out(&serde_json::to_string_pretty(&payload).unwrap_or_else(|_| payload.to_string()));
             ExitCode::SUCCESS
         }
         Err(e @ switchboard::client::CallError::Gateway { .. }) => {
@@ -224,4 +225,10 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Prints a line to stdout; a closed pipe (`| head`) is not an error.
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }

@@ -42,6 +42,17 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// A component built by `make plugins`: `dir` is `plugins` or `test-plugins`.
+pub fn built_plugin(dir: &str, name: &str) -> PathBuf {
+    let p = workspace_root().join("target").join(dir).join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make plugins` (make test does)",
+        p.display()
+    );
+    p
+}
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     child: Option<Child>,

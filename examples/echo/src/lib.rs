@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use switchboard_sdk::wstd;
 use switchboard_sdk::{
-    export_channel, Account, AccountState, Channel, ChannelError, Delivery, InboundMessage,
-    OutboundMessage, PluginInfo,
+    export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
+    HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
 };
 
 #[derive(Deserialize, Default)]
@@ -40,7 +40,10 @@ impl Channel for Echo {
         PluginInfo {
             id: "echo".into(),
             name: "Echo".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            // ECHO_VERSION lets the tests build a second, newer copy.
+            version: option_env!("ECHO_VERSION")
+                .unwrap_or(env!("CARGO_PKG_VERSION"))
+                .into(),
             description: "Echoes every sent message back as an inbound message".into(),
             network: vec![],
         }
@@ -81,6 +84,10 @@ impl Channel for Echo {
         })
     }
 
+    fn handle_webhook(account: Account, request: HttpRequest) -> HttpResponse {
+        Echo::hook(account, request)
+    }
+
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
         let id = next_id("echo");
         switchboard_sdk::deliver(InboundMessage {
@@ -100,6 +107,52 @@ impl Channel for Echo {
             message_id: id,
             chat_id: Some(message.to),
         })
+    }
+}
+
+/// The body `POST /hooks/echo/<account>` accepts.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Hook {
+    chat_id: String,
+    text: String,
+}
+
+fn json_response(status: u16, body: String) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.into_bytes(),
+    }
+}
+
+impl Echo {
+    fn hook(account: Account, request: HttpRequest) -> HttpResponse {
+        let hook: Hook = match serde_json::from_slice(&request.body) {
+            Ok(h) => h,
+            Err(e) => {
+                return json_response(400, serde_json::json!({"error": e.to_string()}).to_string())
+            }
+        };
+        let id = next_id("hook");
+        match switchboard_sdk::deliver(InboundMessage {
+            account_id: account.id,
+            chat_id: hook.chat_id,
+            sender_id: "webhook".into(),
+            sender_name: None,
+            message_id: id.clone(),
+            text: hook.text,
+            timestamp_ms: switchboard_sdk::now_ms(),
+            thread_id: None,
+            reply_to_id: None,
+            raw: None,
+        }) {
+            Ok(seq) => json_response(
+                200,
+                serde_json::json!({"accepted": id, "messageSeq": seq}).to_string(),
+            ),
+            Err(e) => json_response(503, serde_json::json!({"error": e}).to_string()),
+        }
     }
 }
 

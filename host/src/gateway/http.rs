@@ -24,7 +24,68 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/hooks/{channel}/{account}", axum::routing::post(hook))
+        .route(
+            "/hooks/{channel}/{account}/{*rest}",
+            axum::routing::post(hook),
+        )
         .with_state(gw)
+}
+
+/// `POST /hooks/<channel>/<account>[/rest]` → the plugin's `handle-webhook`.
+async fn hook(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(p): axum::extract::Path<std::collections::HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let channel = p.get("channel").cloned().unwrap_or_default();
+    let account = p.get("account").cloned().unwrap_or_default();
+    let path = format!("/{}", p.get("rest").cloned().unwrap_or_default());
+    let (parts, body) = req.into_parts();
+    let limit = gw.config.gateway.limits.max_payload_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({"error": format!("body larger than {limit} bytes (gateway.limits.max_payload_bytes)")})),
+            )
+                .into_response()
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let hr = crate::plugins::runtime::HttpRequest {
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body: body.to_vec(),
+    };
+    match gw.channels.webhook(&channel, &account, hr).await {
+        Ok(r) => {
+            let mut b = Response::builder()
+                .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY));
+            for (k, v) in &r.headers {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            b.body(axum::body::Body::from(r.body))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Err((status, msg)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(json!({"error": msg})),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

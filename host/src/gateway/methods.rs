@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::SCOPE_READ;
+use super::auth::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 use super::frames::ErrorShape;
 use super::Gateway;
 use crate::connections::Connection;
@@ -17,6 +17,11 @@ const METHODS: &[(&str, &str)] = &[
     ("status", SCOPE_READ),
     ("system-presence", SCOPE_READ),
     ("channels.status", SCOPE_READ),
+    ("channels.start", SCOPE_ADMIN),
+    ("channels.stop", SCOPE_ADMIN),
+    ("send", SCOPE_WRITE),
+    ("plugins.list", SCOPE_READ),
+    ("plugins.reload", SCOPE_ADMIN),
 ];
 
 pub fn names() -> Vec<&'static str> {
@@ -42,6 +47,40 @@ struct ChannelsStatusParams {
     #[allow(dead_code)]
     timeout_ms: Option<u64>,
     channel: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ChannelAccountParams {
+    channel: String,
+    account_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SendParams {
+    to: String,
+    message: String,
+    idempotency_key: String,
+    channel: Option<String>,
+    account_id: Option<String>,
+    thread_id: Option<String>,
+    reply_to_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadParams {
+    id: Option<String>,
+}
+
+/// Parses required params (absent params are an error naming the method).
+fn parse_required<T: for<'de> Deserialize<'de>>(
+    method: &str,
+    params: Option<Value>,
+) -> Result<T, ErrorShape> {
+    serde_json::from_value(params.unwrap_or(Value::Null))
+        .map_err(|e| ErrorShape::invalid(format!("invalid {method} params: {e}")))
 }
 
 fn parse<T: for<'de> Deserialize<'de> + Default>(
@@ -96,6 +135,54 @@ pub async fn dispatch(
                 }
             }
             Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
+        }
+        "channels.start" | "channels.stop" => {
+            let p: ChannelAccountParams = parse_required(method, params)?;
+            let (channel, account) = gw
+                .channels
+                .resolve(Some(&p.channel), p.account_id.as_deref())?;
+            if method == "channels.start" {
+                gw.channels.start(&channel, &account);
+            } else {
+                gw.channels.stop(&channel, &account);
+            }
+            let snap = gw.channels.account_snapshot(&channel, &account);
+            Ok(json!({"channel": channel, "account": snap}))
+        }
+        "send" => {
+            let p: SendParams = parse_required(method, params)?;
+            if p.idempotency_key.is_empty() {
+                return Err(ErrorShape::invalid(
+                    "send: idempotencyKey must not be empty",
+                ));
+            }
+            let (channel, account) = gw
+                .channels
+                .resolve(p.channel.as_deref(), p.account_id.as_deref())?;
+            let msg = crate::plugins::runtime::OutboundMessage {
+                to: p.to,
+                text: p.message,
+                thread_id: p.thread_id,
+                reply_to_id: p.reply_to_id,
+            };
+            gw.channels
+                .send(&channel, &account, &p.idempotency_key, msg)
+                .await
+        }
+        "plugins.list" => {
+            let _: Empty = parse(method, params)?;
+            Ok(
+                json!({"dir": gw.plugins.dir().display().to_string(), "plugins": gw.plugins.list(|p| gw.channels.grants_for(p))}),
+            )
+        }
+        "plugins.reload" => {
+            let p: ReloadParams = parse(method, params)?;
+            gw.plugins.forget_failures(p.id.as_deref());
+            let changes = gw.reload_plugins().await;
+            Ok(json!({
+                "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
+                "plugins": gw.plugins.list(|p| gw.channels.grants_for(p)),
+            }))
         }
         _ => Err(ErrorShape::invalid(format!("unknown method: {method}"))),
     }

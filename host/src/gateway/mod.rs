@@ -27,10 +27,12 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::broadcast::Broadcaster;
-use crate::channels::ChannelManager;
+use crate::channels::{ChannelManager, GatewayHost};
 use crate::config::Config;
 use crate::connections::ConnectionManager;
 use crate::health::Metrics;
+use crate::plugins::kv::KvStore;
+use crate::plugins::runtime::Limits;
 use crate::plugins::PluginManager;
 
 /// Everything the gateway's components share.
@@ -55,20 +57,40 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Arc<Gateway> {
+    pub fn new(config: Config) -> Result<Arc<Gateway>> {
         let metrics = Arc::new(Metrics::default());
         let conns = Arc::new(ConnectionManager::new());
         let broadcaster = Arc::new(Broadcaster::new(conns.clone(), metrics.clone()));
-        let plugins = Arc::new(PluginManager::new(config.plugins.dir.clone()));
-        Arc::new(Gateway {
+        let health_notify = Arc::new(Notify::new());
+        let kv = Arc::new(KvStore::new(&config.state_dir()));
+        let host = GatewayHost::new(kv.clone());
+        let limits = Limits {
+            memory_bytes: config.plugins.memory_mb * 1024 * 1024,
+            call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+            max_file_bytes: config.plugins.max_file_bytes,
+        };
+        let plugins = Arc::new(PluginManager::new(
+            config.plugins.dir.clone(),
+            limits,
+            host.clone(),
+        )?);
+        let channels = ChannelManager::new(
+            config.channels.clone(),
+            plugins.clone(),
+            broadcaster.clone(),
+            health_notify.clone(),
+            kv,
+        );
+        host.attach(&channels);
+        Ok(Arc::new(Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
             config: Arc::new(config),
             conns,
             broadcaster,
-            channels: Arc::new(ChannelManager::new()),
+            channels,
             plugins,
             metrics,
-            health_notify: Arc::new(Notify::new()),
+            health_notify,
             started: Instant::now(),
             started_at_ms: crate::now_ms(),
             instance_id: uuid::Uuid::new_v4().to_string(),
@@ -76,7 +98,25 @@ impl Gateway {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
-        })
+        }))
+    }
+
+    /// Re-reads the plugins directory (watcher, `plugins.reload`, start-up):
+    /// broadcasts a `plugins` event per change and restarts affected accounts.
+    pub async fn reload_plugins(&self) -> Vec<crate::plugins::Change> {
+        let changes = self.plugins.rescan().await;
+        for c in &changes {
+            self.broadcaster.broadcast(
+                crate::broadcast::events::PLUGINS,
+                &c.event(),
+                &crate::broadcast::Filter::scope(auth::SCOPE_READ),
+            );
+        }
+        if !changes.is_empty() {
+            self.channels.on_plugin_changes(&changes);
+            self.health_notify.notify_one();
+        }
+        changes
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -53,8 +53,16 @@ impl Default for Limits {
 /// What the host does for a plugin's imports. The daemon's implementation
 /// broadcasts and persists; `plugins check` uses [`NullHost`].
 pub trait PluginHost: Send + Sync + 'static {
-    fn deliver(&self, plugin: &str, message: InboundMessage) -> Result<u64, String>;
-    fn set_state(&self, plugin: &str, account: &str, state: AccountState, detail: Option<String>);
+    /// `channel` is the channel the calling instance serves ("" while loading).
+    fn deliver(&self, plugin: &str, channel: &str, message: InboundMessage) -> Result<u64, String>;
+    fn set_state(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        state: AccountState,
+        detail: Option<String>,
+    );
     fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>>;
     fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>);
     fn kv_delete(&self, plugin: &str, key: &str);
@@ -65,10 +73,10 @@ pub trait PluginHost: Send + Sync + 'static {
 pub struct NullHost;
 
 impl PluginHost for NullHost {
-    fn deliver(&self, _: &str, _: InboundMessage) -> Result<u64, String> {
+    fn deliver(&self, _: &str, _: &str, _: InboundMessage) -> Result<u64, String> {
         Err("no gateway is running (this is `switchboard plugins check`)".into())
     }
-    fn set_state(&self, _: &str, _: &str, _: AccountState, _: Option<String>) {}
+    fn set_state(&self, _: &str, _: &str, _: &str, _: AccountState, _: Option<String>) {}
     fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
         None
     }
@@ -79,6 +87,7 @@ impl PluginHost for NullHost {
 /// The data of one store: one instance of one plugin.
 pub struct PluginState {
     plugin: String,
+    channel: String,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
@@ -110,11 +119,11 @@ impl switchboard::channel::host::Host for PluginState {
         }
     }
     fn deliver(&mut self, message: InboundMessage) -> Result<u64, String> {
-        self.host.deliver(&self.plugin, message)
+        self.host.deliver(&self.plugin, &self.channel, message)
     }
     fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
         self.host
-            .set_state(&self.plugin, &account_id, state, detail)
+            .set_state(&self.plugin, &self.channel, &account_id, state, detail)
     }
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
         self.host.kv_get(&self.plugin, &key)
@@ -253,8 +262,14 @@ impl Runtime {
         })
     }
 
-    /// A fresh store for one instance of `plugin`, with the call deadline set.
-    pub fn store(&self, plugin: &str, timeout: Option<Duration>) -> Store<PluginState> {
+    /// A fresh store for one instance of `plugin` serving `channel`, with the
+    /// call deadline set (`None`: no deadline, for `run`).
+    pub fn store(
+        &self,
+        plugin: &str,
+        channel: &str,
+        timeout: Option<Duration>,
+    ) -> Store<PluginState> {
         let name: Arc<str> = Arc::from(plugin);
         let wasi = WasiCtxBuilder::new()
             .stdout(LogOutput {
@@ -277,6 +292,7 @@ impl Runtime {
             &self.engine,
             PluginState {
                 plugin: plugin.to_string(),
+                channel: channel.to_string(),
                 wasi,
                 table: ResourceTable::new(),
                 limits,
@@ -299,9 +315,8 @@ impl Runtime {
         store
     }
 
-    /// Reads, compiles and validates a plugin file (off the async runtime
-    /// when called from one), then asks the plugin for its `info`.
-    pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
+    /// Reads a plugin file: regular file (no symlinks), within the size limit.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
         if !meta.file_type().is_file() {
@@ -317,8 +332,27 @@ impl Runtime {
                 self.limits.max_file_bytes
             )));
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        std::fs::read(path)
+            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))
+    }
+
+    /// Reads, compiles and validates a plugin file, then asks it for `info`.
+    pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let bytes = self.read_file(path)?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load_bytes(&file_name, bytes).await
+    }
+
+    /// Compiles (off the async runtime), links against the host, checks the
+    /// world, instantiates once and calls `info`.
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        file_name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(&bytes));
         let rt = self.clone();
         let component = tokio::task::spawn_blocking(move || rt.compile(&bytes))
@@ -334,11 +368,7 @@ impl Runtime {
                 chain(&e)
             ))
         })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut store = self.store(&file_name, Some(self.limits.call_timeout));
+        let mut store = self.store(file_name, "", Some(self.limits.call_timeout));
         let plugin = pre
             .instantiate_async(&mut store)
             .await
@@ -351,7 +381,7 @@ impl Runtime {
         validate_info(&info)?;
         Ok(LoadedPlugin {
             info,
-            file: file_name,
+            file: file_name.to_string(),
             hash,
             pre,
         })
@@ -378,7 +408,7 @@ impl Runtime {
     }
 }
 
-fn chain(e: &wasmtime::Error) -> String {
+pub fn chain(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 

@@ -1,0 +1,69 @@
+//! A channel that misbehaves on purpose. `send` does what the message text
+//! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
+//! anything else succeeds. `run` panics when the account sets `crash_run`.
+
+use serde::Deserialize;
+use switchboard_sdk::{
+    export_channel, Account, Channel, ChannelError, Delivery, OutboundMessage, PluginInfo,
+};
+
+#[derive(Deserialize, Default)]
+struct Settings {
+    #[serde(default)]
+    crash_run: bool,
+}
+
+struct Misbehave;
+
+impl Channel for Misbehave {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "misbehave".into(),
+            name: "Misbehave".into(),
+            version: "0.1.0".into(),
+            description: "misbehaves on purpose".into(),
+            network: vec![],
+        }
+    }
+
+    fn run(account: Account) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        if s.crash_run {
+            panic!("run crashed on purpose");
+        }
+        switchboard_sdk::set_state(&account.id, switchboard_sdk::AccountState::Connected, None);
+        switchboard_sdk::wstd::runtime::block_on(async {
+            loop {
+                switchboard_sdk::wstd::task::sleep(
+                    switchboard_sdk::wstd::time::Duration::from_secs(3600),
+                )
+                .await;
+            }
+        })
+    }
+
+    fn send(_account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+        match message.text.as_str() {
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "hog" => {
+                let mut keep: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    keep.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&keep);
+                }
+            }
+            "trap" => panic!("trapped on purpose"),
+            _ => Ok(Delivery {
+                message_id: "ok".into(),
+                chat_id: None,
+            }),
+        }
+    }
+}
+
+export_channel!(Misbehave);

@@ -1,0 +1,573 @@
+//! Channel plugins in the real daemon: `send` and `message` events,
+//! idempotency, webhooks, the key-value store, hot reload, broken and removed
+//! files, and plugins that spin, hog memory or trap.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_tests::*;
+
+struct Setup {
+    daemon: Daemon,
+    plugins: PathBuf,
+    state: PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn config(plugins: &Path, state: &Path, extra_plugins: &str, rest: &str) -> String {
+    format!(
+        "state_dir = \"{}\"\n[gateway]\ntick_interval_ms = 100\n[plugins]\ndir = \"{}\"\ndebounce_ms = 100\n{extra_plugins}\n{rest}",
+        state.display(),
+        plugins.display()
+    )
+}
+
+/// A daemon with `files` (from target/plugins or target/test-plugins) in its plugins dir.
+fn setup(files: &[(&str, &str, &str)], extra_plugins: &str, channels: &str) -> Setup {
+    let pdir = tempfile::tempdir().unwrap();
+    let sdir = tempfile::tempdir().unwrap();
+    for (dir, name, dest) in files {
+        std::fs::copy(built_plugin(dir, name), pdir.path().join(dest)).unwrap();
+    }
+    let daemon = Daemon::builder()
+        .config(&config(pdir.path(), sdir.path(), extra_plugins, channels))
+        .start()
+        .unwrap();
+    Setup {
+        daemon,
+        plugins: pdir.path().to_path_buf(),
+        state: sdir.path().to_path_buf(),
+        _dirs: (pdir, sdir),
+    }
+}
+
+const ECHO: &str = "[channels.echo.accounts.default]\n";
+
+async fn op(d: &Daemon) -> Client {
+    connect(&d.url(), None, &["operator.admin"])
+        .await
+        .unwrap()
+        .0
+}
+
+async fn send(c: &mut Client, id: &str, params: Value) -> Value {
+    c.request(id, "send", params).await.unwrap()
+}
+
+async fn next_message(c: &mut Client) -> Value {
+    c.next_event("message", Duration::from_secs(10))
+        .await
+        .unwrap()["payload"]
+        .clone()
+}
+
+async fn echo_version(c: &mut Client) -> Option<String> {
+    let r = c.request("pl", "plugins.list", json!({})).await.unwrap();
+    r["payload"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "echo" && p["state"] == "loaded")
+        .map(|p| p["version"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn send_returns_an_id_and_both_message_events_reach_operators() {
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "s1",
+        json!({"to": "chat-9", "message": "hello", "idempotencyKey": "k-1", "channel": "echo"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["payload"],
+        json!({"runId": "k-1", "messageId": "echo-1", "channel": "echo", "chatId": "chat-9"})
+    );
+    let a = next_message(&mut watcher).await;
+    let b = next_message(&mut watcher).await;
+    let (inbound, outbound) = if a["direction"] == "inbound" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(inbound["direction"], "inbound");
+    assert_eq!(inbound["text"], "hello");
+    assert_eq!(inbound["chatId"], "chat-9");
+    assert_eq!(inbound["accountId"], "default");
+    assert_eq!(outbound["direction"], "outbound");
+    assert_eq!(outbound["messageId"], "echo-1");
+    assert_ne!(inbound["messageSeq"], outbound["messageSeq"]);
+
+    // Same key: the first result, nothing sent again.
+    let again = send(
+        &mut c,
+        "s2",
+        json!({"to": "chat-9", "message": "hello", "idempotencyKey": "k-1"}),
+    )
+    .await;
+    assert_eq!(again["payload"], r["payload"]);
+    let next = send(
+        &mut c,
+        "s3",
+        json!({"to": "chat-9", "message": "second", "idempotencyKey": "k-2"}),
+    )
+    .await;
+    assert_eq!(
+        next["payload"]["messageId"], "echo-2",
+        "the repeat must not have reached the plugin"
+    );
+    let m = next_message(&mut watcher).await;
+    assert_eq!(
+        m["text"], "second",
+        "the repeat produced a message event: {m}"
+    );
+
+    // Scope, unknown channel and account.
+    let mut reader = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let r = send(
+        &mut reader,
+        "s4",
+        json!({"to": "x", "message": "m", "idempotencyKey": "k-3"}),
+    )
+    .await;
+    assert_eq!(r["error"]["message"], "missing scope: operator.write");
+    let r = send(
+        &mut c,
+        "s5",
+        json!({"to": "x", "message": "m", "idempotencyKey": "k-4", "channel": "nope"}),
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown channel: nope"),
+        "{r}"
+    );
+    let r = send(
+        &mut c,
+        "s6",
+        json!({"to": "x", "message": "m", "idempotencyKey": "k-5", "accountId": "zz"}),
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown account zz"),
+        "{r}"
+    );
+    // The run loop reports the account connected.
+    let st = c
+        .request("cs", "channels.status", json!({"channel": "echo"}))
+        .await
+        .unwrap();
+    let acct = &st["payload"]["channelAccounts"]["echo"][0];
+    assert_eq!(acct["running"], true, "{st}");
+    assert_eq!(acct["connected"], true, "{st}");
+}
+
+#[tokio::test]
+async fn webhook_post_reaches_handle_webhook() {
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(s.daemon.http("/hooks/echo/default"))
+        .body(r#"{"chatId":"room","text":"from hook"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["accepted"].as_str().unwrap().starts_with("hook-"),
+        "{body}"
+    );
+    let m = next_message(&mut watcher).await;
+    assert_eq!(m["text"], "from hook");
+    assert_eq!(m["chatId"], "room");
+    assert_eq!(m["messageSeq"], body["messageSeq"]);
+    // The plugin's own 400 for malformed JSON.
+    let r = http
+        .post(s.daemon.http("/hooks/echo/default"))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Unknown account: the gateway's 404.
+    let r = http
+        .post(s.daemon.http("/hooks/echo/other"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"].as_str().unwrap().contains("no account other"),
+        "{e}"
+    );
+}
+
+async fn wait_version(c: &mut Client, want: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if echo_version(c).await.as_deref() == Some(want) {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "echo never reached version {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn kv_survives_reload_and_restart() {
+    let mut s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "1",
+        json!({"to": "a", "message": "m", "idempotencyKey": "a1"}),
+    )
+    .await;
+    assert_eq!(r["payload"]["messageId"], "echo-1");
+    std::fs::copy(
+        built_plugin("test-plugins", "echo-v2.wasm"),
+        s.plugins.join("echo.wasm"),
+    )
+    .unwrap();
+    wait_version(&mut c, "0.2.0", Duration::from_secs(10)).await;
+    let r = send(
+        &mut c,
+        "2",
+        json!({"to": "a", "message": "m", "idempotencyKey": "a2"}),
+    )
+    .await;
+    assert_eq!(
+        r["payload"]["messageId"], "echo-2",
+        "counter lost across reload: {r}"
+    );
+    drop(c);
+    s.daemon.signal("TERM");
+    assert_eq!(s.daemon.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    let d2 = Daemon::builder()
+        .config(&config(&s.plugins, &s.state, "", ECHO))
+        .start()
+        .unwrap();
+    let mut c = op(&d2).await;
+    let r = send(
+        &mut c,
+        "3",
+        json!({"to": "a", "message": "m", "idempotencyKey": "a3"}),
+    )
+    .await;
+    assert_eq!(
+        r["payload"]["messageId"], "echo-3",
+        "counter lost across restart: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_send_load_loses_no_call() {
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let url = s.daemon.url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut c = connect(&url, None, &["operator.write"]).await.unwrap().0;
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut i = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let r = c
+                .request(
+                    &format!("r{i}"),
+                    "send",
+                    json!({"to": "t", "message": "m", "idempotencyKey": format!("load-{i}")}),
+                )
+                .await
+                .unwrap();
+            if r["ok"] == true {
+                ok += 1;
+            } else {
+                failed.push(r);
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A plain copy over the live file, as a user would do.
+    let t0 = Instant::now();
+    std::fs::copy(
+        built_plugin("test-plugins", "echo-v2.wasm"),
+        s.plugins.join("echo.wasm"),
+    )
+    .unwrap();
+    let ev = loop {
+        let ev = watcher
+            .next_event("plugins", Duration::from_secs(10))
+            .await
+            .unwrap();
+        if ev["payload"]["action"] == "replaced" {
+            break ev;
+        }
+    };
+    let swap = t0.elapsed();
+    assert_eq!(
+        ev["payload"],
+        json!({"id": "echo", "action": "replaced", "version": "0.2.0"})
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("hot reload: swapped in {swap:?}; {ok} sends succeeded during the test");
+    assert!(failed.is_empty(), "failed sends: {failed:?}");
+    assert!(ok > 10, "only {ok} sends");
+    assert!(swap < Duration::from_secs(2), "swap took {swap:?}");
+    let mut c = op(&s.daemon).await;
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
+}
+
+#[tokio::test]
+async fn broken_files_are_refused_and_the_old_version_keeps_serving() {
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let mut c = op(&s.daemon).await;
+    let good = std::fs::read(built_plugin("test-plugins", "echo-v2.wasm")).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not a WebAssembly file",
+            b"garbage bytes, definitely not wasm".to_vec(),
+        ),
+        ("core WebAssembly module", b"\0asm\x01\0\0\0".to_vec()),
+        (
+            "does not export switchboard:channel/channel",
+            std::fs::read(built_plugin("test-plugins", "wrong-export.wasm")).unwrap(),
+        ),
+        ("truncated or corrupt", good[..good.len() / 2].to_vec()),
+    ];
+    for (i, (reason, bytes)) in cases.into_iter().enumerate() {
+        std::fs::write(s.plugins.join("echo.wasm"), &bytes).unwrap();
+        loop {
+            let ev = watcher
+                .next_event("plugins", Duration::from_secs(10))
+                .await
+                .unwrap();
+            let p = &ev["payload"];
+            if p["action"] == "failed" && p["error"].as_str().unwrap().contains(reason) {
+                assert_eq!(p["id"], "echo");
+                break;
+            }
+        }
+        // The old version keeps serving.
+        let r = send(
+            &mut c,
+            &format!("b{i}"),
+            json!({"to": "x", "message": "still here", "idempotencyKey": format!("b{i}")}),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{reason}: {r}");
+        let list = c.request("l", "plugins.list", json!({})).await.unwrap();
+        let echo = &list["payload"]["plugins"][0];
+        assert_eq!(echo["version"], "0.1.0");
+        assert_eq!(echo["state"], "loaded");
+        assert!(echo["error"].as_str().unwrap().contains(reason), "{list}");
+        let h = c.request("h", "health", json!({})).await.unwrap();
+        assert_eq!(h["payload"]["plugins"]["loaded"], json!(["echo"]));
+        assert!(!h["payload"]["plugins"]["errors"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn removing_the_file_unloads_the_plugin() {
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    std::fs::remove_file(s.plugins.join("echo.wasm")).unwrap();
+    loop {
+        let ev = watcher
+            .next_event("plugins", Duration::from_secs(10))
+            .await
+            .unwrap();
+        if ev["payload"]["action"] == "removed" {
+            assert_eq!(ev["payload"]["id"], "echo");
+            break;
+        }
+    }
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "1",
+        json!({"to": "x", "message": "m", "idempotencyKey": "r1"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "UNAVAILABLE");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not loaded"),
+        "{r}"
+    );
+    let st = c.request("cs", "channels.status", json!({})).await.unwrap();
+    let acct = &st["payload"]["channelAccounts"]["echo"][0];
+    assert_eq!(acct["running"], false);
+    assert_eq!(acct["lastError"], "plugin `echo` was removed");
+    let list = c.request("l", "plugins.list", json!({})).await.unwrap();
+    assert_eq!(list["payload"]["plugins"], json!([]));
+}
+
+const MISBEHAVE: &str = "[channels.misbehave.accounts.default]\n[channels.echo.accounts.default]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_plugin_is_interrupted_while_ticks_and_others_go_on() {
+    let s = setup(
+        &[
+            ("plugins", "echo.wasm", "echo.wasm"),
+            ("test-plugins", "misbehave.wasm", "misbehave.wasm"),
+        ],
+        "call_timeout_ms = 1500",
+        MISBEHAVE,
+    );
+    let url = s.daemon.url();
+    let spinner = tokio::spawn(async move {
+        let mut c = connect(&url, None, &["operator.write"]).await.unwrap().0;
+        let t0 = Instant::now();
+        let r = c
+            .request("spin", "send", json!({"to": "x", "message": "spin", "idempotencyKey": "spin", "channel": "misbehave"}))
+            .await
+            .unwrap();
+        (r, t0.elapsed())
+    });
+    // Ticks keep arriving on time and echo keeps answering meanwhile.
+    let mut c = op(&s.daemon).await;
+    let mut last = Instant::now();
+    let mut max_gap = Duration::ZERO;
+    let t0 = Instant::now();
+    let mut echoes = 0;
+    while t0.elapsed() < Duration::from_millis(1200) {
+        let v = c.recv_timeout(Duration::from_secs(2)).await.unwrap();
+        if v["event"] == "tick" {
+            max_gap = max_gap.max(last.elapsed());
+            last = Instant::now();
+            let r = send(&mut c, &format!("e{echoes}"), json!({"to": "x", "message": "m", "idempotencyKey": format!("e{echoes}"), "channel": "echo"})).await;
+            assert_eq!(r["ok"], true, "{r}");
+            echoes += 1;
+        }
+    }
+    let (r, took) = spinner.await.unwrap();
+    eprintln!("spin: interrupted after {took:?}; largest tick gap {max_gap:?} (interval 100ms); {echoes} echo sends meanwhile");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("deadline"),
+        "{r}"
+    );
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(max_gap < Duration::from_millis(400), "tick gap {max_gap:?}");
+    assert!(echoes >= 5);
+}
+
+#[tokio::test]
+async fn a_plugin_allocating_without_bound_traps_at_its_cap() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "memory_mb = 16",
+        "[channels.misbehave.accounts.default]\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "h",
+        json!({"to": "x", "message": "hog", "idempotencyKey": "hog"}),
+    )
+    .await;
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("plugin `misbehave` failed"),
+        "{r}"
+    );
+    // A panic is reported the same way; the plugin still answers afterwards.
+    let r = send(
+        &mut c,
+        "t",
+        json!({"to": "x", "message": "trap", "idempotencyKey": "trap"}),
+    )
+    .await;
+    assert_eq!(r["ok"], false);
+    let r = send(
+        &mut c,
+        "o",
+        json!({"to": "x", "message": "fine", "idempotencyKey": "fine"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[tokio::test]
+async fn a_trapping_run_is_restarted_with_backoff_and_reported() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "",
+        "[channels.misbehave.accounts.default]\ncrash_run = true\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let t0 = Instant::now();
+    let acct = loop {
+        let st = c.request("cs", "channels.status", json!({})).await.unwrap();
+        let acct = st["payload"]["channelAccounts"]["misbehave"][0].clone();
+        if acct["reconnectAttempts"].as_u64().unwrap() >= 3 {
+            break acct;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{acct}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Three failures need 1 s + 2 s of backoff between them.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2800),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        acct["lastError"].as_str().unwrap().contains("run trapped"),
+        "{acct}"
+    );
+    assert_eq!(acct["connected"], false);
+    let h = c.request("h", "health", json!({})).await.unwrap();
+    assert!(h["payload"]["channels"]["misbehave"]["accounts"]["default"]["lastError"].is_string());
+    let ready = reqwest::get(s.daemon.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
