@@ -21,7 +21,7 @@ use crate::gateway::auth::SCOPE_READ;
 use crate::gateway::frames::ErrorShape;
 use crate::plugins::kv::KvStore;
 use crate::plugins::runtime::{
-    self, Account, AccountState, ChannelError, HttpRequest, HttpResponse, InboundMessage,
+    self, Account, AccountState, ChannelError, Grants, HttpRequest, HttpResponse, InboundMessage,
     OutboundMessage, PluginHost,
 };
 use crate::plugins::{Change, Plugin, PluginManager};
@@ -516,8 +516,14 @@ impl ChannelManager {
             a.last_start_at = Some(crate::now_ms());
         });
         let rt = &self.plugins.runtime;
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
         // validate
-        let mut store = rt.store(&plugin_id, channel, Some(rt.limits.call_timeout));
+        let mut store = rt.store(
+            &plugin_id,
+            channel,
+            grants.clone(),
+            Some(rt.limits.call_timeout),
+        );
         let inst = plugin
             .loaded
             .pre
@@ -531,7 +537,7 @@ impl ChannelManager {
             .map_err(|e| describe(&e))?;
         drop(store);
         // run: no deadline, interrupted only by cancellation.
-        let mut store = rt.store(&plugin_id, channel, None);
+        let mut store = rt.store(&plugin_id, channel, grants, None);
         let inst = plugin
             .loaded
             .pre
@@ -674,9 +680,10 @@ impl ChannelManager {
             .account_wit(channel, account)
             .ok_or_else(|| ErrorShape::invalid(format!("unknown account {account}")))?;
         let rt = self.plugins.runtime.clone();
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
         let (ch, pid, msg) = (channel.to_string(), plugin_id.clone(), message.clone());
         let call = self.plugins.spawn(async move {
-            let mut store = rt.store(&pid, &ch, Some(rt.limits.call_timeout));
+            let mut store = rt.store(&pid, &ch, grants, Some(rt.limits.call_timeout));
             let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
             inst.switchboard_channel_channel()
                 .call_send(&mut store, &acct, &msg)
@@ -754,9 +761,10 @@ impl ChannelManager {
             .account_wit(channel, account)
             .ok_or((404, "unknown account".to_string()))?;
         let rt = self.plugins.runtime.clone();
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
         let (ch, pid) = (channel.to_string(), plugin_id.clone());
         let call = self.plugins.spawn(async move {
-            let mut store = rt.store(&pid, &ch, Some(rt.limits.call_timeout));
+            let mut store = rt.store(&pid, &ch, grants, Some(rt.limits.call_timeout));
             let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
             inst.switchboard_channel_channel()
                 .call_handle_webhook(&mut store, &acct, &req)

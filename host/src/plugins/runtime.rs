@@ -13,7 +13,9 @@ use anyhow::{anyhow, Context as _, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -84,11 +86,122 @@ impl PluginHost for NullHost {
     fn kv_delete(&self, _: &str, _: &str) {}
 }
 
+/// The network one instance may reach: `host:port` pairs, and where they
+/// come from (for the message that says how to change them).
+#[derive(Debug, Default, Clone)]
+pub struct Grants {
+    /// The channel the instance serves ("" while loading: nothing is granted).
+    pub channel: String,
+    pub allowed: Vec<(String, u16)>,
+}
+
+impl Grants {
+    pub fn new(channel: &str, list: &[String]) -> Self {
+        Self {
+            channel: channel.to_string(),
+            allowed: list
+                .iter()
+                .filter_map(|s| parse_host_port(s).ok())
+                .collect(),
+        }
+    }
+
+    fn allows_name(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        self.allowed.iter().any(|(h, p)| *p == port && *h == host)
+    }
+
+    /// Does a granted name resolve to `addr`? (Names are resolved by the host.)
+    async fn allows_addr(&self, addr: std::net::SocketAddr) -> bool {
+        for (h, p) in &self.allowed {
+            if *p != addr.port() {
+                continue;
+            }
+            if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+                if ip == addr.ip() {
+                    return true;
+                }
+                continue;
+            }
+            if let Ok(addrs) = tokio::net::lookup_host((h.as_str(), *p)).await {
+                if addrs.into_iter().any(|a| a.ip() == addr.ip()) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn deny(&self, plugin: &str, what: &str, dest: &str) {
+        let how = if self.channel.is_empty() {
+            "no network is granted while a plugin is loaded".to_string()
+        } else {
+            format!(
+                "add \"{dest}\" to `network` in [channels.{}] to allow it",
+                self.channel
+            )
+        };
+        tracing::warn!(plugin, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
+    }
+}
+
+/// `wasi:http` hooks: every outgoing request is checked against the grants.
+struct GrantHooks {
+    plugin: Arc<str>,
+    grants: Arc<Grants>,
+}
+
+impl WasiHttpHooks for GrantHooks {
+    fn send_request(
+        &mut self,
+        request: axum::http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        axum::http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        let _ = fut;
+        let uri = request.uri();
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or("").to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !self.grants.allows_name(&host, port) {
+            self.grants
+                .deny(&self.plugin, "outgoing HTTP", &format!("{host}:{port}"));
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
 /// The data of one store: one instance of one plugin.
 pub struct PluginState {
     plugin: String,
     channel: String,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: GrantHooks,
     table: ResourceTable,
     limits: StoreLimits,
     host: Arc<dyn PluginHost>,
@@ -101,6 +214,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -239,6 +362,10 @@ impl Runtime {
             "link WASI",
         )?;
         ctx(
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker),
+            "link wasi:http",
+        )?;
+        ctx(
             ChannelPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s),
             "link the switchboard host interface",
         )?;
@@ -268,17 +395,44 @@ impl Runtime {
         &self,
         plugin: &str,
         channel: &str,
+        grants: Arc<Grants>,
         timeout: Option<Duration>,
     ) -> Store<PluginState> {
         let name: Arc<str> = Arc::from(plugin);
+        let check_grants = grants.clone();
+        let check_name = name.clone();
         let wasi = WasiCtxBuilder::new()
             .stdout(LogOutput {
                 plugin: name.clone(),
                 stream: "stdout",
             })
             .stderr(LogOutput {
-                plugin: name,
+                plugin: name.clone(),
                 stream: "stderr",
+            })
+            .allow_tcp(true)
+            .allow_udp(false)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(move |addr, usage| {
+                let grants = check_grants.clone();
+                let plugin = check_name.clone();
+                Box::pin(async move {
+                    match usage {
+                        // The implicit bind before a connect.
+                        SocketAddrUse::TcpBind => true,
+                        SocketAddrUse::TcpConnect => {
+                            let ok = grants.allows_addr(addr).await;
+                            if !ok {
+                                grants.deny(&plugin, "TCP connection", &addr.to_string());
+                            }
+                            ok
+                        }
+                        _ => {
+                            grants.deny(&plugin, "listening socket or UDP", &addr.to_string());
+                            false
+                        }
+                    }
+                })
             })
             .build();
         let limits = StoreLimitsBuilder::new()
@@ -294,6 +448,11 @@ impl Runtime {
                 plugin: plugin.to_string(),
                 channel: channel.to_string(),
                 wasi,
+                http: WasiHttpCtx::new(),
+                hooks: GrantHooks {
+                    plugin: name,
+                    grants,
+                },
                 table: ResourceTable::new(),
                 limits,
                 host: self.host.clone(),
@@ -368,7 +527,12 @@ impl Runtime {
                 chain(&e)
             ))
         })?;
-        let mut store = self.store(file_name, "", Some(self.limits.call_timeout));
+        let mut store = self.store(
+            file_name,
+            "",
+            Arc::default(),
+            Some(self.limits.call_timeout),
+        );
         let plugin = pre
             .instantiate_async(&mut store)
             .await

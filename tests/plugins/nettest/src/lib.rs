@@ -1,0 +1,75 @@
+//! `send` with text `http:<url>` GETs the URL and answers with the body;
+//! `tcp:<host:port>` connects, writes `ping\n` and answers with what it reads.
+//! Network errors come back as `fatal(<error>)`, so tests see the denial.
+
+use switchboard_sdk::wstd;
+use switchboard_sdk::wstd::io::{AsyncRead, AsyncWrite};
+use switchboard_sdk::{
+    export_channel, Account, Channel, ChannelError, Delivery, OutboundMessage, PluginInfo,
+};
+
+struct NetTest;
+
+async fn http_get(url: &str) -> Result<String, String> {
+    let req = wstd::http::Request::get(url)
+        .body(wstd::http::Body::empty())
+        .map_err(|e| e.to_string())?;
+    let mut resp = wstd::http::Client::new()
+        .send(req)
+        .await
+        .map_err(|e| format!("http: {e:?}"))?;
+    let body = resp
+        .body_mut()
+        .str_contents()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body.to_string())
+}
+
+async fn tcp_ping(addr: &str) -> Result<String, String> {
+    let mut s = wstd::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("tcp: {e}"))?;
+    s.write_all(b"ping\n")
+        .await
+        .map_err(|e| format!("tcp write: {e}"))?;
+    let mut buf = [0u8; 64];
+    let n = s
+        .read(&mut buf)
+        .await
+        .map_err(|e| format!("tcp read: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+impl Channel for NetTest {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "nettest".into(),
+            name: "NetTest".into(),
+            version: "0.1.0".into(),
+            description: "reaches the network on request".into(),
+            network: vec![],
+        }
+    }
+
+    fn send(_account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+        let text = message.text;
+        let result = wstd::runtime::block_on(async {
+            if let Some(url) = text.strip_prefix("http:") {
+                http_get(url).await
+            } else if let Some(addr) = text.strip_prefix("tcp:") {
+                tcp_ping(addr).await
+            } else {
+                Err("say http:<url> or tcp:<host:port>".into())
+            }
+        });
+        result
+            .map(|body| Delivery {
+                message_id: body,
+                chat_id: None,
+            })
+            .map_err(ChannelError::Fatal)
+    }
+}
+
+export_channel!(NetTest);

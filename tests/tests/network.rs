@@ -1,0 +1,136 @@
+//! Network grants: a plugin reaches exactly the `host:port`s granted to it,
+//! over outgoing HTTP (wasi:http) and TCP (wasi:sockets).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A local HTTP server answering `hello` to every request.
+async fn http_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A local TCP server answering `pong` to `ping`.
+async fn tcp_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    if &buf[..n] == b"ping\n" {
+                        let _ = s.write_all(b"pong\n").await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn daemon(dir: &std::path::Path, network: Option<&str>) -> Daemon {
+    let net = network
+        .map(|n| format!("network = [{n}]\n"))
+        .unwrap_or_default();
+    Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.nettest]\n{net}[channels.nettest.accounts.default]\n",
+            dir.join("state").display(),
+            dir.display()
+        ))
+        .start()
+        .unwrap()
+}
+
+async fn send(d: &Daemon, text: &str) -> Value {
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    c.request(
+        "s",
+        "send",
+        json!({"to": "x", "message": text, "idempotencyKey": text}),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
+    let hp = http_server().await;
+    let tp = tcp_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+
+    let d = daemon(dir.path(), None);
+    let r = send(&d, &format!("http:http://127.0.0.1:{hp}/")).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("http:"),
+        "{r}"
+    );
+    let line = d
+        .wait_log("denied outgoing HTTP", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "add \"127.0.0.1:{hp}\" to `network` in [channels.nettest]"
+        )),
+        "{line}"
+    );
+    let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("tcp:"),
+        "{r}"
+    );
+    let line = d
+        .wait_log("denied TCP connection", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{tp}")), "{line}");
+    drop(d);
+
+    // Granted by IP (HTTP) and by a host name the host resolves (TCP).
+    let d = daemon(
+        dir.path(),
+        Some(&format!("\"127.0.0.1:{hp}\", \"localhost:{tp}\"")),
+    );
+    let r = send(&d, &format!("http:http://127.0.0.1:{hp}/")).await;
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    assert_eq!(r["payload"]["messageId"], "hello");
+    let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    assert_eq!(r["payload"]["messageId"], "pong");
+    // A port that is not granted stays closed.
+    let r = send(&d, &format!("http:http://127.0.0.1:{tp}/")).await;
+    assert_eq!(r["ok"], false, "{r}");
+    // plugins.list shows the grants.
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let l = c.request("l", "plugins.list", json!({})).await.unwrap();
+    assert_eq!(
+        l["payload"]["plugins"][0]["grants"],
+        json!([format!("127.0.0.1:{hp}"), format!("localhost:{tp}")])
+    );
+}
