@@ -16,7 +16,7 @@ TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plu
 
 ## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
 run: plugins build-release
-	./target/release/switchboard serve --plugins $(PLUGINS_DIR)
+	./target/release/switchboard serve --config examples/switchboard.toml --plugins $(PLUGINS_DIR)
 
 ## Every plugin as a component: target/plugins/<id>.wasm (bundled) and
 ## target/test-plugins/<name>.wasm (test plugins that misbehave on purpose).

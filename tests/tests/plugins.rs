@@ -281,6 +281,18 @@ async fn kv_survives_reload_and_restart() {
         r["payload"]["messageId"], "echo-3",
         "counter lost across restart: {r}"
     );
+    // The first daemon compiled echo; the restart took it from the on-disk cache.
+    assert!(
+        s.daemon.log_text().contains("cached=false"),
+        "{}",
+        s.daemon.log_text()
+    );
+    let line = d2
+        .wait_log("plugin loaded", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(line.contains("cached=true"), "{line}");
+    eprintln!("restart: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,4 +582,63 @@ async fn a_trapping_run_is_restarted_with_backoff_and_reported() {
     assert!(h["payload"]["channels"]["misbehave"]["accounts"]["default"]["lastError"].is_string());
     let ready = reqwest::get(s.daemon.http("/ready")).await.unwrap();
     assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test]
+async fn channels_start_stop_and_plugins_reload() {
+    let s = setup(
+        &[("plugins", "echo.wasm", "echo.wasm")],
+        "watch = false",
+        ECHO,
+    );
+    let mut c = op(&s.daemon).await;
+    let r = c
+        .request("stop", "channels.stop", json!({"channel": "echo"}))
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["account"]["running"], false, "{r}");
+    assert!(r["payload"]["account"]["lastStopAt"].is_u64(), "{r}");
+    let r = c
+        .request(
+            "start",
+            "channels.start",
+            json!({"channel": "echo", "accountId": "default"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let t0 = Instant::now();
+    loop {
+        let st = c.request("cs", "channels.status", json!({})).await.unwrap();
+        if st["payload"]["channelAccounts"]["echo"][0]["connected"] == true {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only admins may start and stop.
+    let mut w = connect(&s.daemon.url(), None, &["operator.write"])
+        .await
+        .unwrap()
+        .0;
+    let r = w
+        .request("x", "channels.stop", json!({"channel": "echo"}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["message"], "missing scope: operator.admin");
+    // With the watcher off, a new file is picked up by plugins.reload.
+    std::fs::copy(
+        built_plugin("test-plugins", "echo-v2.wasm"),
+        s.plugins.join("echo.wasm"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.1.0"));
+    let r = c.request("rl", "plugins.reload", json!({})).await.unwrap();
+    assert_eq!(
+        r["payload"]["changes"],
+        json!([{"id": "echo", "action": "replaced", "version": "0.2.0"}]),
+        "{r}"
+    );
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
 }

@@ -71,6 +71,7 @@ impl Gateway {
         };
         let plugins = Arc::new(PluginManager::new(
             config.plugins.dir.clone(),
+            config.state_dir().join("cache"),
             limits,
             host.clone(),
         )?);

@@ -119,7 +119,12 @@ impl Drop for PluginManager {
 }
 
 impl PluginManager {
-    pub fn new(dir: PathBuf, limits: Limits, host: Arc<dyn PluginHost>) -> Result<PluginManager> {
+    pub fn new(
+        dir: PathBuf,
+        cache_dir: PathBuf,
+        limits: Limits,
+        host: Arc<dyn PluginHost>,
+    ) -> Result<PluginManager> {
         let exec_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("switchboard-plugin")
@@ -128,7 +133,7 @@ impl PluginManager {
             .context("start the plugin runtime")?;
         Ok(PluginManager {
             dir,
-            runtime: Arc::new(Runtime::new(limits, host)?),
+            runtime: Arc::new(Runtime::new(limits, host)?.with_cache(cache_dir)),
             exec: exec_rt.handle().clone(),
             exec_rt: Some(exec_rt),
             registry: RwLock::new(Registry::default()),
@@ -247,6 +252,7 @@ impl PluginManager {
         };
         let id = loaded.info.id.clone();
         let version = loaded.info.version.clone();
+        let (cached, compile_ms) = (loaded.from_cache, loaded.compile_ms);
         let mut reg = self.write();
         if let Some((other, _)) = reg
             .files
@@ -274,7 +280,11 @@ impl PluginManager {
                 }),
             )
             .is_some();
-        tracing::info!(plugin = %id, %version, file = %name, replaced, "plugin loaded");
+        tracing::info!(
+            plugin = %id, %version, file = %name, replaced,
+            cached, compile_ms,
+            "plugin loaded"
+        );
         Some(if replaced {
             Change::Replaced { id, version }
         } else {

@@ -28,6 +28,9 @@ pub use self::exports::switchboard::channel::channel::{
 };
 pub use self::switchboard::channel::types::{AccountState, InboundMessage, LogLevel};
 
+/// Component instances that can exist at once (running accounts plus calls in flight).
+pub const POOL_INSTANCES: u32 = 256;
+
 /// How often the epoch ticker advances the engine's epoch.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -333,6 +336,8 @@ pub struct Runtime {
     pub engine: Engine,
     linker: Linker<PluginState>,
     pub limits: Limits,
+    /// Compiled components, keyed by content hash and engine (see `compile`).
+    cache_dir: Option<std::path::PathBuf>,
     host: Arc<dyn PluginHost>,
     _ticker: EpochTicker,
 }
@@ -355,6 +360,23 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(1024 * 1024);
+        // Fresh instances per call come from a pool of pre-reserved slots.
+        // Each slot reserves only the memory cap (plus a guard) of address
+        // space, so bounds checks are explicit; the pool bounds how many
+        // instances can exist at once (calls beyond it fail, never block).
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 8)
+            .total_memories(POOL_INSTANCES * 4)
+            .total_tables(POOL_INSTANCES * 8)
+            .total_stacks(POOL_INSTANCES)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            .max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        config.memory_reservation(limits.memory_bytes as u64);
+        config.memory_guard_size(64 * 1024);
         let engine = ctx(Engine::new(&config), "create the Wasm engine")?;
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         ctx(
@@ -384,9 +406,20 @@ impl Runtime {
             engine,
             linker,
             limits,
+            cache_dir: None,
             host,
             _ticker: EpochTicker { stop },
         })
+    }
+
+    /// Keeps compiled components in `dir` (created 0700: whoever can write
+    /// there can make the daemon run native code, so it must be ours alone).
+    pub fn with_cache(mut self, dir: std::path::PathBuf) -> Self {
+        match create_private_dir(&dir) {
+            Ok(()) => self.cache_dir = Some(dir),
+            Err(e) => tracing::warn!("compiled-component cache disabled: {e}"),
+        }
+        self
     }
 
     /// A fresh store for one instance of `plugin` serving `channel`, with the
@@ -514,9 +547,13 @@ impl Runtime {
     ) -> Result<LoadedPlugin, LoadError> {
         let hash = hex::encode(Sha256::digest(&bytes));
         let rt = self.clone();
-        let component = tokio::task::spawn_blocking(move || rt.compile(&bytes))
-            .await
-            .map_err(|e| LoadError::new(format!("compiler task failed: {e}")))??;
+        let h = hash.clone();
+        let t0 = Instant::now();
+        let (component, from_cache) =
+            tokio::task::spawn_blocking(move || rt.compile_cached(&h, &bytes))
+                .await
+                .map_err(|e| LoadError::new(format!("compiler task failed: {e}")))??;
+        let compile_ms = t0.elapsed().as_millis() as u64;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -548,7 +585,55 @@ impl Runtime {
             file: file_name.to_string(),
             hash,
             pre,
+            from_cache,
+            compile_ms,
         })
+    }
+
+    /// The cache file for content `hash` under this engine's settings.
+    fn cache_path(&self, hash: &str) -> Option<std::path::PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        crate::VERSION.hash(&mut h);
+        Some(dir.join(format!("{hash}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// Compiles `bytes`, or loads the code this daemon compiled for the same
+    /// content and engine before. Only files in our own cache directory, named
+    /// by content hash, are ever deserialised.
+    fn compile_cached(&self, hash: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
+        let path = self.cache_path(hash);
+        if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
+            // SAFETY: the file is in our private cache directory, was written by
+            // `Component::serialize` in this function, and is named by the
+            // hash of the source and the engine; wasmtime still checks its header.
+            match unsafe { Component::deserialize_file(&self.engine, p) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), "ignoring unusable cache entry: {e:#}");
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        let component = self.compile(bytes)?;
+        if let Some(p) = path {
+            match component.serialize() {
+                Ok(code) => {
+                    let tmp = p.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+                    if std::fs::write(&tmp, code)
+                        .and_then(|_| std::fs::rename(&tmp, &p))
+                        .is_err()
+                    {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(file = %p.display(), "could not write the compiled-component cache");
+                    }
+                }
+                Err(e) => tracing::warn!("could not serialise a compiled component: {e:#}"),
+            }
+        }
+        Ok((component, false))
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -599,6 +684,16 @@ fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
     Ok(())
 }
 
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Splits `host:port` (IPv6 in brackets).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let (host, port) = s
@@ -621,6 +716,10 @@ pub struct LoadedPlugin {
     /// SHA-256 of the file.
     pub hash: String,
     pub pre: ChannelPluginPre<PluginState>,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    /// Time to compile (or load from the cache).
+    pub compile_ms: u64,
 }
 
 /// Why a plugin file was refused.
