@@ -1,6 +1,6 @@
 //! # switchboard-sdk
 //!
-//! Write a [Switchboard](https://example.invalid) messaging channel as a
+//! Write a Switchboard messaging channel as a
 //! WebAssembly component: implement [`Channel`], call [`export_channel!`], and
 //! build with `cargo build --target wasm32-wasip2 --release`.
 //!
@@ -46,7 +46,10 @@
 //! their UpperCamelCase names, host calls are plain functions, and the
 //! sandbox-capable HTTP client and TCP stream come from [`wstd`], re-exported.
 
+#![warn(missing_docs)]
+
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod __private {
     wit_bindgen::generate!({
         path: "../wit",
