@@ -1,0 +1,290 @@
+//! The generic webhook channel.
+//!
+//! Inbound: `POST /hooks/webhook/<account>` with a JSON body
+//! `{chatId, senderId, senderName?, text, messageId?}`. When the account sets
+//! `secret`, the request must carry `X-Switchboard-Signature:
+//! sha256=<hex HMAC-SHA256(secret, raw body)>` and `X-Switchboard-Timestamp:
+//! <unix seconds>` within 5 minutes of now; the signature is compared in
+//! constant time. The answer is `200 {accepted, messageId, messageSeq}`, or
+//! `400`/`401` with `{error}` saying why.
+//!
+//! Outbound: `send` POSTs `{accountId, to, text, threadId?, replyToId?}` as
+//! JSON to the account's `url` (signed the same way when `secret` is set) and
+//! takes the message id from the answer's `messageId` (or `id`).
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use switchboard_sdk::wstd;
+use switchboard_sdk::wstd::http::{Body, Client, Request};
+use switchboard_sdk::{
+    export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
+    HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
+};
+
+/// How far the timestamp header may be from now.
+const MAX_SKEW_SECS: u64 = 300;
+pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
+pub const TIMESTAMP_HEADER: &str = "x-switchboard-timestamp";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Where `send` POSTs messages (http or https).
+    url: Option<String>,
+    /// Shared secret for signatures, in and out.
+    secret: Option<String>,
+    /// Timeout of an outbound request, seconds.
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Inbound {
+    chat_id: String,
+    sender_id: String,
+    sender_name: Option<String>,
+    text: String,
+    message_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Outbound<'a> {
+    account_id: &'a str,
+    to: &'a str,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to_id: Option<&'a str>,
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn verify(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok() // constant time
+}
+
+fn now_secs() -> u64 {
+    switchboard_sdk::now_ms() / 1000
+}
+
+fn reply(status: u16, body: serde_json::Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn check_signature(secret: &str, req: &HttpRequest) -> Result<(), String> {
+    let ts = header(req, TIMESTAMP_HEADER)
+        .ok_or_else(|| format!("missing {TIMESTAMP_HEADER} header (unix seconds)"))?;
+    let ts: u64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| format!("{TIMESTAMP_HEADER} is not a number of seconds"))?;
+    if now_secs().abs_diff(ts) > MAX_SKEW_SECS {
+        return Err(format!(
+            "stale timestamp: more than {MAX_SKEW_SECS} s from the gateway's clock"
+        ));
+    }
+    let sig = header(req, SIGNATURE_HEADER).ok_or_else(|| {
+        format!("missing {SIGNATURE_HEADER} header (sha256=<hex HMAC-SHA256 of the body>)")
+    })?;
+    if !verify(secret, &req.body, sig) {
+        return Err("bad signature".into());
+    }
+    Ok(())
+}
+
+struct Webhook;
+
+impl Channel for Webhook {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "webhook".into(),
+            name: "Webhook".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description:
+                "Generic HTTP webhook channel (JSON in and out, optional HMAC-SHA256 signatures)"
+                    .into(),
+            // The destination is per account (`url`); grant it with
+            // `[channels.webhook] network = ["host:port"]`.
+            network: vec![],
+        }
+    }
+
+    fn validate(account: Account) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        if let Some(url) = &s.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ChannelError::InvalidConfig(format!(
+                    "account `{}`: url must start with http:// or https://",
+                    account.id
+                )));
+            }
+        }
+        if s.secret.as_deref() == Some("") {
+            return Err(ChannelError::InvalidConfig(format!(
+                "account `{}`: secret is empty; remove it or set a value",
+                account.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(account: Account) -> Result<(), ChannelError> {
+        let _: Settings = account.settings()?;
+        // Nothing to poll: messages arrive through handle_webhook.
+        switchboard_sdk::set_state(&account.id, AccountState::Connected, None);
+        wstd::runtime::block_on(async {
+            loop {
+                wstd::task::sleep(wstd::time::Duration::from_secs(3600)).await;
+            }
+        })
+    }
+
+    fn handle_webhook(account: Account, req: HttpRequest) -> HttpResponse {
+        let s: Settings = match account.settings() {
+            Ok(s) => s,
+            Err(_) => return reply(500, serde_json::json!({"error": "account misconfigured"})),
+        };
+        if req.method != "POST" {
+            return reply(405, serde_json::json!({"error": "use POST"}));
+        }
+        if let Some(secret) = &s.secret {
+            if let Err(e) = check_signature(secret, &req) {
+                return reply(401, serde_json::json!({"error": e}));
+            }
+        }
+        let m: Inbound = match serde_json::from_slice(&req.body) {
+            Ok(m) => m,
+            Err(e) => {
+                return reply(
+                    400,
+                    serde_json::json!({
+                        "error": format!("body must be JSON {{chatId, senderId, senderName?, text, messageId?}}: {e}")
+                    }),
+                )
+            }
+        };
+        let message_id = m
+            .message_id
+            .unwrap_or_else(|| format!("wh-{}", switchboard_sdk::now_ms()));
+        match switchboard_sdk::deliver(InboundMessage {
+            account_id: account.id,
+            chat_id: m.chat_id,
+            sender_id: m.sender_id,
+            sender_name: m.sender_name,
+            message_id: message_id.clone(),
+            text: m.text,
+            timestamp_ms: switchboard_sdk::now_ms(),
+            thread_id: None,
+            reply_to_id: None,
+            raw: Some(String::from_utf8_lossy(&req.body).into_owned()),
+        }) {
+            Ok(seq) => reply(
+                200,
+                serde_json::json!({"accepted": true, "messageId": message_id, "messageSeq": seq}),
+            ),
+            Err(e) => reply(503, serde_json::json!({"error": e})),
+        }
+    }
+
+    fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+        let s: Settings = account.settings()?;
+        let url = s.url.clone().ok_or_else(|| {
+            ChannelError::InvalidConfig(format!("account `{}` has no `url` to send to", account.id))
+        })?;
+        let body = serde_json::to_vec(&Outbound {
+            account_id: &account.id,
+            to: &message.to,
+            text: &message.text,
+            thread_id: message.thread_id.as_deref(),
+            reply_to_id: message.reply_to_id.as_deref(),
+        })
+        .map_err(|e| ChannelError::Fatal(e.to_string()))?;
+        let mut builder = Request::post(&url).header("content-type", "application/json");
+        if let Some(secret) = &s.secret {
+            builder = builder
+                .header(SIGNATURE_HEADER, sign(secret, &body))
+                .header(TIMESTAMP_HEADER, now_secs().to_string());
+        }
+        let req = builder
+            .body(Body::from(body))
+            .map_err(|e| ChannelError::InvalidConfig(format!("url `{url}`: {e}")))?;
+        wstd::runtime::block_on(async move {
+            let mut client = Client::new();
+            client.set_connect_timeout(wstd::time::Duration::from_secs(s.timeout_secs));
+            client.set_first_byte_timeout(wstd::time::Duration::from_secs(s.timeout_secs));
+            let mut resp = client
+                .send(req)
+                .await
+                .map_err(|e| ChannelError::Transient(format!("POST {url}: {e:?}")))?;
+            let status = resp.status();
+            let text = resp
+                .body_mut()
+                .str_contents()
+                .await
+                .map(str::to_string)
+                .unwrap_or_default();
+            if status.as_u16() == 429 {
+                return Err(ChannelError::RateLimited(1000));
+            }
+            if status.is_server_error() {
+                return Err(ChannelError::Transient(format!(
+                    "POST {url}: HTTP {status}: {text}"
+                )));
+            }
+            if !status.is_success() {
+                return Err(ChannelError::Fatal(format!(
+                    "POST {url}: HTTP {status}: {text}"
+                )));
+            }
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let id = v["messageId"]
+                .as_str()
+                .or(v["id"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ChannelError::Fatal(format!(
+                        "POST {url}: the answer has no `messageId` (or `id`): {text}"
+                    ))
+                })?;
+            Ok(Delivery {
+                message_id: id,
+                chat_id: Some(message.to),
+            })
+        })
+    }
+}
+
+export_channel!(Webhook);
