@@ -154,8 +154,11 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
     assert_eq!(st, 200, "{v}");
 }
 
+/// One request the test server received.
+type Received = (HeaderMap, Vec<u8>);
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>);
+struct Seen(Arc<Mutex<Vec<Received>>>);
 
 async fn server(seen: Seen) -> u16 {
     use axum::routing::post;
