@@ -9,7 +9,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := target/$(WASM_TARGET)/release
 TEST_PLUGINS_DIR := target/test-plugins
 # Crates built for wasm32-wasip2: bundled plugins, then test plugins.
-PLUGIN_CRATES := switchboard-echo switchboard-webhook
+PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram
 TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest
 
 .PHONY: run test build build-release plugins wasm-target interop-deps lint fmt clean
@@ -25,6 +25,7 @@ plugins: wasm-target
 	mkdir -p $(PLUGINS_DIR) $(TEST_PLUGINS_DIR)
 	cp $(WASM_OUT)/switchboard_echo.wasm $(PLUGINS_DIR)/echo.wasm
 	cp $(WASM_OUT)/switchboard_webhook.wasm $(PLUGINS_DIR)/webhook.wasm
+	cp $(WASM_OUT)/switchboard_telegram.wasm $(PLUGINS_DIR)/telegram.wasm
 	cp $(WASM_OUT)/test_plugin_wrong_export.wasm $(TEST_PLUGINS_DIR)/wrong-export.wasm
 	cp $(WASM_OUT)/test_plugin_extra_import.wasm $(TEST_PLUGINS_DIR)/extra-import.wasm
 	cp $(WASM_OUT)/test_plugin_misbehave.wasm $(TEST_PLUGINS_DIR)/misbehave.wasm
@@ -47,6 +48,7 @@ build:
 test: build plugins interop-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk --doc
+	$(CARGO) test -p switchboard-telegram --lib
 
 ## npm packages for the interop test (@openclaw/gateway-client), from the lockfile.
 interop-deps: $(INTEROP_DIR)/node_modules/.package-lock.json

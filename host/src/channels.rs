@@ -82,6 +82,11 @@ pub struct ChannelManager {
     wanted: Mutex<std::collections::HashSet<Key>>,
     idempotency: Mutex<IdempotencyMap>,
     message_seq: AtomicU64,
+    /// False once shutdown stops the channels: `deliver` then refuses, so a
+    /// plugin keeps its upstream offset and the next start delivers again.
+    /// Held for reading across check + broadcast, so no delivery that passed
+    /// the check can broadcast after the flag flips.
+    accepting: RwLock<bool>,
 }
 
 /// The host side of a plugin's imports in the daemon.
@@ -239,6 +244,7 @@ impl ChannelManager {
             wanted: Mutex::new(Default::default()),
             idempotency: Mutex::new(HashMap::new()),
             message_seq: AtomicU64::new(0),
+            accepting: RwLock::new(true),
         })
     }
 
@@ -413,7 +419,9 @@ impl ChannelManager {
     }
 
     /// Stops every account (shutdown step 3). Returns how many were running.
+    /// From here on `deliver` refuses messages (see `accepting`).
     pub async fn stop_all(&self) -> usize {
+        *self.accepting.write().unwrap_or_else(|p| p.into_inner()) = false;
         let keys: Vec<Key> = self
             .tasks
             .lock()
@@ -557,6 +565,10 @@ impl ChannelManager {
     fn deliver(&self, plugin: &str, channel: &str, m: InboundMessage) -> Result<u64, String> {
         if channel.is_empty() {
             return Err("deliver is not available while the plugin is being loaded".into());
+        }
+        let accepting = self.accepting.read().unwrap_or_else(|p| p.into_inner());
+        if !*accepting {
+            return Err("the gateway is shutting down; the message was not accepted".into());
         }
         if self.plugin_of(channel).as_deref() != Some(plugin) {
             return Err(format!("plugin {plugin} does not serve channel {channel}"));

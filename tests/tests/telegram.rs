@@ -1,0 +1,359 @@
+//! The Telegram channel (plugins/telegram) in the real daemon, against a fake
+//! Bot API that behaves like the real one where it matters: `/bot<token>/<method>`
+//! with query, form or JSON parameters (chunked bodies too), `getUpdates` that
+//! blocks up to `timeout` and confirms updates below `offset`, `sendMessage`
+//! that records what it got, 401 for a wrong token, 429 with `retry_after` on demand.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+use switchboard_tests::*;
+use tokio::sync::Notify;
+
+const TOKEN: &str = "123456:TEST-token";
+
+#[derive(Default)]
+struct Fake {
+    updates: Mutex<Vec<Value>>,
+    sent: Mutex<Vec<Value>>,
+    next_update_id: AtomicU32,
+    next_message_id: AtomicU32,
+    fail_429: AtomicU32,
+    arrived: Notify,
+}
+
+impl Fake {
+    fn inject(&self, text: &str) -> u32 {
+        let id = 1000 + self.next_update_id.fetch_add(1, Ordering::SeqCst);
+        self.updates.lock().unwrap().push(json!({
+            "update_id": id,
+            "message": {
+                "message_id": id, "date": 1_790_000_000,
+                "from": {"id": 42, "is_bot": false, "first_name": "Ann", "last_name": "Lee"},
+                "chat": {"id": -1001, "type": "supergroup"},
+                "text": text, "message_thread_id": 7,
+            }
+        }));
+        self.arrived.notify_waiters();
+        id
+    }
+}
+
+fn params(query: Option<String>, headers: &HeaderMap, body: &[u8]) -> BTreeMap<String, Value> {
+    let mut p = BTreeMap::new();
+    let form = |s: &str, p: &mut BTreeMap<String, Value>| {
+        for (k, v) in url_pairs(s) {
+            p.insert(k, serde_json::from_str(&v).unwrap_or(Value::String(v)));
+        }
+    };
+    if let Some(q) = query {
+        form(&q, &mut p);
+    }
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/json") {
+        if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) {
+            p.extend(m);
+        }
+    } else if ct.starts_with("application/x-www-form-urlencoded") {
+        form(&String::from_utf8_lossy(body), &mut p);
+    }
+    p
+}
+
+fn url_pairs(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn bot_api(
+    State(fake): State<Arc<Fake>>,
+    Path((bot, method)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if bot.strip_prefix("bot") != Some(TOKEN) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+        )
+            .into_response();
+    }
+    let p = params(query, &headers, &body);
+    let ok = |result: Value| axum::Json(json!({"ok": true, "result": result})).into_response();
+    match method.as_str() {
+        "getMe" => ok(json!({"id": 1, "is_bot": true, "username": "fake_bot"})),
+        "deleteWebhook" | "setWebhook" => ok(json!(true)),
+        "getUpdates" => {
+            let offset = p.get("offset").and_then(Value::as_i64).unwrap_or(0);
+            let timeout = p.get("timeout").and_then(Value::as_u64).unwrap_or(0);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                let notified = fake.arrived.notified();
+                {
+                    let mut u = fake.updates.lock().unwrap();
+                    // Confirm everything below offset.
+                    u.retain(|x| x["update_id"].as_i64().unwrap_or(0) >= offset);
+                    if !u.is_empty() {
+                        return ok(Value::Array(u.clone()));
+                    }
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return ok(json!([]));
+                }
+            }
+        }
+        "sendMessage" => {
+            if fake
+                .fail_429
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(json!({"ok": false, "error_code": 429,
+                        "description": "Too Many Requests: retry after 3", "parameters": {"retry_after": 3}})),
+                )
+                    .into_response();
+            }
+            let id = 5000 + fake.next_message_id.fetch_add(1, Ordering::SeqCst);
+            let chat = p.get("chat_id").cloned().unwrap_or(Value::Null);
+            fake.sent.lock().unwrap().push(json!(p));
+            ok(json!({"message_id": id, "chat": {"id": chat}, "text": p.get("text")}))
+        }
+        other => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"ok": false, "error_code": 404, "description": format!("Not Found: method {other}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn fake_api() -> (Arc<Fake>, u16) {
+    let fake = Arc::new(Fake::default());
+    let app = axum::Router::new()
+        .route("/{bot}/{method}", axum::routing::any(bot_api))
+        .with_state(fake.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (fake, port)
+}
+
+fn config(dir: &std::path::Path, port: u16, token: &str) -> String {
+    format!(
+        "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.telegram]\nnetwork = [\"127.0.0.1:{port}\"]\n\
+         [channels.telegram.accounts.default]\ntoken = \"{token}\"\napi_base = \"http://127.0.0.1:{port}\"\npoll_timeout_secs = 2\n",
+        dir.join("state").display(),
+        dir.display()
+    )
+}
+
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("plugins", "telegram.wasm"),
+        dir.path().join("telegram.wasm"),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_reach_operators_and_send_reaches_the_api() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let d = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let id = fake.inject("hi bot");
+    let m = c
+        .next_event("message", Duration::from_secs(10))
+        .await
+        .unwrap()["payload"]
+        .clone();
+    assert_eq!(m["text"], "hi bot");
+    assert_eq!(m["chatId"], "-1001");
+    assert_eq!(m["senderId"], "42");
+    assert_eq!(m["senderName"], "Ann Lee");
+    assert_eq!(m["messageId"], id.to_string());
+    assert_eq!(m["threadId"], "7");
+    assert_eq!(m["ts"], 1_790_000_000_000u64);
+
+    let r = c
+        .request("s", "send", json!({"to": "-1001", "message": "hello there", "idempotencyKey": "t1", "replyToId": "77", "threadId": "7"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    assert_eq!(r["payload"]["chatId"], "-1001");
+    let sent = fake.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["chat_id"], "-1001");
+    assert_eq!(sent[0]["text"], "hello there");
+    assert_eq!(sent[0]["reply_to_message_id"], 77);
+    assert_eq!(sent[0]["message_thread_id"], 7);
+
+    // 5000 characters arrive as two messages, split between words.
+    let long = "word ".repeat(1000);
+    let r = c
+        .request(
+            "l",
+            "send",
+            json!({"to": "-1001", "message": long.trim_end(), "idempotencyKey": "t2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let sent = fake.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3);
+    let (a, b) = (
+        sent[1]["text"].as_str().unwrap(),
+        sent[2]["text"].as_str().unwrap(),
+    );
+    assert!(a.chars().count() <= 4096 && b.chars().count() <= 4096);
+    assert!(
+        a.ends_with("word") && b.starts_with("word"),
+        "split inside a word"
+    );
+    assert_eq!(format!("{a} {b}"), long.trim_end());
+
+    // 429 becomes a retry hint.
+    fake.fail_429.store(1, Ordering::SeqCst);
+    let r = c
+        .request(
+            "r",
+            "send",
+            json!({"to": "-1001", "message": "again", "idempotencyKey": "t3"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert_eq!(r["error"]["retryAfterMs"], 3000);
+}
+
+async fn collect(c: &mut Client, want: usize, seen: &mut Vec<String>, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while seen.len() < want {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.next_event("message", left).await {
+            Ok(m) => seen.push(m["payload"]["messageId"].as_str().unwrap().to_string()),
+            Err(_) => break,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_stream_neither_loses_nor_repeats_an_update() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let mut d1 = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let (mut w1, _) = connect(&d1.url(), None, &["operator.read"]).await.unwrap();
+    let mut injected = Vec::new();
+    for i in 0..5 {
+        injected.push(fake.inject(&format!("first {i}")).to_string());
+    }
+    let mut seen = Vec::new();
+    collect(&mut w1, 5, &mut seen, Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 5);
+    // More updates while the daemon goes down.
+    for i in 0..5 {
+        injected.push(fake.inject(&format!("during {i}")).to_string());
+    }
+    d1.signal("TERM");
+    // Whatever the first daemon delivered before closing still reaches w1.
+    if let Ok((_, frames)) = w1.expect_close(Duration::from_secs(15)).await {
+        for f in frames {
+            if f["event"] == "message" {
+                seen.push(f["payload"]["messageId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(d1.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    let d2 = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let (mut w2, _) = connect(&d2.url(), None, &["operator.read"]).await.unwrap();
+    for i in 0..3 {
+        injected.push(fake.inject(&format!("after {i}")).to_string());
+    }
+    collect(&mut w2, injected.len(), &mut seen, Duration::from_secs(15)).await;
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "an update was delivered twice: {seen:?}"
+    );
+    let mut got = seen.clone();
+    got.sort();
+    let mut want = injected.clone();
+    want.sort();
+    assert_eq!(got, want, "lost updates");
+}
+
+#[tokio::test]
+async fn a_bad_token_shows_in_channels_status() {
+    let (_fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let d = Daemon::builder()
+        .config(&config(dir.path(), port, "999:wrong"))
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = c
+            .request("cs", "channels.status", json!({"channel": "telegram"}))
+            .await
+            .unwrap();
+        let a = &st["payload"]["channelAccounts"]["telegram"][0];
+        if let Some(e) = a["lastError"].as_str() {
+            assert!(
+                e.contains("unauthorized") && e.contains("check the bot token"),
+                "{e}"
+            );
+            assert_eq!(a["connected"], false);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
