@@ -87,7 +87,13 @@ pub struct ChannelManager {
     /// Held for reading across check + broadcast, so no delivery that passed
     /// the check can broadcast after the flag flips.
     accepting: RwLock<bool>,
+    /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`).
+    outbox: Mutex<HashMap<Key, std::collections::VecDeque<(u64, OutboundMessage)>>>,
+    outbox_seq: AtomicU64,
 }
+
+/// Messages one account's outbox holds before `outbox-push` fails.
+pub const OUTBOX_CAPACITY: usize = 1000;
 
 /// The host side of a plugin's imports in the daemon.
 pub struct GatewayHost {
@@ -129,6 +135,26 @@ impl PluginHost for GatewayHost {
         if let Some(cm) = self.channels() {
             cm.set_state(plugin, channel, account, state, detail);
         }
+    }
+
+    fn outbox_push(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        m: OutboundMessage,
+    ) -> Result<u64, String> {
+        let cm = self.channels().ok_or("the gateway is shutting down")?;
+        cm.outbox_push(plugin, channel, account, m)
+    }
+
+    fn outbox_pop(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+    ) -> Option<(u64, OutboundMessage)> {
+        self.channels()?.outbox_pop(plugin, channel, account)
     }
 
     fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
@@ -245,6 +271,8 @@ impl ChannelManager {
             idempotency: Mutex::new(HashMap::new()),
             message_seq: AtomicU64::new(0),
             accepting: RwLock::new(true),
+            outbox: Mutex::new(HashMap::new()),
+            outbox_seq: AtomicU64::new(0),
         })
     }
 
@@ -612,6 +640,57 @@ impl ChannelManager {
             a.last_inbound_at = Some(crate::now_ms())
         });
         Ok(seq)
+    }
+
+    /// Checks that `plugin` serves `channel` and it has `account`.
+    fn serves(&self, plugin: &str, channel: &str, account: &str) -> Result<(), String> {
+        if channel.is_empty() {
+            return Err("not available while the plugin is being loaded".into());
+        }
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        match s.get(channel) {
+            Some(c) if c.plugin == plugin && c.accounts.contains_key(account) => Ok(()),
+            Some(c) if c.plugin == plugin => {
+                Err(format!("unknown account `{account}` of channel {channel}"))
+            }
+            _ => Err(format!("plugin {plugin} does not serve channel {channel}")),
+        }
+    }
+
+    fn outbox_push(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        m: OutboundMessage,
+    ) -> Result<u64, String> {
+        self.serves(plugin, channel, account)?;
+        let mut ob = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let q = ob
+            .entry((channel.to_string(), account.to_string()))
+            .or_default();
+        if q.len() >= OUTBOX_CAPACITY {
+            return Err(format!(
+                "outbox of {channel}/{account} is full ({OUTBOX_CAPACITY} messages): is the account connected?"
+            ));
+        }
+        let n = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        q.push_back((n, m));
+        Ok(n)
+    }
+
+    fn outbox_pop(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+    ) -> Option<(u64, OutboundMessage)> {
+        self.serves(plugin, channel, account).ok()?;
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&(channel.to_string(), account.to_string()))?
+            .pop_front()
     }
 
     fn set_state(

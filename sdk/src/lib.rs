@@ -177,6 +177,22 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Hands messages from `send` (fresh instance) to the account's `run` loop,
+/// for channels whose connection is owned by `run` (such as IRC).
+pub mod outbox {
+    use super::{host, OutboundMessage};
+
+    /// Queues `message` for `account_id`'s `run` loop; returns its queue number.
+    pub fn push(account_id: &str, message: &OutboundMessage) -> Result<u64, String> {
+        host::outbox_push(account_id, message)
+    }
+
+    /// Takes the oldest queued message for `account_id`.
+    pub fn pop(account_id: &str) -> Option<(u64, OutboundMessage)> {
+        host::outbox_pop(account_id)
+    }
+}
+
 /// The plugin's private key-value store; it survives reloads and restarts.
 pub mod kv {
     use super::host;

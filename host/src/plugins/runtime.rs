@@ -68,6 +68,19 @@ pub trait PluginHost: Send + Sync + 'static {
         state: AccountState,
         detail: Option<String>,
     );
+    fn outbox_push(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+        m: OutboundMessage,
+    ) -> Result<u64, String>;
+    fn outbox_pop(
+        &self,
+        plugin: &str,
+        channel: &str,
+        account: &str,
+    ) -> Option<(u64, OutboundMessage)>;
     fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>>;
     fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>);
     fn kv_delete(&self, plugin: &str, key: &str);
@@ -82,6 +95,12 @@ impl PluginHost for NullHost {
         Err("no gateway is running (this is `switchboard plugins check`)".into())
     }
     fn set_state(&self, _: &str, _: &str, _: &str, _: AccountState, _: Option<String>) {}
+    fn outbox_push(&self, _: &str, _: &str, _: &str, _: OutboundMessage) -> Result<u64, String> {
+        Err("no gateway is running (this is `switchboard plugins check`)".into())
+    }
+    fn outbox_pop(&self, _: &str, _: &str, _: &str) -> Option<(u64, OutboundMessage)> {
+        None
+    }
     fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
         None
     }
@@ -250,6 +269,21 @@ impl switchboard::channel::host::Host for PluginState {
     fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
         self.host
             .set_state(&self.plugin, &self.channel, &account_id, state, detail)
+    }
+    fn outbox_push(
+        &mut self,
+        account_id: String,
+        message: switchboard::channel::types::OutboundMessage,
+    ) -> Result<u64, String> {
+        self.host
+            .outbox_push(&self.plugin, &self.channel, &account_id, message)
+    }
+    fn outbox_pop(
+        &mut self,
+        account_id: String,
+    ) -> Option<(u64, switchboard::channel::types::OutboundMessage)> {
+        self.host
+            .outbox_pop(&self.plugin, &self.channel, &account_id)
     }
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
         self.host.kv_get(&self.plugin, &key)

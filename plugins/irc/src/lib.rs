@@ -1,0 +1,250 @@
+//! The IRC channel. `run` owns the connection: it connects, registers
+//! (PASS, SASL PLAIN when configured), appends `_` to the nick on 433,
+//! answers PING, joins the configured channels, turns every PRIVMSG into an
+//! inbound message, and sends what `send` queued in the host outbox. When the
+//! connection drops `run` fails and the host restarts it with backoff, which
+//! reconnects and rejoins.
+//!
+//! `send` runs on a fresh instance and cannot reach that connection, so it
+//! queues the message with `outbox::push`; the delivery id is the queue
+//! number. `run` splits each message on newlines and at the 512-byte line limit.
+
+mod line;
+
+use serde::Deserialize;
+use switchboard_sdk::wstd;
+use switchboard_sdk::wstd::future::FutureExt;
+use switchboard_sdk::wstd::io::{AsyncRead, AsyncWrite};
+use switchboard_sdk::{
+    export_channel, Account, AccountState, Channel, ChannelError, Delivery, InboundMessage,
+    OutboundMessage, PluginInfo,
+};
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Sasl {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    server: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    nick: String,
+    username: Option<String>,
+    realname: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    /// Server password (PASS).
+    password: Option<String>,
+    /// SASL PLAIN credentials.
+    sasl: Option<Sasl>,
+}
+
+fn default_port() -> u16 {
+    6667
+}
+
+struct Irc;
+
+fn transient(e: impl std::fmt::Display) -> ChannelError {
+    ChannelError::Transient(e.to_string())
+}
+
+async fn write_line(s: &mut wstd::net::TcpStream, line: &str) -> Result<(), ChannelError> {
+    s.write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(transient)
+}
+
+impl Channel for Irc {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "irc".into(),
+            name: "IRC".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "IRC over TCP: channels and direct messages".into(),
+            // The server is per account; grant it with [channels.irc] network.
+            network: vec![],
+        }
+    }
+
+    fn validate(account: Account) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        if s.nick.is_empty() || s.nick.contains([' ', '\r', '\n']) {
+            return Err(ChannelError::InvalidConfig(format!(
+                "account `{}`: invalid nick",
+                account.id
+            )));
+        }
+        for c in &s.channels {
+            if !c.starts_with(['#', '&']) {
+                return Err(ChannelError::InvalidConfig(format!(
+                    "account `{}`: channel `{c}` must start with # or &",
+                    account.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(account: Account) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        wstd::runtime::block_on(session(&account.id, &s))
+    }
+
+    fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+        let _: Settings = account.settings()?;
+        if message.to.is_empty() || message.to.contains([' ', '\r', '\n', ',']) {
+            return Err(ChannelError::InvalidConfig(format!(
+                "`{}` is not a channel or nick",
+                message.to
+            )));
+        }
+        let to = message.to.clone();
+        let n = switchboard_sdk::outbox::push(&account.id, &message)
+            .map_err(ChannelError::Transient)?;
+        Ok(Delivery {
+            message_id: format!("irc-out-{n}"),
+            chat_id: Some(to),
+        })
+    }
+}
+
+async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
+    switchboard_sdk::set_state(account, AccountState::Starting, None);
+    let addr = format!("{}:{}", s.server, s.port);
+    let mut stream = wstd::net::TcpStream::connect(addr.as_str())
+        .await
+        .map_err(|e| transient(format!("connect {addr}: {e}")))?;
+    let mut nick = s.nick.clone();
+    if s.sasl.is_some() {
+        write_line(&mut stream, "CAP REQ :sasl").await?;
+    }
+    if let Some(p) = &s.password {
+        write_line(&mut stream, &format!("PASS {p}")).await?;
+    }
+    write_line(&mut stream, &format!("NICK {nick}")).await?;
+    let user = s.username.clone().unwrap_or_else(|| s.nick.clone());
+    let real = s.realname.clone().unwrap_or_else(|| s.nick.clone());
+    write_line(&mut stream, &format!("USER {user} 0 * :{real}")).await?;
+
+    let mut registered = false;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut counter: u64 = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream
+            .read(&mut chunk)
+            .timeout(wstd::time::Duration::from_millis(100))
+            .await;
+        match read {
+            Ok(Ok(0)) => return Err(transient(format!("{addr} closed the connection"))),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(transient(format!("read from {addr}: {e}"))),
+            Err(_) => {} // timeout: go check the outbox
+        }
+        while let Some(pos) = buf
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .or_else(|| buf.iter().position(|b| *b == b'\n'))
+        {
+            let raw: Vec<u8> = buf.drain(..pos).collect();
+            // Drop the line terminator.
+            while buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+                buf.remove(0);
+            }
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let Some(msg) = line::parse(&text) else {
+                continue;
+            };
+            match msg.command.as_str() {
+                "PING" => {
+                    write_line(
+                        &mut stream,
+                        &format!("PONG :{}", msg.params.last().cloned().unwrap_or_default()),
+                    )
+                    .await?
+                }
+                "CAP" if msg.params.get(1).map(String::as_str) == Some("ACK") => {
+                    write_line(&mut stream, "AUTHENTICATE PLAIN").await?;
+                }
+                "AUTHENTICATE" if msg.params.first().map(String::as_str) == Some("+") => {
+                    if let Some(sasl) = &s.sasl {
+                        let token = line::base64(
+                            format!("{0}\0{0}\0{1}", sasl.username, sasl.password).as_bytes(),
+                        );
+                        write_line(&mut stream, &format!("AUTHENTICATE {token}")).await?;
+                    }
+                }
+                "903" => write_line(&mut stream, "CAP END").await?,
+                "904" | "905" | "902" => {
+                    return Err(ChannelError::Unauthorized(format!(
+                        "SASL authentication failed: {text}"
+                    )));
+                }
+                "464" => {
+                    return Err(ChannelError::Unauthorized(format!(
+                        "server password rejected: {text}"
+                    )))
+                }
+                "433" if !registered => {
+                    nick.push('_');
+                    write_line(&mut stream, &format!("NICK {nick}")).await?;
+                }
+                "001" => {
+                    registered = true;
+                    if let Some(n) = msg.params.first() {
+                        nick = n.clone();
+                    }
+                    if !s.channels.is_empty() {
+                        write_line(&mut stream, &format!("JOIN {}", s.channels.join(","))).await?;
+                    }
+                    switchboard_sdk::set_state(account, AccountState::Connected, None);
+                    switchboard_sdk::info!("{account}: registered as {nick} on {addr}");
+                }
+                "ERROR" => return Err(transient(format!("{addr}: {text}"))),
+                "PRIVMSG" if msg.params.len() >= 2 => {
+                    let sender = msg.nick().unwrap_or_default();
+                    let target = &msg.params[0];
+                    let chat = if target.starts_with(['#', '&']) {
+                        target.clone()
+                    } else {
+                        sender.clone()
+                    };
+                    counter += 1;
+                    switchboard_sdk::deliver(InboundMessage {
+                        account_id: account.to_string(),
+                        chat_id: chat,
+                        sender_id: sender.clone(),
+                        sender_name: Some(sender),
+                        message_id: format!("{}-{counter}", switchboard_sdk::now_ms()),
+                        text: msg.params[1].clone(),
+                        timestamp_ms: switchboard_sdk::now_ms(),
+                        thread_id: None,
+                        reply_to_id: None,
+                        raw: Some(text.clone()),
+                    })
+                    .map_err(ChannelError::Transient)?;
+                }
+                _ => {}
+            }
+        }
+        if registered {
+            while let Some((_, m)) = switchboard_sdk::outbox::pop(account) {
+                for l in line::privmsg_lines(&m.to, &m.text, &nick) {
+                    if let Err(e) = write_line(&mut stream, &l).await {
+                        // Not sent: queue it again for the next connection.
+                        let _ = switchboard_sdk::outbox::push(account, &m);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+export_channel!(Irc);
