@@ -591,27 +591,10 @@ impl ChannelManager {
     // ---- calls from plugins ----
 
     fn deliver(&self, plugin: &str, channel: &str, m: InboundMessage) -> Result<u64, String> {
-        if channel.is_empty() {
-            return Err("deliver is not available while the plugin is being loaded".into());
-        }
+        self.serves(plugin, channel, &m.account_id)?;
         let accepting = self.accepting.read().unwrap_or_else(|p| p.into_inner());
         if !*accepting {
             return Err("the gateway is shutting down; the message was not accepted".into());
-        }
-        if self.plugin_of(channel).as_deref() != Some(plugin) {
-            return Err(format!("plugin {plugin} does not serve channel {channel}"));
-        }
-        let known = self
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(channel)
-            .is_some_and(|c| c.accounts.contains_key(&m.account_id));
-        if !known {
-            return Err(format!(
-                "unknown account `{}` of channel {channel}",
-                m.account_id
-            ));
         }
         let seq = self.message_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let mut ev = json!({
@@ -701,7 +684,7 @@ impl ChannelManager {
         state: AccountState,
         detail: Option<String>,
     ) {
-        if channel.is_empty() || self.plugin_of(channel).as_deref() != Some(plugin) {
+        if self.serves(plugin, channel, account).is_err() {
             return;
         }
         self.update(channel, account, |a| {
