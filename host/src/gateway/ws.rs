@@ -29,6 +29,8 @@ use crate::connections::{
 
 /// How long we wait to deliver our close frame to a client that is not reading.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long we wait for the client's answer to our close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Frames written per flush at most.
 const BATCH: usize = 64;
 
@@ -413,7 +415,23 @@ where
                 }
                 Some(Ok(_)) => {} // ping/pong are answered by the library
             },
-            r = &mut writer => { writer_done = Some(r.ok().flatten()); break; }
+            r = &mut writer => {
+                writer_done = Some(r.ok().flatten());
+                // Complete the closing handshake: wait (bounded) for the
+                // client's close or EOF. Dropping the socket first would make
+                // the kernel answer the client's close with a reset, which
+                // discards frames the client has received but not yet read.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if let Message::Close(f) = m {
+                            client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                            break;
+                        }
+                    }
+                })
+                .await;
+                break;
+            }
             _ = close_rx.changed() => {
                 // Our side closes: keep reading until the client answers or the
                 // writer gives up, so the close handshake completes.
@@ -421,7 +439,8 @@ where
         }
     }
     // Did we ask to close (slow consumer, shutdown, bad frame) before the loop ended?
-    let we_closed = conn.is_closing();
+    // (A writer that finished on its own sent our close, e.g. at shutdown.)
+    let we_closed = conn.is_closing() || matches!(writer_done, Some(Some(_)));
     let our_close = match writer_done {
         Some(r) => r,
         None => {
