@@ -46,15 +46,16 @@ build:
 
 ## The whole suite: unit tests, end-to-end tests against the real binary,
 ## and interop with the official OpenClaw client library.
-test: build plugins interop-deps
+test: build plugins interop-deps irc-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
 
-## The IRC end-to-end test against a real ngircd (not yet in `make test`: flaky).
+## Only the IRC end-to-end test (against a real ngircd).
 test-irc: build plugins irc-deps
-	$(CARGO) test -p switchboard-tests --test irc -- --ignored
+	$(CARGO) test -p switchboard-tests --test irc
 
+## ngircd (Debian package) for the IRC test.
 irc-deps:
 	@command -v ngircd >/dev/null || test -x /usr/sbin/ngircd || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ngircd; }
 
