@@ -74,7 +74,6 @@ pub struct ChannelManager {
     plugins: Arc<PluginManager>,
     broadcaster: Arc<Broadcaster>,
     health: Arc<Notify>,
-    kv: Arc<KvStore>,
     state: RwLock<BTreeMap<String, ChannelEntry>>,
     /// Running `run` loops.
     tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
@@ -216,7 +215,6 @@ impl ChannelManager {
         plugins: Arc<PluginManager>,
         broadcaster: Arc<Broadcaster>,
         health: Arc<Notify>,
-        kv: Arc<KvStore>,
     ) -> Arc<Self> {
         let mut state = BTreeMap::new();
         for (name, c) in &config {
@@ -264,7 +262,6 @@ impl ChannelManager {
             plugins,
             broadcaster,
             health,
-            kv,
             state: RwLock::new(state),
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
@@ -274,10 +271,6 @@ impl ChannelManager {
             outbox: Mutex::new(HashMap::new()),
             outbox_seq: AtomicU64::new(0),
         })
-    }
-
-    pub fn kv(&self) -> &Arc<KvStore> {
-        &self.kv
     }
 
     pub fn snapshot(&self) -> ChannelsSnapshot {

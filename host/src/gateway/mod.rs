@@ -80,7 +80,6 @@ impl Gateway {
             plugins.clone(),
             broadcaster.clone(),
             health_notify.clone(),
-            kv,
         );
         host.attach(&channels);
         Ok(Arc::new(Gateway {

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -67,15 +66,6 @@ pub enum Change {
 }
 
 impl Change {
-    pub fn id(&self) -> &str {
-        match self {
-            Change::Loaded { id, .. }
-            | Change::Replaced { id, .. }
-            | Change::Removed { id }
-            | Change::Failed { id, .. } => id,
-        }
-    }
-
     /// The `plugins` event payload.
     pub fn event(&self) -> Value {
         match self {
@@ -375,6 +365,3 @@ impl PluginManager {
         })
     }
 }
-
-/// Default per-call timeout when none is configured.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
