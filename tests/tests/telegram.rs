@@ -26,6 +26,8 @@ struct Fake {
     next_message_id: AtomicU32,
     fail_429: AtomicU32,
     arrived: Notify,
+    /// Every call: method and its parameters, in order.
+    calls: Mutex<Vec<(String, BTreeMap<String, Value>)>>,
 }
 
 impl Fake {
@@ -113,6 +115,7 @@ async fn bot_api(
             .into_response();
     }
     let p = params(query, &headers, &body);
+    fake.calls.lock().unwrap().push((method.clone(), p.clone()));
     let ok = |result: Value| axum::Json(json!({"ok": true, "result": result})).into_response();
     match method.as_str() {
         "getMe" => ok(json!({"id": 1, "is_bot": true, "username": "fake_bot"})),
@@ -356,4 +359,177 @@ async fn a_bad_token_shows_in_channels_status() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+impl Fake {
+    fn called(&self, method: &str) -> Vec<BTreeMap<String, Value>> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+const HOOK_SECRET: &str = "hook-Secret_42";
+
+async fn post_update(d: &Daemon, secret: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(d.http("/hooks/telegram/default"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(s) = secret {
+        req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_mode_sets_the_webhook_and_checks_the_secret_token() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let cfg = format!(
+        "{}mode = \"webhook\"\nwebhook_url = \"https://bot.example/hooks/telegram/default\"\nwebhook_secret = \"{HOOK_SECRET}\"\n",
+        config(dir.path(), port, TOKEN)
+    );
+    let d = Daemon::builder().config(&cfg).start().unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+
+    // run registers the webhook with its secret and reports connected.
+    let t0 = std::time::Instant::now();
+    let set = loop {
+        if let Some(p) = fake.called("setWebhook").pop() {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "setWebhook never called\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(set["url"], "https://bot.example/hooks/telegram/default");
+    assert_eq!(set["secret_token"], HOOK_SECRET);
+
+    let update = json!({
+        "update_id": 77,
+        "message": {"message_id": 9, "date": 1_790_000_100, "from": {"id": 5, "first_name": "Bo"},
+                    "chat": {"id": 314, "type": "private"}, "text": "via webhook"}
+    })
+    .to_string();
+    // Missing or wrong secret: refused, nothing delivered.
+    let (st, v) = post_update(&d, None, &update).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("X-Telegram-Bot-Api-Secret-Token"));
+    let (st, _) = post_update(&d, Some("hook-Secret_43"), &update).await;
+    assert_eq!(st, 401);
+    // Right secret but not an update.
+    let (st, v) = post_update(&d, Some(HOOK_SECRET), "{not json").await;
+    assert_eq!(st, 400, "{v}");
+    // Right secret: the update reaches operators, once.
+    let (st, v) = post_update(&d, Some(HOOK_SECRET), &update).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["messageSeq"].as_u64().is_some(), "{v}");
+    let m = c
+        .next_event("message", Duration::from_secs(5))
+        .await
+        .unwrap()["payload"]
+        .clone();
+    assert_eq!(m["text"], "via webhook");
+    assert_eq!(m["chatId"], "314");
+    assert_eq!(m["senderName"], "Bo");
+    assert!(
+        c.next_event("message", Duration::from_millis(300))
+            .await
+            .is_err(),
+        "a refused update was delivered"
+    );
+    // Webhook mode never polls (Telegram refuses getUpdates while a webhook is set).
+    assert!(fake.called("getUpdates").is_empty());
+    assert!(fake.called("deleteWebhook").is_empty());
+}
+
+#[tokio::test]
+async fn webhook_mode_without_a_secret_is_a_config_error() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let cfg = format!(
+        "{}mode = \"webhook\"\nwebhook_url = \"https://bot.example/hooks/telegram/default\"\n",
+        config(dir.path(), port, TOKEN)
+    );
+    let d = Daemon::builder().config(&cfg).start().unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = c
+            .request("cs", "channels.status", json!({"channel": "telegram"}))
+            .await
+            .unwrap();
+        if let Some(e) = st["payload"]["channelAccounts"]["telegram"][0]["lastError"].as_str() {
+            assert!(e.contains("webhook_secret"), "{e}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fake.called("setWebhook").is_empty());
+}
+
+/// The fake reads parameters the ways the Bot API accepts them, chunked
+/// request bodies included (a client that streams its body sends those).
+#[tokio::test]
+async fn the_fake_reads_query_form_json_and_chunked_parameters() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (fake, port) = fake_api().await;
+    let raw = |head: &str, body: &str| {
+        format!("{head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n{body}")
+    };
+    let json_body = r#"{"chat_id":-5,"text":"chunked json"}"#;
+    let (a, b) = json_body.split_at(10);
+    let requests = [
+        raw(
+            &format!("POST /bot{TOKEN}/sendMessage?chat_id=-1&text=from%20query HTTP/1.1"),
+            "Content-Length: 0\r\n\r\n",
+        ),
+        raw(
+            &format!("POST /bot{TOKEN}/sendMessage HTTP/1.1"),
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 25\r\n\r\nchat_id=-2&text=from+form",
+        ),
+        raw(
+            &format!("POST /bot{TOKEN}/sendMessage HTTP/1.1"),
+            &format!(
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                a.len(),
+                b.len()
+            ),
+        ),
+    ];
+    for r in requests {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(r.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let sent = fake.sent.lock().unwrap().clone();
+    let got: Vec<(Value, Value)> = sent
+        .iter()
+        .map(|p| (p["chat_id"].clone(), p["text"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (json!(-1), json!("from query")),
+            (json!(-2), json!("from form")),
+            (json!(-5), json!("chunked json")),
+        ]
+    );
 }

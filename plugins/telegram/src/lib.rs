@@ -178,6 +178,17 @@ impl Channel for Telegram {
                 account.id
             )));
         }
+        if let Some(secret) = &s.webhook_secret {
+            let ok_chars = secret
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if secret.is_empty() || secret.len() > 256 || !ok_chars {
+                return Err(ChannelError::InvalidConfig(format!(
+                    "account `{}`: webhook_secret must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)",
+                    account.id
+                )));
+            }
+        }
         wstd::runtime::block_on(call(&s, "getMe", json!({}), 0)).map(|_| ())
     }
 
