@@ -51,13 +51,19 @@ test: build plugins interop-deps irc-deps
 	$(CARGO) test -p switchboard-sdk --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
 
-## Only the IRC end-to-end test (against a real ngircd).
+## Only the IRC end-to-end tests (against real ngircd and InspIRCd + Atheme).
 test-irc: build plugins irc-deps
 	$(CARGO) test -p switchboard-tests --test irc
 
-## ngircd (Debian package) for the IRC test.
+## IRC servers (Debian packages) for the IRC tests: ngircd, and InspIRCd
+## with Atheme services for SASL. Installed only when missing; never started
+## as system services (the tests start their own on free ports).
+IRC_BINARIES := /usr/sbin/ngircd /usr/sbin/inspircd /usr/bin/atheme-services
 irc-deps:
-	@command -v ngircd >/dev/null || test -x /usr/sbin/ngircd || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ngircd; }
+	@missing=0; for b in $(IRC_BINARIES); do test -x $$b || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ngircd inspircd atheme-services; \
+	fi
 
 ## npm packages for the interop test (@openclaw/gateway-client), from the lockfile.
 interop-deps: $(INTEROP_DIR)/node_modules/.package-lock.json

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use switchboard_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -14,6 +14,11 @@ struct Ngircd {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra `[Global]` lines, e.g. `Password = ...`.
+    global: String,
+    /// Seconds of silence before ngircd PINGs a client (and again before it
+    /// drops one that did not answer); 5 is ngircd's minimum.
+    ping_timeout: u32,
 }
 
 fn ngircd_binary() -> PathBuf {
@@ -27,15 +32,16 @@ fn ngircd_binary() -> PathBuf {
 
 impl Ngircd {
     fn start() -> Ngircd {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Ngircd::start_with("", 120)
+    }
+
+    fn start_with(global: &str, ping_timeout: u32) -> Ngircd {
         let mut n = Ngircd {
             child: None,
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            global: global.to_string(),
+            ping_timeout,
         };
         n.spawn();
         n
@@ -47,10 +53,10 @@ impl Ngircd {
             &conf,
             format!(
                 "[Global]\nName = irc.test\nInfo = switchboard test\nListen = 127.0.0.1\nPorts = {}\n\
-                 MotdPhrase = \"test\"\nServerUID = 65534\nServerGID = 65534\n\
-                 [Limits]\nPingTimeout = 120\nPongTimeout = 20\nMaxNickLength = 30\n\
+                 MotdPhrase = \"test\"\nServerUID = 65534\nServerGID = 65534\n{}\n\
+                 [Limits]\nPingTimeout = {}\nPongTimeout = {}\nMaxNickLength = 30\n\
                  [Options]\nPAM = no\nIdent = no\nDNS = no\n",
-                self.port
+                self.port, self.global, self.ping_timeout, self.ping_timeout.min(20)
             ),
         )
         .unwrap();
@@ -66,14 +72,7 @@ impl Ngircd {
             .spawn()
             .expect("start ngircd");
         self.child = Some(child);
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "ngircd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(self.port, "ngircd");
     }
 
     fn kill(&mut self) {
@@ -90,6 +89,25 @@ impl Drop for Ngircd {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A plain IRC client.
 struct IrcClient {
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -98,6 +116,15 @@ struct IrcClient {
 
 impl IrcClient {
     async fn connect(port: u16, nick: &str, join: Option<&str>) -> IrcClient {
+        IrcClient::connect_with(port, nick, None, join).await
+    }
+
+    async fn connect_with(
+        port: u16,
+        nick: &str,
+        pass: Option<&str>,
+        join: Option<&str>,
+    ) -> IrcClient {
         let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (r, w) = s.into_split();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -110,6 +137,9 @@ impl IrcClient {
             }
         });
         let mut c = IrcClient { lines: rx, w };
+        if let Some(p) = pass {
+            c.send(&format!("PASS {p}")).await;
+        }
         c.send(&format!("NICK {nick}")).await;
         c.send(&format!("USER {nick} 0 * :{nick}")).await;
         c.wait(|l| l.contains(" 001 ")).await;
@@ -125,6 +155,42 @@ impl IrcClient {
             .write_all(format!("{line}\r\n").as_bytes())
             .await
             .unwrap();
+    }
+
+    /// Reads and answers PINGs for `d`, so the server keeps us.
+    async fn idle(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(l)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            if let Some(p) = l.strip_prefix("PING ") {
+                self.send(&format!("PONG {p}")).await;
+            }
+        }
+    }
+
+    /// Waits (asking with NAMES) until `nick` is in `channel`.
+    async fn wait_member(&mut self, channel: &str, nick: &str) {
+        let t0 = std::time::Instant::now();
+        loop {
+            self.send(&format!("NAMES {channel}")).await;
+            let names = self
+                .wait(|l| l.contains(" 353 ") || l.contains(" 366 "))
+                .await;
+            if names.contains(" 353 ") {
+                let members = names.rsplit(':').next().unwrap_or("");
+                if members
+                    .split(' ')
+                    .any(|m| m.trim_start_matches(['@', '+']) == nick)
+                {
+                    return;
+                }
+                self.wait(|l| l.contains(" 366 ")).await;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{nick} never joined {channel}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// Waits for a line matching `pred` (answering PINGs), within 20 s.
@@ -220,24 +286,8 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
     // The bot may rejoin before or after the human does, so ask the server
     // who is in the channel rather than wait for a JOIN line.
-    let t0 = std::time::Instant::now();
-    loop {
-        human.send("NAMES #room").await;
-        let names = human
-            .wait(|l| l.contains(" 353 ") || l.contains(" 366 "))
-            .await;
-        if names.contains(" 353 ") && names.contains("sbbot") {
-            break;
-        }
-        if names.contains(" 353 ") {
-            human.wait(|l| l.contains(" 366 ")).await;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the bot never rejoined #room"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    // The squatter is gone with the old server, so the bot is sbbot again.
+    human.wait_member("#room", "sbbot").await;
     human.send("PRIVMSG #room :welcome back").await;
     loop {
         let m = op
@@ -256,4 +306,298 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     let acct = &st["payload"]["channelAccounts"]["irc"][0];
     assert_eq!(acct["connected"], true, "{st}");
     assert!(acct["reconnectAttempts"].as_u64().unwrap() >= 1, "{st}");
+}
+
+/// One account's entry in `channels.status`.
+async fn account_status(op: &mut Client, account: &str) -> Value {
+    let st = op
+        .request("cs", "channels.status", json!({"channel": "irc"}))
+        .await
+        .unwrap();
+    st["payload"]["channelAccounts"]["irc"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["accountId"] == account).cloned())
+        .unwrap_or_else(|| panic!("no account {account} in {st}"))
+}
+
+/// Waits until `account` reports an error containing `needle`.
+async fn wait_error(op: &mut Client, account: &str, needle: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let a = account_status(op, account).await;
+        if let Some(e) = a["lastError"].as_str().filter(|e| e.contains(needle)) {
+            assert_eq!(a["connected"], false, "{a}");
+            return e.to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{account} never failed with `{needle}`: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn irc_daemon(dir: &tempfile::TempDir, port: u16, accounts: &str) -> Daemon {
+    std::fs::copy(
+        built_plugin("plugins", "irc.wasm"),
+        dir.path().join("irc.wasm"),
+    )
+    .unwrap();
+    Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.irc]\nnetwork = [\"127.0.0.1:{port}\"]\n{accounts}",
+            dir.path().join("state").display(),
+            dir.path().display()
+        ))
+        .start()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_password_direct_messages_and_ping_answers() {
+    // ngircd requires a password and PINGs anyone silent for 5 s, dropping
+    // those that do not answer within 5 s more.
+    let irc = Ngircd::start_with("Password = hunter2", 5);
+    let port = irc.port;
+    let mut human = IrcClient::connect_with(port, "tester", Some("hunter2"), Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n\
+             password = \"hunter2\"\nchannels = [\"#room\"]\n\
+             [channels.irc.accounts.wrong]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbwrong\"\npassword = \"nope\"\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+
+    // The right password gets in; the wrong one is reported as such.
+    human.wait_member("#room", "sbbot").await;
+    let e = wait_error(&mut op, "wrong", "password").await;
+    assert!(e.contains("check `password`"), "{e}");
+
+    // A direct message becomes an inbound message whose chat is the sender.
+    human.send("PRIVMSG sbbot :just for you").await;
+    let m = op
+        .next_event("message", Duration::from_secs(10))
+        .await
+        .unwrap()["payload"]
+        .clone();
+    assert_eq!(m["text"], "just for you");
+    assert_eq!(m["chatId"], "tester");
+    assert_eq!(m["senderId"], "tester");
+    assert_eq!(m["accountId"], "default");
+
+    // Stay silent for longer than ngircd's ping and pong timeouts together:
+    // the bot answers the server's PINGs, so it is never dropped.
+    human.idle(Duration::from_secs(13)).await;
+    let a = account_status(&mut op, "default").await;
+    assert_eq!(a["connected"], true, "{a}\n{}", d.log_text());
+    assert_eq!(a["reconnectAttempts"], 0, "the bot was dropped: {a}");
+    human.send("PRIVMSG sbbot :still there?").await;
+    loop {
+        let m = op
+            .next_event("message", Duration::from_secs(10))
+            .await
+            .unwrap()["payload"]
+            .clone();
+        if m["text"] == "still there?" {
+            break;
+        }
+    }
+}
+
+/// InspIRCd linked to Atheme services: a real network with accounts and SASL.
+struct SaslNet {
+    children: Vec<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SaslNet {
+    fn start() -> SaslNet {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let (port, link) = (free_port(), free_port());
+        let ircd_conf = format!(
+            r#"<server name="irc.test" description="switchboard test" network="Testnet" id="001">
+<admin name="test" nick="test" email="test@irc.test">
+<bind address="127.0.0.1" port="{port}" type="clients">
+<bind address="127.0.0.1" port="{link}" type="servers">
+<connect allow="*" timeout="60" pingfreq="120" recvq="8192" softsendq="65536" hardsendq="1048576" localmax="50" globalmax="50" resolvehostnames="no" useident="no">
+<dns server="127.0.0.1" timeout="1">
+<pid file="{d}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{d}/inspircd.log">
+<module name="cap">
+<module name="spanningtree">
+<module name="sasl">
+<module name="services_account">
+<link name="services.test" ipaddr="127.0.0.1" port="{link}" allowmask="127.0.0.0/8" sendpass="linkpw" recvpass="linkpw">
+<uline server="services.test" silent="yes">
+<sasl target="services.test">
+"#
+        );
+        std::fs::write(dir.path().join("inspircd.conf"), ircd_conf).unwrap();
+        let services_conf = format!(
+            r##"loadmodule "modules/protocol/inspircd";
+loadmodule "modules/backend/opensex";
+loadmodule "modules/crypto/pbkdf2v2";
+loadmodule "modules/nickserv/main";
+loadmodule "modules/nickserv/register";
+loadmodule "modules/saslserv/main";
+loadmodule "modules/saslserv/plain";
+serverinfo {{
+  name = "services.test"; desc = "test services"; numeric = "00A"; recontime = 1;
+  netname = "Testnet"; hidehostsuffix = "users.test"; adminname = "test";
+  adminemail = "test@irc.test"; registeremail = "noreply@irc.test"; auth = none;
+  casemapping = rfc1459; mta = "/bin/true"; loglevel = {{ admin; error; info; network; }};
+  maxlogins = 5; maxusers = 5; maxchans = 5; mdlimit = 30; emaillimit = 100; emailtime = 300;
+}};
+uplink "irc.test" {{ host = "127.0.0.1"; password = "linkpw"; port = {link}; }};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.test"; real = "Nickname Services"; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.test"; real = "SASL Agent"; }};
+general {{
+  helpchan = "#help"; permissive_mode = no; maxcusers = 100; commit_interval = 5;
+  default_clonelimit = 100; uflags = {{ hidemail; }}; cflags = {{ }}; raw = no;
+  flood_msgs = 7; flood_time = 10; kline_time = 7; vhost_change = 30;
+  operstring = "is an IRC Operator"; servicestring = "is a Network Service";
+}};
+logfile "{d}/atheme.log" {{ error; info; admin; network; }};
+"##
+        );
+        std::fs::write(dir.path().join("atheme.conf"), services_conf).unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let root = dir.path().to_path_buf();
+        let log = |name: &str| std::fs::File::create(root.join(name)).unwrap();
+        let ircd = Command::new("/usr/sbin/inspircd")
+            .args(["--nofork", "--runasroot"])
+            .arg(format!("--config={d}/inspircd.conf"))
+            .stdin(Stdio::null())
+            .stdout(log("inspircd.out"))
+            .stderr(log("inspircd.err"))
+            .spawn()
+            .expect("start inspircd: `make test` installs it (apt-get install inspircd)");
+        let mut net = SaslNet {
+            children: vec![ircd],
+            port,
+            _dir: dir,
+        };
+        wait_listening(port, "inspircd");
+        let services = Command::new("atheme-services")
+            .arg("-n")
+            .arg("-c")
+            .arg(format!("{d}/atheme.conf"))
+            .arg("-D")
+            .arg(format!("{d}/data"))
+            .arg("-p")
+            .arg(format!("{d}/atheme.pid"))
+            .stdin(Stdio::null())
+            .stdout(log("atheme.out"))
+            .stderr(log("atheme.err"))
+            .spawn()
+            .expect(
+                "start atheme-services: `make test` installs it (apt-get install atheme-services)",
+            );
+        net.children.push(services);
+        net
+    }
+
+    /// Connects `nick` and registers it as a services account once NickServ is there.
+    async fn register(&self, nick: &str, password: &str) -> IrcClient {
+        let mut c = IrcClient::connect(self.port, nick, None).await;
+        let t0 = std::time::Instant::now();
+        loop {
+            c.send("WHOIS NickServ").await;
+            let l = c.wait(|l| l.contains(" 311 ") || l.contains(" 401 ")).await;
+            if l.contains(" 311 ") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "the services never linked"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.send(&format!(
+            "PRIVMSG NickServ :REGISTER {password} {nick}@example.test"
+        ))
+        .await;
+        c.wait(|l| l.contains("is now registered")).await;
+        c
+    }
+}
+
+impl Drop for SaslNet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_logs_the_bot_in_to_its_account() {
+    let net = SaslNet::start();
+    let port = net.port;
+    let mut owner = net.register("sbacct", "hunter22").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#sasl\"]\n\
+             sasl = {{ username = \"sbacct\", password = \"hunter22\" }}\n\
+             [channels.irc.accounts.bad]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbad\"\n\
+             sasl = {{ username = \"sbacct\", password = \"wrong\" }}\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    // The server says the bot is logged in to the account (WHOIS 330).
+    let t0 = std::time::Instant::now();
+    loop {
+        owner.send("WHOIS sbbot").await;
+        let l = owner
+            .wait(|l| l.contains(" 330 ") || l.contains(" 318 ") || l.contains(" 401 "))
+            .await;
+        if l.contains(" 330 ") {
+            assert!(l.contains(" sbbot sbacct "), "{l}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "sbbot never logged in\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let a = account_status(&mut op, "default").await;
+    assert_eq!(a["connected"], true, "{a}");
+    // A wrong SASL password is reported, and the bot does not get on unauthenticated.
+    let e = wait_error(&mut op, "bad", "SASL authentication failed").await;
+    assert!(e.contains("sasl.password"), "{e}");
+    owner.send("WHOIS sbbad").await;
+    let l = owner
+        .wait(|l| l.contains(" 311 sbacct sbbad ") || l.contains(" 401 sbacct sbbad "))
+        .await;
+    assert!(l.contains(" 401 "), "sbbad got on without SASL: {l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_on_a_server_without_it_is_refused_clearly() {
+    let irc = Ngircd::start();
+    let port = irc.port;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n\
+             sasl = {{ username = \"sbbot\", password = \"x\" }}\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let e = wait_error(&mut op, "default", "does not offer SASL").await;
+    assert!(e.contains("remove `sasl`"), "{e}");
 }

@@ -172,6 +172,13 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                 "CAP" if msg.params.get(1).map(String::as_str) == Some("ACK") => {
                     write_line(&mut stream, "AUTHENTICATE PLAIN").await?;
                 }
+                "CAP" if msg.params.get(1).map(String::as_str) == Some("NAK") => {
+                    // Going on unauthenticated would run the bot under an
+                    // identity the operator did not configure.
+                    return Err(ChannelError::Unauthorized(format!(
+                        "{addr} does not offer SASL (CAP NAK); remove `sasl` from the account or use a server with SASL"
+                    )));
+                }
                 "AUTHENTICATE" if msg.params.first().map(String::as_str) == Some("+") => {
                     if let Some(sasl) = &s.sasl {
                         let token = line::base64(
@@ -183,12 +190,12 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                 "903" => write_line(&mut stream, "CAP END").await?,
                 "904" | "905" | "902" => {
                     return Err(ChannelError::Unauthorized(format!(
-                        "SASL authentication failed: {text}"
+                        "SASL authentication failed (check `sasl.username` and `sasl.password`): {text}"
                     )));
                 }
                 "464" => {
                     return Err(ChannelError::Unauthorized(format!(
-                        "server password rejected: {text}"
+                        "server password rejected (check `password`): {text}"
                     )))
                 }
                 "433" if !registered => {
@@ -206,7 +213,23 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                     switchboard_sdk::set_state(account, AccountState::Connected, None);
                     switchboard_sdk::info!("{account}: registered as {nick} on {addr}");
                 }
+                // Servers such as ngircd answer a wrong PASS with ERROR, not 464.
+                "ERROR"
+                    if !registered
+                        && s.password.is_some()
+                        && text.to_ascii_lowercase().contains("password") =>
+                {
+                    return Err(ChannelError::Unauthorized(format!(
+                        "server password rejected (check `password`): {text}"
+                    )));
+                }
                 "ERROR" => return Err(transient(format!("{addr}: {text}"))),
+                // The server renamed us (or confirmed our NICK).
+                "NICK" if msg.nick().is_some_and(|n| n.eq_ignore_ascii_case(&nick)) => {
+                    if let Some(n) = msg.params.first() {
+                        nick = n.clone();
+                    }
+                }
                 "PRIVMSG" if msg.params.len() >= 2 => {
                     let sender = msg.nick().unwrap_or_default();
                     let target = &msg.params[0];
