@@ -19,6 +19,7 @@ use crate::broadcast::{Broadcaster, Filter};
 use crate::config::ChannelConfig;
 use crate::gateway::auth::SCOPE_READ;
 use crate::gateway::frames::ErrorShape;
+use crate::outbox::Outbox;
 use crate::plugins::kv::KvStore;
 use crate::plugins::runtime::{
     self, Account, AccountState, ChannelError, Grants, HttpRequest, HttpResponse, InboundMessage,
@@ -86,13 +87,10 @@ pub struct ChannelManager {
     /// Held for reading across check + broadcast, so no delivery that passed
     /// the check can broadcast after the flag flips.
     accepting: RwLock<bool>,
-    /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`).
-    outbox: Mutex<HashMap<Key, std::collections::VecDeque<(u64, OutboundMessage)>>>,
-    outbox_seq: AtomicU64,
+    /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
+    /// kept on disk until taken.
+    outbox: Outbox,
 }
-
-/// Messages one account's outbox holds before `outbox-push` fails.
-pub const OUTBOX_CAPACITY: usize = 1000;
 
 /// The host side of a plugin's imports in the daemon.
 pub struct GatewayHost {
@@ -215,6 +213,7 @@ impl ChannelManager {
         plugins: Arc<PluginManager>,
         broadcaster: Arc<Broadcaster>,
         health: Arc<Notify>,
+        outbox: Outbox,
     ) -> Arc<Self> {
         let mut state = BTreeMap::new();
         for (name, c) in &config {
@@ -268,8 +267,7 @@ impl ChannelManager {
             idempotency: Mutex::new(HashMap::new()),
             message_seq: AtomicU64::new(0),
             accepting: RwLock::new(true),
-            outbox: Mutex::new(HashMap::new()),
-            outbox_seq: AtomicU64::new(0),
+            outbox,
         })
     }
 
@@ -641,18 +639,7 @@ impl ChannelManager {
         m: OutboundMessage,
     ) -> Result<u64, String> {
         self.serves(plugin, channel, account)?;
-        let mut ob = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let q = ob
-            .entry((channel.to_string(), account.to_string()))
-            .or_default();
-        if q.len() >= OUTBOX_CAPACITY {
-            return Err(format!(
-                "outbox of {channel}/{account} is full ({OUTBOX_CAPACITY} messages): is the account connected?"
-            ));
-        }
-        let n = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        q.push_back((n, m));
-        Ok(n)
+        self.outbox.push(channel, account, m)
     }
 
     fn outbox_pop(
@@ -662,11 +649,7 @@ impl ChannelManager {
         account: &str,
     ) -> Option<(u64, OutboundMessage)> {
         self.serves(plugin, channel, account).ok()?;
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&(channel.to_string(), account.to_string()))?
-            .pop_front()
+        self.outbox.pop(channel, account)
     }
 
     fn set_state(

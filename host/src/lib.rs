@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod gateway;
 pub mod health;
+pub mod outbox;
 pub mod plugins;
 pub mod shutdown;
 

@@ -601,3 +601,39 @@ async fn sasl_on_a_server_without_it_is_refused_clearly() {
     let e = wait_error(&mut op, "default", "does not offer SASL").await;
     assert!(e.contains("remove `sasl`"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
+    let mut irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = format!(
+        "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n"
+    );
+    let mut d1 = irc_daemon(&dir, port, &accounts);
+    human.wait_member("#room", "sbbot").await;
+
+    // The server goes away; send still accepts (the message is queued).
+    irc.kill();
+    let (mut op, _) = connect(&d1.url(), None, &["operator.admin"]).await.unwrap();
+    let r = op
+        .request(
+            "q",
+            "send",
+            json!({"to": "#room", "message": "queued while down", "idempotencyKey": "q1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    // The daemon restarts before the server is back.
+    d1.signal("TERM");
+    assert_eq!(d1.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    irc.spawn();
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    let d2 = irc_daemon(&dir, port, &accounts);
+    human
+        .wait(|l| l.contains("PRIVMSG #room :queued while down"))
+        .await;
+    assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
+}

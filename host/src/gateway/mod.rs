@@ -80,6 +80,7 @@ impl Gateway {
             plugins.clone(),
             broadcaster.clone(),
             health_notify.clone(),
+            crate::outbox::Outbox::open(&config.state_dir()),
         );
         host.attach(&channels);
         Ok(Arc::new(Gateway {
