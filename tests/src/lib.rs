@@ -395,6 +395,58 @@ impl Client {
             }
         }
     }
+
+    /// The payload of the next `message` event.
+    pub async fn next_message(&mut self, t: Duration) -> Result<Value> {
+        Ok(self.next_event("message", t).await?["payload"].clone())
+    }
+
+    /// Skips `message` events until one with this `text`; returns its payload.
+    pub async fn message_with_text(&mut self, text: &str, t: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.next_message(left).await?;
+            if m["text"] == text {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// One account's entry in `channels.status`.
+    pub async fn account_status(&mut self, channel: &str, account: &str) -> Result<Value> {
+        let st = self
+            .request("cs", "channels.status", json!({"channel": channel}))
+            .await?;
+        st["payload"]["channelAccounts"][channel]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["accountId"] == account).cloned())
+            .ok_or_else(|| anyhow::anyhow!("no account {channel}/{account} in {st}"))
+    }
+
+    /// Polls `channels.status` until the account reports a `lastError`
+    /// containing `needle` while not connected; returns the error.
+    pub async fn wait_account_error(
+        &mut self,
+        channel: &str,
+        account: &str,
+        needle: &str,
+        t: Duration,
+    ) -> Result<String> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let a = self.account_status(channel, account).await?;
+            if let Some(e) = a["lastError"].as_str().filter(|e| e.contains(needle)) {
+                anyhow::ensure!(a["connected"] == false, "failing but connected: {a}");
+                return Ok(e.to_string());
+            }
+            anyhow::ensure!(
+                t0.elapsed() < t,
+                "{channel}/{account} never failed with `{needle}`: {a}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// `connect` params as the OpenClaw CLI sends them.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use switchboard_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -244,11 +244,7 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     // The human's message reaches an operator.
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     human.send("PRIVMSG #room :hello bot").await;
-    let m = op
-        .next_event("message", Duration::from_secs(10))
-        .await
-        .unwrap()["payload"]
-        .clone();
+    let m = op.next_message(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m["text"], "hello bot");
     assert_eq!(m["chatId"], "#room");
     assert_eq!(m["senderId"], "tester");
@@ -289,16 +285,9 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     // The squatter is gone with the old server, so the bot is sbbot again.
     human.wait_member("#room", "sbbot").await;
     human.send("PRIVMSG #room :welcome back").await;
-    loop {
-        let m = op
-            .next_event("message", Duration::from_secs(15))
-            .await
-            .unwrap()["payload"]
-            .clone();
-        if m["text"] == "welcome back" {
-            break;
-        }
-    }
+    op.message_with_text("welcome back", Duration::from_secs(15))
+        .await
+        .unwrap();
     let st = op
         .request("cs", "channels.status", json!({"channel": "irc"}))
         .await
@@ -306,35 +295,6 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     let acct = &st["payload"]["channelAccounts"]["irc"][0];
     assert_eq!(acct["connected"], true, "{st}");
     assert!(acct["reconnectAttempts"].as_u64().unwrap() >= 1, "{st}");
-}
-
-/// One account's entry in `channels.status`.
-async fn account_status(op: &mut Client, account: &str) -> Value {
-    let st = op
-        .request("cs", "channels.status", json!({"channel": "irc"}))
-        .await
-        .unwrap();
-    st["payload"]["channelAccounts"]["irc"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["accountId"] == account).cloned())
-        .unwrap_or_else(|| panic!("no account {account} in {st}"))
-}
-
-/// Waits until `account` reports an error containing `needle`.
-async fn wait_error(op: &mut Client, account: &str, needle: &str) -> String {
-    let t0 = std::time::Instant::now();
-    loop {
-        let a = account_status(op, account).await;
-        if let Some(e) = a["lastError"].as_str().filter(|e| e.contains(needle)) {
-            assert_eq!(a["connected"], false, "{a}");
-            return e.to_string();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "{account} never failed with `{needle}`: {a}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn irc_daemon(dir: &tempfile::TempDir, port: u16, accounts: &str) -> Daemon {
@@ -374,16 +334,15 @@ async fn server_password_direct_messages_and_ping_answers() {
 
     // The right password gets in; the wrong one is reported as such.
     human.wait_member("#room", "sbbot").await;
-    let e = wait_error(&mut op, "wrong", "password").await;
+    let e = op
+        .wait_account_error("irc", "wrong", "password", Duration::from_secs(15))
+        .await
+        .unwrap();
     assert!(e.contains("check `password`"), "{e}");
 
     // A direct message becomes an inbound message whose chat is the sender.
     human.send("PRIVMSG sbbot :just for you").await;
-    let m = op
-        .next_event("message", Duration::from_secs(10))
-        .await
-        .unwrap()["payload"]
-        .clone();
+    let m = op.next_message(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m["text"], "just for you");
     assert_eq!(m["chatId"], "tester");
     assert_eq!(m["senderId"], "tester");
@@ -392,20 +351,13 @@ async fn server_password_direct_messages_and_ping_answers() {
     // Stay silent for longer than ngircd's ping and pong timeouts together:
     // the bot answers the server's PINGs, so it is never dropped.
     human.idle(Duration::from_secs(13)).await;
-    let a = account_status(&mut op, "default").await;
+    let a = op.account_status("irc", "default").await.unwrap();
     assert_eq!(a["connected"], true, "{a}\n{}", d.log_text());
     assert_eq!(a["reconnectAttempts"], 0, "the bot was dropped: {a}");
     human.send("PRIVMSG sbbot :still there?").await;
-    loop {
-        let m = op
-            .next_event("message", Duration::from_secs(10))
-            .await
-            .unwrap()["payload"]
-            .clone();
-        if m["text"] == "still there?" {
-            break;
-        }
-    }
+    op.message_with_text("still there?", Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 /// InspIRCd linked to Atheme services: a real network with accounts and SASL.
@@ -572,10 +524,18 @@ async fn sasl_plain_logs_the_bot_in_to_its_account() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let a = account_status(&mut op, "default").await;
+    let a = op.account_status("irc", "default").await.unwrap();
     assert_eq!(a["connected"], true, "{a}");
     // A wrong SASL password is reported, and the bot does not get on unauthenticated.
-    let e = wait_error(&mut op, "bad", "SASL authentication failed").await;
+    let e = op
+        .wait_account_error(
+            "irc",
+            "bad",
+            "SASL authentication failed",
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
     assert!(e.contains("sasl.password"), "{e}");
     owner.send("WHOIS sbbad").await;
     let l = owner
@@ -598,7 +558,15 @@ async fn sasl_on_a_server_without_it_is_refused_clearly() {
         ),
     );
     let (mut op, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let e = wait_error(&mut op, "default", "does not offer SASL").await;
+    let e = op
+        .wait_account_error(
+            "irc",
+            "default",
+            "does not offer SASL",
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
     assert!(e.contains("remove `sasl`"), "{e}");
 }
 

@@ -56,10 +56,7 @@ async fn send(c: &mut Client, id: &str, params: Value) -> Value {
 }
 
 async fn next_message(c: &mut Client) -> Value {
-    c.next_event("message", Duration::from_secs(10))
-        .await
-        .unwrap()["payload"]
-        .clone()
+    c.next_message(Duration::from_secs(10)).await.unwrap()
 }
 
 async fn echo_version(c: &mut Client) -> Option<String> {

@@ -205,11 +205,7 @@ async fn updates_reach_operators_and_send_reaches_the_api() {
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     let id = fake.inject("hi bot");
-    let m = c
-        .next_event("message", Duration::from_secs(10))
-        .await
-        .unwrap()["payload"]
-        .clone();
+    let m = c.next_message(Duration::from_secs(10)).await.unwrap();
     assert_eq!(m["text"], "hi bot");
     assert_eq!(m["chatId"], "-1001");
     assert_eq!(m["senderId"], "42");
@@ -341,24 +337,16 @@ async fn a_bad_token_shows_in_channels_status() {
         .start()
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let t0 = std::time::Instant::now();
-    loop {
-        let st = c
-            .request("cs", "channels.status", json!({"channel": "telegram"}))
-            .await
-            .unwrap();
-        let a = &st["payload"]["channelAccounts"]["telegram"][0];
-        if let Some(e) = a["lastError"].as_str() {
-            assert!(
-                e.contains("unauthorized") && e.contains("check the bot token"),
-                "{e}"
-            );
-            assert_eq!(a["connected"], false);
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let e = c
+        .wait_account_error(
+            "telegram",
+            "default",
+            "unauthorized",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(e.contains("check the bot token"), "{e}");
 }
 
 impl Fake {
@@ -436,11 +424,7 @@ async fn webhook_mode_sets_the_webhook_and_checks_the_secret_token() {
     let (st, v) = post_update(&d, Some(HOOK_SECRET), &update).await;
     assert_eq!(st, 200, "{v}");
     assert!(v["messageSeq"].as_u64().is_some(), "{v}");
-    let m = c
-        .next_event("message", Duration::from_secs(5))
-        .await
-        .unwrap()["payload"]
-        .clone();
+    let m = c.next_message(Duration::from_secs(5)).await.unwrap();
     assert_eq!(m["text"], "via webhook");
     assert_eq!(m["chatId"], "314");
     assert_eq!(m["senderName"], "Bo");
@@ -465,19 +449,14 @@ async fn webhook_mode_without_a_secret_is_a_config_error() {
     );
     let d = Daemon::builder().config(&cfg).start().unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let t0 = std::time::Instant::now();
-    loop {
-        let st = c
-            .request("cs", "channels.status", json!({"channel": "telegram"}))
-            .await
-            .unwrap();
-        if let Some(e) = st["payload"]["channelAccounts"]["telegram"][0]["lastError"].as_str() {
-            assert!(e.contains("webhook_secret"), "{e}");
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{st}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_account_error(
+        "telegram",
+        "default",
+        "webhook_secret",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert!(fake.called("setWebhook").is_empty());
 }
 

@@ -71,11 +71,7 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["accepted"], true);
     assert_eq!(v["messageId"], "m-1");
-    let m = watcher
-        .next_event("message", Duration::from_secs(5))
-        .await
-        .unwrap()["payload"]
-        .clone();
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
     assert_eq!(m["text"], "signed hello");
     assert_eq!(m["chatId"], "room-1");
     assert_eq!(m["senderId"], "u-7");
