@@ -177,6 +177,53 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Outgoing HTTP in one call: send with timeouts, read the answer as text.
+///
+/// The request goes through `wasi:http`, so the host checks it against the
+/// channel's network grants.
+pub mod http {
+    use super::ChannelError;
+    use wstd::http::{Body, Client, Request};
+    use wstd::time::Duration;
+
+    /// An answer read whole.
+    #[derive(Debug, Clone)]
+    pub struct TextResponse {
+        /// The HTTP status code.
+        pub status: u16,
+        /// The body as text (invalid UTF-8 replaced).
+        pub text: String,
+    }
+
+    /// Sends `req`, allowing `timeout` to connect and again for the first
+    /// byte of the answer, and reads the whole body. A request that cannot
+    /// be sent or answered is [`ChannelError::Transient`], with `what` (say,
+    /// the method and URL with any secret left out) at the front of the
+    /// message; any status, 4xx and 5xx included, is a [`TextResponse`].
+    pub async fn send_text<B: Into<Body>>(
+        req: Request<B>,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<TextResponse, ChannelError> {
+        let mut client = Client::new();
+        client.set_connect_timeout(timeout);
+        client.set_first_byte_timeout(timeout);
+        let mut resp = client
+            .send(req)
+            .await
+            .map_err(|e| ChannelError::Transient(format!("{what}: {e:?}")))?;
+        let status = resp.status().as_u16();
+        let body =
+            resp.body_mut().contents().await.map_err(|e| {
+                ChannelError::Transient(format!("{what}: reading the answer: {e:?}"))
+            })?;
+        Ok(TextResponse {
+            status,
+            text: String::from_utf8_lossy(body).into_owned(),
+        })
+    }
+}
+
 /// Hands messages from `send` (fresh instance) to the account's `run` loop,
 /// for channels whose connection is owned by `run` (such as IRC).
 pub mod outbox {

@@ -13,7 +13,7 @@ mod split;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_sdk::wstd;
-use switchboard_sdk::wstd::http::{Body, Client, Request};
+use switchboard_sdk::wstd::http::{Body, Request};
 use switchboard_sdk::{
     export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
     HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
@@ -69,20 +69,10 @@ async fn call(
         .header("content-type", "application/json")
         .body(Body::from(params.to_string()))
         .map_err(|e| ChannelError::InvalidConfig(format!("api_base: {e}")))?;
-    let mut client = Client::new();
-    client.set_connect_timeout(wstd::time::Duration::from_secs(10));
-    client.set_first_byte_timeout(wstd::time::Duration::from_secs(timeout_secs + 10));
-    let mut resp = client
-        .send(req)
-        .await
-        .map_err(|e| ChannelError::Transient(format!("{shown}: {e:?}")))?;
-    let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
-        .str_contents()
-        .await
-        .map(str::to_string)
-        .unwrap_or_default();
+    // Long polls answer after up to `timeout_secs`.
+    let timeout = wstd::time::Duration::from_secs(timeout_secs + 10);
+    let resp = switchboard_sdk::http::send_text(req, &shown, timeout).await?;
+    let (status, text) = (resp.status, resp.text);
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let desc = v["description"]
         .as_str()

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use switchboard_sdk::wstd;
-use switchboard_sdk::wstd::http::{Body, Client, Request};
+use switchboard_sdk::wstd::http::{Body, Request};
 use switchboard_sdk::{
     export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
     HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
@@ -242,29 +242,19 @@ impl Channel for Webhook {
             .body(Body::from(body))
             .map_err(|e| ChannelError::InvalidConfig(format!("url `{url}`: {e}")))?;
         wstd::runtime::block_on(async move {
-            let mut client = Client::new();
-            client.set_connect_timeout(wstd::time::Duration::from_secs(s.timeout_secs));
-            client.set_first_byte_timeout(wstd::time::Duration::from_secs(s.timeout_secs));
-            let mut resp = client
-                .send(req)
-                .await
-                .map_err(|e| ChannelError::Transient(format!("POST {url}: {e:?}")))?;
-            let status = resp.status();
-            let text = resp
-                .body_mut()
-                .str_contents()
-                .await
-                .map(str::to_string)
-                .unwrap_or_default();
-            if status.as_u16() == 429 {
+            let timeout = wstd::time::Duration::from_secs(s.timeout_secs);
+            let resp =
+                switchboard_sdk::http::send_text(req, &format!("POST {url}"), timeout).await?;
+            let (status, text) = (resp.status, resp.text);
+            if status == 429 {
                 return Err(ChannelError::RateLimited(1000));
             }
-            if status.is_server_error() {
+            if (500..=599).contains(&status) {
                 return Err(ChannelError::Transient(format!(
                     "POST {url}: HTTP {status}: {text}"
                 )));
             }
-            if !status.is_success() {
+            if !(200..=299).contains(&status) {
                 return Err(ChannelError::Fatal(format!(
                     "POST {url}: HTTP {status}: {text}"
                 )));
