@@ -133,7 +133,7 @@ pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connections::{ClientInfo, ConnIdentity, Connection};
+    use crate::connections::{ConnIdentity, Connection};
     use tokio::sync::{mpsc, watch};
 
     fn add(
@@ -146,15 +146,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let (close, _) = watch::channel(None);
         m.register(Arc::new(Connection::new(
-            ConnIdentity {
-                id: id.into(),
-                role: role.into(),
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                device_id: None,
-                client: ClientInfo::default(),
-                remote_ip: "127.0.0.1".parse().unwrap(),
-                connected_at_ms: 0,
-            },
+            ConnIdentity::for_test(id, role, scopes, None),
             tx,
             close,
         )));

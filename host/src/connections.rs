@@ -55,6 +55,22 @@ pub struct ConnIdentity {
     pub connected_at_ms: u64,
 }
 
+#[cfg(test)]
+impl ConnIdentity {
+    /// A loopback identity for unit tests.
+    pub fn for_test(id: &str, role: &str, scopes: &[&str], device: Option<&str>) -> Self {
+        ConnIdentity {
+            id: id.into(),
+            role: role.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            device_id: device.map(Into::into),
+            client: ClientInfo::default(),
+            remote_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            connected_at_ms: 0,
+        }
+    }
+}
+
 pub struct Connection {
     pub id: String,
     pub role: String,
@@ -306,15 +322,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let (close, _) = watch::channel(None);
         Arc::new(Connection::new(
-            ConnIdentity {
-                id: id.into(),
-                role: role.into(),
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                device_id: device.map(Into::into),
-                client: ClientInfo::default(),
-                remote_ip: "127.0.0.1".parse().unwrap(),
-                connected_at_ms: 0,
-            },
+            ConnIdentity::for_test(id, role, scopes, device),
             tx,
             close,
         ))
