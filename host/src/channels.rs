@@ -154,6 +154,12 @@ impl PluginHost for GatewayHost {
         self.channels()?.outbox_pop(plugin, channel, account)
     }
 
+    fn outbox_ack(&self, plugin: &str, channel: &str, account: &str, seq: u64) {
+        if let Some(cm) = self.channels() {
+            cm.outbox_ack(plugin, channel, account, seq);
+        }
+    }
+
     fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
         self.kv.get(plugin, key)
     }
@@ -538,6 +544,9 @@ impl ChannelManager {
         let acct = self
             .account_wit(channel, account)
             .ok_or("account not configured")?;
+        // Whatever an earlier `run` of this account took and did not confirm
+        // goes out again, before anything newer.
+        self.outbox.requeue_in_flight(channel, account);
         self.update(channel, account, |a| {
             a.running = true;
             a.last_start_at = Some(crate::now_ms());
@@ -650,6 +659,12 @@ impl ChannelManager {
     ) -> Option<(u64, OutboundMessage)> {
         self.serves(plugin, channel, account).ok()?;
         self.outbox.pop(channel, account)
+    }
+
+    fn outbox_ack(&self, plugin: &str, channel: &str, account: &str, seq: u64) {
+        if self.serves(plugin, channel, account).is_ok() {
+            self.outbox.ack(channel, account, seq);
+        }
     }
 
     fn set_state(

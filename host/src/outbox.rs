@@ -2,10 +2,12 @@
 //! `send` instance hands to the `run` loop that owns the account's
 //! connection (IRC). Each queued message is one file,
 //! `<state-dir>/outbox/<hex channel>/<hex account>/<seq>.json`, written
-//! atomically before `push` returns and removed by `pop`, so a message that
-//! `send` accepted survives a restart or crash of the daemon until a `run`
-//! loop takes it. Order is the queue number's, which keeps growing across
-//! restarts.
+//! atomically before `push` returns. `pop` hands a message out but keeps it
+//! "in flight" until `ack` removes the file; `requeue_in_flight` (called
+//! before each `run` of the account starts) puts unconfirmed messages back at
+//! the front. So a message `send` accepted survives `run` failures, reloads
+//! and restarts or crashes of the daemon, and is sent at least once. Order is
+//! the queue number's, which keeps growing across restarts.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -20,9 +22,21 @@ pub const CAPACITY: usize = 1000;
 
 type Key = (String, String);
 
+#[derive(Default)]
+struct Account {
+    queued: VecDeque<(u64, OutboundMessage)>,
+    in_flight: std::collections::BTreeMap<u64, OutboundMessage>,
+}
+
+impl Account {
+    fn len(&self) -> usize {
+        self.queued.len() + self.in_flight.len()
+    }
+}
+
 struct Queues {
     next_seq: u64,
-    by_account: HashMap<Key, VecDeque<(u64, OutboundMessage)>>,
+    by_account: HashMap<Key, Account>,
 }
 
 pub struct Outbox {
@@ -61,7 +75,7 @@ impl Outbox {
     /// dropped.
     pub fn open(state_dir: &Path) -> Outbox {
         let root = state_dir.join("outbox");
-        let mut by_account: HashMap<Key, VecDeque<(u64, OutboundMessage)>> = HashMap::new();
+        let mut by_account: HashMap<Key, Account> = HashMap::new();
         let mut next_seq = 1;
         for c in entries(&root) {
             let Some(channel) = unhex(&c.file_name()) else {
@@ -101,7 +115,13 @@ impl Outbox {
                 if !q.is_empty() {
                     q.sort_by_key(|(s, _)| *s);
                     tracing::info!(channel = %channel, account = %account, messages = q.len(), "outbox messages from the last run are queued again");
-                    by_account.insert((channel.clone(), account), q.into());
+                    by_account.insert(
+                        (channel.clone(), account),
+                        Account {
+                            queued: q.into(),
+                            in_flight: Default::default(),
+                        },
+                    );
                 }
             }
         }
@@ -128,7 +148,7 @@ impl Outbox {
     pub fn push(&self, channel: &str, account: &str, m: OutboundMessage) -> Result<u64, String> {
         let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let key = (channel.to_string(), account.to_string());
-        let len = qs.by_account.get(&key).map_or(0, VecDeque::len);
+        let len = qs.by_account.get(&key).map_or(0, Account::len);
         if len >= CAPACITY {
             return Err(format!(
                 "outbox of {channel}/{account} is full ({CAPACITY} messages): is the account connected?"
@@ -147,34 +167,68 @@ impl Outbox {
                 format!("outbox: write {}: {e}", path.display())
             })?;
         qs.next_seq += 1;
-        qs.by_account.entry(key).or_default().push_back((seq, m));
+        qs.by_account
+            .entry(key)
+            .or_default()
+            .queued
+            .push_back((seq, m));
         Ok(seq)
     }
 
-    /// Takes the account's oldest message off the queue (and off the disk).
+    /// Hands out the account's oldest queued message; it stays on disk, in
+    /// flight, until [`Outbox::ack`].
     pub fn pop(&self, channel: &str, account: &str) -> Option<(u64, OutboundMessage)> {
         let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let (seq, m) = qs
+        let a = qs
             .by_account
-            .get_mut(&(channel.to_string(), account.to_string()))?
-            .pop_front()?;
+            .get_mut(&(channel.to_string(), account.to_string()))?;
+        let (seq, m) = a.queued.pop_front()?;
+        a.in_flight.insert(seq, m.clone());
+        Some((seq, m))
+    }
+
+    /// The message `seq` was sent: forget it.
+    pub fn ack(&self, channel: &str, account: &str, seq: u64) {
+        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(a) = qs
+            .by_account
+            .get_mut(&(channel.to_string(), account.to_string()))
+        else {
+            return;
+        };
+        if a.in_flight.remove(&seq).is_none() {
+            return;
+        }
         let path = self.file(channel, account, seq);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(file = %path.display(), "outbox: remove: {e}");
             }
         }
-        Some((seq, m))
     }
 
-    /// How many messages wait for the account.
+    /// Puts the account's unconfirmed messages back at the front of its
+    /// queue, oldest first.
+    pub fn requeue_in_flight(&self, channel: &str, account: &str) {
+        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = qs
+            .by_account
+            .get_mut(&(channel.to_string(), account.to_string()))
+        {
+            for (seq, m) in std::mem::take(&mut a.in_flight).into_iter().rev() {
+                a.queued.push_front((seq, m));
+            }
+        }
+    }
+
+    /// How many messages the account has queued or in flight.
     pub fn len(&self, channel: &str, account: &str) -> usize {
         self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_account
             .get(&(channel.to_string(), account.to_string()))
-            .map_or(0, VecDeque::len)
+            .map_or(0, Account::len)
     }
 }
 
@@ -199,7 +253,9 @@ mod tests {
         let b = ob.push("irc", "default", msg("#a", "two")).unwrap();
         ob.push("irc", "other", msg("#b", "elsewhere")).unwrap();
         assert!(b > a);
-        assert_eq!(ob.pop("irc", "default").unwrap().1.text, "one");
+        let (n, m) = ob.pop("irc", "default").unwrap();
+        assert_eq!(m.text, "one");
+        ob.ack("irc", "default", n);
         drop(ob);
 
         let ob = Outbox::open(dir.path());
@@ -209,13 +265,43 @@ mod tests {
         let (n, m) = ob.pop("irc", "default").unwrap();
         assert_eq!((n, m.text.as_str(), m.to.as_str()), (b, "two", "#a"));
         assert_eq!(m.reply_to_id.as_deref(), Some("r1"));
-        assert_eq!(ob.pop("irc", "default").unwrap().1.text, "three");
+        ob.ack("irc", "default", n);
+        let (n, m) = ob.pop("irc", "default").unwrap();
+        assert_eq!(m.text, "three");
+        ob.ack("irc", "default", n);
         assert!(ob.pop("irc", "default").is_none());
-        assert_eq!(ob.pop("irc", "other").unwrap().1.text, "elsewhere");
+        let (n, m) = ob.pop("irc", "other").unwrap();
+        assert_eq!(m.text, "elsewhere");
+        ob.ack("irc", "other", n);
         drop(ob);
-        // Popped messages are gone from disk too.
+        // Confirmed messages are gone from disk too.
         let ob = Outbox::open(dir.path());
         assert_eq!(ob.len("irc", "default") + ob.len("irc", "other"), 0);
+    }
+
+    #[test]
+    fn unconfirmed_messages_come_back_first_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path());
+        for t in ["a", "b", "c"] {
+            ob.push("irc", "x", msg("#r", t)).unwrap();
+        }
+        let (na, _) = ob.pop("irc", "x").unwrap();
+        let (nb, _) = ob.pop("irc", "x").unwrap();
+        ob.ack("irc", "x", na);
+        ob.ack("irc", "x", na); // twice is harmless
+        assert_eq!(ob.len("irc", "x"), 2);
+        // The run ended before b was confirmed: b goes out again, before c.
+        ob.requeue_in_flight("irc", "x");
+        let (n, m) = ob.pop("irc", "x").unwrap();
+        assert_eq!((n, m.text.as_str()), (nb, "b"));
+        // The daemon dies with b in flight: the next one sends b and c.
+        drop(ob);
+        let ob = Outbox::open(dir.path());
+        let texts: Vec<String> = std::iter::from_fn(|| ob.pop("irc", "x"))
+            .map(|(_, m)| m.text)
+            .collect();
+        assert_eq!(texts, ["b", "c"]);
     }
 
     #[test]

@@ -234,9 +234,17 @@ pub mod outbox {
         host::outbox_push(account_id, message)
     }
 
-    /// Takes the oldest queued message for `account_id`.
+    /// Takes the oldest queued message for `account_id`, with its queue
+    /// number. Call [`ack`] with that number once it is sent: until then the
+    /// host keeps it, and gives it out again (first) when the account's
+    /// `run` starts anew, so nothing is lost when a connection drops midway.
     pub fn pop(account_id: &str) -> Option<(u64, OutboundMessage)> {
         host::outbox_pop(account_id)
+    }
+
+    /// Confirms that the message popped under `seq` was sent.
+    pub fn ack(account_id: &str, seq: u64) {
+        host::outbox_ack(account_id, seq)
     }
 }
 

@@ -360,15 +360,17 @@ async fn server_password_direct_messages_and_ping_answers() {
         .unwrap();
 }
 
-/// InspIRCd linked to Atheme services: a real network with accounts and SASL.
-struct SaslNet {
+/// InspIRCd linked to Atheme services: a real network with accounts and SASL,
+/// and InspIRCd's flood control (a client whose unread lines pass `recvq`
+/// bytes is dropped with "RecvQ exceeded").
+struct InspNet {
     children: Vec<Child>,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
-impl SaslNet {
-    fn start() -> SaslNet {
+impl InspNet {
+    fn start() -> InspNet {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let (port, link) = (free_port(), free_port());
@@ -430,7 +432,7 @@ logfile "{d}/atheme.log" {{ error; info; admin; network; }};
             .stderr(log("inspircd.err"))
             .spawn()
             .expect("start inspircd: `make test` installs it (apt-get install inspircd)");
-        let mut net = SaslNet {
+        let mut net = InspNet {
             children: vec![ircd],
             port,
             _dir: dir,
@@ -480,7 +482,7 @@ logfile "{d}/atheme.log" {{ error; info; admin; network; }};
     }
 }
 
-impl Drop for SaslNet {
+impl Drop for InspNet {
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
@@ -491,7 +493,7 @@ impl Drop for SaslNet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_logs_the_bot_in_to_its_account() {
-    let net = SaslNet::start();
+    let net = InspNet::start();
     let port = net.port;
     let mut owner = net.register("sbacct", "hunter22").await;
     let dir = tempfile::tempdir().unwrap();
@@ -604,4 +606,84 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
         .wait(|l| l.contains("PRIVMSG #room :queued while down"))
         .await;
     assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_is_paced_so_the_server_keeps_the_bot() {
+    let net = InspNet::start();
+    let port = net.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#flood")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbflood\"\n\
+             channels = [\"#flood\"]\nsend_interval_ms = 500\n"
+        ),
+    );
+    human.wait_member("#flood", "sbflood").await;
+    // 24 lines of ~410 bytes: about 10 KB, more than the server's 8 KB recvq
+    // if they were written at once.
+    let lines: Vec<String> = (0..24)
+        .map(|i| format!("{i:02} {}", "x".repeat(400)))
+        .collect();
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let r = op
+        .request(
+            "f",
+            "send",
+            json!({"to": "#flood", "message": lines.join("\n"), "idempotencyKey": "f1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    for l in &lines {
+        let want = format!("PRIVMSG #flood :{l}");
+        let got = human
+            .wait(|x| x.contains("PRIVMSG #flood :") || x.contains(" QUIT "))
+            .await;
+        assert!(got.ends_with(&want), "expected line {}, got {got}", &l[..2]);
+    }
+    let a = op.account_status("irc", "default").await.unwrap();
+    assert_eq!(a["reconnectAttempts"], 0, "the bot was dropped: {a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cut_off_by_a_dropped_connection_is_sent_again() {
+    let mut irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n\
+             channels = [\"#room\"]\nsend_burst = 1\nsend_interval_ms = 400\n"
+        ),
+    );
+    human.wait_member("#room", "sbbot").await;
+    let lines: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let r = op
+        .request(
+            "c",
+            "send",
+            json!({"to": "#room", "message": lines.join("\n"), "idempotencyKey": "c1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    // The server goes down after two lines, halfway through the message.
+    human.wait(|l| l.ends_with("PRIVMSG #room :line 1")).await;
+    irc.kill();
+    irc.spawn();
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    // After reconnecting the bot sends the unconfirmed message again, whole.
+    for l in &lines {
+        let want = format!("PRIVMSG #room :{l}");
+        let got = human.wait(|x| x.contains("PRIVMSG #room :")).await;
+        assert!(got.ends_with(&want), "expected `{l}`, got {got}");
+    }
 }

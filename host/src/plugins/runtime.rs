@@ -81,6 +81,7 @@ pub trait PluginHost: Send + Sync + 'static {
         channel: &str,
         account: &str,
     ) -> Option<(u64, OutboundMessage)>;
+    fn outbox_ack(&self, plugin: &str, channel: &str, account: &str, seq: u64);
     fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>>;
     fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>);
     fn kv_delete(&self, plugin: &str, key: &str);
@@ -101,6 +102,7 @@ impl PluginHost for NullHost {
     fn outbox_pop(&self, _: &str, _: &str, _: &str) -> Option<(u64, OutboundMessage)> {
         None
     }
+    fn outbox_ack(&self, _: &str, _: &str, _: &str, _: u64) {}
     fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
         None
     }
@@ -284,6 +286,10 @@ impl switchboard::channel::host::Host for PluginState {
     ) -> Option<(u64, switchboard::channel::types::OutboundMessage)> {
         self.host
             .outbox_pop(&self.plugin, &self.channel, &account_id)
+    }
+    fn outbox_ack(&mut self, account_id: String, seq: u64) {
+        self.host
+            .outbox_ack(&self.plugin, &self.channel, &account_id, seq)
     }
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
         self.host.kv_get(&self.plugin, &key)

@@ -7,9 +7,14 @@
 //!
 //! `send` runs on a fresh instance and cannot reach that connection, so it
 //! queues the message with `outbox::push`; the delivery id is the queue
-//! number. `run` splits each message on newlines and at the 512-byte line limit.
+//! number. `run` splits each message on newlines and at the 512-byte line
+//! limit, paces the lines (`send_burst`, `send_interval_ms`) so the server
+//! does not drop the bot for flooding, and acks the message once written.
 
 mod line;
+mod throttle;
+
+use std::collections::VecDeque;
 
 use serde::Deserialize;
 use switchboard_sdk::wstd;
@@ -42,10 +47,22 @@ struct Settings {
     password: Option<String>,
     /// SASL PLAIN credentials.
     sasl: Option<Sasl>,
+    /// Flood control: lines sent at once before pacing starts.
+    #[serde(default = "default_send_burst")]
+    send_burst: u32,
+    /// Flood control: then one line every this many milliseconds.
+    #[serde(default = "default_send_interval_ms")]
+    send_interval_ms: u64,
 }
 
 fn default_port() -> u16 {
     6667
+}
+fn default_send_burst() -> u32 {
+    5
+}
+fn default_send_interval_ms() -> u64 {
+    1000
 }
 
 struct Irc;
@@ -77,6 +94,12 @@ impl Channel for Irc {
         if s.nick.is_empty() || s.nick.contains([' ', '\r', '\n']) {
             return Err(ChannelError::InvalidConfig(format!(
                 "account `{}`: invalid nick",
+                account.id
+            )));
+        }
+        if s.send_burst == 0 {
+            return Err(ChannelError::InvalidConfig(format!(
+                "account `{}`: send_burst must be at least 1",
                 account.id
             )));
         }
@@ -133,6 +156,9 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
     write_line(&mut stream, &format!("USER {user} 0 * :{real}")).await?;
 
     let mut registered = false;
+    let mut throttle =
+        throttle::Throttle::new(s.send_burst, s.send_interval_ms, switchboard_sdk::now_ms());
+    let mut sending: Sending = None;
     let mut buf: Vec<u8> = Vec::new();
     let mut counter: u64 = 0;
     let mut chunk = [0u8; 4096];
@@ -257,15 +283,46 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
             }
         }
         if registered {
-            while let Some((_, m)) = switchboard_sdk::outbox::pop(account) {
-                for l in line::privmsg_lines(&m.to, &m.text, &nick) {
-                    if let Err(e) = write_line(&mut stream, &l).await {
-                        // Not sent: queue it again for the next connection.
-                        let _ = switchboard_sdk::outbox::push(account, &m);
-                        return Err(e);
-                    }
-                }
+            send_queued(account, &mut stream, &mut sending, &mut throttle, &nick).await?;
+        }
+    }
+}
+
+/// The message being sent: its queue number and the lines still to write.
+type Sending = Option<(u64, VecDeque<String>)>;
+
+/// Writes queued messages as far as the throttle allows. A message is
+/// confirmed once all its lines are written; if the connection fails first,
+/// the host gives it to the next connection again.
+async fn send_queued(
+    account: &str,
+    stream: &mut wstd::net::TcpStream,
+    sending: &mut Sending,
+    throttle: &mut throttle::Throttle,
+    nick: &str,
+) -> Result<(), ChannelError> {
+    loop {
+        if sending.is_none() {
+            *sending = switchboard_sdk::outbox::pop(account).map(|(seq, m)| {
+                (
+                    seq,
+                    VecDeque::from(line::privmsg_lines(&m.to, &m.text, nick)),
+                )
+            });
+        }
+        let Some((seq, lines)) = sending else {
+            return Ok(());
+        };
+        match lines.front() {
+            None => {
+                switchboard_sdk::outbox::ack(account, *seq);
+                *sending = None;
             }
+            Some(l) if throttle.take(switchboard_sdk::now_ms()) => {
+                write_line(stream, l).await?;
+                lines.pop_front();
+            }
+            Some(_) => return Ok(()),
         }
     }
 }
