@@ -263,6 +263,26 @@ async fn updates_reach_operators_and_send_reaches_the_api() {
         .unwrap();
     assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
     assert_eq!(r["error"]["retryAfterMs"], 3000);
+
+    // A thread id Telegram cannot take is refused before anything is sent.
+    let before = fake.sent.lock().unwrap().len();
+    let r = c
+        .request(
+            "b",
+            "send",
+            json!({"to": "-1001", "message": "x", "threadId": "general", "idempotencyKey": "t4"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("threadId `general`"),
+        "{r}"
+    );
+    assert_eq!(fake.sent.lock().unwrap().len(), before);
 }
 
 async fn collect(c: &mut Client, want: usize, seen: &mut Vec<String>, limit: Duration) {

@@ -156,6 +156,7 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
     write_line(&mut stream, &format!("USER {user} 0 * :{real}")).await?;
 
     let mut registered = false;
+    let mut sasl_done = false;
     let mut throttle =
         throttle::Throttle::new(s.send_burst, s.send_interval_ms, switchboard_sdk::now_ms());
     let mut sending: Sending = None;
@@ -173,17 +174,12 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
             Ok(Err(e)) => return Err(transient(format!("read from {addr}: {e}"))),
             Err(_) => {} // timeout: go check the outbox
         }
-        while let Some(pos) = buf
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .or_else(|| buf.iter().position(|b| *b == b'\n'))
-        {
-            let raw: Vec<u8> = buf.drain(..pos).collect();
-            // Drop the line terminator.
-            while buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
-                buf.remove(0);
-            }
-            let text = String::from_utf8_lossy(&raw).into_owned();
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            // A line ends with \r\n, or a bare \n from lax servers.
+            let raw: Vec<u8> = buf.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
             let Some(msg) = line::parse(&text) else {
                 continue;
             };
@@ -210,10 +206,15 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                         let token = line::base64(
                             format!("{0}\0{0}\0{1}", sasl.username, sasl.password).as_bytes(),
                         );
-                        write_line(&mut stream, &format!("AUTHENTICATE {token}")).await?;
+                        for l in line::authenticate_lines(&token) {
+                            write_line(&mut stream, &l).await?;
+                        }
                     }
                 }
-                "903" => write_line(&mut stream, "CAP END").await?,
+                "903" => {
+                    sasl_done = true;
+                    write_line(&mut stream, "CAP END").await?
+                }
                 "904" | "905" | "902" => {
                     return Err(ChannelError::Unauthorized(format!(
                         "SASL authentication failed (check `sasl.username` and `sasl.password`): {text}"
@@ -227,6 +228,12 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                 "433" if !registered => {
                     nick.push('_');
                     write_line(&mut stream, &format!("NICK {nick}")).await?;
+                }
+                "001" if s.sasl.is_some() && !sasl_done => {
+                    // A server without CAP registers us straight away.
+                    return Err(ChannelError::Unauthorized(format!(
+                        "{addr} registered the bot without SASL (it may not support CAP); remove `sasl` from the account or use a server with SASL"
+                    )));
                 }
                 "001" => {
                     registered = true;

@@ -92,6 +92,20 @@ pub fn privmsg_lines(target: &str, text: &str, nick: &str) -> Vec<String> {
     out
 }
 
+/// `AUTHENTICATE` lines for a base64 payload: 400-byte pieces, and a `+`
+/// after a last piece of exactly 400 bytes (or for an empty payload).
+pub fn authenticate_lines(payload: &str) -> Vec<String> {
+    let mut out: Vec<String> = payload
+        .as_bytes()
+        .chunks(400)
+        .map(|c| format!("AUTHENTICATE {}", String::from_utf8_lossy(c)))
+        .collect();
+    if payload.len().is_multiple_of(400) {
+        out.push("AUTHENTICATE +".into());
+    }
+    out
+}
+
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -144,6 +158,19 @@ mod tests {
             .map(|l| l.trim_start_matches("PRIVMSG #c :"))
             .collect();
         assert_eq!(joined.join(" "), long);
+    }
+
+    #[test]
+    fn authenticate_splits_at_400_bytes() {
+        assert_eq!(authenticate_lines("abc"), vec!["AUTHENTICATE abc"]);
+        let p = "x".repeat(400);
+        assert_eq!(
+            authenticate_lines(&p),
+            vec![format!("AUTHENTICATE {p}"), "AUTHENTICATE +".into()]
+        );
+        let l = authenticate_lines(&"y".repeat(401));
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1], "AUTHENTICATE y");
     }
 
     #[test]

@@ -105,6 +105,15 @@ fn id_str(v: &Value) -> Option<String> {
     }
 }
 
+/// A message or thread id the caller gave, which Telegram wants as a number.
+fn numeric_id(field: &str, v: &str) -> Result<i64, ChannelError> {
+    v.trim().parse().map_err(|_| {
+        ChannelError::InvalidConfig(format!(
+            "{field} `{v}` is not a Telegram id (Telegram ids are integers)"
+        ))
+    })
+}
+
 /// The inbound message of an update, if it carries text.
 fn to_inbound(account: &str, update: &Value) -> Option<InboundMessage> {
     let m = update
@@ -235,11 +244,11 @@ impl Channel for Telegram {
             for (i, part) in parts.iter().enumerate() {
                 let mut p = json!({"chat_id": message.to, "text": part});
                 if let Some(t) = &message.thread_id {
-                    p["message_thread_id"] = json!(t.parse::<i64>().unwrap_or_default());
+                    p["message_thread_id"] = json!(numeric_id("threadId", t)?);
                 }
                 // Only the first part replies to the original message.
                 if let (0, Some(r)) = (i, &message.reply_to_id) {
-                    p["reply_to_message_id"] = json!(r.parse::<i64>().unwrap_or_default());
+                    p["reply_to_message_id"] = json!(numeric_id("replyToId", r)?);
                 }
                 last = call(&s, "sendMessage", p, 0).await?;
             }
