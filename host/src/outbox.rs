@@ -20,12 +20,19 @@ use crate::plugins::runtime::OutboundMessage;
 /// Messages one account's outbox holds before `push` fails.
 pub const CAPACITY: usize = 1000;
 
+/// How often a message may be handed out and not confirmed before it is set
+/// aside (`*.json.failed`): one that keeps getting the connection dropped
+/// would otherwise block the account's queue for ever.
+pub const MAX_ATTEMPTS: u32 = 10;
+
 type Key = (String, String);
 
 #[derive(Default)]
 struct Account {
     queued: VecDeque<(u64, OutboundMessage)>,
     in_flight: std::collections::BTreeMap<u64, OutboundMessage>,
+    /// Hand-outs without an ack so far, by queue number (this process only).
+    attempts: HashMap<u64, u32>,
 }
 
 impl Account {
@@ -120,6 +127,7 @@ impl Outbox {
                         Account {
                             queued: q.into(),
                             in_flight: Default::default(),
+                            attempts: Default::default(),
                         },
                     );
                 }
@@ -199,6 +207,7 @@ impl Outbox {
         if a.in_flight.remove(&seq).is_none() {
             return;
         }
+        a.attempts.remove(&seq);
         let path = self.file(channel, account, seq);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -208,16 +217,29 @@ impl Outbox {
     }
 
     /// Puts the account's unconfirmed messages back at the front of its
-    /// queue, oldest first.
+    /// queue, oldest first; one unconfirmed [`MAX_ATTEMPTS`] times is set
+    /// aside as `<seq>.json.failed` and logged instead.
     pub fn requeue_in_flight(&self, channel: &str, account: &str) {
         let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = qs
+        let Some(a) = qs
             .by_account
             .get_mut(&(channel.to_string(), account.to_string()))
-        {
-            for (seq, m) in std::mem::take(&mut a.in_flight).into_iter().rev() {
+        else {
+            return;
+        };
+        for (seq, m) in std::mem::take(&mut a.in_flight).into_iter().rev() {
+            let n = a.attempts.entry(seq).or_insert(0);
+            *n += 1;
+            if *n < MAX_ATTEMPTS {
                 a.queued.push_front((seq, m));
+                continue;
             }
+            a.attempts.remove(&seq);
+            let path = self.file(channel, account, seq);
+            let failed = path.with_extension("json.failed");
+            let _ = std::fs::rename(&path, &failed);
+            tracing::error!(channel = %channel, account = %account, to = %m.to, file = %failed.display(),
+                "outbox message set aside: sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
         }
     }
 
@@ -302,6 +324,27 @@ mod tests {
             .map(|(_, m)| m.text)
             .collect();
         assert_eq!(texts, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_message_never_confirmed_is_set_aside_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path());
+        let poison = ob.push("irc", "x", msg("#r", "poison")).unwrap();
+        ob.push("irc", "x", msg("#r", "next")).unwrap();
+        for _ in 0..MAX_ATTEMPTS {
+            let (n, m) = ob.pop("irc", "x").unwrap();
+            assert_eq!((n, m.text.as_str()), (poison, "poison"));
+            ob.requeue_in_flight("irc", "x");
+        }
+        let (_, m) = ob.pop("irc", "x").unwrap();
+        assert_eq!(m.text, "next", "the queue is unblocked");
+        let failed = ob.file("irc", "x", poison).with_extension("json.failed");
+        assert!(failed.exists(), "the message is kept for an operator");
+        // A restart does not bring it back.
+        drop(ob);
+        let ob = Outbox::open(dir.path());
+        assert_eq!(ob.pop("irc", "x").unwrap().1.text, "next");
     }
 
     #[test]
