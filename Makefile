@@ -12,7 +12,7 @@ TEST_PLUGINS_DIR := target/test-plugins
 PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram switchboard-irc
 TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest
 
-.PHONY: run test test-irc irc-deps build build-release plugins wasm-target interop-deps lint fmt clean
+.PHONY: run test bench test-irc irc-deps build build-release plugins wasm-target interop-deps lint fmt clean
 
 ## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
 run: plugins build-release
@@ -50,6 +50,12 @@ test: build plugins interop-deps irc-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
+
+## Benchmarks against the release daemon over real sockets (not part of
+## make test); sizes via BENCH_CONNECTIONS, BENCH_MESSAGES, BENCH_SENDS,
+## BENCH_HANDSHAKES.
+bench: plugins build-release
+	SWITCHBOARD_BIN=$(CURDIR)/target/release/switchboard $(CARGO) run --release -p switchboard-tests --bin bench
 
 ## Only the IRC end-to-end tests (against real ngircd and InspIRCd + Atheme).
 test-irc: build plugins irc-deps

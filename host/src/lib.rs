@@ -76,10 +76,12 @@ pub async fn serve(config: config::Config) -> Result<()> {
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
     let ticker = tokio::spawn(health::run_ticker(gw.clone()));
     let monitor = tokio::spawn(health::run_monitor(gw.clone(), gw.health_notify.clone()));
+    let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
     let signal = shutdown::wait_for_signal().await;
     shutdown::run(gw.clone(), signal, acceptor).await;
     ticker.abort();
     monitor.abort();
+    presence.abort();
     let _: Arc<gateway::Gateway> = gw;
     Ok(())
 }

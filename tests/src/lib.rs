@@ -328,13 +328,18 @@ impl Client {
     }
 
     pub async fn recv_timeout(&mut self, t: Duration) -> Result<Value> {
+        Ok(serde_json::from_str(&self.recv_text(t).await?)?)
+    }
+
+    /// Next text frame, unparsed (skipping ping/pong), within `t`.
+    pub async fn recv_text(&mut self, t: Duration) -> Result<String> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .map_err(|_| anyhow!("no frame within {t:?}"))?;
             match m {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
                 Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("ws error: {e}"),

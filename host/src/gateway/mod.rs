@@ -46,6 +46,8 @@ pub struct Gateway {
     pub limiter: auth::FailureLimiter,
     /// Wakes the health monitor when channels or plugins change.
     pub health_notify: Arc<Notify>,
+    /// Wakes the presence broadcaster when a client connects or leaves.
+    pub presence_notify: Arc<Notify>,
     pub started: Instant,
     pub started_at_ms: u64,
     pub instance_id: String,
@@ -92,6 +94,7 @@ impl Gateway {
             plugins,
             metrics,
             health_notify,
+            presence_notify: Arc::new(Notify::new()),
             started: Instant::now(),
             started_at_ms: crate::now_ms(),
             instance_id: uuid::Uuid::new_v4().to_string(),

@@ -362,11 +362,14 @@ where
     // queued meanwhile are written after hello by the writer.
     gw.conns.register(conn.clone());
     gw.broadcaster.bump_presence();
-    let hello = hello_ok(&gw, &conn_id, &a);
-    if preauth::write_text(&mut io, &frames::response_ok(&a.request_id, &hello))
-        .await
-        .is_err()
-    {
+    // Built and dropped in this statement: the snapshot holds the whole
+    // presence list, and a local would live as long as the connection.
+    let wrote = preauth::write_text(
+        &mut io,
+        &frames::response_ok(&a.request_id, &hello_ok(&gw, &conn_id, &a)),
+    )
+    .await;
+    if wrote.is_err() {
         gw.conns.unregister(&conn_id);
         return;
     }
@@ -471,18 +474,36 @@ where
     broadcast_presence(&gw);
 }
 
-/// Presence goes to operators that may read (nodes do not track presence).
+/// Asks [`run_presence`] for a `presence` event.
 fn broadcast_presence(gw: &Gateway) {
+    gw.presence_notify.notify_one();
+}
+
+/// At most one `presence` event per this interval: a burst of connects
+/// and leaves becomes one event with the latest list at each end of it.
+pub const PRESENCE_COALESCE: Duration = Duration::from_millis(250);
+
+/// Broadcasts `presence` when asked, coalescing bursts. Each event carries
+/// the whole list, so one per connect would cost O(n²) bytes per n
+/// connects (O(n³) for a reconnect storm of n clients); the first change
+/// after a quiet spell goes out at once, later ones at most every
+/// [`PRESENCE_COALESCE`], always with the current list.
+pub async fn run_presence(gw: std::sync::Arc<Gateway>) {
+    // Operators that may read get presence (nodes do not track it).
     let filter = Filter {
         role: Some("operator".into()),
         scope: Some(auth::SCOPE_READ.into()),
         ..Filter::default()
     };
-    gw.broadcaster.broadcast(
-        events::PRESENCE,
-        &json!({"presence": gw.presence()}),
-        &filter,
-    );
+    loop {
+        gw.presence_notify.notified().await;
+        gw.broadcaster.broadcast(
+            events::PRESENCE,
+            &json!({"presence": gw.presence()}),
+            &filter,
+        );
+        tokio::time::sleep(PRESENCE_COALESCE).await;
+    }
 }
 
 fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
@@ -574,6 +595,23 @@ fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>,
     });
 }
 
+/// A `presence` event carries the whole list, so a later one in the same
+/// batch supersedes it: a client that lags behind a burst of connects gets
+/// the latest list once instead of every intermediate one. No gap appears,
+/// since `seq` is assigned as frames are written.
+fn drop_superseded_presence(batch: &mut Vec<Outbound>) {
+    let is_presence = |m: &Outbound| matches!(m, Outbound::Event(e) if e.event == events::PRESENCE);
+    let Some(last) = batch.iter().rposition(is_presence) else {
+        return;
+    };
+    let mut i = 0;
+    batch.retain(|m| {
+        let keep = i >= last || !is_presence(m);
+        i += 1;
+        keep
+    });
+}
+
 /// Owns the sink: writes queued frames in batches (one flush per batch),
 /// assigning each event this connection's next `seq`. Returns the close it sent.
 async fn writer<S>(
@@ -604,6 +642,7 @@ where
                 Err(_) => break,
             }
         }
+        drop_superseded_presence(&mut batch);
         let mut close_after: Option<CloseReason> = None;
         let mut written = 0u64;
         let write = async {
@@ -649,4 +688,50 @@ where
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::frames::PreparedEvent;
+
+    fn event(name: &str, n: u64) -> Outbound {
+        Outbound::Event(Arc::new(PreparedEvent::new(name, &json!({"n": n}), None)))
+    }
+
+    fn names(batch: &[Outbound]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|m| match m {
+                Outbound::Event(e) => e.with_seq(0),
+                Outbound::Frame(f) => f.clone(),
+                Outbound::Close(c, _) => c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_last_presence_of_a_batch_is_written() {
+        let mut batch = vec![
+            event(events::PRESENCE, 1),
+            event(events::MESSAGE, 2),
+            event(events::PRESENCE, 3),
+            Outbound::Frame("res".into()),
+            event(events::PRESENCE, 4),
+            event(events::TICK, 5),
+        ];
+        drop_superseded_presence(&mut batch);
+        let got = names(&batch);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].contains(r#""event":"message""#));
+        assert_eq!(got[1], "res");
+        assert!(
+            got[2].contains(r#""presence","payload":{"n":4}"#),
+            "{got:?}"
+        );
+        assert!(got[3].contains(r#""event":"tick""#));
+        let mut none = vec![event(events::MESSAGE, 1)];
+        drop_superseded_presence(&mut none);
+        assert_eq!(none.len(), 1);
+    }
 }
