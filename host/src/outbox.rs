@@ -186,28 +186,35 @@ impl Outbox {
     /// Hands out the account's oldest queued message; it stays on disk, in
     /// flight, until [`Outbox::ack`].
     pub fn pop(&self, channel: &str, account: &str) -> Option<(u64, OutboundMessage)> {
+        self.with_account(channel, account, |a| {
+            let (seq, m) = a.queued.pop_front()?;
+            a.in_flight.insert(seq, m.clone());
+            Some((seq, m))
+        })?
+    }
+
+    /// Runs `f` on the account's queues, under the lock, if it has any.
+    fn with_account<R>(
+        &self,
+        channel: &str,
+        account: &str,
+        f: impl FnOnce(&mut Account) -> R,
+    ) -> Option<R> {
         let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let a = qs
-            .by_account
-            .get_mut(&(channel.to_string(), account.to_string()))?;
-        let (seq, m) = a.queued.pop_front()?;
-        a.in_flight.insert(seq, m.clone());
-        Some((seq, m))
+        qs.by_account
+            .get_mut(&(channel.to_string(), account.to_string()))
+            .map(f)
     }
 
     /// The message `seq` was sent: forget it.
     pub fn ack(&self, channel: &str, account: &str, seq: u64) {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(a) = qs
-            .by_account
-            .get_mut(&(channel.to_string(), account.to_string()))
-        else {
-            return;
-        };
-        if a.in_flight.remove(&seq).is_none() {
+        let was_in_flight = self.with_account(channel, account, |a| {
+            a.attempts.remove(&seq);
+            a.in_flight.remove(&seq).is_some()
+        });
+        if was_in_flight != Some(true) {
             return;
         }
-        a.attempts.remove(&seq);
         let path = self.file(channel, account, seq);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -220,13 +227,10 @@ impl Outbox {
     /// queue, oldest first; one unconfirmed [`MAX_ATTEMPTS`] times is set
     /// aside as `<seq>.json.failed` and logged instead.
     pub fn requeue_in_flight(&self, channel: &str, account: &str) {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(a) = qs
-            .by_account
-            .get_mut(&(channel.to_string(), account.to_string()))
-        else {
-            return;
-        };
+        self.with_account(channel, account, |a| self.requeue(channel, account, a));
+    }
+
+    fn requeue(&self, channel: &str, account: &str, a: &mut Account) {
         for (seq, m) in std::mem::take(&mut a.in_flight).into_iter().rev() {
             let n = a.attempts.entry(seq).or_insert(0);
             *n += 1;

@@ -193,6 +193,20 @@ impl IrcClient {
         }
     }
 
+    /// Expects exactly these messages in `channel`, in order (a QUIT of
+    /// anyone in between fails, such as the bot dropped for flooding).
+    async fn expect_lines(&mut self, channel: &str, lines: &[String]) {
+        for l in lines {
+            let got = self
+                .wait(|x| x.contains(&format!("PRIVMSG {channel} :")) || x.contains(" QUIT "))
+                .await;
+            assert!(
+                got.ends_with(&format!("PRIVMSG {channel} :{l}")),
+                "expected `{l}`, got {got}"
+            );
+        }
+    }
+
     /// Waits for a line matching `pred` (answering PINGs), within 20 s.
     async fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -629,22 +643,8 @@ async fn a_long_message_is_paced_so_the_server_keeps_the_bot() {
         .map(|i| format!("{i:02} {}", "x".repeat(400)))
         .collect();
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let r = op
-        .request(
-            "f",
-            "send",
-            json!({"to": "#flood", "message": lines.join("\n"), "idempotencyKey": "f1"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["ok"], true, "{r}");
-    for l in &lines {
-        let want = format!("PRIVMSG #flood :{l}");
-        let got = human
-            .wait(|x| x.contains("PRIVMSG #flood :") || x.contains(" QUIT "))
-            .await;
-        assert!(got.ends_with(&want), "expected line {}, got {got}", &l[..2]);
-    }
+    send_lines(&mut op, "#flood", &lines).await;
+    human.expect_lines("#flood", &lines).await;
     let a = op.account_status("irc", "default").await.unwrap();
     assert_eq!(a["reconnectAttempts"], 0, "the bot was dropped: {a}");
 }
@@ -666,24 +666,25 @@ async fn a_message_cut_off_by_a_dropped_connection_is_sent_again() {
     human.wait_member("#room", "sbbot").await;
     let lines: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let r = op
-        .request(
-            "c",
-            "send",
-            json!({"to": "#room", "message": lines.join("\n"), "idempotencyKey": "c1"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["ok"], true, "{r}");
+    send_lines(&mut op, "#room", &lines).await;
     // The server goes down after two lines, halfway through the message.
     human.wait(|l| l.ends_with("PRIVMSG #room :line 1")).await;
     irc.kill();
     irc.spawn();
     let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
     // After reconnecting the bot sends the unconfirmed message again, whole.
-    for l in &lines {
-        let want = format!("PRIVMSG #room :{l}");
-        let got = human.wait(|x| x.contains("PRIVMSG #room :")).await;
-        assert!(got.ends_with(&want), "expected `{l}`, got {got}");
-    }
+    human.expect_lines("#room", &lines).await;
+}
+
+/// `send`s `lines` as one multi-line message to `to`.
+async fn send_lines(op: &mut Client, to: &str, lines: &[String]) {
+    let r = op
+        .request(
+            "sl",
+            "send",
+            json!({"to": to, "message": lines.join("\n"), "idempotencyKey": format!("lines-{to}")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
 }
