@@ -126,7 +126,10 @@ impl Broadcaster {
 pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection) {
     if c.close_now(1008, "slow consumer") {
         metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(conn_id = %c.id, client = %c.client.id, "closing slow consumer: send queue full");
+        // Its queue is dropped when the writer ends: give that memory back.
+        crate::memory::release_soon();
+        let (frames, bytes) = c.queued();
+        tracing::warn!(conn_id = %c.id, client = %c.client.id, queued_frames = frames, queued_bytes = bytes, "closing slow consumer: send queue full");
     }
 }
 

@@ -160,18 +160,32 @@ impl PluginHost for GatewayHost {
         }
     }
 
-    fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
-        self.kv.get(plugin, key)
+    fn kv_get(&self, channel: &str, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(channel, key)
     }
 
-    fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) {
-        if let Err(e) = self.kv.set(plugin, key, &value) {
-            tracing::error!(plugin, "kv-set failed: {e}");
+    fn kv_set(&self, plugin: &str, channel: &str, key: &str, value: Vec<u8>) {
+        if let Err(e) = self.kv.set(channel, key, &value) {
+            tracing::error!(plugin, channel, "kv-set failed: {e}");
         }
     }
 
-    fn kv_delete(&self, plugin: &str, key: &str) {
-        self.kv.delete(plugin, key)
+    fn kv_delete(&self, channel: &str, key: &str) {
+        self.kv.delete(channel, key)
+    }
+
+    fn kv_claim(&self, plugin: &str, channel: &str, key: &str, ttl_ms: u64) -> bool {
+        match self.kv.claim(channel, key, ttl_ms, crate::now_ms()) {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::error!(plugin, channel, "kv-claim failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn kv_unclaim(&self, channel: &str, key: &str) {
+        self.kv.unclaim(channel, key)
     }
 }
 
@@ -300,18 +314,30 @@ impl ChannelManager {
             .map(|c| c.plugin.clone())
     }
 
-    /// The network this channel's plugin may reach.
-    pub fn grants_for(&self, plugin: &Plugin) -> Vec<String> {
-        // The first channel served by this plugin with an explicit list wins;
-        // otherwise what the plugin asks for.
-        for (name, c) in &self.config {
-            if c.plugin.as_deref().unwrap_or(name) == plugin.id() {
-                if let Some(n) = &c.network {
-                    return n.clone();
-                }
-            }
-        }
-        plugin.loaded.info.network.clone()
+    /// The network `channel` may reach: its own `network` list, else what
+    /// its plugin asks for. Per channel: two channels of one plugin never
+    /// share grants.
+    pub fn grants_for(&self, channel: &str, plugin: &Plugin) -> Vec<String> {
+        self.config
+            .get(channel)
+            .and_then(|c| c.network.clone())
+            .unwrap_or_else(|| plugin.loaded.info.network.clone())
+    }
+
+    /// `plugins.list`'s `grants` of a plugin: channel → what it may reach.
+    pub fn plugin_grants(&self, plugin: &Plugin) -> Value {
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Value::Object(
+            s.iter()
+                .filter(|(_, e)| e.plugin == plugin.id())
+                .map(|(c, _)| (c.clone(), json!(self.grants_for(c, plugin))))
+                .collect(),
+        )
+    }
+
+    /// `channels.<name>.webhook_max_body_bytes`, or `None` for an unknown channel.
+    pub fn webhook_body_limit(&self, channel: &str) -> Option<usize> {
+        self.config.get(channel).map(|c| c.webhook_max_body_bytes)
     }
 
     fn account_wit(&self, channel: &str, account: &str) -> Option<Account> {
@@ -552,26 +578,34 @@ impl ChannelManager {
             a.last_start_at = Some(crate::now_ms());
         });
         let rt = &self.plugins.runtime;
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
         // validate
-        let mut store = rt.store(
-            &plugin_id,
-            channel,
-            grants.clone(),
-            Some(rt.limits.call_timeout),
-        );
-        let inst = plugin
-            .loaded
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| runtime::chain(&e))?;
-        inst.switchboard_channel_channel()
-            .call_validate(&mut store, &acct)
-            .await
-            .map_err(|e| format!("validate trapped: {}", runtime::chain(&e)))?
-            .map_err(|e| describe(&e))?;
-        drop(store);
+        {
+            let _slot = plugin.call_slot(&rt.limits).await?;
+            let mut store = rt.store(
+                &plugin_id,
+                channel,
+                grants.clone(),
+                Some(rt.limits.call_timeout),
+            );
+            let inst = plugin
+                .loaded
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| runtime::call_failure(&plugin_id, &e, None))?;
+            inst.switchboard_channel_channel()
+                .call_validate(&mut store, &acct)
+                .await
+                .map_err(|e| {
+                    let panic = store.data().last_panic();
+                    format!(
+                        "validate failed: {}",
+                        runtime::call_failure(&plugin_id, &e, panic)
+                    )
+                })?
+                .map_err(|e| describe(&e))?;
+        }
         // run: no deadline, interrupted only by cancellation.
         let mut store = rt.store(&plugin_id, channel, grants, None);
         let inst = plugin
@@ -579,12 +613,18 @@ impl ChannelManager {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| runtime::chain(&e))?;
+            .map_err(|e| runtime::call_failure(&plugin_id, &e, None))?;
         self.update(channel, account, |a| a.last_error = None);
         inst.switchboard_channel_channel()
             .call_run(&mut store, &acct)
             .await
-            .map_err(|e| format!("run trapped: {}", runtime::chain(&e)))?
+            .map_err(|e| {
+                let panic = store.data().last_panic();
+                format!(
+                    "run failed: {}",
+                    runtime::call_failure(&plugin_id, &e, panic)
+                )
+            })?
             .map_err(|e| describe(&e))
     }
 
@@ -745,22 +785,48 @@ impl ChannelManager {
             .account_wit(channel, account)
             .ok_or_else(|| ErrorShape::invalid(format!("unknown account {account}")))?;
         let rt = self.plugins.runtime.clone();
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
-        let (ch, pid, msg) = (channel.to_string(), plugin_id.clone(), message.clone());
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
+        let slot = plugin.call_slot(&rt.limits).await.map_err(|e| {
+            self.plugins.note_busy();
+            ErrorShape::unavailable(format!("channel {channel}: {e}")).retry_after(1000)
+        })?;
+        let (ch, pid, msg, g) = (
+            channel.to_string(),
+            plugin_id.clone(),
+            message.clone(),
+            grants.clone(),
+        );
         let call = self.plugins.spawn(async move {
-            let mut store = rt.store(&pid, &ch, grants, Some(rt.limits.call_timeout));
-            let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
-            inst.switchboard_channel_channel()
-                .call_send(&mut store, &acct, &msg)
-                .await
+            let _slot = slot;
+            let mut store = rt.store(&pid, &ch, g, Some(rt.limits.call_timeout));
+            let r = match plugin.loaded.pre.instantiate_async(&mut store).await {
+                Ok(inst) => {
+                    inst.switchboard_channel_channel()
+                        .call_send(&mut store, &acct, &msg)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            r.map_err(|e| runtime::call_failure(&pid, &e, store.data().last_panic()))
         });
-        let delivery = match call.await {
+        let result = call.await;
+        // A refused destination is the operator's to fix, not a transient
+        // failure to retry: say which and how to allow it.
+        if let Some(dest) = grants.denied() {
+            if !matches!(result, Ok(Ok(Ok(_)))) {
+                return Err(ErrorShape::invalid(format!(
+                    "channel {channel}: network access to {dest} was denied; {}",
+                    grants.how_to_allow(&dest)
+                ))
+                .with_details(json!({"code": "NETWORK_DENIED", "destination": dest})));
+            }
+        }
+        let delivery = match result {
             Ok(Ok(Ok(d))) => d,
             Ok(Ok(Err(e))) => return Err(channel_error(channel, &e)),
-            Ok(Err(trap)) => {
+            Ok(Err(failure)) => {
                 return Err(ErrorShape::unavailable(format!(
-                    "channel {channel}: plugin `{plugin_id}` failed: {}",
-                    runtime::chain(&trap)
+                    "channel {channel}: {failure}"
                 )))
             }
             Err(e) => {
@@ -826,21 +892,28 @@ impl ChannelManager {
             .account_wit(channel, account)
             .ok_or((404, "unknown account".to_string()))?;
         let rt = self.plugins.runtime.clone();
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(&plugin)));
+        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
+        let slot = plugin.call_slot(&rt.limits).await.map_err(|e| {
+            self.plugins.note_busy();
+            (503, e)
+        })?;
         let (ch, pid) = (channel.to_string(), plugin_id.clone());
         let call = self.plugins.spawn(async move {
+            let _slot = slot;
             let mut store = rt.store(&pid, &ch, grants, Some(rt.limits.call_timeout));
-            let inst = plugin.loaded.pre.instantiate_async(&mut store).await?;
-            inst.switchboard_channel_channel()
-                .call_handle_webhook(&mut store, &acct, &req)
-                .await
+            let r = match plugin.loaded.pre.instantiate_async(&mut store).await {
+                Ok(inst) => {
+                    inst.switchboard_channel_channel()
+                        .call_handle_webhook(&mut store, &acct, &req)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            r.map_err(|e| runtime::call_failure(&pid, &e, store.data().last_panic()))
         });
         match call.await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(trap)) => Err((
-                502,
-                format!("plugin `{plugin_id}` failed: {}", runtime::chain(&trap)),
-            )),
+            Ok(Err(failure)) => Err((502, format!("plugin `{plugin_id}`: {failure}"))),
             Err(e) => Err((502, format!("webhook task failed: {e}"))),
         }
     }

@@ -42,6 +42,9 @@ pub struct ChannelConfig {
     /// `host:port` pairs this channel's plugin may reach; replaces the list
     /// the plugin asks for in `info().network`.
     pub network: Option<Vec<String>>,
+    /// Largest body accepted on `POST /hooks/<channel>/...` (bytes).
+    #[serde(default = "default_webhook_body")]
+    pub webhook_max_body_bytes: usize,
     /// `[channels.<name>.accounts.<id>]`: `enabled` is the host's; every
     /// other key is handed to the plugin as its settings JSON.
     #[serde(default)]
@@ -50,6 +53,13 @@ pub struct ChannelConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Default of `channels.<name>.webhook_max_body_bytes`: 1 MiB.
+pub const DEFAULT_WEBHOOK_BODY: usize = 1024 * 1024;
+
+fn default_webhook_body() -> usize {
+    DEFAULT_WEBHOOK_BODY
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,8 +73,12 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     pub limits: LimitsConfig,
     /// Browser origins allowed to open a WebSocket (exact `scheme://host[:port]`, or `*`).
-    /// Same-host origins are always allowed.
+    /// Origins naming a loopback address (`localhost`, `127.0.0.1`, `[::1]`) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Names (the `Host` header, without port) under which the gateway may be
+    /// reached besides loopback names and addresses. Only checked when no
+    /// credentials are configured (it defeats DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     /// Interval of `tick` events (ms).
     pub tick_interval_ms: u64,
     /// How often the health monitor re-checks health when nothing notified it (ms).
@@ -80,6 +94,7 @@ impl Default for GatewayConfig {
             tls: None,
             limits: LimitsConfig::default(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             tick_interval_ms: 30_000,
             health_check_interval_ms: 5_000,
         }
@@ -148,7 +163,8 @@ pub struct LimitsConfig {
     pub preauth_max_frame_bytes: usize,
     /// Largest frame accepted after the handshake (advertised as `policy.maxPayload`).
     pub max_payload_bytes: usize,
-    /// Advertised as `policy.maxBufferedBytes`.
+    /// Bytes queued for one connection before it is closed as a slow
+    /// consumer (advertised as `policy.maxBufferedBytes`).
     pub max_buffered_bytes: usize,
     /// Frames queued for one connection before it is closed as a slow consumer.
     pub send_queue_frames: usize,
@@ -158,6 +174,10 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Time allowed for a client to send complete HTTP request headers.
     pub header_read_timeout_ms: u64,
+    /// Time allowed for a client to send a whole request body (webhooks).
+    pub body_read_timeout_ms: u64,
+    /// Webhook request bodies read at once, across all channels; more get 503.
+    pub max_webhook_bodies: usize,
     /// Requests one connection may have in flight at once.
     pub max_inflight_requests: usize,
     /// Bound on graceful shutdown.
@@ -175,6 +195,8 @@ impl Default for LimitsConfig {
             socket_send_buffer_bytes: 256 * 1024,
             handshake_timeout_ms: 15_000,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_webhook_bodies: 16,
             max_inflight_requests: 32,
             shutdown_timeout_ms: 10_000,
         }
@@ -196,6 +218,11 @@ pub struct PluginsConfig {
     pub max_file_bytes: u64,
     /// Quiet time after a change in `dir` before it is re-read (ms).
     pub debounce_ms: u64,
+    /// Calls (`send`, `validate`, `handle-webhook`) of one plugin running at
+    /// once; with `memory_mb` this bounds the plugin's memory.
+    pub max_concurrent_calls: usize,
+    /// How long a call waits for one of those slots before it is refused (ms).
+    pub call_queue_timeout_ms: u64,
 }
 
 impl Default for PluginsConfig {
@@ -207,6 +234,8 @@ impl Default for PluginsConfig {
             call_timeout_ms: 30_000,
             max_file_bytes: 64 * 1024 * 1024,
             debounce_ms: 200,
+            max_concurrent_calls: 16,
+            call_queue_timeout_ms: 5_000,
         }
     }
 }
@@ -328,6 +357,12 @@ impl Config {
         if l.send_queue_frames == 0 {
             bail!("gateway.limits.send_queue_frames must be at least 1");
         }
+        if l.max_webhook_bodies == 0 || l.body_read_timeout_ms == 0 {
+            bail!("gateway.limits.max_webhook_bodies and body_read_timeout_ms must be at least 1");
+        }
+        if l.max_buffered_bytes < 64 * 1024 {
+            bail!("gateway.limits.max_buffered_bytes must be at least 65536");
+        }
         if l.max_inflight_requests == 0 {
             bail!("gateway.limits.max_inflight_requests must be at least 1");
         }
@@ -341,6 +376,20 @@ impl Config {
             bail!("gateway.tick_interval_ms must be at least 1");
         }
         for (name, ch) in &self.channels {
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                bail!(
+                    "channels.{name}: a channel name is 1-64 characters of [A-Za-z0-9_-] \
+                     (it is used in URLs and on disk); rename the table"
+                );
+            }
+            if ch.webhook_max_body_bytes == 0 {
+                bail!("channels.{name}.webhook_max_body_bytes must be at least 1");
+            }
             if let Some(net) = &ch.network {
                 for n in net {
                     crate::plugins::runtime::parse_host_port(n)
@@ -354,6 +403,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.plugins.max_concurrent_calls == 0 {
+            bail!("plugins.max_concurrent_calls must be at least 1");
         }
         if self.plugins.memory_mb == 0 || self.plugins.call_timeout_ms == 0 {
             bail!("plugins.memory_mb and plugins.call_timeout_ms must be at least 1");

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::{json, Value};
@@ -19,10 +20,25 @@ use crate::gateway::frames::PreparedEvent;
 pub enum Outbound {
     /// A complete frame (a response, or an unsequenced event).
     Frame(String),
+    /// The response to a request, holding the request's in-flight slot
+    /// until it is written: a client that does not read its responses stops
+    /// being read (backpressure) instead of filling its queue.
+    Reply(String, tokio::sync::OwnedSemaphorePermit),
     /// A broadcast event; the writer appends this connection's next `seq`.
     Event(Arc<PreparedEvent>),
     /// Flush what is queued before this, then close with this code.
     Close(u16, String),
+}
+
+impl Outbound {
+    /// The bytes this item puts on the wire (what the queue's byte bound counts).
+    pub fn size(&self) -> usize {
+        match self {
+            Outbound::Frame(s) | Outbound::Reply(s, _) => s.len(),
+            Outbound::Event(e) => e.len() + 24,
+            Outbound::Close(_, r) => r.len() + 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +97,11 @@ pub struct Connection {
     pub connected_at_ms: u64,
     tx: mpsc::Sender<Outbound>,
     close: watch::Sender<Option<CloseReason>>,
+    /// Bytes queued and not yet written (shared with the writer, which
+    /// subtracts what it has written).
+    queued: Arc<AtomicUsize>,
+    /// Bound on `queued` (`gateway.limits.max_buffered_bytes`).
+    max_queued_bytes: usize,
 }
 
 /// Why an enqueue did not happen.
@@ -117,19 +138,51 @@ impl Connection {
             connected_at_ms,
             tx,
             close,
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued_bytes: usize::MAX,
         }
+    }
+
+    /// Bounds the queue by bytes as well as frames: an item that would take
+    /// the queued bytes past `max` is refused as [`EnqueueError::Full`]
+    /// (one item is always accepted into an empty queue, whatever its size).
+    pub fn with_byte_limit(mut self, max: usize) -> Self {
+        self.max_queued_bytes = max;
+        self
+    }
+
+    /// The queued-bytes counter, for the writer to subtract what it wrote.
+    pub fn queued_bytes(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
         scope_satisfies(&self.scopes, scope)
     }
 
-    /// Queues without waiting.
+    /// Queues without waiting; refuses when the queue is full in frames or bytes.
     pub fn try_send(&self, item: Outbound) -> Result<(), EnqueueError> {
-        self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => EnqueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => EnqueueError::Closed,
+        let size = item.size();
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(size) > self.max_queued_bytes {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return Err(EnqueueError::Full);
+        }
+        self.tx.try_send(item).map_err(|e| {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => EnqueueError::Full,
+                mpsc::error::TrySendError::Closed(_) => EnqueueError::Closed,
+            }
         })
+    }
+
+    /// (frames, bytes) queued and not yet written.
+    pub fn queued(&self) -> (usize, usize) {
+        (
+            self.tx.max_capacity() - self.tx.capacity(),
+            self.queued.load(Ordering::Acquire),
+        )
     }
 
     /// Has a close been requested?
@@ -343,5 +396,33 @@ mod tests {
         assert_eq!(m.by_device("d1").len(), 1);
         assert!(m.get("a").is_none());
         assert_eq!(m.count_by_role()["operator"], 1);
+    }
+
+    #[test]
+    fn queue_is_bounded_by_bytes() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let (close, _) = watch::channel(None);
+        let c = Connection::new(
+            ConnIdentity::for_test("a", "operator", &[], None),
+            tx,
+            close,
+        )
+        .with_byte_limit(1000);
+        // One item always fits an empty queue, however large.
+        c.try_send(Outbound::Frame("x".repeat(5000))).unwrap();
+        assert_eq!(
+            c.try_send(Outbound::Frame("y".into())),
+            Err(EnqueueError::Full)
+        );
+        let first = rx.try_recv().unwrap();
+        c.queued_bytes().fetch_sub(first.size(), Ordering::AcqRel);
+        for _ in 0..9 {
+            c.try_send(Outbound::Frame("z".repeat(100))).unwrap();
+        }
+        assert_eq!(
+            c.try_send(Outbound::Frame("z".repeat(101))),
+            Err(EnqueueError::Full)
+        );
+        c.try_send(Outbound::Frame("z".repeat(100))).unwrap();
     }
 }

@@ -25,10 +25,18 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     pub connections_total: AtomicU64,
     pub origin_rejections: AtomicU64,
+    pub host_rejections: AtomicU64,
+    pub webhook_busy: AtomicU64,
+    pub body_timeouts: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub plugin_busy: AtomicU64,
 }
 
 impl Metrics {
     pub fn render(&self, gw: &Gateway) -> String {
+        self.plugin_busy
+            .store(gw.plugins.busy_count(), Ordering::Relaxed);
         let mut out = String::new();
         let by_role = gw.conns.count_by_role();
         let _ = writeln!(
@@ -43,7 +51,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -84,6 +92,36 @@ impl Metrics {
                 "origin_rejections_total",
                 "WebSocket upgrades refused for their Origin.",
                 &self.origin_rejections,
+            ),
+            (
+                "host_rejections_total",
+                "Requests refused because their Host is not a loopback or allowed name (no credentials set).",
+                &self.host_rejections,
+            ),
+            (
+                "webhook_busy_total",
+                "Webhook requests refused because max_webhook_bodies were being read.",
+                &self.webhook_busy,
+            ),
+            (
+                "body_timeouts_total",
+                "Requests answered 408 because their body was not received in time.",
+                &self.body_timeouts,
+            ),
+            (
+                "header_timeouts_total",
+                "Connections answered 408 because their request headers were not received in time.",
+                &self.header_timeouts,
+            ),
+            (
+                "protocol_errors_total",
+                "WebSocket connections closed for a protocol violation (1002, 1007).",
+                &self.protocol_errors,
+            ),
+            (
+                "plugin_busy_total",
+                "Plugin calls refused because the plugin had max_concurrent_calls running.",
+                &self.plugin_busy,
             ),
         ];
         for (name, help, v) in counters {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod gateway;
 pub mod health;
+pub mod memory;
 pub mod outbox;
 pub mod plugins;
 pub mod shutdown;
@@ -77,11 +78,13 @@ pub async fn serve(config: config::Config) -> Result<()> {
     let ticker = tokio::spawn(health::run_ticker(gw.clone()));
     let monitor = tokio::spawn(health::run_monitor(gw.clone(), gw.health_notify.clone()));
     let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
+    let trimmer = tokio::spawn(memory::run_trimmer());
     let signal = shutdown::wait_for_signal().await;
     shutdown::run(gw.clone(), signal, acceptor).await;
     ticker.abort();
     monitor.abort();
     presence.abort();
+    trimmer.abort();
     let _: Arc<gateway::Gateway> = gw;
     Ok(())
 }

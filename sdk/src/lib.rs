@@ -248,7 +248,8 @@ pub mod outbox {
     }
 }
 
-/// The plugin's private key-value store; it survives reloads and restarts.
+/// The channel's private key-value store (each channel a plugin serves has
+/// its own); it survives reloads and restarts.
 pub mod kv {
     use super::host;
 
@@ -263,6 +264,17 @@ pub mod kv {
     /// Removes `key`.
     pub fn delete(key: &str) {
         host::kv_delete(key)
+    }
+    /// Records `key` as seen for `ttl_ms` (at most 24 h) unless it already
+    /// is: `true` the first time, `false` while it is remembered (or when the
+    /// host could not record it). Atomic across concurrent calls and kept
+    /// across restarts: use it to refuse replayed requests.
+    pub fn claim(key: &str, ttl_ms: u64) -> bool {
+        host::kv_claim(key, ttl_ms)
+    }
+    /// Forgets a claim, so that a retry of work that failed is accepted.
+    pub fn unclaim(key: &str) {
+        host::kv_unclaim(key)
     }
 }
 

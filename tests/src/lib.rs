@@ -498,3 +498,21 @@ pub async fn connect_refused(c: &mut Client, params: Value) -> Result<(Value, Cl
         .ok_or_else(|| anyhow!("no response before close {closed:?}"))?;
     Ok((res, closed))
 }
+
+/// A client that reads nothing after its handshake, with a 4 KiB receive
+/// buffer so the kernel absorbs little: it becomes a slow consumer.
+pub async fn stuck_client(d: &Daemon, token: Option<&str>) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = sock.connect(d.addr).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(d.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("upgrade");
+    let mut c = Client::after_upgrade(ws).await.expect("challenge");
+    let res = c
+        .request("c1", "connect", connect_params(token, &["operator.read"]))
+        .await
+        .expect("connect");
+    assert_eq!(res["ok"], true, "{res}");
+    c
+}

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchboard_tests::*;
-use tokio_tungstenite::MaybeTlsStream;
 
 const TOKEN: &str = "bt";
 
@@ -137,27 +136,6 @@ async fn filters_by_role_and_scope() {
     }
 }
 
-async fn stuck_client(d: &Daemon) -> Client {
-    // A tiny receive buffer so the kernel does not absorb much.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(d.addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(d.url(), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut c = Client::after_upgrade(ws).await.unwrap();
-    let res = c
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res["ok"], true);
-    c
-}
-
 /// Reads events until the presence list shows the marker client; returns
 /// the seqs and the texts of the message events.
 async fn watch(mut c: Client) -> anyhow::Result<(Vec<u64>, Vec<String>, Client)> {
@@ -200,7 +178,7 @@ async fn slow_consumer_is_closed_while_50_others_get_everything() {
         ))
         .start()
         .unwrap();
-    let mut stuck = stuck_client(&d).await;
+    let mut stuck = stuck_client(&d, Some(TOKEN)).await;
     let mut watchers = Vec::new();
     for _ in 0..50 {
         let (c, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])

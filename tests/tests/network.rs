@@ -84,11 +84,7 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
 
     let d = daemon(dir.path(), None);
     let r = send(&d, &format!("http:http://127.0.0.1:{hp}/")).await;
-    assert_eq!(r["ok"], false, "{r}");
-    assert!(
-        r["error"]["message"].as_str().unwrap().contains("http:"),
-        "{r}"
-    );
+    assert_denied(&r, "nettest", &format!("127.0.0.1:{hp}"));
     let line = d
         .wait_log("denied outgoing HTTP", Duration::from_secs(5))
         .await
@@ -100,11 +96,7 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
         "{line}"
     );
     let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
-    assert_eq!(r["ok"], false, "{r}");
-    assert!(
-        r["error"]["message"].as_str().unwrap().contains("tcp:"),
-        "{r}"
-    );
+    assert_denied(&r, "nettest", &format!("127.0.0.1:{tp}"));
     let line = d
         .wait_log("denied TCP connection", Duration::from_secs(5))
         .await
@@ -131,6 +123,84 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
     let l = c.request("l", "plugins.list", json!({})).await.unwrap();
     assert_eq!(
         l["payload"]["plugins"][0]["grants"],
-        json!([format!("127.0.0.1:{hp}"), format!("localhost:{tp}")])
+        json!({"nettest": [format!("127.0.0.1:{hp}"), format!("localhost:{tp}")]})
+    );
+}
+
+/// A denied request is the operator's to fix: a non-retryable error naming
+/// the destination and the `network` line to add (the plugin itself only
+/// saw a failed connection and called it transient).
+fn assert_denied(r: &Value, channel: &str, dest: &str) {
+    assert_eq!(r["ok"], false, "{r}");
+    let e = &r["error"];
+    assert_eq!(e["code"], "INVALID_REQUEST", "{r}");
+    assert_ne!(e["retryable"], true, "{r}");
+    assert_eq!(e["details"]["destination"], dest, "{r}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("network access to {dest} was denied"))
+            && msg.contains(&format!(
+                "add \"{dest}\" to `network` in [channels.{channel}]"
+            )),
+        "{msg}"
+    );
+}
+
+/// Two channels served by one plugin: grants and the key-value store are
+/// each channel's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_channels_of_one_plugin_keep_their_own_grants_and_store() {
+    let hp = http_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+    // `netno` sorts first: it used to hand its (absent) list to both, or
+    // `netyes` its list to `netno`.
+    let d = Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n\
+             [channels.netno]\nplugin = \"nettest\"\n[channels.netno.accounts.main]\n\
+             [channels.netyes]\nplugin = \"nettest\"\nnetwork = [\"127.0.0.1:{hp}\"]\n[channels.netyes.accounts.main]\n",
+            dir.path().join("state").display(),
+            dir.path().display()
+        ))
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let r = c
+        .request("1", "send", json!({"channel": "netyes", "to": "x", "message": format!("http:http://127.0.0.1:{hp}/"), "idempotencyKey": "k1"}))
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["messageId"], "hello", "{r}");
+    let r = c
+        .request("2", "send", json!({"channel": "netno", "to": "x", "message": format!("http:http://127.0.0.1:{hp}/"), "idempotencyKey": "k2"}))
+        .await
+        .unwrap();
+    assert_denied(&r, "netno", &format!("127.0.0.1:{hp}"));
+    // Both accounts are called `main`; each channel has its own `k`.
+    for (i, (ch, text)) in [("netno", "kv-set:no"), ("netyes", "kv-set:yes")]
+        .into_iter()
+        .enumerate()
+    {
+        let r = c
+            .request(&format!("s{i}"), "send", json!({"channel": ch, "to": "x", "message": text, "idempotencyKey": format!("set-{ch}")}))
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    for (ch, want) in [("netno", "value:no"), ("netyes", "value:yes")] {
+        let r = c
+            .request("g", "send", json!({"channel": ch, "to": "x", "message": "kv-get", "idempotencyKey": format!("get-{ch}")}))
+            .await
+            .unwrap();
+        assert_eq!(r["payload"]["messageId"], want, "{r}");
+    }
+    let l = c.request("l", "plugins.list", json!({})).await.unwrap();
+    assert_eq!(
+        l["payload"]["plugins"][0]["grants"],
+        json!({"netno": [], "netyes": [format!("127.0.0.1:{hp}")]})
     );
 }

@@ -82,7 +82,7 @@ fn broken_files_are_refused_with_their_reason() {
 
     let link = dir.path().join("link.wasm");
     std::os::unix::fs::symlink(built("plugins", "echo.wasm"), &link).unwrap();
-    refused(&link, "not a regular file");
+    refused(&link, "is a symbolic link");
 
     refused(&dir.path().join("absent.wasm"), "cannot read");
 }

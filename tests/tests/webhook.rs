@@ -12,10 +12,21 @@ use switchboard_tests::*;
 
 const SECRET: &str = "s3cret";
 
-fn sign(body: &[u8]) -> String {
+/// `v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>`, as senders sign.
+fn sign(ts: u64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The headers of a request signed now.
+fn signed(body: &str) -> Vec<(&'static str, String)> {
+    let ts = now();
+    vec![
+        ("X-Switchboard-Signature", sign(ts, body.as_bytes())),
+        ("X-Switchboard-Timestamp", ts.to_string()),
+    ]
 }
 
 fn now() -> u64 {
@@ -61,13 +72,7 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
     let d = daemon(dir.path(), "");
     let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let body = r#"{"chatId":"room-1","senderId":"u-7","senderName":"Ann","text":"signed hello","messageId":"m-1"}"#;
-    let good = |b: &str| {
-        vec![
-            ("X-Switchboard-Signature", sign(b.as_bytes())),
-            ("X-Switchboard-Timestamp", now().to_string()),
-        ]
-    };
-    let (st, v) = post(&d, "default", body, &good(body)).await;
+    let (st, v) = post(&d, "default", body, &signed(body)).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["accepted"], true);
     assert_eq!(v["messageId"], "m-1");
@@ -85,7 +90,7 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
         "default",
         body,
         &[
-            ("X-Switchboard-Signature", sign(b"other body")),
+            ("X-Switchboard-Signature", sign(now(), b"other body")),
             ("X-Switchboard-Timestamp", now().to_string()),
         ],
     )
@@ -97,7 +102,10 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
         "default",
         body,
         &[
-            ("X-Switchboard-Signature", sign(body.as_bytes())),
+            (
+                "X-Switchboard-Signature",
+                sign(now() - 600, body.as_bytes()),
+            ),
             ("X-Switchboard-Timestamp", (now() - 600).to_string()),
         ],
     )
@@ -125,7 +133,7 @@ async fn signed_posts_are_accepted_and_bad_ones_rejected_with_reasons() {
     );
     // Signed but malformed JSON.
     let bad = r#"{"chatId": 5"#;
-    let (st, v) = post(&d, "default", bad, &good(bad)).await;
+    let (st, v) = post(&d, "default", bad, &signed(bad)).await;
     assert_eq!(st, 400);
     assert!(
         v["error"]
@@ -218,16 +226,16 @@ async fn send_posts_a_signed_request_to_the_account_url() {
         v,
         json!({"accountId": "default", "to": "user-5", "text": "out we go", "threadId": "t-1"})
     );
-    assert_eq!(
-        headers["x-switchboard-signature"].to_str().unwrap(),
-        sign(&body)
-    );
     let ts: u64 = headers["x-switchboard-timestamp"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
     assert!(now().abs_diff(ts) < 60);
+    assert_eq!(
+        headers["x-switchboard-signature"].to_str().unwrap(),
+        sign(ts, &body)
+    );
     // A non-2xx answer is a clear error.
     let r = c
         .request(
@@ -240,4 +248,161 @@ async fn send_posts_a_signed_request_to_the_account_url() {
     assert_eq!(r["ok"], false);
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("HTTP 500") && msg.contains("boom"), "{msg}");
+}
+
+/// A captured request cannot be delivered again: not as it was, not with a
+/// fresh timestamp (the timestamp is signed), not after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_request_is_not_accepted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path(), "");
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let body = r#"{"chatId":"c","senderId":"s","text":"only once","messageId":"once-1"}"#;
+    let captured = signed(body);
+    let (st, v) = post(&d, "default", body, &captured).await;
+    assert_eq!(st, 200, "{v}");
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["text"], "only once");
+    // The same request again.
+    let (st, v) = post(&d, "default", body, &captured).await;
+    assert_eq!(st, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("replayed"), "{v}");
+    // The captured signature with a fresh timestamp, now ± 250 s.
+    for ts in [now(), now() + 250, now() - 250] {
+        let h = vec![
+            ("X-Switchboard-Signature", captured[0].1.clone()),
+            ("X-Switchboard-Timestamp", ts.to_string()),
+        ];
+        let (st, v) = post(&d, "default", body, &h).await;
+        assert!(st == 401 || st == 409, "{ts}: {st} {v}");
+        if ts != captured[1].1.parse::<u64>().unwrap() {
+            assert_eq!((st, v["error"].as_str().unwrap()), (401, "bad signature"));
+        }
+    }
+    // The old body-only form is refused with a pointer to the new one.
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let old = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let (st, v) = post(
+        &d,
+        "default",
+        body,
+        &[
+            ("X-Switchboard-Signature", old),
+            ("X-Switchboard-Timestamp", now().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert!(v["error"].as_str().unwrap().contains("v1="), "{v}");
+    // Remembered across a restart.
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(15)).unwrap();
+    drop(d);
+    let d = daemon(dir.path(), "");
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let (st, v) = post(&d, "default", body, &captured).await;
+    assert_eq!(st, 409, "{v}");
+    // A new request signed now still goes through, exactly once.
+    let (st, v) = post(&d, "default", body, &signed(body)).await;
+    assert_eq!(st, 200, "{v}");
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["text"], "only once");
+    assert!(watcher
+        .next_event("message", Duration::from_millis(300))
+        .await
+        .is_err());
+}
+
+/// Webhook bodies have their own small limit (per channel), checked on the
+/// declared length before anything is read, and on the bytes that arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_bodies_are_limited_per_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "");
+    let big = format!(
+        r#"{{"chatId":"c","senderId":"s","text":"{}"}}"#,
+        "x".repeat(1024 * 1024 + 10)
+    );
+    let (st, v) = post(&d, "open", &big, &[]).await;
+    assert_eq!(st, 413, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("1048576") && e.contains("channels.webhook.webhook_max_body_bytes"),
+        "{e}"
+    );
+    // Chunked (no declared length): cut at the limit as the bytes come.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
+    let r = reqwest::Client::new()
+        .post(d.http("/hooks/webhook/open"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status().as_u16(), 413);
+    }
+    drop(d);
+    // A channel may raise its own limit.
+    let d = daemon(
+        dir.path(),
+        "[channels.webhook]\nwebhook_max_body_bytes = 4194304\n",
+    );
+    let (st, v) = post(&d, "open", &big, &[]).await;
+    assert_eq!(st, 200, "{v}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Unauthenticated 24 MiB POSTs (16 at once, four rounds) are refused before
+/// their bodies are read: the daemon's memory does not balloon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_unsigned_posts_costs_no_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "");
+    // Warm up: one accepted request loads everything a request touches.
+    let ok = r#"{"chatId":"c","senderId":"s","text":"warm"}"#;
+    assert_eq!(post(&d, "default", ok, &signed(ok)).await.0, 200);
+    let before = rss_kib(d.pid());
+    let body = bytes::Bytes::from(vec![b'x'; 24 * 1024 * 1024]);
+    for _ in 0..4 {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let url = d.http("/hooks/webhook/default");
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .header("X-Switchboard-Signature", "v1=00")
+                    .header("X-Switchboard-Timestamp", now().to_string())
+                    .body(body)
+                    .send()
+                    .await;
+                // The daemon answers before the body is sent and closes:
+                // the client may see the 413 or a reset while writing.
+                if let Ok(r) = r {
+                    assert_eq!(r.status().as_u16(), 413);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = rss_kib(d.pid());
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
 }

@@ -65,11 +65,12 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The requested scopes this grant allows (never more than requested).
+    /// The requested scopes this grant allows (never more than requested;
+    /// scopes this gateway does not know are dropped, not echoed back).
     pub fn filter_scopes(&self, requested: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for s in requested {
-            if out.contains(s) {
+            if out.contains(s) || !KNOWN_SCOPES.contains(&s.as_str()) {
                 continue;
             }
             let allowed = match &self.scopes {
@@ -277,7 +278,30 @@ pub fn verify_device(
 pub struct FailureLimiter {
     max: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<HashMap<LimitKey, VecDeque<Instant>>>,
+}
+
+/// Who a failure counts against: the remote address and, for a browser,
+/// its origin. So a hostile page that burns the budget of 127.0.0.1 locks
+/// out only itself, not the user's own control page or CLI on that address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    pub ip: IpAddr,
+    pub origin: Option<Box<str>>,
+}
+
+impl LimitKey {
+    pub fn new(ip: IpAddr, origin: Option<&str>) -> Self {
+        // Origins are bounded by the header size; keep at most 256 bytes of one.
+        let origin = origin.map(|o| {
+            let mut end = o.len().min(256);
+            while !o.is_char_boundary(end) {
+                end -= 1;
+            }
+            Box::from(&o[..end])
+        });
+        Self { ip, origin }
+    }
 }
 
 impl FailureLimiter {
@@ -289,15 +313,15 @@ impl FailureLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LimitKey, VecDeque<Instant>>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Some(retry_after)` when `ip` has used up its failures.
-    pub fn check(&self, ip: IpAddr) -> Option<Duration> {
+    /// `Some(retry_after)` when `key` has used up its failures.
+    pub fn check(&self, key: &LimitKey) -> Option<Duration> {
         let now = Instant::now();
         let mut map = self.lock();
-        let q = map.get_mut(&ip)?;
+        let q = map.get_mut(key)?;
         while q
             .front()
             .is_some_and(|t| now.duration_since(*t) >= self.window)
@@ -305,7 +329,7 @@ impl FailureLimiter {
             q.pop_front();
         }
         if q.is_empty() {
-            map.remove(&ip);
+            map.remove(key);
             return None;
         }
         if q.len() as u32 >= self.max {
@@ -316,7 +340,7 @@ impl FailureLimiter {
         }
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
+    pub fn record_failure(&self, key: LimitKey) {
         let mut map = self.lock();
         // Bound memory under a flood of distinct addresses.
         if map.len() > 100_000 {
@@ -326,7 +350,12 @@ impl FailureLimiter {
                     .is_some_and(|t| now.duration_since(*t) < self.window)
             });
         }
-        map.entry(ip).or_default().push_back(Instant::now());
+        let q = map.entry(key).or_default();
+        q.push_back(Instant::now());
+        // Only the last `max` failures matter.
+        while q.len() > self.max.max(1) as usize {
+            q.pop_front();
+        }
     }
 }
 
@@ -419,11 +448,20 @@ mod tests {
     fn limiter_blocks_after_max() {
         let l = FailureLimiter::new(3);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let key = LimitKey::new(ip, None);
         for _ in 0..3 {
-            assert!(l.check(ip).is_none());
-            l.record_failure(ip);
+            assert!(l.check(&key).is_none());
+            l.record_failure(key.clone());
         }
-        let retry = l.check(ip).unwrap();
+        let retry = l.check(&key).unwrap();
         assert!(retry <= Duration::from_secs(60) && retry > Duration::from_secs(50));
+        // Another origin on the same address is not locked out.
+        let page = LimitKey::new("127.0.0.1".parse().unwrap(), Some("http://localhost:3000"));
+        let ui = LimitKey::new("127.0.0.1".parse().unwrap(), Some("http://127.0.0.1:18789"));
+        for _ in 0..5 {
+            l.record_failure(page.clone());
+        }
+        assert!(l.check(&page).is_some());
+        assert!(l.check(&ui).is_none());
     }
 }

@@ -42,15 +42,62 @@ async fn hook(
     let account = p.get("account").cloned().unwrap_or_default();
     let path = format!("/{}", p.get("rest").cloned().unwrap_or_default());
     let (parts, body) = req.into_parts();
-    let limit = gw.config.gateway.limits.max_payload_bytes;
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
+    let Some(limit) = gw.channels.webhook_body_limit(&channel) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("no channel {channel} is configured"),
+        );
+    };
+    // Refuse a declared length over the limit before reading a byte of it.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(&channel, limit);
+    }
+    // Bound the bodies being read (and held) at once, whoever sends them.
+    let Ok(_slot) = gw.webhook_bodies.clone().try_acquire_owned() else {
+        gw.metrics.webhook_busy.fetch_add(1, Ordering::Relaxed);
+        gw.refusals.note(
+            "webhook",
+            &format!(
+                "{} webhook bodies already being read (gateway.limits.max_webhook_bodies)",
+                gw.config.gateway.limits.max_webhook_bodies
+            ),
+        );
+        let mut r = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many webhook requests in progress; retry shortly".into(),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let timeout = std::time::Duration::from_millis(gw.config.gateway.limits.body_read_timeout_ms);
+    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(&channel, limit),
         Err(_) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({"error": format!("body larger than {limit} bytes (gateway.limits.max_payload_bytes)")})),
-            )
-                .into_response()
+            gw.metrics.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            gw.refusals.note(
+                "webhook",
+                &format!(
+                    "request body not received within {} ms (gateway.limits.body_read_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            );
+            let mut r = json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {} ms",
+                    timeout.as_millis()
+                ),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let headers = parts
@@ -63,14 +110,21 @@ async fn hook(
             )
         })
         .collect();
+    // A large body leaves freed memory behind; give it back after the burst.
+    let big = body.len() >= 64 * 1024;
     let hr = crate::plugins::runtime::HttpRequest {
         method: parts.method.to_string(),
         path,
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
-        body: body.to_vec(),
+        body: Vec::from(body),
     };
-    match gw.channels.webhook(&channel, &account, hr).await {
+    let result = gw.channels.webhook(&channel, &account, hr).await;
+    drop(_slot);
+    if big {
+        crate::memory::release_soon();
+    }
+    match result {
         Ok(r) => {
             let mut b = Response::builder()
                 .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY));
@@ -88,7 +142,27 @@ async fn hook(
     }
 }
 
-async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+fn json_error(status: StatusCode, msg: String) -> Response {
+    (status, Json(json!({"error": msg}))).into_response()
+}
+
+fn too_large(channel: &str, limit: usize) -> Response {
+    let mut r = json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "body larger than {limit} bytes; raise channels.{channel}.webhook_max_body_bytes to accept it"
+        ),
+    );
+    // The rest of the body is not read: end the connection after answering.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = check_host(&gw, &headers) {
+        return refused;
+    }
     let failing = crate::health::failing(&gw);
     let ok = failing.is_empty();
     let status = if ok {
@@ -99,7 +173,10 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     (status, Json(json!({"ready": ok, "failing": failing}))).into_response()
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = check_host(&gw, &headers) {
+        return refused;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -127,45 +204,92 @@ fn plain(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
-/// Is a browser `Origin` allowed: listed in `gateway.allowed_origins` (or `*`),
-/// or the same host as the request's `Host`?
-pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+/// The name part of a `Host` header or URL authority: the port and the
+/// brackets of an IPv6 literal removed.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return host;
+    }
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host,
+    }
+}
+
+/// Does `host` (a `Host` header or a URL host, with or without port) name
+/// this machine's loopback interface?
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host).trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Is a browser `Origin` allowed: listed in `gateway.allowed_origins` (or
+/// `*`), or naming a loopback address? The request's `Host` is not trusted
+/// here: a DNS-rebinding page controls it as well as its own origin.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     if allowed
         .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
     {
         return true;
     }
-    let Some(host) = host else { return false };
     match url::Url::parse(origin) {
-        Ok(u) => {
-            let Some(h) = u.host_str() else { return false };
-            let origin_host = match u.port_or_known_default() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_string(),
-            };
-            // Host may omit the default port.
-            let default_port = match u.scheme() {
-                "https" | "wss" => 443,
-                _ => 80,
-            };
-            let host_full = if host
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-                && !host.ends_with(']')
-            {
-                host.to_string()
-            } else {
-                format!("{host}:{default_port}")
-            };
-            origin_host.eq_ignore_ascii_case(&host_full)
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {
+            u.host_str().is_some_and(is_loopback_host)
         }
-        Err(_) => false,
+        _ => false,
     }
+}
+
+/// Is the `Host` header acceptable? When the gateway has no credentials,
+/// only loopback names and addresses and `gateway.allowed_hosts` are: a
+/// page whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own
+/// name. With credentials, any name is (the page cannot authenticate).
+pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> bool {
+    if has_auth {
+        return true;
+    }
+    let Some(host) = host else { return false };
+    is_loopback_host(host)
+        || allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host_name(host)) || a.eq_ignore_ascii_case(host))
+}
+
+/// The refusal for a request whose `Host` is not acceptable (see [`host_allowed`]).
+fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if host_allowed(host, gw.config.has_auth(), &gw.config.gateway.allowed_hosts) {
+        return None;
+    }
+    gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
+    let shown = host.unwrap_or("(none)");
+    gw.refusals.note(
+        "request",
+        &format!("Host `{shown}` is not a loopback name and the gateway has no credentials"),
+    );
+    Some(plain(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "Host `{shown}` is not allowed: this gateway has no token, so it answers only to loopback names \
+             (localhost, 127.0.0.1, [::1]); add the name to gateway.allowed_hosts or set a token"
+        ),
+    ))
 }
 
 async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let headers = req.headers();
+    if let Some(refused) = check_host(&gw, headers) {
+        return refused;
+    }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return plain(
             StatusCode::UPGRADE_REQUIRED,
@@ -197,10 +321,10 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(o) = &origin {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if !origin_allowed(o, host, &gw.config.gateway.allowed_origins) {
+        if !origin_allowed(o, &gw.config.gateway.allowed_origins) {
             gw.metrics.origin_rejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(origin = %o, "refused WebSocket upgrade: origin not allowed");
+            gw.refusals
+                .note("WebSocket upgrade", &format!("origin `{o}` not allowed"));
             return plain(
                 StatusCode::FORBIDDEN,
                 format!("origin not allowed: {o}; add it to gateway.allowed_origins to allow it"),
@@ -225,7 +349,7 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     gw.tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                super::ws::run(gw2, TokioIo::new(upgraded), meta, origin.is_some()).await;
+                super::ws::run(gw2, TokioIo::new(upgraded), meta, origin).await;
             }
             Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
         }
@@ -241,29 +365,57 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::origin_allowed;
+    use super::{host_allowed, is_loopback_host, origin_allowed};
 
     #[test]
     fn origins() {
         let none: Vec<String> = vec![];
-        assert!(origin_allowed(
-            "http://127.0.0.1:18789",
-            Some("127.0.0.1:18789"),
-            &none
-        ));
-        assert!(origin_allowed("http://localhost", Some("localhost"), &none));
-        assert!(!origin_allowed(
-            "http://evil.example",
-            Some("127.0.0.1:18789"),
-            &none
-        ));
-        assert!(!origin_allowed("null", Some("127.0.0.1:18789"), &none));
+        assert!(origin_allowed("http://127.0.0.1:18789", &none));
+        assert!(origin_allowed("http://localhost", &none));
+        assert!(origin_allowed("http://[::1]:3000", &none));
+        assert!(origin_allowed("https://app.localhost:8443", &none));
+        assert!(!origin_allowed("http://evil.example", &none));
+        // DNS rebinding: the page's own name, whatever Host it sends.
+        assert!(!origin_allowed("http://rebind.evil.example:18789", &none));
+        assert!(!origin_allowed("http://127.0.0.1.evil.example", &none));
+        assert!(!origin_allowed("null", &none));
+        assert!(!origin_allowed("file://", &none));
         let list = vec!["https://app.example".to_string()];
-        assert!(origin_allowed(
-            "https://app.example",
-            Some("127.0.0.1:1"),
-            &list
+        assert!(origin_allowed("https://app.example", &list));
+        assert!(!origin_allowed("https://app.example.evil", &list));
+        assert!(origin_allowed("https://x", &["*".to_string()]));
+    }
+
+    #[test]
+    fn hosts() {
+        for h in [
+            "127.0.0.1:18789",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9",
+            "127.1.2.3",
+            "::1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "rebind.evil.example:18789",
+            "10.0.0.1",
+            "localhost.evil",
+            "",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        let none: Vec<String> = vec![];
+        assert!(!host_allowed(
+            Some("rebind.evil.example:18789"),
+            false,
+            &none
         ));
-        assert!(origin_allowed("https://x", None, &["*".to_string()]));
+        assert!(!host_allowed(None, false, &none));
+        assert!(host_allowed(Some("rebind.evil.example:18789"), true, &none));
+        let list = vec!["gw.internal".to_string()];
+        assert!(host_allowed(Some("gw.internal:18789"), false, &list));
     }
 }

@@ -172,7 +172,7 @@ pub async fn dispatch(
         "plugins.list" => {
             let _: Empty = parse(method, params)?;
             Ok(
-                json!({"dir": gw.plugins.dir().display().to_string(), "plugins": gw.plugins.list(|p| gw.channels.grants_for(p))}),
+                json!({"dir": gw.plugins.dir().display().to_string(), "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p))}),
             )
         }
         "plugins.reload" => {
@@ -181,7 +181,7 @@ pub async fn dispatch(
             let changes = gw.reload_plugins().await;
             Ok(json!({
                 "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
-                "plugins": gw.plugins.list(|p| gw.channels.grants_for(p)),
+                "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
             }))
         }
         _ => Err(ErrorShape::invalid(format!("unknown method: {method}"))),

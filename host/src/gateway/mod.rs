@@ -8,6 +8,7 @@ pub mod frames;
 pub mod http;
 pub mod methods;
 pub mod preauth;
+pub mod refusals;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct Gateway {
     pub plugins: Arc<PluginManager>,
     pub metrics: Arc<Metrics>,
     pub limiter: auth::FailureLimiter,
+    /// Rate-limited log of refused connections and requests.
+    pub refusals: refusals::RefusalLog,
+    /// Webhook bodies being read at once (`gateway.limits.max_webhook_bodies`).
+    pub webhook_bodies: Arc<Semaphore>,
     /// Wakes the health monitor when channels or plugins change.
     pub health_notify: Arc<Notify>,
     /// Wakes the presence broadcaster when a client connects or leaves.
@@ -70,7 +75,13 @@ impl Gateway {
             memory_bytes: config.plugins.memory_mb * 1024 * 1024,
             call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
             max_file_bytes: config.plugins.max_file_bytes,
+            max_concurrent_calls: config.plugins.max_concurrent_calls,
+            call_queue_timeout: Duration::from_millis(config.plugins.call_queue_timeout_ms),
         };
+        // Stores are per channel now; carry over those kept per plugin.
+        for (name, c) in &config.channels {
+            kv.migrate_plugin_store(c.plugin.as_deref().unwrap_or(name), name);
+        }
         let plugins = Arc::new(PluginManager::new(
             config.plugins.dir.clone(),
             config.state_dir().join("cache"),
@@ -87,6 +98,8 @@ impl Gateway {
         host.attach(&channels);
         Ok(Arc::new(Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
+            refusals: refusals::RefusalLog::default(),
+            webhook_bodies: Arc::new(Semaphore::new(config.gateway.limits.max_webhook_bodies)),
             config: Arc::new(config),
             conns,
             broadcaster,
@@ -258,7 +271,13 @@ pub async fn serve(
                 gw2.metrics
                     .connections_rejected
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%remote, "refusing connection: gateway.limits.max_connections ({}) reached", gw2.config.gateway.limits.max_connections);
+                gw2.refusals.note(
+                    "connection",
+                    &format!(
+                        "gateway.limits.max_connections ({}) reached (last from {remote})",
+                        gw2.config.gateway.limits.max_connections
+                    ),
+                );
                 refuse_busy(stream, tls).await;
                 return;
             };
@@ -277,12 +296,21 @@ pub async fn serve(
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_http(gw2, router, s, meta).await,
+                        Ok(Ok(s)) => serve_http(gw2, router, s, meta, None).await,
                         Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 }
-                None => serve_http(gw2, router, stream, meta).await,
+                None => {
+                    // A second handle on the socket, kept until the first
+                    // request's headers are in, to answer 408 when they
+                    // never come (hyper closes such a connection silently).
+                    let spare = socket2::SockRef::from(&stream)
+                        .try_clone()
+                        .ok()
+                        .map(std::net::TcpStream::from);
+                    serve_http(gw2, router, stream, meta, spare).await
+                }
             }
         });
     }
@@ -303,12 +331,21 @@ async fn refuse_busy(mut stream: tokio::net::TcpStream, tls: Option<tokio_rustls
     }
 }
 
-async fn serve_http<I>(gw: Arc<Gateway>, router: axum::Router, io: I, meta: ConnMeta)
-where
+async fn serve_http<I>(
+    gw: Arc<Gateway>,
+    router: axum::Router,
+    io: I,
+    meta: ConnMeta,
+    spare: Option<std::net::TcpStream>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote = meta.remote;
+    let spare = Arc::new(std::sync::Mutex::new(spare));
+    let spare2 = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Headers arrived: the spare handle is no longer needed.
+        spare2.lock().unwrap_or_else(|p| p.into_inner()).take();
         req.extensions_mut().insert(meta.clone());
         router.clone().oneshot(req)
     });
@@ -329,6 +366,28 @@ where
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%remote, "http connection ended: {e}");
+        let spare = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match spare {
+            Some(mut s) if e.is_timeout() => {
+                gw.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                gw.refusals.note(
+                    "connection",
+                    &format!(
+                        "request headers not received within {} ms (gateway.limits.header_read_timeout_ms), from {remote}",
+                        gw.config.gateway.limits.header_read_timeout_ms
+                    ),
+                );
+                use std::io::Write;
+                let body = "request headers not received in time\n";
+                let resp = format!(
+                    "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                // The socket is non-blocking and its send buffer empty: one
+                // short write either goes through at once or not at all.
+                let _ = s.write_all(resp.as_bytes());
+            }
+            _ => tracing::debug!(%remote, "http connection ended: {e}"),
+        }
     }
 }

@@ -75,10 +75,17 @@ pub async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
             if len > 125 || !fin {
                 return Ok(PreauthRead::Protocol("invalid control frame"));
             }
-        } else if len + message.len() as u64 > max as u64 {
-            return Ok(PreauthRead::TooLarge(len + message.len() as u64));
+        } else {
+            // The length is the peer's: never add it unchecked.
+            let total = len.saturating_add(message.len() as u64);
+            if total > max as u64 {
+                return Ok(PreauthRead::TooLarge(total));
+            }
         }
-        let mut payload = vec![0u8; len as usize];
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(PreauthRead::TooLarge(len));
+        };
+        let mut payload = vec![0u8; len];
         io.read_exact(&mut payload).await?;
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= mask[i % 4];
@@ -210,6 +217,23 @@ mod tests {
             read_message(&mut a, 100).await.unwrap(),
             PreauthRead::TooLarge(200)
         ));
+    }
+
+    /// A fragment, then a continuation declaring a length that overflows
+    /// `len + buffered` (it panicked with "capacity overflow" before).
+    #[tokio::test]
+    async fn huge_continuation_length_is_too_large_not_a_panic() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let mut bytes = masked(OP_TEXT, false, b"0123456789");
+        bytes.push(OP_CONT | 0x80);
+        bytes.push(0x80 | 127);
+        bytes.extend_from_slice(&0xFFFF_FFFF_FFFF_FFFBu64.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        b.write_all(&bytes).await.unwrap();
+        match read_message(&mut a, 64 * 1024).await.unwrap() {
+            PreauthRead::TooLarge(n) => assert_eq!(n, u64::MAX),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

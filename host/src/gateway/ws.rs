@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{
     frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig,
 };
@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth::{self, ConnectAuth, DeviceProof, SignedFields};
-use super::frames::{self, codes, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
+use super::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
 use super::preauth::{self, PreauthRead};
 use super::{ConnMeta, Gateway};
 use crate::broadcast::{events, Filter};
@@ -119,7 +119,7 @@ struct Accepted {
 }
 
 /// Runs a connection from the upgrade to the close.
-pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, browser: bool)
+pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -135,10 +135,11 @@ where
     let limits = &gw.config.gateway.limits;
     // Loopback clients without a browser Origin are neither limited nor counted.
     let rate_limited =
-        !(gw.config.gateway.auth.exempt_loopback && remote.ip().is_loopback() && !browser);
+        !(gw.config.gateway.auth.exempt_loopback && remote.ip().is_loopback() && origin.is_none());
+    let limit_key = rate_limited.then(|| auth::LimitKey::new(remote.ip(), origin.as_deref()));
     let handshake = tokio::time::timeout(
         Duration::from_millis(limits.handshake_timeout_ms),
-        handshake(&gw, &mut io, &nonce, &meta, rate_limited),
+        handshake(&gw, &mut io, &nonce, limit_key.as_ref()),
     );
     let outcome = tokio::select! {
         r = handshake => match r {
@@ -157,8 +158,8 @@ where
                 .fetch_add(1, Ordering::Relaxed);
             if r.auth_failure {
                 gw.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                if rate_limited {
-                    gw.limiter.record_failure(remote.ip());
+                if let Some(key) = limit_key {
+                    gw.limiter.record_failure(key);
                 }
             }
             tracing::info!(%remote, close_code = r.code, reason = %r.reason, "handshake refused");
@@ -189,8 +190,7 @@ async fn handshake<S>(
     gw: &Gateway,
     io: &mut S,
     nonce: &str,
-    meta: &ConnMeta,
-    rate_limited: bool,
+    limit_key: Option<&auth::LimitKey>,
 ) -> Result<Option<Accepted>, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -243,6 +243,14 @@ where
             ))
         }
     };
+    if let Err(e) = check_field_sizes(&params) {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!("invalid connect params: {e}")),
+            1008,
+            "invalid connect params",
+        ));
+    }
     if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
         return Err(Refusal::answer(
             &id,
@@ -255,9 +263,9 @@ where
             "protocol mismatch",
         ));
     }
-    let ip = meta.remote.ip();
-    if rate_limited {
-        if let Some(retry) = gw.limiter.check(ip) {
+    if let Some(key) = limit_key {
+        if let Some(retry) = gw.limiter.check(key) {
+            let ip = key.ip;
             let ms = retry.as_millis().max(1) as u64;
             return Err(Refusal::answer(
                 &id,
@@ -340,6 +348,59 @@ where
     }))
 }
 
+/// Longest string accepted in `connect.client` fields, `role` and each scope.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Most entries accepted in `scopes`, `caps` and `commands`.
+pub const MAX_LIST_ENTRIES: usize = 64;
+
+/// Bounds the fields a connection keeps for its life (and shows in
+/// presence to every operator): a display name of 60,000 characters is
+/// not a display name.
+fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
+    let c = &p.client;
+    let fields: [(&str, Option<&str>); 10] = [
+        ("client.id", Some(&c.id)),
+        ("client.displayName", c.display_name.as_deref()),
+        ("client.version", Some(&c.version)),
+        ("client.buildId", c.build_id.as_deref()),
+        ("client.platform", Some(&c.platform)),
+        ("client.deviceFamily", c.device_family.as_deref()),
+        ("client.modelIdentifier", c.model_identifier.as_deref()),
+        ("client.mode", Some(&c.mode)),
+        ("client.instanceId", c.instance_id.as_deref()),
+        ("role", p.role.as_deref()),
+    ];
+    for (name, v) in fields {
+        if let Some(v) = v.filter(|v| v.len() > MAX_FIELD_BYTES) {
+            return Err(format!(
+                "{name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
+                v.len()
+            ));
+        }
+    }
+    let lists: [(&str, Option<&Vec<String>>); 3] = [
+        ("scopes", p.scopes.as_ref()),
+        ("caps", Some(&p.caps)),
+        ("commands", p.commands.as_ref()),
+    ];
+    for (name, list) in lists {
+        let Some(list) = list else { continue };
+        if list.len() > MAX_LIST_ENTRIES {
+            return Err(format!(
+                "{name} has {} entries; at most {MAX_LIST_ENTRIES} are accepted",
+                list.len()
+            ));
+        }
+        if let Some(v) = list.iter().find(|v| v.len() > MAX_FIELD_BYTES) {
+            return Err(format!(
+                "an entry of {name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn serve_connection<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, a: Accepted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -357,7 +418,9 @@ where
         remote_ip: meta.remote.ip(),
         connected_at_ms: crate::now_ms(),
     };
-    let conn = Arc::new(Connection::new(identity, tx, close_tx));
+    let conn = Arc::new(
+        Connection::new(identity, tx, close_tx).with_byte_limit(limits.max_buffered_bytes),
+    );
     // Register before hello so the snapshot includes this client; events
     // queued meanwhile are written after hello by the writer.
     gw.conns.register(conn.clone());
@@ -389,25 +452,47 @@ where
         .max_frame_size(Some(limits.max_payload_bytes));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
     let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(writer(sink, rx, close_rx.clone(), gw.clone()));
+    let mut writer = tokio::spawn(writer(
+        sink,
+        rx,
+        close_rx.clone(),
+        gw.clone(),
+        conn.queued_bytes(),
+    ));
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
+    // A request slot, taken before the next frame is read: a client at its
+    // in-flight limit is not read from (TCP backpressure) until a request
+    // finishes, instead of being answered with refusals it must then read.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut client_close: Option<u16> = None;
     let mut close_rx = close_rx;
     let mut writer_done = None;
     loop {
         tokio::select! {
-            msg = stream.next() => match msg {
+            p = inflight.clone().acquire_owned(), if slot.is_none() => {
+                slot = p.ok();
+            }
+            msg = stream.next(), if slot.is_some() => match msg {
                 None => break,
                 Some(Err(WsError::Capacity(e))) => {
                     let _ = conn.close_now(1009, &format!("message too big: {e}"));
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(conn_id = %conn_id, "read error: {e}");
+                    // A protocol violation gets its close code (RFC 6455
+                    // 7.4.1); a vanished socket has nobody to tell.
+                    match protocol_close(&e) {
+                        Some((code, reason)) => {
+                            gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(conn_id = %conn_id, "protocol error: {e}");
+                            let _ = conn.close_now(code, reason);
+                        }
+                        None => tracing::debug!(conn_id = %conn_id, "read error: {e}"),
+                    }
                     break;
                 }
                 Some(Ok(Message::Text(t))) => {
                     gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
-                    on_text(&gw, &conn, &inflight, t.as_str());
+                    on_text(&gw, &conn, &mut slot, t.as_str());
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let _ = conn.close_now(1003, "binary frames are not supported; send JSON text frames");
@@ -474,6 +559,24 @@ where
     broadcast_presence(&gw);
 }
 
+/// The close code and reason for a read error that is the client's
+/// protocol violation; `None` for I/O errors (the socket is gone).
+fn protocol_close(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
+        WsError::Protocol(p) => {
+            use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+            match p {
+                P::ResetWithoutClosingHandshake => None,
+                P::UnmaskedFrameFromClient => Some((1002, "protocol error: unmasked client frame")),
+                P::NonZeroReservedBits => Some((1002, "protocol error: reserved bits set")),
+                _ => Some((1002, "protocol error")),
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Asks [`run_presence`] for a `presence` event.
 fn broadcast_presence(gw: &Gateway) {
     gw.presence_notify.notify_one();
@@ -532,14 +635,25 @@ fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
 }
 
 fn respond(gw: &Gateway, conn: &Connection, frame: String) {
-    match conn.try_send(Outbound::Frame(frame)) {
+    enqueue(gw, conn, Outbound::Frame(frame))
+}
+
+fn enqueue(gw: &Gateway, conn: &Connection, item: Outbound) {
+    match conn.try_send(item) {
         Ok(()) => {}
         Err(EnqueueError::Full) => crate::broadcast::close_slow_consumer(&gw.metrics, conn),
         Err(EnqueueError::Closed) => {}
     }
 }
 
-fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>, text: &str) {
+/// Handles one text frame. A request takes `slot` (the in-flight permit the
+/// reader acquired before reading it) into its task.
+fn on_text(
+    gw: &Arc<Gateway>,
+    conn: &Arc<Connection>,
+    slot: &mut Option<OwnedSemaphorePermit>,
+    text: &str,
+) {
     let req = match RequestFrame::parse(text) {
         Ok(r) => r,
         Err(FrameError::NotARequest(why)) => {
@@ -564,34 +678,20 @@ fn on_text(gw: &Arc<Gateway>, conn: &Arc<Connection>, inflight: &Arc<Semaphore>,
         );
         return;
     }
-    let Ok(permit) = inflight.clone().try_acquire_owned() else {
-        respond(
-            gw,
-            conn,
-            frames::response_err(
-                &req.id,
-                &ErrorShape::new(
-                    codes::UNAVAILABLE,
-                    format!(
-                        "too many requests in flight on this connection (gateway.limits.max_inflight_requests = {})",
-                        gw.config.gateway.limits.max_inflight_requests
-                    ),
-                )
-                .retry_after(100),
-            ),
-        );
-        return;
-    };
+    let permit = slot.take();
     let gw = gw.clone();
     let conn = conn.clone();
     tokio::spawn(async move {
-        let _permit = permit;
         let result = super::methods::dispatch(&gw, &conn, &req.method, req.params).await;
         let frame = match result {
             Ok(payload) => frames::response_ok(&req.id, &payload),
             Err(e) => frames::response_err(&req.id, &e),
         };
-        respond(&gw, &conn, frame);
+        // The slot goes with the response and is freed once it is written.
+        match permit {
+            Some(p) => enqueue(&gw, &conn, Outbound::Reply(frame, p)),
+            None => respond(&gw, &conn, frame),
+        }
     });
 }
 
@@ -619,6 +719,7 @@ async fn writer<S>(
     mut rx: mpsc::Receiver<Outbound>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     gw: Arc<Gateway>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Option<CloseReason>
 where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
@@ -642,13 +743,14 @@ where
                 Err(_) => break,
             }
         }
+        let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
         drop_superseded_presence(&mut batch);
         let mut close_after: Option<CloseReason> = None;
         let mut written = 0u64;
         let write = async {
             for m in batch {
                 let msg = match m {
-                    Outbound::Frame(s) => Message::text(s),
+                    Outbound::Frame(s) | Outbound::Reply(s, _) => Message::text(s),
                     Outbound::Event(e) => {
                         seq += 1;
                         Message::text(e.with_seq(seq))
@@ -672,6 +774,7 @@ where
             r = write => r,
         };
         gw.metrics.frames_out.fetch_add(written, Ordering::Relaxed);
+        queued.fetch_sub(batch_bytes, Ordering::AcqRel);
         if res.is_err() {
             break None;
         }
@@ -704,7 +807,7 @@ mod tests {
             .iter()
             .map(|m| match m {
                 Outbound::Event(e) => e.with_seq(0),
-                Outbound::Frame(f) => f.clone(),
+                Outbound::Frame(f) | Outbound::Reply(f, _) => f.clone(),
                 Outbound::Close(c, _) => c.to_string(),
             })
             .collect()

@@ -27,11 +27,35 @@ use runtime::{Limits, LoadedPlugin, PluginHost, Runtime};
 pub struct Plugin {
     pub loaded: LoadedPlugin,
     pub loaded_at: u64,
+    /// Slots for calls running at once (`plugins.max_concurrent_calls`):
+    /// with the per-instance memory cap, this bounds the plugin's memory.
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Plugin {
     pub fn id(&self) -> &str {
         &self.loaded.info.id
+    }
+
+    /// Waits (at most `limits.call_queue_timeout`) for a call slot.
+    pub async fn call_slot(
+        &self,
+        limits: &Limits,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        match tokio::time::timeout(
+            limits.call_queue_timeout,
+            self.calls.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(format!(
+                "plugin `{}` is busy: {} calls already running (plugins.max_concurrent_calls), none finished within {} ms; retry later",
+                self.id(),
+                limits.max_concurrent_calls,
+                limits.call_queue_timeout.as_millis()
+            )),
+        }
     }
 }
 
@@ -98,6 +122,7 @@ pub struct PluginManager {
     exec_rt: Option<tokio::runtime::Runtime>,
     registry: RwLock<Registry>,
     scan_lock: tokio::sync::Mutex<()>,
+    busy: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for PluginManager {
@@ -128,6 +153,7 @@ impl PluginManager {
             exec_rt: Some(exec_rt),
             registry: RwLock::new(Registry::default()),
             scan_lock: tokio::sync::Mutex::new(()),
+            busy: Default::default(),
         })
     }
 
@@ -156,12 +182,23 @@ impl PluginManager {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts a call refused because its plugin was busy.
+    pub fn note_busy(&self) {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Calls refused so far because their plugin was busy.
+    pub fn busy_count(&self) -> u64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn loaded_count(&self) -> usize {
         self.read().by_id.len()
     }
 
-    /// The `.wasm` files the daemon considers: regular files directly in the
-    /// directory (no symlinks, no subdirectories, no hidden files).
+    /// The `.wasm` entries the daemon considers: those directly in the
+    /// directory, not hidden, and not directories. Symlinks are among them
+    /// so that they are refused out loud (the loader reads regular files only).
     fn candidate_files(&self) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
@@ -169,8 +206,11 @@ impl PluginManager {
         };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-            if is_file && name.ends_with(".wasm") && !name.starts_with('.') {
+            let considered = entry
+                .file_type()
+                .map(|t| t.is_file() || t.is_symlink())
+                .unwrap_or(false);
+            if considered && name.ends_with(".wasm") && !name.starts_with('.') {
                 out.push((name, entry.path()));
             }
         }
@@ -215,7 +255,7 @@ impl PluginManager {
         let fallback_id = name.trim_end_matches(".wasm").to_string();
         let bytes = match self.runtime.read_file(path) {
             Ok(b) => b,
-            Err(e) => return Some(self.fail(name, "", &fallback_id, e.to_string())),
+            Err(e) => return self.fail(name, "", &fallback_id, e.to_string()),
         };
         let hash = hex::encode(Sha256::digest(&bytes));
         {
@@ -237,7 +277,7 @@ impl PluginManager {
             Ok(l) => l,
             Err(e) => {
                 let id = self.read().files.get(name).cloned().unwrap_or(fallback_id);
-                return Some(self.fail(name, &hash, &id, e.to_string()));
+                return self.fail(name, &hash, &id, e.to_string());
             }
         };
         let id = loaded.info.id.clone();
@@ -251,7 +291,7 @@ impl PluginManager {
         {
             let error = format!("duplicate plugin id `{id}`: {other} already provides it");
             drop(reg);
-            return Some(self.fail(name, &hash, &id, error));
+            return self.fail(name, &hash, &id, error);
         }
         reg.failures.remove(name);
         // This file may have provided another id before.
@@ -267,6 +307,9 @@ impl PluginManager {
                 Arc::new(Plugin {
                     loaded,
                     loaded_at: crate::now_ms(),
+                    calls: Arc::new(tokio::sync::Semaphore::new(
+                        self.runtime.limits.max_concurrent_calls,
+                    )),
                 }),
             )
             .is_some();
@@ -282,9 +325,20 @@ impl PluginManager {
         })
     }
 
-    fn fail(&self, file: &str, hash: &str, id: &str, error: String) -> Change {
+    /// Records a refused file. A file refused again for the same reason
+    /// (same content, same error) is no change: nothing is logged or
+    /// broadcast again at every rescan.
+    fn fail(&self, file: &str, hash: &str, id: &str, error: String) -> Option<Change> {
+        let mut reg = self.write();
+        if reg
+            .failures
+            .get(file)
+            .is_some_and(|f| f.hash == hash && f.error == error)
+        {
+            return None;
+        }
         tracing::warn!(file, plugin = id, "plugin refused: {error}");
-        self.write().failures.insert(
+        reg.failures.insert(
             file.to_string(),
             Failure {
                 file: file.to_string(),
@@ -293,11 +347,11 @@ impl PluginManager {
                 at: crate::now_ms(),
             },
         );
-        Change::Failed {
+        Some(Change::Failed {
             id: id.to_string(),
             file: file.to_string(),
             error,
-        }
+        })
     }
 
     /// Forgets recorded failures (all, or those of `id`) so the next scan
@@ -320,7 +374,7 @@ impl PluginManager {
     }
 
     /// `plugins.list`: every plugin file with its state.
-    pub fn list(&self, grants: impl Fn(&Plugin) -> Vec<String>) -> Value {
+    pub fn list(&self, grants: impl Fn(&Plugin) -> Value) -> Value {
         let reg = self.read();
         let mut out = Vec::new();
         let mut files: Vec<(&String, &String)> = reg.files.iter().collect();

@@ -43,6 +43,10 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Largest `.wasm` file accepted.
     pub max_file_bytes: u64,
+    /// Calls of one plugin running at once (`plugins.max_concurrent_calls`).
+    pub max_concurrent_calls: usize,
+    /// How long a call waits for a slot before it is refused.
+    pub call_queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +55,8 @@ impl Default for Limits {
             memory_bytes: 64 * 1024 * 1024,
             call_timeout: Duration::from_secs(30),
             max_file_bytes: 64 * 1024 * 1024,
+            max_concurrent_calls: 16,
+            call_queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -82,9 +88,12 @@ pub trait PluginHost: Send + Sync + 'static {
         account: &str,
     ) -> Option<(u64, OutboundMessage)>;
     fn outbox_ack(&self, plugin: &str, channel: &str, account: &str, seq: u64);
-    fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>>;
-    fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>);
-    fn kv_delete(&self, plugin: &str, key: &str);
+    /// The key-value store is the channel's ("" while loading: none).
+    fn kv_get(&self, channel: &str, key: &str) -> Option<Vec<u8>>;
+    fn kv_set(&self, plugin: &str, channel: &str, key: &str, value: Vec<u8>);
+    fn kv_delete(&self, channel: &str, key: &str);
+    fn kv_claim(&self, plugin: &str, channel: &str, key: &str, ttl_ms: u64) -> bool;
+    fn kv_unclaim(&self, channel: &str, key: &str);
 }
 
 /// A host with no gateway behind it (`plugins check`): `deliver` fails with
@@ -106,17 +115,23 @@ impl PluginHost for NullHost {
     fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
         None
     }
-    fn kv_set(&self, _: &str, _: &str, _: Vec<u8>) {}
+    fn kv_set(&self, _: &str, _: &str, _: &str, _: Vec<u8>) {}
     fn kv_delete(&self, _: &str, _: &str) {}
+    fn kv_claim(&self, _: &str, _: &str, _: &str, _: u64) -> bool {
+        false
+    }
+    fn kv_unclaim(&self, _: &str, _: &str) {}
 }
 
 /// The network one instance may reach: `host:port` pairs, and where they
 /// come from (for the message that says how to change them).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Grants {
     /// The channel the instance serves ("" while loading: nothing is granted).
     pub channel: String,
     pub allowed: Vec<(String, u16)>,
+    /// The first destination refused during this call, for its error.
+    denied: std::sync::Mutex<Option<String>>,
 }
 
 impl Grants {
@@ -127,6 +142,27 @@ impl Grants {
                 .iter()
                 .filter_map(|s| parse_host_port(s).ok())
                 .collect(),
+            denied: Default::default(),
+        }
+    }
+
+    /// The first destination refused since these grants were made, if any.
+    pub fn denied(&self) -> Option<String> {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What the operator must add to allow `dest`.
+    pub fn how_to_allow(&self, dest: &str) -> String {
+        if self.channel.is_empty() {
+            "no network is granted while a plugin is loaded".to_string()
+        } else {
+            format!(
+                "add \"{dest}\" to `network` in [channels.{}] to allow it",
+                self.channel
+            )
         }
     }
 
@@ -160,14 +196,11 @@ impl Grants {
     }
 
     fn deny(&self, plugin: &str, what: &str, dest: &str) {
-        let how = if self.channel.is_empty() {
-            "no network is granted while a plugin is loaded".to_string()
-        } else {
-            format!(
-                "add \"{dest}\" to `network` in [channels.{}] to allow it",
-                self.channel
-            )
-        };
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| dest.to_string());
+        let how = self.how_to_allow(dest);
         tracing::warn!(plugin, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
     }
 }
@@ -231,6 +264,14 @@ pub struct PluginState {
     host: Arc<dyn PluginHost>,
     /// When the current call must end; `None` = no bound (the `run` loop).
     deadline: Option<Instant>,
+    panic: LastPanic,
+}
+
+impl PluginState {
+    /// The message of the last panic the guest printed, if any.
+    pub fn last_panic(&self) -> Option<String> {
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl WasiView for PluginState {
@@ -292,21 +333,36 @@ impl switchboard::channel::host::Host for PluginState {
             .outbox_ack(&self.plugin, &self.channel, &account_id, seq)
     }
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.host.kv_get(&self.plugin, &key)
+        self.host.kv_get(&self.channel, &key)
     }
     fn kv_set(&mut self, key: String, value: Vec<u8>) {
-        self.host.kv_set(&self.plugin, &key, value)
+        self.host.kv_set(&self.plugin, &self.channel, &key, value)
     }
     fn kv_delete(&mut self, key: String) {
-        self.host.kv_delete(&self.plugin, &key)
+        self.host.kv_delete(&self.channel, &key)
+    }
+    fn kv_claim(&mut self, key: String, ttl_ms: u64) -> bool {
+        self.host
+            .kv_claim(&self.plugin, &self.channel, &key, ttl_ms)
+    }
+    fn kv_unclaim(&mut self, key: String) {
+        self.host.kv_unclaim(&self.channel, &key)
     }
 }
 
-/// Plugin stdout/stderr: each line becomes a `tracing` event under the plugin's id.
+/// The message of the last panic a store's guest printed (shared between
+/// its stderr writer and its state, for the call's one-line error).
+pub type LastPanic = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Plugin stdout/stderr: each line becomes a `tracing` event under the
+/// plugin's id (stdout at INFO, stderr at WARN). A Rust panic's report
+/// (`thread … panicked at …`, the message, the backtrace note) becomes one
+/// WARN line, and its message is kept for the call's error.
 #[derive(Clone)]
 struct LogOutput {
     plugin: Arc<str>,
     stream: &'static str,
+    panic: LastPanic,
 }
 
 impl wasmtime_wasi::cli::IsTerminal for LogOutput {
@@ -320,6 +376,7 @@ impl wasmtime_wasi::cli::StdoutStream for LogOutput {
         Box::new(LineWriter {
             out: self.clone(),
             buf: Vec::new(),
+            panic_at: None,
         })
     }
 }
@@ -327,17 +384,44 @@ impl wasmtime_wasi::cli::StdoutStream for LogOutput {
 struct LineWriter {
     out: LogOutput,
     buf: Vec<u8>,
+    /// `panicked at <location>` seen; the message is on the next line.
+    panic_at: Option<String>,
 }
 
 impl LineWriter {
     fn emit(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        tracing::info!(
-            plugin = &*self.out.plugin,
-            stream = self.out.stream,
-            "{}",
-            text.trim_end()
-        );
+        let text = text.trim_end();
+        let plugin = &*self.out.plugin;
+        if let Some(at) = self.panic_at.take() {
+            tracing::warn!(plugin, "plugin panicked at {at}: {text}");
+            *self.out.panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.to_string());
+            return;
+        }
+        if text.starts_with("thread '") {
+            if let Some((_, at)) = text.split_once("panicked at ") {
+                self.panic_at = Some(at.trim_end_matches(':').to_string());
+                return;
+            }
+        }
+        if text.starts_with("note: run with `RUST_BACKTRACE=1`") {
+            return;
+        }
+        if self.out.stream == "stderr" {
+            tracing::warn!(plugin, stream = "stderr", "{text}");
+        } else {
+            tracing::info!(plugin, stream = "stdout", "{text}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+        if let Some(at) = self.panic_at.take() {
+            tracing::warn!(plugin = &*self.out.plugin, "plugin panicked at {at}");
+        }
     }
 }
 
@@ -363,12 +447,30 @@ impl tokio::io::AsyncWrite for LineWriter {
         Poll::Ready(Ok(()))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.buf.is_empty() {
-            let line = std::mem::take(&mut self.buf);
-            self.emit(&line);
-        }
+        self.finish();
         Poll::Ready(Ok(()))
     }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// One line for an operator about a failed call: the trap (or the panic
+/// message the guest printed), never the wasm backtrace. The whole error
+/// goes to the log at WARN.
+pub fn call_failure(plugin: &str, e: &wasmtime::Error, panic: Option<String>) -> String {
+    tracing::warn!(plugin, "plugin call failed: {}", chain(e));
+    if let Some(msg) = panic {
+        return format!("plugin panicked: {msg}");
+    }
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return format!("plugin trapped: {trap}");
+    }
+    let root = e.root_cause().to_string();
+    root.lines().next().unwrap_or("plugin failed").to_string()
 }
 
 /// The process-wide engine plus the linker every plugin is checked against.
@@ -474,14 +576,17 @@ impl Runtime {
         let name: Arc<str> = Arc::from(plugin);
         let check_grants = grants.clone();
         let check_name = name.clone();
+        let panic = LastPanic::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(LogOutput {
                 plugin: name.clone(),
                 stream: "stdout",
+                panic: panic.clone(),
             })
             .stderr(LogOutput {
                 plugin: name.clone(),
                 stream: "stderr",
+                panic: panic.clone(),
             })
             .allow_tcp(true)
             .allow_udp(false)
@@ -530,6 +635,7 @@ impl Runtime {
                 limits,
                 host: self.host.clone(),
                 deadline: timeout.map(|t| Instant::now() + t),
+                panic,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -551,9 +657,15 @@ impl Runtime {
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        if meta.file_type().is_symlink() {
+            return Err(LoadError::new(format!(
+                "{} is a symbolic link: plugins are loaded from regular files only (a link could point anywhere); copy the file into the plugins directory instead",
+                path.display()
+            )));
+        }
         if !meta.file_type().is_file() {
             return Err(LoadError::new(format!(
-                "{} is not a regular file (symlinks and directories are ignored)",
+                "{} is not a regular file",
                 path.display()
             )));
         }

@@ -2,11 +2,14 @@
 //!
 //! Inbound: `POST /hooks/webhook/<account>` with a JSON body
 //! `{chatId, senderId, senderName?, text, messageId?}`. When the account sets
-//! `secret`, the request must carry `X-Switchboard-Signature:
-//! sha256=<hex HMAC-SHA256(secret, raw body)>` and `X-Switchboard-Timestamp:
-//! <unix seconds>` within 5 minutes of now; the signature is compared in
-//! constant time. The answer is `200 {accepted, messageId, messageSeq}`, or
-//! `400`/`401` with `{error}` saying why.
+//! `secret`, the request must carry `X-Switchboard-Timestamp: <unix seconds>`
+//! within 5 minutes of now and `X-Switchboard-Signature: v1=<hex
+//! HMAC-SHA256(secret, "<timestamp>.<raw body>")>` (the timestamp is signed
+//! with the body, as Stripe and Slack do, so it cannot be refreshed on a
+//! captured request); the signature is compared in constant time, and a
+//! signature already accepted within the window is refused as a replay. The
+//! answer is `200 {accepted, messageId, messageSeq}`, or `400`/`401`/`409`
+//! with `{error}` saying why.
 //!
 //! Outbound: `send` POSTs `{accountId, to, text, threadId?, replyToId?}` as
 //! JSON to the account's `url` (signed the same way when `secret` is set) and
@@ -65,24 +68,31 @@ struct Outbound<'a> {
     reply_to_id: Option<&'a str>,
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+fn mac(secret: &str, ts: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(ts.as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
 }
 
-fn verify(secret: &str, body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else {
+/// `v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>`.
+pub fn sign(secret: &str, ts: &str, body: &[u8]) -> String {
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, ts, body).finalize().into_bytes())
+    )
+}
+
+fn verify(secret: &str, ts: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.trim().strip_prefix("v1=") else {
         return false;
     };
     let Ok(sig) = hex::decode(hex_sig) else {
         return false;
     };
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok() // constant time
+    mac(secret, ts, body).verify_slice(&sig).is_ok() // constant time
 }
 
 fn now_secs() -> u64 {
@@ -104,11 +114,12 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn check_signature(secret: &str, req: &HttpRequest) -> Result<(), String> {
-    let ts = header(req, TIMESTAMP_HEADER)
-        .ok_or_else(|| format!("missing {TIMESTAMP_HEADER} header (unix seconds)"))?;
-    let ts: u64 = ts
-        .trim()
+/// Checks timestamp and signature; returns the signature (the replay key).
+fn check_signature(secret: &str, req: &HttpRequest) -> Result<String, String> {
+    let ts_text = header(req, TIMESTAMP_HEADER)
+        .ok_or_else(|| format!("missing {TIMESTAMP_HEADER} header (unix seconds)"))?
+        .trim();
+    let ts: u64 = ts_text
         .parse()
         .map_err(|_| format!("{TIMESTAMP_HEADER} is not a number of seconds"))?;
     if now_secs().abs_diff(ts) > MAX_SKEW_SECS {
@@ -117,12 +128,19 @@ fn check_signature(secret: &str, req: &HttpRequest) -> Result<(), String> {
         ));
     }
     let sig = header(req, SIGNATURE_HEADER).ok_or_else(|| {
-        format!("missing {SIGNATURE_HEADER} header (sha256=<hex HMAC-SHA256 of the body>)")
+        format!(
+            "missing {SIGNATURE_HEADER} header (v1=<hex HMAC-SHA256 of \"<timestamp>.<body>\">)"
+        )
     })?;
-    if !verify(secret, &req.body, sig) {
+    if !sig.trim().starts_with("v1=") {
+        return Err(format!(
+            "{SIGNATURE_HEADER} must be v1=<hex HMAC-SHA256 of \"<timestamp>.<body>\"> (the body-only sha256= form is no longer accepted: it could be replayed)"
+        ));
+    }
+    if !verify(secret, ts_text, &req.body, sig) {
         return Err("bad signature".into());
     }
-    Ok(())
+    Ok(sig.trim().to_ascii_lowercase())
 }
 
 struct Webhook;
@@ -180,15 +198,35 @@ impl Channel for Webhook {
         if req.method != "POST" {
             return reply(405, serde_json::json!({"error": "use POST"}));
         }
+        // The key under which this request's signature is remembered.
+        let mut claimed: Option<String> = None;
         if let Some(secret) = &s.secret {
-            if let Err(e) = check_signature(secret, &req) {
-                return reply(401, serde_json::json!({"error": e}));
+            let sig = match check_signature(secret, &req) {
+                Ok(sig) => sig,
+                Err(e) => return reply(401, serde_json::json!({"error": e})),
+            };
+            // A timestamp is accepted for MAX_SKEW_SECS either side of now:
+            // remember the signature for that whole span.
+            let key = format!("replay:{sig}");
+            if !switchboard_sdk::kv::claim(&key, 2 * MAX_SKEW_SECS * 1000) {
+                return reply(
+                    409,
+                    serde_json::json!({"error": "replayed request: a request with this signature was already accepted; sign each new request with a fresh timestamp"}),
+                );
             }
+            claimed = Some(key);
         }
+        // A request refused below was not accepted: its retry must be.
+        let refuse = |status: u16, body: serde_json::Value| {
+            if let Some(k) = &claimed {
+                switchboard_sdk::kv::unclaim(k);
+            }
+            reply(status, body)
+        };
         let m: Inbound = match serde_json::from_slice(&req.body) {
             Ok(m) => m,
             Err(e) => {
-                return reply(
+                return refuse(
                     400,
                     serde_json::json!({
                         "error": format!("body must be JSON {{chatId, senderId, senderName?, text, messageId?}}: {e}")
@@ -215,7 +253,7 @@ impl Channel for Webhook {
                 200,
                 serde_json::json!({"accepted": true, "messageId": message_id, "messageSeq": seq}),
             ),
-            Err(e) => reply(503, serde_json::json!({"error": e})),
+            Err(e) => refuse(503, serde_json::json!({"error": e})),
         }
     }
 
@@ -234,9 +272,10 @@ impl Channel for Webhook {
         .map_err(|e| ChannelError::Fatal(e.to_string()))?;
         let mut builder = Request::post(&url).header("content-type", "application/json");
         if let Some(secret) = &s.secret {
+            let ts = now_secs().to_string();
             builder = builder
-                .header(SIGNATURE_HEADER, sign(secret, &body))
-                .header(TIMESTAMP_HEADER, now_secs().to_string());
+                .header(SIGNATURE_HEADER, sign(secret, &ts, &body))
+                .header(TIMESTAMP_HEADER, ts);
         }
         let req = builder
             .body(Body::from(body))

@@ -1,6 +1,6 @@
 //! A channel that misbehaves on purpose. `send` does what the message text
 //! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
-//! anything else succeeds. `run` panics when the account sets `crash_run`.
+//! `sleep:<ms>` sleeps that long, anything else succeeds. `run` panics when the account sets `crash_run`.
 
 use serde::Deserialize;
 use switchboard_sdk::{
@@ -58,6 +58,19 @@ impl Channel for Misbehave {
                 }
             }
             "trap" => panic!("trapped on purpose"),
+            t if t.starts_with("sleep:") => {
+                let ms: u64 = t[6..].parse().unwrap_or(0);
+                switchboard_sdk::wstd::runtime::block_on(async move {
+                    switchboard_sdk::wstd::task::sleep(
+                        switchboard_sdk::wstd::time::Duration::from_millis(ms),
+                    )
+                    .await
+                });
+                Ok(Delivery {
+                    message_id: "slept".into(),
+                    chat_id: None,
+                })
+            }
             _ => Ok(Delivery {
                 message_id: "ok".into(),
                 chat_id: None,

@@ -1,6 +1,9 @@
 //! `send` with text `http:<url>` GETs the URL and answers with the body;
 //! `tcp:<host:port>` connects, writes `ping\n` and answers with what it reads.
-//! Network errors come back as `fatal(<error>)`, so tests see the denial.
+//! `kv-set:<value>` stores the value under key `k` and `kv-get` answers with
+//! it (empty when unset): the store is per channel.
+//! Network errors come back as `transient(<error>)`, as a real channel would
+//! report a connection failure; the host must still say it was a denial.
 
 use switchboard_sdk::wstd;
 use switchboard_sdk::wstd::io::{AsyncRead, AsyncWrite};
@@ -54,6 +57,20 @@ impl Channel for NetTest {
 
     fn send(_account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
         let text = message.text;
+        if let Some(v) = text.strip_prefix("kv-set:") {
+            switchboard_sdk::kv::set("k", v.as_bytes());
+            return Ok(Delivery {
+                message_id: "stored".into(),
+                chat_id: None,
+            });
+        }
+        if text == "kv-get" {
+            let v = switchboard_sdk::kv::get("k").unwrap_or_default();
+            return Ok(Delivery {
+                message_id: format!("value:{}", String::from_utf8_lossy(&v)),
+                chat_id: None,
+            });
+        }
         let result = wstd::runtime::block_on(async {
             if let Some(url) = text.strip_prefix("http:") {
                 http_get(url).await
@@ -68,7 +85,7 @@ impl Channel for NetTest {
                 message_id: body,
                 chat_id: None,
             })
-            .map_err(ChannelError::Fatal)
+            .map_err(ChannelError::Transient)
     }
 }
 

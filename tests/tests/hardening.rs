@@ -1,0 +1,547 @@
+//! The holes a hostile client finds in an afternoon, each closed: DNS
+//! rebinding, stalled bodies and headers, queues bounded by bytes, request
+//! bursts, length overflows before auth, protocol errors after it, and the
+//! noise that hid them. Raw sockets where a library would refuse to misbehave.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "hardening-token";
+
+/// Sends raw bytes, returns what comes back until EOF or `t`.
+async fn raw(d: &Daemon, req: &[u8], t: Duration) -> String {
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    read_until_eof(&mut s, t).await
+}
+
+async fn read_until_eof(s: &mut TcpStream, t: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(t, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn upgrade_request(host: &str, origin: Option<&str>) -> Vec<u8> {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The status code of an upgrade attempt.
+async fn upgrade_status(d: &Daemon, host: &str, origin: Option<&str>) -> u16 {
+    let resp = raw(
+        d,
+        &upgrade_request(host, origin),
+        Duration::from_millis(500),
+    )
+    .await;
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {resp:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_rebinding_is_refused_when_the_gateway_has_no_token() {
+    let d = Daemon::builder().config("").start().unwrap();
+    let port = d.addr.port();
+    let evil = format!("rebind.evil.example:{port}");
+    let evil_origin = format!("http://{evil}");
+    // The attack: the page's own name in Host and Origin.
+    assert_eq!(upgrade_status(&d, &evil, Some(&evil_origin)).await, 421);
+    // Non-browser clients naming a foreign host too.
+    assert_eq!(upgrade_status(&d, &evil, None).await, 421);
+    // A foreign origin, whatever the Host.
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(upgrade_status(&d, &local, Some(&evil_origin)).await, 403);
+    // Loopback names and origins are served.
+    assert_eq!(upgrade_status(&d, &local, None).await, 101);
+    assert_eq!(
+        upgrade_status(
+            &d,
+            &format!("localhost:{port}"),
+            Some("http://localhost:5173")
+        )
+        .await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&d, &format!("[::1]:{port}"), None).await,
+        101
+    );
+    // /metrics and /ready answer loopback names only, too.
+    let resp = raw(
+        &d,
+        format!("GET /metrics HTTP/1.1\r\nHost: {evil}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+    assert!(resp.contains("gateway.allowed_hosts"), "{resp}");
+    assert!(d.metric("switchboard_host_rejections_total").await.unwrap() >= 3);
+    drop(d);
+
+    // A configured name is served without a token.
+    let d = Daemon::builder()
+        .config("[gateway]\nallowed_hosts = [\"gw.internal\"]\n")
+        .start()
+        .unwrap();
+    let port = d.addr.port();
+    assert_eq!(
+        upgrade_status(&d, &format!("gw.internal:{port}"), None).await,
+        101
+    );
+    drop(d);
+
+    // With a token, any Host may upgrade (the page cannot authenticate), but
+    // a foreign Origin still may not.
+    let d = Daemon::builder()
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
+        .start()
+        .unwrap();
+    let port = d.addr.port();
+    let evil = format!("rebind.evil.example:{port}");
+    assert_eq!(upgrade_status(&d, &evil, None).await, 101);
+    assert_eq!(
+        upgrade_status(&d, &evil, Some(&format!("http://{evil}"))).await,
+        403
+    );
+}
+
+const WEBHOOK: &str = "[channels.webhook.accounts.open]\n";
+
+fn webhook_daemon(dir: &std::path::Path, gateway: &str) -> Daemon {
+    std::fs::copy(
+        built_plugin("plugins", "webhook.wasm"),
+        dir.join("webhook.wasm"),
+    )
+    .unwrap();
+    Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[gateway]\n{gateway}\n[plugins]\ndir = \"{}\"\n{WEBHOOK}",
+            dir.join("state").display(),
+            dir.display()
+        ))
+        .start()
+        .unwrap()
+}
+
+fn stalled_post(host: &str) -> Vec<u8> {
+    format!(
+        "POST /hooks/webhook/open HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{\"chatId\":"
+    )
+    .into_bytes()
+}
+
+/// Bodies that never finish are cut with 408 and free their slot; bodies
+/// being read at once are bounded; headers that never finish get 408 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_and_headers_get_408_and_free_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = webhook_daemon(
+        dir.path(),
+        "[gateway.limits]\nmax_connections = 4\nbody_read_timeout_ms = 1500\n\
+         header_read_timeout_ms = 1500\nmax_webhook_bodies = 2\n",
+    );
+    // Headers that never end.
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let resp = read_until_eof(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
+    // Logged (the first refusal of a quiet spell is; later ones are counted).
+    d.wait_log("request headers not received", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let host = d.addr.to_string();
+    let t0 = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(&stalled_post(&host)).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third body while two are being read: refused at once.
+    let busy = raw(&d, &stalled_post(&host), Duration::from_millis(800)).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("retry-after: 1"), "{busy}");
+    // The stalled ones get 408 and their sockets are closed.
+    for mut s in stalled {
+        let resp = read_until_eof(&mut s, Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    }
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    // Every slot is free again: four clients at once are served.
+    for _ in 0..4 {
+        let r = reqwest::get(d.http("/health")).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(d.metric("switchboard_body_timeouts_total").await.unwrap() >= 2);
+    assert!(d.metric("switchboard_header_timeouts_total").await.unwrap() >= 1);
+    assert!(d.metric("switchboard_webhook_busy_total").await.unwrap() >= 1);
+}
+
+fn long_name_params(len: usize) -> Value {
+    let mut p = connect_params(None, &["operator.read"]);
+    p["client"]["displayName"] = json!("n".repeat(len));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_client_fields_are_refused_and_unknown_scopes_dropped() {
+    let d = Daemon::builder().config("").start().unwrap();
+    let mut c = Client::open(&d.url()).await.unwrap();
+    let (res, closed) = connect_refused(&mut c, long_name_params(60_000))
+        .await
+        .unwrap();
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST");
+    let msg = res["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("client.displayName is 60000 bytes long; at most 256"),
+        "{msg}"
+    );
+    assert_eq!(closed.code, 1008);
+    let mut p = connect_params(None, &["operator.read"]);
+    p["scopes"] = json!((0..100).map(|i| format!("s{i}")).collect::<Vec<_>>());
+    let mut c = Client::open(&d.url()).await.unwrap();
+    let (res, _) = connect_refused(&mut c, p).await.unwrap();
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scopes has 100 entries"),
+        "{res}"
+    );
+    // A name of normal length is fine; made-up scopes are not echoed back.
+    let (_, hello) = connect_with(&d.url(), long_name_params(200)).await.unwrap();
+    assert_eq!(hello["auth"]["scopes"], json!(["operator.read"]));
+    let mut p = connect_params(None, &["operator.read", "operator.godmode", "x"]);
+    p["client"]["id"] = json!("cli");
+    let (_, hello) = connect_with(&d.url(), p).await.unwrap();
+    assert_eq!(hello["auth"]["scopes"], json!(["operator.read"]));
+}
+
+/// A reader that never reads is closed once its queue holds
+/// `max_buffered_bytes`, long before `send_queue_frames` frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_are_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = webhook_daemon(
+        dir.path(),
+        "[gateway.limits]\nmax_buffered_bytes = 262144\nsend_queue_frames = 100000\n\
+         socket_send_buffer_bytes = 4096\n",
+    );
+    let stuck = stuck_client(&d, None).await;
+    // 100 messages of 16 KiB: 1.6 MB for it, in 100 frames.
+    let http = reqwest::Client::new();
+    let text = "m".repeat(16 * 1024);
+    for i in 0..100 {
+        let r = http
+            .post(d.http("/hooks/webhook/open"))
+            .body(
+                json!({"chatId": "c", "senderId": "s", "text": text, "messageId": format!("b{i}")})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if d.metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap()
+            >= 1
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        d.metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap(),
+        1,
+        "{}",
+        d.log_text()
+    );
+    drop(stuck);
+}
+
+/// A client that reads everything but writes thousands of requests back to
+/// back is slowed down (not read while at its in-flight limit), never
+/// refused or closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_is_served_not_refused() {
+    let d = Daemon::builder()
+        .config("[gateway.limits]\nmax_inflight_requests = 4\nsend_queue_frames = 64\n")
+        .start()
+        .unwrap();
+    let (c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let (mut sink, mut stream) = c.ws.split();
+    const N: usize = 3000;
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let f = json!({"type": "req", "id": format!("r{i}"), "method": "health", "params": {}});
+            sink.feed(Message::text(f.to_string())).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    let mut ok = 0;
+    while ok < N {
+        let m = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("responses stopped")
+            .expect("connection ended")
+            .unwrap();
+        let Message::Text(t) = m else {
+            panic!("after {ok} responses: {m:?}");
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "res" {
+            assert_eq!(v["ok"], true, "after {ok}: {v}");
+            ok += 1;
+        }
+    }
+    let _sink = writer.await.unwrap();
+    assert_eq!(
+        d.metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// A raw WebSocket after our own upgrade: frames as an attacker writes them.
+struct RawWs {
+    s: TcpStream,
+}
+
+impl RawWs {
+    async fn open(d: &Daemon) -> RawWs {
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(&upgrade_request(&d.addr.to_string(), None))
+            .await
+            .unwrap();
+        // Read the response head byte by byte: nothing past it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut ws = RawWs { s };
+        let (op, challenge) = ws.read_frame().await.unwrap();
+        assert_eq!(op, 1);
+        assert!(String::from_utf8_lossy(&challenge).contains("connect.challenge"));
+        ws
+    }
+
+    /// Opens and authenticates with `connect`.
+    async fn login(d: &Daemon) -> RawWs {
+        let mut ws = Self::open(d).await;
+        let req = json!({"type": "req", "id": "c1", "method": "connect", "params": connect_params(None, &["operator.read"])});
+        ws.write(0x81, req.to_string().as_bytes(), true).await;
+        loop {
+            let (_, p) = ws.read_frame().await.unwrap();
+            let v: Value = serde_json::from_slice(&p).unwrap();
+            if v["id"] == "c1" {
+                assert_eq!(v["ok"], true, "{v}");
+                return ws;
+            }
+        }
+    }
+
+    async fn write(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![first];
+        let m = if masked { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            f.push(m | payload.len() as u8);
+        } else {
+            f.push(m | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let mask = [7u8, 1, 9, 3];
+        if masked {
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.s.write_all(&f).await.unwrap();
+    }
+
+    /// One server frame (unmasked): (opcode, payload); `None` at EOF.
+    async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let b0 = self.s.read_u8().await.ok()?;
+        let b1 = self.s.read_u8().await.ok()?;
+        let len = match b1 & 0x7f {
+            126 => self.s.read_u16().await.ok()? as usize,
+            127 => self.s.read_u64().await.ok()? as usize,
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        self.s.read_exact(&mut p).await.ok()?;
+        Some((b0 & 0x0f, p))
+    }
+
+    /// Reads frames until a close frame; its code (`None`: the socket
+    /// ended without one).
+    async fn close_code(&mut self) -> Option<u16> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((op, p)) = self.read_frame().await {
+                if op == 8 {
+                    return Some(u16::from_be_bytes([p[0], p[1]]));
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// After the challenge: a 10-byte fragment, then a continuation declaring
+/// 0xFFFFFFFFFFFFFFFB bytes. It panicked a worker ("capacity overflow").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preauth_length_overflow_is_closed_1009_not_a_panic() {
+    let d = Daemon::builder().config("").start().unwrap();
+    let mut ws = RawWs::open(&d).await;
+    ws.write(0x01, b"0123456789", true).await;
+    let mut cont = vec![0x80, 0x80 | 127];
+    cont.extend_from_slice(&0xFFFF_FFFF_FFFF_FFFBu64.to_be_bytes());
+    cont.extend_from_slice(&[1, 2, 3, 4]);
+    ws.s.write_all(&cont).await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1009));
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+    // The daemon is whole.
+    connect(&d.url(), None, &["operator.read"]).await.unwrap();
+}
+
+/// Protocol violations after login get the close code RFC 6455 names, and
+/// the log says the server closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_after_login_get_1002_or_1007() {
+    let d = Daemon::builder().config("").start().unwrap();
+    // Invalid UTF-8 in a text frame.
+    let mut ws = RawWs::login(&d).await;
+    ws.write(0x81, &[0x7b, 0xff, 0xfe, 0x7d], true).await;
+    assert_eq!(ws.close_code().await, Some(1007));
+    // An unmasked client frame.
+    let mut ws = RawWs::login(&d).await;
+    ws.write(0x81, b"{}", false).await;
+    assert_eq!(ws.close_code().await, Some(1002));
+    // RSV1 set without an extension.
+    let mut ws = RawWs::login(&d).await;
+    ws.write(0xC1, b"{}", true).await;
+    assert_eq!(ws.close_code().await, Some(1002));
+    let line = d
+        .wait_log("close_code=1007", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        line.contains("by=\"server\"") || line.contains("by=server"),
+        "{line}"
+    );
+    assert!(d.metric("switchboard_protocol_errors_total").await.unwrap() >= 3);
+}
+
+/// A flood of refused connections is one log line (with a count), not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_logged_once_per_interval() {
+    let d = Daemon::builder()
+        .config("[gateway.limits]\nmax_connections = 1\n")
+        .start()
+        .unwrap();
+    let (_held, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    for _ in 0..50 {
+        let resp = raw(
+            &d,
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    }
+    drop(_held);
+    // The slot frees once the held connection's close completes.
+    let t0 = Instant::now();
+    let rejected = loop {
+        if let Ok(n) = d.metric("switchboard_connections_rejected_total").await {
+            break n;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rejected >= 50, "{rejected}");
+    let lines = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("refused connection"))
+        .count();
+    assert_eq!(lines, 1, "{}", d.log_text());
+}
+
+/// A page that burns the failure budget of 127.0.0.1 locks out only its own
+/// origin: the user's control page, with the right token, still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_lockout_does_not_lock_out_other_origins() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway.auth]\ntoken = \"{TOKEN}\"\nmax_failures_per_minute = 3\n"
+        ))
+        .start()
+        .unwrap();
+    let hostile = "http://localhost:3000";
+    let ui = format!("http://{}", d.addr);
+    for _ in 0..3 {
+        let mut c = Client::open_with_origin(&d.url(), hostile).await.unwrap();
+        let (res, _) = connect_refused(&mut c, connect_params(Some("wrong"), &["operator.read"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH",
+            "{res}"
+        );
+    }
+    let mut c = Client::open_with_origin(&d.url(), hostile).await.unwrap();
+    let (res, _) = connect_refused(&mut c, connect_params(Some(TOKEN), &["operator.read"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        res["error"]["details"]["code"], "AUTH_RATE_LIMITED",
+        "{res}"
+    );
+    let mut c = Client::open_with_origin(&d.url(), &ui).await.unwrap();
+    let res = c
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res["ok"], true, "{res}");
+}
