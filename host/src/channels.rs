@@ -20,9 +20,10 @@ use crate::config::ChannelConfig;
 use crate::gateway::auth::SCOPE_READ;
 use crate::gateway::frames::ErrorShape;
 use crate::outbox::Outbox;
+use crate::plugins::call::{CallError, Target};
 use crate::plugins::kv::KvStore;
 use crate::plugins::runtime::{
-    self, Account, AccountState, ChannelError, Grants, HttpRequest, HttpResponse, InboundMessage,
+    Account, AccountState, ChannelError, HttpRequest, HttpResponse, InboundMessage,
     OutboundMessage, PluginHost,
 };
 use crate::plugins::{Change, Plugin, PluginManager};
@@ -216,14 +217,20 @@ pub fn channel_error(channel: &str, e: &ChannelError) -> ErrorShape {
     }
 }
 
-fn describe(e: &ChannelError) -> String {
+/// The protocol error for a failed plugin call of `channel`.
+pub fn call_error(channel: &str, e: &CallError) -> ErrorShape {
     match e {
-        ChannelError::InvalidConfig(m) => format!("invalid config: {m}"),
-        ChannelError::Unauthorized(m) => format!("unauthorized: {m}"),
-        ChannelError::NotFound(m) => format!("not found: {m}"),
-        ChannelError::RateLimited(ms) => format!("rate limited for {ms} ms"),
-        ChannelError::Transient(m) => format!("temporary failure: {m}"),
-        ChannelError::Fatal(m) => format!("fatal: {m}"),
+        CallError::Channel(c) => channel_error(channel, c),
+        CallError::NetworkDenied { destination, .. } => {
+            ErrorShape::invalid(format!("channel {channel}: {e}"))
+                .with_details(json!({"code": "NETWORK_DENIED", "destination": destination}))
+        }
+        CallError::Busy(_) => {
+            ErrorShape::unavailable(format!("channel {channel}: {e}")).retry_after(1000)
+        }
+        CallError::Failed(_) | CallError::Unavailable(_) => {
+            ErrorShape::unavailable(format!("channel {channel}: {e}"))
+        }
     }
 }
 
@@ -577,55 +584,25 @@ impl ChannelManager {
             a.running = true;
             a.last_start_at = Some(crate::now_ms());
         });
-        let rt = &self.plugins.runtime;
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
-        // validate
-        {
-            let _slot = plugin.call_slot(&rt.limits).await?;
-            let mut store = rt.store(
-                &plugin_id,
-                channel,
-                grants.clone(),
-                Some(rt.limits.call_timeout),
-            );
-            let inst = plugin
-                .loaded
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| runtime::call_failure(&plugin_id, &e, None))?;
-            inst.switchboard_channel_channel()
-                .call_validate(&mut store, &acct)
-                .await
-                .map_err(|e| {
-                    let panic = store.data().last_panic();
-                    format!(
-                        "validate failed: {}",
-                        runtime::call_failure(&plugin_id, &e, panic)
-                    )
-                })?
-                .map_err(|e| describe(&e))?;
-        }
-        // run: no deadline, interrupted only by cancellation.
-        let mut store = rt.store(&plugin_id, channel, grants, None);
-        let inst = plugin
-            .loaded
-            .pre
-            .instantiate_async(&mut store)
+        let network = self.grants_for(channel, &plugin);
+        let target = || Target {
+            channel,
+            network: &network,
+        };
+        let in_words = |what: &str, e: CallError| match e {
+            CallError::Failed(m) => format!("{what} failed: {m}"),
+            other => other.to_string(),
+        };
+        plugin
+            .validate(target(), acct.clone())
             .await
-            .map_err(|e| runtime::call_failure(&plugin_id, &e, None))?;
+            .map_err(|e| in_words("validate", e))?;
         self.update(channel, account, |a| a.last_error = None);
-        inst.switchboard_channel_channel()
-            .call_run(&mut store, &acct)
+        // run: no deadline, interrupted only by cancellation.
+        plugin
+            .run(target(), acct)
             .await
-            .map_err(|e| {
-                let panic = store.data().last_panic();
-                format!(
-                    "run failed: {}",
-                    runtime::call_failure(&plugin_id, &e, panic)
-                )
-            })?
-            .map_err(|e| describe(&e))
+            .map_err(|e| in_words("run", e))
     }
 
     // ---- calls from plugins ----
@@ -784,57 +761,15 @@ impl ChannelManager {
         let acct = self
             .account_wit(channel, account)
             .ok_or_else(|| ErrorShape::invalid(format!("unknown account {account}")))?;
-        let rt = self.plugins.runtime.clone();
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
-        let slot = plugin.call_slot(&rt.limits).await.map_err(|e| {
-            self.plugins.note_busy();
-            ErrorShape::unavailable(format!("channel {channel}: {e}")).retry_after(1000)
-        })?;
-        let (ch, pid, msg, g) = (
-            channel.to_string(),
-            plugin_id.clone(),
-            message.clone(),
-            grants.clone(),
-        );
-        let call = self.plugins.spawn(async move {
-            let _slot = slot;
-            let mut store = rt.store(&pid, &ch, g, Some(rt.limits.call_timeout));
-            let r = match plugin.loaded.pre.instantiate_async(&mut store).await {
-                Ok(inst) => {
-                    inst.switchboard_channel_channel()
-                        .call_send(&mut store, &acct, &msg)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            r.map_err(|e| runtime::call_failure(&pid, &e, store.data().last_panic()))
-        });
-        let result = call.await;
-        // A refused destination is the operator's to fix, not a transient
-        // failure to retry: say which and how to allow it.
-        if let Some(dest) = grants.denied() {
-            if !matches!(result, Ok(Ok(Ok(_)))) {
-                return Err(ErrorShape::invalid(format!(
-                    "channel {channel}: network access to {dest} was denied; {}",
-                    grants.how_to_allow(&dest)
-                ))
-                .with_details(json!({"code": "NETWORK_DENIED", "destination": dest})));
-            }
-        }
-        let delivery = match result {
-            Ok(Ok(Ok(d))) => d,
-            Ok(Ok(Err(e))) => return Err(channel_error(channel, &e)),
-            Ok(Err(failure)) => {
-                return Err(ErrorShape::unavailable(format!(
-                    "channel {channel}: {failure}"
-                )))
-            }
-            Err(e) => {
-                return Err(ErrorShape::unavailable(format!(
-                    "channel {channel}: send task failed: {e}"
-                )))
-            }
+        let network = self.grants_for(channel, &plugin);
+        let target = Target {
+            channel,
+            network: &network,
         };
+        let delivery = plugin
+            .send(target, acct, message.clone())
+            .await
+            .map_err(|e| call_error(channel, &e))?;
         let chat_id = delivery
             .chat_id
             .clone()
@@ -891,31 +826,18 @@ impl ChannelManager {
         let acct = self
             .account_wit(channel, account)
             .ok_or((404, "unknown account".to_string()))?;
-        let rt = self.plugins.runtime.clone();
-        let grants = Arc::new(Grants::new(channel, &self.grants_for(channel, &plugin)));
-        let slot = plugin.call_slot(&rt.limits).await.map_err(|e| {
-            self.plugins.note_busy();
-            (503, e)
-        })?;
-        let (ch, pid) = (channel.to_string(), plugin_id.clone());
-        let call = self.plugins.spawn(async move {
-            let _slot = slot;
-            let mut store = rt.store(&pid, &ch, grants, Some(rt.limits.call_timeout));
-            let r = match plugin.loaded.pre.instantiate_async(&mut store).await {
-                Ok(inst) => {
-                    inst.switchboard_channel_channel()
-                        .call_handle_webhook(&mut store, &acct, &req)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            r.map_err(|e| runtime::call_failure(&pid, &e, store.data().last_panic()))
-        });
-        match call.await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(failure)) => Err((502, format!("plugin `{plugin_id}`: {failure}"))),
-            Err(e) => Err((502, format!("webhook task failed: {e}"))),
-        }
+        let network = self.grants_for(channel, &plugin);
+        let target = Target {
+            channel,
+            network: &network,
+        };
+        plugin
+            .handle_webhook(target, acct, req)
+            .await
+            .map_err(|e| match e {
+                CallError::Busy(m) | CallError::Unavailable(m) => (503, m),
+                other => (502, format!("plugin `{plugin_id}`: {other}")),
+            })
     }
 }
 
@@ -1003,5 +925,43 @@ impl ChannelsSnapshot {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_errors_map_to_protocol_errors() {
+        let e = call_error("tg", &CallError::Channel(ChannelError::RateLimited(1500)));
+        assert_eq!(e.code, "UNAVAILABLE");
+        assert_eq!(e.retryable, Some(true));
+        assert!(e.message.contains("retry in 1500 ms"), "{}", e.message);
+
+        let e = call_error(
+            "tg",
+            &CallError::NetworkDenied {
+                destination: "api.x:443".into(),
+                how: "add \"api.x:443\" to `network` in [channels.tg] to allow it".into(),
+            },
+        );
+        assert_eq!(e.code, "INVALID_REQUEST");
+        assert_ne!(e.retryable, Some(true));
+        assert_eq!(
+            e.message,
+            "channel tg: network access to api.x:443 was denied; add \"api.x:443\" to `network` in [channels.tg] to allow it"
+        );
+        assert_eq!(
+            e.details.as_ref().map(|d| d["code"].clone()),
+            Some(json!("NETWORK_DENIED"))
+        );
+
+        let e = call_error("tg", &CallError::Busy("plugin `t` is busy".into()));
+        assert_eq!((e.code.as_str(), e.retryable), ("UNAVAILABLE", Some(true)));
+
+        let e = call_error("tg", &CallError::Failed("plugin panicked: boom".into()));
+        assert_eq!(e.message, "channel tg: plugin panicked: boom");
+        assert_ne!(e.retryable, Some(true));
     }
 }

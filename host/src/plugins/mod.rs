@@ -7,6 +7,7 @@
 //! Plugin code runs on its own tokio runtime ([`PluginManager::spawn`]) so a
 //! misbehaving plugin never stalls the gateway's sockets or timers.
 
+pub mod call;
 pub mod kv;
 pub mod runtime;
 pub mod watcher;
@@ -27,35 +28,19 @@ use runtime::{Limits, LoadedPlugin, PluginHost, Runtime};
 pub struct Plugin {
     pub loaded: LoadedPlugin,
     pub loaded_at: u64,
+    runtime: Arc<Runtime>,
+    /// The plugin runtime, where every call runs.
+    exec: tokio::runtime::Handle,
     /// Slots for calls running at once (`plugins.max_concurrent_calls`):
     /// with the per-instance memory cap, this bounds the plugin's memory.
     calls: Arc<tokio::sync::Semaphore>,
+    /// Calls refused for want of a slot (shared by every plugin).
+    busy: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Plugin {
     pub fn id(&self) -> &str {
         &self.loaded.info.id
-    }
-
-    /// Waits (at most `limits.call_queue_timeout`) for a call slot.
-    pub async fn call_slot(
-        &self,
-        limits: &Limits,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
-        match tokio::time::timeout(
-            limits.call_queue_timeout,
-            self.calls.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(format!(
-                "plugin `{}` is busy: {} calls already running (plugins.max_concurrent_calls), none finished within {} ms; retry later",
-                self.id(),
-                limits.max_concurrent_calls,
-                limits.call_queue_timeout.as_millis()
-            )),
-        }
     }
 }
 
@@ -122,7 +107,7 @@ pub struct PluginManager {
     exec_rt: Option<tokio::runtime::Runtime>,
     registry: RwLock<Registry>,
     scan_lock: tokio::sync::Mutex<()>,
-    busy: std::sync::atomic::AtomicU64,
+    busy: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for PluginManager {
@@ -180,11 +165,6 @@ impl PluginManager {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
         self.registry.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts a call refused because its plugin was busy.
-    pub fn note_busy(&self) {
-        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Calls refused so far because their plugin was busy.
@@ -307,9 +287,12 @@ impl PluginManager {
                 Arc::new(Plugin {
                     loaded,
                     loaded_at: crate::now_ms(),
+                    runtime: self.runtime.clone(),
+                    exec: self.exec.clone(),
                     calls: Arc::new(tokio::sync::Semaphore::new(
                         self.runtime.limits.max_concurrent_calls,
                     )),
+                    busy: self.busy.clone(),
                 }),
             )
             .is_some();

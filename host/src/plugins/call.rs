@@ -1,0 +1,211 @@
+//! The typed facade over a loaded plugin: `validate`, `send`,
+//! `handle_webhook` (each on a fresh instance, on the plugin runtime, within
+//! one of the plugin's call slots) and `run` (one long-lived instance), each
+//! returning `Result<_, CallError>` with one flat error. The store /
+//! instantiate / call / map-the-error sequence is written once, here.
+
+use std::sync::Arc;
+
+use super::runtime::{
+    self, Account, ChannelError, Delivery, Grants, HttpRequest, HttpResponse, OutboundMessage,
+};
+use super::Plugin;
+
+/// Why a plugin call did not produce an answer.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// The plugin answered with its own error.
+    Channel(ChannelError),
+    /// It trapped, panicked, ran past its deadline or its memory cap (one
+    /// line; the whole error with its backtrace is in the log).
+    Failed(String),
+    /// It reached for a destination its channel is not granted.
+    NetworkDenied { destination: String, how: String },
+    /// All of its call slots stayed taken for `call_queue_timeout`.
+    Busy(String),
+    /// The call could not run at all (the plugin runtime is stopping).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Channel(e) => f.write_str(&describe(e)),
+            CallError::Failed(m) | CallError::Busy(m) | CallError::Unavailable(m) => f.write_str(m),
+            CallError::NetworkDenied { destination, how } => {
+                write!(f, "network access to {destination} was denied; {how}")
+            }
+        }
+    }
+}
+
+/// A channel error in words.
+pub fn describe(e: &ChannelError) -> String {
+    match e {
+        ChannelError::InvalidConfig(m) => format!("invalid config: {m}"),
+        ChannelError::Unauthorized(m) => format!("unauthorized: {m}"),
+        ChannelError::NotFound(m) => format!("not found: {m}"),
+        ChannelError::RateLimited(ms) => format!("rate limited for {ms} ms"),
+        ChannelError::Transient(m) => format!("temporary failure: {m}"),
+        ChannelError::Fatal(m) => format!("fatal: {m}"),
+    }
+}
+
+/// Who a call is for: the channel it serves and the network it may reach.
+pub struct Target<'a> {
+    pub channel: &'a str,
+    pub network: &'a [String],
+}
+
+enum Request {
+    Validate(Account),
+    Send(Account, OutboundMessage),
+    Webhook(Account, HttpRequest),
+}
+
+enum Answer {
+    Validate(Result<(), ChannelError>),
+    Send(Result<Delivery, ChannelError>),
+    Webhook(HttpResponse),
+}
+
+impl Plugin {
+    /// `validate` on a fresh instance.
+    pub async fn validate(
+        self: &Arc<Self>,
+        t: Target<'_>,
+        account: Account,
+    ) -> Result<(), CallError> {
+        match self.invoke(t, Request::Validate(account)).await? {
+            Answer::Validate(r) => r.map_err(CallError::Channel),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// `send` on a fresh instance.
+    pub async fn send(
+        self: &Arc<Self>,
+        t: Target<'_>,
+        account: Account,
+        message: OutboundMessage,
+    ) -> Result<Delivery, CallError> {
+        match self.invoke(t, Request::Send(account, message)).await? {
+            Answer::Send(r) => r.map_err(CallError::Channel),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// `handle-webhook` on a fresh instance.
+    pub async fn handle_webhook(
+        self: &Arc<Self>,
+        t: Target<'_>,
+        account: Account,
+        request: HttpRequest,
+    ) -> Result<HttpResponse, CallError> {
+        match self.invoke(t, Request::Webhook(account, request)).await? {
+            Answer::Webhook(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// `run` on one long-lived instance with no deadline, in the calling
+    /// task (which must be on the plugin runtime); it ends when the plugin
+    /// returns or the task is aborted (which drops the store).
+    pub async fn run(&self, t: Target<'_>, account: Account) -> Result<(), CallError> {
+        let rt = &self.runtime;
+        let grants = Arc::new(Grants::new(t.channel, t.network));
+        let mut store = rt.store(self.id(), t.channel, grants.clone(), None);
+        let result = match self.loaded.pre.instantiate_async(&mut store).await {
+            Ok(inst) => {
+                inst.switchboard_channel_channel()
+                    .call_run(&mut store, &account)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let result =
+            result.map_err(|e| runtime::call_failure(self.id(), &e, store.data().last_panic()));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(denied(&grants).unwrap_or(CallError::Channel(e))),
+            Err(m) => Err(denied(&grants).unwrap_or(CallError::Failed(m))),
+        }
+    }
+
+    /// Waits (at most `call_queue_timeout`) for a call slot.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CallError> {
+        let limits = &self.runtime.limits;
+        match tokio::time::timeout(
+            limits.call_queue_timeout,
+            self.calls.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(CallError::Busy(format!(
+                    "plugin `{}` is busy: {} calls already running (plugins.max_concurrent_calls), none finished within {} ms; retry later",
+                    self.id(),
+                    limits.max_concurrent_calls,
+                    limits.call_queue_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// One call on a fresh instance, on the plugin runtime, in a call slot.
+    async fn invoke(self: &Arc<Self>, t: Target<'_>, req: Request) -> Result<Answer, CallError> {
+        let slot = self.slot().await?;
+        let grants = Arc::new(Grants::new(t.channel, t.network));
+        let (me, channel, g) = (self.clone(), t.channel.to_string(), grants.clone());
+        let task = self.exec.spawn(async move {
+            let _slot = slot;
+            let rt = &me.runtime;
+            let mut store = rt.store(me.id(), &channel, g, Some(rt.limits.call_timeout));
+            let answer = async {
+                let inst = me.loaded.pre.instantiate_async(&mut store).await?;
+                let c = inst.switchboard_channel_channel();
+                Ok(match req {
+                    Request::Validate(a) => {
+                        Answer::Validate(c.call_validate(&mut store, &a).await?)
+                    }
+                    Request::Send(a, m) => Answer::Send(c.call_send(&mut store, &a, &m).await?),
+                    Request::Webhook(a, r) => {
+                        Answer::Webhook(c.call_handle_webhook(&mut store, &a, &r).await?)
+                    }
+                })
+            }
+            .await;
+            answer.map_err(|e: wasmtime::Error| {
+                runtime::call_failure(me.id(), &e, store.data().last_panic())
+            })
+        });
+        let result = task
+            .await
+            .map_err(|e| CallError::Unavailable(format!("plugin call task failed: {e}")))?;
+        let failed = !matches!(
+            &result,
+            Ok(Answer::Validate(Ok(_)) | Answer::Send(Ok(_)) | Answer::Webhook(_))
+        );
+        // A refused destination is the operator's to fix, whatever the
+        // plugin made of the failed connection.
+        if failed {
+            if let Some(d) = denied(&grants) {
+                return Err(d);
+            }
+        }
+        result.map_err(CallError::Failed)
+    }
+}
+
+fn denied(grants: &Grants) -> Option<CallError> {
+    grants.denied().map(|destination| CallError::NetworkDenied {
+        how: grants.how_to_allow(&destination),
+        destination,
+    })
+}
+
+fn mismatch() -> CallError {
+    CallError::Unavailable("internal error: the answer does not match the call".into())
+}
