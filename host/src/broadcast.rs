@@ -9,6 +9,7 @@
 //! serialised by one lock so every connection sees events in the same order;
 //! no per-connection lock is taken.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +91,7 @@ impl Broadcaster {
             payload,
             Some(self.state_version()),
         ));
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let _order = self.order.guard();
         let mut sent = 0;
         self.conns.for_each(|c| {
             if let Some(r) = &filter.role {

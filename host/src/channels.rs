@@ -6,6 +6,7 @@
 //! Plugin code always runs on the plugin runtime; a `run` loop is one task
 //! there, cancelled by aborting it (which drops its store).
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -300,12 +301,12 @@ impl ChannelManager {
 
     pub fn snapshot(&self) -> ChannelsSnapshot {
         ChannelsSnapshot {
-            channels: self.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            channels: self.state.reader().clone(),
         }
     }
 
     fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
-        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.writer();
         if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
             f(a);
         }
@@ -314,11 +315,7 @@ impl ChannelManager {
     }
 
     fn plugin_of(&self, channel: &str) -> Option<String> {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(channel)
-            .map(|c| c.plugin.clone())
+        self.state.reader().get(channel).map(|c| c.plugin.clone())
     }
 
     /// The network `channel` may reach: its own `network` list, else what
@@ -333,7 +330,7 @@ impl ChannelManager {
 
     /// `plugins.list`'s `grants` of a plugin: channel → what it may reach.
     pub fn plugin_grants(&self, plugin: &Plugin) -> Value {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.reader();
         Value::Object(
             s.iter()
                 .filter(|(_, e)| e.plugin == plugin.id())
@@ -361,7 +358,7 @@ impl ChannelManager {
         channel: Option<&str>,
         account: Option<&str>,
     ) -> Result<(String, String), ErrorShape> {
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.reader();
         let channel = match channel {
             Some(c) => c.to_string(),
             None if s.len() == 1 => s.keys().next().cloned().unwrap_or_default(),
@@ -408,7 +405,7 @@ impl ChannelManager {
     /// Starts every enabled account (at start-up).
     pub fn start_all(self: &Arc<Self>) {
         let keys: Vec<Key> = {
-            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let s = self.state.reader();
             s.iter()
                 .flat_map(|(c, e)| {
                     e.accounts
@@ -426,19 +423,11 @@ impl ChannelManager {
     /// Starts (or restarts) one account's `run` loop.
     pub fn start(self: &Arc<Self>, channel: &str, account: &str) {
         let key = (channel.to_string(), account.to_string());
-        self.wanted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
+        self.wanted.guard().insert(key.clone());
         let me = self.clone();
         let (c, a) = key.clone();
         let handle = self.plugins.spawn(async move { me.run_loop(c, a).await });
-        if let Some(old) = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, handle.abort_handle())
-        {
+        if let Some(old) = self.tasks.guard().insert(key, handle.abort_handle()) {
             old.abort();
         }
     }
@@ -446,16 +435,8 @@ impl ChannelManager {
     /// Stops one account: cancels its `run` loop.
     pub fn stop(&self, channel: &str, account: &str) {
         let key = (channel.to_string(), account.to_string());
-        self.wanted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        if let Some(h) = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
+        self.wanted.guard().remove(&key);
+        if let Some(h) = self.tasks.guard().remove(&key) {
             h.abort();
         }
         self.update(channel, account, |a| {
@@ -479,14 +460,8 @@ impl ChannelManager {
     /// Stops every account (shutdown step 3). Returns how many were running.
     /// From here on `deliver` refuses messages (see `accepting`).
     pub async fn stop_all(&self) -> usize {
-        *self.accepting.write().unwrap_or_else(|p| p.into_inner()) = false;
-        let keys: Vec<Key> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        *self.accepting.writer() = false;
+        let keys: Vec<Key> = self.tasks.guard().keys().cloned().collect();
         for (c, a) in &keys {
             self.stop(c, a);
         }
@@ -503,17 +478,13 @@ impl ChannelManager {
                 Change::Failed { .. } => continue,
             };
             let affected: Vec<Key> = {
-                let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+                let s = self.state.reader();
                 s.iter()
                     .filter(|(_, e)| &e.plugin == id)
                     .flat_map(|(c, e)| e.accounts.keys().map(move |a| (c.clone(), a.clone())))
                     .collect()
             };
-            let wanted = self
-                .wanted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let wanted = self.wanted.guard().clone();
             for (c, a) in affected {
                 if !wanted.contains(&(c.clone(), a.clone())) {
                     continue;
@@ -522,12 +493,7 @@ impl ChannelManager {
                     tracing::info!(channel = %c, account = %a, plugin = %id, "restarting account on the new plugin version");
                     self.start(&c, &a);
                 } else {
-                    if let Some(h) = self
-                        .tasks
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&(c.clone(), a.clone()))
-                    {
+                    if let Some(h) = self.tasks.guard().remove(&(c.clone(), a.clone())) {
                         h.abort();
                     }
                     self.update(&c, &a, |s| {
@@ -609,7 +575,7 @@ impl ChannelManager {
 
     fn deliver(&self, plugin: &str, channel: &str, m: InboundMessage) -> Result<u64, String> {
         self.serves(plugin, channel, &m.account_id)?;
-        let accepting = self.accepting.read().unwrap_or_else(|p| p.into_inner());
+        let accepting = self.accepting.reader();
         if !*accepting {
             return Err("the gateway is shutting down; the message was not accepted".into());
         }
@@ -647,7 +613,7 @@ impl ChannelManager {
         if channel.is_empty() {
             return Err("not available while the plugin is being loaded".into());
         }
-        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.reader();
         match s.get(channel) {
             Some(c) if c.plugin == plugin && c.accounts.contains_key(account) => Ok(()),
             Some(c) if c.plugin == plugin => {
@@ -721,7 +687,7 @@ impl ChannelManager {
         message: OutboundMessage,
     ) -> Result<Value, ErrorShape> {
         let cell = {
-            let mut m = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.idempotency.guard();
             m.retain(|_, (t, _)| t.elapsed() < IDEMPOTENCY_TTL);
             m.entry(key.to_string())
                 .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
@@ -736,10 +702,7 @@ impl ChannelManager {
             .cloned();
         if result.is_err() {
             // Failures are not remembered: a retry with the same key sends again.
-            self.idempotency
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.idempotency.guard().remove(key);
         }
         result
     }
@@ -808,8 +771,7 @@ impl ChannelManager {
     ) -> Result<HttpResponse, (u16, String)> {
         if !self
             .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .reader()
             .get(channel)
             .is_some_and(|c| c.accounts.contains_key(account))
         {

@@ -4,6 +4,7 @@
 //! A [`Connection`] is the handle other components hold: its bounded outbound
 //! queue (drained by the connection's writer task) and its close signal.
 
+use crate::sync::RwLockExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -266,11 +267,11 @@ impl ConnectionManager {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        self.inner.reader()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        self.inner.writer()
     }
 
     pub fn register(&self, conn: Arc<Connection>) {

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod outbox;
 pub mod plugins;
 pub mod shutdown;
+pub mod sync;
 
 use std::sync::Arc;
 

@@ -9,6 +9,7 @@
 //! and restarts or crashes of the daemon, and is sent at least once. Order is
 //! the queue number's, which keeps growing across restarts.
 
+use crate::sync::MutexExt;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -154,7 +155,7 @@ impl Outbox {
 
     /// Queues `m` for the account; returns its queue number once it is on disk.
     pub fn push(&self, channel: &str, account: &str, m: OutboundMessage) -> Result<u64, String> {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut qs = self.queues.guard();
         let key = (channel.to_string(), account.to_string());
         let len = qs.by_account.get(&key).map_or(0, Account::len);
         if len >= CAPACITY {
@@ -200,7 +201,7 @@ impl Outbox {
         account: &str,
         f: impl FnOnce(&mut Account) -> R,
     ) -> Option<R> {
-        let mut qs = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut qs = self.queues.guard();
         qs.by_account
             .get_mut(&(channel.to_string(), account.to_string()))
             .map(f)
@@ -250,8 +251,7 @@ impl Outbox {
     /// How many messages the account has queued or in flight.
     pub fn len(&self, channel: &str, account: &str) -> usize {
         self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .guard()
             .by_account
             .get(&(channel.to_string(), account.to_string()))
             .map_or(0, Account::len)

@@ -2,6 +2,7 @@
 //! tokens (constant-time comparison), Ed25519 device proofs, scope grants, and
 //! a per-IP limiter of failed attempts.
 
+use crate::sync::MutexExt;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -314,7 +315,7 @@ impl FailureLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LimitKey, VecDeque<Instant>>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+        self.failures.guard()
     }
 
     /// `Some(retry_after)` when `key` has used up its failures.

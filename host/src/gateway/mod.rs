@@ -11,6 +11,7 @@ pub mod preauth;
 pub mod refusals;
 pub mod ws;
 
+use crate::sync::MutexExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -345,7 +346,7 @@ async fn serve_http<I>(
     let spare2 = spare.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // Headers arrived: the spare handle is no longer needed.
-        spare2.lock().unwrap_or_else(|p| p.into_inner()).take();
+        spare2.guard().take();
         req.extensions_mut().insert(meta.clone());
         router.clone().oneshot(req)
     });
@@ -366,7 +367,7 @@ async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
-        let spare = spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let spare = spare.guard().take();
         match spare {
             Some(mut s) if e.is_timeout() => {
                 gw.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! line per refused peer. The first refusal after a quiet spell is logged at
 //! once; later ones are counted and reported in one line per interval.
 
+use crate::sync::MutexExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ impl RefusalLog {
     /// counted, logged at DEBUG, and the count goes into the next line).
     /// Returns whether a WARN line was written.
     pub fn note(&self, what: &str, why: &str) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.guard();
         let now = Instant::now();
         if s.last
             .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)

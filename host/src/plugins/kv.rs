@@ -8,6 +8,7 @@
 //! Stores of the first layout (`kv/<plugin-id>/`) are copied to each channel
 //! of that plugin once, at start ([`KvStore::migrate_plugin_store`]).
 
+use crate::sync::MutexExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -156,7 +157,7 @@ impl KvStore {
         }
         let path = dir.join(hex::encode(Sha256::digest(key.as_bytes())));
         let expires = now_ms.saturating_add(ttl_ms.min(MAX_CLAIM_TTL_MS));
-        let _g = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.claim_lock.guard();
         if let Ok(s) = std::fs::read_to_string(&path) {
             if s.trim().parse::<u64>().is_ok_and(|t| t > now_ms) {
                 return Ok(false);
@@ -178,7 +179,7 @@ impl KvStore {
             let path = dir
                 .join("claims")
                 .join(hex::encode(Sha256::digest(key.as_bytes())));
-            let _g = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _g = self.claim_lock.guard();
             let _ = std::fs::remove_file(path);
         }
     }

@@ -12,6 +12,7 @@ pub mod kv;
 pub mod runtime;
 pub mod watcher;
 
+use crate::sync::RwLockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -160,11 +161,11 @@ impl PluginManager {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(|p| p.into_inner())
+        self.registry.reader()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(|p| p.into_inner())
+        self.registry.writer()
     }
 
     /// Calls refused so far because their plugin was busy.

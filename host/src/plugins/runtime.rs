@@ -3,6 +3,7 @@
 //! env or inherited stdio, stdout/stderr to `tracing`), the epoch ticker,
 //! and loading a component file into a validated, pre-instantiated plugin.
 
+use crate::sync::MutexExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -148,10 +149,7 @@ impl Grants {
 
     /// The first destination refused since these grants were made, if any.
     pub fn denied(&self) -> Option<String> {
-        self.denied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.denied.guard().clone()
     }
 
     /// What the operator must add to allow `dest`.
@@ -196,10 +194,7 @@ impl Grants {
     }
 
     fn deny(&self, plugin: &str, what: &str, dest: &str) {
-        self.denied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(|| dest.to_string());
+        self.denied.guard().get_or_insert_with(|| dest.to_string());
         let how = self.how_to_allow(dest);
         tracing::warn!(plugin, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
     }
@@ -270,7 +265,7 @@ pub struct PluginState {
 impl PluginState {
     /// The message of the last panic the guest printed, if any.
     pub fn last_panic(&self) -> Option<String> {
-        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.panic.guard().clone()
     }
 }
 
@@ -395,7 +390,7 @@ impl LineWriter {
         let plugin = &*self.out.plugin;
         if let Some(at) = self.panic_at.take() {
             tracing::warn!(plugin, "plugin panicked at {at}: {text}");
-            *self.out.panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.to_string());
+            *self.out.panic.guard() = Some(text.to_string());
             return;
         }
         if text.starts_with("thread '") {
