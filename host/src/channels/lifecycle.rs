@@ -1,0 +1,182 @@
+//! Starting and stopping accounts: `validate`, then `run` on a long-lived
+//! instance, restarted with backoff; plugin changes restart or stop them.
+
+use crate::sync::{MutexExt, RwLockExt};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::plugins::call::{CallError, Target};
+use crate::plugins::Change;
+
+use super::*;
+
+impl ChannelManager {
+    /// Starts every enabled account (at start-up).
+    pub fn start_all(self: &Arc<Self>) {
+        let keys: Vec<Key> = {
+            let s = self.state.reader();
+            s.iter()
+                .flat_map(|(c, e)| {
+                    e.accounts
+                        .values()
+                        .filter(|a| a.enabled)
+                        .map(move |a| (c.clone(), a.account_id.clone()))
+                })
+                .collect()
+        };
+        for (c, a) in keys {
+            self.start(&c, &a);
+        }
+    }
+
+    /// Starts (or restarts) one account's `run` loop.
+    pub fn start(self: &Arc<Self>, channel: &str, account: &str) {
+        let key = (channel.to_string(), account.to_string());
+        self.wanted.guard().insert(key.clone());
+        let me = self.clone();
+        let (c, a) = key.clone();
+        let handle = self.plugins.spawn(async move { me.run_loop(c, a).await });
+        if let Some(old) = self.tasks.guard().insert(key, handle.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Stops one account: cancels its `run` loop.
+    pub fn stop(&self, channel: &str, account: &str) {
+        let key = (channel.to_string(), account.to_string());
+        self.wanted.guard().remove(&key);
+        if let Some(h) = self.tasks.guard().remove(&key) {
+            h.abort();
+        }
+        self.update(channel, account, |a| {
+            if a.running {
+                a.last_stop_at = Some(crate::now_ms());
+            }
+            a.running = false;
+            a.connected = false;
+        });
+    }
+
+    pub fn account_snapshot(&self, channel: &str, account: &str) -> Option<AccountSnapshot> {
+        self.snapshot()
+            .channels
+            .get(channel)?
+            .accounts
+            .get(account)
+            .cloned()
+    }
+
+    /// Stops every account (shutdown step 3). Returns how many were running.
+    /// From here on `deliver` refuses messages (see `accepting`).
+    pub async fn stop_all(&self) -> usize {
+        *self.accepting.writer() = false;
+        let keys: Vec<Key> = self.tasks.guard().keys().cloned().collect();
+        for (c, a) in &keys {
+            self.stop(c, a);
+        }
+        keys.len()
+    }
+
+    /// Applies plugin changes: restart the accounts of a loaded or replaced
+    /// plugin on the new version; stop those of a removed one.
+    pub fn on_plugin_changes(self: &Arc<Self>, changes: &[Change]) {
+        for ch in changes {
+            let (id, restart) = match ch {
+                Change::Loaded { id, .. } | Change::Replaced { id, .. } => (id, true),
+                Change::Removed { id } => (id, false),
+                Change::Failed { .. } => continue,
+            };
+            let affected: Vec<Key> = {
+                let s = self.state.reader();
+                s.iter()
+                    .filter(|(_, e)| &e.plugin == id)
+                    .flat_map(|(c, e)| e.accounts.keys().map(move |a| (c.clone(), a.clone())))
+                    .collect()
+            };
+            let wanted = self.wanted.guard().clone();
+            for (c, a) in affected {
+                if !wanted.contains(&(c.clone(), a.clone())) {
+                    continue;
+                }
+                if restart {
+                    tracing::info!(channel = %c, account = %a, plugin = %id, "restarting account on the new plugin version");
+                    self.start(&c, &a);
+                } else {
+                    if let Some(h) = self.tasks.guard().remove(&(c.clone(), a.clone())) {
+                        h.abort();
+                    }
+                    self.update(&c, &a, |s| {
+                        s.running = false;
+                        s.connected = false;
+                        s.last_stop_at = Some(crate::now_ms());
+                        s.last_error = Some(format!("plugin `{id}` was removed"));
+                    });
+                }
+            }
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>, channel: String, account: String) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let started = Instant::now();
+            let outcome = self.run_once(&channel, &account).await;
+            let err = match outcome {
+                Ok(()) => "run returned; restarting".to_string(),
+                Err(e) => e,
+            };
+            tracing::warn!(channel = %channel, account = %account, retry_in_ms = backoff.as_millis() as u64, "account stopped: {err}");
+            if started.elapsed() >= STABLE_RUN {
+                backoff = BACKOFF_START;
+            }
+            self.update(&channel, &account, |a| {
+                a.running = false;
+                a.connected = false;
+                a.last_stop_at = Some(crate::now_ms());
+                a.last_error = Some(err.clone());
+                a.reconnect_attempts += 1;
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One attempt: `validate` on a fresh instance, then `run` on a long-lived one.
+    async fn run_once(&self, channel: &str, account: &str) -> Result<(), String> {
+        let plugin_id = self.plugin_of(channel).ok_or("channel not configured")?;
+        let plugin = self.plugins.get(&plugin_id).ok_or_else(|| {
+            format!(
+                "plugin `{plugin_id}` is not loaded (no {plugin_id}.wasm in the plugins directory)"
+            )
+        })?;
+        let acct = self
+            .account_wit(channel, account)
+            .ok_or("account not configured")?;
+        // Whatever an earlier `run` of this account took and did not confirm
+        // goes out again, before anything newer.
+        self.outbox.requeue_in_flight(channel, account);
+        self.update(channel, account, |a| {
+            a.running = true;
+            a.last_start_at = Some(crate::now_ms());
+        });
+        let network = self.grants_for(channel, &plugin);
+        let target = || Target {
+            channel,
+            network: &network,
+        };
+        let in_words = |what: &str, e: CallError| match e {
+            CallError::Failed(m) => format!("{what} failed: {m}"),
+            other => other.to_string(),
+        };
+        plugin
+            .validate(target(), acct.clone())
+            .await
+            .map_err(|e| in_words("validate", e))?;
+        self.update(channel, account, |a| a.last_error = None);
+        // run: no deadline, interrupted only by cancellation.
+        plugin
+            .run(target(), acct)
+            .await
+            .map_err(|e| in_words("run", e))
+    }
+}

@@ -1,0 +1,240 @@
+//! The channel manager: messaging-channel accounts from `[channels.<name>]`.
+//! This file holds the manager's state and its lookups; `lifecycle`
+//! (start = `validate` then the `run` loop, restarted with backoff; stop =
+//! cancel), `send` (resolve, idempotency, send, webhooks, error shapes),
+//! `inbox` (the plugin imports: where a received message enters the system)
+//! and `status` (what `channels.status` and `health` show) add to it.
+//!
+//! Plugin code always runs on the plugin runtime; a `run` loop is one task
+//! there, cancelled by aborting it (which drops its store).
+
+mod inbox;
+mod lifecycle;
+mod send;
+mod status;
+
+pub use inbox::GatewayHost;
+pub use send::{call_error, channel_error};
+pub use status::{AccountSnapshot, ChannelEntry, ChannelsSnapshot};
+
+use crate::sync::RwLockExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{Notify, OnceCell};
+
+use crate::broadcast::Broadcaster;
+use crate::config::ChannelConfig;
+use crate::gateway::frames::ErrorShape;
+use crate::outbox::Outbox;
+use crate::plugins::runtime::Account;
+use crate::plugins::{Plugin, PluginManager};
+
+/// Backoff of a failing `run` loop: 1 s doubling to 5 min.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A `run` that lasted this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+/// How long a `send` result is remembered for its idempotency key.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+
+type Key = (String, String);
+/// idempotency key → (first seen, the result once there is one).
+type IdempotencyMap = HashMap<String, (Instant, Arc<OnceCell<Value>>)>;
+
+pub struct ChannelManager {
+    config: BTreeMap<String, ChannelConfig>,
+    plugins: Arc<PluginManager>,
+    broadcaster: Arc<Broadcaster>,
+    health: Arc<Notify>,
+    state: RwLock<BTreeMap<String, ChannelEntry>>,
+    /// Running `run` loops.
+    tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
+    /// Accounts an operator or the config wants running.
+    wanted: Mutex<std::collections::HashSet<Key>>,
+    idempotency: Mutex<IdempotencyMap>,
+    message_seq: AtomicU64,
+    /// False once shutdown stops the channels: `deliver` then refuses, so a
+    /// plugin keeps its upstream offset and the next start delivers again.
+    /// Held for reading across check + broadcast, so no delivery that passed
+    /// the check can broadcast after the flag flips.
+    accepting: RwLock<bool>,
+    /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
+    /// kept on disk until taken.
+    outbox: Outbox,
+}
+
+fn settings_json(table: &toml::Table) -> String {
+    let mut t = table.clone();
+    t.remove("enabled");
+    serde_json::to_string(&t).unwrap_or_else(|_| "{}".into())
+}
+
+impl ChannelManager {
+    pub fn new(
+        config: BTreeMap<String, ChannelConfig>,
+        plugins: Arc<PluginManager>,
+        broadcaster: Arc<Broadcaster>,
+        health: Arc<Notify>,
+        outbox: Outbox,
+    ) -> Arc<Self> {
+        let mut state = BTreeMap::new();
+        for (name, c) in &config {
+            let accounts = c
+                .accounts
+                .iter()
+                .map(|(id, t)| {
+                    let enabled =
+                        c.enabled && t.get("enabled").and_then(|v| v.as_bool()).unwrap_or(true);
+                    (
+                        id.clone(),
+                        AccountSnapshot {
+                            account_id: id.clone(),
+                            enabled,
+                            configured: true,
+                            running: false,
+                            connected: false,
+                            last_error: None,
+                            last_start_at: None,
+                            last_stop_at: None,
+                            reconnect_attempts: 0,
+                            last_inbound_at: None,
+                            last_outbound_at: None,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>();
+            let default_account = if accounts.contains_key("default") {
+                Some("default".to_string())
+            } else {
+                accounts.keys().next().cloned()
+            };
+            state.insert(
+                name.clone(),
+                ChannelEntry {
+                    label: name.clone(),
+                    plugin: c.plugin.clone().unwrap_or_else(|| name.clone()),
+                    default_account,
+                    accounts,
+                },
+            );
+        }
+        Arc::new(Self {
+            config,
+            plugins,
+            broadcaster,
+            health,
+            state: RwLock::new(state),
+            tasks: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(Default::default()),
+            idempotency: Mutex::new(HashMap::new()),
+            message_seq: AtomicU64::new(0),
+            accepting: RwLock::new(true),
+            outbox,
+        })
+    }
+
+    pub fn snapshot(&self) -> ChannelsSnapshot {
+        ChannelsSnapshot {
+            channels: self.state.reader().clone(),
+        }
+    }
+
+    fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
+        let mut s = self.state.writer();
+        if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
+            f(a);
+        }
+        drop(s);
+        self.health.notify_one();
+    }
+
+    fn plugin_of(&self, channel: &str) -> Option<String> {
+        self.state.reader().get(channel).map(|c| c.plugin.clone())
+    }
+
+    /// The network `channel` may reach: its own `network` list, else what
+    /// its plugin asks for. Per channel: two channels of one plugin never
+    /// share grants.
+    pub fn grants_for(&self, channel: &str, plugin: &Plugin) -> Vec<String> {
+        self.config
+            .get(channel)
+            .and_then(|c| c.network.clone())
+            .unwrap_or_else(|| plugin.loaded.info.network.clone())
+    }
+
+    /// `plugins.list`'s `grants` of a plugin: channel → what it may reach.
+    pub fn plugin_grants(&self, plugin: &Plugin) -> Value {
+        let s = self.state.reader();
+        Value::Object(
+            s.iter()
+                .filter(|(_, e)| e.plugin == plugin.id())
+                .map(|(c, _)| (c.clone(), json!(self.grants_for(c, plugin))))
+                .collect(),
+        )
+    }
+
+    /// `channels.<name>.webhook_max_body_bytes`, or `None` for an unknown channel.
+    pub fn webhook_body_limit(&self, channel: &str) -> Option<usize> {
+        self.config.get(channel).map(|c| c.webhook_max_body_bytes)
+    }
+
+    fn account_wit(&self, channel: &str, account: &str) -> Option<Account> {
+        let t = self.config.get(channel)?.accounts.get(account)?;
+        Some(Account {
+            id: account.to_string(),
+            settings: settings_json(t),
+        })
+    }
+
+    /// Resolves `channel`/`accountId` of a request (defaults when there is one choice).
+    pub fn resolve(
+        &self,
+        channel: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<(String, String), ErrorShape> {
+        let s = self.state.reader();
+        let channel = match channel {
+            Some(c) => c.to_string(),
+            None if s.len() == 1 => s.keys().next().cloned().unwrap_or_default(),
+            None => {
+                return Err(ErrorShape::invalid(format!(
+                    "channel is required (configured: {})",
+                    if s.is_empty() {
+                        "none".to_string()
+                    } else {
+                        s.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                )))
+            }
+        };
+        let entry = s.get(&channel).ok_or_else(|| {
+            ErrorShape::invalid(format!(
+                "unknown channel: {channel}; add [channels.{channel}] to the config"
+            ))
+        })?;
+        let account = match account {
+            Some(a) => a.to_string(),
+            None => entry.default_account.clone().ok_or_else(|| {
+                ErrorShape::invalid(format!(
+                    "channel {channel} has no accounts; add [channels.{channel}.accounts.default]"
+                ))
+            })?,
+        };
+        if !entry.accounts.contains_key(&account) {
+            return Err(ErrorShape::invalid(format!(
+                "unknown account {account} of channel {channel} (configured: {})",
+                entry
+                    .accounts
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok((channel, account))
+    }
+}

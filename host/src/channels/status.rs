@@ -1,0 +1,124 @@
+//! What `channels.status`, `health` and `/ready` show of the channels.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// One account's runtime state, as `channels.status` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSnapshot {
+    pub account_id: String,
+    pub enabled: bool,
+    pub configured: bool,
+    pub running: bool,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub last_start_at: Option<u64>,
+    pub last_stop_at: Option<u64>,
+    pub reconnect_attempts: u64,
+    pub last_inbound_at: Option<u64>,
+    pub last_outbound_at: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelEntry {
+    pub label: String,
+    pub plugin: String,
+    pub default_account: Option<String>,
+    pub accounts: BTreeMap<String, AccountSnapshot>,
+}
+
+/// The runtime snapshot of every channel, ordered by channel id.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelsSnapshot {
+    pub channels: BTreeMap<String, ChannelEntry>,
+}
+
+impl ChannelsSnapshot {
+    pub fn order(&self) -> Vec<String> {
+        self.channels.keys().cloned().collect()
+    }
+
+    pub fn labels(&self) -> Value {
+        Value::Object(
+            self.channels
+                .iter()
+                .map(|(k, e)| (k.clone(), json!(e.label)))
+                .collect(),
+        )
+    }
+
+    /// The `channels.status` result, optionally for one channel.
+    pub fn status_payload(&self, only: Option<&str>, ts: u64) -> Value {
+        let selected: Vec<(&String, &ChannelEntry)> = self
+            .channels
+            .iter()
+            .filter(|(k, _)| only.is_none_or(|o| o == k.as_str()))
+            .collect();
+        let mut channels = serde_json::Map::new();
+        let mut accounts = serde_json::Map::new();
+        let mut defaults = serde_json::Map::new();
+        let mut labels = serde_json::Map::new();
+        for (id, e) in &selected {
+            let list: Vec<&AccountSnapshot> = e.accounts.values().collect();
+            let running = list.iter().filter(|a| a.running).count();
+            let connected = list.iter().filter(|a| a.connected).count();
+            channels.insert(
+                (*id).clone(),
+                json!({"configured": !list.is_empty(), "running": running > 0, "connected": connected > 0,
+                       "plugin": e.plugin, "accounts": list.len(), "runningAccounts": running, "connectedAccounts": connected}),
+            );
+            accounts.insert((*id).clone(), json!(list));
+            labels.insert((*id).clone(), json!(e.label));
+            if let Some(d) = &e.default_account {
+                defaults.insert((*id).clone(), json!(d));
+            }
+        }
+        json!({
+            "ts": ts,
+            "channelOrder": selected.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "channelLabels": labels,
+            "channels": channels,
+            "channelAccounts": accounts,
+            "channelDefaultAccountId": defaults,
+        })
+    }
+
+    /// The `channels` object of `health`: per account running/connected/lastError.
+    pub fn health_payload(&self) -> Value {
+        Value::Object(
+            self.channels
+                .iter()
+                .map(|(k, e)| {
+                    let accts: serde_json::Map<String, Value> = e
+                        .accounts
+                        .iter()
+                        .map(|(id, a)| {
+                            let mut v = json!({"running": a.running, "connected": a.connected});
+                            if let Some(err) = &a.last_error {
+                                v["lastError"] = json!(err);
+                            }
+                            (id.clone(), v)
+                        })
+                        .collect();
+                    (k.clone(), json!({"accounts": accts}))
+                })
+                .collect(),
+        )
+    }
+
+    /// Accounts that should be running and are in error (for `/ready`).
+    pub fn failing(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, e) in &self.channels {
+            for (id, a) in &e.accounts {
+                if a.enabled && a.last_error.is_some() && !a.connected {
+                    out.push(format!("channel:{k}/{id}"));
+                }
+            }
+        }
+        out
+    }
+}
