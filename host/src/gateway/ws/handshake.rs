@@ -1,0 +1,412 @@
+//! The handshake: `connect.challenge`, the one `connect` request read with
+//! the strict pre-auth reader, its checks (protocol, rate limit, credential,
+//! device proof, field sizes), and `hello-ok`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::broadcast::events;
+use crate::connections::ClientInfo;
+use crate::gateway::auth::{self, ConnectAuth, DeviceProof, SignedFields};
+use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
+use crate::gateway::preauth::{self, PreauthRead};
+use crate::gateway::{ConnMeta, Gateway};
+
+use super::reader::*;
+
+// Every field of the protocol's schema is accepted (unknown ones are an
+// error); some are not used by this gateway yet.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ClientParams {
+    id: String,
+    display_name: Option<String>,
+    version: String,
+    build_id: Option<String>,
+    platform: String,
+    device_family: Option<String>,
+    model_identifier: Option<String>,
+    time_zone: Option<String>,
+    mode: String,
+    instance_id: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ConnectParams {
+    min_protocol: u32,
+    max_protocol: u32,
+    client: ClientParams,
+    #[serde(default)]
+    caps: Vec<String>,
+    commands: Option<Vec<String>>,
+    computer_use: Option<Value>,
+    worker_runs: Option<Value>,
+    permissions: Option<serde_json::Map<String, Value>>,
+    path_env: Option<String>,
+    role: Option<String>,
+    scopes: Option<Vec<String>>,
+    device: Option<DeviceProof>,
+    auth: Option<ConnectAuth>,
+    locale: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// A handshake that did not succeed: what to answer and how to close.
+pub(super) struct Refusal {
+    response: Option<String>,
+    code: u16,
+    reason: String,
+    /// Counted against the remote IP's failed-auth budget.
+    auth_failure: bool,
+}
+
+impl Refusal {
+    fn close(code: u16, reason: &str) -> Self {
+        Self {
+            response: None,
+            code,
+            reason: reason.into(),
+            auth_failure: false,
+        }
+    }
+    fn answer(id: &str, err: ErrorShape, code: u16, reason: &str) -> Self {
+        Self {
+            response: Some(frames::response_err(id, &err)),
+            code,
+            reason: reason.into(),
+            auth_failure: false,
+        }
+    }
+    fn auth(id: &str, err: ErrorShape) -> Self {
+        let reason = err.message.clone();
+        Self {
+            auth_failure: true,
+            ..Self::answer(id, err, 1008, &reason)
+        }
+    }
+}
+
+pub(super) struct Accepted {
+    pub(super) request_id: String,
+    pub(super) role: String,
+    pub(super) scopes: Vec<String>,
+    pub(super) device_id: Option<String>,
+    pub(super) client: ClientInfo,
+    pub(super) via: String,
+}
+
+/// Runs a connection from the upgrade to the close.
+pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = meta.remote;
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let challenge = frames::event_unsequenced(
+        "connect.challenge",
+        &json!({"nonce": nonce, "ts": crate::now_ms()}),
+    );
+    if preauth::write_text(&mut io, &challenge).await.is_err() {
+        return;
+    }
+    let limits = &gw.config.gateway.limits;
+    // Loopback clients without a browser Origin are neither limited nor counted.
+    let rate_limited =
+        !(gw.config.gateway.auth.exempt_loopback && remote.ip().is_loopback() && origin.is_none());
+    let limit_key = rate_limited.then(|| auth::LimitKey::new(remote.ip(), origin.as_deref()));
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits.handshake_timeout_ms),
+        handshake(&gw, &mut io, &nonce, limit_key.as_ref()),
+    );
+    let outcome = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(Some(a))) => Ok(a),
+            Ok(Ok(None)) => return, // the client left
+            Ok(Err(refusal)) => Err(refusal),
+            Err(_) => Err(Refusal::close(1008, "handshake timeout")),
+        },
+        _ = gw.shutdown_started() => Err(Refusal::close(1012, "service restart")),
+    };
+    let accepted = match outcome {
+        Ok(a) => a,
+        Err(r) => {
+            gw.metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if r.auth_failure {
+                gw.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(key) = limit_key {
+                    gw.limiter.record_failure(key);
+                }
+            }
+            tracing::info!(%remote, close_code = r.code, reason = %r.reason, "handshake refused");
+            if let Some(resp) = &r.response {
+                let _ = preauth::write_text(&mut io, resp).await;
+            }
+            let _ = preauth::write_close(&mut io, r.code, &r.reason).await;
+            // Give the client a moment to read the close before the socket drops.
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut io)).await;
+            return;
+        }
+    };
+    serve_connection(gw, io, meta, accepted).await;
+}
+
+pub(super) async fn drain<S: AsyncRead + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Reads the first frame and decides. `Ok(None)`: the client went away.
+pub(super) async fn handshake<S>(
+    gw: &Gateway,
+    io: &mut S,
+    nonce: &str,
+    limit_key: Option<&auth::LimitKey>,
+) -> Result<Option<Accepted>, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = gw.config.gateway.limits.preauth_max_frame_bytes;
+    let text = match preauth::read_message(io, max).await {
+        Ok(PreauthRead::Text(t)) => t,
+        Ok(PreauthRead::Closed) | Err(_) => return Ok(None),
+        Ok(PreauthRead::Binary) => return Err(Refusal::close(1008, "invalid request frame")),
+        Ok(PreauthRead::TooLarge(n)) => {
+            return Err(Refusal::close(
+                1009,
+                &format!("frame of {n} bytes exceeds the {max}-byte limit before connect"),
+            ))
+        }
+        Ok(PreauthRead::Protocol(why)) => return Err(Refusal::close(1002, why)),
+    };
+    gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+    let req = match RequestFrame::parse(&text) {
+        Ok(r) => r,
+        Err(FrameError::NotARequest(_)) => {
+            return Err(Refusal::close(1008, "invalid request frame"))
+        }
+        Err(FrameError::Malformed { id, message }) => {
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::invalid(message),
+                1008,
+                "invalid request frame",
+            ))
+        }
+    };
+    let id = req.id.clone();
+    if req.method != "connect" {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid("invalid handshake: first request must be connect"),
+            1008,
+            "invalid handshake",
+        ));
+    }
+    let params: ConnectParams = match serde_json::from_value(req.params.unwrap_or(Value::Null)) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::invalid(format!("invalid connect params: {e}")),
+                1008,
+                "invalid connect params",
+            ))
+        }
+    };
+    if let Err(e) = check_field_sizes(&params) {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!("invalid connect params: {e}")),
+            1008,
+            "invalid connect params",
+        ));
+    }
+    if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!(
+                "protocol mismatch: this gateway speaks protocol {PROTOCOL_VERSION}, client offered {}..{}",
+                params.min_protocol, params.max_protocol
+            ))
+            .with_details(json!({"code": "PROTOCOL_MISMATCH", "expectedProtocol": PROTOCOL_VERSION})),
+            1002,
+            "protocol mismatch",
+        ));
+    }
+    if let Some(key) = limit_key {
+        if let Some(retry) = gw.limiter.check(key) {
+            let ip = key.ip;
+            let ms = retry.as_millis().max(1) as u64;
+            return Err(Refusal::answer(
+                &id,
+                ErrorShape::unavailable(format!(
+                    "rate limited: too many failed connection attempts from {ip}; retry in {}s",
+                    ms.div_ceil(1000)
+                ))
+                .with_details(json!({"code": "AUTH_RATE_LIMITED"}))
+                .retry_after(ms),
+                1008,
+                "rate limited",
+            ));
+        }
+    }
+    let role = params.role.clone().unwrap_or_else(|| "operator".into());
+    if role != "operator" && role != "node" {
+        return Err(Refusal::answer(
+            &id,
+            ErrorShape::invalid(format!("invalid role `{role}`: use operator or node")),
+            1008,
+            "invalid role",
+        ));
+    }
+    let connect_auth = params.auth.unwrap_or_default();
+    let grant = auth::authenticate(&gw.config.gateway.auth, &connect_auth)
+        .map_err(|e| Refusal::auth(&id, e))?;
+    if !grant.allows_role(&role) {
+        return Err(Refusal::auth(
+            &id,
+            ErrorShape::invalid(format!(
+                "unauthorized: this credential may not connect as {role}"
+            ))
+            .with_details(json!({"code": "AUTH_SCOPE_MISMATCH"})),
+        ));
+    }
+    let requested = params.scopes.clone().unwrap_or_default();
+    let device_id = match &params.device {
+        None => None,
+        Some(proof) => {
+            let token = connect_auth
+                .token
+                .as_deref()
+                .or(connect_auth.device_token.as_deref())
+                .or(connect_auth.bootstrap_token.as_deref())
+                .unwrap_or("");
+            let fields = SignedFields {
+                client_id: &params.client.id,
+                client_mode: &params.client.mode,
+                role: &role,
+                scopes: &requested,
+                token,
+                platform: &params.client.platform,
+                device_family: params.client.device_family.as_deref().unwrap_or(""),
+            };
+            let now = crate::now_ms() as i64;
+            Some(
+                auth::verify_device(proof, nonce, now, &fields)
+                    .map_err(|e| Refusal::auth(&id, e))?,
+            )
+        }
+    };
+    let scopes = grant.filter_scopes(&requested);
+    let c = params.client;
+    Ok(Some(Accepted {
+        request_id: id,
+        role,
+        scopes,
+        device_id,
+        client: ClientInfo {
+            id: c.id,
+            display_name: c.display_name,
+            version: c.version,
+            platform: c.platform,
+            device_family: c.device_family,
+            model_identifier: c.model_identifier,
+            mode: c.mode,
+            instance_id: c.instance_id,
+        },
+        via: grant.via,
+    }))
+}
+
+/// Longest string accepted in `connect.client` fields, `role` and each scope.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Most entries accepted in `scopes`, `caps` and `commands`.
+pub const MAX_LIST_ENTRIES: usize = 64;
+
+/// Bounds the fields a connection keeps for its life (and shows in
+/// presence to every operator): a display name of 60,000 characters is
+/// not a display name.
+pub(super) fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
+    let c = &p.client;
+    let fields: [(&str, Option<&str>); 10] = [
+        ("client.id", Some(&c.id)),
+        ("client.displayName", c.display_name.as_deref()),
+        ("client.version", Some(&c.version)),
+        ("client.buildId", c.build_id.as_deref()),
+        ("client.platform", Some(&c.platform)),
+        ("client.deviceFamily", c.device_family.as_deref()),
+        ("client.modelIdentifier", c.model_identifier.as_deref()),
+        ("client.mode", Some(&c.mode)),
+        ("client.instanceId", c.instance_id.as_deref()),
+        ("role", p.role.as_deref()),
+    ];
+    for (name, v) in fields {
+        if let Some(v) = v.filter(|v| v.len() > MAX_FIELD_BYTES) {
+            return Err(format!(
+                "{name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
+                v.len()
+            ));
+        }
+    }
+    let lists: [(&str, Option<&Vec<String>>); 3] = [
+        ("scopes", p.scopes.as_ref()),
+        ("caps", Some(&p.caps)),
+        ("commands", p.commands.as_ref()),
+    ];
+    for (name, list) in lists {
+        let Some(list) = list else { continue };
+        if list.len() > MAX_LIST_ENTRIES {
+            return Err(format!(
+                "{name} has {} entries; at most {MAX_LIST_ENTRIES} are accepted",
+                list.len()
+            ));
+        }
+        if let Some(v) = list.iter().find(|v| v.len() > MAX_FIELD_BYTES) {
+            return Err(format!(
+                "an entry of {name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
+    let limits = &gw.config.gateway.limits;
+    json!({
+        "type": "hello-ok",
+        "protocol": PROTOCOL_VERSION,
+        "server": {"version": crate::VERSION, "connId": conn_id},
+        "features": {
+            "methods": crate::gateway::methods::names(),
+            "events": events::ALL,
+        },
+        "snapshot": {
+            "presence": gw.presence(),
+            "health": crate::health::snapshot(gw),
+            "stateVersion": gw.broadcaster.state_version(),
+            "uptimeMs": gw.uptime_ms(),
+        },
+        "auth": {"role": a.role, "scopes": a.scopes},
+        "policy": {
+            "maxPayload": limits.max_payload_bytes,
+            "maxBufferedBytes": limits.max_buffered_bytes,
+            "tickIntervalMs": gw.config.gateway.tick_interval_ms,
+        },
+    })
+}

@@ -1,0 +1,17 @@
+//! One WebSocket connection: the `connect.challenge` → `connect` → `hello-ok`
+//! handshake (read with the strict pre-auth reader), then a reader loop in
+//! this task and a writer task that owns the sink and drains the bounded
+//! queue of pre-serialised frames in batches.
+
+//!
+//! `handshake` (challenge, `connect`, `hello-ok`), `reader` (the
+//! authenticated connection's read loop and close), `writer` (the task that
+//! owns the sink), `presence` (coalesced presence events).
+
+mod handshake;
+mod presence;
+mod reader;
+mod writer;
+
+pub use handshake::{run, MAX_FIELD_BYTES, MAX_LIST_ENTRIES};
+pub use presence::{run_presence, PRESENCE_COALESCE};

@@ -1,0 +1,262 @@
+//! An authenticated connection: registration, `hello-ok`, the reader loop
+//! (one in-flight slot taken before each frame) and the close.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::connections::{ConnIdentity, Connection, EnqueueError, Outbound};
+use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame};
+use crate::gateway::preauth::{self};
+use crate::gateway::{ConnMeta, Gateway};
+
+use super::handshake::*;
+use super::presence::*;
+use super::writer::*;
+
+/// How long we wait for the client's answer to our close frame.
+pub(super) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+pub(super) async fn serve_connection<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, a: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &gw.config.gateway.limits;
+    let conn_id = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = mpsc::channel(limits.send_queue_frames);
+    let (close_tx, close_rx) = watch::channel(None);
+    let identity = ConnIdentity {
+        id: conn_id.clone(),
+        role: a.role.clone(),
+        scopes: a.scopes.clone(),
+        device_id: a.device_id.clone(),
+        client: a.client.clone(),
+        remote_ip: meta.remote.ip(),
+        connected_at_ms: crate::now_ms(),
+    };
+    let conn = Arc::new(
+        Connection::new(identity, tx, close_tx).with_byte_limit(limits.max_buffered_bytes),
+    );
+    // Register before hello so the snapshot includes this client; events
+    // queued meanwhile are written after hello by the writer.
+    gw.conns.register(conn.clone());
+    gw.broadcaster.bump_presence();
+    // Built and dropped in this statement: the snapshot holds the whole
+    // presence list, and a local would live as long as the connection.
+    let wrote = preauth::write_text(
+        &mut io,
+        &frames::response_ok(&a.request_id, &hello_ok(&gw, &conn_id, &a)),
+    )
+    .await;
+    if wrote.is_err() {
+        gw.conns.unregister(&conn_id);
+        return;
+    }
+    gw.metrics.frames_out.fetch_add(2, Ordering::Relaxed);
+    tracing::info!(
+        conn_id = %conn_id, client = %a.client.id, mode = %a.client.mode, role = %a.role,
+        scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
+        remote = %meta.remote, tls = meta.tls, "connection open"
+    );
+    broadcast_presence(&gw);
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_buffered_bytes.max(limits.max_payload_bytes * 2))
+        .max_message_size(Some(limits.max_payload_bytes))
+        .max_frame_size(Some(limits.max_payload_bytes));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(writer(
+        sink,
+        rx,
+        close_rx.clone(),
+        gw.clone(),
+        conn.queued_bytes(),
+    ));
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
+    // A request slot, taken before the next frame is read: a client at its
+    // in-flight limit is not read from (TCP backpressure) until a request
+    // finishes, instead of being answered with refusals it must then read.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let mut client_close: Option<u16> = None;
+    let mut close_rx = close_rx;
+    let mut writer_done = None;
+    loop {
+        tokio::select! {
+            p = inflight.clone().acquire_owned(), if slot.is_none() => {
+                slot = p.ok();
+            }
+            msg = stream.next(), if slot.is_some() => match msg {
+                None => break,
+                Some(Err(WsError::Capacity(e))) => {
+                    let _ = conn.close_now(1009, &format!("message too big: {e}"));
+                }
+                Some(Err(e)) => {
+                    // A protocol violation gets its close code (RFC 6455
+                    // 7.4.1); a vanished socket has nobody to tell.
+                    match protocol_close(&e) {
+                        Some((code, reason)) => {
+                            gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(conn_id = %conn_id, "protocol error: {e}");
+                            let _ = conn.close_now(code, reason);
+                        }
+                        None => tracing::debug!(conn_id = %conn_id, "read error: {e}"),
+                    }
+                    break;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    on_text(&gw, &conn, &mut slot, t.as_str());
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = conn.close_now(1003, "binary frames are not supported; send JSON text frames");
+                }
+                Some(Ok(Message::Close(f))) => {
+                    client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                    break;
+                }
+                Some(Ok(_)) => {} // ping/pong are answered by the library
+            },
+            r = &mut writer => {
+                writer_done = Some(r.ok().flatten());
+                // Complete the closing handshake: wait (bounded) for the
+                // client's close or EOF. Dropping the socket first would make
+                // the kernel answer the client's close with a reset, which
+                // discards frames the client has received but not yet read.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if let Message::Close(f) = m {
+                            client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                            break;
+                        }
+                    }
+                })
+                .await;
+                break;
+            }
+            _ = close_rx.changed() => {
+                // Our side closes: keep reading until the client answers or the
+                // writer gives up, so the close handshake completes.
+            }
+        }
+    }
+    // Did we ask to close (slow consumer, shutdown, bad frame) before the loop ended?
+    // (A writer that finished on its own sent our close, e.g. at shutdown.)
+    let we_closed = conn.is_closing() || matches!(writer_done, Some(Some(_)));
+    let our_close = match writer_done {
+        Some(r) => r,
+        None => {
+            // The client closed or the socket failed: stop the writer.
+            let _ = conn.close_now(client_close.unwrap_or(1006), "");
+            match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
+                Ok(r) => r.ok().flatten(),
+                Err(_) => {
+                    writer.abort();
+                    None
+                }
+            }
+        }
+    };
+    gw.conns.unregister(&conn_id);
+    gw.broadcaster.bump_presence();
+    let code = if we_closed {
+        our_close.as_ref().map(|c| c.code).unwrap_or(1006)
+    } else {
+        client_close.unwrap_or(1006)
+    };
+    tracing::info!(
+        conn_id = %conn_id, client = %a.client.id, role = %a.role, close_code = code,
+        by = if we_closed { "server" } else { "client" },
+        reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
+        "connection closed"
+    );
+    broadcast_presence(&gw);
+}
+
+/// The close code and reason for a read error that is the client's
+/// protocol violation; `None` for I/O errors (the socket is gone).
+pub(super) fn protocol_close(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
+        WsError::Protocol(p) => {
+            use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+            match p {
+                P::ResetWithoutClosingHandshake => None,
+                P::UnmaskedFrameFromClient => Some((1002, "protocol error: unmasked client frame")),
+                P::NonZeroReservedBits => Some((1002, "protocol error: reserved bits set")),
+                _ => Some((1002, "protocol error")),
+            }
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn respond(gw: &Gateway, conn: &Connection, frame: String) {
+    enqueue(gw, conn, Outbound::Frame(frame))
+}
+
+pub(super) fn enqueue(gw: &Gateway, conn: &Connection, item: Outbound) {
+    match conn.try_send(item) {
+        Ok(()) => {}
+        Err(EnqueueError::Full) => crate::broadcast::close_slow_consumer(&gw.metrics, conn),
+        Err(EnqueueError::Closed) => {}
+    }
+}
+
+/// Handles one text frame. A request takes `slot` (the in-flight permit the
+/// reader acquired before reading it) into its task.
+pub(super) fn on_text(
+    gw: &Arc<Gateway>,
+    conn: &Arc<Connection>,
+    slot: &mut Option<OwnedSemaphorePermit>,
+    text: &str,
+) {
+    let req = match RequestFrame::parse(text) {
+        Ok(r) => r,
+        Err(FrameError::NotARequest(why)) => {
+            tracing::info!(conn_id = %conn.id, "invalid frame: {why}");
+            let _ = conn.close_now(1008, "invalid request frame");
+            return;
+        }
+        Err(FrameError::Malformed { id, message }) => {
+            respond(
+                gw,
+                conn,
+                frames::response_err(&id, &ErrorShape::invalid(message)),
+            );
+            return;
+        }
+    };
+    if req.method == "connect" {
+        respond(
+            gw,
+            conn,
+            frames::response_err(&req.id, &ErrorShape::invalid("already connected")),
+        );
+        return;
+    }
+    let permit = slot.take();
+    let gw = gw.clone();
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let result = crate::gateway::methods::dispatch(&gw, &conn, &req.method, req.params).await;
+        let frame = match result {
+            Ok(payload) => frames::response_ok(&req.id, &payload),
+            Err(e) => frames::response_err(&req.id, &e),
+        };
+        // The slot goes with the response and is freed once it is written.
+        match permit {
+            Some(p) => enqueue(&gw, &conn, Outbound::Reply(frame, p)),
+            None => respond(&gw, &conn, frame),
+        }
+    });
+}
