@@ -7,9 +7,13 @@
 //! Plugin code runs on its own tokio runtime ([`PluginManager::spawn`]) so a
 //! misbehaving plugin never stalls the gateway's sockets or timers.
 
+mod bindings;
 pub mod call;
+mod engine;
 pub mod kv;
+mod loader;
 pub mod runtime;
+mod sandbox;
 pub mod watcher;
 
 use crate::sync::RwLockExt;

@@ -1,0 +1,221 @@
+//! Loading a plugin file: file checks, compile (or the on-disk cache),
+//! link against the host, instantiate once and validate `info`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::*;
+use super::engine::*;
+use super::sandbox::*;
+
+impl Runtime {
+    /// Reads a plugin file: regular file (no symlinks), within the size limit.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        if meta.file_type().is_symlink() {
+            return Err(LoadError::new(format!(
+                "{} is a symbolic link: plugins are loaded from regular files only (a link could point anywhere); copy the file into the plugins directory instead",
+                path.display()
+            )));
+        }
+        if !meta.file_type().is_file() {
+            return Err(LoadError::new(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        if meta.len() > self.limits.max_file_bytes {
+            return Err(LoadError::new(format!(
+                "file too large: {} bytes, the limit is {} (plugins.max_file_bytes)",
+                meta.len(),
+                self.limits.max_file_bytes
+            )));
+        }
+        std::fs::read(path)
+            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))
+    }
+
+    /// Reads, compiles and validates a plugin file, then asks it for `info`.
+    pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let bytes = self.read_file(path)?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load_bytes(&file_name, bytes).await
+    }
+
+    /// Compiles (off the async runtime), links against the host, checks the
+    /// world, instantiates once and calls `info`.
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        file_name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let rt = self.clone();
+        let h = hash.clone();
+        let t0 = Instant::now();
+        let (component, from_cache) =
+            tokio::task::spawn_blocking(move || rt.compile_cached(&h, &bytes))
+                .await
+                .map_err(|e| LoadError::new(format!("compiler task failed: {e}")))??;
+        let compile_ms = t0.elapsed().as_millis() as u64;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::new(format!("wrong world: {}", chain(&e))))?;
+        let pre = ChannelPluginPre::new(pre).map_err(|e| {
+            LoadError::new(format!(
+                "wrong world: the component does not export switchboard:channel/channel@0.1.0 as expected: {}",
+                chain(&e)
+            ))
+        })?;
+        let mut store = self.store(
+            file_name,
+            "",
+            Arc::default(),
+            Some(self.limits.call_timeout),
+        );
+        let plugin = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::new(format!("instantiation failed: {}", chain(&e))))?;
+        let info = plugin
+            .switchboard_channel_channel()
+            .call_info(&mut store)
+            .await
+            .map_err(|e| LoadError::new(format!("`info` failed: {}", chain(&e))))?;
+        validate_info(&info)?;
+        Ok(LoadedPlugin {
+            info,
+            file: file_name.to_string(),
+            hash,
+            pre,
+            from_cache,
+            compile_ms,
+        })
+    }
+
+    /// The cache file for content `hash` under this engine's settings.
+    fn cache_path(&self, hash: &str) -> Option<std::path::PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        crate::VERSION.hash(&mut h);
+        Some(dir.join(format!("{hash}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// Compiles `bytes`, or loads the code this daemon compiled for the same
+    /// content and engine before. Only files in our own cache directory, named
+    /// by content hash, are ever deserialised.
+    fn compile_cached(&self, hash: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
+        let path = self.cache_path(hash);
+        if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
+            // SAFETY: the file is in our private cache directory, was written by
+            // `Component::serialize` in this function, and is named by the
+            // hash of the source and the engine; wasmtime still checks its header.
+            match unsafe { Component::deserialize_file(&self.engine, p) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), "ignoring unusable cache entry: {e:#}");
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        let component = self.compile(bytes)?;
+        if let Some(p) = path {
+            match component.serialize() {
+                Ok(code) => {
+                    let tmp = p.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+                    if std::fs::write(&tmp, code)
+                        .and_then(|_| std::fs::rename(&tmp, &p))
+                        .is_err()
+                    {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(file = %p.display(), "could not write the compiled-component cache");
+                    }
+                }
+                Err(e) => tracing::warn!("could not serialise a compiled component: {e:#}"),
+            }
+        }
+        Ok((component, false))
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::new(
+                "not a WebAssembly file (no `\\0asm` header); build with `cargo build --target wasm32-wasip2`",
+            ));
+        }
+        // Byte 4..8: version + layer. Layer 0 = core module, 1 = component.
+        if bytes[6] == 0 && bytes[7] == 0 {
+            return Err(LoadError::new(
+                "a core WebAssembly module, not a component; build with `--target wasm32-wasip2` (not wasm32-unknown-unknown or wasip1)",
+            ));
+        }
+        Component::new(&self.engine, bytes).map_err(|e| {
+            LoadError::new(format!(
+                "invalid component (truncated or corrupt?): {}",
+                chain(&e)
+            ))
+        })
+    }
+}
+
+fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
+    let id_ok = !info.id.is_empty()
+        && info.id.len() <= 64
+        && info
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !id_ok {
+        return Err(LoadError::new(format!(
+            "plugin id `{}` is invalid: use 1-64 characters of [a-z0-9-]",
+            info.id
+        )));
+    }
+    for n in &info.network {
+        parse_host_port(n).map_err(|e| LoadError::new(format!("info.network: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A plugin file that compiled, linked and answered `info`.
+pub struct LoadedPlugin {
+    pub info: PluginInfo,
+    pub file: String,
+    /// SHA-256 of the file.
+    pub hash: String,
+    pub pre: ChannelPluginPre<PluginState>,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    /// Time to compile (or load from the cache).
+    pub compile_ms: u64,
+}
+
+/// Why a plugin file was refused.
+#[derive(Debug, Clone)]
+pub struct LoadError(pub String);
+
+impl LoadError {
+    fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}
