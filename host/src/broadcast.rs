@@ -125,7 +125,7 @@ impl Broadcaster {
 
 /// Closes `c` with 1008 "slow consumer", counting each connection once.
 pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection) {
-    if c.close_now(1008, "slow consumer") {
+    if c.close_now(crate::disconnect::Disconnect::SlowConsumer) {
         metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
         // Its queue is dropped when the writer ends: give that memory back.
         crate::memory::release_soon();

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::disconnect::Disconnect;
 use crate::gateway::auth::scope_satisfies;
 use crate::gateway::frames::PreparedEvent;
 
@@ -193,12 +194,12 @@ impl Connection {
 
     /// Closes at once, dropping whatever is still queued (slow consumers).
     /// Returns false when a close was already under way.
-    pub fn close_now(&self, code: u16, reason: &str) -> bool {
+    pub fn close_now(&self, why: Disconnect) -> bool {
         self.close.send_if_modified(|cur| {
             if cur.is_none() {
                 *cur = Some(CloseReason {
-                    code,
-                    reason: reason.to_string(),
+                    code: why.code(),
+                    reason: why.reason(),
                 });
                 true
             } else {
@@ -209,9 +210,9 @@ impl Connection {
 
     /// Closes after the frames already queued (shutdown); falls back to an
     /// immediate close when the queue is full.
-    pub fn close_after_queue(&self, code: u16, reason: &str) {
-        if self.try_send(Outbound::Close(code, reason.to_string())) == Err(EnqueueError::Full) {
-            let _ = self.close_now(code, reason);
+    pub fn close_after_queue(&self, why: Disconnect) {
+        if self.try_send(Outbound::Close(why.code(), why.reason())) == Err(EnqueueError::Full) {
+            let _ = self.close_now(why);
         }
     }
 

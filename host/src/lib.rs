@@ -7,6 +7,7 @@ pub mod channels;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod disconnect;
 pub mod gateway;
 pub mod health;
 pub mod memory;

@@ -67,7 +67,7 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
         "shutdown 4/5: closing sockets with 1012"
     );
     for c in &conns {
-        c.close_after_queue(1012, "service restart");
+        c.close_after_queue(crate::disconnect::Disconnect::ServiceRestart);
     }
     gw.tasks.close();
     if tokio::time::timeout_at(deadline, gw.tasks.wait())

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::broadcast::events;
 use crate::connections::ClientInfo;
+use crate::disconnect::Disconnect;
 use crate::gateway::auth::{self, ConnectAuth, DeviceProof, SignedFields};
 use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
 use crate::gateway::preauth::{self, PreauthRead};
@@ -62,34 +63,31 @@ pub(super) struct ConnectParams {
 /// A handshake that did not succeed: what to answer and how to close.
 pub(super) struct Refusal {
     response: Option<String>,
-    code: u16,
-    reason: String,
+    why: Disconnect,
     /// Counted against the remote IP's failed-auth budget.
     auth_failure: bool,
 }
 
 impl Refusal {
-    fn close(code: u16, reason: &str) -> Self {
+    fn close(why: Disconnect) -> Self {
         Self {
             response: None,
-            code,
-            reason: reason.into(),
+            why,
             auth_failure: false,
         }
     }
-    fn answer(id: &str, err: ErrorShape, code: u16, reason: &str) -> Self {
+    fn answer(id: &str, err: ErrorShape, why: Disconnect) -> Self {
         Self {
             response: Some(frames::response_err(id, &err)),
-            code,
-            reason: reason.into(),
+            why,
             auth_failure: false,
         }
     }
     fn auth(id: &str, err: ErrorShape) -> Self {
-        let reason = err.message.clone();
+        let why = Disconnect::Policy(err.message.clone());
         Self {
             auth_failure: true,
-            ..Self::answer(id, err, 1008, &reason)
+            ..Self::answer(id, err, why)
         }
     }
 }
@@ -131,9 +129,9 @@ where
             Ok(Ok(Some(a))) => Ok(a),
             Ok(Ok(None)) => return, // the client left
             Ok(Err(refusal)) => Err(refusal),
-            Err(_) => Err(Refusal::close(1008, "handshake timeout")),
+            Err(_) => Err(Refusal::close(Disconnect::HandshakeTimeout)),
         },
-        _ = gw.shutdown_started() => Err(Refusal::close(1012, "service restart")),
+        _ = gw.shutdown_started() => Err(Refusal::close(Disconnect::ServiceRestart)),
     };
     let accepted = match outcome {
         Ok(a) => a,
@@ -147,11 +145,11 @@ where
                     gw.limiter.record_failure(key);
                 }
             }
-            tracing::info!(%remote, close_code = r.code, reason = %r.reason, "handshake refused");
+            tracing::info!(%remote, close_code = r.why.code(), reason = %r.why.reason(), "handshake refused");
             if let Some(resp) = &r.response {
                 let _ = preauth::write_text(&mut io, resp).await;
             }
-            let _ = preauth::write_close(&mut io, r.code, &r.reason).await;
+            let _ = preauth::write_close(&mut io, r.why.code(), &r.why.reason()).await;
             // Give the client a moment to read the close before the socket drops.
             let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut io)).await;
             return;
@@ -184,27 +182,33 @@ where
     let text = match preauth::read_message(io, max).await {
         Ok(PreauthRead::Text(t)) => t,
         Ok(PreauthRead::Closed) | Err(_) => return Ok(None),
-        Ok(PreauthRead::Binary) => return Err(Refusal::close(1008, "invalid request frame")),
-        Ok(PreauthRead::TooLarge(n)) => {
-            return Err(Refusal::close(
-                1009,
-                &format!("frame of {n} bytes exceeds the {max}-byte limit before connect"),
-            ))
+        Ok(PreauthRead::Binary) => {
+            return Err(Refusal::close(Disconnect::Policy(
+                "invalid request frame".into(),
+            )))
         }
-        Ok(PreauthRead::Protocol(why)) => return Err(Refusal::close(1002, why)),
+        Ok(PreauthRead::TooLarge(n)) => {
+            return Err(Refusal::close(Disconnect::MessageTooBig(format!(
+                "frame of {n} bytes exceeds the {max}-byte limit before connect"
+            ))))
+        }
+        Ok(PreauthRead::Protocol(why)) => {
+            return Err(Refusal::close(Disconnect::ProtocolError(why.into())))
+        }
     };
     gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
     let req = match RequestFrame::parse(&text) {
         Ok(r) => r,
         Err(FrameError::NotARequest(_)) => {
-            return Err(Refusal::close(1008, "invalid request frame"))
+            return Err(Refusal::close(Disconnect::Policy(
+                "invalid request frame".into(),
+            )))
         }
         Err(FrameError::Malformed { id, message }) => {
             return Err(Refusal::answer(
                 &id,
                 ErrorShape::invalid(message),
-                1008,
-                "invalid request frame",
+                Disconnect::Policy("invalid request frame".into()),
             ))
         }
     };
@@ -213,8 +217,7 @@ where
         return Err(Refusal::answer(
             &id,
             ErrorShape::invalid("invalid handshake: first request must be connect"),
-            1008,
-            "invalid handshake",
+            Disconnect::Policy("invalid handshake".into()),
         ));
     }
     let params: ConnectParams = match serde_json::from_value(req.params.unwrap_or(Value::Null)) {
@@ -223,8 +226,7 @@ where
             return Err(Refusal::answer(
                 &id,
                 ErrorShape::invalid(format!("invalid connect params: {e}")),
-                1008,
-                "invalid connect params",
+                Disconnect::Policy("invalid connect params".into()),
             ))
         }
     };
@@ -232,8 +234,7 @@ where
         return Err(Refusal::answer(
             &id,
             ErrorShape::invalid(format!("invalid connect params: {e}")),
-            1008,
-            "invalid connect params",
+            Disconnect::Policy("invalid connect params".into()),
         ));
     }
     if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
@@ -243,10 +244,7 @@ where
                 "protocol mismatch: this gateway speaks protocol {PROTOCOL_VERSION}, client offered {}..{}",
                 params.min_protocol, params.max_protocol
             ))
-            .with_details(json!({"code": "PROTOCOL_MISMATCH", "expectedProtocol": PROTOCOL_VERSION})),
-            1002,
-            "protocol mismatch",
-        ));
+            .with_details(json!({"code": "PROTOCOL_MISMATCH", "expectedProtocol": PROTOCOL_VERSION})), Disconnect::ProtocolError("protocol mismatch".into())));
     }
     if let Some(key) = limit_key {
         if let Some(retry) = gw.limiter.check(key) {
@@ -260,8 +258,7 @@ where
                 ))
                 .with_details(json!({"code": "AUTH_RATE_LIMITED"}))
                 .retry_after(ms),
-                1008,
-                "rate limited",
+                Disconnect::Policy("rate limited".into()),
             ));
         }
     }
@@ -270,8 +267,7 @@ where
         return Err(Refusal::answer(
             &id,
             ErrorShape::invalid(format!("invalid role `{role}`: use operator or node")),
-            1008,
-            "invalid role",
+            Disconnect::Policy("invalid role".into()),
         ));
     }
     let connect_auth = params.auth.unwrap_or_default();

@@ -13,8 +13,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::connections::{ConnIdentity, Connection, EnqueueError, Outbound};
+use crate::disconnect::{Disconnect, ABNORMAL, NO_STATUS};
 use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame};
-use crate::gateway::preauth::{self};
+use crate::gateway::preauth;
 use crate::gateway::{ConnMeta, Gateway};
 
 use super::handshake::*;
@@ -98,16 +99,16 @@ where
             msg = stream.next(), if slot.is_some() => match msg {
                 None => break,
                 Some(Err(WsError::Capacity(e))) => {
-                    let _ = conn.close_now(1009, &format!("message too big: {e}"));
+                    let _ = conn.close_now(Disconnect::MessageTooBig(format!("message too big: {e}")));
                 }
                 Some(Err(e)) => {
                     // A protocol violation gets its close code (RFC 6455
                     // 7.4.1); a vanished socket has nobody to tell.
                     match protocol_close(&e) {
-                        Some((code, reason)) => {
+                        Some(why) => {
                             gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(conn_id = %conn_id, "protocol error: {e}");
-                            let _ = conn.close_now(code, reason);
+                            let _ = conn.close_now(why);
                         }
                         None => tracing::debug!(conn_id = %conn_id, "read error: {e}"),
                     }
@@ -118,10 +119,10 @@ where
                     on_text(&gw, &conn, &mut slot, t.as_str());
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    let _ = conn.close_now(1003, "binary frames are not supported; send JSON text frames");
+                    let _ = conn.close_now(Disconnect::BinaryFrame);
                 }
                 Some(Ok(Message::Close(f))) => {
-                    client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                    client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
                     break;
                 }
                 Some(Ok(_)) => {} // ping/pong are answered by the library
@@ -135,7 +136,7 @@ where
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
                     while let Some(Ok(m)) = stream.next().await {
                         if let Message::Close(f) = m {
-                            client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                            client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
                             break;
                         }
                     }
@@ -156,7 +157,7 @@ where
         Some(r) => r,
         None => {
             // The client closed or the socket failed: stop the writer.
-            let _ = conn.close_now(client_close.unwrap_or(1006), "");
+            let _ = conn.close_now(Disconnect::Client(client_close.unwrap_or(ABNORMAL)));
             match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
                 Ok(r) => r.ok().flatten(),
                 Err(_) => {
@@ -169,9 +170,9 @@ where
     gw.conns.unregister(&conn_id);
     gw.broadcaster.bump_presence();
     let code = if we_closed {
-        our_close.as_ref().map(|c| c.code).unwrap_or(1006)
+        our_close.as_ref().map(|c| c.code).unwrap_or(ABNORMAL)
     } else {
-        client_close.unwrap_or(1006)
+        client_close.unwrap_or(ABNORMAL)
     };
     tracing::info!(
         conn_id = %conn_id, client = %a.client.id, role = %a.role, close_code = code,
@@ -184,17 +185,18 @@ where
 
 /// The close code and reason for a read error that is the client's
 /// protocol violation; `None` for I/O errors (the socket is gone).
-pub(super) fn protocol_close(e: &WsError) -> Option<(u16, &'static str)> {
+pub(super) fn protocol_close(e: &WsError) -> Option<Disconnect> {
     match e {
-        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
+        WsError::Utf8(_) => Some(Disconnect::InvalidUtf8),
         WsError::Protocol(p) => {
             use tokio_tungstenite::tungstenite::error::ProtocolError as P;
-            match p {
-                P::ResetWithoutClosingHandshake => None,
-                P::UnmaskedFrameFromClient => Some((1002, "protocol error: unmasked client frame")),
-                P::NonZeroReservedBits => Some((1002, "protocol error: reserved bits set")),
-                _ => Some((1002, "protocol error")),
-            }
+            let why = match p {
+                P::ResetWithoutClosingHandshake => return None,
+                P::UnmaskedFrameFromClient => "protocol error: unmasked client frame",
+                P::NonZeroReservedBits => "protocol error: reserved bits set",
+                _ => "protocol error",
+            };
+            Some(Disconnect::ProtocolError(why.into()))
         }
         _ => None,
     }
@@ -224,7 +226,7 @@ pub(super) fn on_text(
         Ok(r) => r,
         Err(FrameError::NotARequest(why)) => {
             tracing::info!(conn_id = %conn.id, "invalid frame: {why}");
-            let _ = conn.close_now(1008, "invalid request frame");
+            let _ = conn.close_now(Disconnect::Policy("invalid request frame".into()));
             return;
         }
         Err(FrameError::Malformed { id, message }) => {

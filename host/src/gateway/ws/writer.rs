@@ -107,7 +107,10 @@ where
         }
     };
     // 1005/1006 are never sent on the wire (the client closed or vanished).
-    if let Some(r) = reason.as_ref().filter(|r| r.code != 1005 && r.code != 1006) {
+    if let Some(r) = reason
+        .as_ref()
+        .filter(|r| !crate::disconnect::Disconnect::is_local_only(r.code))
+    {
         let frame = CloseFrame {
             code: CloseCode::from(r.code),
             reason: r.reason.clone().into(),
