@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::connections::{ConnectionManager, EnqueueError, Outbound};
 use crate::gateway::frames::{PreparedEvent, StateVersion};
-use crate::health::Metrics;
+use crate::metrics::Metrics;
 
 /// Names of the events this gateway emits (advertised in `hello-ok`).
 pub mod events {

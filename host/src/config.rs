@@ -333,11 +333,11 @@ impl Config {
                 bail!("gateway.auth.tokens[{i}] ({}) has an empty token", t.name);
             }
             for s in &t.scopes {
-                if !crate::gateway::auth::KNOWN_SCOPES.contains(&s.as_str()) {
+                if !crate::scopes::KNOWN_SCOPES.contains(&s.as_str()) {
                     bail!(
                         "gateway.auth.tokens[{i}] ({}): unknown scope `{s}`; known scopes: {}",
                         t.name,
-                        crate::gateway::auth::KNOWN_SCOPES.join(", ")
+                        crate::scopes::KNOWN_SCOPES.join(", ")
                     );
                 }
             }

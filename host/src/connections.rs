@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::disconnect::Disconnect;
-use crate::gateway::auth::scope_satisfies;
 use crate::gateway::frames::PreparedEvent;
+use crate::scopes::scope_satisfies;
 
 /// What a connection's writer task sends, in queue order.
 #[derive(Debug)]

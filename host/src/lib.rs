@@ -11,8 +11,10 @@ pub mod disconnect;
 pub mod gateway;
 pub mod health;
 pub mod memory;
+pub mod metrics;
 pub mod outbox;
 pub mod plugins;
+pub mod scopes;
 pub mod shutdown;
 pub mod sync;
 

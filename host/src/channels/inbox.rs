@@ -9,9 +9,9 @@ use std::sync::{Arc, Weak};
 use serde_json::json;
 
 use crate::broadcast::Filter;
-use crate::gateway::auth::SCOPE_READ;
 use crate::plugins::kv::KvStore;
 use crate::plugins::runtime::{AccountState, InboundMessage, OutboundMessage, PluginHost};
+use crate::scopes::SCOPE_READ;
 
 use super::*;
 

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use crate::broadcast::Filter;
-use crate::gateway::auth::SCOPE_READ;
 use crate::gateway::frames::ErrorShape;
 use crate::plugins::call::{CallError, Target};
 use crate::plugins::runtime::{ChannelError, HttpRequest, HttpResponse, OutboundMessage};
+use crate::scopes::SCOPE_READ;
 
 use super::*;
 

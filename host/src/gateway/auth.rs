@@ -18,20 +18,10 @@ use subtle::ConstantTimeEq;
 use super::frames::{codes, ErrorShape};
 use crate::config::AuthConfig;
 
-pub const SCOPE_READ: &str = "operator.read";
-pub const SCOPE_WRITE: &str = "operator.write";
-pub const SCOPE_ADMIN: &str = "operator.admin";
-pub const KNOWN_SCOPES: &[&str] = &[SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN];
+pub use crate::scopes::{scope_satisfies, KNOWN_SCOPES, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 
 /// How far a device proof's `signedAt` may be from our clock.
 pub const DEVICE_SKEW_MS: i64 = 2 * 60 * 1000;
-
-/// Does holding `granted` satisfy `required`? admin implies all, write implies read.
-pub fn scope_satisfies(granted: &[String], required: &str) -> bool {
-    granted
-        .iter()
-        .any(|g| g == required || g == SCOPE_ADMIN || (g == SCOPE_WRITE && required == SCOPE_READ))
-}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

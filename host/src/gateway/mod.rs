@@ -32,7 +32,7 @@ use crate::broadcast::Broadcaster;
 use crate::channels::{ChannelManager, GatewayHost};
 use crate::config::Config;
 use crate::connections::ConnectionManager;
-use crate::health::Metrics;
+use crate::metrics::Metrics;
 use crate::plugins::kv::KvStore;
 use crate::plugins::runtime::Limits;
 use crate::plugins::PluginManager;
