@@ -16,8 +16,6 @@ use crate::scopes::SCOPE_READ;
 
 impl Metrics {
     pub fn render(&self, gw: &Gateway) -> String {
-        self.plugin_busy
-            .store(gw.plugins.busy_count(), Ordering::Relaxed);
         let mut out = String::new();
         let by_role = gw.conns.count_by_role();
         let _ = writeln!(

@@ -58,7 +58,7 @@ async fn hook(
         return too_large(&channel, limit);
     }
     // Bound the bodies being read (and held) at once, whoever sends them.
-    let Ok(_slot) = gw.webhook_bodies.clone().try_acquire_owned() else {
+    let Ok(slot) = gw.webhook_bodies.clone().try_acquire_owned() else {
         gw.metrics.webhook_busy.fetch_add(1, Ordering::Relaxed);
         gw.refusals.note(
             "webhook",
@@ -120,7 +120,7 @@ async fn hook(
         body: Vec::from(body),
     };
     let result = gw.channels.webhook(&channel, &account, hr).await;
-    drop(_slot);
+    drop(slot);
     if big {
         crate::memory::release_soon();
     }

@@ -88,6 +88,7 @@ impl Gateway {
             config.state_dir().join("cache"),
             limits,
             host.clone(),
+            metrics.clone(),
         )?);
         let channels = ChannelManager::new(
             config.channels.clone(),

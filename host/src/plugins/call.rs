@@ -143,7 +143,9 @@ impl Plugin {
         {
             Ok(Ok(p)) => Ok(p),
             _ => {
-                self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .plugin_busy
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Err(CallError::Busy(format!(
                     "plugin `{}` is busy: {} calls already running (plugins.max_concurrent_calls), none finished within {} ms; retry later",
                     self.id(),

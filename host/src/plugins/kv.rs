@@ -148,14 +148,13 @@ impl KvStore {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<bool, String> {
-        let dir = self
-            .channel_dir(channel)
-            .ok_or("kv-claim: not available while the plugin is being loaded")?
-            .join("claims");
         if key.len() > MAX_KEY_BYTES {
             return Err(format!("kv-claim: key longer than {MAX_KEY_BYTES} bytes"));
         }
-        let path = dir.join(hex::encode(Sha256::digest(key.as_bytes())));
+        let path = self
+            .claim_path(channel, key)
+            .ok_or("kv-claim: not available while the plugin is being loaded")?;
+        let dir = path.parent().ok_or("kv-claim: path has no parent")?;
         let expires = now_ms.saturating_add(ttl_ms.min(MAX_CLAIM_TTL_MS));
         let _g = self.claim_lock.guard();
         if let Ok(s) = std::fs::read_to_string(&path) {
@@ -163,25 +162,29 @@ impl KvStore {
                 return Ok(false);
             }
         }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        // write_atomic creates the directory.
         write_atomic(&path, expires.to_string().as_bytes())?;
         if self.claims.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            sweep(&dir, now_ms);
+            sweep(dir, now_ms);
         }
         Ok(true)
     }
-}
 
-impl KvStore {
     /// Forgets a claim (see [`KvStore::claim`]).
     pub fn unclaim(&self, channel: &str, key: &str) {
-        if let Some(dir) = self.channel_dir(channel) {
-            let path = dir
-                .join("claims")
-                .join(hex::encode(Sha256::digest(key.as_bytes())));
+        if let Some(path) = self.claim_path(channel, key) {
             let _g = self.claim_lock.guard();
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Where `key`'s claim of `channel` is kept (any key length is a safe name).
+    fn claim_path(&self, channel: &str, key: &str) -> Option<PathBuf> {
+        Some(
+            self.channel_dir(channel)?
+                .join("claims")
+                .join(hex::encode(Sha256::digest(key.as_bytes()))),
+        )
     }
 }
 

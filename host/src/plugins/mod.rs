@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::metrics::Metrics;
 use runtime::{Limits, LoadedPlugin, PluginHost, Runtime};
 
 /// A loaded plugin, shared by every call that started on it: a replacement
@@ -39,8 +40,8 @@ pub struct Plugin {
     /// Slots for calls running at once (`plugins.max_concurrent_calls`):
     /// with the per-instance memory cap, this bounds the plugin's memory.
     calls: Arc<tokio::sync::Semaphore>,
-    /// Calls refused for want of a slot (shared by every plugin).
-    busy: Arc<std::sync::atomic::AtomicU64>,
+    /// Where calls refused for want of a slot are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Plugin {
@@ -112,7 +113,7 @@ pub struct PluginManager {
     exec_rt: Option<tokio::runtime::Runtime>,
     registry: RwLock<Registry>,
     scan_lock: tokio::sync::Mutex<()>,
-    busy: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for PluginManager {
@@ -129,6 +130,7 @@ impl PluginManager {
         cache_dir: PathBuf,
         limits: Limits,
         host: Arc<dyn PluginHost>,
+        metrics: Arc<Metrics>,
     ) -> Result<PluginManager> {
         let exec_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -143,7 +145,7 @@ impl PluginManager {
             exec_rt: Some(exec_rt),
             registry: RwLock::new(Registry::default()),
             scan_lock: tokio::sync::Mutex::new(()),
-            busy: Default::default(),
+            metrics,
         })
     }
 
@@ -170,11 +172,6 @@ impl PluginManager {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
         self.registry.writer()
-    }
-
-    /// Calls refused so far because their plugin was busy.
-    pub fn busy_count(&self) -> u64 {
-        self.busy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn loaded_count(&self) -> usize {
@@ -297,7 +294,7 @@ impl PluginManager {
                     calls: Arc::new(tokio::sync::Semaphore::new(
                         self.runtime.limits.max_concurrent_calls,
                     )),
-                    busy: self.busy.clone(),
+                    metrics: self.metrics.clone(),
                 }),
             )
             .is_some();
