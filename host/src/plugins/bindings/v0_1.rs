@@ -1,4 +1,4 @@
-//! The generated bindings of the `channel-plugin` world (`wit/`), and the
+//! The generated bindings of `switchboard:channel@0.1.0` (`wit/`), and the
 //! names the host uses for its types.
 
 wasmtime::component::bindgen!({
