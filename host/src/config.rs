@@ -392,7 +392,7 @@ impl Config {
             }
             if let Some(net) = &ch.network {
                 for n in net {
-                    crate::plugins::runtime::parse_host_port(n)
+                    crate::plugins::parse_host_port(n)
                         .map_err(|e| anyhow::anyhow!("channels.{name}.network: {e}"))?;
                 }
             }

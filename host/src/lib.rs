@@ -79,8 +79,17 @@ pub async fn serve(config: config::Config) -> Result<()> {
         "gateway listening"
     );
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
-    let ticker = tokio::spawn(health::run_ticker(gw.clone()));
-    let monitor = tokio::spawn(health::run_monitor(gw.clone(), gw.health_notify.clone()));
+    let ticker = tokio::spawn(health::run_ticker(
+        gw.broadcaster.clone(),
+        gw.config.tick_interval(),
+        gw.shutdown_token(),
+    ));
+    let monitor = tokio::spawn(health::run_monitor(
+        gw.health.clone(),
+        gw.broadcaster.clone(),
+        std::time::Duration::from_millis(gw.config.gateway.health_check_interval_ms),
+        gw.shutdown_token(),
+    ));
     let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
     let trimmer = tokio::spawn(memory::run_trimmer());
     let signal = shutdown::wait_for_signal().await;

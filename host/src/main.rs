@@ -193,8 +193,8 @@ async fn call(args: CallArgs) -> ExitCode {
 }
 
 async fn check_plugin(file: &std::path::Path) -> ExitCode {
-    use switchboard::plugins::runtime::{Limits, NullHost, Runtime};
-    let rt = match Runtime::new(Limits::default(), std::sync::Arc::new(NullHost)) {
+    use switchboard::plugins::{Limits, Runtime};
+    let rt = match Runtime::new(Limits::default()) {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             eprintln!("error: {e:#}");

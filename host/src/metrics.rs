@@ -1,7 +1,9 @@
-//! The gateway's counters, a leaf that every component may bump; `health`
-//! renders them as Prometheus text at `GET /metrics`.
+//! The gateway's counters, a leaf that every component may bump, and their
+//! Prometheus text for `GET /metrics`. It imports nothing of the crate.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters exported at `GET /metrics`.
 #[derive(Default)]
@@ -21,4 +23,108 @@ pub struct Metrics {
     pub header_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub plugin_busy: AtomicU64,
+}
+
+impl Metrics {
+    /// The Prometheus text: the connections by role, every counter, uptime.
+    pub fn render(&self, by_role: &HashMap<String, usize>, uptime_secs: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_connections Authenticated WebSocket connections by role."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_connections gauge");
+        for role in ["operator", "node"] {
+            let _ = writeln!(
+                out,
+                "switchboard_connections{{role=\"{role}\"}} {}",
+                by_role.get(role).copied().unwrap_or(0)
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 15] = [
+            (
+                "frames_in_total",
+                "WebSocket frames received from clients.",
+                &self.frames_in,
+            ),
+            (
+                "frames_out_total",
+                "WebSocket frames sent to clients.",
+                &self.frames_out,
+            ),
+            ("broadcasts_total", "Events broadcast.", &self.broadcasts),
+            (
+                "slow_consumer_closes_total",
+                "Connections closed because their send queue was full.",
+                &self.slow_consumer_closes,
+            ),
+            (
+                "auth_failures_total",
+                "Failed authentications (token, password, device proof, rate limit).",
+                &self.auth_failures,
+            ),
+            (
+                "handshake_failures_total",
+                "Handshakes that failed for any reason.",
+                &self.handshake_failures,
+            ),
+            (
+                "connections_rejected_total",
+                "TCP connections refused because max_connections was reached.",
+                &self.connections_rejected,
+            ),
+            (
+                "connections_accepted_total",
+                "TCP connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "origin_rejections_total",
+                "WebSocket upgrades refused for their Origin.",
+                &self.origin_rejections,
+            ),
+            (
+                "host_rejections_total",
+                "Requests refused because their Host is not a loopback or allowed name (no credentials set).",
+                &self.host_rejections,
+            ),
+            (
+                "webhook_busy_total",
+                "Webhook requests refused because max_webhook_bodies were being read.",
+                &self.webhook_busy,
+            ),
+            (
+                "body_timeouts_total",
+                "Requests answered 408 because their body was not received in time.",
+                &self.body_timeouts,
+            ),
+            (
+                "header_timeouts_total",
+                "Connections answered 408 because their request headers were not received in time.",
+                &self.header_timeouts,
+            ),
+            (
+                "protocol_errors_total",
+                "WebSocket connections closed for a protocol violation (1002, 1007).",
+                &self.protocol_errors,
+            ),
+            (
+                "plugin_busy_total",
+                "Plugin calls refused because the plugin had max_concurrent_calls running.",
+                &self.plugin_busy,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} counter");
+            let _ = writeln!(out, "switchboard_{name} {}", v.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_uptime_seconds Seconds since start."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_uptime_seconds gauge");
+        let _ = writeln!(out, "switchboard_uptime_seconds {uptime_secs}");
+        out
+    }
 }

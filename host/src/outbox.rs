@@ -12,11 +12,12 @@
 use crate::sync::MutexExt;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::plugins::runtime::OutboundMessage;
+use crate::plugins::contract::OutboundMessage;
+use crate::plugins::imports::AccountOutbox;
 
 /// Messages one account's outbox holds before `push` fails.
 pub const CAPACITY: usize = 1000;
@@ -255,6 +256,25 @@ impl Outbox {
             .by_account
             .get(&(channel.to_string(), account.to_string()))
             .map_or(0, Account::len)
+    }
+}
+
+/// The outbox of one account, as its plugin instances see it.
+pub struct AccountQueue {
+    pub outbox: Arc<Outbox>,
+    pub channel: String,
+    pub account: String,
+}
+
+impl AccountOutbox for AccountQueue {
+    fn push(&self, m: OutboundMessage) -> Result<u64, String> {
+        self.outbox.push(&self.channel, &self.account, m)
+    }
+    fn pop(&self) -> Option<(u64, OutboundMessage)> {
+        self.outbox.pop(&self.channel, &self.account)
+    }
+    fn ack(&self, seq: u64) {
+        self.outbox.ack(&self.channel, &self.account, seq)
     }
 }
 

@@ -773,3 +773,41 @@ async fn a_symlinked_plugin_is_refused_and_reported_once() {
         .count();
     assert_eq!(refusals, 1, "{}", d.log_text());
 }
+
+/// A store's imports are bound to the one account it serves: an instance
+/// of `default` cannot deliver or queue in the name of `other`.
+#[tokio::test]
+async fn an_instance_acts_only_for_the_account_it_serves() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "",
+        "[channels.misbehave.accounts.default]\n[channels.misbehave.accounts.other]\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "x",
+        json!({"to": "x", "message": "as:other", "idempotencyKey": "as-other", "accountId": "default"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let said = r["payload"]["messageId"].as_str().unwrap();
+    let refusal = "this instance serves account `default` of channel misbehave, not `other`";
+    assert_eq!(
+        said,
+        format!("deliver: Err(\"{refusal}\"); outbox-push: Err(\"{refusal}\")"),
+        "{r}"
+    );
+    // In its own name it may.
+    let r = send(
+        &mut c,
+        "y",
+        json!({"to": "x", "message": "as:default", "idempotencyKey": "as-default", "accountId": "default"}),
+    )
+    .await;
+    let said = r["payload"]["messageId"].as_str().unwrap();
+    assert!(
+        said.starts_with("deliver: Ok(") && said.contains("outbox-push: Ok("),
+        "{r}"
+    );
+}

@@ -1,11 +1,11 @@
 //! Starting and stopping accounts: `validate`, then `run` on a long-lived
 //! instance, restarted with backoff; plugin changes restart or stop them.
 
-use crate::sync::{MutexExt, RwLockExt};
+use crate::sync::MutexExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::plugins::call::{CallError, Target};
+use crate::plugins::CallError;
 use crate::plugins::Change;
 
 use super::*;
@@ -14,7 +14,7 @@ impl ChannelManager {
     /// Starts every enabled account (at start-up).
     pub fn start_all(self: &Arc<Self>) {
         let keys: Vec<Key> = {
-            let s = self.state.reader();
+            let s = self.board.read();
             s.iter()
                 .flat_map(|(c, e)| {
                     e.accounts
@@ -69,7 +69,7 @@ impl ChannelManager {
     /// Stops every account (shutdown step 3). Returns how many were running.
     /// From here on `deliver` refuses messages (see `accepting`).
     pub async fn stop_all(&self) -> usize {
-        *self.accepting.writer() = false;
+        self.inbox.close();
         let keys: Vec<Key> = self.tasks.guard().keys().cloned().collect();
         for (c, a) in &keys {
             self.stop(c, a);
@@ -87,7 +87,7 @@ impl ChannelManager {
                 Change::Failed { .. } => continue,
             };
             let affected: Vec<Key> = {
-                let s = self.state.reader();
+                let s = self.board.read();
                 s.iter()
                     .filter(|(_, e)| &e.plugin == id)
                     .flat_map(|(c, e)| e.accounts.keys().map(move |a| (c.clone(), a.clone())))
@@ -160,10 +160,7 @@ impl ChannelManager {
             a.last_start_at = Some(crate::now_ms());
         });
         let network = self.grants_for(channel, &plugin);
-        let target = || Target {
-            channel,
-            network: &network,
-        };
+        let target = || self.target(channel, account, &network);
         let in_words = |what: &str, e: CallError| match e {
             CallError::Failed(m) => format!("{what} failed: {m}"),
             other => other.to_string(),

@@ -2,8 +2,10 @@
 //! This file holds the manager's state and its lookups; `lifecycle`
 //! (start = `validate` then the `run` loop, restarted with backoff; stop =
 //! cancel), `send` (resolve, idempotency, send, webhooks, error shapes),
-//! `inbox` (the plugin imports: where a received message enters the system)
-//! and `status` (what `channels.status` and `health` show) add to it.
+//! `inbox` (where a received message enters the system) and `status` (each
+//! account's state, and what `channels.status` and `health` show) add to
+//! it. A plugin instance reaches the manager only through the handles
+//! [`ChannelManager::target`] binds to its store for one account.
 //!
 //! Plugin code always runs on the plugin runtime; a `run` loop is one task
 //! there, cancelled by aborting it (which drops its store).
@@ -13,14 +15,11 @@ mod lifecycle;
 mod send;
 mod status;
 
-pub use inbox::GatewayHost;
-pub use send::{call_error, channel_error};
+pub use send::{SendError, SendReceipt};
 pub use status::{AccountSnapshot, ChannelEntry, ChannelsSnapshot};
 
-use crate::sync::RwLockExt;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -28,10 +27,13 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::broadcast::Broadcaster;
 use crate::config::ChannelConfig;
-use crate::gateway::frames::ErrorShape;
-use crate::outbox::Outbox;
-use crate::plugins::runtime::Account;
-use crate::plugins::{Plugin, PluginManager};
+use crate::outbox::{AccountQueue, Outbox};
+use crate::plugins::contract::Account;
+use crate::plugins::imports::{ChannelKv, Imports};
+use crate::plugins::kv::KvStore;
+use crate::plugins::{Plugin, PluginManager, Target};
+use inbox::{AccountInbox, Inbox};
+use status::{AccountStatus, StatusBoard};
 
 /// Backoff of a failing `run` loop: 1 s doubling to 5 min.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -43,28 +45,22 @@ const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
 type Key = (String, String);
 /// idempotency key → (first seen, the result once there is one).
-type IdempotencyMap = HashMap<String, (Instant, Arc<OnceCell<Value>>)>;
+type IdempotencyMap = HashMap<String, (Instant, Arc<OnceCell<SendReceipt>>)>;
 
 pub struct ChannelManager {
     config: BTreeMap<String, ChannelConfig>,
     plugins: Arc<PluginManager>,
-    broadcaster: Arc<Broadcaster>,
-    health: Arc<Notify>,
-    state: RwLock<BTreeMap<String, ChannelEntry>>,
+    board: Arc<StatusBoard>,
+    inbox: Arc<Inbox>,
     /// Running `run` loops.
     tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
     /// Accounts an operator or the config wants running.
     wanted: Mutex<std::collections::HashSet<Key>>,
     idempotency: Mutex<IdempotencyMap>,
-    message_seq: AtomicU64,
-    /// False once shutdown stops the channels: `deliver` then refuses, so a
-    /// plugin keeps its upstream offset and the next start delivers again.
-    /// Held for reading across check + broadcast, so no delivery that passed
-    /// the check can broadcast after the flag flips.
-    accepting: RwLock<bool>,
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    kv: Arc<KvStore>,
 }
 
 fn settings_json(table: &toml::Table) -> String {
@@ -80,6 +76,7 @@ impl ChannelManager {
         broadcaster: Arc<Broadcaster>,
         health: Arc<Notify>,
         outbox: Outbox,
+        kv: Arc<KvStore>,
     ) -> Arc<Self> {
         let mut state = BTreeMap::new();
         for (name, c) in &config {
@@ -122,38 +119,60 @@ impl ChannelManager {
                 },
             );
         }
+        let board = Arc::new(StatusBoard::new(state, health));
         Arc::new(Self {
             config,
             plugins,
-            broadcaster,
-            health,
-            state: RwLock::new(state),
+            inbox: Arc::new(Inbox::new(broadcaster, board.clone())),
+            board,
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
             idempotency: Mutex::new(HashMap::new()),
-            message_seq: AtomicU64::new(0),
-            accepting: RwLock::new(true),
-            outbox,
+            outbox: Arc::new(outbox),
+            kv,
         })
     }
 
     pub fn snapshot(&self) -> ChannelsSnapshot {
         ChannelsSnapshot {
-            channels: self.state.reader().clone(),
+            channels: self.board.read().clone(),
         }
     }
 
     fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
-        let mut s = self.state.writer();
-        if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
-            f(a);
-        }
-        drop(s);
-        self.health.notify_one();
+        self.board.update(channel, account, f)
     }
 
     fn plugin_of(&self, channel: &str) -> Option<String> {
-        self.state.reader().get(channel).map(|c| c.plugin.clone())
+        self.board.read().get(channel).map(|c| c.plugin.clone())
+    }
+
+    /// What a call of `plugin` for `account` of `channel` may reach: the
+    /// imports bound to that account, and the channel's network grants.
+    fn target<'a>(&self, channel: &str, account: &str, network: &'a [String]) -> Target<'a> {
+        let (c, a) = (channel.to_string(), account.to_string());
+        Target {
+            imports: Imports {
+                inbox: Arc::new(AccountInbox {
+                    inbox: self.inbox.clone(),
+                    channel: c.clone(),
+                }),
+                state: Arc::new(AccountStatus {
+                    board: self.board.clone(),
+                    channel: c.clone(),
+                    account: a.clone(),
+                }),
+                outbox: Arc::new(AccountQueue {
+                    outbox: self.outbox.clone(),
+                    channel: c.clone(),
+                    account: a.clone(),
+                }),
+                kv: ChannelKv::new(self.kv.clone(), channel),
+                channel: c,
+                account: a,
+            },
+            network,
+        }
     }
 
     /// The network `channel` may reach: its own `network` list, else what
@@ -168,7 +187,7 @@ impl ChannelManager {
 
     /// `plugins.list`'s `grants` of a plugin: channel → what it may reach.
     pub fn plugin_grants(&self, plugin: &Plugin) -> Value {
-        let s = self.state.reader();
+        let s = self.board.read();
         Value::Object(
             s.iter()
                 .filter(|(_, e)| e.plugin == plugin.id())
@@ -195,13 +214,13 @@ impl ChannelManager {
         &self,
         channel: Option<&str>,
         account: Option<&str>,
-    ) -> Result<(String, String), ErrorShape> {
-        let s = self.state.reader();
+    ) -> Result<(String, String), SendError> {
+        let s = self.board.read();
         let channel = match channel {
             Some(c) => c.to_string(),
             None if s.len() == 1 => s.keys().next().cloned().unwrap_or_default(),
             None => {
-                return Err(ErrorShape::invalid(format!(
+                return Err(SendError::UnknownTarget(format!(
                     "channel is required (configured: {})",
                     if s.is_empty() {
                         "none".to_string()
@@ -212,20 +231,20 @@ impl ChannelManager {
             }
         };
         let entry = s.get(&channel).ok_or_else(|| {
-            ErrorShape::invalid(format!(
+            SendError::UnknownTarget(format!(
                 "unknown channel: {channel}; add [channels.{channel}] to the config"
             ))
         })?;
         let account = match account {
             Some(a) => a.to_string(),
             None => entry.default_account.clone().ok_or_else(|| {
-                ErrorShape::invalid(format!(
+                SendError::UnknownTarget(format!(
                     "channel {channel} has no accounts; add [channels.{channel}.accounts.default]"
                 ))
             })?,
         };
         if !entry.accounts.contains_key(&account) {
-            return Err(ErrorShape::invalid(format!(
+            return Err(SendError::UnknownTarget(format!(
                 "unknown account {account} of channel {channel} (configured: {})",
                 entry
                     .accounts

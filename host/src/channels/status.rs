@@ -1,9 +1,71 @@
-//! What `channels.status`, `health` and `/ready` show of the channels.
+//! Each account's runtime state (the [`StatusBoard`]), the handle a plugin
+//! reports its connection through ([`AccountStatus`]), and what
+//! `channels.status`, `health` and `/ready` show of it.
 
+use crate::sync::RwLockExt;
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::plugins::contract::AccountState;
+use crate::plugins::imports::StateReporter;
+
+/// Every channel's accounts and their state. A change wakes the health
+/// monitor, which broadcasts `health` when what it shows changed.
+pub struct StatusBoard {
+    channels: RwLock<BTreeMap<String, ChannelEntry>>,
+    health: Arc<Notify>,
+}
+
+impl StatusBoard {
+    pub fn new(channels: BTreeMap<String, ChannelEntry>, health: Arc<Notify>) -> Self {
+        Self {
+            channels: RwLock::new(channels),
+            health,
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, ChannelEntry>> {
+        self.channels.reader()
+    }
+
+    /// Changes one account's state (nothing if it is not configured).
+    pub fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
+        let mut s = self.channels.writer();
+        if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
+            f(a);
+        }
+        drop(s);
+        self.health.notify_one();
+    }
+}
+
+/// `set-state` of one account's instances.
+pub struct AccountStatus {
+    pub board: Arc<StatusBoard>,
+    pub channel: String,
+    pub account: String,
+}
+
+impl StateReporter for AccountStatus {
+    fn report(&self, state: AccountState, detail: Option<String>) {
+        self.board.update(&self.channel, &self.account, |a| {
+            a.connected = matches!(state, AccountState::Connected);
+            match state {
+                AccountState::Error => a.last_error = detail.or(Some("error".into())),
+                AccountState::Connected => a.last_error = None,
+                _ => {
+                    if detail.is_some() {
+                        a.last_error = detail;
+                    }
+                }
+            }
+        });
+    }
+}
 
 /// One account's runtime state, as `channels.status` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -14,6 +14,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{ConnMeta, Gateway};
+use crate::channels::SendError;
+use crate::plugins::CallError;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
@@ -112,7 +114,7 @@ async fn hook(
         .collect();
     // A large body leaves freed memory behind; give it back after the burst.
     let big = body.len() >= 64 * 1024;
-    let hr = crate::plugins::runtime::HttpRequest {
+    let hr = crate::plugins::contract::HttpRequest {
         method: parts.method.to_string(),
         path,
         query: parts.uri.query().unwrap_or("").to_string(),
@@ -134,11 +136,30 @@ async fn hook(
             b.body(axum::body::Body::from(r.body))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
-        Err((status, msg)) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            Json(json!({"error": msg})),
-        )
-            .into_response(),
+        Err(e) => webhook_error(&channel, &account, e),
+    }
+}
+
+/// The HTTP answer for a webhook that did not go through. An unknown
+/// account is not told what is configured (the caller is not authenticated).
+fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
+    match e {
+        SendError::UnknownTarget(_) => json_error(
+            StatusCode::NOT_FOUND,
+            format!("no account {account} of channel {channel} is configured"),
+        ),
+        SendError::PluginNotLoaded { plugin, .. } => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("plugin `{plugin}` is not loaded"),
+        ),
+        SendError::Call {
+            error: CallError::Busy(m) | CallError::Unavailable(m),
+            ..
+        } => json_error(StatusCode::SERVICE_UNAVAILABLE, m),
+        SendError::Call { plugin, error, .. } => json_error(
+            StatusCode::BAD_GATEWAY,
+            format!("plugin `{plugin}`: {error}"),
+        ),
     }
 }
 
@@ -163,7 +184,11 @@ async fn ready(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Some(refused) = check_host(&gw, &headers) {
         return refused;
     }
-    let failing = crate::health::failing(&gw);
+    let mut failing = Vec::new();
+    if gw.is_shutting_down() {
+        failing.push("shutting-down".to_string());
+    }
+    failing.extend(gw.health.failing());
     let ok = failing.is_empty();
     let status = if ok {
         StatusCode::OK
@@ -182,7 +207,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        gw.metrics.render(&gw),
+        gw.metrics
+            .render(&gw.conns.count_by_role(), gw.started.elapsed().as_secs()),
     )
         .into_response()
 }

@@ -1,31 +1,96 @@
-//! Control-plane methods: the table of names and required scopes, parameter
-//! validation, and dispatch.
+//! Control-plane methods: one table of (name, required scope, handler),
+//! parameter validation, and the mapping from the channels' errors to the
+//! protocol's error shapes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 use super::frames::ErrorShape;
 use super::Gateway;
+use crate::channels::SendError;
 use crate::connections::Connection;
+use crate::plugins::contract::{ChannelError, OutboundMessage};
+use crate::plugins::CallError;
+use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 
-/// Every method this gateway implements, with the scope it needs.
-const METHODS: &[(&str, &str)] = &[
-    ("health", SCOPE_READ),
-    ("status", SCOPE_READ),
-    ("system-presence", SCOPE_READ),
-    ("channels.status", SCOPE_READ),
-    ("channels.start", SCOPE_ADMIN),
-    ("channels.stop", SCOPE_ADMIN),
-    ("send", SCOPE_WRITE),
-    ("plugins.list", SCOPE_READ),
-    ("plugins.reload", SCOPE_ADMIN),
+type Answer = Result<Value, ErrorShape>;
+type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// How a method is carried out: at once, or by a task that may wait (a
+/// plugin call, a directory scan).
+enum Handler {
+    Now(fn(&Gateway, &'static str, Option<Value>) -> Answer),
+    Later(fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending),
+}
+
+struct Method {
+    name: &'static str,
+    scope: &'static str,
+    handler: Handler,
+}
+
+const fn now(
+    name: &'static str,
+    scope: &'static str,
+    f: fn(&Gateway, &'static str, Option<Value>) -> Answer,
+) -> Method {
+    Method {
+        name,
+        scope,
+        handler: Handler::Now(f),
+    }
+}
+
+const fn later(
+    name: &'static str,
+    scope: &'static str,
+    f: fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending,
+) -> Method {
+    Method {
+        name,
+        scope,
+        handler: Handler::Later(f),
+    }
+}
+
+/// Every method this gateway implements: name, required scope, handler.
+const METHODS: &[Method] = &[
+    now("health", SCOPE_READ, health),
+    now("status", SCOPE_READ, status),
+    now("system-presence", SCOPE_READ, system_presence),
+    now("channels.status", SCOPE_READ, channels_status),
+    now("channels.start", SCOPE_ADMIN, channels_start),
+    now("channels.stop", SCOPE_ADMIN, channels_stop),
+    later("send", SCOPE_WRITE, send),
+    now("plugins.list", SCOPE_READ, plugins_list),
+    later("plugins.reload", SCOPE_ADMIN, plugins_reload),
 ];
 
 pub fn names() -> Vec<&'static str> {
-    METHODS.iter().map(|(n, _)| *n).collect()
+    METHODS.iter().map(|m| m.name).collect()
+}
+
+/// Finds `method`, checks the caller's scope, runs it.
+pub async fn dispatch(
+    gw: &Arc<Gateway>,
+    conn: &Connection,
+    method: &str,
+    params: Option<Value>,
+) -> Answer {
+    let Some(m) = METHODS.iter().find(|m| m.name == method) else {
+        return Err(ErrorShape::invalid(format!("unknown method: {method}")));
+    };
+    if !conn.has_scope(m.scope) {
+        return Err(ErrorShape::missing_scope(m.scope));
+    }
+    match m.handler {
+        Handler::Now(f) => f(gw, m.name, params),
+        Handler::Later(f) => f(gw.clone(), m.name, params).await,
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -94,101 +159,159 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
-pub async fn dispatch(
-    gw: &Arc<Gateway>,
-    conn: &Connection,
-    method: &str,
-    params: Option<Value>,
-) -> Result<Value, ErrorShape> {
-    let Some((_, scope)) = METHODS.iter().find(|(n, _)| *n == method) else {
-        return Err(ErrorShape::invalid(format!("unknown method: {method}")));
-    };
-    if !conn.has_scope(scope) {
-        return Err(ErrorShape::missing_scope(scope));
-    }
-    match method {
-        "health" => {
-            let _: HealthParams = parse(method, params)?;
-            Ok(crate::health::snapshot(gw))
-        }
-        "status" => {
-            let _: Empty = parse(method, params)?;
-            Ok(status(gw))
-        }
-        "system-presence" => {
-            let _: Empty = parse(method, params)?;
-            Ok(Value::Array(gw.presence()))
-        }
-        "channels.status" => {
-            let p: ChannelsStatusParams = parse(method, params)?;
-            let snap = gw.channels.snapshot();
-            if let Some(c) = &p.channel {
-                if !snap.channels.contains_key(c) {
-                    return Err(ErrorShape::invalid(format!(
-                        "unknown channel: {c} (configured: {})",
-                        if snap.channels.is_empty() {
-                            "none".to_string()
-                        } else {
-                            snap.order().join(", ")
-                        }
-                    )));
+fn health(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let _: HealthParams = parse(method, params)?;
+    Ok(gw.health.snapshot())
+}
+
+fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let _: Empty = parse(method, params)?;
+    Ok(status_payload(gw))
+}
+
+fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let _: Empty = parse(method, params)?;
+    Ok(Value::Array(gw.presence()))
+}
+
+fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let p: ChannelsStatusParams = parse(method, params)?;
+    let snap = gw.channels.snapshot();
+    if let Some(c) = &p.channel {
+        if !snap.channels.contains_key(c) {
+            return Err(ErrorShape::invalid(format!(
+                "unknown channel: {c} (configured: {})",
+                if snap.channels.is_empty() {
+                    "none".to_string()
+                } else {
+                    snap.order().join(", ")
                 }
-            }
-            Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
+            )));
         }
-        "channels.start" | "channels.stop" => {
-            let p: ChannelAccountParams = parse_required(method, params)?;
-            let (channel, account) = gw
-                .channels
-                .resolve(Some(&p.channel), p.account_id.as_deref())?;
-            if method == "channels.start" {
-                gw.channels.start(&channel, &account);
-            } else {
-                gw.channels.stop(&channel, &account);
-            }
-            let snap = gw.channels.account_snapshot(&channel, &account);
-            Ok(json!({"channel": channel, "account": snap}))
+    }
+    Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
+}
+
+fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    start_or_stop(gw, method, params, true)
+}
+
+fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    start_or_stop(gw, method, params, false)
+}
+
+fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> Answer {
+    let p: ChannelAccountParams = parse_required(method, params)?;
+    let (channel, account) = gw
+        .channels
+        .resolve(Some(&p.channel), p.account_id.as_deref())
+        .map_err(|e| send_error(&e))?;
+    if start {
+        gw.channels.start(&channel, &account);
+    } else {
+        gw.channels.stop(&channel, &account);
+    }
+    let snap = gw.channels.account_snapshot(&channel, &account);
+    Ok(json!({"channel": channel, "account": snap}))
+}
+
+fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
+    Box::pin(async move {
+        let p: SendParams = parse_required(method, params)?;
+        if p.idempotency_key.is_empty() {
+            return Err(ErrorShape::invalid(
+                "send: idempotencyKey must not be empty",
+            ));
         }
-        "send" => {
-            let p: SendParams = parse_required(method, params)?;
-            if p.idempotency_key.is_empty() {
-                return Err(ErrorShape::invalid(
-                    "send: idempotencyKey must not be empty",
-                ));
-            }
-            let (channel, account) = gw
-                .channels
-                .resolve(p.channel.as_deref(), p.account_id.as_deref())?;
-            let msg = crate::plugins::runtime::OutboundMessage {
-                to: p.to,
-                text: p.message,
-                thread_id: p.thread_id,
-                reply_to_id: p.reply_to_id,
-            };
-            gw.channels
-                .send(&channel, &account, &p.idempotency_key, msg)
-                .await
+        let (channel, account) = gw
+            .channels
+            .resolve(p.channel.as_deref(), p.account_id.as_deref())
+            .map_err(|e| send_error(&e))?;
+        let msg = OutboundMessage {
+            to: p.to,
+            text: p.message,
+            thread_id: p.thread_id,
+            reply_to_id: p.reply_to_id,
+        };
+        let receipt = gw
+            .channels
+            .send(&channel, &account, &p.idempotency_key, msg)
+            .await
+            .map_err(|e| send_error(&e))?;
+        Ok(json!(receipt))
+    })
+}
+
+fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let _: Empty = parse(method, params)?;
+    Ok(json!({
+        "dir": gw.plugins.dir().display().to_string(),
+        "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
+    }))
+}
+
+fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
+    Box::pin(async move {
+        let p: ReloadParams = parse(method, params)?;
+        gw.plugins.forget_failures(p.id.as_deref());
+        let changes = gw.reload_plugins().await;
+        Ok(json!({
+            "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
+            "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
+        }))
+    })
+}
+
+/// The protocol error for a failed `send` (or `channels.start`/`stop`).
+pub fn send_error(e: &SendError) -> ErrorShape {
+    match e {
+        SendError::UnknownTarget(m) => ErrorShape::invalid(m.clone()),
+        SendError::PluginNotLoaded { .. } => {
+            ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
-        "plugins.list" => {
-            let _: Empty = parse(method, params)?;
-            Ok(
-                json!({"dir": gw.plugins.dir().display().to_string(), "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p))}),
-            )
-        }
-        "plugins.reload" => {
-            let p: ReloadParams = parse(method, params)?;
-            gw.plugins.forget_failures(p.id.as_deref());
-            let changes = gw.reload_plugins().await;
-            Ok(json!({
-                "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
-                "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
-            }))
-        }
-        _ => Err(ErrorShape::invalid(format!("unknown method: {method}"))),
+        SendError::Call { channel, error, .. } => call_error(channel, error),
     }
 }
 
-fn status(gw: &Gateway) -> Value {
+/// The protocol error for a channel error.
+fn channel_error(channel: &str, e: &ChannelError) -> ErrorShape {
+    match e {
+        ChannelError::InvalidConfig(m) => {
+            ErrorShape::invalid(format!("{channel}: invalid config: {m}"))
+        }
+        ChannelError::Unauthorized(m) => {
+            ErrorShape::unavailable(format!("{channel}: unauthorized: {m}"))
+        }
+        ChannelError::NotFound(m) => ErrorShape::invalid(format!("{channel}: not found: {m}")),
+        ChannelError::RateLimited(ms) => {
+            ErrorShape::unavailable(format!("{channel}: rate limited, retry in {ms} ms"))
+                .retry_after(*ms)
+        }
+        ChannelError::Transient(m) => {
+            ErrorShape::unavailable(format!("{channel}: temporary failure: {m}")).retry_after(1000)
+        }
+        ChannelError::Fatal(m) => ErrorShape::unavailable(format!("{channel}: {m}")),
+    }
+}
+
+/// The protocol error for a failed plugin call of `channel`.
+fn call_error(channel: &str, e: &CallError) -> ErrorShape {
+    match e {
+        CallError::Channel(c) => channel_error(channel, c),
+        CallError::NetworkDenied { destination, .. } => {
+            ErrorShape::invalid(format!("channel {channel}: {e}"))
+                .with_details(json!({"code": "NETWORK_DENIED", "destination": destination}))
+        }
+        CallError::Busy(_) => {
+            ErrorShape::unavailable(format!("channel {channel}: {e}")).retry_after(1000)
+        }
+        CallError::Failed(_) | CallError::Unavailable(_) => {
+            ErrorShape::unavailable(format!("channel {channel}: {e}"))
+        }
+    }
+}
+
+fn status_payload(gw: &Gateway) -> Value {
     let snap = gw.channels.snapshot();
     let accounts: usize = snap.channels.values().map(|c| c.accounts.len()).sum();
     let running: usize = snap
@@ -209,4 +332,54 @@ fn status(gw: &Gateway) -> Value {
         "plugins": {"dir": gw.plugins.dir().display().to_string(), "loaded": gw.plugins.loaded_count()},
         "gateway": crate::config::describe(&gw.config),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_errors_map_to_protocol_errors() {
+        let e = send_error(&SendError::PluginNotLoaded {
+            channel: "tg".into(),
+            plugin: "telegram".into(),
+        });
+        assert_eq!((e.code.as_str(), e.retryable), ("UNAVAILABLE", Some(true)));
+        assert!(e.message.contains("no telegram.wasm"), "{}", e.message);
+        let e = send_error(&SendError::UnknownTarget("unknown channel: x".into()));
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("INVALID_REQUEST", "unknown channel: x")
+        );
+
+        let e = call_error("tg", &CallError::Channel(ChannelError::RateLimited(1500)));
+        assert_eq!(e.code, "UNAVAILABLE");
+        assert_eq!(e.retryable, Some(true));
+        assert!(e.message.contains("retry in 1500 ms"), "{}", e.message);
+
+        let e = call_error(
+            "tg",
+            &CallError::NetworkDenied {
+                destination: "api.x:443".into(),
+                how: "add \"api.x:443\" to `network` in [channels.tg] to allow it".into(),
+            },
+        );
+        assert_eq!(e.code, "INVALID_REQUEST");
+        assert_ne!(e.retryable, Some(true));
+        assert_eq!(
+            e.message,
+            "channel tg: network access to api.x:443 was denied; add \"api.x:443\" to `network` in [channels.tg] to allow it"
+        );
+        assert_eq!(
+            e.details.as_ref().map(|d| d["code"].clone()),
+            Some(json!("NETWORK_DENIED"))
+        );
+
+        let e = call_error("tg", &CallError::Busy("plugin `t` is busy".into()));
+        assert_eq!((e.code.as_str(), e.retryable), ("UNAVAILABLE", Some(true)));
+
+        let e = call_error("tg", &CallError::Failed("plugin panicked: boom".into()));
+        assert_eq!(e.message, "channel tg: plugin panicked: boom");
+        assert_ne!(e.retryable, Some(true));
+    }
 }

@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
-use super::runtime::{
-    self, Account, ChannelError, Delivery, Grants, HttpRequest, HttpResponse, OutboundMessage,
+use super::bindings::{self, Answer, Request};
+use super::contract::{
+    Account, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
 };
+use super::imports::Imports;
+use super::sandbox::{call_failure, Grants};
 use super::Plugin;
 
 /// Why a plugin call did not produce an answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
     /// The plugin answered with its own error.
     Channel(ChannelError),
@@ -30,7 +33,7 @@ pub enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Channel(e) => f.write_str(&describe(e)),
+            CallError::Channel(e) => write!(f, "{e}"),
             CallError::Failed(m) | CallError::Busy(m) | CallError::Unavailable(m) => f.write_str(m),
             CallError::NetworkDenied { destination, how } => {
                 write!(f, "network access to {destination} was denied; {how}")
@@ -39,34 +42,11 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// A channel error in words.
-pub fn describe(e: &ChannelError) -> String {
-    match e {
-        ChannelError::InvalidConfig(m) => format!("invalid config: {m}"),
-        ChannelError::Unauthorized(m) => format!("unauthorized: {m}"),
-        ChannelError::NotFound(m) => format!("not found: {m}"),
-        ChannelError::RateLimited(ms) => format!("rate limited for {ms} ms"),
-        ChannelError::Transient(m) => format!("temporary failure: {m}"),
-        ChannelError::Fatal(m) => format!("fatal: {m}"),
-    }
-}
-
-/// Who a call is for: the channel it serves and the network it may reach.
+/// Who a call is for: the imports bound for its channel and account, and
+/// the network it may reach.
 pub struct Target<'a> {
-    pub channel: &'a str,
+    pub imports: Imports,
     pub network: &'a [String],
-}
-
-enum Request {
-    Validate(Account),
-    Send(Account, OutboundMessage),
-    Webhook(Account, HttpRequest),
-}
-
-enum Answer {
-    Validate(Result<(), ChannelError>),
-    Send(Result<Delivery, ChannelError>),
-    Webhook(HttpResponse),
 }
 
 impl Plugin {
@@ -112,19 +92,13 @@ impl Plugin {
     /// task (which must be on the plugin runtime); it ends when the plugin
     /// returns or the task is aborted (which drops the store).
     pub async fn run(&self, t: Target<'_>, account: Account) -> Result<(), CallError> {
-        let rt = &self.runtime;
-        let grants = Arc::new(Grants::new(t.channel, t.network));
-        let mut store = rt.store(self.id(), t.channel, grants.clone(), None);
-        let result = match self.loaded.pre.instantiate_async(&mut store).await {
-            Ok(inst) => {
-                inst.switchboard_channel_channel()
-                    .call_run(&mut store, &account)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let result =
-            result.map_err(|e| runtime::call_failure(self.id(), &e, store.data().last_panic()));
+        let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
+        let mut store = self
+            .runtime
+            .store(self.id(), Some(t.imports), grants.clone(), None);
+        let result = bindings::v0_1::run(&self.loaded.pre, &mut store, account)
+            .await
+            .map_err(|e| call_failure(self.id(), &e, store.data().last_panic()));
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(denied(&grants).unwrap_or(CallError::Channel(e))),
@@ -159,29 +133,15 @@ impl Plugin {
     /// One call on a fresh instance, on the plugin runtime, in a call slot.
     async fn invoke(self: &Arc<Self>, t: Target<'_>, req: Request) -> Result<Answer, CallError> {
         let slot = self.slot().await?;
-        let grants = Arc::new(Grants::new(t.channel, t.network));
-        let (me, channel, g) = (self.clone(), t.channel.to_string(), grants.clone());
+        let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
+        let (me, imports, g) = (self.clone(), t.imports, grants.clone());
         let task = self.exec.spawn(async move {
             let _slot = slot;
             let rt = &me.runtime;
-            let mut store = rt.store(me.id(), &channel, g, Some(rt.limits.call_timeout));
-            let answer = async {
-                let inst = me.loaded.pre.instantiate_async(&mut store).await?;
-                let c = inst.switchboard_channel_channel();
-                Ok(match req {
-                    Request::Validate(a) => {
-                        Answer::Validate(c.call_validate(&mut store, &a).await?)
-                    }
-                    Request::Send(a, m) => Answer::Send(c.call_send(&mut store, &a, &m).await?),
-                    Request::Webhook(a, r) => {
-                        Answer::Webhook(c.call_handle_webhook(&mut store, &a, &r).await?)
-                    }
-                })
-            }
-            .await;
-            answer.map_err(|e: wasmtime::Error| {
-                runtime::call_failure(me.id(), &e, store.data().last_panic())
-            })
+            let mut store = rt.store(me.id(), Some(imports), g, Some(rt.limits.call_timeout));
+            bindings::v0_1::invoke(&me.loaded.pre, &mut store, req)
+                .await
+                .map_err(|e| call_failure(me.id(), &e, store.data().last_panic()))
         });
         let result = task
             .await

@@ -7,43 +7,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use wasmtime::component::Linker;
-use wasmtime::Engine;
+use wasmtime::{Engine, Store, UpdateDeadline};
 
-use super::bindings::*;
-use super::sandbox::*;
+use super::bindings;
+use super::imports::Imports;
+use super::sandbox::{Grants, Limits, PluginState};
 
 /// Component instances that can exist at once (running accounts plus calls in flight).
 pub const POOL_INSTANCES: u32 = 256;
 
 /// How often the epoch ticker advances the engine's epoch.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Limits applied to every store.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Linear memory per instance.
-    pub memory_bytes: usize,
-    /// Wall-clock bound on one call (`info`, `validate`, `send`, `handle-webhook`).
-    pub call_timeout: Duration,
-    /// Largest `.wasm` file accepted.
-    pub max_file_bytes: u64,
-    /// Calls of one plugin running at once (`plugins.max_concurrent_calls`).
-    pub max_concurrent_calls: usize,
-    /// How long a call waits for a slot before it is refused.
-    pub call_queue_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 64 * 1024 * 1024,
-            call_timeout: Duration::from_secs(30),
-            max_file_bytes: 64 * 1024 * 1024,
-            max_concurrent_calls: 16,
-            call_queue_timeout: Duration::from_secs(5),
-        }
-    }
-}
 
 /// The process-wide engine plus the linker every plugin is checked against.
 pub struct Runtime {
@@ -52,7 +26,6 @@ pub struct Runtime {
     pub limits: Limits,
     /// Compiled components, keyed by content hash and engine (see `compile`).
     pub(super) cache_dir: Option<std::path::PathBuf>,
-    pub(super) host: Arc<dyn PluginHost>,
     _ticker: EpochTicker,
 }
 
@@ -69,7 +42,7 @@ impl Drop for EpochTicker {
 }
 
 impl Runtime {
-    pub fn new(limits: Limits, host: Arc<dyn PluginHost>) -> Result<Runtime> {
+    pub fn new(limits: Limits) -> Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -102,7 +75,7 @@ impl Runtime {
             "link wasi:http",
         )?;
         ctx(
-            ChannelPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s),
+            bindings::v0_1::add_to_linker(&mut linker),
             "link the switchboard host interface",
         )?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -121,9 +94,35 @@ impl Runtime {
             linker,
             limits,
             cache_dir: None,
-            host,
             _ticker: EpochTicker { stop },
         })
+    }
+
+    /// A fresh store for one instance of `plugin` with these imports (none
+    /// while loading), with the call deadline set (`None`: no deadline, for
+    /// `run`).
+    pub fn store(
+        &self,
+        plugin: &str,
+        imports: Option<Imports>,
+        grants: Arc<Grants>,
+        timeout: Option<Duration>,
+    ) -> Store<PluginState> {
+        let state = PluginState::new(plugin, imports, grants, &self.limits, timeout);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s.store_limits());
+        // Every tick: past the deadline → trap; otherwise yield to the executor
+        // so a busy plugin never monopolises a worker thread.
+        store.epoch_deadline_callback(|ctx| {
+            if ctx.data().past_deadline() {
+                return Err(wasmtime::Error::msg(
+                    "deadline exceeded: the call ran longer than its time limit",
+                ));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
     }
 
     /// Keeps compiled components in `dir` (created 0700: whoever can write
@@ -135,10 +134,6 @@ impl Runtime {
         }
         self
     }
-}
-
-pub fn chain(e: &wasmtime::Error) -> String {
-    format!("{e:#}")
 }
 
 fn ctx<T>(r: wasmtime::Result<T>, what: &str) -> Result<T> {

@@ -9,7 +9,8 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::*;
+use super::bindings::{self, Pre};
+use super::contract::PluginInfo;
 use super::engine::*;
 use super::sandbox::*;
 
@@ -71,7 +72,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::new(format!("wrong world: {}", chain(&e))))?;
-        let pre = ChannelPluginPre::new(pre).map_err(|e| {
+        let pre = bindings::v0_1::ChannelPluginPre::new(pre).map_err(|e| {
             LoadError::new(format!(
                 "wrong world: the component does not export switchboard:channel/channel@0.1.0 as expected: {}",
                 chain(&e)
@@ -79,19 +80,13 @@ impl Runtime {
         })?;
         let mut store = self.store(
             file_name,
-            "",
+            None,
             Arc::default(),
             Some(self.limits.call_timeout),
         );
-        let plugin = pre
-            .instantiate_async(&mut store)
+        let info = bindings::v0_1::info(&pre, &mut store)
             .await
-            .map_err(|e| LoadError::new(format!("instantiation failed: {}", chain(&e))))?;
-        let info = plugin
-            .switchboard_channel_channel()
-            .call_info(&mut store)
-            .await
-            .map_err(|e| LoadError::new(format!("`info` failed: {}", chain(&e))))?;
+            .map_err(|(step, e)| LoadError::new(format!("{step}: {}", chain(&e))))?;
         validate_info(&info)?;
         Ok(LoadedPlugin {
             info,
@@ -195,7 +190,7 @@ pub struct LoadedPlugin {
     pub file: String,
     /// SHA-256 of the file.
     pub hash: String,
-    pub pre: ChannelPluginPre<PluginState>,
+    pub pre: Pre,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     /// Time to compile (or load from the cache).

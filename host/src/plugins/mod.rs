@@ -10,20 +10,24 @@
 
 mod bindings;
 pub mod call;
+pub mod contract;
 mod engine;
+pub mod imports;
 pub mod kv;
 mod loader;
 mod registry;
-pub mod runtime;
 mod sandbox;
 pub mod watcher;
 
+pub use call::{CallError, Target};
+pub use engine::Runtime;
+pub use loader::{LoadError, LoadedPlugin};
 pub use registry::{Change, Failure, PluginManager};
+pub use sandbox::{parse_host_port, Limits};
 
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use runtime::{LoadedPlugin, Runtime};
 
 /// A loaded plugin, shared by every call that started on it: a replacement
 /// swaps the registry entry, calls already running finish on this one.

@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::runtime::{self, Limits, PluginHost, Runtime};
 use super::Plugin;
+use super::{Limits, LoadError, Runtime};
 use crate::metrics::Metrics;
 
 /// A file that could not be loaded.
@@ -95,7 +95,6 @@ impl PluginManager {
         dir: PathBuf,
         cache_dir: PathBuf,
         limits: Limits,
-        host: Arc<dyn PluginHost>,
         metrics: Arc<Metrics>,
     ) -> Result<PluginManager> {
         let exec_rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +105,7 @@ impl PluginManager {
             .context("start the plugin runtime")?;
         Ok(PluginManager {
             dir,
-            runtime: Arc::new(Runtime::new(limits, host)?.with_cache(cache_dir)),
+            runtime: Arc::new(Runtime::new(limits)?.with_cache(cache_dir)),
             exec: exec_rt.handle().clone(),
             exec_rt: Some(exec_rt),
             registry: RwLock::new(Registry::default()),
@@ -220,7 +219,7 @@ impl PluginManager {
         let loaded = self
             .spawn(async move { rt.load_bytes(&file, bytes).await })
             .await
-            .unwrap_or_else(|e| Err(runtime::LoadError(format!("loader task failed: {e}"))));
+            .unwrap_or_else(|e| Err(LoadError(format!("loader task failed: {e}"))));
         let loaded = match loaded {
             Ok(l) => l,
             Err(e) => {

@@ -1,7 +1,7 @@
-//! What one instance gets: the host imports (`PluginHost`), network grants
-//! (HTTP hook and TCP check), the store state (memory cap, deadline, a WASI
-//! context with no filesystem or env, stdout/stderr to `tracing`), and the
-//! one-line failure of a call.
+//! What one instance gets: its store state (memory cap, deadline, a WASI
+//! context with no filesystem or env, stdout/stderr to `tracing`, the
+//! imports bound for its channel and account), its network grants (HTTP
+//! hook and TCP check), and the one-line failure of a call.
 
 use crate::sync::MutexExt;
 use std::pin::Pin;
@@ -11,75 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::bindings::*;
-use super::engine::*;
-
-/// What the host does for a plugin's imports. The daemon's implementation
-/// broadcasts and persists; `plugins check` uses [`NullHost`].
-pub trait PluginHost: Send + Sync + 'static {
-    /// `channel` is the channel the calling instance serves ("" while loading).
-    fn deliver(&self, plugin: &str, channel: &str, message: InboundMessage) -> Result<u64, String>;
-    fn set_state(
-        &self,
-        plugin: &str,
-        channel: &str,
-        account: &str,
-        state: AccountState,
-        detail: Option<String>,
-    );
-    fn outbox_push(
-        &self,
-        plugin: &str,
-        channel: &str,
-        account: &str,
-        m: OutboundMessage,
-    ) -> Result<u64, String>;
-    fn outbox_pop(
-        &self,
-        plugin: &str,
-        channel: &str,
-        account: &str,
-    ) -> Option<(u64, OutboundMessage)>;
-    fn outbox_ack(&self, plugin: &str, channel: &str, account: &str, seq: u64);
-    /// The key-value store is the channel's ("" while loading: none).
-    fn kv_get(&self, channel: &str, key: &str) -> Option<Vec<u8>>;
-    fn kv_set(&self, plugin: &str, channel: &str, key: &str, value: Vec<u8>);
-    fn kv_delete(&self, channel: &str, key: &str);
-    fn kv_claim(&self, plugin: &str, channel: &str, key: &str, ttl_ms: u64) -> bool;
-    fn kv_unclaim(&self, channel: &str, key: &str);
-}
-
-/// A host with no gateway behind it (`plugins check`): `deliver` fails with
-/// a clear message and the key-value store is empty.
-pub struct NullHost;
-
-impl PluginHost for NullHost {
-    fn deliver(&self, _: &str, _: &str, _: InboundMessage) -> Result<u64, String> {
-        Err("no gateway is running (this is `switchboard plugins check`)".into())
-    }
-    fn set_state(&self, _: &str, _: &str, _: &str, _: AccountState, _: Option<String>) {}
-    fn outbox_push(&self, _: &str, _: &str, _: &str, _: OutboundMessage) -> Result<u64, String> {
-        Err("no gateway is running (this is `switchboard plugins check`)".into())
-    }
-    fn outbox_pop(&self, _: &str, _: &str, _: &str) -> Option<(u64, OutboundMessage)> {
-        None
-    }
-    fn outbox_ack(&self, _: &str, _: &str, _: &str, _: u64) {}
-    fn kv_get(&self, _: &str, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-    fn kv_set(&self, _: &str, _: &str, _: &str, _: Vec<u8>) {}
-    fn kv_delete(&self, _: &str, _: &str) {}
-    fn kv_claim(&self, _: &str, _: &str, _: &str, _: u64) -> bool {
-        false
-    }
-    fn kv_unclaim(&self, _: &str, _: &str) {}
-}
+use super::imports::Imports;
 
 /// The network one instance may reach: `host:port` pairs, and where they
 /// come from (for the message that says how to change them).
@@ -204,16 +141,43 @@ impl WasiHttpHooks for GrantHooks {
     }
 }
 
+/// Limits applied to every store.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// Wall-clock bound on one call (`info`, `validate`, `send`, `handle-webhook`).
+    pub call_timeout: Duration,
+    /// Largest `.wasm` file accepted.
+    pub max_file_bytes: u64,
+    /// Calls of one plugin running at once (`plugins.max_concurrent_calls`).
+    pub max_concurrent_calls: usize,
+    /// How long a call waits for a slot before it is refused.
+    pub call_queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            call_timeout: Duration::from_secs(30),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_concurrent_calls: 16,
+            call_queue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The data of one store: one instance of one plugin.
 pub struct PluginState {
-    plugin: String,
-    channel: String,
+    pub(super) plugin: String,
+    /// `None` while the plugin is being loaded: no import reaches anything.
+    imports: Option<Imports>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: GrantHooks,
     table: ResourceTable,
     limits: StoreLimits,
-    host: Arc<dyn PluginHost>,
     /// When the current call must end; `None` = no bound (the `run` loop).
     deadline: Option<Instant>,
     panic: LastPanic,
@@ -223,6 +187,24 @@ impl PluginState {
     /// The message of the last panic the guest printed, if any.
     pub fn last_panic(&self) -> Option<String> {
         self.panic.guard().clone()
+    }
+
+    /// The imports bound to this store, or why there are none.
+    pub(super) fn imports(&self) -> Result<&Imports, String> {
+        self.imports
+            .as_ref()
+            .ok_or_else(|| "not available while the plugin is being loaded".to_string())
+    }
+
+    /// The imports, if they serve `account` (a mismatch is logged).
+    pub(super) fn imports_of(&self, account: &str) -> Option<&Imports> {
+        match self.imports().and_then(|i| i.of(account)) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::debug!(plugin = %self.plugin, "host call refused: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -242,63 +224,6 @@ impl WasiHttpView for PluginState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-impl switchboard::channel::types::Host for PluginState {}
-
-impl switchboard::channel::host::Host for PluginState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        let p = self.plugin.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin = p, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin = p, "{message}"),
-            LogLevel::Info => tracing::info!(plugin = p, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin = p, "{message}"),
-            LogLevel::Error => tracing::error!(plugin = p, "{message}"),
-        }
-    }
-    fn deliver(&mut self, message: InboundMessage) -> Result<u64, String> {
-        self.host.deliver(&self.plugin, &self.channel, message)
-    }
-    fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
-        self.host
-            .set_state(&self.plugin, &self.channel, &account_id, state, detail)
-    }
-    fn outbox_push(
-        &mut self,
-        account_id: String,
-        message: switchboard::channel::types::OutboundMessage,
-    ) -> Result<u64, String> {
-        self.host
-            .outbox_push(&self.plugin, &self.channel, &account_id, message)
-    }
-    fn outbox_pop(
-        &mut self,
-        account_id: String,
-    ) -> Option<(u64, switchboard::channel::types::OutboundMessage)> {
-        self.host
-            .outbox_pop(&self.plugin, &self.channel, &account_id)
-    }
-    fn outbox_ack(&mut self, account_id: String, seq: u64) {
-        self.host
-            .outbox_ack(&self.plugin, &self.channel, &account_id, seq)
-    }
-    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.host.kv_get(&self.channel, &key)
-    }
-    fn kv_set(&mut self, key: String, value: Vec<u8>) {
-        self.host.kv_set(&self.plugin, &self.channel, &key, value)
-    }
-    fn kv_delete(&mut self, key: String) {
-        self.host.kv_delete(&self.channel, &key)
-    }
-    fn kv_claim(&mut self, key: String, ttl_ms: u64) -> bool {
-        self.host
-            .kv_claim(&self.plugin, &self.channel, &key, ttl_ms)
-    }
-    fn kv_unclaim(&mut self, key: String) {
-        self.host.kv_unclaim(&self.channel, &key)
     }
 }
 
@@ -410,6 +335,10 @@ impl Drop for LineWriter {
     }
 }
 
+pub fn chain(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+}
+
 /// One line for an operator about a failed call: the trap (or the panic
 /// message the guest printed), never the wasm backtrace. The whole error
 /// goes to the log at WARN.
@@ -425,16 +354,17 @@ pub fn call_failure(plugin: &str, e: &wasmtime::Error, panic: Option<String>) ->
     root.lines().next().unwrap_or("plugin failed").to_string()
 }
 
-impl Runtime {
-    /// A fresh store for one instance of `plugin` serving `channel`, with the
-    /// call deadline set (`None`: no deadline, for `run`).
-    pub fn store(
-        &self,
+impl PluginState {
+    /// The state of a fresh store for one instance of `plugin` with these
+    /// imports (none while loading), with the call deadline set (`None`: no
+    /// deadline, for `run`).
+    pub fn new(
         plugin: &str,
-        channel: &str,
+        imports: Option<Imports>,
         grants: Arc<Grants>,
+        limits: &Limits,
         timeout: Option<Duration>,
-    ) -> Store<PluginState> {
+    ) -> PluginState {
         let name: Arc<str> = Arc::from(plugin);
         let check_grants = grants.clone();
         let check_name = name.clone();
@@ -476,43 +406,35 @@ impl Runtime {
             })
             .build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
+            .memory_size(limits.memory_bytes)
             .trap_on_grow_failure(true)
             .instances(16)
             .tables(64)
             .memories(16)
             .build();
-        let mut store = Store::new(
-            &self.engine,
-            PluginState {
-                plugin: plugin.to_string(),
-                channel: channel.to_string(),
-                wasi,
-                http: WasiHttpCtx::new(),
-                hooks: GrantHooks {
-                    plugin: name,
-                    grants,
-                },
-                table: ResourceTable::new(),
-                limits,
-                host: self.host.clone(),
-                deadline: timeout.map(|t| Instant::now() + t),
-                panic,
+        PluginState {
+            plugin: plugin.to_string(),
+            imports,
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: GrantHooks {
+                plugin: name,
+                grants,
             },
-        );
-        store.limiter(|s| &mut s.limits);
-        // Every tick: past the deadline → trap; otherwise yield to the executor
-        // so a busy plugin never monopolises a worker thread.
-        store.epoch_deadline_callback(|ctx| {
-            if ctx.data().deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(wasmtime::Error::msg(
-                    "deadline exceeded: the call ran longer than its time limit",
-                ));
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
-        store.set_epoch_deadline(1);
-        store
+            table: ResourceTable::new(),
+            limits,
+            deadline: timeout.map(|t| Instant::now() + t),
+            panic,
+        }
+    }
+
+    /// Whether the current call has run past its deadline.
+    pub(super) fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    pub(super) fn store_limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
     }
 }
 

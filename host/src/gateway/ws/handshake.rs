@@ -18,8 +18,6 @@ use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCO
 use crate::gateway::preauth::{self, PreauthRead};
 use crate::gateway::{ConnMeta, Gateway};
 
-use super::reader::*;
-
 // Every field of the protocol's schema is accepted (unknown ones are an
 // error); some are not used by this gateway yet.
 #[allow(dead_code)]
@@ -101,8 +99,14 @@ pub(super) struct Accepted {
     pub(super) via: String,
 }
 
-/// Runs a connection from the upgrade to the close.
-pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<String>)
+/// The handshake of a connection just upgraded: the accepted `connect`, or
+/// `None` when the client was refused (and told why) or left.
+pub(super) async fn accept<S>(
+    gw: &Arc<Gateway>,
+    io: &mut S,
+    meta: &ConnMeta,
+    origin: Option<String>,
+) -> Option<Accepted>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -112,8 +116,8 @@ where
         "connect.challenge",
         &json!({"nonce": nonce, "ts": crate::now_ms()}),
     );
-    if preauth::write_text(&mut io, &challenge).await.is_err() {
-        return;
+    if preauth::write_text(io, &challenge).await.is_err() {
+        return None;
     }
     let limits = &gw.config.gateway.limits;
     // Loopback clients without a browser Origin are neither limited nor counted.
@@ -122,19 +126,19 @@ where
     let limit_key = rate_limited.then(|| auth::LimitKey::new(remote.ip(), origin.as_deref()));
     let handshake = tokio::time::timeout(
         Duration::from_millis(limits.handshake_timeout_ms),
-        handshake(&gw, &mut io, &nonce, limit_key.as_ref()),
+        handshake(gw, io, &nonce, limit_key.as_ref()),
     );
     let outcome = tokio::select! {
         r = handshake => match r {
             Ok(Ok(Some(a))) => Ok(a),
-            Ok(Ok(None)) => return, // the client left
+            Ok(Ok(None)) => return None, // the client left
             Ok(Err(refusal)) => Err(refusal),
             Err(_) => Err(Refusal::close(Disconnect::HandshakeTimeout)),
         },
         _ = gw.shutdown_started() => Err(Refusal::close(Disconnect::ServiceRestart)),
     };
-    let accepted = match outcome {
-        Ok(a) => a,
+    match outcome {
+        Ok(a) => Some(a),
         Err(r) => {
             gw.metrics
                 .handshake_failures
@@ -147,15 +151,14 @@ where
             }
             tracing::info!(%remote, close_code = r.why.code(), reason = %r.why.reason(), "handshake refused");
             if let Some(resp) = &r.response {
-                let _ = preauth::write_text(&mut io, resp).await;
+                let _ = preauth::write_text(io, resp).await;
             }
-            let _ = preauth::write_close(&mut io, r.why.code(), &r.why.reason()).await;
+            let _ = preauth::write_close(io, r.why.code(), &r.why.reason()).await;
             // Give the client a moment to read the close before the socket drops.
-            let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut io)).await;
-            return;
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain(io)).await;
+            None
         }
-    };
-    serve_connection(gw, io, meta, accepted).await;
+    }
 }
 
 pub(super) async fn drain<S: AsyncRead + Unpin>(io: &mut S) {
@@ -394,7 +397,7 @@ pub(super) fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
         },
         "snapshot": {
             "presence": gw.presence(),
-            "health": crate::health::snapshot(gw),
+            "health": gw.health.snapshot(),
             "stateVersion": gw.broadcaster.state_version(),
             "uptimeMs": gw.uptime_ms(),
         },

@@ -2,7 +2,6 @@
 //! handshake (read with the strict pre-auth reader), then a reader loop in
 //! this task and a writer task that owns the sink and drains the bounded
 //! queue of pre-serialised frames in batches.
-
 //!
 //! `handshake` (challenge, `connect`, `hello-ok`), `reader` (the
 //! authenticated connection's read loop and close), `writer` (the task that
@@ -13,5 +12,21 @@ mod presence;
 mod reader;
 mod writer;
 
-pub use handshake::{run, MAX_FIELD_BYTES, MAX_LIST_ENTRIES};
+pub use handshake::{MAX_FIELD_BYTES, MAX_LIST_ENTRIES};
 pub use presence::{run_presence, PRESENCE_COALESCE};
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{ConnMeta, Gateway};
+
+/// Runs a connection from the upgrade to the close.
+pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Some(accepted) = handshake::accept(&gw, &mut io, &meta, origin).await {
+        reader::serve_connection(gw, io, meta, accepted).await;
+    }
+}

@@ -1,5 +1,13 @@
-//! The generated bindings of `switchboard:channel@0.1.0` (`wit/`), and the
-//! names the host uses for its types.
+//! Contract `switchboard:channel@0.1.0` (`wit/`): the generated bindings,
+//! the conversions between their types and [`contract`]'s, the host side of
+//! the `host` interface, and the calls into the `channel` interface.
+
+use wasmtime::component::Linker;
+use wasmtime::Store;
+
+use super::super::contract;
+use super::super::sandbox::PluginState;
+use super::{Answer, Request};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -7,7 +15,249 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::exports::switchboard::channel::channel::{
+use self::exports::switchboard::channel::channel::{
     Account, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage, PluginInfo,
 };
-pub use self::switchboard::channel::types::{AccountState, InboundMessage, LogLevel};
+use self::switchboard::channel::types::{AccountState, InboundMessage, LogLevel};
+
+/// Links the `host` interface of this version.
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    ChannelPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)
+}
+
+/// `info` on a fresh instance; the error says which step failed.
+pub async fn info(
+    pre: &ChannelPluginPre<PluginState>,
+    store: &mut Store<PluginState>,
+) -> Result<contract::PluginInfo, (&'static str, wasmtime::Error)> {
+    let inst = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(|e| ("instantiation failed", e))?;
+    let info = inst
+        .switchboard_channel_channel()
+        .call_info(store)
+        .await
+        .map_err(|e| ("`info` failed", e))?;
+    Ok(info.into())
+}
+
+/// One call on a fresh instance.
+pub async fn invoke(
+    pre: &ChannelPluginPre<PluginState>,
+    store: &mut Store<PluginState>,
+    req: Request,
+) -> wasmtime::Result<Answer> {
+    let inst = pre.instantiate_async(&mut *store).await?;
+    let c = inst.switchboard_channel_channel();
+    Ok(match req {
+        Request::Validate(a) => {
+            Answer::Validate(c.call_validate(store, &a.into()).await?.map_err(Into::into))
+        }
+        Request::Send(a, m) => Answer::Send(
+            c.call_send(store, &a.into(), &m.into())
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
+        ),
+        Request::Webhook(a, r) => Answer::Webhook(
+            c.call_handle_webhook(store, &a.into(), &r.into())
+                .await?
+                .into(),
+        ),
+    })
+}
+
+/// `run` on a long-lived instance.
+pub async fn run(
+    pre: &ChannelPluginPre<PluginState>,
+    store: &mut Store<PluginState>,
+    account: contract::Account,
+) -> wasmtime::Result<Result<(), contract::ChannelError>> {
+    let inst = pre.instantiate_async(&mut *store).await?;
+    let r = inst
+        .switchboard_channel_channel()
+        .call_run(store, &account.into())
+        .await?;
+    Ok(r.map_err(Into::into))
+}
+
+impl switchboard::channel::types::Host for PluginState {}
+
+impl switchboard::channel::host::Host for PluginState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let p = self.plugin.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin = p, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin = p, "{message}"),
+            LogLevel::Info => tracing::info!(plugin = p, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin = p, "{message}"),
+            LogLevel::Error => tracing::error!(plugin = p, "{message}"),
+        }
+    }
+    fn deliver(&mut self, message: InboundMessage) -> Result<u64, String> {
+        let m: contract::InboundMessage = message.into();
+        self.imports()?.of(&m.account_id)?.inbox.deliver(m)
+    }
+    fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
+        if let Some(i) = self.imports_of(&account_id) {
+            i.state.report(state.into(), detail)
+        }
+    }
+    fn outbox_push(&mut self, account_id: String, message: OutboundMessage) -> Result<u64, String> {
+        self.imports()?.of(&account_id)?.outbox.push(message.into())
+    }
+    fn outbox_pop(&mut self, account_id: String) -> Option<(u64, OutboundMessage)> {
+        let (seq, m) = self.imports_of(&account_id)?.outbox.pop()?;
+        Some((seq, m.into()))
+    }
+    fn outbox_ack(&mut self, account_id: String, seq: u64) {
+        if let Some(i) = self.imports_of(&account_id) {
+            i.outbox.ack(seq)
+        }
+    }
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.imports().ok()?.kv.get(&key)
+    }
+    fn kv_set(&mut self, key: String, value: Vec<u8>) {
+        if let Ok(i) = self.imports() {
+            if let Err(e) = i.kv.set(&key, &value) {
+                tracing::error!(plugin = %self.plugin, channel = %i.channel, "kv-set failed: {e}");
+            }
+        }
+    }
+    fn kv_delete(&mut self, key: String) {
+        if let Ok(i) = self.imports() {
+            i.kv.delete(&key)
+        }
+    }
+    fn kv_claim(&mut self, key: String, ttl_ms: u64) -> bool {
+        let Ok(i) = self.imports() else { return false };
+        i.kv.claim(&key, ttl_ms).unwrap_or_else(|e| {
+            tracing::error!(plugin = %self.plugin, channel = %i.channel, "kv-claim failed: {e}");
+            false
+        })
+    }
+    fn kv_unclaim(&mut self, key: String) {
+        if let Ok(i) = self.imports() {
+            i.kv.unclaim(&key)
+        }
+    }
+}
+
+// Conversions between the generated types and the contract's.
+
+impl From<contract::Account> for Account {
+    fn from(a: contract::Account) -> Self {
+        Self {
+            id: a.id,
+            settings: a.settings,
+        }
+    }
+}
+
+impl From<contract::OutboundMessage> for OutboundMessage {
+    fn from(m: contract::OutboundMessage) -> Self {
+        Self {
+            to: m.to,
+            text: m.text,
+            thread_id: m.thread_id,
+            reply_to_id: m.reply_to_id,
+        }
+    }
+}
+
+impl From<OutboundMessage> for contract::OutboundMessage {
+    fn from(m: OutboundMessage) -> Self {
+        Self {
+            to: m.to,
+            text: m.text,
+            thread_id: m.thread_id,
+            reply_to_id: m.reply_to_id,
+        }
+    }
+}
+
+impl From<InboundMessage> for contract::InboundMessage {
+    fn from(m: InboundMessage) -> Self {
+        Self {
+            account_id: m.account_id,
+            chat_id: m.chat_id,
+            sender_id: m.sender_id,
+            sender_name: m.sender_name,
+            message_id: m.message_id,
+            text: m.text,
+            timestamp_ms: m.timestamp_ms,
+            thread_id: m.thread_id,
+            reply_to_id: m.reply_to_id,
+            raw: m.raw,
+        }
+    }
+}
+
+impl From<Delivery> for contract::Delivery {
+    fn from(d: Delivery) -> Self {
+        Self {
+            message_id: d.message_id,
+            chat_id: d.chat_id,
+        }
+    }
+}
+
+impl From<ChannelError> for contract::ChannelError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::InvalidConfig(m) => Self::InvalidConfig(m),
+            ChannelError::Unauthorized(m) => Self::Unauthorized(m),
+            ChannelError::NotFound(m) => Self::NotFound(m),
+            ChannelError::RateLimited(ms) => Self::RateLimited(ms),
+            ChannelError::Transient(m) => Self::Transient(m),
+            ChannelError::Fatal(m) => Self::Fatal(m),
+        }
+    }
+}
+
+impl From<PluginInfo> for contract::PluginInfo {
+    fn from(i: PluginInfo) -> Self {
+        Self {
+            id: i.id,
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            network: i.network,
+        }
+    }
+}
+
+impl From<contract::HttpRequest> for HttpRequest {
+    fn from(r: contract::HttpRequest) -> Self {
+        Self {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<HttpResponse> for contract::HttpResponse {
+    fn from(r: HttpResponse) -> Self {
+        Self {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<AccountState> for contract::AccountState {
+    fn from(s: AccountState) -> Self {
+        match s {
+            AccountState::Starting => Self::Starting,
+            AccountState::Connected => Self::Connected,
+            AccountState::Disconnected => Self::Disconnected,
+            AccountState::Error => Self::Error,
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! A channel that misbehaves on purpose. `send` does what the message text
 //! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
-//! `sleep:<ms>` sleeps that long, anything else succeeds. `run` panics when the account sets `crash_run`.
+//! `sleep:<ms>` sleeps that long, `as:<account>` delivers a message and
+//! pushes to the outbox in the name of `<account>` and answers what the host
+//! said to each, anything else succeeds. `run` panics when the account sets
+//! `crash_run`.
 
 use serde::Deserialize;
 use switchboard_sdk::{
@@ -58,6 +61,34 @@ impl Channel for Misbehave {
                 }
             }
             "trap" => panic!("trapped on purpose"),
+            t if t.starts_with("as:") => {
+                let other = &t[3..];
+                let delivered = switchboard_sdk::deliver(switchboard_sdk::InboundMessage {
+                    account_id: other.into(),
+                    chat_id: "c".into(),
+                    sender_id: "s".into(),
+                    sender_name: None,
+                    message_id: format!("as-{other}"),
+                    text: format!("delivered as {other}"),
+                    timestamp_ms: 0,
+                    thread_id: None,
+                    reply_to_id: None,
+                    raw: None,
+                });
+                let pushed = switchboard_sdk::outbox::push(
+                    other,
+                    &OutboundMessage {
+                        to: "x".into(),
+                        text: "queued".into(),
+                        thread_id: None,
+                        reply_to_id: None,
+                    },
+                );
+                Ok(Delivery {
+                    message_id: format!("deliver: {delivered:?}; outbox-push: {pushed:?}"),
+                    chat_id: None,
+                })
+            }
             t if t.starts_with("sleep:") => {
                 let ms: u64 = t[6..].parse().unwrap_or(0);
                 switchboard_sdk::wstd::runtime::block_on(async move {
