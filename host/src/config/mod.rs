@@ -1,0 +1,253 @@
+//! Configuration: a TOML file (every key optional), `${VAR}` expansion from the
+//! environment, then CLI flags and `SWITCHBOARD_*` environment variables on top.
+//!
+//! Unknown keys are an error that names the key, so that a typo never silently
+//! turns a setting off.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+mod load;
+
+pub use load::describe;
+
+pub const DEFAULT_PORT: u16 = 18789;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// `[channels.<name>]`: messaging channels and their accounts.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// Where the daemon keeps state (the plugins' key-value stores).
+    /// Default: `$XDG_STATE_HOME/switchboard` or `~/.local/state/switchboard`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `[channels.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// The plugin id serving this channel (default: the channel's name).
+    pub plugin: Option<String>,
+    /// `false` keeps every account of the channel stopped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port` pairs this channel's plugin may reach; replaces the list
+    /// the plugin asks for in `info().network`.
+    pub network: Option<Vec<String>>,
+    /// Largest body accepted on `POST /hooks/<channel>/...` (bytes).
+    #[serde(default = "default_webhook_body")]
+    pub webhook_max_body_bytes: usize,
+    /// `[channels.<name>.accounts.<id>]`: `enabled` is the host's; every
+    /// other key is handed to the plugin as its settings JSON.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, toml::Table>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Default of `channels.<name>.webhook_max_body_bytes`: 1 MiB.
+pub const DEFAULT_WEBHOOK_BODY: usize = 1024 * 1024;
+
+fn default_webhook_body() -> usize {
+    DEFAULT_WEBHOOK_BODY
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// TCP port for HTTP and WebSocket (default 18789).
+    pub port: u16,
+    /// `loopback` (127.0.0.1), `lan` (0.0.0.0) or an IP address.
+    pub bind: String,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsConfig,
+    /// Browser origins allowed to open a WebSocket (exact `scheme://host[:port]`, or `*`).
+    /// Origins naming a loopback address (`localhost`, `127.0.0.1`, `[::1]`) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Names (the `Host` header, without port) under which the gateway may be
+    /// reached besides loopback names and addresses. Only checked when no
+    /// credentials are configured (it defeats DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Interval of `tick` events (ms).
+    pub tick_interval_ms: u64,
+    /// How often the health monitor re-checks health when nothing notified it (ms).
+    pub health_check_interval_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            bind: "loopback".into(),
+            auth: AuthConfig::default(),
+            tls: None,
+            limits: LimitsConfig::default(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            tick_interval_ms: 30_000,
+            health_check_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared token: grants every scope of every role.
+    pub token: Option<String>,
+    /// Shared password: grants every scope of every role.
+    pub password: Option<String>,
+    /// Extra tokens limited to some scopes (e.g. a read-only dashboard).
+    pub tokens: Vec<ScopedToken>,
+    /// Failed handshakes allowed per remote IP per minute before `rate limited`.
+    pub max_failures_per_minute: u32,
+    /// Loopback clients without a browser `Origin` are not rate limited.
+    pub exempt_loopback: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            password: None,
+            tokens: Vec::new(),
+            max_failures_per_minute: 10,
+            exempt_loopback: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// A label for logs.
+    pub name: String,
+    pub token: String,
+    /// Roles this token may take (default: operator).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Scopes this token may be granted.
+    pub scopes: Vec<String>,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["operator".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open TCP connections (HTTP and WebSocket) at once; held for the socket's life.
+    pub max_connections: usize,
+    /// Largest frame accepted before the handshake completes.
+    pub preauth_max_frame_bytes: usize,
+    /// Largest frame accepted after the handshake (advertised as `policy.maxPayload`).
+    pub max_payload_bytes: usize,
+    /// Bytes queued for one connection before it is closed as a slow
+    /// consumer (advertised as `policy.maxBufferedBytes`).
+    pub max_buffered_bytes: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub send_queue_frames: usize,
+    /// Kernel send buffer per WebSocket (bytes, 0 = OS default/autotuning).
+    pub socket_send_buffer_bytes: usize,
+    /// Time allowed between the upgrade and a successful `connect`.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed for a client to send complete HTTP request headers.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for a client to send a whole request body (webhooks).
+    pub body_read_timeout_ms: u64,
+    /// Webhook request bodies read at once, across all channels; more get 503.
+    pub max_webhook_bodies: usize,
+    /// Requests one connection may have in flight at once.
+    pub max_inflight_requests: usize,
+    /// Bound on graceful shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            preauth_max_frame_bytes: 64 * 1024,
+            max_payload_bytes: 25 * 1024 * 1024,
+            max_buffered_bytes: 50 * 1024 * 1024,
+            send_queue_frames: 1024,
+            socket_send_buffer_bytes: 256 * 1024,
+            handshake_timeout_ms: 15_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_webhook_bodies: 16,
+            max_inflight_requests: 32,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory watched for channel plugins (`*.wasm`).
+    pub dir: PathBuf,
+    /// Reload plugins when files in `dir` change.
+    pub watch: bool,
+    /// Linear memory per plugin instance (MiB).
+    pub memory_mb: usize,
+    /// Bound on one `validate`, `send` or `handle-webhook` call (ms).
+    pub call_timeout_ms: u64,
+    /// Largest plugin file accepted (bytes).
+    pub max_file_bytes: u64,
+    /// Quiet time after a change in `dir` before it is re-read (ms).
+    pub debounce_ms: u64,
+    /// Calls (`send`, `validate`, `handle-webhook`) of one plugin running at
+    /// once; with `memory_mb` this bounds the plugin's memory.
+    pub max_concurrent_calls: usize,
+    /// How long a call waits for one of those slots before it is refused (ms).
+    pub call_queue_timeout_ms: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+            watch: true,
+            memory_mb: 64,
+            call_timeout_ms: 30_000,
+            max_file_bytes: 64 * 1024 * 1024,
+            debounce_ms: 200,
+            max_concurrent_calls: 16,
+            call_queue_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Values from CLI flags and environment variables; `None` leaves the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub bind: Option<String>,
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
