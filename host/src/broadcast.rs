@@ -8,6 +8,9 @@
 //! so it counts exactly the events that connection received. Broadcasts are
 //! serialised by one lock so every connection sees events in the same order;
 //! no per-connection lock is taken.
+//!
+//! It uses `connections`, `frames`, `disconnect`, `memory` and `metrics`; it
+//! knows nothing of channels, plugins or the gateway.
 
 use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::connections::{ConnectionManager, EnqueueError, Outbound};
-use crate::gateway::frames::{PreparedEvent, StateVersion};
+use crate::frames::{PreparedEvent, StateVersion};
 use crate::metrics::Metrics;
 
 /// Names of the events this gateway emits (advertised in `hello-ok`).

@@ -1,5 +1,7 @@
 //! `switchboard call`: a minimal operator client that performs the handshake,
 //! calls one method and returns its payload.
+//!
+//! It uses only `frames`; it shares no state with a running gateway.
 
 use std::time::Duration;
 
@@ -86,8 +88,8 @@ async fn call_inner(opts: CallOptions) -> Result<Value, CallError> {
     let connect = json!({
         "type": "req", "id": "connect", "method": "connect",
         "params": {
-            "minProtocol": crate::gateway::frames::PROTOCOL_VERSION,
-            "maxProtocol": crate::gateway::frames::PROTOCOL_VERSION,
+            "minProtocol": crate::frames::PROTOCOL_VERSION,
+            "maxProtocol": crate::frames::PROTOCOL_VERSION,
             "client": {"id": "cli", "version": crate::VERSION, "platform": std::env::consts::OS, "mode": "cli"},
             "role": "operator",
             "scopes": ["operator.admin"],

@@ -3,6 +3,9 @@
 //!
 //! A [`Connection`] is the handle other components hold: its bounded outbound
 //! queue (drained by the connection's writer task) and its close signal.
+//!
+//! It uses `frames`, `disconnect`, `scopes` and `sync`; it knows nothing of the
+//! gateway, channels or plugins.
 
 use crate::sync::RwLockExt;
 use std::collections::{HashMap, HashSet};
@@ -14,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::disconnect::Disconnect;
-use crate::gateway::frames::PreparedEvent;
+use crate::frames::PreparedEvent;
 use crate::scopes::scope_satisfies;
 
 /// What a connection's writer task sends, in queue order.

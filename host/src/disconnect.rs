@@ -1,6 +1,8 @@
 //! Why a WebSocket connection is closed, typed, in one place (the shape of
 //! Centrifuge's `disconnect.go`): each reason has its RFC 6455 close code
 //! and the text sent in the close frame. Nothing else writes a bare close code.
+//!
+//! A leaf: it imports nothing of the crate.
 
 /// The client closed without a status (never sent on the wire).
 pub const NO_STATUS: u16 = 1005;

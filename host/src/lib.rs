@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod connections;
 pub mod disconnect;
+pub mod frames;
 pub mod gateway;
 pub mod health;
 pub mod memory;

@@ -5,6 +5,8 @@
 //! stay resident although nothing uses them. Code that has just freed a lot
 //! calls [`release_soon`]; [`run_trimmer`] then returns the free memory with
 //! `malloc_trim`, at most once per [`TRIM_INTERVAL`] and off the async workers.
+//!
+//! A leaf: it imports nothing of the crate.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -8,6 +8,9 @@
 //! the front. So a message `send` accepted survives `run` failures, reloads
 //! and restarts or crashes of the daemon, and is sent at least once. Order is
 //! the queue number's, which keeps growing across restarts.
+//!
+//! It knows the contract's `OutboundMessage` and implements the `AccountOutbox`
+//! import; nothing else of the crate.
 
 use crate::sync::MutexExt;
 use std::collections::{HashMap, VecDeque};

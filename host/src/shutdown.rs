@@ -1,6 +1,9 @@
 //! Graceful shutdown on SIGINT/SIGTERM, in the seed's order: stop accepting,
 //! broadcast `shutdown`, stop channels, close every socket with 1012, exit —
 //! within `gateway.limits.shutdown_timeout_ms`, with a log line per step.
+//!
+//! It is the one module below `gateway` that names `Gateway`: it orchestrates
+//! the gateway's parts.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! plain data (maps, counters) that is still usable: every lock in the
 //! daemon is taken through these helpers, which recover the guard instead of
 //! propagating the panic to every later caller.
+//!
+//! A leaf: it imports nothing of the crate.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

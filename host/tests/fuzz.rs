@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use switchboard::config::Config;
-use switchboard::gateway::frames::RequestFrame;
+use switchboard::frames::RequestFrame;
 use switchboard::gateway::preauth::{read_message, PreauthRead};
 use tokio::io::AsyncWriteExt;
 

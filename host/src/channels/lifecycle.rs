@@ -1,5 +1,7 @@
 //! Starting and stopping accounts: `validate`, then `run` on a long-lived
 //! instance, restarted with backoff; plugin changes restart or stop them.
+//!
+//! It never calls a plugin except through the `Plugin` facade.
 
 use crate::sync::MutexExt;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The channel manager: messaging-channel accounts from `[channels.<name>]`.
 //! This file holds the manager's state and its lookups; `lifecycle`
 //! (start = `validate` then the `run` loop, restarted with backoff; stop =
-//! cancel), `send` (resolve, idempotency, send, webhooks, error shapes),
+//! cancel), `send` (resolve, idempotency, send, webhooks, `SendError`),
 //! `inbox` (where a received message enters the system) and `status` (each
 //! account's state, and what `channels.status` and `health` show) add to
 //! it. A plugin instance reaches the manager only through the handles
@@ -9,6 +9,10 @@
 //!
 //! Plugin code always runs on the plugin runtime; a `run` loop is one task
 //! there, cancelled by aborting it (which drops its store).
+//!
+//! It may use `plugins`, `outbox`, `broadcast` and `config`; it does not know
+//! the gateway or the protocol's error shapes (`gateway::methods` maps its
+//! errors).
 
 mod inbox;
 mod lifecycle;

@@ -1,5 +1,7 @@
 //! Calls from outside: `send` (idempotency, the plugin's `send`, the
 //! outbound `message` event) and webhooks, and their error, [`SendError`].
+//!
+//! It returns its own errors; it never builds a protocol error shape.
 
 use crate::sync::MutexExt;
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //!
 //! Unknown keys are an error that names the key, so that a typo never silently
 //! turns a setting off.
+//!
+//! It uses only `scopes` and `plugins::parse_host_port`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! The accept loop: TLS (`[gateway.tls]`), the `max_connections` slots,
 //! and hyper's HTTP/1 server on each accepted socket (with the 408 for slow
 //! headers). Requests go to [`super::http`]; upgrades to [`super::ws`].
+//!
+//! It knows nothing of the protocol: it hands each socket to hyper and the
+//! router.
 
 use crate::sync::MutexExt;
 use std::net::SocketAddr;

@@ -15,8 +15,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::frames::{codes, ErrorShape};
 use crate::config::AuthConfig;
+use crate::frames::{codes, ErrorShape};
 
 pub use crate::scopes::{scope_satisfies, KNOWN_SCOPES, SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 

@@ -1,5 +1,7 @@
 //! The HTTP router: `GET /` (WebSocket upgrade), `GET /health`, `GET /ready`,
 //! `GET /metrics`.
+//!
+//! It hands webhook bodies to `channels` and never calls a plugin itself.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Control-plane methods: one table of (name, required scope, handler),
 //! parameter validation, and the mapping from the channels' errors to the
 //! protocol's error shapes.
+//!
+//! Handlers reach channels and plugins only through their managers' public
+//! methods.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,10 +12,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::frames::ErrorShape;
 use super::Gateway;
 use crate::channels::SendError;
 use crate::connections::Connection;
+use crate::frames::ErrorShape;
 use crate::plugins::contract::{ChannelError, OutboundMessage};
 use crate::plugins::CallError;
 use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
@@ -322,7 +325,7 @@ fn status_payload(gw: &Gateway) -> Value {
         .count();
     json!({
         "version": crate::VERSION,
-        "protocol": super::frames::PROTOCOL_VERSION,
+        "protocol": crate::frames::PROTOCOL_VERSION,
         "instanceId": gw.instance_id,
         "host": gw.hostname,
         "startedAt": gw.started_at_ms,

@@ -1,11 +1,13 @@
 //! The gateway: the shared runtime state ([`Gateway`]) here; the TCP/TLS
 //! accept loop ([`accept`]), the HTTP router ([`http`]), WebSocket
-//! connections ([`ws`]), frames ([`frames`], [`preauth`]), methods
+//! connections ([`ws`]), the pre-auth frame reader ([`preauth`]), methods
 //! ([`methods`]) and authentication ([`auth`]) in their own modules.
+//!
+//! Nothing below the gateway names `Gateway` except `shutdown`, which
+//! orchestrates it.
 
 pub mod accept;
 pub mod auth;
-pub mod frames;
 pub mod http;
 pub mod methods;
 pub mod preauth;

@@ -3,6 +3,8 @@
 //! one of the plugin's call slots) and `run` (one long-lived instance), each
 //! returning `Result<_, CallError>` with one flat error. The store /
 //! instantiate / call / map-the-error sequence is written once, here.
+//!
+//! It may not name a generated type: `bindings` converts.
 
 use std::sync::Arc;
 

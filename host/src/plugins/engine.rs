@@ -1,5 +1,7 @@
 //! The one engine: pooling allocator, epoch interruption and its ticker
 //! thread, the linker every plugin is checked against, and the limits.
+//!
+//! It holds no per-plugin state.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Loading a plugin file: file checks, compile (or the on-disk cache),
 //! link against the host, instantiate once and validate `info`.
+//!
+//! It loads and checks; it never serves a channel (its store has no imports).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,6 +7,9 @@
 //!
 //! Plugin code runs on its own tokio runtime ([`PluginManager::spawn`]) so a
 //! misbehaving plugin never stalls the gateway's sockets or timers.
+//!
+//! It is the only module that names wasmtime or a generated type, and it knows
+//! nothing of channels, the gateway or the protocol.
 
 mod bindings;
 pub mod call;

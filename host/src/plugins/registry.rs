@@ -1,6 +1,8 @@
 //! The hot-reloaded set of plugins: the directory scan that loads, replaces
 //! and removes them, what failed to load and why, and what `plugins.list`
 //! and `health` show of them.
+//!
+//! It decides what is loaded, never how a call runs (that is `call`).
 
 use crate::sync::RwLockExt;
 use std::collections::{BTreeMap, HashMap};

@@ -2,6 +2,8 @@
 //! context with no filesystem or env, stdout/stderr to `tracing`, the
 //! imports bound for its channel and account), its network grants (HTTP
 //! hook and TCP check), and the one-line failure of a call.
+//!
+//! It does not know what the imports do: `bindings` calls the handles.
 
 use crate::sync::MutexExt;
 use std::pin::Pin;

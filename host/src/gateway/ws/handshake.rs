@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::broadcast::events;
 use crate::connections::ClientInfo;
 use crate::disconnect::Disconnect;
+use crate::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
 use crate::gateway::auth::{self, ConnectAuth, DeviceProof, SignedFields};
-use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
 use crate::gateway::preauth::{self, PreauthRead};
 use crate::gateway::{ConnMeta, Gateway};
 

@@ -6,6 +6,8 @@
 //! `handshake` (challenge, `connect`, `hello-ok`), `reader` (the
 //! authenticated connection's read loop and close), `writer` (the task that
 //! owns the sink), `presence` (coalesced presence events).
+//!
+//! Nothing here parses a method's params or touches channels: `methods` does.
 
 mod handshake;
 mod presence;

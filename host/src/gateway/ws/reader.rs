@@ -14,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::connections::{ConnIdentity, Connection, EnqueueError, Outbound};
 use crate::disconnect::{Disconnect, ABNORMAL, NO_STATUS};
-use crate::gateway::frames::{self, ErrorShape, FrameError, RequestFrame};
+use crate::frames::{self, ErrorShape, FrameError, RequestFrame};
 use crate::gateway::preauth;
 use crate::gateway::{ConnMeta, Gateway};
 

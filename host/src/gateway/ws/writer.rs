@@ -123,7 +123,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::frames::PreparedEvent;
+    use crate::frames::PreparedEvent;
     use serde_json::json;
 
     fn event(name: &str, n: u64) -> Outbound {

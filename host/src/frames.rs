@@ -3,6 +3,8 @@
 //! Parsing is strict: unknown fields are an error, as in the protocol schema.
 //! Serialisation of events is split so that the broadcaster serialises an event
 //! once and each connection's writer only appends its own `seq`.
+//!
+//! A leaf: it imports nothing of the crate.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
