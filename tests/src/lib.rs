@@ -75,6 +75,22 @@ impl DaemonBuilder {
         self.config = toml.to_string();
         self
     }
+    /// A daemon whose plugins directory is `dir`, holding the built
+    /// `plugins` (each `(folder, file)` as for [`built_plugin`]), with its
+    /// state under `dir/state`. `toml` follows the `[plugins] dir` line, so
+    /// it may begin with more `[plugins]` keys.
+    pub fn with_plugins(self, dir: &Path, plugins: &[(&str, &str)], toml: &str) -> Self {
+        for (folder, file) in plugins {
+            std::fs::copy(built_plugin(folder, file), dir.join(file))
+                .unwrap_or_else(|e| panic!("copy {file} into {}: {e}", dir.display()));
+        }
+        self.config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n{toml}",
+            dir.join("state").display(),
+            dir.display()
+        ))
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self

@@ -163,19 +163,16 @@ async fn watch(mut c: Client) -> anyhow::Result<(Vec<u64>, Vec<String>, Client)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_while_50_others_get_everything() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("plugins", "echo.wasm"),
-        dir.path().join("echo.wasm"),
-    )
-    .unwrap();
     let d = Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[gateway.auth]\ntoken = \"{TOKEN}\"\n\
-             [gateway.limits]\nsend_queue_frames = 16\nsocket_send_buffer_bytes = 8192\n\
-             [plugins]\ndir = \"{}\"\n[channels.echo.accounts.default]\ninterval_secs = 0\n",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "echo.wasm")],
+            &format!(
+                "[gateway.auth]\ntoken = \"{TOKEN}\"\n\
+                 [gateway.limits]\nsend_queue_frames = 16\nsocket_send_buffer_bytes = 8192\n\
+                 [channels.echo.accounts.default]\ninterval_secs = 0\n"
+            ),
+        )
         .start()
         .unwrap();
     let mut stuck = stuck_client(&d, Some(TOKEN)).await;

@@ -131,17 +131,12 @@ async fn dns_rebinding_is_refused_when_the_gateway_has_no_token() {
 const WEBHOOK: &str = "[channels.webhook.accounts.open]\n";
 
 fn webhook_daemon(dir: &std::path::Path, gateway: &str) -> Daemon {
-    std::fs::copy(
-        built_plugin("plugins", "webhook.wasm"),
-        dir.join("webhook.wasm"),
-    )
-    .unwrap();
     Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[gateway]\n{gateway}\n[plugins]\ndir = \"{}\"\n{WEBHOOK}",
-            dir.join("state").display(),
-            dir.display()
-        ))
+        .with_plugins(
+            dir,
+            &[("plugins", "webhook.wasm")],
+            &format!("[gateway]\n{gateway}\n{WEBHOOK}"),
+        )
         .start()
         .unwrap()
 }

@@ -235,18 +235,15 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
     let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("plugins", "irc.wasm"),
-        dir.path().join("irc.wasm"),
-    )
-    .unwrap();
     let d = Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.irc]\nnetwork = [\"127.0.0.1:{port}\"]\n\
-             [channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "irc.wasm")],
+            &format!(
+                "[channels.irc]\nnetwork = [\"127.0.0.1:{port}\"]\n\
+                 [channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n"
+            ),
+        )
         .start()
         .unwrap();
     // The bot joins, as sbbot_ because sbbot is taken.
@@ -312,17 +309,12 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
 }
 
 fn irc_daemon(dir: &tempfile::TempDir, port: u16, accounts: &str) -> Daemon {
-    std::fs::copy(
-        built_plugin("plugins", "irc.wasm"),
-        dir.path().join("irc.wasm"),
-    )
-    .unwrap();
     Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.irc]\nnetwork = [\"127.0.0.1:{port}\"]\n{accounts}",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "irc.wasm")],
+            &format!("[channels.irc]\nnetwork = [\"127.0.0.1:{port}\"]\n{accounts}"),
+        )
         .start()
         .unwrap()
 }

@@ -152,21 +152,17 @@ fn assert_denied(r: &Value, channel: &str, dest: &str) {
 async fn two_channels_of_one_plugin_keep_their_own_grants_and_store() {
     let hp = http_server().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("test-plugins", "nettest.wasm"),
-        dir.path().join("nettest.wasm"),
-    )
-    .unwrap();
     // `netno` sorts first: it used to hand its (absent) list to both, or
     // `netyes` its list to `netno`.
     let d = Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n\
-             [channels.netno]\nplugin = \"nettest\"\n[channels.netno.accounts.main]\n\
-             [channels.netyes]\nplugin = \"nettest\"\nnetwork = [\"127.0.0.1:{hp}\"]\n[channels.netyes.accounts.main]\n",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
+        .with_plugins(
+            dir.path(),
+            &[("test-plugins", "nettest.wasm")],
+            &format!(
+                "[channels.netno]\nplugin = \"nettest\"\n[channels.netno.accounts.main]\n\
+                 [channels.netyes]\nplugin = \"nettest\"\nnetwork = [\"127.0.0.1:{hp}\"]\n[channels.netyes.accounts.main]\n"
+            ),
+        )
         .start()
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();

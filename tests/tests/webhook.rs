@@ -37,19 +37,15 @@ fn now() -> u64 {
 }
 
 fn daemon(dir: &std::path::Path, extra: &str) -> Daemon {
-    std::fs::copy(
-        built_plugin("plugins", "webhook.wasm"),
-        dir.join("webhook.wasm"),
-    )
-    .unwrap();
     Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n{extra}\n\
-             [channels.webhook.accounts.default]\nsecret = \"{SECRET}\"\n\
-             [channels.webhook.accounts.open]\n",
-            dir.join("state").display(),
-            dir.display()
-        ))
+        .with_plugins(
+            dir,
+            &[("plugins", "webhook.wasm")],
+            &format!(
+                "{extra}\n[channels.webhook.accounts.default]\nsecret = \"{SECRET}\"\n\
+                 [channels.webhook.accounts.open]\n"
+            ),
+        )
         .start()
         .unwrap()
 }
@@ -192,20 +188,16 @@ async fn send_posts_a_signed_request_to_the_account_url() {
     let seen = Seen::default();
     let port = server(seen.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("plugins", "webhook.wasm"),
-        dir.path().join("webhook.wasm"),
-    )
-    .unwrap();
     let d = Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n\
-             [channels.webhook]\nnetwork = [\"127.0.0.1:{port}\"]\n\
-             [channels.webhook.accounts.default]\nurl = \"http://127.0.0.1:{port}/in\"\nsecret = \"{SECRET}\"\n\
-             [channels.webhook.accounts.failing]\nurl = \"http://127.0.0.1:{port}/fail\"\n",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "webhook.wasm")],
+            &format!(
+                "[channels.webhook]\nnetwork = [\"127.0.0.1:{port}\"]\n\
+                 [channels.webhook.accounts.default]\nurl = \"http://127.0.0.1:{port}/in\"\nsecret = \"{SECRET}\"\n\
+                 [channels.webhook.accounts.failing]\nurl = \"http://127.0.0.1:{port}/fail\"\n"
+            ),
+        )
         .start()
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
