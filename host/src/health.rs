@@ -40,13 +40,24 @@ impl Health {
             "heartbeatSeconds": self.heartbeat_seconds,
             "plugins": self.plugins.health_payload(),
         });
+        // `ok` is `true` by the schema; a failing message log is named as
+        // a failed delivery queue.
+        if let Some(why) = self.channels.store_failure() {
+            v["deliveryQueues"] =
+                json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]});
+        }
         v["durationMs"] = json!(t0.elapsed().as_millis() as u64);
         v
     }
 
-    /// The accounts `/ready` reports as failing.
+    /// What `/ready` reports as failing: accounts in error, and the message
+    /// log when it cannot be written.
     pub fn failing(&self) -> Vec<String> {
-        self.channels.snapshot().failing()
+        let mut f = self.channels.snapshot().failing();
+        if let Some(why) = self.channels.store_failure() {
+            f.push(format!("store: {why}"));
+        }
+        f
     }
 }
 

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod scopes;
 pub mod shutdown;
+pub mod store;
 pub mod sync;
 
 use std::sync::Arc;
@@ -92,12 +93,21 @@ pub async fn serve(config: config::Config) -> Result<()> {
         gw.shutdown_token(),
     ));
     let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
+    let pruner = tokio::spawn(store::run_pruner(
+        gw.log.clone(),
+        gw.config.store.retention_days,
+        gw.config.store.max_bytes,
+        gw.config.store.idempotency_ttl_hours,
+        std::time::Duration::from_secs(60),
+        gw.shutdown_token(),
+    ));
     let trimmer = tokio::spawn(memory::run_trimmer());
     let signal = shutdown::wait_for_signal().await;
     shutdown::run(gw.clone(), signal, acceptor).await;
     ticker.abort();
     monitor.abort();
     presence.abort();
+    pruner.abort();
     trimmer.abort();
     let _: Arc<gateway::Gateway> = gw;
     Ok(())

@@ -36,6 +36,43 @@ enum Command {
     /// Work with channel plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Print the message log, then follow new messages (one JSON object a
+    /// line); resumes by itself after a reconnect, without gaps or doubles.
+    Tail(TailArgs),
+    /// Work with the message log's database.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the message log, consistently, while the daemon runs.
+    Backup {
+        /// The new file (it must not exist).
+        file: PathBuf,
+        /// Config file (TOML), for `state_dir`. Default: ./switchboard.toml when present.
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// State directory (overrides the config's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// Print every message after this `messageSeq` (default: the last `--lines`).
+    #[arg(long)]
+    after: Option<u64>,
+    /// How many of the newest messages to print first, without `--after`.
+    #[arg(long, default_value_t = 10)]
+    lines: usize,
+    #[arg(long, default_value = "ws://127.0.0.1:18789")]
+    url: String,
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +159,12 @@ fn main() -> ExitCode {
         Some(Command::Plugins(PluginsCommand::Check { file })) => {
             runtime.block_on(check_plugin(&file))
         }
+        Some(Command::Tail(args)) => runtime.block_on(tail(args)),
+        Some(Command::Store(StoreCommand::Backup {
+            file,
+            config,
+            state_dir,
+        })) => backup(&file, config, state_dir),
         Some(Command::Serve(args)) => {
             init_logging(cli.log_format);
             runtime.block_on(serve(args))
@@ -188,6 +231,43 @@ async fn call(args: CallArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(3)
+        }
+    }
+}
+
+async fn tail(args: TailArgs) -> ExitCode {
+    let opts = switchboard::client::TailOptions {
+        url: args.url,
+        token: args.token.filter(|t| !t.is_empty()),
+        password: args.password.filter(|p| !p.is_empty()),
+        after: args.after,
+        lines: args.lines,
+    };
+    let e = switchboard::client::tail(opts, &mut |m| out(&m.to_string())).await;
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+fn backup(file: &std::path::Path, config: Option<PathBuf>, state_dir: Option<PathBuf>) -> ExitCode {
+    let overrides = Overrides {
+        state_dir,
+        ..Default::default()
+    };
+    let config = match Config::load(config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match switchboard::store::sqlite::backup(&config.state_dir(), file) {
+        Ok(()) => {
+            out(&format!("backed up the message log to {}", file.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

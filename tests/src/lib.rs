@@ -65,6 +65,8 @@ pub struct Daemon {
 #[derive(Default)]
 pub struct DaemonBuilder {
     config: String,
+    /// `--port` (0: any free port).
+    port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -91,6 +93,12 @@ impl DaemonBuilder {
         ))
     }
 
+    /// Listens on `port` rather than any free port (to restart on the same one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self
@@ -107,7 +115,7 @@ impl DaemonBuilder {
         cmd.arg("--config")
             .arg(&config_path)
             .arg("--port")
-            .arg("0")
+            .arg(self.port.to_string())
             .args(&self.args)
             .current_dir(dir)
             .env_remove("SWITCHBOARD_TOKEN")
@@ -120,6 +128,11 @@ impl DaemonBuilder {
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        // Never the user's own state (~/.local/state/switchboard): daemons
+        // of tests running at once would share one message log.
+        if !self.config.contains("state_dir") {
+            cmd.arg("--state-dir").arg(dir.join("state"));
         }
         Ok((cmd, config_path))
     }
@@ -211,6 +224,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn signal(&self, sig: &str) {

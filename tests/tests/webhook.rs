@@ -253,6 +253,7 @@ async fn a_captured_request_is_not_accepted_twice() {
     let captured = signed(body);
     let (st, v) = post(&d, "default", body, &captured).await;
     assert_eq!(st, 200, "{v}");
+    let first_seq = v["messageSeq"].clone();
     let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
     assert_eq!(m["text"], "only once");
     // The same request again.
@@ -295,11 +296,17 @@ async fn a_captured_request_is_not_accepted_twice() {
     let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let (st, v) = post(&d, "default", body, &captured).await;
     assert_eq!(st, 409, "{v}");
-    // A new request signed now still goes through, exactly once.
+    // The same message signed anew is accepted, as a redelivery: the log
+    // has it already, so it keeps its number and makes no second event.
     let (st, v) = post(&d, "default", body, &signed(body)).await;
     assert_eq!(st, 200, "{v}");
+    assert_eq!(v["messageSeq"], first_seq, "{v}");
+    // A new message signed now goes through, exactly once.
+    let body2 = r#"{"chatId":"c","senderId":"s","text":"a new one","messageId":"once-2"}"#;
+    let (st, v) = post(&d, "default", body2, &signed(body2)).await;
+    assert_eq!(st, 200, "{v}");
     let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(m["text"], "only once");
+    assert_eq!(m["text"], "a new one");
     assert!(watcher
         .next_event("message", Duration::from_millis(300))
         .await

@@ -1,121 +1,157 @@
 //! The message stream: the one place where a received message enters the
-//! system (stamped with its `messageSeq`, broadcast, its account's
-//! `lastInboundAt` set) and where a message a channel accepted is recorded
-//! (the outbound `message` event). The durable log hooks in here.
+//! system and where a message a channel accepted is recorded. Both go into
+//! the durable message log first; once a commit is durable, the log's
+//! listener (set here) broadcasts each stored message as a `message` event,
+//! in `messageSeq` order, and sets its account's `lastInboundAt` /
+//! `lastOutboundAt`. A redelivered inbound message (same channel, account,
+//! chat and message id) gets its first sequence number back and no event.
 //!
 //! [`AccountInbox`] is the `deliver` import of one account's instances.
+//!
+//! It knows the log only through [`MessageLog`]; it never names SQLite.
 
 use crate::sync::RwLockExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-
-use serde_json::json;
 
 use crate::broadcast::{Broadcaster, Filter};
 use crate::plugins::contract::{Delivery, InboundMessage, OutboundMessage};
+use crate::plugins::imports::Delivering;
 use crate::scopes::SCOPE_READ;
+use crate::store::{Direction, HistoryQuery, Message, MessageLog, Page, StoreError};
 
 use super::status::StatusBoard;
 
 pub struct Inbox {
-    broadcaster: Arc<Broadcaster>,
-    board: Arc<StatusBoard>,
-    message_seq: AtomicU64,
+    log: Arc<dyn MessageLog>,
     /// False once shutdown stops the channels: `deliver` then refuses, so a
     /// plugin keeps its upstream offset and the next start delivers again.
-    /// Held for reading across check + broadcast, so no delivery that passed
-    /// the check can broadcast after the flag flips.
+    /// Held for reading across check + submit, so that `close` knows every
+    /// write it must wait for.
     accepting: RwLock<bool>,
 }
 
 impl Inbox {
-    pub fn new(broadcaster: Arc<Broadcaster>, board: Arc<StatusBoard>) -> Self {
+    pub fn new(
+        log: Arc<dyn MessageLog>,
+        broadcaster: Arc<Broadcaster>,
+        board: Arc<StatusBoard>,
+    ) -> Self {
+        log.on_commit(Box::new(move |m: &Message| {
+            broadcaster.broadcast(
+                crate::broadcast::events::MESSAGE,
+                &m.event(),
+                &Filter::scope(SCOPE_READ),
+            );
+            board.update(&m.channel, &m.account, |a| match m.direction {
+                Direction::Inbound => a.last_inbound_at = Some(m.received_at),
+                Direction::Outbound => a.last_outbound_at = Some(m.received_at),
+            });
+        }));
         Self {
-            broadcaster,
-            board,
-            message_seq: AtomicU64::new(0),
+            log,
             accepting: RwLock::new(true),
         }
     }
 
-    /// From here on every `deliver` is refused (shutdown).
-    pub fn close(&self) {
+    /// From here on every `deliver` is refused (shutdown); resolves once
+    /// every message accepted before is committed and its event queued, so
+    /// no event of an acknowledged message can come after the sockets'
+    /// close frames.
+    pub async fn close(&self) {
         *self.accepting.writer() = false;
+        if let Err(e) = self.log.flush().await {
+            tracing::warn!("flushing the message log at shutdown: {e}");
+        }
     }
 
-    fn next_seq(&self) -> u64 {
-        self.message_seq.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// A message received on `channel`: stamped, broadcast to readers.
-    pub fn deliver(&self, channel: &str, m: InboundMessage) -> Result<u64, String> {
+    /// A message received on `channel`: resolves to its sequence number once
+    /// it is durable in the log.
+    pub fn deliver(&self, channel: &str, m: InboundMessage) -> Delivering {
         let accepting = self.accepting.reader();
         if !*accepting {
-            return Err("the gateway is shutting down; the message was not accepted".into());
+            return Box::pin(async {
+                Err("the gateway is shutting down; the message was not accepted".to_string())
+            });
         }
-        let seq = self.next_seq();
-        let mut ev = json!({
-            "messageSeq": seq, "direction": "inbound", "channel": channel, "accountId": m.account_id,
-            "chatId": m.chat_id, "senderId": m.sender_id, "messageId": m.message_id, "text": m.text,
-            "ts": m.timestamp_ms,
+        let now = crate::now_ms();
+        let pending = self.log.append(Message {
+            seq: 0,
+            direction: Direction::Inbound,
+            channel: channel.to_string(),
+            account: m.account_id,
+            chat: m.chat_id,
+            sender: m.sender_id,
+            sender_name: m.sender_name,
+            message_id: m.message_id,
+            text: m.text,
+            ts: m.timestamp_ms,
+            received_at: now,
+            thread_id: m.thread_id,
+            reply_to_id: m.reply_to_id,
+            raw: m.raw,
+            idempotency_key: None,
         });
-        if let Some(v) = m.sender_name {
-            ev["senderName"] = json!(v);
-        }
-        if let Some(v) = m.thread_id {
-            ev["threadId"] = json!(v);
-        }
-        if let Some(v) = m.reply_to_id {
-            ev["replyToId"] = json!(v);
-        }
-        if let Some(v) = m.raw {
-            ev["raw"] = json!(v);
-        }
-        self.broadcaster.broadcast(
-            crate::broadcast::events::MESSAGE,
-            &ev,
-            &Filter::scope(SCOPE_READ),
-        );
-        self.board.update(channel, &m.account_id, |a| {
-            a.last_inbound_at = Some(crate::now_ms())
-        });
-        Ok(seq)
+        drop(accepting);
+        Box::pin(async move {
+            pending
+                .await
+                .map(|a| a.seq)
+                .map_err(|e| format!("the message was not stored ({e}); keep it and retry later"))
+        })
     }
 
-    /// A message `channel` accepted for sending: stamped, broadcast to
-    /// readers. Returns its sequence number and the chat it went to.
-    pub fn sent(
+    /// A message `channel` accepted for sending, with the `send`'s
+    /// idempotency record (`key` → `receipt`): resolves to its sequence
+    /// number once both are durable.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sent(
         &self,
         channel: &str,
         account: &str,
+        chat: &str,
         message: &OutboundMessage,
         delivery: &Delivery,
-    ) -> (u64, String) {
-        let chat_id = delivery
-            .chat_id
-            .clone()
-            .unwrap_or_else(|| message.to.clone());
-        let seq = self.next_seq();
-        let mut ev = json!({
-            "messageSeq": seq, "direction": "outbound", "channel": channel, "accountId": account,
-            "chatId": chat_id, "senderId": account, "messageId": delivery.message_id,
-            "text": message.text, "ts": crate::now_ms(),
-        });
-        if let Some(t) = &message.thread_id {
-            ev["threadId"] = json!(t);
-        }
-        if let Some(r) = &message.reply_to_id {
-            ev["replyToId"] = json!(r);
-        }
-        self.broadcaster.broadcast(
-            crate::broadcast::events::MESSAGE,
-            &ev,
-            &Filter::scope(SCOPE_READ),
-        );
-        self.board.update(channel, account, |a| {
-            a.last_outbound_at = Some(crate::now_ms())
-        });
-        (seq, chat_id)
+        key: &str,
+        receipt: String,
+    ) -> Result<u64, StoreError> {
+        let now = crate::now_ms();
+        self.log
+            .record_send(
+                Message {
+                    seq: 0,
+                    direction: Direction::Outbound,
+                    channel: channel.to_string(),
+                    account: account.to_string(),
+                    chat: chat.to_string(),
+                    sender: account.to_string(),
+                    sender_name: None,
+                    message_id: delivery.message_id.clone(),
+                    text: message.text.clone(),
+                    ts: now,
+                    received_at: now,
+                    thread_id: message.thread_id.clone(),
+                    reply_to_id: message.reply_to_id.clone(),
+                    raw: None,
+                    idempotency_key: Some(key.to_string()),
+                },
+                key.to_string(),
+                receipt,
+            )
+            .await
+    }
+
+    /// The receipt recorded for a `send`'s idempotency key.
+    pub fn receipt(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.log.receipt(key)
+    }
+
+    pub fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
+        self.log.history(q)
+    }
+
+    /// Why the log cannot be written now, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.log.failure()
     }
 }
 
@@ -126,7 +162,7 @@ pub struct AccountInbox {
 }
 
 impl crate::plugins::imports::Inbox for AccountInbox {
-    fn deliver(&self, message: InboundMessage) -> Result<u64, String> {
+    fn deliver(&self, message: InboundMessage) -> Delivering {
         self.inbox.deliver(&self.channel, message)
     }
 }

@@ -71,7 +71,7 @@ impl ChannelManager {
     /// Stops every account (shutdown step 3). Returns how many were running.
     /// From here on `deliver` refuses messages (see `accepting`).
     pub async fn stop_all(&self) -> usize {
-        self.inbox.close();
+        self.inbox.close().await;
         let keys: Vec<Key> = self.tasks.guard().keys().cloned().collect();
         for (c, a) in &keys {
             self.stop(c, a);

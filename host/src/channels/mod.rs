@@ -24,7 +24,7 @@ pub use status::{AccountSnapshot, ChannelEntry, ChannelsSnapshot};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::{Notify, OnceCell};
@@ -36,6 +36,7 @@ use crate::plugins::contract::Account;
 use crate::plugins::imports::{ChannelKv, Imports};
 use crate::plugins::kv::KvStore;
 use crate::plugins::{Plugin, PluginManager, Target};
+use crate::store::{HistoryQuery, MessageLog, Page, StoreError};
 use inbox::{AccountInbox, Inbox};
 use status::{AccountStatus, StatusBoard};
 
@@ -44,12 +45,10 @@ pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A `run` that lasted this long resets the backoff.
 const STABLE_RUN: Duration = Duration::from_secs(60);
-/// How long a `send` result is remembered for its idempotency key.
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
 type Key = (String, String);
-/// idempotency key → (first seen, the result once there is one).
-type IdempotencyMap = HashMap<String, (Instant, Arc<OnceCell<SendReceipt>>)>;
+/// idempotency key → the result of the call in flight, once there is one.
+type InFlight = HashMap<String, Arc<OnceCell<SendReceipt>>>;
 
 pub struct ChannelManager {
     config: BTreeMap<String, ChannelConfig>,
@@ -60,7 +59,8 @@ pub struct ChannelManager {
     tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
     /// Accounts an operator or the config wants running.
     wanted: Mutex<std::collections::HashSet<Key>>,
-    idempotency: Mutex<IdempotencyMap>,
+    /// `send`s in flight, by idempotency key.
+    in_flight: Mutex<InFlight>,
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
@@ -81,6 +81,7 @@ impl ChannelManager {
         health: Arc<Notify>,
         outbox: Outbox,
         kv: Arc<KvStore>,
+        log: Arc<dyn MessageLog>,
     ) -> Arc<Self> {
         let mut state = BTreeMap::new();
         for (name, c) in &config {
@@ -127,14 +128,24 @@ impl ChannelManager {
         Arc::new(Self {
             config,
             plugins,
-            inbox: Arc::new(Inbox::new(broadcaster, board.clone())),
+            inbox: Arc::new(Inbox::new(log, broadcaster, board.clone())),
             board,
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
-            idempotency: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             outbox: Arc::new(outbox),
             kv,
         })
+    }
+
+    /// `messages.history`: a page of the message log.
+    pub fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
+        self.inbox.history(q)
+    }
+
+    /// Why the message log cannot be written now, if it cannot.
+    pub fn store_failure(&self) -> Option<String> {
+        self.inbox.failure()
     }
 
     pub fn snapshot(&self) -> ChannelsSnapshot {

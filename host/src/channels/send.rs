@@ -1,11 +1,17 @@
 //! Calls from outside: `send` (idempotency, the plugin's `send`, the
-//! outbound `message` event) and webhooks, and their error, [`SendError`].
+//! outbound message recorded in the log) and webhooks, and their error,
+//! [`SendError`].
+//!
+//! Idempotency: a key's receipt is recorded in the message log in the same
+//! transaction as the outbound message, so a retry after a restart gets the
+//! first answer and sends nothing. While a first call is in flight, calls
+//! with the same key wait for it (an in-memory cell per key in flight, gone
+//! when the call ends: its cost does not grow with the records kept).
 //!
 //! It returns its own errors; it never builds a protocol error shape.
 
 use crate::sync::MutexExt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::OnceCell;
 
@@ -29,6 +35,8 @@ pub enum SendError {
         plugin: String,
         error: CallError,
     },
+    /// The message log could not be read (the idempotency record).
+    Store(String),
 }
 
 impl std::fmt::Display for SendError {
@@ -40,12 +48,13 @@ impl std::fmt::Display for SendError {
                 "channel {channel}: plugin `{plugin}` is not loaded (no {plugin}.wasm in the plugins directory)"
             ),
             SendError::Call { channel, error, .. } => write!(f, "channel {channel}: {error}"),
+            SendError::Store(m) => write!(f, "the message log cannot be read: {m}"),
         }
     }
 }
 
 /// What `send` answers once a channel accepted a message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SendReceipt {
     /// The request's idempotency key.
@@ -65,25 +74,51 @@ impl ChannelManager {
         key: &str,
         message: OutboundMessage,
     ) -> Result<SendReceipt, SendError> {
-        let cell = {
-            let mut m = self.idempotency.guard();
-            m.retain(|_, (t, _)| t.elapsed() < IDEMPOTENCY_TTL);
-            m.entry(key.to_string())
-                .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
-                .1
-                .clone()
-        };
+        if let Some(r) = self.recorded(key)? {
+            return Ok(r);
+        }
+        let cell = self
+            .in_flight
+            .guard()
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
         let me = self.clone();
         let (c, a, k) = (channel.to_string(), account.to_string(), key.to_string());
         let result = cell
-            .get_or_try_init(|| async move { me.send_once(&c, &a, &k, message).await })
+            .get_or_try_init(|| async move {
+                // A call that finished between the check above and this
+                // cell being made has recorded its receipt by now.
+                if let Some(r) = me.recorded(&k)? {
+                    return Ok(r);
+                }
+                me.send_once(&c, &a, &k, message).await
+            })
             .await
             .cloned();
-        if result.is_err() {
-            // Failures are not remembered: a retry with the same key sends again.
-            self.idempotency.guard().remove(key);
+        // Done: later calls find the record (or, after a failure, which is
+        // not remembered, send again).
+        let mut m = self.in_flight.guard();
+        if m.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            m.remove(key);
         }
         result
+    }
+
+    /// The receipt the log holds for `key`.
+    fn recorded(&self, key: &str) -> Result<Option<SendReceipt>, SendError> {
+        let Some(text) = self
+            .inbox
+            .receipt(key)
+            .map_err(|e| SendError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            SendError::Store(format!(
+                "the receipt recorded for `{key}` is unreadable: {e}"
+            ))
+        })
     }
 
     async fn send_once(
@@ -107,13 +142,27 @@ impl ChannelManager {
                 plugin: plugin.id().to_string(),
                 error,
             })?;
-        let (_, chat_id) = self.inbox.sent(channel, account, &message, &delivery);
-        Ok(SendReceipt {
+        let chat_id = delivery
+            .chat_id
+            .clone()
+            .unwrap_or_else(|| message.to.clone());
+        let receipt = SendReceipt {
             run_id: key.to_string(),
-            message_id: delivery.message_id,
+            message_id: delivery.message_id.clone(),
             channel: channel.to_string(),
-            chat_id,
-        })
+            chat_id: chat_id.clone(),
+        };
+        let text = serde_json::to_string(&receipt).unwrap_or_default();
+        if let Err(e) = self
+            .inbox
+            .sent(channel, account, &chat_id, &message, &delivery, key, text)
+            .await
+        {
+            // The channel has sent it: answering an error would make the
+            // client send it again. It is answered, and not in the log.
+            tracing::error!(channel, account, key, "message sent but not recorded: {e}");
+        }
+        Ok(receipt)
     }
 
     /// The plugin serving `channel` and the account's settings for a call.

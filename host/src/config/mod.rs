@@ -24,6 +24,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// `[store]`: the message log and the daemon's other durable state.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// `[channels.<name>]`: messaging channels and their accounts.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -239,6 +242,43 @@ impl Default for PluginsConfig {
             debounce_ms: 200,
             max_concurrent_calls: 16,
             call_queue_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// When a commit is durable (`[store] sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Each commit is on the disk before it is acknowledged: survives a
+    /// power loss (`PRAGMA synchronous=FULL`).
+    Full,
+    /// Each commit is in the operating system before it is acknowledged:
+    /// survives a crash of the daemon, not of the machine
+    /// (`PRAGMA synchronous=NORMAL`).
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub sync: SyncMode,
+    /// How long a `send`'s idempotency record is kept (hours).
+    pub idempotency_ttl_hours: u64,
+    /// Messages older than this are pruned (days; 0 keeps them for ever).
+    pub retention_days: u64,
+    /// The oldest messages are pruned while the log is larger than this
+    /// (bytes; 0: no bound).
+    pub max_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Full,
+            idempotency_ttl_hours: 24,
+            retention_days: 30,
+            max_bytes: 0,
         }
     }
 }

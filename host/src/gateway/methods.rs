@@ -71,6 +71,7 @@ const METHODS: &[Method] = &[
     later("send", SCOPE_WRITE, send),
     now("plugins.list", SCOPE_READ, plugins_list),
     later("plugins.reload", SCOPE_ADMIN, plugins_reload),
+    later("messages.history", SCOPE_READ, messages_history),
 ];
 
 pub fn names() -> Vec<&'static str> {
@@ -135,6 +136,21 @@ struct SendParams {
     thread_id: Option<String>,
     reply_to_id: Option<String>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HistoryParams {
+    channel: Option<String>,
+    account_id: Option<String>,
+    chat_id: Option<String>,
+    after_seq: Option<u64>,
+    before_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `messages.history`'s page size: default and largest.
+const HISTORY_LIMIT: usize = 100;
+const HISTORY_MAX: usize = 1000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -265,11 +281,39 @@ fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
     })
 }
 
+fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
+    Box::pin(async move {
+        let p: HistoryParams = parse(method, params)?;
+        let limit = p.limit.unwrap_or(HISTORY_LIMIT);
+        if limit == 0 || limit > HISTORY_MAX {
+            return Err(ErrorShape::invalid(format!(
+                "messages.history: limit must be 1 to {HISTORY_MAX} (got {limit})"
+            )));
+        }
+        let q = crate::store::HistoryQuery {
+            channel: p.channel,
+            account: p.account_id,
+            chat: p.chat_id,
+            after: p.after_seq,
+            before: p.before_seq,
+            limit,
+        };
+        let page = tokio::task::spawn_blocking(move || gw.channels.history(&q))
+            .await
+            .map_err(|e| ErrorShape::unavailable(format!("messages.history failed: {e}")))?
+            .map_err(|e| ErrorShape::unavailable(format!("messages.history: {e}")))?;
+        Ok(json!({
+            "messages": page.messages.iter().map(|m| m.event()).collect::<Vec<_>>(),
+            "hasMore": page.has_more,
+        }))
+    })
+}
+
 /// The protocol error for a failed `send` (or `channels.start`/`stop`).
 pub fn send_error(e: &SendError) -> ErrorShape {
     match e {
         SendError::UnknownTarget(m) => ErrorShape::invalid(m.clone()),
-        SendError::PluginNotLoaded { .. } => {
+        SendError::PluginNotLoaded { .. } | SendError::Store(_) => {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
         SendError::Call { channel, error, .. } => call_error(channel, error),

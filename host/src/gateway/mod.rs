@@ -51,6 +51,8 @@ pub struct Gateway {
     pub webhook_bodies: Arc<Semaphore>,
     /// The `health` snapshot and what wakes its monitor.
     pub health: Arc<Health>,
+    /// The durable message log (also held by the channels' inbox).
+    pub log: Arc<dyn crate::store::MessageLog>,
     /// Wakes the presence broadcaster when a client connects or leaves.
     pub presence_notify: Arc<Notify>,
     pub started: Instant,
@@ -87,6 +89,10 @@ impl Gateway {
             limits,
             metrics.clone(),
         )?);
+        let log: Arc<dyn crate::store::MessageLog> = Arc::new(
+            crate::store::sqlite::SqliteLog::open(&config.state_dir(), config.store.sync)
+                .map_err(|e| anyhow::anyhow!("message log: {e}"))?,
+        );
         let channels = ChannelManager::new(
             config.channels.clone(),
             plugins.clone(),
@@ -94,6 +100,7 @@ impl Gateway {
             health_notify.clone(),
             crate::outbox::Outbox::open(&config.state_dir()),
             kv,
+            log.clone(),
         );
         let health = Arc::new(Health {
             channels: channels.clone(),
@@ -112,6 +119,7 @@ impl Gateway {
             plugins,
             metrics,
             health,
+            log,
             presence_notify: Arc::new(Notify::new()),
             started: Instant::now(),
             started_at_ms: crate::now_ms(),

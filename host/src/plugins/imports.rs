@@ -8,15 +8,20 @@
 //! This module may not name wasmtime or a generated type; the `bindings`
 //! module of each contract version calls into these handles.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use super::contract::{AccountState, InboundMessage, OutboundMessage};
 use super::kv::KvStore;
 
+/// A `deliver` on its way: resolves to the message's sequence number once
+/// it is durable, or to why it was not accepted.
+pub type Delivering = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+
 /// `deliver`: where a received message enters the system.
 pub trait Inbox: Send + Sync {
-    /// The message's sequence number, or why it was not accepted.
-    fn deliver(&self, message: InboundMessage) -> Result<u64, String>;
+    fn deliver(&self, message: InboundMessage) -> Delivering;
 }
 
 /// `set-state`: what the plugin reports of its connection.

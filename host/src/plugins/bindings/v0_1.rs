@@ -13,6 +13,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "channel-plugin",
     exports: { default: async },
+    // `deliver` waits for the message log's commit without holding a thread.
+    imports: { "switchboard:channel/host.deliver": async },
 });
 
 use self::exports::switchboard::channel::channel::{
@@ -95,9 +97,16 @@ impl switchboard::channel::host::Host for PluginState {
             LogLevel::Error => tracing::error!(plugin = p, "{message}"),
         }
     }
-    fn deliver(&mut self, message: InboundMessage) -> Result<u64, String> {
+    fn deliver(
+        &mut self,
+        message: InboundMessage,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + Send {
         let m: contract::InboundMessage = message.into();
-        self.imports()?.of(&m.account_id)?.inbox.deliver(m)
+        let delivering = self
+            .imports()
+            .and_then(|i| i.of(&m.account_id))
+            .map(|i| i.inbox.deliver(m));
+        async move { delivering?.await }
     }
     fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
         if let Some(i) = self.imports_of(&account_id) {

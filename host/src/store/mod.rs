@@ -1,0 +1,232 @@
+//! The system of record: the durable message log. Every inbound message a
+//! plugin delivers and every outbound message a channel accepted is a row
+//! with its `messageSeq` (the log's sequence, monotonic across restarts),
+//! written before it is acknowledged; an inbound message already in the log
+//! (same channel, account, chat and message id) is not stored again; a
+//! `send`'s idempotency record is written in the same transaction as its
+//! message. [`MessageLog`] is the seam (a replicated backend would be a
+//! second implementation); [`sqlite::SqliteLog`] is the one there is.
+//!
+//! It imports nothing of the crate but `sync`, `now_ms` and `config`'s
+//! `SyncMode`: it
+//! knows nothing of channels, plugins or the gateway. What happens after a
+//! commit (the `message` event) is the listener's business
+//! ([`MessageLog::on_commit`]).
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{json, Value};
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// A message as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `messageSeq`; 0 until stored.
+    pub seq: u64,
+    pub direction: Direction,
+    pub channel: String,
+    pub account: String,
+    pub chat: String,
+    pub sender: String,
+    pub sender_name: Option<String>,
+    pub message_id: String,
+    pub text: String,
+    /// The message's own time (the upstream's for inbound, the send's for
+    /// outbound), ms since the epoch.
+    pub ts: u64,
+    /// When the gateway recorded it, ms since the epoch.
+    pub received_at: u64,
+    pub thread_id: Option<String>,
+    pub reply_to_id: Option<String>,
+    pub raw: Option<String>,
+    /// The `send` request's key (outbound only).
+    pub idempotency_key: Option<String>,
+}
+
+impl Message {
+    /// The payload of its `message` event (and of a `messages.history`
+    /// entry: the same shape).
+    pub fn event(&self) -> Value {
+        let mut ev = json!({
+            "messageSeq": self.seq, "direction": self.direction.as_str(), "channel": self.channel,
+            "accountId": self.account, "chatId": self.chat, "senderId": self.sender,
+            "messageId": self.message_id, "text": self.text, "ts": self.ts,
+        });
+        if let Some(v) = &self.sender_name {
+            ev["senderName"] = json!(v);
+        }
+        if let Some(v) = &self.thread_id {
+            ev["threadId"] = json!(v);
+        }
+        if let Some(v) = &self.reply_to_id {
+            ev["replyToId"] = json!(v);
+        }
+        if let Some(v) = &self.raw {
+            ev["raw"] = json!(v);
+        }
+        ev
+    }
+}
+
+/// What `append` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// False: the message was already in the log (`seq` is the first copy's).
+    pub new: bool,
+}
+
+/// A `messages.history` query.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub channel: Option<String>,
+    pub account: Option<String>,
+    pub chat: Option<String>,
+    /// Messages after this sequence number, oldest first.
+    pub after: Option<u64>,
+    /// Messages before this sequence number. Without `after`, the page is
+    /// the newest messages before it (or the newest of all, with neither),
+    /// still returned oldest first.
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    /// More messages match beyond this page (after it when paging forward,
+    /// before it when paging back).
+    pub has_more: bool,
+}
+
+/// A store error, in words that say what failed and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A write on its way to the disk; resolves once it is durable.
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Called after each commit with the messages it stored, in `seq` order.
+pub type Listener = Box<dyn Fn(&Message) + Send + Sync>;
+
+/// Retention of the log (`[store]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Messages recorded before this (ms since the epoch) go; 0: none.
+    pub before_ms: u64,
+    /// The oldest messages go while the log is larger; 0: no bound.
+    pub max_bytes: u64,
+    /// Idempotency records made before this go.
+    pub idempotency_before_ms: u64,
+}
+
+/// The message log.
+pub trait MessageLog: Send + Sync {
+    /// Stores an inbound message unless one with the same channel, account,
+    /// chat and message id is already there. Resolves once the row is
+    /// durable.
+    fn append(&self, message: Message) -> Pending<Appended>;
+
+    /// Stores an outbound message a channel accepted together with the
+    /// `send`'s idempotency record (`key` → `receipt`), in one transaction.
+    fn record_send(&self, message: Message, key: String, receipt: String) -> Pending<u64>;
+
+    /// The receipt recorded for an idempotency key, if any.
+    fn receipt(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// A page of history.
+    fn history(&self, query: &HistoryQuery) -> Result<Page, StoreError>;
+
+    /// Removes one small batch of what `retention` no longer keeps; resolves
+    /// to how many rows went (0: nothing left to prune).
+    fn prune(&self, retention: Retention) -> Pending<usize>;
+
+    /// Why writes are failing now (disk full, read-only, I/O error), if
+    /// they are; cleared by the next successful commit.
+    fn failure(&self) -> Option<String>;
+
+    /// Resolves once every write submitted before it is committed and
+    /// its listener called.
+    fn flush(&self) -> Pending<()>;
+
+    /// Sets the listener called after each commit (before the commit's
+    /// writes resolve).
+    fn on_commit(&self, listener: Listener);
+}
+
+/// Prunes what `[store]` no longer keeps, in small batches, at start and then
+/// every `every`, until `stop`. Each batch is one short transaction of the
+/// writer, so `deliver` never waits long behind it.
+pub async fn run_pruner(
+    log: std::sync::Arc<dyn MessageLog>,
+    retention_days: u64,
+    max_bytes: u64,
+    idempotency_ttl_hours: u64,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    loop {
+        let now = crate::now_ms();
+        let r = Retention {
+            before_ms: if retention_days == 0 {
+                0
+            } else {
+                now.saturating_sub(retention_days.saturating_mul(DAY_MS))
+            },
+            max_bytes,
+            idempotency_before_ms: now
+                .saturating_sub(idempotency_ttl_hours.saturating_mul(3600 * 1000)),
+        };
+        let mut total = 0;
+        loop {
+            match log.prune(r).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!("pruning the message log failed: {e}");
+                    break;
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            // Let deliveries in between batches.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if total > 0 {
+            tracing::info!(rows = total, "pruned the message log");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

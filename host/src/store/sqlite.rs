@@ -1,0 +1,630 @@
+//! The message log in one SQLite database, `<state_dir>/switchboard.db`, in
+//! WAL mode. One writer thread owns the connection that writes: whatever
+//! arrives while a transaction is being written joins the next one, so a
+//! group of concurrent `deliver`s costs one transaction and one fsync.
+//! Readers (history, receipts) use their own connections and never block
+//! the writer. The schema is versioned with `PRAGMA user_version`; forward
+//! migrations run at open; a file that is not a database, or one from a
+//! newer schema, is refused, never recreated.
+
+use crate::sync::MutexExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    Appended, Direction, HistoryQuery, Listener, Message, MessageLog, Page, Pending, Retention,
+    StoreError,
+};
+use crate::config::SyncMode;
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Writes joined into one transaction at most.
+const MAX_GROUP: usize = 1024;
+/// Rows removed per pruning batch.
+const PRUNE_BATCH: i64 = 1000;
+/// Reader connections kept open.
+const READERS: usize = 4;
+/// The database file's name under the state directory.
+pub const FILE_NAME: &str = "switchboard.db";
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: the message log and the idempotency records.
+    "CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        direction INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        account TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sender_name TEXT,
+        message_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        thread_id TEXT,
+        reply_to_id TEXT,
+        raw TEXT,
+        idempotency_key TEXT
+    );
+    CREATE UNIQUE INDEX messages_ingest ON messages (channel, account, chat, message_id)
+        WHERE direction = 0;
+    CREATE INDEX messages_chat ON messages (channel, account, chat, seq);
+    CREATE INDEX messages_received ON messages (received_at);
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        receipt TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_created ON idempotency (created_at);",
+];
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A SQLite error in words: what failed, and what the operator can do.
+fn describe(what: &str, e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode as C;
+    let hint = match e.sqlite_error_code() {
+        Some(C::DiskFull) => "the disk is full; free space and the gateway resumes by itself",
+        Some(C::ReadOnly) => "the database is read-only; make the state directory writable",
+        Some(C::SystemIoFailure) => "an I/O error; check the disk",
+        Some(C::CannotOpen) => "it cannot be opened; check the state directory's permissions",
+        Some(C::NotADatabase) => {
+            "the file is not a SQLite database; move it away (it is never recreated over)"
+        }
+        Some(C::DatabaseCorrupt) => "the database is corrupt; restore it from a backup",
+        _ => "",
+    };
+    if hint.is_empty() {
+        format!("{what}: {e}")
+    } else {
+        format!("{what}: {e} ({hint})")
+    }
+}
+
+enum Op {
+    Append(Message, oneshot::Sender<Result<Appended, StoreError>>),
+    Send(
+        Message,
+        String,
+        String,
+        oneshot::Sender<Result<u64, StoreError>>,
+    ),
+    Prune(Retention, oneshot::Sender<Result<usize, StoreError>>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a committed op answers, and the message it stored (for the listener).
+enum Done {
+    Appended(Appended, Option<Message>),
+    Sent(u64, Message),
+    Pruned(usize),
+    Flushed,
+}
+
+pub struct SqliteLog {
+    path: PathBuf,
+    writes: Mutex<mpsc::Sender<Op>>,
+    readers: Mutex<Vec<Connection>>,
+    failure: Arc<Mutex<Option<String>>>,
+    listener: Arc<OnceLock<Listener>>,
+}
+
+impl SqliteLog {
+    /// Opens (or creates) the log in `state_dir`, runs the migrations it
+    /// needs and starts the writer thread.
+    pub fn open(state_dir: &Path, sync: SyncMode) -> Result<SqliteLog, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the state directory {}: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let path = state_dir.join(FILE_NAME);
+        let shown = path.display().to_string();
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError(describe(&format!("open {shown}"), &e)))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| StoreError(describe(&format!("read {shown}"), &e)))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "{shown} was written by a newer switchboard (schema {version}; this one knows up to {SCHEMA_VERSION}); run that version, or restore a backup made by this one"
+            )));
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| StoreError(describe(&format!("set WAL mode on {shown}"), &e)))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError(format!(
+                "{shown}: the file system does not support WAL mode (got `{mode}`); put state_dir on a local disk"
+            )));
+        }
+        let sync_pragma = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync_pragma}; PRAGMA busy_timeout=5000;"
+        ))
+        .map_err(|e| StoreError(describe(&format!("configure {shown}"), &e)))?;
+        for v in version..SCHEMA_VERSION {
+            let tx = conn
+                .transaction()
+                .map_err(|e| StoreError(describe("begin a migration", &e)))?;
+            let step = MIGRATIONS
+                .get(usize::try_from(v).unwrap_or(usize::MAX))
+                .ok_or_else(|| StoreError(format!("no migration from schema {v}")))?;
+            tx.execute_batch(step)
+                .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version={}", v + 1)))
+                .and_then(|_| tx.commit())
+                .map_err(|e| {
+                    StoreError(describe(
+                        &format!("migrate {shown} from schema {v} to {}", v + 1),
+                        &e,
+                    ))
+                })?;
+            tracing::info!(file = %shown, schema = v + 1, "message log migrated");
+        }
+        let (tx, rx) = mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
+        let listener: Arc<OnceLock<Listener>> = Arc::new(OnceLock::new());
+        let (f, l) = (failure.clone(), listener.clone());
+        std::thread::Builder::new()
+            .name("switchboard-store".into())
+            .spawn(move || writer(conn, rx, f, l))
+            .map_err(|e| StoreError(format!("cannot start the store's writer thread: {e}")))?;
+        Ok(SqliteLog {
+            path,
+            writes: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+            failure,
+            listener,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Pending<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writes.guard().send(make(tx));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError("the message log's writer has stopped".into()));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError("the message log's writer stopped".into())))
+        })
+    }
+
+    /// Runs `f` on a reader connection (opened on first use, kept for reuse).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = match self.readers.guard().pop() {
+            Some(c) => c,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| c.busy_timeout(std::time::Duration::from_secs(5)).map(|_| c))
+            .map_err(|e| StoreError(describe("open a reader of the message log", &e)))?,
+        };
+        let r = f(&conn).map_err(|e| StoreError(describe("read the message log", &e)));
+        let mut pool = self.readers.guard();
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        r
+    }
+}
+
+impl MessageLog for SqliteLog {
+    fn append(&self, message: Message) -> Pending<Appended> {
+        self.submit(|tx| Op::Append(message, tx))
+    }
+
+    fn record_send(&self, message: Message, key: String, receipt: String) -> Pending<u64> {
+        self.submit(|tx| Op::Send(message, key, receipt, tx))
+    }
+
+    fn receipt(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT receipt FROM idempotency WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
+        let limit = q.limit.clamp(1, 1000);
+        // Forward (`after`): oldest first. Otherwise the newest before
+        // `before` (or the end), newest first, reversed below.
+        let back = q.after.is_none();
+        let after = int(q.after.unwrap_or(0));
+        let before = int(q.before.unwrap_or(u64::MAX));
+        let sql = format!(
+            "SELECT seq, direction, channel, account, chat, sender, sender_name, message_id, text,
+                    ts, received_at, thread_id, reply_to_id, raw, idempotency_key
+             FROM messages
+             WHERE seq > ?1 AND seq < ?2
+               AND (?3 IS NULL OR channel = ?3) AND (?4 IS NULL OR account = ?4)
+               AND (?5 IS NULL OR chat = ?5)
+             ORDER BY seq {} LIMIT ?6",
+            if back { "DESC" } else { "ASC" }
+        );
+        let mut rows = self.read(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let it = st.query_map(
+                params![
+                    after,
+                    before,
+                    q.channel,
+                    q.account,
+                    q.chat,
+                    (limit + 1) as i64
+                ],
+                row_message,
+            )?;
+            it.collect::<rusqlite::Result<Vec<Message>>>()
+        })?;
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        if back {
+            rows.reverse();
+        }
+        Ok(Page {
+            messages: rows,
+            has_more,
+        })
+    }
+
+    fn prune(&self, retention: Retention) -> Pending<usize> {
+        self.submit(|tx| Op::Prune(retention, tx))
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.guard().clone()
+    }
+
+    fn flush(&self) -> Pending<()> {
+        self.submit(Op::Flush)
+    }
+
+    fn on_commit(&self, listener: Listener) {
+        let _ = self.listener.set(listener);
+    }
+}
+
+fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        seq: uint(r.get(0)?),
+        direction: if r.get::<_, i64>(1)? == 0 {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        },
+        channel: r.get(2)?,
+        account: r.get(3)?,
+        chat: r.get(4)?,
+        sender: r.get(5)?,
+        sender_name: r.get(6)?,
+        message_id: r.get(7)?,
+        text: r.get(8)?,
+        ts: uint(r.get(9)?),
+        received_at: uint(r.get(10)?),
+        thread_id: r.get(11)?,
+        reply_to_id: r.get(12)?,
+        raw: r.get(13)?,
+        idempotency_key: r.get(14)?,
+    })
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> {
+    tx.prepare_cached(
+        "INSERT INTO messages (direction, channel, account, chat, sender, sender_name, message_id,
+                               text, ts, received_at, thread_id, reply_to_id, raw, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        if m.direction == Direction::Inbound {
+            0
+        } else {
+            1
+        },
+        m.channel,
+        m.account,
+        m.chat,
+        m.sender,
+        m.sender_name,
+        m.message_id,
+        m.text,
+        int(m.ts),
+        int(m.received_at),
+        m.thread_id,
+        m.reply_to_id,
+        m.raw,
+        m.idempotency_key,
+    ])?;
+    Ok(uint(tx.last_insert_rowid()))
+}
+
+/// One op inside the group's transaction.
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
+    match op {
+        Op::Append(m, _) => {
+            let existing: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT seq FROM messages WHERE channel = ?1 AND account = ?2 AND chat = ?3
+                     AND message_id = ?4 AND direction = 0",
+                )?
+                .query_row(params![m.channel, m.account, m.chat, m.message_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(seq) = existing {
+                return Ok(Done::Appended(
+                    Appended {
+                        seq: uint(seq),
+                        new: false,
+                    },
+                    None,
+                ));
+            }
+            let seq = insert(tx, m)?;
+            let mut stored = m.clone();
+            stored.seq = seq;
+            Ok(Done::Appended(Appended { seq, new: true }, Some(stored)))
+        }
+        Op::Send(m, key, receipt, _) => {
+            let seq = insert(tx, m)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, int(m.received_at), receipt])?;
+            let mut stored = m.clone();
+            stored.seq = seq;
+            Ok(Done::Sent(seq, stored))
+        }
+        Op::Prune(r, _) => {
+            let mut gone = 0;
+            if r.before_ms > 0 {
+                gone += tx
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE seq IN
+                         (SELECT seq FROM messages WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
+                    )?
+                    .execute(params![int(r.before_ms), PRUNE_BATCH])?;
+            }
+            if r.max_bytes > 0 && gone == 0 {
+                let used: i64 = tx.query_row(
+                    "SELECT (page_count - freelist_count) * page_size
+                     FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if uint(used) > r.max_bytes {
+                    gone += tx
+                        .prepare_cached(
+                            "DELETE FROM messages WHERE seq IN
+                             (SELECT seq FROM messages ORDER BY seq LIMIT ?1)",
+                        )?
+                        .execute(params![PRUNE_BATCH])?;
+                }
+            }
+            gone += tx
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE key IN
+                     (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
+            Ok(Done::Pruned(gone))
+        }
+        Op::Flush(_) => Ok(Done::Flushed),
+    }
+}
+
+fn write_group(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
+    let tx = conn.transaction()?;
+    let mut done = Vec::with_capacity(ops.len());
+    for op in ops {
+        done.push(apply(&tx, op)?);
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+/// The writer thread: takes every op waiting, writes them in one
+/// transaction, answers each once the commit is durable, then tells the
+/// listener about the stored messages in order.
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    failure: Arc<Mutex<Option<String>>>,
+    listener: Arc<OnceLock<Listener>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        match write_group(&mut conn, &ops) {
+            Ok(done) => {
+                if failure.guard().take().is_some() {
+                    tracing::info!("message log writes succeed again");
+                }
+                // The listener first (the `message` events, in order), then
+                // the answers: once a write resolves, its event is queued.
+                if let Some(l) = listener.get() {
+                    for d in &done {
+                        match d {
+                            Done::Appended(_, Some(m)) | Done::Sent(_, m) => l(m),
+                            _ => {}
+                        }
+                    }
+                }
+                for (op, d) in ops.into_iter().zip(done) {
+                    match (op, d) {
+                        (Op::Append(_, reply), Done::Appended(a, _)) => {
+                            let _ = reply.send(Ok(a));
+                        }
+                        (Op::Send(.., reply), Done::Sent(seq, _)) => {
+                            let _ = reply.send(Ok(seq));
+                        }
+                        (Op::Prune(_, reply), Done::Pruned(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        (Op::Flush(reply), Done::Flushed) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let why = describe("write to the message log", &e);
+                let first_failure = failure.guard().replace(why.clone()).is_none();
+                if first_failure {
+                    tracing::error!("{why}");
+                }
+                for op in ops {
+                    match op {
+                        Op::Append(_, reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Send(.., reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Prune(_, reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Flush(reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `switchboard store backup FILE`: a consistent copy of the log made while
+/// the daemon runs (`VACUUM INTO` on a read-only connection).
+pub fn backup(state_dir: &Path, to: &Path) -> Result<(), StoreError> {
+    let path = state_dir.join(FILE_NAME);
+    if !path.is_file() {
+        return Err(StoreError(format!(
+            "no message log at {} (is state_dir right?)",
+            path.display()
+        )));
+    }
+    if to.exists() {
+        return Err(StoreError(format!(
+            "{} already exists; choose a new file",
+            to.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError(describe(&format!("open {}", path.display()), &e)))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| StoreError(describe("set a busy timeout", &e)))?;
+    conn.execute("VACUUM INTO ?1", [to.to_string_lossy().to_string()])
+        .map_err(|e| StoreError(describe(&format!("back up into {}", to.display()), &e)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(chat: &str, id: &str) -> Message {
+        Message {
+            seq: 0,
+            direction: Direction::Inbound,
+            channel: "c".into(),
+            account: "a".into(),
+            chat: chat.into(),
+            sender: "s".into(),
+            sender_name: None,
+            message_id: id.into(),
+            text: format!("text {id}"),
+            ts: 1,
+            received_at: 2,
+            thread_id: None,
+            reply_to_id: None,
+            raw: None,
+            idempotency_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_dedupe_and_sequence_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), SyncMode::Normal).unwrap();
+        let a = log.append(msg("x", "1")).await.unwrap();
+        let b = log.append(msg("x", "2")).await.unwrap();
+        let again = log.append(msg("x", "1")).await.unwrap();
+        assert_eq!((a.new, b.new, again.new), (true, true, false));
+        assert_eq!(again.seq, a.seq);
+        assert!(b.seq > a.seq);
+        drop(log);
+        let log = SqliteLog::open(dir.path(), SyncMode::Normal).unwrap();
+        let c = log.append(msg("y", "1")).await.unwrap();
+        assert!(c.seq > b.seq, "{c:?} after {b:?}");
+        let page = log
+            .history(&HistoryQuery {
+                after: Some(0),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.messages.len(), 2);
+        assert!(page.has_more);
+        let back = log
+            .history(&HistoryQuery {
+                before: Some(c.seq + 1),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        let seqs: Vec<u64> = back.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![b.seq, c.seq]);
+        assert!(back.has_more);
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_a_database_and_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 8192]).unwrap();
+        let e = SqliteLog::open(dir.path(), SyncMode::Full).err().unwrap();
+        assert!(e.0.contains("not a SQLite database"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        let e = SqliteLog::open(dir.path(), SyncMode::Full).err().unwrap();
+        assert!(e.0.contains("newer switchboard"), "{e}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The durable message log: history across restarts, exactly-once ingest,
+//! idempotent `send` across a SIGKILL, acknowledged messages surviving
+//! SIGKILL at random moments, `switchboard tail` across a restart, the
+//! store's errors. The real daemon over real sockets throughout.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_tests::*;
+
+/// A webhook daemon (open account `open`, and `out`, which sends to
+/// `out_url`) with its state in `dir`.
+fn daemon_in(dir: &Path, port: u16, out_url: &str) -> Daemon {
+    let out_port = out_url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("9");
+    Daemon::builder()
+        .port(port)
+        .with_plugins(
+            dir,
+            &[("plugins", "webhook.wasm")],
+            &format!(
+                "[channels.webhook]\nnetwork = [\"127.0.0.1:{out_port}\"]\n\
+                 [channels.webhook.accounts.open]\n\
+                 [channels.webhook.accounts.out]\nurl = \"{out_url}\"\n"
+            ),
+        )
+        .start()
+        .unwrap()
+}
+
+async fn post(d: &Daemon, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(d.http("/hooks/webhook/open"))
+        .body(body.to_string())
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let st = r.status().as_u16();
+            (st, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn inbound(id: &str) -> Value {
+    json!({"chatId": "room", "senderId": "u1", "text": format!("text {id}"), "messageId": id})
+}
+
+async fn history(c: &mut Client, params: Value) -> Value {
+    let r = c.request("h", "messages.history", params).await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    r["payload"].clone()
+}
+
+/// Every message after `after`, following `hasMore`.
+async fn all_after(c: &mut Client, mut after: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let p = history(c, json!({"afterSeq": after, "limit": 1000})).await;
+        let page = p["messages"].as_array().unwrap().clone();
+        if let Some(last) = page.last() {
+            after = last["messageSeq"].as_u64().unwrap();
+        }
+        out.extend(page);
+        if p["hasMore"] != true {
+            return out;
+        }
+    }
+}
+
+/// A counting stand-in for the webhook channel's outbound URL.
+async fn outbound_server() -> (String, Arc<AtomicU64>) {
+    use axum::routing::post;
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/out",
+        post(move || {
+            let h = h.clone();
+            async move {
+                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                axum::Json(json!({"messageId": format!("remote-{n}")}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}/out"), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart_and_message_seq_keeps_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    for i in 0..3 {
+        let (st, v) = post(&d, &inbound(&format!("a{i}"))).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    drop(d);
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let (st, v) = post(&d, &inbound("b0")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["messageSeq"], 4,
+        "messageSeq continues after a restart: {v}"
+    );
+    let (mut c, hello) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let methods = hello["features"]["methods"].as_array().unwrap();
+    assert!(methods.iter().any(|m| m == "messages.history"), "{hello}");
+    let all = all_after(&mut c, 0).await;
+    let ids: Vec<&str> = all
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a0", "a1", "a2", "b0"]);
+    let seqs: Vec<u64> = all
+        .iter()
+        .map(|m| m["messageSeq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    // Each entry has the `message` event's shape.
+    assert_eq!(all[0]["direction"], "inbound");
+    assert_eq!(all[0]["channel"], "webhook");
+    assert_eq!(all[0]["accountId"], "open");
+    assert_eq!(all[0]["chatId"], "room");
+    assert_eq!(all[0]["text"], "text a0");
+    // Paging back from the end, and filters.
+    let p = history(&mut c, json!({"limit": 2})).await;
+    let ids: Vec<&str> = p["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a2", "b0"]);
+    assert_eq!(p["hasMore"], true);
+    let p = history(&mut c, json!({"chatId": "elsewhere"})).await;
+    assert_eq!(p["messages"], json!([]));
+    let r = c
+        .request("x", "messages.history", json!({"limit": 5000}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 1000"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_twice_is_stored_and_broadcast_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let (_, first) = post(&d, &inbound("dup")).await;
+    let (st, again) = post(&d, &inbound("dup")).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(first["messageSeq"], again["messageSeq"], "{first} {again}");
+    let (_, other) = post(&d, &inbound("next")).await;
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["messageId"], "dup");
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["messageId"], "next", "the redelivery made a second event");
+    assert_eq!(m["messageSeq"], other["messageSeq"]);
+    let all = all_after(&mut watcher, 0).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_after_sigkill_is_not_sent_again() {
+    let (url, hits) = outbound_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, &url);
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "once", "idempotencyKey": "k-1"});
+    let r = c.request("1", "send", params.clone()).await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let first = r["payload"]["messageId"].clone();
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    d.signal("KILL");
+    drop(c);
+    drop(d);
+    let d = daemon_in(dir.path(), 0, &url);
+    let (mut c, _) = connect(&d.url(), None, &["operator.write", "operator.read"])
+        .await
+        .unwrap();
+    let r = c.request("2", "send", params).await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["payload"]["messageId"], first, "{r}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    // The outbound message is in the log once, with its key.
+    let all = all_after(&mut c, 0).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["direction"], "outbound");
+    assert_eq!(all[0]["messageId"], first);
+    // Another key sends.
+    let r = c
+        .request("3", "send", json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "twice", "idempotencyKey": "k-2"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// Posts numbered messages as an upstream would (retrying until answered
+/// 200) while the daemon is SIGKILLed at random moments: every message
+/// answered 200 before a kill is in the log after the restart, and after
+/// the upstream redelivers the rest, each is there exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_sigkill_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = 3000u64;
+    let mut acked = 0u64;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..5 {
+        let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+        // Redeliver from the first unacknowledged message, as an upstream
+        // that keeps its offset would.
+        let mut next = acked;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let kill_after = Duration::from_millis(50 + rng % 400);
+        let started = std::time::Instant::now();
+        let killer = {
+            let pid = d.pid();
+            std::thread::spawn(move || {
+                std::thread::sleep(kill_after);
+                let _ = std::process::Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            })
+        };
+        while next < total {
+            let (st, _) = post(&d, &inbound(&format!("m{next:05}"))).await;
+            if st != 200 {
+                break;
+            }
+            next += 1;
+            acked = next;
+        }
+        killer.join().unwrap();
+        eprintln!(
+            "round {round}: killed after {kill_after:?} ({:?} elapsed), {acked} acknowledged",
+            started.elapsed()
+        );
+        drop(d);
+        // After the kill, everything acknowledged is there.
+        let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+        let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+        let all = all_after(&mut c, 0).await;
+        let ids: Vec<String> = all
+            .iter()
+            .map(|m| m["messageId"].as_str().unwrap().to_string())
+            .collect();
+        for i in 0..acked {
+            assert!(
+                ids.binary_search(&format!("m{i:05}")).is_ok(),
+                "round {round}: acknowledged m{i:05} is missing"
+            );
+        }
+        let mut dedup = ids.clone();
+        dedup.dedup();
+        assert_eq!(
+            dedup.len(),
+            ids.len(),
+            "round {round}: a message is doubled"
+        );
+        drop(c);
+        d.signal("KILL");
+    }
+    // The upstream delivers the rest.
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    for i in acked..total {
+        let (st, v) = post(&d, &inbound(&format!("m{i:05}"))).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let all = all_after(&mut c, 0).await;
+    let ids: Vec<String> = all
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..total).map(|i| format!("m{i:05}")).collect();
+    assert_eq!(ids, want, "every message once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_message_once_across_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = daemon_in(dir.path(), port, "http://127.0.0.1:9/out");
+    for i in 0..3 {
+        post(&d, &inbound(&format!("t{i}"))).await;
+    }
+    let mut tail = std::process::Command::new(binary())
+        .args(["tail", "--after", "1", "--url", &d.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_id = |rx: &std::sync::mpsc::Receiver<String>| -> String {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("tail printed nothing");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        v["messageId"].as_str().unwrap().to_string()
+    };
+    // History after seq 1, then live.
+    assert_eq!(next_id(&rx), "t1");
+    assert_eq!(next_id(&rx), "t2");
+    post(&d, &inbound("t3")).await;
+    assert_eq!(next_id(&rx), "t3");
+    // Restart on the same port; messages arrive meanwhile.
+    d.signal("KILL");
+    drop(d);
+    let d = daemon_in(dir.path(), port, "http://127.0.0.1:9/out");
+    for i in 4..7 {
+        post(&d, &inbound(&format!("t{i}"))).await;
+    }
+    for i in 4..7 {
+        assert_eq!(next_id(&rx), format!("t{i}"));
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "tail printed a message twice"
+    );
+    let _ = tail.kill();
+    let _ = tail.wait();
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("switchboard.db"), vec![b'z'; 4096]).unwrap();
+    let (code, log) = Daemon::builder()
+        .with_plugins(dir.path(), &[], "")
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(log.contains("not a SQLite database"), "{log}");
+    // Never recreated over.
+    assert_eq!(
+        std::fs::read(state.join("switchboard.db")).unwrap(),
+        vec![b'z'; 4096]
+    );
+}
+
+#[tokio::test]
+async fn store_backup_copies_the_log_while_the_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    post(&d, &inbound("kept")).await;
+    let copy = dir.path().join("copy.db");
+    let out = std::process::Command::new(binary())
+        .args(["store", "backup"])
+        .arg(&copy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The copy, as a state directory of its own, serves the history.
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(restored.path().join("state")).unwrap();
+    std::fs::copy(&copy, restored.path().join("state/switchboard.db")).unwrap();
+    let d2 = daemon_in(restored.path(), 0, "http://127.0.0.1:9/out");
+    let (mut c, _) = connect(&d2.url(), None, &["operator.read"]).await.unwrap();
+    let all = all_after(&mut c, 0).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["messageId"], "kept");
+    // An existing file is not overwritten.
+    let out = std::process::Command::new(binary())
+        .args(["store", "backup"])
+        .arg(&copy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    drop(d);
+}
