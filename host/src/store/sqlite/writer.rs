@@ -1,0 +1,224 @@
+//! The writer thread: it owns the connection that writes, takes every
+//! write waiting into one transaction (group commit), calls the listener
+//! with what the commit stored, then answers each write.
+
+use crate::sync::MutexExt;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{describe, int, uint, MAX_GROUP, PRUNE_BATCH};
+use crate::store::{Appended, Direction, Listener, Message, Retention, StoreError};
+
+pub(super) enum Op {
+    Append(Message, oneshot::Sender<Result<Appended, StoreError>>),
+    Send(
+        Message,
+        String,
+        String,
+        oneshot::Sender<Result<u64, StoreError>>,
+    ),
+    Prune(Retention, oneshot::Sender<Result<usize, StoreError>>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a committed op answers, and the message it stored (for the listener).
+enum Done {
+    Appended(Appended, Option<Message>),
+    Sent(u64, Message),
+    Pruned(usize),
+    Flushed,
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> {
+    tx.prepare_cached(
+        "INSERT INTO messages (direction, channel, account, chat, sender, sender_name, message_id,
+                               text, ts, received_at, thread_id, reply_to_id, raw, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        if m.direction == Direction::Inbound {
+            0
+        } else {
+            1
+        },
+        m.channel,
+        m.account,
+        m.chat,
+        m.sender,
+        m.sender_name,
+        m.message_id,
+        m.text,
+        int(m.ts),
+        int(m.received_at),
+        m.thread_id,
+        m.reply_to_id,
+        m.raw,
+        m.idempotency_key,
+    ])?;
+    Ok(uint(tx.last_insert_rowid()))
+}
+
+/// One op inside the group's transaction.
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
+    match op {
+        Op::Append(m, _) => {
+            let existing: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT seq FROM messages WHERE channel = ?1 AND account = ?2 AND chat = ?3
+                     AND message_id = ?4 AND direction = 0",
+                )?
+                .query_row(params![m.channel, m.account, m.chat, m.message_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(seq) = existing {
+                return Ok(Done::Appended(
+                    Appended {
+                        seq: uint(seq),
+                        new: false,
+                    },
+                    None,
+                ));
+            }
+            let seq = insert(tx, m)?;
+            let mut stored = m.clone();
+            stored.seq = seq;
+            Ok(Done::Appended(Appended { seq, new: true }, Some(stored)))
+        }
+        Op::Send(m, key, receipt, _) => {
+            let seq = insert(tx, m)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, int(m.received_at), receipt])?;
+            let mut stored = m.clone();
+            stored.seq = seq;
+            Ok(Done::Sent(seq, stored))
+        }
+        Op::Prune(r, _) => {
+            let mut gone = 0;
+            if r.before_ms > 0 {
+                gone += tx
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE seq IN
+                         (SELECT seq FROM messages WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
+                    )?
+                    .execute(params![int(r.before_ms), PRUNE_BATCH])?;
+            }
+            if r.max_bytes > 0 && gone == 0 {
+                let used: i64 = tx.query_row(
+                    "SELECT (page_count - freelist_count) * page_size
+                     FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if uint(used) > r.max_bytes {
+                    gone += tx
+                        .prepare_cached(
+                            "DELETE FROM messages WHERE seq IN
+                             (SELECT seq FROM messages ORDER BY seq LIMIT ?1)",
+                        )?
+                        .execute(params![PRUNE_BATCH])?;
+                }
+            }
+            gone += tx
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE key IN
+                     (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
+            Ok(Done::Pruned(gone))
+        }
+        Op::Flush(_) => Ok(Done::Flushed),
+    }
+}
+
+fn write_group(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
+    let tx = conn.transaction()?;
+    let mut done = Vec::with_capacity(ops.len());
+    for op in ops {
+        done.push(apply(&tx, op)?);
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+/// The writer thread: takes every op waiting, writes them in one
+/// transaction, answers each once the commit is durable, then tells the
+/// listener about the stored messages in order.
+pub(super) fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    failure: Arc<Mutex<Option<String>>>,
+    listener: Arc<OnceLock<Listener>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        match write_group(&mut conn, &ops) {
+            Ok(done) => {
+                if failure.guard().take().is_some() {
+                    tracing::info!("message log writes succeed again");
+                }
+                // The listener first (the `message` events, in order), then
+                // the answers: once a write resolves, its event is queued.
+                if let Some(l) = listener.get() {
+                    for d in &done {
+                        match d {
+                            Done::Appended(_, Some(m)) | Done::Sent(_, m) => l(m),
+                            _ => {}
+                        }
+                    }
+                }
+                for (op, d) in ops.into_iter().zip(done) {
+                    match (op, d) {
+                        (Op::Append(_, reply), Done::Appended(a, _)) => {
+                            let _ = reply.send(Ok(a));
+                        }
+                        (Op::Send(.., reply), Done::Sent(seq, _)) => {
+                            let _ = reply.send(Ok(seq));
+                        }
+                        (Op::Prune(_, reply), Done::Pruned(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        (Op::Flush(reply), Done::Flushed) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let why = describe("write to the message log", &e);
+                let first_failure = failure.guard().replace(why.clone()).is_none();
+                if first_failure {
+                    tracing::error!("{why}");
+                }
+                for op in ops {
+                    match op {
+                        Op::Append(_, reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Send(.., reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Prune(_, reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::Flush(reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
