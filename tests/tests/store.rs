@@ -409,3 +409,103 @@ async fn store_backup_copies_the_log_while_the_daemon_runs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     drop(d);
 }
+
+/// Unmounts a test file system when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The state directory on a small tmpfs that a filler file then fills:
+/// deliveries are refused (503 to the webhook sender, who keeps the
+/// message), `/ready` and `health` name the cause, and once space returns
+/// everything is accepted, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test mounts a small tmpfs for the state directory (it needs root, as in CI)"
+    );
+    let _unmount = Mounted(state.clone());
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        let id = format!("d{i:03}");
+        let (st, v) = post(&d, &inbound(&id)).await;
+        assert_eq!(st, 200, "{v}");
+        posted.push(id);
+    }
+    // Fill the file system.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(state.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refused_at = None;
+    for i in 5..2000 {
+        let id = format!("d{i:03}");
+        let (st, v) = post(&d, &inbound(&id)).await;
+        if st == 200 {
+            posted.push(id);
+            continue;
+        }
+        assert_eq!(st, 503, "{v}");
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("not stored") && e.contains("disk is full"),
+            "{v}"
+        );
+        refused_at = Some(i);
+        break;
+    }
+    let refused_at = refused_at.expect("no delivery was refused on a full disk");
+    let r = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let ready: Value = r.json().await.unwrap();
+    let failing = ready["failing"].to_string();
+    assert!(
+        failing.contains("store:") && failing.contains("disk is full"),
+        "{ready}"
+    );
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let h = c.request("h", "health", json!({})).await.unwrap();
+    let q = h["payload"]["deliveryQueues"]["failed"][0]["queueName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(q.starts_with("message-log: "), "{h}");
+    // Space returns: the sender retries from the refused message on.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    for i in refused_at..refused_at + 5 {
+        let id = format!("d{i:03}");
+        let (st, v) = post(&d, &inbound(&id)).await;
+        assert_eq!(st, 200, "{v}");
+        posted.push(id);
+    }
+    let r = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let all = all_after(&mut c, 0).await;
+    let ids: Vec<String> = all
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, posted, "every accepted message once, in order");
+    drop(c);
+    drop(d);
+}

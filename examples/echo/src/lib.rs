@@ -26,13 +26,34 @@ fn default_chat() -> String {
 
 struct Echo;
 
+/// A message id unique to this channel: `<prefix>-<n>`. Instances running
+/// at once may read the same counter, so each number is claimed (atomic in
+/// the host) before it is used: the gateway's log treats a repeated id in
+/// one chat as a redelivery.
 fn next_id(prefix: &str) -> String {
-    let n = switchboard_sdk::kv::get("counter")
+    let mut n = switchboard_sdk::kv::get("counter")
         .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
         .unwrap_or(0)
         + 1;
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let mut tries = 0;
+    while !switchboard_sdk::kv::claim(&format!("id:{n}"), DAY_MS) {
+        tries += 1;
+        if tries == 64 {
+            // The host cannot record claims (its disk?): unique by time.
+            return format!("{prefix}-{n}-{}", now_nanos());
+        }
+        n += 1;
+    }
     switchboard_sdk::kv::set("counter", &n.to_le_bytes());
     format!("{prefix}-{n}")
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 impl Channel for Echo {

@@ -17,7 +17,7 @@
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use switchboard_sdk::wstd;
 use switchboard_sdk::wstd::http::{Body, Request};
 use switchboard_sdk::{
@@ -234,9 +234,16 @@ impl Channel for Webhook {
                 )
             }
         };
-        let message_id = m
-            .message_id
-            .unwrap_or_else(|| format!("wh-{}", switchboard_sdk::now_ms()));
+        // Without an id from the sender, one unique to this request: the
+        // gateway's log treats a repeated id in one chat as a redelivery.
+        let message_id = m.message_id.unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let digest = Sha256::digest(&req.body);
+            format!("wh-{nanos}-{}", hex::encode(&digest[..6]))
+        });
         match switchboard_sdk::deliver(InboundMessage {
             account_id: account.id,
             chat_id: m.chat_id,
