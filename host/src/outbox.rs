@@ -1,32 +1,32 @@
 //! The host outbox behind `outbox-push`/`outbox-pop`: messages a fresh
 //! `send` instance hands to the `run` loop that owns the account's
-//! connection (IRC). Each queued message is one file,
-//! `<state-dir>/outbox/<hex channel>/<hex account>/<seq>.json`, written
-//! atomically before `push` returns. `pop` hands a message out but keeps it
-//! "in flight" until `ack` removes the file; `requeue_in_flight` (called
+//! connection (IRC). Each queued message is a row of the store's `outbox`
+//! table, committed before `push` returns; the queues themselves are kept in
+//! memory. `pop` hands a message out but keeps it "in flight" until `ack`
+//! removes its row; `requeue_in_flight` (called
 //! before each `run` of the account starts) puts unconfirmed messages back at
 //! the front. So a message `send` accepted survives `run` failures, reloads
 //! and restarts or crashes of the daemon, and is sent at least once. Order is
 //! the queue number's, which keeps growing across restarts.
 //!
-//! It knows the contract's `OutboundMessage` and implements the `AccountOutbox`
-//! import; nothing else of the crate.
+//! It knows the contract's `OutboundMessage`, implements the `AccountOutbox`
+//! import, and keeps its rows through `store::StateStore`.
 
 use crate::sync::MutexExt;
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
 use crate::plugins::contract::OutboundMessage;
-use crate::plugins::imports::AccountOutbox;
+use crate::plugins::imports::{AccountOutbox, Writing};
+use crate::store::{StateStore, StoreError};
 
 /// Messages one account's outbox holds before `push` fails.
 pub const CAPACITY: usize = 1000;
 
 /// How often a message may be handed out and not confirmed before it is set
-/// aside (`*.json.failed`): one that keeps getting the connection dropped
+/// aside (kept in the store, marked failed): one that keeps getting the connection dropped
 /// would otherwise block the account's queue for ever.
 pub const MAX_ATTEMPTS: u32 = 10;
 
@@ -47,13 +47,12 @@ impl Account {
 }
 
 struct Queues {
-    next_seq: u64,
     by_account: HashMap<Key, Account>,
 }
 
 pub struct Outbox {
-    root: PathBuf,
-    queues: Mutex<Queues>,
+    store: Arc<dyn StateStore>,
+    queues: Arc<Mutex<Queues>>,
 }
 
 fn to_json(m: &OutboundMessage) -> Value {
@@ -70,122 +69,70 @@ fn from_json(v: &Value) -> Option<OutboundMessage> {
     })
 }
 
-/// The entries of a directory, or none when it cannot be read.
-fn entries(dir: &Path) -> Vec<std::fs::DirEntry> {
-    std::fs::read_dir(dir)
-        .map(|r| r.flatten().collect())
-        .unwrap_or_default()
-}
-
-fn unhex(name: &std::ffi::OsStr) -> Option<String> {
-    String::from_utf8(hex::decode(name.to_str()?).ok()?).ok()
-}
-
 impl Outbox {
-    /// Opens the outbox under `state_dir`, loading what an earlier run left.
-    /// A file that cannot be read is renamed to `*.bad` and reported, not
-    /// dropped.
-    pub fn open(state_dir: &Path) -> Outbox {
-        let root = state_dir.join("outbox");
+    /// Loads what an earlier run left queued. A row that cannot be read is
+    /// set aside and reported, not dropped.
+    pub fn open(store: Arc<dyn StateStore>) -> Result<Outbox, StoreError> {
         let mut by_account: HashMap<Key, Account> = HashMap::new();
-        let mut next_seq = 1;
-        for c in entries(&root) {
-            let Some(channel) = unhex(&c.file_name()) else {
-                continue;
-            };
-            for a in entries(&c.path()) {
-                let Some(account) = unhex(&a.file_name()) else {
-                    continue;
-                };
-                let mut q: Vec<(u64, OutboundMessage)> = Vec::new();
-                for f in entries(&a.path()) {
-                    let path = f.path();
-                    let Some(seq) = path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.strip_suffix(".json"))
-                        .and_then(|n| n.parse::<u64>().ok())
-                    else {
-                        continue;
-                    };
-                    let parsed = std::fs::read(&path)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                        .and_then(|v| from_json(&v));
-                    match parsed {
-                        Some(m) => {
-                            next_seq = next_seq.max(seq + 1);
-                            q.push((seq, m));
-                        }
-                        None => {
-                            let bad = path.with_extension("json.bad");
-                            let _ = std::fs::rename(&path, &bad);
-                            tracing::error!(file = %bad.display(), "unreadable outbox message set aside");
-                        }
-                    }
-                }
-                if !q.is_empty() {
-                    q.sort_by_key(|(s, _)| *s);
-                    tracing::info!(channel = %channel, account = %account, messages = q.len(), "outbox messages from the last run are queued again");
-                    by_account.insert(
-                        (channel.clone(), account),
-                        Account {
-                            queued: q.into(),
-                            in_flight: Default::default(),
-                            attempts: Default::default(),
-                        },
-                    );
+        for row in store.outbox_queued()? {
+            let parsed = serde_json::from_str::<Value>(&row.message)
+                .ok()
+                .and_then(|v| from_json(&v));
+            match parsed {
+                Some(m) => by_account
+                    .entry((row.channel, row.account))
+                    .or_default()
+                    .queued
+                    .push_back((row.seq, m)),
+                None => {
+                    drop(store.outbox_set_aside(row.seq));
+                    tracing::error!(channel = %row.channel, account = %row.account, seq = row.seq, "unreadable outbox message set aside");
                 }
             }
         }
-        Outbox {
-            root,
-            queues: Mutex::new(Queues {
-                next_seq,
-                by_account,
-            }),
+        for ((channel, account), a) in &by_account {
+            tracing::info!(%channel, %account, messages = a.queued.len(), "outbox messages from the last run are queued again");
         }
+        Ok(Outbox {
+            store,
+            queues: Arc::new(Mutex::new(Queues { by_account })),
+        })
     }
 
-    fn dir(&self, channel: &str, account: &str) -> PathBuf {
-        self.root
-            .join(hex::encode(channel))
-            .join(hex::encode(account))
-    }
-
-    fn file(&self, channel: &str, account: &str, seq: u64) -> PathBuf {
-        self.dir(channel, account).join(format!("{seq:020}.json"))
-    }
-
-    /// Queues `m` for the account; returns its queue number once it is on disk.
-    pub fn push(&self, channel: &str, account: &str, m: OutboundMessage) -> Result<u64, String> {
-        let mut qs = self.queues.guard();
+    /// Queues `m` for the account; resolves to its queue number once it is
+    /// durable.
+    pub fn push(
+        &self,
+        channel: &str,
+        account: &str,
+        m: OutboundMessage,
+    ) -> Writing<Result<u64, String>> {
         let key = (channel.to_string(), account.to_string());
-        let len = qs.by_account.get(&key).map_or(0, Account::len);
+        let len = self
+            .queues
+            .guard()
+            .by_account
+            .get(&key)
+            .map_or(0, Account::len);
         if len >= CAPACITY {
-            return Err(format!(
+            let e = format!(
                 "outbox of {channel}/{account} is full ({CAPACITY} messages): is the account connected?"
-            ));
+            );
+            return Box::pin(async move { Err(e) });
         }
-        let seq = qs.next_seq;
-        let dir = self.dir(channel, account);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("outbox: create {}: {e}", dir.display()))?;
-        let path = self.file(channel, account, seq);
-        let tmp = dir.join(format!(".tmp-{seq}"));
-        std::fs::write(&tmp, to_json(&m).to_string())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                format!("outbox: write {}: {e}", path.display())
-            })?;
-        qs.next_seq += 1;
-        qs.by_account
-            .entry(key)
-            .or_default()
-            .queued
-            .push_back((seq, m));
-        Ok(seq)
+        let writing = self
+            .store
+            .outbox_push(channel, account, to_json(&m).to_string());
+        let queues = self.queues.clone();
+        Box::pin(async move {
+            let seq = writing.await.map_err(|e| format!("outbox: {e}"))?;
+            let mut qs = queues.guard();
+            let q = &mut qs.by_account.entry(key).or_default().queued;
+            // Pushes that commit together may finish in any order.
+            let at = q.partition_point(|(s, _)| *s < seq);
+            q.insert(at, (seq, m));
+            Ok(seq)
+        })
     }
 
     /// Hands out the account's oldest queued message; it stays on disk, in
@@ -220,12 +167,9 @@ impl Outbox {
         if was_in_flight != Some(true) {
             return;
         }
-        let path = self.file(channel, account, seq);
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(file = %path.display(), "outbox: remove: {e}");
-            }
-        }
+        // Not awaited: the queue in memory is the truth while the daemon
+        // runs; a row left behind by a crash is sent again (at least once).
+        drop(self.store.outbox_remove(seq));
     }
 
     /// Puts the account's unconfirmed messages back at the front of its
@@ -244,11 +188,9 @@ impl Outbox {
                 continue;
             }
             a.attempts.remove(&seq);
-            let path = self.file(channel, account, seq);
-            let failed = path.with_extension("json.failed");
-            let _ = std::fs::rename(&path, &failed);
-            tracing::error!(channel = %channel, account = %account, to = %m.to, file = %failed.display(),
-                "outbox message set aside: sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
+            drop(self.store.outbox_set_aside(seq));
+            tracing::error!(channel = %channel, account = %account, to = %m.to, seq,
+                "outbox message set aside (kept in the store, marked failed): sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
         }
     }
 
@@ -270,7 +212,7 @@ pub struct AccountQueue {
 }
 
 impl AccountOutbox for AccountQueue {
-    fn push(&self, m: OutboundMessage) -> Result<u64, String> {
+    fn push(&self, m: OutboundMessage) -> Writing<Result<u64, String>> {
         self.outbox.push(&self.channel, &self.account, m)
     }
     fn pop(&self) -> Option<(u64, OutboundMessage)> {
@@ -284,6 +226,9 @@ impl AccountOutbox for AccountQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SyncMode;
+    use crate::store::sqlite::SqliteLog;
+    use crate::store::MessageLog;
 
     fn msg(to: &str, text: &str) -> OutboundMessage {
         OutboundMessage {
@@ -294,22 +239,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn survives_a_reopen_in_order_and_numbers_keep_growing() {
+    fn open(dir: &std::path::Path) -> (Outbox, Arc<SqliteLog>) {
+        let log = Arc::new(SqliteLog::open(dir, SyncMode::Normal, &[]).unwrap());
+        (Outbox::open(log.clone()).unwrap(), log)
+    }
+
+    /// Waits for the writes in flight, then closes.
+    async fn close(ob: Outbox, log: Arc<SqliteLog>) {
+        log.flush().await.unwrap();
+        drop(ob);
+        drop(log);
+        // The writer thread ends once its queue is empty.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn survives_a_reopen_in_order_and_numbers_keep_growing() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path());
-        let a = ob.push("irc", "default", msg("#a", "one")).unwrap();
-        let b = ob.push("irc", "default", msg("#a", "two")).unwrap();
-        ob.push("irc", "other", msg("#b", "elsewhere")).unwrap();
+        let (ob, log) = open(dir.path());
+        let a = ob.push("irc", "default", msg("#a", "one")).await.unwrap();
+        let b = ob.push("irc", "default", msg("#a", "two")).await.unwrap();
+        ob.push("irc", "other", msg("#b", "elsewhere"))
+            .await
+            .unwrap();
         assert!(b > a);
         let (n, m) = ob.pop("irc", "default").unwrap();
         assert_eq!(m.text, "one");
         ob.ack("irc", "default", n);
-        drop(ob);
+        close(ob, log).await;
 
-        let ob = Outbox::open(dir.path());
+        let (ob, log) = open(dir.path());
         assert_eq!(ob.len("irc", "default"), 1);
-        let c = ob.push("irc", "default", msg("#a", "three")).unwrap();
+        let c = ob.push("irc", "default", msg("#a", "three")).await.unwrap();
         assert!(c > b, "queue numbers reused after a restart");
         let (n, m) = ob.pop("irc", "default").unwrap();
         assert_eq!((n, m.text.as_str(), m.to.as_str()), (b, "two", "#a"));
@@ -322,18 +283,18 @@ mod tests {
         let (n, m) = ob.pop("irc", "other").unwrap();
         assert_eq!(m.text, "elsewhere");
         ob.ack("irc", "other", n);
-        drop(ob);
-        // Confirmed messages are gone from disk too.
-        let ob = Outbox::open(dir.path());
+        close(ob, log).await;
+        // Confirmed messages are gone from the store too.
+        let (ob, _log) = open(dir.path());
         assert_eq!(ob.len("irc", "default") + ob.len("irc", "other"), 0);
     }
 
-    #[test]
-    fn unconfirmed_messages_come_back_first_and_after_a_restart() {
+    #[tokio::test]
+    async fn unconfirmed_messages_come_back_first_and_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path());
+        let (ob, log) = open(dir.path());
         for t in ["a", "b", "c"] {
-            ob.push("irc", "x", msg("#r", t)).unwrap();
+            ob.push("irc", "x", msg("#r", t)).await.unwrap();
         }
         let (na, _) = ob.pop("irc", "x").unwrap();
         let (nb, _) = ob.pop("irc", "x").unwrap();
@@ -345,20 +306,20 @@ mod tests {
         let (n, m) = ob.pop("irc", "x").unwrap();
         assert_eq!((n, m.text.as_str()), (nb, "b"));
         // The daemon dies with b in flight: the next one sends b and c.
-        drop(ob);
-        let ob = Outbox::open(dir.path());
+        close(ob, log).await;
+        let (ob, _log) = open(dir.path());
         let texts: Vec<String> = std::iter::from_fn(|| ob.pop("irc", "x"))
             .map(|(_, m)| m.text)
             .collect();
         assert_eq!(texts, ["b", "c"]);
     }
 
-    #[test]
-    fn a_message_never_confirmed_is_set_aside_after_max_attempts() {
+    #[tokio::test]
+    async fn a_message_never_confirmed_is_set_aside_after_max_attempts() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path());
-        let poison = ob.push("irc", "x", msg("#r", "poison")).unwrap();
-        ob.push("irc", "x", msg("#r", "next")).unwrap();
+        let (ob, log) = open(dir.path());
+        let poison = ob.push("irc", "x", msg("#r", "poison")).await.unwrap();
+        ob.push("irc", "x", msg("#r", "next")).await.unwrap();
         for _ in 0..MAX_ATTEMPTS {
             let (n, m) = ob.pop("irc", "x").unwrap();
             assert_eq!((n, m.text.as_str()), (poison, "poison"));
@@ -366,28 +327,38 @@ mod tests {
         }
         let (_, m) = ob.pop("irc", "x").unwrap();
         assert_eq!(m.text, "next", "the queue is unblocked");
-        let failed = ob.file("irc", "x", poison).with_extension("json.failed");
-        assert!(failed.exists(), "the message is kept for an operator");
-        // A restart does not bring it back.
-        drop(ob);
-        let ob = Outbox::open(dir.path());
+        close(ob, log).await;
+        // A restart does not bring it back; the store keeps it, marked.
+        let (ob, log) = open(dir.path());
         assert_eq!(ob.pop("irc", "x").unwrap().1.text, "next");
+        let failed: i64 = rusqlite::Connection::open(log.path())
+            .unwrap()
+            .query_row(
+                "SELECT failed FROM outbox WHERE seq = ?1",
+                [poison as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(failed, 1, "the message is kept for an operator");
     }
 
-    #[test]
-    fn a_full_outbox_refuses_and_a_corrupt_file_is_set_aside() {
+    #[tokio::test]
+    async fn a_full_outbox_refuses_and_an_unreadable_row_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path());
+        let (ob, log) = open(dir.path());
         for i in 0..CAPACITY {
-            ob.push("irc", "a", msg("#x", &i.to_string())).unwrap();
+            ob.push("irc", "a", msg("#x", &i.to_string()))
+                .await
+                .unwrap();
         }
-        let e = ob.push("irc", "a", msg("#x", "over")).unwrap_err();
+        let e = ob.push("irc", "a", msg("#x", "over")).await.unwrap_err();
         assert!(e.contains("full"), "{e}");
-        let first = ob.file("irc", "a", 1);
-        std::fs::write(&first, b"{not json").unwrap();
-        drop(ob);
-        let ob = Outbox::open(dir.path());
-        assert_eq!(ob.len("irc", "a"), CAPACITY - 1);
-        assert!(first.with_extension("json.bad").exists());
+        log.outbox_push("irc", "b", "{not json".into())
+            .await
+            .unwrap();
+        close(ob, log).await;
+        let (ob, _log) = open(dir.path());
+        assert_eq!(ob.len("irc", "a"), CAPACITY);
+        assert_eq!(ob.len("irc", "b"), 0);
     }
 }

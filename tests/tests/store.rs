@@ -509,3 +509,42 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     drop(c);
     drop(d);
 }
+
+/// The echo plugin numbers its messages with a counter in its key-value
+/// store: a counter written in the earlier layout (one file per key) is
+/// moved into the database and goes on from there, across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_files_of_the_earlier_layout_move_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("state/kv/channels/echo");
+    std::fs::create_dir_all(&old).unwrap();
+    let file = old.join(hex::encode("counter"));
+    std::fs::write(&file, 41u64.to_le_bytes()).unwrap();
+    let start = || {
+        Daemon::builder()
+            .with_plugins(
+                dir.path(),
+                &[("plugins", "echo.wasm")],
+                "[channels.echo.accounts.default]\ninterval_secs = 0\n",
+            )
+            .start()
+            .unwrap()
+    };
+    let d = start();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let r = c
+        .request("1", "send", json!({"to": "x", "message": "m", "idempotencyKey": "a"}))
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["messageId"], "echo-42", "{r}");
+    assert!(!file.exists(), "the moved file is removed");
+    drop(c);
+    drop(d);
+    let d = start();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let r = c
+        .request("2", "send", json!({"to": "x", "message": "m", "idempotencyKey": "b"}))
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["messageId"], "echo-43", "{r}");
+}

@@ -15,6 +15,7 @@
 //! errors).
 
 mod inbox;
+mod kv;
 mod lifecycle;
 mod send;
 mod status;
@@ -33,10 +34,9 @@ use crate::broadcast::Broadcaster;
 use crate::config::ChannelConfig;
 use crate::outbox::{AccountQueue, Outbox};
 use crate::plugins::contract::Account;
-use crate::plugins::imports::{ChannelKv, Imports};
-use crate::plugins::kv::KvStore;
+use crate::plugins::imports::Imports;
 use crate::plugins::{Plugin, PluginManager, Target};
-use crate::store::{HistoryQuery, MessageLog, Page, StoreError};
+use crate::store::{HistoryQuery, MessageLog, Page, StateStore, StoreError};
 use inbox::{AccountInbox, Inbox};
 use status::{AccountStatus, StatusBoard};
 
@@ -64,7 +64,8 @@ pub struct ChannelManager {
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
-    kv: Arc<KvStore>,
+    /// Where the plugins' key-value stores are kept.
+    kv_store: Arc<dyn StateStore>,
 }
 
 fn settings_json(table: &toml::Table) -> String {
@@ -80,8 +81,8 @@ impl ChannelManager {
         broadcaster: Arc<Broadcaster>,
         health: Arc<Notify>,
         outbox: Outbox,
-        kv: Arc<KvStore>,
         log: Arc<dyn MessageLog>,
+        kv_store: Arc<dyn StateStore>,
     ) -> Arc<Self> {
         let mut state = BTreeMap::new();
         for (name, c) in &config {
@@ -134,7 +135,7 @@ impl ChannelManager {
             wanted: Mutex::new(Default::default()),
             in_flight: Mutex::new(HashMap::new()),
             outbox: Arc::new(outbox),
-            kv,
+            kv_store,
         })
     }
 
@@ -182,7 +183,10 @@ impl ChannelManager {
                     channel: c.clone(),
                     account: a.clone(),
                 }),
-                kv: ChannelKv::new(self.kv.clone(), channel),
+                kv: Arc::new(kv::ChannelKv {
+                    store: self.kv_store.clone(),
+                    channel: c.clone(),
+                }),
                 channel: c,
                 account: a,
             },

@@ -32,7 +32,6 @@ use crate::config::Config;
 use crate::connections::ConnectionManager;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::plugins::kv::KvStore;
 use crate::plugins::Limits;
 use crate::plugins::PluginManager;
 
@@ -71,7 +70,6 @@ impl Gateway {
         let conns = Arc::new(ConnectionManager::new());
         let broadcaster = Arc::new(Broadcaster::new(conns.clone(), metrics.clone()));
         let health_notify = Arc::new(Notify::new());
-        let kv = Arc::new(KvStore::new(&config.state_dir()));
         let limits = Limits {
             memory_bytes: config.plugins.memory_mb * 1024 * 1024,
             call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
@@ -79,28 +77,43 @@ impl Gateway {
             max_concurrent_calls: config.plugins.max_concurrent_calls,
             call_queue_timeout: Duration::from_millis(config.plugins.call_queue_timeout_ms),
         };
-        // Stores are per channel now; carry over those kept per plugin.
-        for (name, c) in &config.channels {
-            kv.migrate_plugin_store(c.plugin.as_deref().unwrap_or(name), name);
-        }
         let plugins = Arc::new(PluginManager::new(
             config.plugins.dir.clone(),
             config.state_dir().join("cache"),
             limits,
             metrics.clone(),
         )?);
-        let log: Arc<dyn crate::store::MessageLog> = Arc::new(
-            crate::store::sqlite::SqliteLog::open(&config.state_dir(), config.store.sync)
-                .map_err(|e| anyhow::anyhow!("message log: {e}"))?,
+        // channel -> plugin, for key-value stores of the oldest layout.
+        let plugin_of: Vec<(String, String)> = config
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    c.plugin.clone().unwrap_or_else(|| name.clone()),
+                )
+            })
+            .collect();
+        let store = Arc::new(
+            crate::store::sqlite::SqliteLog::open(
+                &config.state_dir(),
+                config.store.sync,
+                &plugin_of,
+            )
+            .map_err(|e| anyhow::anyhow!("message log: {e}"))?,
         );
+        let log: Arc<dyn crate::store::MessageLog> = store.clone();
+        let state: Arc<dyn crate::store::StateStore> = store;
+        let outbox = crate::outbox::Outbox::open(state.clone())
+            .map_err(|e| anyhow::anyhow!("outbox: {e}"))?;
         let channels = ChannelManager::new(
             config.channels.clone(),
             plugins.clone(),
             broadcaster.clone(),
             health_notify.clone(),
-            crate::outbox::Outbox::open(&config.state_dir()),
-            kv,
+            outbox,
             log.clone(),
+            state,
         );
         let health = Arc::new(Health {
             channels: channels.clone(),

@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::contract::{AccountState, InboundMessage, OutboundMessage};
-use super::kv::KvStore;
 
 /// A `deliver` on its way: resolves to the message's sequence number once
 /// it is durable, or to why it was not accepted.
@@ -32,47 +31,32 @@ pub trait StateReporter: Send + Sync {
 /// `outbox-push`/`outbox-pop`/`outbox-ack`: the account's queue of messages
 /// for its `run` loop.
 pub trait AccountOutbox: Send + Sync {
-    fn push(&self, message: OutboundMessage) -> Result<u64, String>;
+    /// Resolves to the message's queue number once it is durable.
+    fn push(&self, message: OutboundMessage) -> Writing<Result<u64, String>>;
     fn pop(&self) -> Option<(u64, OutboundMessage)>;
     fn ack(&self, seq: u64);
 }
 
-/// `kv-*`: the key-value store of one channel.
-#[derive(Clone)]
-pub struct ChannelKv {
-    store: Arc<KvStore>,
-    channel: String,
+/// A host write on its way: resolves once it is durable.
+pub type Writing<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// `kv-*`: the key-value store of one channel (limits: [`MAX_KEY_BYTES`],
+/// [`MAX_VALUE_BYTES`], claims held at most [`MAX_CLAIM_TTL_MS`]).
+pub trait Kv: Send + Sync {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn set(&self, key: &str, value: Vec<u8>) -> Writing<Result<(), String>>;
+    fn delete(&self, key: &str) -> Writing<()>;
+    /// Records `key` as seen for `ttl_ms` unless it already is: `true` the
+    /// first time. Atomic across instances, kept across restarts.
+    fn claim(&self, key: &str, ttl_ms: u64) -> Writing<Result<bool, String>>;
+    fn unclaim(&self, key: &str) -> Writing<()>;
 }
 
-impl ChannelKv {
-    pub fn new(store: Arc<KvStore>, channel: &str) -> Self {
-        Self {
-            store,
-            channel: channel.to_string(),
-        }
-    }
-
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.store.get(&self.channel, key)
-    }
-
-    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.store.set(&self.channel, key, value)
-    }
-
-    pub fn delete(&self, key: &str) {
-        self.store.delete(&self.channel, key)
-    }
-
-    pub fn claim(&self, key: &str, ttl_ms: u64) -> Result<bool, String> {
-        self.store
-            .claim(&self.channel, key, ttl_ms, crate::now_ms())
-    }
-
-    pub fn unclaim(&self, key: &str) {
-        self.store.unclaim(&self.channel, key)
-    }
-}
+/// Largest key and value a plugin may store.
+pub const MAX_KEY_BYTES: usize = 512;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Longest time a claim may be held (`kv-claim`'s `ttl-ms` is capped to it).
+pub const MAX_CLAIM_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Every import of one instance, for one account of one channel.
 #[derive(Clone)]
@@ -82,7 +66,7 @@ pub struct Imports {
     pub inbox: Arc<dyn Inbox>,
     pub state: Arc<dyn StateReporter>,
     pub outbox: Arc<dyn AccountOutbox>,
-    pub kv: ChannelKv,
+    pub kv: Arc<dyn Kv>,
 }
 
 impl Imports {

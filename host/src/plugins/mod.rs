@@ -2,8 +2,7 @@
 //! directory. [`Plugin`] is the handle the rest of the daemon calls (its
 //! methods, in [`call`], are the contract); [`registry`] is the hot-reloaded
 //! set; `engine`, `sandbox`, `loader` and `bindings` are the Wasm runtime
-//! behind them; [`kv`] is the plugins' key-value store and [`watcher`] the
-//! hot-reload watcher.
+//! behind them; [`watcher`] is the hot-reload watcher.
 //!
 //! Plugin code runs on its own tokio runtime ([`PluginManager::spawn`]) so a
 //! misbehaving plugin never stalls the gateway's sockets or timers.
@@ -16,7 +15,6 @@ pub mod call;
 pub mod contract;
 mod engine;
 pub mod imports;
-pub mod kv;
 mod loader;
 mod registry;
 mod sandbox;

@@ -13,6 +13,7 @@
 //! commit (the `message` event) is the listener's business
 //! ([`MessageLog::on_commit`]).
 
+pub mod files;
 pub mod sqlite;
 
 use std::future::Future;
@@ -145,6 +146,8 @@ pub struct Retention {
     pub max_bytes: u64,
     /// Idempotency records made before this go.
     pub idempotency_before_ms: u64,
+    /// Now: key-value claims that expired go.
+    pub now_ms: u64,
 }
 
 /// The message log.
@@ -181,6 +184,36 @@ pub trait MessageLog: Send + Sync {
     fn on_commit(&self, listener: Listener);
 }
 
+/// An outbox message waiting in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: u64,
+    pub channel: String,
+    pub account: String,
+    /// The message as JSON.
+    pub message: String,
+}
+
+/// The daemon's other durable state, in the same database: the plugins'
+/// key-value stores (per channel) and the host outbox. Writes resolve once
+/// they are durable (they join the message log's group commits).
+pub trait StateStore: Send + Sync {
+    fn kv_get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn kv_set(&self, channel: &str, key: &str, value: Vec<u8>) -> Pending<()>;
+    fn kv_delete(&self, channel: &str, key: &str) -> Pending<()>;
+    /// Records `key` as seen until `expires_at` unless it already is (and
+    /// has not expired by `now`); `true`: this call recorded it. Atomic.
+    fn kv_claim(&self, channel: &str, key: &str, expires_at: u64, now: u64) -> Pending<bool>;
+    fn kv_unclaim(&self, channel: &str, key: &str) -> Pending<()>;
+    /// Queues a message (JSON); resolves to its queue number.
+    fn outbox_push(&self, channel: &str, account: &str, message: String) -> Pending<u64>;
+    fn outbox_remove(&self, seq: u64) -> Pending<()>;
+    /// Keeps a message that cannot be delivered, out of the queue.
+    fn outbox_set_aside(&self, seq: u64) -> Pending<()>;
+    /// Every queued message (not set aside), in queue order.
+    fn outbox_queued(&self) -> Result<Vec<OutboxRow>, StoreError>;
+}
+
 /// Prunes what `[store]` no longer keeps, in small batches, at start and then
 /// every `every`, until `stop`. Each batch is one short transaction of the
 /// writer, so `deliver` never waits long behind it.
@@ -204,6 +237,7 @@ pub async fn run_pruner(
             max_bytes,
             idempotency_before_ms: now
                 .saturating_sub(idempotency_ttl_hours.saturating_mul(3600 * 1000)),
+            now_ms: now,
         };
         let mut total = 0;
         loop {

@@ -13,8 +13,15 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "channel-plugin",
     exports: { default: async },
-    // `deliver` waits for the message log's commit without holding a thread.
-    imports: { "switchboard:channel/host.deliver": async },
+    // Writes wait for the store's commit without holding a thread.
+    imports: {
+        "switchboard:channel/host.deliver": async,
+        "switchboard:channel/host.outbox-push": async,
+        "switchboard:channel/host.kv-set": async,
+        "switchboard:channel/host.kv-delete": async,
+        "switchboard:channel/host.kv-claim": async,
+        "switchboard:channel/host.kv-unclaim": async,
+    },
 });
 
 use self::exports::switchboard::channel::channel::{
@@ -113,8 +120,16 @@ impl switchboard::channel::host::Host for PluginState {
             i.state.report(state.into(), detail)
         }
     }
-    fn outbox_push(&mut self, account_id: String, message: OutboundMessage) -> Result<u64, String> {
-        self.imports()?.of(&account_id)?.outbox.push(message.into())
+    fn outbox_push(
+        &mut self,
+        account_id: String,
+        message: OutboundMessage,
+    ) -> impl std::future::Future<Output = Result<u64, String>> + Send {
+        let pushing = self
+            .imports()
+            .and_then(|i| i.of(&account_id))
+            .map(|i| i.outbox.push(message.into()));
+        async move { pushing?.await }
     }
     fn outbox_pop(&mut self, account_id: String) -> Option<(u64, OutboundMessage)> {
         let (seq, m) = self.imports_of(&account_id)?.outbox.pop()?;
@@ -128,28 +143,47 @@ impl switchboard::channel::host::Host for PluginState {
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
         self.imports().ok()?.kv.get(&key)
     }
-    fn kv_set(&mut self, key: String, value: Vec<u8>) {
-        if let Ok(i) = self.imports() {
-            if let Err(e) = i.kv.set(&key, &value) {
-                tracing::error!(plugin = %self.plugin, channel = %i.channel, "kv-set failed: {e}");
+    fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
+        async move {
+            let Some(i) = imports else { return };
+            if let Err(e) = i.kv.set(&key, value).await {
+                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-set failed: {e}");
             }
         }
     }
-    fn kv_delete(&mut self, key: String) {
-        if let Ok(i) = self.imports() {
-            i.kv.delete(&key)
+    fn kv_delete(&mut self, key: String) -> impl std::future::Future<Output = ()> + Send {
+        let deleting = self.imports().ok().map(|i| i.kv.delete(&key));
+        async move {
+            if let Some(d) = deleting {
+                d.await
+            }
         }
     }
-    fn kv_claim(&mut self, key: String, ttl_ms: u64) -> bool {
-        let Ok(i) = self.imports() else { return false };
-        i.kv.claim(&key, ttl_ms).unwrap_or_else(|e| {
-            tracing::error!(plugin = %self.plugin, channel = %i.channel, "kv-claim failed: {e}");
-            false
-        })
+    fn kv_claim(
+        &mut self,
+        key: String,
+        ttl_ms: u64,
+    ) -> impl std::future::Future<Output = bool> + Send {
+        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
+        async move {
+            let Some(i) = imports else { return false };
+            i.kv.claim(&key, ttl_ms).await.unwrap_or_else(|e| {
+                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-claim failed: {e}");
+                false
+            })
+        }
     }
-    fn kv_unclaim(&mut self, key: String) {
-        if let Ok(i) = self.imports() {
-            i.kv.unclaim(&key)
+    fn kv_unclaim(&mut self, key: String) -> impl std::future::Future<Output = ()> + Send {
+        let unclaiming = self.imports().ok().map(|i| i.kv.unclaim(&key));
+        async move {
+            if let Some(u) = unclaiming {
+                u.await
+            }
         }
     }
 }

@@ -23,10 +23,10 @@ use crate::config::SyncMode;
 
 mod writer;
 
-use writer::{writer, Op};
+use writer::{writer, Op, StateOp};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Writes joined into one transaction at most.
 const MAX_GROUP: usize = 1024;
 /// Rows removed per pruning batch.
@@ -66,6 +66,28 @@ const MIGRATIONS: &[&str] = &[
         receipt TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_created ON idempotency (created_at);",
+    // 1 → 2: the plugins' key-value stores and the host outbox (they were
+    // files under state_dir; `files::import` moves those in).
+    "CREATE TABLE kv (
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (channel, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE kv_claims (
+        channel TEXT NOT NULL,
+        key_hash TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, key_hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX kv_claims_expiry ON kv_claims (expires_at);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        account TEXT NOT NULL,
+        message TEXT NOT NULL,
+        failed INTEGER NOT NULL DEFAULT 0
+    );",
 ];
 
 fn int(v: u64) -> i64 {
@@ -77,6 +99,11 @@ fn uint(v: i64) -> u64 {
 }
 
 /// A SQLite error in words: what failed, and what the operator can do.
+/// [`describe`] for the other store modules.
+pub(crate) fn describe_error(what: &str, e: &rusqlite::Error) -> String {
+    describe(what, e)
+}
+
 fn describe(what: &str, e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode as C;
     let hint = match e.sqlite_error_code() {
@@ -107,8 +134,14 @@ pub struct SqliteLog {
 
 impl SqliteLog {
     /// Opens (or creates) the log in `state_dir`, runs the migrations it
-    /// needs and starts the writer thread.
-    pub fn open(state_dir: &Path, sync: SyncMode) -> Result<SqliteLog, StoreError> {
+    /// needs, moves in the files of the earlier layout (`files::import`;
+    /// `plugins` maps each channel to its plugin, for the oldest KV layout)
+    /// and starts the writer thread.
+    pub fn open(
+        state_dir: &Path,
+        sync: SyncMode,
+        plugins: &[(String, String)],
+    ) -> Result<SqliteLog, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             StoreError(format!(
                 "cannot create the state directory {}: {e}",
@@ -166,6 +199,7 @@ impl SqliteLog {
                 })?;
             tracing::info!(file = %shown, schema = v + 1, "message log migrated");
         }
+        super::files::import(&mut conn, state_dir, plugins)?;
         let (tx, rx) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
         let listener: Arc<OnceLock<Listener>> = Arc::new(OnceLock::new());
@@ -200,6 +234,12 @@ impl SqliteLog {
             rx.await
                 .unwrap_or_else(|_| Err(StoreError("the message log's writer stopped".into())))
         })
+    }
+
+    /// A state write that answers nothing.
+    fn state(&self, op: StateOp) -> Pending<()> {
+        let p = self.submit(|tx| Op::State(op, tx));
+        Box::pin(async move { p.await.map(|_| ()) })
     }
 
     /// Runs `f` on a reader connection (opened on first use, kept for reuse).
@@ -299,6 +339,79 @@ impl MessageLog for SqliteLog {
     }
 }
 
+impl super::StateStore for SqliteLog {
+    fn kv_get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM kv WHERE channel = ?1 AND key = ?2")?
+                .query_row([channel, key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn kv_set(&self, channel: &str, key: &str, value: Vec<u8>) -> Pending<()> {
+        self.state(StateOp::KvSet(channel.into(), key.into(), value))
+    }
+
+    fn kv_delete(&self, channel: &str, key: &str) -> Pending<()> {
+        self.state(StateOp::KvDelete(channel.into(), key.into()))
+    }
+
+    fn kv_claim(&self, channel: &str, key: &str, expires_at: u64, now: u64) -> Pending<bool> {
+        let p = self.submit(|tx| {
+            Op::State(
+                StateOp::KvClaim(channel.into(), claim_hash(key), expires_at, now),
+                tx,
+            )
+        });
+        Box::pin(async move { p.await.map(|n| n == 1) })
+    }
+
+    fn kv_unclaim(&self, channel: &str, key: &str) -> Pending<()> {
+        self.state(StateOp::KvUnclaim(channel.into(), claim_hash(key)))
+    }
+
+    fn outbox_push(&self, channel: &str, account: &str, message: String) -> Pending<u64> {
+        self.submit(|tx| {
+            Op::State(
+                StateOp::OutboxPush(channel.into(), account.into(), message),
+                tx,
+            )
+        })
+    }
+
+    fn outbox_remove(&self, seq: u64) -> Pending<()> {
+        self.state(StateOp::OutboxRemove(seq))
+    }
+
+    fn outbox_set_aside(&self, seq: u64) -> Pending<()> {
+        self.state(StateOp::OutboxSetAside(seq))
+    }
+
+    fn outbox_queued(&self) -> Result<Vec<super::OutboxRow>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, channel, account, message FROM outbox WHERE failed = 0 ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(super::OutboxRow {
+                    seq: uint(r.get(0)?),
+                    channel: r.get(1)?,
+                    account: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+/// Claims are kept by the SHA-256 of their key (any length fits, and the
+/// files of the earlier layout were named so).
+pub(crate) fn claim_hash(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         seq: uint(r.get(0)?),
@@ -375,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn appends_dedupe_and_sequence_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SqliteLog::open(dir.path(), SyncMode::Normal).unwrap();
+        let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
         let a = log.append(msg("x", "1")).await.unwrap();
         let b = log.append(msg("x", "2")).await.unwrap();
         let again = log.append(msg("x", "1")).await.unwrap();
@@ -383,7 +496,7 @@ mod tests {
         assert_eq!(again.seq, a.seq);
         assert!(b.seq > a.seq);
         drop(log);
-        let log = SqliteLog::open(dir.path(), SyncMode::Normal).unwrap();
+        let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
         let c = log.append(msg("y", "1")).await.unwrap();
         assert!(c.seq > b.seq, "{c:?} after {b:?}");
         let page = log
@@ -411,13 +524,17 @@ mod tests {
     fn refuses_a_file_that_is_not_a_database_and_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), vec![b'x'; 8192]).unwrap();
-        let e = SqliteLog::open(dir.path(), SyncMode::Full).err().unwrap();
+        let e = SqliteLog::open(dir.path(), SyncMode::Full, &[])
+            .err()
+            .unwrap();
         assert!(e.0.contains("not a SQLite database"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
         c.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(c);
-        let e = SqliteLog::open(dir.path(), SyncMode::Full).err().unwrap();
+        let e = SqliteLog::open(dir.path(), SyncMode::Full, &[])
+            .err()
+            .unwrap();
         assert!(e.0.contains("newer switchboard"), "{e}");
     }
 }

@@ -22,6 +22,20 @@ pub(super) enum Op {
     ),
     Prune(Retention, oneshot::Sender<Result<usize, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// A key-value or outbox write; answers a number (a queue number, 1 for
+    /// a claim taken, else 0).
+    State(StateOp, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+pub(super) enum StateOp {
+    KvSet(String, String, Vec<u8>),
+    KvDelete(String, String),
+    /// channel, key hash, expires at, now.
+    KvClaim(String, String, u64, u64),
+    KvUnclaim(String, String),
+    OutboxPush(String, String, String),
+    OutboxRemove(u64),
+    OutboxSetAside(u64),
 }
 
 /// What a committed op answers, and the message it stored (for the listener).
@@ -30,6 +44,7 @@ enum Done {
     Sent(u64, Message),
     Pruned(usize),
     Flushed,
+    State(u64),
 }
 
 fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> {
@@ -126,6 +141,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
             }
             gone += tx
                 .prepare_cached(
+                    "DELETE FROM kv_claims WHERE (channel, key_hash) IN
+                     (SELECT channel, key_hash FROM kv_claims WHERE expires_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![int(r.now_ms), PRUNE_BATCH])?;
+            gone += tx
+                .prepare_cached(
                     "DELETE FROM idempotency WHERE key IN
                      (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
                 )?
@@ -133,6 +154,63 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
             Ok(Done::Pruned(gone))
         }
         Op::Flush(_) => Ok(Done::Flushed),
+        Op::State(op, _) => state(tx, op).map(Done::State),
+    }
+}
+
+fn state(tx: &rusqlite::Transaction<'_>, op: &StateOp) -> rusqlite::Result<u64> {
+    match op {
+        StateOp::KvSet(c, k, v) => {
+            tx.prepare_cached(
+                "INSERT INTO kv (channel, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![c, k, v])?;
+            Ok(0)
+        }
+        StateOp::KvDelete(c, k) => {
+            tx.prepare_cached("DELETE FROM kv WHERE channel = ?1 AND key = ?2")?
+                .execute(params![c, k])?;
+            Ok(0)
+        }
+        StateOp::KvClaim(c, h, expires, now) => {
+            let held: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT expires_at FROM kv_claims WHERE channel = ?1 AND key_hash = ?2",
+                )?
+                .query_row(params![c, h], |r| r.get(0))
+                .optional()?;
+            if held.is_some_and(|t| uint(t) > *now) {
+                return Ok(0);
+            }
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO kv_claims (channel, key_hash, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![c, h, int(*expires)])?;
+            Ok(1)
+        }
+        StateOp::KvUnclaim(c, h) => {
+            tx.prepare_cached("DELETE FROM kv_claims WHERE channel = ?1 AND key_hash = ?2")?
+                .execute(params![c, h])?;
+            Ok(0)
+        }
+        StateOp::OutboxPush(c, a, m) => {
+            tx.prepare_cached(
+                "INSERT INTO outbox (channel, account, message) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![c, a, m])?;
+            Ok(uint(tx.last_insert_rowid()))
+        }
+        StateOp::OutboxRemove(seq) => {
+            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                .execute(params![int(*seq)])?;
+            Ok(0)
+        }
+        StateOp::OutboxSetAside(seq) => {
+            tx.prepare_cached("UPDATE outbox SET failed = 1 WHERE seq = ?1")?
+                .execute(params![int(*seq)])?;
+            Ok(0)
+        }
     }
 }
 
@@ -192,6 +270,9 @@ pub(super) fn writer(
                         (Op::Flush(reply), Done::Flushed) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Op::State(_, reply), Done::State(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
                         _ => {}
                     }
                 }
@@ -214,6 +295,9 @@ pub(super) fn writer(
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                         Op::Flush(reply) => {
+                            let _ = reply.send(Err(StoreError(why.clone())));
+                        }
+                        Op::State(_, reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                     }
