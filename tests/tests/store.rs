@@ -533,7 +533,11 @@ async fn key_value_files_of_the_earlier_layout_move_into_the_database() {
     let d = start();
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
     let r = c
-        .request("1", "send", json!({"to": "x", "message": "m", "idempotencyKey": "a"}))
+        .request(
+            "1",
+            "send",
+            json!({"to": "x", "message": "m", "idempotencyKey": "a"}),
+        )
         .await
         .unwrap();
     assert_eq!(r["payload"]["messageId"], "echo-42", "{r}");
@@ -543,7 +547,11 @@ async fn key_value_files_of_the_earlier_layout_move_into_the_database() {
     let d = start();
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
     let r = c
-        .request("2", "send", json!({"to": "x", "message": "m", "idempotencyKey": "b"}))
+        .request(
+            "2",
+            "send",
+            json!({"to": "x", "message": "m", "idempotencyKey": "b"}),
+        )
         .await
         .unwrap();
     assert_eq!(r["payload"]["messageId"], "echo-43", "{r}");

@@ -30,7 +30,7 @@ pub struct Config {
     /// `[channels.<name>]`: messaging channels and their accounts.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
-    /// Where the daemon keeps state (the plugins' key-value stores).
+    /// Where the daemon keeps state (switchboard.db, the compiled-plugin cache).
     /// Default: `$XDG_STATE_HOME/switchboard` or `~/.local/state/switchboard`.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
