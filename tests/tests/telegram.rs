@@ -28,6 +28,9 @@ struct Fake {
     arrived: Notify,
     /// Every call: method and its parameters, in order.
     calls: Mutex<Vec<(String, BTreeMap<String, Value>)>>,
+    /// The highest `offset` a `getUpdates` asked with: every update below it
+    /// is confirmed (Telegram forgets it).
+    confirmed: std::sync::atomic::AtomicI64,
 }
 
 impl Fake {
@@ -122,6 +125,13 @@ async fn bot_api(
         "deleteWebhook" | "setWebhook" => ok(json!(true)),
         "getUpdates" => {
             let offset = p.get("offset").and_then(Value::as_i64).unwrap_or(0);
+            fake.confirmed.fetch_max(offset, Ordering::SeqCst);
+            // As the real API: at most `limit` (1-100, default 100) at a time.
+            let limit = p
+                .get("limit")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .clamp(1, 100) as usize;
             let timeout = p.get("timeout").and_then(Value::as_u64).unwrap_or(0);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
             loop {
@@ -131,7 +141,7 @@ async fn bot_api(
                     // Confirm everything below offset.
                     u.retain(|x| x["update_id"].as_i64().unwrap_or(0) >= offset);
                     if !u.is_empty() {
-                        return ok(Value::Array(u.clone()));
+                        return ok(Value::Array(u.iter().take(limit).cloned().collect()));
                     }
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -531,4 +541,102 @@ async fn the_fake_reads_query_form_json_and_chunked_parameters() {
             (json!(-5), json!("chunked json")),
         ]
     );
+}
+
+/// The daemon is SIGKILLed at random moments while the fake Bot API serves
+/// 2000 updates a round, five rounds: after each restart every update the
+/// fake saw confirmed (an offset past it) is in the message log exactly once
+/// and in order, and in the end every update is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_of_updates_loses_and_doubles_nothing() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let total = 10_000;
+    let mut ids: Vec<String> = Vec::new();
+    let history = |d: &Daemon| {
+        let url = d.url();
+        async move {
+            let (mut c, _) = connect(&url, None, &["operator.read"]).await.unwrap();
+            let mut out: Vec<String> = Vec::new();
+            let mut after = 0u64;
+            loop {
+                let r = c
+                    .request(
+                        "h",
+                        "messages.history",
+                        json!({"afterSeq": after, "limit": 1000}),
+                    )
+                    .await
+                    .unwrap();
+                let page = r["payload"]["messages"].as_array().unwrap().clone();
+                if let Some(m) = page.last() {
+                    after = m["messageSeq"].as_u64().unwrap();
+                }
+                out.extend(
+                    page.iter()
+                        .map(|m| m["messageId"].as_str().unwrap().to_string()),
+                );
+                if r["payload"]["hasMore"] != true {
+                    return out;
+                }
+            }
+        }
+    };
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..5 {
+        // 2000 more updates each round, the daemon killed while it takes them.
+        for i in 0..total / 5 {
+            ids.push(fake.inject(&format!("burst {round}/{i}")).to_string());
+        }
+        let d = Daemon::builder()
+            .config(&config(dir.path(), port, TOKEN))
+            .start()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(100 + rng % 600)).await;
+        d.signal("KILL");
+        drop(d);
+        let confirmed = fake.confirmed.load(Ordering::SeqCst);
+        let d = Daemon::builder()
+            .config(&config(dir.path(), port, TOKEN))
+            .start()
+            .unwrap();
+        let got = history(&d).await;
+        let want_prefix: Vec<String> = ids
+            .iter()
+            .filter(|id| id.parse::<i64>().unwrap() < confirmed)
+            .cloned()
+            .collect();
+        eprintln!(
+            "round {round}: {} confirmed, {} in the log",
+            want_prefix.len(),
+            got.len()
+        );
+        assert!(
+            got.len() >= want_prefix.len() && got[..want_prefix.len()] == want_prefix[..],
+            "round {round}: a confirmed update is missing, doubled or out of order"
+        );
+        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(
+            unique.len(),
+            got.len(),
+            "round {round}: an update is doubled"
+        );
+        d.signal("KILL");
+    }
+    let d = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = history(&d).await;
+        if got.len() >= total || std::time::Instant::now() > deadline {
+            assert_eq!(got, ids, "every update once, in order");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

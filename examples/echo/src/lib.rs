@@ -1,6 +1,10 @@
 //! The echo channel: `send` delivers the text back as an inbound message from
 //! the same chat; `run` reports `connected` and, when the account sets
-//! `interval_secs`, delivers a heartbeat message at that interval.
+//! `interval_secs`, delivers a heartbeat message at that interval. With
+//! `burst = N`, `run` first delivers N messages back to back (ids
+//! `burst-<account>-<i>`), then one more, `burst-<account>-stats`, whose
+//! text gives how long each deliver took to be acknowledged (µs, p50, p99,
+//! max): the message log's benchmark.
 
 use serde::Deserialize;
 use switchboard_sdk::wstd;
@@ -18,6 +22,9 @@ struct Settings {
     /// The chat heartbeats come from.
     #[serde(default = "default_chat")]
     chat: String,
+    /// Messages to deliver back to back when `run` starts.
+    #[serde(default)]
+    burst: u64,
 }
 
 fn default_chat() -> String {
@@ -77,6 +84,51 @@ impl Channel for Echo {
     fn run(account: Account) -> Result<(), ChannelError> {
         let s: Settings = account.settings()?;
         switchboard_sdk::set_state(&account.id, AccountState::Connected, None);
+        let mut took = Vec::with_capacity(s.burst as usize);
+        for i in 0..s.burst {
+            let m = InboundMessage {
+                account_id: account.id.clone(),
+                chat_id: s.chat.clone(),
+                sender_id: "echo".into(),
+                sender_name: None,
+                message_id: format!("burst-{}-{i}", account.id),
+                text: i.to_string(),
+                timestamp_ms: switchboard_sdk::now_ms(),
+                thread_id: None,
+                reply_to_id: None,
+                raw: None,
+            };
+            // Retried until the gateway has it, as any channel would.
+            let t = std::time::Instant::now();
+            while switchboard_sdk::deliver(m.clone()).is_err() {
+                wstd::runtime::block_on(wstd::task::sleep(wstd::time::Duration::from_millis(100)));
+            }
+            took.push(t.elapsed().as_micros() as u64);
+        }
+        if !took.is_empty() {
+            // How long each deliver took to be acknowledged (durable), for
+            // the benchmark: one more message, `burst-<account>-stats`.
+            took.sort_unstable();
+            let at = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize];
+            let text = format!(
+                "deliver-us p50={} p99={} max={}",
+                at(0.5),
+                at(0.99),
+                took[took.len() - 1]
+            );
+            let _ = switchboard_sdk::deliver(InboundMessage {
+                account_id: account.id.clone(),
+                chat_id: s.chat.clone(),
+                sender_id: "echo".into(),
+                sender_name: None,
+                message_id: format!("burst-{}-stats", account.id),
+                text,
+                timestamp_ms: switchboard_sdk::now_ms(),
+                thread_id: None,
+                reply_to_id: None,
+                raw: None,
+            });
+        }
         wstd::runtime::block_on(async {
             loop {
                 let secs = if s.interval_secs == 0 {

@@ -7,10 +7,15 @@
 //!   another, each change of presence sent to all of them;
 //! - fan-out: messages POSTed to the echo channel's webhook, each broadcast to
 //!   every held connection: deliveries per second and POST→receipt latency;
-//! - send: `send` through the echo plugin (a fresh Wasm instance per call).
+//! - send: `send` through the echo plugin (a fresh Wasm instance per call);
+//! - the message log: durable `deliver` throughput and latency with 1, 8 and
+//!   64 accounts delivering at once (echo's `burst`), `sync = full` and
+//!   `normal`; `messages.history` pages from a log of `BENCH_LOG_ROWS` rows;
+//!   `send` with no idempotency records and with `BENCH_LOG_ROWS` of them.
 //!
 //! Sizes: `BENCH_CONNECTIONS` (default 1000), `BENCH_MESSAGES` (200),
-//! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300).
+//! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_LOG_ROWS`
+//! (1000000). `BENCH_ONLY=log` runs only the message log's part.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,6 +77,9 @@ async fn main() -> Result<()> {
     let messages = env_usize("BENCH_MESSAGES", 200);
     let sends = env_usize("BENCH_SENDS", 500);
     let handshakes = env_usize("BENCH_HANDSHAKES", 300);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("log") {
+        return log_benches(sends).await;
+    }
 
     let dir = tempfile::tempdir()?;
     std::fs::copy(
@@ -266,10 +274,207 @@ async fn main() -> Result<()> {
         st,
         &format!("{sends} sequential `send` calls, each on a fresh echo instance"),
     );
+    drop(op);
+    drop(d);
+    log_benches(sends).await?;
     println!(
         "\nrelease daemon {}, on {} CPUs",
         binary().display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    Ok(())
+}
+
+/// A daemon with echo accounts `a0..a{accounts}` (stopped until started),
+/// each delivering `burst` messages when its `run` starts.
+fn log_daemon(dir: &std::path::Path, accounts: usize, burst: usize, sync: &str) -> Result<Daemon> {
+    let mut toml = format!("[store]\nsync = \"{sync}\"\n");
+    for i in 0..accounts {
+        toml.push_str(&format!(
+            "[channels.echo.accounts.a{i}]\nenabled = false\nburst = {burst}\nchat = \"c{i}\"\n"
+        ));
+    }
+    Daemon::builder()
+        .with_plugins(dir, &[("plugins", "echo.wasm")], &toml)
+        .start()
+}
+
+async fn log_benches(sends: usize) -> Result<()> {
+    let rows = env_usize("BENCH_LOG_ROWS", 1_000_000);
+    // Durable deliver: every account's run delivers its burst back to back.
+    for sync in ["full", "normal"] {
+        for (accounts, burst) in [(1usize, 4000usize), (8, 1500), (64, 400)] {
+            let dir = tempfile::tempdir()?;
+            let d = log_daemon(dir.path(), accounts, burst, sync)?;
+            let (mut op, _) = connect(&d.url(), None, &["operator.read"]).await?;
+            // Another connection starts the accounts: answers read on this
+            // one would pass over message events.
+            let (mut starter, _) = connect(&d.url(), None, &["operator.admin"]).await?;
+            let total = accounts * burst;
+            let t0 = Instant::now();
+            for i in 0..accounts {
+                let r = starter
+                    .request(
+                        &format!("st{i}"),
+                        "channels.start",
+                        json!({"channel": "echo", "accountId": format!("a{i}")}),
+                    )
+                    .await?;
+                if r["ok"] != true {
+                    bail!("channels.start: {r}");
+                }
+            }
+            let mut lat = Vec::with_capacity(total);
+            let mut got = 0;
+            // Each account's last message reports its delivers' latency.
+            let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+            while got < total + accounts {
+                let m = op.next_message(Duration::from_secs(30)).await?;
+                if m["messageId"]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with("-stats"))
+                {
+                    let text = m["text"].as_str().unwrap_or_default();
+                    let field = |k: &str| -> u64 {
+                        text.split_whitespace()
+                            .find_map(|w| w.strip_prefix(k))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    p50s.push(field("p50="));
+                    p99s.push(field("p99="));
+                    got += 1;
+                    continue;
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64;
+                let ts = m["ts"].as_u64().unwrap_or(now);
+                lat.push(Duration::from_millis(now.saturating_sub(ts)));
+                got += 1;
+            }
+            let elapsed = t0.elapsed();
+            let mut sorted = lat.clone();
+            sorted.sort();
+            p50s.sort_unstable();
+            row(
+                &format!("durable deliver, {accounts} account(s), sync = {sync}"),
+                format!(
+                    "{:.0} messages/s; deliver acknowledged p50 {:.2} ms, p99 {:.2} ms; deliver→event p99 {} ms",
+                    total as f64 / elapsed.as_secs_f64(),
+                    p50s.get(p50s.len() / 2).copied().unwrap_or(0) as f64 / 1e3,
+                    p99s.iter().max().copied().unwrap_or(0) as f64 / 1e3,
+                    percentile(&sorted, 0.99).as_millis()
+                ),
+                &format!("{total} messages, {accounts} echo `run`s delivering back to back; ack latency measured in the plugin (median account's p50, worst account's p99); event latency from the plugin's ms timestamp to one operator"),
+            );
+            drop(op);
+            drop(starter);
+            drop(d);
+        }
+    }
+    // A big log: history pages and send with many idempotency records.
+    let dir = tempfile::tempdir()?;
+    let d = log_daemon(dir.path(), 1, 0, "full")?;
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await?;
+    let empty_send = send_latencies(&mut op, sends, "e").await?;
+    drop(op);
+    drop(d);
+    let t = Instant::now();
+    prefill(&dir.path().join("state/switchboard.db"), rows)?;
+    let fill = t.elapsed();
+    let d = log_daemon(dir.path(), 1, 0, "full")?;
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await?;
+    for (name, params) in [
+        ("newest page", json!({"limit": 100})),
+        (
+            "page after the middle",
+            json!({"afterSeq": rows / 2, "limit": 100}),
+        ),
+        (
+            "newest page of one chat",
+            json!({"chatId": "c42", "limit": 100}),
+        ),
+    ] {
+        let mut v = Vec::new();
+        for i in 0..200 {
+            let t = Instant::now();
+            let r = op
+                .request(&format!("h{i}"), "messages.history", params.clone())
+                .await?;
+            if r["payload"]["messages"].as_array().map_or(0, |m| m.len()) != 100 {
+                bail!("history: {r}");
+            }
+            v.push(t.elapsed());
+        }
+        latencies(
+            &format!("messages.history, {name}"),
+            v,
+            &format!("100 messages from a log of {rows} rows, 200 requests one after another"),
+        );
+    }
+    let full_send = send_latencies(&mut op, sends, "f").await?;
+    latencies(
+        "send, no idempotency records",
+        empty_send,
+        &format!("{sends} sequential `send` calls through echo on a fresh log"),
+    );
+    latencies(
+        "send, with many idempotency records",
+        full_send,
+        &format!("the same with {rows} idempotency records (and {rows} messages) in the log; pre-filled in {:.1} s", fill.as_secs_f64()),
+    );
+    Ok(())
+}
+
+async fn send_latencies(op: &mut Client, sends: usize, prefix: &str) -> Result<Vec<Duration>> {
+    let mut st = Vec::with_capacity(sends);
+    for i in 0..sends {
+        let t = Instant::now();
+        let r = op
+            .request(
+                &format!("s{i}"),
+                "send",
+                json!({"channel": "echo", "accountId": "a0", "to": "bench", "message": "x", "idempotencyKey": format!("{prefix}{i}")}),
+            )
+            .await?;
+        if r["ok"] != true {
+            bail!("send failed: {r}");
+        }
+        st.push(t.elapsed());
+    }
+    Ok(st)
+}
+
+/// Writes `rows` messages and as many idempotency records straight into a
+/// stopped daemon's database.
+fn prefill(db: &std::path::Path, rows: usize) -> Result<()> {
+    let mut c = rusqlite::Connection::open(db)?;
+    c.execute_batch("PRAGMA synchronous=OFF;")?;
+    let tx = c.transaction()?;
+    {
+        let mut m = tx.prepare(
+            "INSERT INTO messages (direction, channel, account, chat, sender, message_id, text, ts, received_at)
+             VALUES (0, 'echo', 'a0', ?1, 'u', ?2, 'prefilled message text', ?3, ?3)",
+        )?;
+        let mut k =
+            tx.prepare("INSERT INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        for i in 0..rows {
+            m.execute(rusqlite::params![
+                format!("c{}", i % 100),
+                format!("p{i}"),
+                now
+            ])?;
+            k.execute(rusqlite::params![
+                format!("pre-{i}"),
+                now,
+                r#"{"runId":"x","messageId":"y","channel":"echo","chatId":"z"}"#
+            ])?;
+        }
+    }
+    tx.commit()?;
     Ok(())
 }
