@@ -550,3 +550,38 @@ pub async fn stuck_client(d: &Daemon, token: Option<&str>) -> Client {
     assert_eq!(res["ok"], true, "{res}");
     c
 }
+
+/// A small tmpfs mounted for a test (the state directory of a daemon whose
+/// disk is to fill up), unmounted when dropped. Mounting needs root, as in CI.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "this test mounts a small tmpfs for a state directory (it needs root, as in CI)"
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full.
+pub fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}

@@ -410,18 +410,6 @@ async fn store_backup_copies_the_log_while_the_daemon_runs() {
     drop(d);
 }
 
-/// Unmounts a test file system when dropped.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// The state directory on a small tmpfs that a filler file then fills:
 /// deliveries are refused (503 to the webhook sender, who keeps the
 /// message), `/ready` and `health` name the cause, and once space returns
@@ -431,16 +419,7 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "this test mounts a small tmpfs for the state directory (it needs root, as in CI)"
-    );
-    let _unmount = Mounted(state.clone());
+    let _unmount = Tmpfs::mount(&state, "16m");
     let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
     let mut posted = Vec::new();
     for i in 0..5 {
@@ -449,14 +428,7 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
         assert_eq!(st, 200, "{v}");
         posted.push(id);
     }
-    // Fill the file system.
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(state.join("filler")).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fill(&state.join("filler"));
     let mut refused_at = None;
     for i in 5..2000 {
         let id = format!("d{i:03}");
@@ -555,4 +527,44 @@ async fn key_value_files_of_the_earlier_layout_move_into_the_database() {
         .await
         .unwrap();
     assert_eq!(r["payload"]["messageId"], "echo-43", "{r}");
+}
+
+/// Two `send`s with one key at once: the second waits for the first's
+/// result instead of sending again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_with_the_key_of_one_in_flight_waits_for_it() {
+    use axum::routing::post;
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/out",
+        post(move || {
+            let h = h.clone();
+            async move {
+                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                axum::Json(json!({"messageId": format!("slow-{n}")}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, &format!("http://127.0.0.1:{port}/out"));
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "m", "idempotencyKey": "same"});
+    let one = async {
+        let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+        c.request("1", "send", params.clone()).await.unwrap()
+    };
+    let two = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+        c.request("2", "send", params.clone()).await.unwrap()
+    };
+    let (a, b) = tokio::join!(one, two);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["payload"]["messageId"], "slow-1");
+    assert_eq!(b["payload"], a["payload"], "{b}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }

@@ -640,3 +640,45 @@ async fn sigkill_during_a_burst_of_updates_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A full disk under a polling Telegram account: the update is not stored,
+/// so the plugin does not move its offset (the fake sees it unconfirmed);
+/// once space returns it arrives, each update once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_updates_unconfirmed_until_space_returns() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let state = dir.path().join("state");
+    let _unmount = Tmpfs::mount(&state, "16m");
+    let d = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(fake.inject(&format!("before {i}")).to_string());
+    }
+    let mut seen = Vec::new();
+    collect(&mut c, 3, &mut seen, Duration::from_secs(10)).await;
+    assert_eq!(seen, ids);
+    fill(&state.join("filler"));
+    let first_new = fake.inject("while full");
+    ids.push(first_new.to_string());
+    ids.push(fake.inject("while full 2").to_string());
+    // The plugin keeps retrying; the update stays unconfirmed.
+    let r = c
+        .wait_account_error("telegram", "default", "not stored", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(r.contains("not stored"), "{r}");
+    assert!(
+        fake.confirmed.load(Ordering::SeqCst) <= first_new as i64,
+        "the offset moved past an update that was not stored"
+    );
+    let ready = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    std::fs::remove_file(state.join("filler")).unwrap();
+    collect(&mut c, 5, &mut seen, Duration::from_secs(30)).await;
+    assert_eq!(seen, ids, "each update once, in order");
+}

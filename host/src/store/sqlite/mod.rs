@@ -520,6 +520,77 @@ mod tests {
         assert!(back.has_more);
     }
 
+    #[tokio::test]
+    async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
+        use crate::store::StateStore;
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+        for i in 0..5u64 {
+            let mut m = msg("x", &i.to_string());
+            m.received_at = 1_000 + i;
+            log.append(m).await.unwrap();
+        }
+        let mut out = msg("x", "out");
+        out.direction = Direction::Outbound;
+        out.received_at = 1_000;
+        log.record_send(out, "old-key".into(), "{}".into())
+            .await
+            .unwrap();
+        let mut out = msg("x", "out2");
+        out.direction = Direction::Outbound;
+        out.received_at = 9_000;
+        log.record_send(out, "new-key".into(), "{}".into())
+            .await
+            .unwrap();
+        assert!(log.kv_claim("c", "k", 2_000, 1_000).await.unwrap());
+        let r = Retention {
+            before_ms: 1_003,
+            max_bytes: 0,
+            idempotency_before_ms: 5_000,
+            now_ms: 3_000,
+        };
+        // Messages received before 1003 (four of them), the old key's
+        // record and the expired claim go; the rest stays.
+        let gone = log.prune(r).await.unwrap();
+        assert_eq!(gone, 4 + 1 + 1);
+        assert_eq!(log.prune(r).await.unwrap(), 0, "nothing left to prune");
+        let left = log
+            .history(&HistoryQuery {
+                after: Some(0),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = left
+            .messages
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["3", "4", "out2"]);
+        assert_eq!(log.receipt("old-key").unwrap(), None);
+        assert_eq!(log.receipt("new-key").unwrap().as_deref(), Some("{}"));
+        assert!(
+            log.kv_claim("c", "k", 9_000, 3_000).await.unwrap(),
+            "expired claim forgotten"
+        );
+        // A size bound removes the oldest first.
+        let r = Retention {
+            before_ms: 0,
+            max_bytes: 1,
+            idempotency_before_ms: 0,
+            now_ms: 0,
+        };
+        assert!(log.prune(r).await.unwrap() > 0);
+        let left = log
+            .history(&HistoryQuery {
+                after: Some(0),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(left.messages.is_empty(), "{:?}", left.messages);
+    }
+
     #[test]
     fn refuses_a_file_that_is_not_a_database_and_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
