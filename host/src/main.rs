@@ -67,12 +67,8 @@ struct TailArgs {
     /// How many of the newest messages to print first, without `--after`.
     #[arg(long, default_value_t = 10)]
     lines: usize,
-    #[arg(long, default_value = "ws://127.0.0.1:18789")]
-    url: String,
-    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +105,17 @@ struct ServeArgs {
     state_dir: Option<PathBuf>,
 }
 
+/// Where an operator command connects, and with what.
+#[derive(Args)]
+struct ConnArgs {
+    #[arg(long, default_value = "ws://127.0.0.1:18789")]
+    url: String,
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
 #[derive(Args)]
 struct CallArgs {
     /// Method name, e.g. `health`.
@@ -116,12 +123,8 @@ struct CallArgs {
     /// Params as a JSON object.
     #[arg(long, default_value = "{}")]
     params: String,
-    #[arg(long, default_value = "ws://127.0.0.1:18789")]
-    url: String,
-    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    #[arg(long, env = "SWITCHBOARD_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Overall timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout: u64,
@@ -212,11 +215,11 @@ async fn call(args: CallArgs) -> ExitCode {
         }
     };
     let opts = switchboard::client::CallOptions {
-        url: args.url,
+        url: args.conn.url,
         method: args.method,
         params,
-        token: args.token.filter(|t| !t.is_empty()),
-        password: args.password.filter(|p| !p.is_empty()),
+        token: args.conn.token.filter(|t| !t.is_empty()),
+        password: args.conn.password.filter(|p| !p.is_empty()),
         timeout: Duration::from_millis(args.timeout),
     };
     match switchboard::client::call(opts).await {
@@ -237,9 +240,9 @@ async fn call(args: CallArgs) -> ExitCode {
 
 async fn tail(args: TailArgs) -> ExitCode {
     let opts = switchboard::client::TailOptions {
-        url: args.url,
-        token: args.token.filter(|t| !t.is_empty()),
-        password: args.password.filter(|p| !p.is_empty()),
+        url: args.conn.url,
+        token: args.conn.token.filter(|t| !t.is_empty()),
+        password: args.conn.password.filter(|p| !p.is_empty()),
         after: args.after,
         lines: args.lines,
     };

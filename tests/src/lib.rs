@@ -436,6 +436,33 @@ impl Client {
     }
 
     /// The payload of the next `message` event.
+    /// Every message of the log after `after` (`messages.history`, page
+    /// after page), oldest first.
+    pub async fn history_after(&mut self, mut after: u64) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let r = self
+                .request(
+                    "history",
+                    "messages.history",
+                    json!({"afterSeq": after, "limit": 1000}),
+                )
+                .await?;
+            anyhow::ensure!(r["ok"] == true, "messages.history failed: {r}");
+            let page = r["payload"]["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(last) = page.last() {
+                after = last["messageSeq"].as_u64().unwrap_or(after);
+            }
+            out.extend(page);
+            if r["payload"]["hasMore"] != true {
+                return Ok(out);
+            }
+        }
+    }
+
     pub async fn next_message(&mut self, t: Duration) -> Result<Value> {
         Ok(self.next_event("message", t).await?["payload"].clone())
     }

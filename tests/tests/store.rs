@@ -59,22 +59,6 @@ async fn history(c: &mut Client, params: Value) -> Value {
     r["payload"].clone()
 }
 
-/// Every message after `after`, following `hasMore`.
-async fn all_after(c: &mut Client, mut after: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let p = history(c, json!({"afterSeq": after, "limit": 1000})).await;
-        let page = p["messages"].as_array().unwrap().clone();
-        if let Some(last) = page.last() {
-            after = last["messageSeq"].as_u64().unwrap();
-        }
-        out.extend(page);
-        if p["hasMore"] != true {
-            return out;
-        }
-    }
-}
-
 /// A counting stand-in for the webhook channel's outbound URL.
 async fn outbound_server() -> (String, Arc<AtomicU64>) {
     use axum::routing::post;
@@ -115,7 +99,7 @@ async fn history_survives_a_restart_and_message_seq_keeps_growing() {
     let (mut c, hello) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let methods = hello["features"]["methods"].as_array().unwrap();
     assert!(methods.iter().any(|m| m == "messages.history"), "{hello}");
-    let all = all_after(&mut c, 0).await;
+    let all = c.history_after(0).await.unwrap();
     let ids: Vec<&str> = all
         .iter()
         .map(|m| m["messageId"].as_str().unwrap())
@@ -173,7 +157,7 @@ async fn a_message_delivered_twice_is_stored_and_broadcast_once() {
     let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
     assert_eq!(m["messageId"], "next", "the redelivery made a second event");
     assert_eq!(m["messageSeq"], other["messageSeq"]);
-    let all = all_after(&mut watcher, 0).await;
+    let all = watcher.history_after(0).await.unwrap();
     assert_eq!(all.len(), 2, "{all:?}");
 }
 
@@ -200,7 +184,7 @@ async fn a_send_retried_after_sigkill_is_not_sent_again() {
     assert_eq!(r["payload"]["messageId"], first, "{r}");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
     // The outbound message is in the log once, with its key.
-    let all = all_after(&mut c, 0).await;
+    let all = c.history_after(0).await.unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["direction"], "outbound");
     assert_eq!(all[0]["messageId"], first);
@@ -260,7 +244,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
         // After the kill, everything acknowledged is there.
         let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
         let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-        let all = all_after(&mut c, 0).await;
+        let all = c.history_after(0).await.unwrap();
         let ids: Vec<String> = all
             .iter()
             .map(|m| m["messageId"].as_str().unwrap().to_string())
@@ -288,7 +272,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
         assert_eq!(st, 200, "{v}");
     }
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let all = all_after(&mut c, 0).await;
+    let all = c.history_after(0).await.unwrap();
     let ids: Vec<String> = all
         .iter()
         .map(|m| m["messageId"].as_str().unwrap().to_string())
@@ -394,7 +378,7 @@ async fn store_backup_copies_the_log_while_the_daemon_runs() {
     std::fs::copy(&copy, restored.path().join("state/switchboard.db")).unwrap();
     let d2 = daemon_in(restored.path(), 0, "http://127.0.0.1:9/out");
     let (mut c, _) = connect(&d2.url(), None, &["operator.read"]).await.unwrap();
-    let all = all_after(&mut c, 0).await;
+    let all = c.history_after(0).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["messageId"], "kept");
     // An existing file is not overwritten.
@@ -472,7 +456,7 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     }
     let r = reqwest::get(d.http("/ready")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let all = all_after(&mut c, 0).await;
+    let all = c.history_after(0).await.unwrap();
     let ids: Vec<String> = all
         .iter()
         .map(|m| m["messageId"].as_str().unwrap().to_string())

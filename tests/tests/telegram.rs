@@ -557,29 +557,10 @@ async fn sigkill_during_a_burst_of_updates_loses_and_doubles_nothing() {
         let url = d.url();
         async move {
             let (mut c, _) = connect(&url, None, &["operator.read"]).await.unwrap();
-            let mut out: Vec<String> = Vec::new();
-            let mut after = 0u64;
-            loop {
-                let r = c
-                    .request(
-                        "h",
-                        "messages.history",
-                        json!({"afterSeq": after, "limit": 1000}),
-                    )
-                    .await
-                    .unwrap();
-                let page = r["payload"]["messages"].as_array().unwrap().clone();
-                if let Some(m) = page.last() {
-                    after = m["messageSeq"].as_u64().unwrap();
-                }
-                out.extend(
-                    page.iter()
-                        .map(|m| m["messageId"].as_str().unwrap().to_string()),
-                );
-                if r["payload"]["hasMore"] != true {
-                    return out;
-                }
-            }
+            let all = c.history_after(0).await.unwrap();
+            all.iter()
+                .map(|m| m["messageId"].as_str().unwrap().to_string())
+                .collect::<Vec<String>>()
         }
     };
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;

@@ -254,21 +254,7 @@ async fn main() -> Result<()> {
 
     // send through the plugin, one after another.
     let (mut op, _) = connect(&url, None, &["operator.admin"]).await?;
-    let mut st = Vec::with_capacity(sends);
-    for i in 0..sends {
-        let t = Instant::now();
-        let r = op
-            .request(
-                &format!("s{i}"),
-                "send",
-                json!({"channel": "echo", "to": "bench", "message": "x", "idempotencyKey": format!("b{i}")}),
-            )
-            .await?;
-        if r["ok"] != true {
-            bail!("send failed: {r}");
-        }
-        st.push(t.elapsed());
-    }
+    let st = send_latencies(&mut op, sends, "default", "b").await?;
     latencies(
         "send via plugin",
         st,
@@ -377,7 +363,7 @@ async fn log_benches(sends: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = log_daemon(dir.path(), 1, 0, "full")?;
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await?;
-    let empty_send = send_latencies(&mut op, sends, "e").await?;
+    let empty_send = send_latencies(&mut op, sends, "a0", "e").await?;
     drop(op);
     drop(d);
     let t = Instant::now();
@@ -413,7 +399,7 @@ async fn log_benches(sends: usize) -> Result<()> {
             &format!("100 messages from a log of {rows} rows, 200 requests one after another"),
         );
     }
-    let full_send = send_latencies(&mut op, sends, "f").await?;
+    let full_send = send_latencies(&mut op, sends, "a0", "f").await?;
     latencies(
         "send, no idempotency records",
         empty_send,
@@ -427,7 +413,12 @@ async fn log_benches(sends: usize) -> Result<()> {
     Ok(())
 }
 
-async fn send_latencies(op: &mut Client, sends: usize, prefix: &str) -> Result<Vec<Duration>> {
+async fn send_latencies(
+    op: &mut Client,
+    sends: usize,
+    account: &str,
+    prefix: &str,
+) -> Result<Vec<Duration>> {
     let mut st = Vec::with_capacity(sends);
     for i in 0..sends {
         let t = Instant::now();
@@ -435,7 +426,7 @@ async fn send_latencies(op: &mut Client, sends: usize, prefix: &str) -> Result<V
             .request(
                 &format!("s{i}"),
                 "send",
-                json!({"channel": "echo", "accountId": "a0", "to": "bench", "message": "x", "idempotencyKey": format!("{prefix}{i}")}),
+                json!({"channel": "echo", "accountId": account, "to": "bench", "message": "x", "idempotencyKey": format!("{prefix}{i}")}),
             )
             .await?;
         if r["ok"] != true {
