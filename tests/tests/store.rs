@@ -552,3 +552,23 @@ async fn a_send_with_the_key_of_one_in_flight_waits_for_it() {
     assert_eq!(b["payload"], a["payload"], "{b}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// Every field a plugin delivers is bounded before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_field_is_refused_by_name_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let body =
+        json!({"chatId": "c".repeat(2000), "senderId": "u", "text": "t", "messageId": "big"});
+    let (st, v) = post(&d, &body).await;
+    assert_eq!(st, 503, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`chatId` is 2000 bytes"),
+        "{v}"
+    );
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    assert!(c.history_after(0).await.unwrap().is_empty());
+}

@@ -67,6 +67,9 @@ impl Inbox {
     /// A message received on `channel`: resolves to its sequence number once
     /// it is durable in the log.
     pub fn deliver(&self, channel: &str, m: InboundMessage) -> Delivering {
+        if let Err(e) = check_sizes(&m) {
+            return Box::pin(async move { Err(e) });
+        }
         let accepting = self.accepting.reader();
         if !*accepting {
             return Box::pin(async {
@@ -155,6 +158,47 @@ impl Inbox {
     }
 }
 
+/// Largest id (account, chat, sender, message, thread, reply) and sender
+/// name a plugin may deliver, and largest text and raw payload: every
+/// field that reaches the log and every operator is bounded.
+pub const MAX_ID_BYTES: usize = 1024;
+pub const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
+
+fn check_sizes(m: &InboundMessage) -> Result<(), String> {
+    let fields = [
+        ("accountId", m.account_id.len(), MAX_ID_BYTES),
+        ("chatId", m.chat_id.len(), MAX_ID_BYTES),
+        ("senderId", m.sender_id.len(), MAX_ID_BYTES),
+        ("messageId", m.message_id.len(), MAX_ID_BYTES),
+        (
+            "senderName",
+            m.sender_name.as_ref().map_or(0, String::len),
+            MAX_ID_BYTES,
+        ),
+        (
+            "threadId",
+            m.thread_id.as_ref().map_or(0, String::len),
+            MAX_ID_BYTES,
+        ),
+        (
+            "replyToId",
+            m.reply_to_id.as_ref().map_or(0, String::len),
+            MAX_ID_BYTES,
+        ),
+        ("text", m.text.len(), MAX_TEXT_BYTES),
+        ("raw", m.raw.as_ref().map_or(0, String::len), MAX_RAW_BYTES),
+    ];
+    for (name, len, max) in fields {
+        if len > max {
+            return Err(format!(
+                "the message's `{name}` is {len} bytes; the limit is {max}: the message was not accepted"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `deliver` for the instances of one account.
 pub struct AccountInbox {
     pub inbox: Arc<Inbox>,
@@ -164,5 +208,34 @@ pub struct AccountInbox {
 impl crate::plugins::imports::Inbox for AccountInbox {
     fn deliver(&self, message: InboundMessage) -> Delivering {
         self.inbox.deliver(&self.channel, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_fields_are_refused_by_name() {
+        let mut m = InboundMessage {
+            account_id: "a".into(),
+            chat_id: "c".into(),
+            sender_id: "s".into(),
+            sender_name: None,
+            message_id: "m".into(),
+            text: "hi".into(),
+            timestamp_ms: 0,
+            thread_id: None,
+            reply_to_id: None,
+            raw: None,
+        };
+        assert!(check_sizes(&m).is_ok());
+        m.chat_id = "c".repeat(MAX_ID_BYTES + 1);
+        assert!(check_sizes(&m)
+            .unwrap_err()
+            .contains("`chatId` is 1025 bytes"));
+        m.chat_id = "c".into();
+        m.text = "t".repeat(MAX_TEXT_BYTES + 1);
+        assert!(check_sizes(&m).unwrap_err().contains("`text`"));
     }
 }
