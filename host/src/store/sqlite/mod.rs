@@ -98,12 +98,12 @@ fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// A SQLite error in words: what failed, and what the operator can do.
 /// [`describe`] for the other store modules.
 pub(crate) fn describe_error(what: &str, e: &rusqlite::Error) -> String {
     describe(what, e)
 }
 
+/// A SQLite error in words: what failed, and what the operator can do.
 fn describe(what: &str, e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode as C;
     let hint = match e.sqlite_error_code() {
