@@ -1,16 +1,17 @@
-//! The system of record: the durable message log. Every inbound message a
-//! plugin delivers and every outbound message a channel accepted is a row
-//! with its `messageSeq` (the log's sequence, monotonic across restarts),
-//! written before it is acknowledged; an inbound message already in the log
-//! (same channel, account, chat and message id) is not stored again; a
-//! `send`'s idempotency record is written in the same transaction as its
-//! message. [`MessageLog`] is the seam (a replicated backend would be a
-//! second implementation); [`sqlite::SqliteLog`] is the one there is.
+//! The system of record: everything durable. The message log: every
+//! inbound message a plugin delivers and every outbound message a channel
+//! accepted is a row with its `messageSeq` (the log's sequence, monotonic
+//! across restarts), written before it is acknowledged; an inbound message
+//! already in the log (same channel, account, chat and message id) is not
+//! stored again; a `send`'s idempotency record is written in the same
+//! transaction as its message. The rest ([`StateStore`]): the plugins'
+//! key-value stores and the host outbox. [`MessageLog`] and [`StateStore`]
+//! are the seams (a replicated backend would be a second implementation);
+//! [`sqlite::SqliteLog`] is the one there is.
 //!
 //! It imports nothing of the crate but `sync`, `now_ms` and `config`'s
-//! `SyncMode`: it
-//! knows nothing of channels, plugins or the gateway. What happens after a
-//! commit (the `message` event) is the listener's business
+//! `SyncMode`: it knows nothing of channels, plugins or the gateway. What
+//! happens after a commit (the `message` event) is the listener's business
 //! ([`MessageLog::on_commit`]).
 
 pub mod files;
