@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod plugins;
+pub mod rlimit;
 pub mod scopes;
 pub mod shutdown;
 pub mod store;
@@ -36,6 +37,15 @@ pub fn now_ms() -> u64 {
 
 /// Starts the daemon and runs until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn serve(config: config::Config) -> Result<()> {
+    if let Some((before, now, hard)) = rlimit::raise_open_files() {
+        tracing::info!(
+            soft_before = before,
+            soft = now,
+            hard,
+            "open files: soft limit {now} (was {before}, hard limit {hard}); about {} connections fit",
+            now.saturating_sub(64)
+        );
+    }
     let addr = config.listen_addr()?;
     let tls = gateway::tls_acceptor(&config)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
