@@ -166,19 +166,20 @@ impl ChannelManager {
     }
 
     /// The plugin serving `channel` and the account's settings for a call.
+    /// (`send` has resolved channel and account already; a webhook names
+    /// both. A configured account is all this checks.)
     fn call_for(&self, channel: &str, account: &str) -> Result<(Arc<Plugin>, Account), SendError> {
-        let (channel, account) = self.resolve(Some(channel), Some(account))?;
-        let plugin_id = self.plugin_of(&channel).unwrap_or_default();
+        let acct = self.account_wit(channel, account).ok_or_else(|| {
+            SendError::UnknownTarget(format!("unknown account {account} of channel {channel}"))
+        })?;
+        let plugin_id = self.plugin_of(channel).unwrap_or_default();
         let plugin = self
             .plugins
             .get(&plugin_id)
             .ok_or_else(|| SendError::PluginNotLoaded {
-                channel: channel.clone(),
+                channel: channel.to_string(),
                 plugin: plugin_id,
             })?;
-        let acct = self.account_wit(&channel, &account).ok_or_else(|| {
-            SendError::UnknownTarget(format!("unknown account {account} of channel {channel}"))
-        })?;
         Ok((plugin, acct))
     }
 

@@ -32,14 +32,22 @@ impl StatusBoard {
         self.channels.reader()
     }
 
-    /// Changes one account's state (nothing if it is not configured).
+    /// Changes one account's state (nothing if it is not configured). The
+    /// health monitor is woken only when something `health` or `/ready`
+    /// shows changed, not for the per-message timestamps.
     pub fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
         let mut s = self.channels.writer();
-        if let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) {
-            f(a);
-        }
+        let Some(a) = s.get_mut(channel).and_then(|c| c.accounts.get_mut(account)) else {
+            return;
+        };
+        let shown = |a: &AccountSnapshot| (a.enabled, a.running, a.connected, a.last_error.clone());
+        let before = shown(a);
+        f(a);
+        let changed = shown(a) != before;
         drop(s);
-        self.health.notify_one();
+        if changed {
+            self.health.notify_one();
+        }
     }
 }
 
