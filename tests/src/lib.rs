@@ -383,6 +383,21 @@ impl Client {
     }
 
     /// Reads until the close frame; returns it and the JSON frames before it.
+    /// Every text frame until the connection ends, however it ends (a close
+    /// frame, a reset, the end of the stream, or `t`).
+    pub async fn frames_until_end(&mut self, t: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        let mut frames = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match m {
+                Message::Text(t) => frames.extend(serde_json::from_str(t.as_str()).ok()),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        frames
+    }
+
     pub async fn expect_close(&mut self, t: Duration) -> Result<(Closed, Vec<Value>)> {
         let deadline = tokio::time::Instant::now() + t;
         let mut frames = Vec::new();
