@@ -16,8 +16,6 @@ use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 use crate::connections::{ConnectionManager, EnqueueError, Outbound};
 use crate::frames::{PreparedEvent, StateVersion};
 use crate::metrics::Metrics;
@@ -88,7 +86,12 @@ impl Broadcaster {
     }
 
     /// Sends `event` to every matching connection; returns how many got it.
-    pub fn broadcast(&self, event: &str, payload: &Value, filter: &Filter) -> usize {
+    pub fn broadcast<P: serde::Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &P,
+        filter: &Filter,
+    ) -> usize {
         let prepared = Arc::new(PreparedEvent::new(
             event,
             payload,

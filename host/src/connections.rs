@@ -1,10 +1,10 @@
 //! The connection manager: every authenticated WebSocket connection, looked
-//! up by id, role, scope and device id, and the presence list built from them.
+//! up by id, role, scope and device id, and each one's presence entry.
 //!
 //! A [`Connection`] is the handle other components hold: its bounded outbound
 //! queue (drained by the connection's writer task) and its close signal.
 //!
-//! It uses `frames`, `disconnect`, `scopes` and `sync`; it knows nothing of the
+//! It uses `frames`, `disconnect`, `presence`, `scopes` and `sync`; it knows nothing of the
 //! gateway, channels or plugins.
 
 use crate::sync::RwLockExt;
@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::disconnect::Disconnect;
@@ -220,36 +219,34 @@ impl Connection {
     }
 
     /// This connection's entry in `system-presence`.
-    pub fn presence_entry(&self) -> Value {
+    pub fn presence_entry(&self) -> crate::presence::Entry {
         let host = self
             .client
             .display_name
             .clone()
             .unwrap_or_else(|| self.client.id.clone());
-        let mut e = json!({
-            "host": host,
-            "ip": self.remote_ip.to_string(),
-            "version": self.client.version,
-            "platform": self.client.platform,
-            "mode": self.client.mode,
-            "reason": "connect",
-            "instanceId": self.client.instance_id.clone().unwrap_or_else(|| self.id.clone()),
-            "text": format!("{} ({}) · {} · mode {} · {}", host, self.remote_ip, self.client.version, self.client.mode, self.role),
-            "ts": self.connected_at_ms,
-            "onlineSince": self.connected_at_ms,
-            "roles": [self.role],
-            "scopes": self.scopes,
-        });
-        if let Some(d) = &self.device_id {
-            e["deviceId"] = json!(d);
+        let text = format!(
+            "{} ({}) · {} · mode {} · {}",
+            host, self.remote_ip, self.client.version, self.client.mode, self.role
+        );
+        crate::presence::Entry {
+            host,
+            ip: self.remote_ip.to_string(),
+            version: self.client.version.clone(),
+            platform: self.client.platform.clone(),
+            mode: self.client.mode.clone(),
+            reason: "connect",
+            instance_id: self.client.instance_id.clone(),
+            text,
+            ts: self.connected_at_ms,
+            online_since: self.connected_at_ms,
+            device_id: self.device_id.clone(),
+            device_family: self.client.device_family.clone(),
+            model_identifier: self.client.model_identifier.clone(),
+            roles: vec![self.role.clone()],
+            scopes: Some(self.scopes.clone()),
+            refreshed: 0,
         }
-        if let Some(f) = &self.client.device_family {
-            e["deviceFamily"] = json!(f);
-        }
-        if let Some(m) = &self.client.model_identifier {
-            e["modelIdentifier"] = json!(m);
-        }
-        e
     }
 }
 
@@ -358,17 +355,6 @@ impl ConnectionManager {
             .filter(|c| pred(c))
             .cloned()
             .collect()
-    }
-
-    /// Presence entries of every client, oldest connection first.
-    pub fn presence(&self) -> Vec<Value> {
-        let mut conns = self.all();
-        conns.sort_by(|a, b| {
-            a.connected_at_ms
-                .cmp(&b.connected_at_ms)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        conns.iter().map(|c| c.presence_entry()).collect()
     }
 }
 

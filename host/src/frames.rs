@@ -126,18 +126,18 @@ impl ErrorShape {
 }
 
 #[derive(Serialize)]
-struct ResponseOut<'a> {
+struct ResponseOut<'a, P: Serialize + ?Sized> {
     #[serde(rename = "type")]
     kind: &'static str,
     id: &'a str,
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a Value>,
+    payload: Option<&'a P>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a ErrorShape>,
 }
 
-pub fn response_ok(id: &str, payload: &Value) -> String {
+pub fn response_ok<P: Serialize + ?Sized>(id: &str, payload: &P) -> String {
     serialize(&ResponseOut {
         kind: "res",
         id,
@@ -148,7 +148,7 @@ pub fn response_ok(id: &str, payload: &Value) -> String {
 }
 
 pub fn response_err(id: &str, error: &ErrorShape) -> String {
-    serialize(&ResponseOut {
+    serialize(&ResponseOut::<Value> {
         kind: "res",
         id,
         ok: false,
@@ -162,7 +162,7 @@ pub fn event_unsequenced(event: &str, payload: &Value) -> String {
     serialize(&serde_json::json!({"type": "event", "event": event, "payload": payload}))
 }
 
-fn serialize<T: Serialize>(v: &T) -> String {
+fn serialize<T: Serialize + ?Sized>(v: &T) -> String {
     // Serialising our own Value/String-only structures cannot fail.
     serde_json::to_string(v).unwrap_or_else(|e| {
         tracing::error!("frame serialisation failed: {e}");
@@ -186,7 +186,11 @@ pub struct StateVersion {
 }
 
 impl PreparedEvent {
-    pub fn new(event: &str, payload: &Value, state_version: Option<StateVersion>) -> Self {
+    pub fn new<P: Serialize + ?Sized>(
+        event: &str,
+        payload: &P,
+        state_version: Option<StateVersion>,
+    ) -> Self {
         let mut prefix = String::with_capacity(64);
         prefix.push_str(r#"{"type":"event","event":"#);
         prefix.push_str(&serialize(&event));

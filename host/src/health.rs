@@ -3,7 +3,10 @@
 //! changes, and the `tick` heartbeat. It reads the channel and plugin
 //! managers it is given and never reaches back up to the gateway.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::sync::MutexExt;
+use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,6 +26,8 @@ pub struct Health {
     pub heartbeat_seconds: u64,
     /// Wakes the monitor when channels or plugins change.
     pub notify: Arc<Notify>,
+    /// The monitor's last snapshot, serialised once for every hello-ok.
+    pub shared: Mutex<Option<Arc<RawValue>>>,
 }
 
 impl Health {
@@ -48,6 +53,23 @@ impl Health {
         }
         v["durationMs"] = json!(t0.elapsed().as_millis() as u64);
         v
+    }
+
+    /// The snapshot as of the last change the monitor saw, serialised once
+    /// and shared (hello-ok); taken now if the monitor has not run yet.
+    pub fn shared(&self) -> Arc<RawValue> {
+        if let Some(s) = self.shared.guard().clone() {
+            return s;
+        }
+        self.share(&self.snapshot())
+    }
+
+    fn share(&self, snapshot: &Value) -> Arc<RawValue> {
+        let raw: Arc<RawValue> = serde_json::value::to_raw_value(snapshot)
+            .map(Arc::from)
+            .unwrap_or_else(|_| Arc::from(RawValue::from_string("{}".into()).expect("{} is JSON")));
+        *self.shared.guard() = Some(raw.clone());
+        raw
     }
 
     /// What `/ready` reports as failing: accounts in error, and the message
@@ -79,7 +101,9 @@ pub async fn run_monitor(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut last = fingerprint(&health.snapshot());
+    let first = health.snapshot();
+    health.share(&first);
+    let mut last = fingerprint(&first);
     loop {
         tokio::select! {
             _ = health.notify.notified() => {}
@@ -90,6 +114,7 @@ pub async fn run_monitor(
         let fp = fingerprint(&now);
         if fp != last {
             last = fp;
+            health.share(&now);
             broadcaster.bump_health();
             tracing::info!("health changed; broadcasting health event");
             broadcaster.broadcast(events::HEALTH, &now, &Filter::scope(SCOPE_READ));

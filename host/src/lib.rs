@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod plugins;
+pub mod presence;
 pub mod rlimit;
 pub mod scopes;
 pub mod shutdown;

@@ -133,6 +133,9 @@ impl Config {
         if l.max_payload_bytes < l.preauth_max_frame_bytes {
             bail!("gateway.limits.max_payload_bytes must be at least preauth_max_frame_bytes");
         }
+        if self.gateway.presence.max_entries == 0 || self.gateway.presence.ttl_ms < 1000 {
+            bail!("gateway.presence.max_entries must be at least 1 and gateway.presence.ttl_ms at least 1000");
+        }
         if self.gateway.tick_interval_ms == 0 {
             bail!("gateway.tick_interval_ms must be at least 1");
         }

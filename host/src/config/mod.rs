@@ -89,6 +89,29 @@ pub struct GatewayConfig {
     pub tick_interval_ms: u64,
     /// How often the health monitor re-checks health when nothing notified it (ms).
     pub health_check_interval_ms: u64,
+    /// The bounds of the presence list.
+    pub presence: PresenceConfig,
+}
+
+/// `[gateway.presence]`: OpenClaw's own bounds by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Entries listed besides the gateway's own; past it the least
+    /// recently refreshed goes.
+    pub max_entries: usize,
+    /// An entry not refreshed (connect or activity of one of its sockets)
+    /// for this long is dropped (ms).
+    pub ttl_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 200,
+            ttl_ms: 300_000,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +126,7 @@ impl Default for GatewayConfig {
             allowed_hosts: Vec::new(),
             tick_interval_ms: 30_000,
             health_check_interval_ms: 5_000,
+            presence: PresenceConfig::default(),
         }
     }
 }

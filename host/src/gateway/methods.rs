@@ -190,7 +190,8 @@ fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
 
 fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    Ok(Value::Array(gw.presence()))
+    serde_json::from_str(gw.presence.list().get())
+        .map_err(|e| ErrorShape::unavailable(format!("presence list: {e}")))
 }
 
 fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {

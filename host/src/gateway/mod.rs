@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +33,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::plugins::Limits;
 use crate::plugins::PluginManager;
+use crate::presence::{Entry, PresenceBook};
 
 /// Everything the gateway's components share.
 pub struct Gateway {
@@ -52,7 +52,9 @@ pub struct Gateway {
     pub health: Arc<Health>,
     /// The durable message log (also held by the channels' inbox).
     pub log: Arc<dyn crate::store::MessageLog>,
-    /// Wakes the presence broadcaster when a client connects or leaves.
+    /// The bounded presence list.
+    pub presence: Arc<PresenceBook>,
+    /// Wakes the presence broadcaster when the list's membership changes.
     pub presence_notify: Arc<Notify>,
     pub started: Instant,
     pub started_at_ms: u64,
@@ -120,7 +122,16 @@ impl Gateway {
             plugins: plugins.clone(),
             heartbeat_seconds: config.gateway.tick_interval_ms / 1000,
             notify: health_notify,
+            shared: Default::default(),
         });
+        let started_at_ms = crate::now_ms();
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let hostname = hostname();
+        let presence = Arc::new(PresenceBook::new(
+            self_presence(&config, &hostname, &instance_id, started_at_ms),
+            config.gateway.presence.max_entries,
+            Duration::from_millis(config.gateway.presence.ttl_ms),
+        ));
         Ok(Arc::new(Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
             refusals: refusals::RefusalLog::default(),
@@ -133,11 +144,12 @@ impl Gateway {
             metrics,
             health,
             log,
+            presence,
             presence_notify: Arc::new(Notify::new()),
             started: Instant::now(),
-            started_at_ms: crate::now_ms(),
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            hostname: hostname(),
+            started_at_ms,
+            instance_id,
+            hostname,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
@@ -186,33 +198,26 @@ impl Gateway {
     pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+}
 
-    /// The gateway's own presence entry.
-    pub fn self_presence(&self) -> Value {
-        let ip = self
-            .config
-            .bind_ip()
-            .map(|i| i.to_string())
-            .unwrap_or_default();
-        json!({
-            "host": self.hostname,
-            "ip": ip,
-            "version": crate::VERSION,
-            "platform": std::env::consts::OS,
-            "mode": "gateway",
-            "reason": "self",
-            "instanceId": self.instance_id,
-            "text": format!("Gateway: {} ({}) · switchboard {} · mode gateway", self.hostname, ip, crate::VERSION),
-            "ts": self.started_at_ms,
-            "onlineSince": self.started_at_ms,
-        })
-    }
-
-    /// `system-presence`: the gateway itself, then every connected client.
-    pub fn presence(&self) -> Vec<Value> {
-        let mut v = vec![self.self_presence()];
-        v.extend(self.conns.presence());
-        v
+/// The gateway's own presence entry (always first in the list).
+fn self_presence(config: &Config, hostname: &str, instance_id: &str, at_ms: u64) -> Entry {
+    let ip = config.bind_ip().map(|i| i.to_string()).unwrap_or_default();
+    Entry {
+        text: format!(
+            "Gateway: {hostname} ({ip}) · switchboard {} · mode gateway",
+            crate::VERSION
+        ),
+        host: hostname.to_string(),
+        ip,
+        version: crate::VERSION.to_string(),
+        platform: std::env::consts::OS.to_string(),
+        mode: "gateway".into(),
+        reason: "self",
+        instance_id: Some(instance_id.to_string()),
+        ts: at_ms,
+        online_since: at_ms,
+        ..Entry::default()
     }
 }
 

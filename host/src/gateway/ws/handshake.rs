@@ -6,14 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::broadcast::events;
 use crate::connections::ClientInfo;
 use crate::disconnect::Disconnect;
-use crate::frames::{self, ErrorShape, FrameError, RequestFrame, PROTOCOL_VERSION};
+use crate::frames::{self, ErrorShape, FrameError, RequestFrame, StateVersion, PROTOCOL_VERSION};
 use crate::gateway::auth::{self, ConnectAuth, DeviceProof, SignedFields};
 use crate::gateway::preauth::{self, PreauthRead};
 use crate::gateway::{ConnMeta, Gateway};
@@ -385,27 +386,102 @@ pub(super) fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn hello_ok(gw: &Gateway, conn_id: &str, a: &Accepted) -> Value {
-    let limits = &gw.config.gateway.limits;
-    json!({
-        "type": "hello-ok",
-        "protocol": PROTOCOL_VERSION,
-        "server": {"version": crate::VERSION, "connId": conn_id},
-        "features": {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct HelloOk<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    protocol: u32,
+    server: Server<'a>,
+    features: &'a RawValue,
+    snapshot: Snapshot<'a>,
+    auth: AuthOut<'a>,
+    policy: Policy,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Server<'a> {
+    version: &'static str,
+    conn_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot<'a> {
+    presence: &'a RawValue,
+    health: &'a RawValue,
+    state_version: StateVersion,
+    uptime_ms: u64,
+}
+
+#[derive(Serialize)]
+struct AuthOut<'a> {
+    role: &'a str,
+    scopes: &'a [String],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Policy {
+    max_payload: usize,
+    max_buffered_bytes: usize,
+    tick_interval_ms: u64,
+}
+
+/// `features` of hello-ok: the same for every connection, serialised once.
+fn features() -> &'static RawValue {
+    static FEATURES: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(|| {
+        let v = json!({
             "methods": crate::gateway::methods::names(),
             "events": events::ALL,
-        },
-        "snapshot": {
-            "presence": gw.presence(),
-            "health": gw.health.snapshot(),
-            "stateVersion": gw.broadcaster.state_version(),
-            "uptimeMs": gw.uptime_ms(),
-        },
-        "auth": {"role": a.role, "scopes": a.scopes},
-        "policy": {
-            "maxPayload": limits.max_payload_bytes,
-            "maxBufferedBytes": limits.max_buffered_bytes,
-            "tickIntervalMs": gw.config.gateway.tick_interval_ms,
-        },
+        });
+        serde_json::value::to_raw_value(&v)
+            .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{} is JSON"))
     })
+}
+
+/// The `hello-ok` response frame. Presence and health are the shared
+/// serialisations of the current state (built once per change, not per
+/// connection); only the connection id, auth and uptime are this
+/// connection's own.
+pub(super) fn hello_ok_frame(
+    gw: &Gateway,
+    request_id: &str,
+    conn_id: &str,
+    a: &Accepted,
+) -> String {
+    let limits = &gw.config.gateway.limits;
+    // State version first: the lists read after it are at least that new.
+    let state_version = gw.broadcaster.state_version();
+    let presence = gw.presence.list();
+    let health = gw.health.shared();
+    frames::response_ok(
+        request_id,
+        &HelloOk {
+            kind: "hello-ok",
+            protocol: PROTOCOL_VERSION,
+            server: Server {
+                version: crate::VERSION,
+                conn_id,
+            },
+            features: features(),
+            snapshot: Snapshot {
+                presence: &presence,
+                health: &health,
+                state_version,
+                uptime_ms: gw.uptime_ms(),
+            },
+            auth: AuthOut {
+                role: &a.role,
+                scopes: &a.scopes,
+            },
+            policy: Policy {
+                max_payload: limits.max_payload_bytes,
+                max_buffered_bytes: limits.max_buffered_bytes,
+                tick_interval_ms: gw.config.gateway.tick_interval_ms,
+            },
+        },
+    )
 }

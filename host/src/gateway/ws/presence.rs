@@ -1,15 +1,65 @@
-//! `presence` events, coalesced.
+//! A connection's presence (join, refresh, leave) and the `presence`
+//! events, coalesced.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::broadcast::{events, Filter};
+use crate::connections::Connection;
 use crate::gateway::auth;
 use crate::gateway::Gateway;
 
-/// Asks [`run_presence`] for a `presence` event.
-pub(super) fn broadcast_presence(gw: &Gateway) {
+/// A connection's place in the presence list: its key and when it last
+/// refreshed its entry.
+pub(super) struct Membership {
+    key: String,
+    last_refresh: Instant,
+    every: Duration,
+}
+
+impl Membership {
+    /// Lists `conn` (or adds a socket to its instance's entry).
+    pub(super) fn join(gw: &Gateway, conn: &Connection) -> Self {
+        let (key, changed) = gw.presence.join(conn.presence_entry(), crate::now_ms());
+        if changed {
+            gw.broadcaster.bump_presence();
+        }
+        Self {
+            key,
+            last_refresh: Instant::now(),
+            every: gw.presence.refresh_every(),
+        }
+    }
+
+    /// The connection was active: refresh its entry, at most once per
+    /// [`crate::presence::PresenceBook::refresh_every`] (a clock read per frame otherwise).
+    pub(super) fn active(&mut self, gw: &Gateway, conn: &Connection) {
+        if self.last_refresh.elapsed() < self.every {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        if gw
+            .presence
+            .refresh(&self.key, crate::now_ms(), || conn.presence_entry())
+        {
+            changed(gw);
+        }
+    }
+
+    /// The connection closed.
+    pub(super) fn leave(self, gw: &Gateway) {
+        if gw.presence.leave(&self.key) {
+            changed(gw);
+        }
+    }
+}
+
+/// The list's membership changed: a new state version and an event.
+pub(super) fn changed(gw: &Gateway) {
+    gw.broadcaster.bump_presence();
     gw.presence_notify.notify_one();
 }
 
@@ -17,25 +67,49 @@ pub(super) fn broadcast_presence(gw: &Gateway) {
 /// and leaves becomes one event with the latest list at each end of it.
 pub const PRESENCE_COALESCE: Duration = Duration::from_millis(250);
 
-/// Broadcasts `presence` when asked, coalescing bursts. Each event carries
-/// the whole list, so one per connect would cost O(n²) bytes per n
-/// connects (O(n³) for a reconnect storm of n clients); the first change
-/// after a quiet spell goes out at once, later ones at most every
-/// [`PRESENCE_COALESCE`], always with the current list.
-pub async fn run_presence(gw: std::sync::Arc<Gateway>) {
+/// Bytes of `presence` events per second that the coalescing aims to stay
+/// under: with 200 entries (about 70 KB) and 15,000 operators one event is
+/// 1 GB of writes, so a storm of connects is summed up every few seconds.
+const PRESENCE_BYTES_PER_SECOND: f64 = 256.0 * 1024.0 * 1024.0;
+
+#[derive(Serialize)]
+struct PresencePayload<'a> {
+    presence: &'a RawValue,
+}
+
+/// Broadcasts `presence` when asked, coalescing bursts, and drops expired
+/// entries. The first change after a quiet spell goes out at once; later
+/// ones wait [`PRESENCE_COALESCE`], or longer when the last event's bytes
+/// times its recipients would pass [`PRESENCE_BYTES_PER_SECOND`]. Every
+/// event carries the current list, so nothing is lost by waiting.
+pub async fn run_presence(gw: Arc<Gateway>) {
     // Operators that may read get presence (nodes do not track it).
     let filter = Filter {
         role: Some("operator".into()),
         scope: Some(auth::SCOPE_READ.into()),
         ..Filter::default()
     };
+    let mut prune = tokio::time::interval(gw.presence.refresh_every());
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        gw.presence_notify.notified().await;
-        gw.broadcaster.broadcast(
+        tokio::select! {
+            _ = gw.presence_notify.notified() => {}
+            _ = prune.tick() => {
+                if !gw.presence.prune(crate::now_ms()) {
+                    continue;
+                }
+                gw.broadcaster.bump_presence();
+            }
+        }
+        let list = gw.presence.list();
+        let sent = gw.broadcaster.broadcast(
             events::PRESENCE,
-            &json!({"presence": gw.presence()}),
+            &PresencePayload { presence: &list },
             &filter,
         );
-        tokio::time::sleep(PRESENCE_COALESCE).await;
+        let bytes = (list.get().len() * sent) as f64;
+        let wait =
+            Duration::from_secs_f64(bytes / PRESENCE_BYTES_PER_SECOND).max(PRESENCE_COALESCE);
+        tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
     }
 }

@@ -48,16 +48,14 @@ where
     // Register before hello so the snapshot includes this client; events
     // queued meanwhile are written after hello by the writer.
     gw.conns.register(conn.clone());
-    gw.broadcaster.bump_presence();
+    let mut membership = Membership::join(&gw, &conn);
     // Built and dropped in this statement: the snapshot holds the whole
     // presence list, and a local would live as long as the connection.
-    let wrote = preauth::write_text(
-        &mut io,
-        &frames::response_ok(&a.request_id, &hello_ok(&gw, &conn_id, &a)),
-    )
-    .await;
+    let wrote =
+        preauth::write_text(&mut io, &hello_ok_frame(&gw, &a.request_id, &conn_id, &a)).await;
     if wrote.is_err() {
         gw.conns.unregister(&conn_id);
+        membership.leave(&gw);
         return;
     }
     gw.metrics.frames_out.fetch_add(2, Ordering::Relaxed);
@@ -66,7 +64,7 @@ where
         scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
         remote = %meta.remote, tls = meta.tls, "connection open"
     );
-    broadcast_presence(&gw);
+    gw.presence_notify.notify_one();
 
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -116,6 +114,7 @@ where
                 }
                 Some(Ok(Message::Text(t))) => {
                     gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                    membership.active(&gw, &conn);
                     on_text(&gw, &conn, &mut slot, t.as_str());
                 }
                 Some(Ok(Message::Binary(_))) => {
@@ -125,7 +124,7 @@ where
                     client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
                     break;
                 }
-                Some(Ok(_)) => {} // ping/pong are answered by the library
+                Some(Ok(_)) => membership.active(&gw, &conn), // ping/pong: answered by the library
             },
             r = &mut writer => {
                 writer_done = Some(r.ok().flatten());
@@ -168,7 +167,7 @@ where
         }
     };
     gw.conns.unregister(&conn_id);
-    gw.broadcaster.bump_presence();
+    membership.leave(&gw);
     let code = if we_closed {
         our_close.as_ref().map(|c| c.code).unwrap_or(ABNORMAL)
     } else {
@@ -180,7 +179,6 @@ where
         reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
         "connection closed"
     );
-    broadcast_presence(&gw);
 }
 
 /// The close code and reason for a read error that is the client's
