@@ -12,7 +12,7 @@ TEST_PLUGINS_DIR := target/test-plugins
 PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram switchboard-irc
 TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest
 
-.PHONY: run test bench fuzz test-irc irc-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
+.PHONY: py-deps run test bench fuzz test-irc irc-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
 
 ## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
 run: plugins build-release
@@ -46,7 +46,7 @@ build:
 
 ## The whole suite: unit tests, end-to-end tests against the real binary,
 ## and interop with the official OpenClaw client library.
-test: build plugins interop-deps irc-deps
+test: build plugins interop-deps irc-deps py-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
@@ -70,6 +70,14 @@ irc-deps:
 	if [ $$missing = 1 ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ngircd inspircd atheme-services; \
 	fi
+
+## Python `websockets` (an independent WebSocket client for the frame tests), pinned, once.
+WEBSOCKETS_VERSION := 15.0.1
+PY_DEPS := target/tools/py/websockets-$(WEBSOCKETS_VERSION).dist-info
+py-deps: $(PY_DEPS)
+
+$(PY_DEPS):
+	python3 -m pip install --quiet --disable-pip-version-check --no-deps --target target/tools/py websockets==$(WEBSOCKETS_VERSION)
 
 ## npm packages for the interop test (@openclaw/gateway-client), from the lockfile.
 interop-deps: $(INTEROP_DIR)/node_modules/.package-lock.json

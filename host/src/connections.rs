@@ -30,6 +30,8 @@ pub enum Outbound {
     Reply(String, tokio::sync::OwnedSemaphorePermit),
     /// A broadcast event; the writer appends this connection's next `seq`.
     Event(Arc<PreparedEvent>),
+    /// The answer to the client's ping (at most 125 bytes, RFC 6455 5.5).
+    Pong(bytes::Bytes),
     /// Flush what is queued before this, then close with this code.
     Close(u16, String),
 }
@@ -40,6 +42,7 @@ impl Outbound {
         match self {
             Outbound::Frame(s) | Outbound::Reply(s, _) => s.len(),
             Outbound::Event(e) => e.len() + 24,
+            Outbound::Pong(p) => p.len() + 2,
             Outbound::Close(_, r) => r.len() + 2,
         }
     }

@@ -206,6 +206,30 @@ impl PreparedEvent {
         }
     }
 
+    /// The shared bytes: the frame without its closing `,"seq":N}`.
+    pub fn prefix(&self) -> &[u8] {
+        self.prefix.as_bytes()
+    }
+
+    /// Appends the frame's end for one connection, `,"seq":N}`, to `out`
+    /// (no allocation once `out` has room).
+    pub fn push_seq_tail(out: &mut Vec<u8>, seq: u64) {
+        out.extend_from_slice(br#","seq":"#);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = seq;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[i..]);
+        out.push(b'}');
+    }
+
     /// The complete frame for one connection.
     pub fn with_seq(&self, seq: u64) -> String {
         let mut s = String::with_capacity(self.prefix.len() + 24);
@@ -244,6 +268,11 @@ mod tests {
         assert_eq!(v["event"], "tick");
         assert_eq!(v["payload"]["ts"], 5);
         assert_eq!(v["stateVersion"]["health"], 2);
+        for seq in [0, 9, 10, 1234567890123, u64::MAX] {
+            let mut out = e.prefix().to_vec();
+            PreparedEvent::push_seq_tail(&mut out, seq);
+            assert_eq!(out, e.with_seq(seq).as_bytes());
+        }
     }
 
     #[test]

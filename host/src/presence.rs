@@ -115,17 +115,23 @@ impl PresenceBook {
     }
 
     /// A socket of `entry`'s instance connected at `now_ms`: the entry is
-    /// (re)listed with `entry`'s fields. Returns the key to leave with.
+    /// (re)listed with `entry`'s fields. Returns the key to leave with, and
+    /// whether the list's membership changed (another socket of an instance
+    /// already listed only refreshes it).
     pub fn join(&self, mut entry: Entry, now_ms: u64) -> (String, Changed) {
         let key = entry.key();
         entry.ts = now_ms;
         let mut b = self.inner.guard();
         *b.sockets.entry(key.clone()).or_insert(0) += 1;
-        if let Some(old) = b.entries.get(&key) {
-            entry.online_since = old.online_since.min(entry.online_since);
-        }
+        let listed = match b.entries.get(&key) {
+            Some(old) => {
+                entry.online_since = old.online_since.min(entry.online_since);
+                true
+            }
+            None => false,
+        };
         self.insert(&mut b, key.clone(), entry);
-        (key, true)
+        (key, !listed)
     }
 
     /// A socket of `key` was active at `now_ms`. An entry still listed only
@@ -294,8 +300,9 @@ mod tests {
     #[test]
     fn several_sockets_are_one_entry_and_leave_with_the_last() {
         let b = book(10);
-        let (k, _) = b.join(entry("x"), 1);
-        b.join(entry("X"), 2);
+        let (k, changed) = b.join(entry("x"), 1);
+        assert!(changed);
+        assert!(!b.join(entry("X"), 2).1, "a second socket changes nothing");
         assert_eq!(b.len(), 1);
         assert!(!b.leave(&k));
         assert_eq!(b.len(), 1);

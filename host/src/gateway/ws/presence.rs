@@ -16,6 +16,8 @@ use crate::gateway::Gateway;
 /// refreshed its entry.
 pub(super) struct Membership {
     key: String,
+    /// Joining changed the list: an event is due once hello-ok is out.
+    pub(super) joined_new: bool,
     last_refresh: Instant,
     every: Duration,
 }
@@ -29,6 +31,7 @@ impl Membership {
         }
         Self {
             key,
+            joined_new: changed,
             last_refresh: Instant::now(),
             every: gw.presence.refresh_every(),
         }

@@ -1,8 +1,10 @@
 //! An authenticated connection: registration, `hello-ok`, the reader loop
 //! (one in-flight slot taken before each frame) and the close.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,6 +23,40 @@ use crate::gateway::{ConnMeta, Gateway};
 use super::handshake::*;
 use super::presence::*;
 use super::writer::*;
+
+/// The read buffer a connection starts with; a larger frame grows it.
+pub(super) const READ_BUFFER: usize = 1024;
+
+/// The read half, with writes swallowed: the writer task owns the socket's
+/// writing, so tungstenite's own replies (pong, close) are not written
+/// here (the reader queues a pong for each ping instead).
+pub(super) struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// How long we wait for the client's answer to our close frame.
 pub(super) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
@@ -64,18 +100,24 @@ where
         scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
         remote = %meta.remote, tls = meta.tls, "connection open"
     );
-    gw.presence_notify.notify_one();
+    if membership.joined_new {
+        gw.presence_notify.notify_one();
+    }
 
+    // The reader keeps tokio-tungstenite (framing checks, UTF-8, limits);
+    // the writer writes frames itself. Whatever tungstenite would write
+    // (its automatic pong and close replies) goes nowhere: the reader
+    // queues pongs and the writer sends the close, in order with the rest.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_buffered_bytes.max(limits.max_payload_bytes * 2))
         .max_message_size(Some(limits.max_payload_bytes))
         .max_frame_size(Some(limits.max_payload_bytes));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-    let (sink, mut stream) = ws.split();
+    let (rd, wr) = tokio::io::split(io);
+    let mut stream =
+        WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(ws_config)).await;
     let mut writer = tokio::spawn(writer(
-        sink,
+        wr,
         rx,
         close_rx.clone(),
         gw.clone(),
@@ -124,7 +166,11 @@ where
                     client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
                     break;
                 }
-                Some(Ok(_)) => membership.active(&gw, &conn), // ping/pong: answered by the library
+                Some(Ok(Message::Ping(data))) => {
+                    membership.active(&gw, &conn);
+                    enqueue(&gw, &conn, Outbound::Pong(data));
+                }
+                Some(Ok(_)) => membership.active(&gw, &conn),
             },
             r = &mut writer => {
                 writer_done = Some(r.ok().flatten());

@@ -1,24 +1,52 @@
-//! The writer task: owns the sink and drains the bounded queue of
-//! pre-serialised frames in batches, assigning each event its `seq`.
+//! The writer task: owns the socket's write half and drains the bounded
+//! queue of pre-serialised frames in batches, assigning each event its `seq`.
+//!
+//! Frames are written directly (RFC 6455 5.2: a server's frames are
+//! unmasked, so a frame is a 2-, 4- or 10-byte header and the payload).
+//! Every frame waiting in the queue goes into one vectored write: for an
+//! event, `[header][the event's shared bytes][this connection's seq tail]`,
+//! so no payload is copied per connection and nothing is allocated per
+//! frame (headers and tails go into one reused scratch buffer). Pongs and
+//! the close frame go through the same writer, in queue order.
 
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::broadcast::events;
 use crate::connections::{CloseReason, Outbound};
+use crate::disconnect::{ABNORMAL, NO_STATUS};
+use crate::frames::PreparedEvent;
 use crate::gateway::Gateway;
 
 /// How long we wait to deliver our close frame to a client that is not reading.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Frames written per flush at most.
+/// Frames written per vectored write at most (3 slices each, under IOV_MAX).
 pub(super) const BATCH: usize = 64;
+/// Scratch and batch buffers above this are given back after a batch.
+const KEEP_SCRATCH: usize = 4096;
 
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+
+/// Appends an unmasked, final frame header for `len` payload bytes.
+pub(super) fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
 /// A `presence` event carries the whole list, so a later one in the same
 /// batch supersedes it: a client that lags behind a burst of connects gets
 /// the latest list once instead of every intermediate one. No gap appears,
@@ -36,19 +64,167 @@ pub(super) fn drop_superseded_presence(batch: &mut Vec<Outbound>) {
     });
 }
 
-/// Owns the sink: writes queued frames in batches (one flush per batch),
-/// assigning each event this connection's next `seq`. Returns the close it sent.
-pub(super) async fn writer<S>(
-    mut sink: S,
+/// Where a slice of the next write comes from.
+#[derive(Clone, Copy)]
+enum Part {
+    /// `scratch[start..end]` (headers, seq tails, close payloads).
+    Scratch(usize, usize),
+    /// The payload of `batch[i]` (a response, an event's shared bytes, a pong).
+    Item(usize),
+}
+
+/// One connection's frame encoder: reused buffers, the next `seq`.
+pub(super) struct Encoder {
+    seq: u64,
+    scratch: Vec<u8>,
+    parts: Vec<Part>,
+}
+
+impl Encoder {
+    pub(super) fn new() -> Self {
+        Self {
+            seq: 0,
+            scratch: Vec::new(),
+            parts: Vec::new(),
+        }
+    }
+
+    /// Lays out `batch` as frames; stops at a `Close` and returns it. The
+    /// frames laid out are `self.parts`' count of items.
+    fn encode(&mut self, batch: &[Outbound]) -> (usize, Option<CloseReason>) {
+        self.scratch.clear();
+        self.parts.clear();
+        let mut frames = 0;
+        for (i, m) in batch.iter().enumerate() {
+            let start = self.scratch.len();
+            match m {
+                Outbound::Frame(s) | Outbound::Reply(s, _) => {
+                    push_header(&mut self.scratch, OP_TEXT, s.len());
+                    self.parts.push(Part::Scratch(start, self.scratch.len()));
+                    self.parts.push(Part::Item(i));
+                }
+                Outbound::Event(e) => {
+                    self.seq += 1;
+                    let tail = tail_len(self.seq);
+                    push_header(&mut self.scratch, OP_TEXT, e.prefix().len() + tail);
+                    let mid = self.scratch.len();
+                    PreparedEvent::push_seq_tail(&mut self.scratch, self.seq);
+                    self.parts.push(Part::Scratch(start, mid));
+                    self.parts.push(Part::Item(i));
+                    self.parts.push(Part::Scratch(mid, self.scratch.len()));
+                }
+                Outbound::Pong(p) => {
+                    push_header(&mut self.scratch, OP_PONG, p.len());
+                    self.parts.push(Part::Scratch(start, self.scratch.len()));
+                    self.parts.push(Part::Item(i));
+                }
+                Outbound::Close(code, reason) => {
+                    return (
+                        frames,
+                        Some(CloseReason {
+                            code: *code,
+                            reason: reason.clone(),
+                        }),
+                    );
+                }
+            }
+            frames += 1;
+        }
+        (frames, None)
+    }
+
+    /// The slices of the laid-out batch, in order.
+    fn slices<'a>(&'a self, batch: &'a [Outbound]) -> Vec<IoSlice<'a>> {
+        self.parts
+            .iter()
+            .map(|p| match *p {
+                Part::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
+                Part::Item(i) => IoSlice::new(match &batch[i] {
+                    Outbound::Frame(s) | Outbound::Reply(s, _) => s.as_bytes(),
+                    Outbound::Event(e) => e.prefix(),
+                    Outbound::Pong(p) => p,
+                    Outbound::Close(..) => &[],
+                }),
+            })
+            .collect()
+    }
+
+    /// Gives back buffers a burst made large.
+    fn trim(&mut self) {
+        if self.scratch.capacity() > KEEP_SCRATCH {
+            self.scratch = Vec::new();
+        }
+        if self.parts.capacity() > BATCH * 3 {
+            self.parts = Vec::new();
+        }
+    }
+}
+
+/// Length of `,"seq":N}`.
+fn tail_len(seq: u64) -> usize {
+    let mut digits = 1;
+    let mut n = seq / 10;
+    while n > 0 {
+        digits += 1;
+        n /= 10;
+    }
+    7 + digits + 1
+}
+
+/// Writes every byte of `bufs` with as few system calls as the socket allows.
+pub(super) async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// A close frame: the code and the reason (truncated to fit 125 bytes on
+/// a character boundary); an empty one answers a close without a status.
+pub(super) fn close_frame(r: &CloseReason) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + r.reason.len());
+    if r.code == NO_STATUS {
+        push_header(&mut out, OP_CLOSE, 0);
+        return out;
+    }
+    let mut reason = r.reason.as_str();
+    while reason.len() > 123 {
+        let mut cut = 123;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason = &reason[..cut];
+    }
+    push_header(&mut out, OP_CLOSE, 2 + reason.len());
+    out.extend_from_slice(&r.code.to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+    out
+}
+
+/// Owns the write half: writes queued frames in batches (one vectored
+/// write and one flush per batch), assigning each event this connection's
+/// next `seq`. Returns the close it sent.
+pub(super) async fn writer<W>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     gw: Arc<Gateway>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Option<CloseReason>
 where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let mut seq: u64 = 0;
+    let mut enc = Encoder::new();
+    let mut batch: Vec<Outbound> = Vec::new();
+    let mut stream_ok = true;
     let reason: Option<CloseReason> = loop {
         let first = tokio::select! {
             biased;
@@ -59,7 +235,6 @@ where
             m = rx.recv() => m,
         };
         let Some(first) = first else { break None };
-        let mut batch = Vec::with_capacity(8);
         batch.push(first);
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -69,53 +244,60 @@ where
         }
         let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
         drop_superseded_presence(&mut batch);
-        let mut close_after: Option<CloseReason> = None;
-        let mut written = 0u64;
-        let write = async {
-            for m in batch {
-                let msg = match m {
-                    Outbound::Frame(s) | Outbound::Reply(s, _) => Message::text(s),
-                    Outbound::Event(e) => {
-                        seq += 1;
-                        Message::text(e.with_seq(seq))
+        let (frames, close_after) = enc.encode(&batch);
+        // A close that arrives mid-write waits (bounded) for the batch to be
+        // written: a frame cut short would make the close frame garbage.
+        let mut closing: Option<Option<CloseReason>> = None;
+        let res = {
+            let mut slices = enc.slices(&batch);
+            let write = async {
+                write_all_vectored(&mut wr, &mut slices).await?;
+                wr.flush().await
+            };
+            tokio::pin!(write);
+            tokio::select! {
+                biased;
+                r = close_rx.changed() => {
+                    closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
+                    match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
                     }
-                    Outbound::Close(code, reason) => {
-                        close_after = Some(CloseReason { code, reason });
-                        break;
-                    }
-                };
-                sink.feed(msg).await?;
-                written += 1;
+                }
+                r = &mut write => r,
             }
-            sink.flush().await
         };
-        let res = tokio::select! {
-            biased;
-            r = close_rx.changed() => {
-                if r.is_err() { break None; }
-                break close_rx.borrow().clone();
-            }
-            r = write => r,
-        };
-        gw.metrics.frames_out.fetch_add(written, Ordering::Relaxed);
+        // Written: responses' in-flight slots and events' shared bytes go.
+        batch.clear();
+        if batch.capacity() > BATCH {
+            batch = Vec::new();
+        }
+        enc.trim();
+        gw.metrics
+            .frames_out
+            .fetch_add(frames as u64, Ordering::Relaxed);
         queued.fetch_sub(batch_bytes, Ordering::AcqRel);
         if res.is_err() {
-            break None;
+            // The socket failed or a frame is cut short: no close frame can
+            // follow. Report the close that was asked for, if any.
+            stream_ok = false;
+            break closing.flatten();
+        }
+        if let Some(c) = closing {
+            break c;
         }
         if let Some(c) = close_after {
             break Some(c);
         }
     };
-    // 1005/1006 are never sent on the wire (the client closed or vanished).
-    if let Some(r) = reason
-        .as_ref()
-        .filter(|r| !crate::disconnect::Disconnect::is_local_only(r.code))
-    {
-        let frame = CloseFrame {
-            code: CloseCode::from(r.code),
-            reason: r.reason.clone().into(),
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    // 1006 is never sent on the wire (the socket vanished).
+    if let Some(r) = reason.as_ref().filter(|r| stream_ok && r.code != ABNORMAL) {
+        let frame = close_frame(r);
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            wr.write_all(&frame).await?;
+            wr.flush().await
+        })
+        .await;
     }
     reason
 }
@@ -137,6 +319,7 @@ mod tests {
                 Outbound::Event(e) => e.with_seq(0),
                 Outbound::Frame(f) | Outbound::Reply(f, _) => f.clone(),
                 Outbound::Close(c, _) => c.to_string(),
+                Outbound::Pong(_) => "pong".into(),
             })
             .collect()
     }
