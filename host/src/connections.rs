@@ -24,26 +24,27 @@ use crate::scopes::scope_satisfies;
 pub enum Outbound {
     /// A complete frame (a response, or an unsequenced event).
     Frame(String),
-    /// The response to a request, holding the request's in-flight slot
-    /// until it is written: a client that does not read its responses stops
-    /// being read (backpressure) instead of filling its queue.
-    Reply(String, tokio::sync::OwnedSemaphorePermit),
+    /// The response to a request, which took one of the connection's
+    /// in-flight slots: the writer gives the slot back once it is written,
+    /// so a client that does not read its responses stops being read
+    /// (backpressure) instead of filling its queue.
+    Reply(String),
     /// A broadcast event; the writer appends this connection's next `seq`.
     Event(Arc<PreparedEvent>),
     /// The answer to the client's ping (at most 125 bytes, RFC 6455 5.5).
-    Pong(bytes::Bytes),
+    Pong(Box<[u8]>),
     /// Flush what is queued before this, then close with this code.
-    Close(u16, String),
+    Close(Box<CloseReason>),
 }
 
 impl Outbound {
     /// The bytes this item puts on the wire (what the queue's byte bound counts).
     pub fn size(&self) -> usize {
         match self {
-            Outbound::Frame(s) | Outbound::Reply(s, _) => s.len(),
+            Outbound::Frame(s) | Outbound::Reply(s) => s.len(),
             Outbound::Event(e) => e.len() + 24,
             Outbound::Pong(p) => p.len() + 2,
-            Outbound::Close(_, r) => r.len() + 2,
+            Outbound::Close(r) => r.reason.len() + 2,
         }
     }
 }
@@ -216,7 +217,11 @@ impl Connection {
     /// Closes after the frames already queued (shutdown); falls back to an
     /// immediate close when the queue is full.
     pub fn close_after_queue(&self, why: Disconnect) {
-        if self.try_send(Outbound::Close(why.code(), why.reason())) == Err(EnqueueError::Full) {
+        let close = Outbound::Close(Box::new(CloseReason {
+            code: why.code(),
+            reason: why.reason(),
+        }));
+        if self.try_send(close) == Err(EnqueueError::Full) {
             let _ = self.close_now(why);
         }
     }

@@ -69,6 +69,8 @@ pub struct DaemonBuilder {
     port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Run pinned to this CPU (`taskset -c`), for benchmarks.
+    cpu: Option<usize>,
 }
 
 impl DaemonBuilder {
@@ -99,6 +101,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Pins the daemon to one CPU with `taskset` (benchmarks).
+    pub fn pin_cpu(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self
@@ -111,7 +119,14 @@ impl DaemonBuilder {
     fn command(&self, dir: &Path) -> Result<(Command, PathBuf)> {
         let config_path = dir.join("switchboard.toml");
         std::fs::write(&config_path, &self.config)?;
-        let mut cmd = Command::new(binary());
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .arg("--port")

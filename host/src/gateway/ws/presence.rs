@@ -72,8 +72,8 @@ pub const PRESENCE_COALESCE: Duration = Duration::from_millis(250);
 
 /// Bytes of `presence` events per second that the coalescing aims to stay
 /// under: with 200 entries (about 70 KB) and 15,000 operators one event is
-/// 1 GB of writes, so a storm of connects is summed up every few seconds.
-const PRESENCE_BYTES_PER_SECOND: f64 = 256.0 * 1024.0 * 1024.0;
+/// 1 GB of writes, so a storm of connects is summed up every 10 s at most.
+const PRESENCE_BYTES_PER_SECOND: f64 = 64.0 * 1024.0 * 1024.0;
 
 #[derive(Serialize)]
 struct PresencePayload<'a> {

@@ -116,14 +116,15 @@ where
     let (rd, wr) = tokio::io::split(io);
     let mut stream =
         WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(ws_config)).await;
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     let mut writer = tokio::spawn(writer(
         wr,
         rx,
         close_rx.clone(),
         gw.clone(),
         conn.queued_bytes(),
+        inflight.clone(),
     ));
-    let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     // A request slot, taken before the next frame is read: a client at its
     // in-flight limit is not read from (TCP backpressure) until a request
     // finishes, instead of being answered with refusals it must then read.
@@ -168,7 +169,7 @@ where
                 }
                 Some(Ok(Message::Ping(data))) => {
                     membership.active(&gw, &conn);
-                    enqueue(&gw, &conn, Outbound::Pong(data));
+                    enqueue(&gw, &conn, Outbound::Pong(data.to_vec().into_boxed_slice()));
                 }
                 Some(Ok(_)) => membership.active(&gw, &conn),
             },
@@ -301,7 +302,11 @@ pub(super) fn on_text(
         };
         // The slot goes with the response and is freed once it is written.
         match permit {
-            Some(p) => enqueue(&gw, &conn, Outbound::Reply(frame, p)),
+            Some(p) => {
+                // The writer gives the slot back once the reply is written.
+                p.forget();
+                enqueue(&gw, &conn, Outbound::Reply(frame))
+            }
             None => respond(&gw, &conn, frame),
         }
     });

@@ -98,7 +98,7 @@ impl Encoder {
         for (i, m) in batch.iter().enumerate() {
             let start = self.scratch.len();
             match m {
-                Outbound::Frame(s) | Outbound::Reply(s, _) => {
+                Outbound::Frame(s) | Outbound::Reply(s) => {
                     push_header(&mut self.scratch, OP_TEXT, s.len());
                     self.parts.push(Part::Scratch(start, self.scratch.len()));
                     self.parts.push(Part::Item(i));
@@ -118,15 +118,7 @@ impl Encoder {
                     self.parts.push(Part::Scratch(start, self.scratch.len()));
                     self.parts.push(Part::Item(i));
                 }
-                Outbound::Close(code, reason) => {
-                    return (
-                        frames,
-                        Some(CloseReason {
-                            code: *code,
-                            reason: reason.clone(),
-                        }),
-                    );
-                }
+                Outbound::Close(r) => return (frames, Some((**r).clone())),
             }
             frames += 1;
         }
@@ -140,7 +132,7 @@ impl Encoder {
             .map(|p| match *p {
                 Part::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
                 Part::Item(i) => IoSlice::new(match &batch[i] {
-                    Outbound::Frame(s) | Outbound::Reply(s, _) => s.as_bytes(),
+                    Outbound::Frame(s) | Outbound::Reply(s) => s.as_bytes(),
                     Outbound::Event(e) => e.prefix(),
                     Outbound::Pong(p) => p,
                     Outbound::Close(..) => &[],
@@ -218,6 +210,7 @@ pub(super) async fn writer<W>(
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     gw: Arc<Gateway>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    inflight: Arc<tokio::sync::Semaphore>,
 ) -> Option<CloseReason>
 where
     W: AsyncWrite + Unpin,
@@ -267,7 +260,14 @@ where
                 r = &mut write => r,
             }
         };
-        // Written: responses' in-flight slots and events' shared bytes go.
+        // Written: responses give their in-flight slots back (even when the
+        // write failed: the reader may be waiting for one to see the close),
+        // events their shared bytes.
+        let replies = batch
+            .iter()
+            .filter(|m| matches!(m, Outbound::Reply(_)))
+            .count();
+        inflight.add_permits(replies);
         batch.clear();
         if batch.capacity() > BATCH {
             batch = Vec::new();
@@ -317,8 +317,8 @@ mod tests {
             .iter()
             .map(|m| match m {
                 Outbound::Event(e) => e.with_seq(0),
-                Outbound::Frame(f) | Outbound::Reply(f, _) => f.clone(),
-                Outbound::Close(c, _) => c.to_string(),
+                Outbound::Frame(f) | Outbound::Reply(f) => f.clone(),
+                Outbound::Close(c) => c.code.to_string(),
                 Outbound::Pong(_) => "pong".into(),
             })
             .collect()

@@ -13,6 +13,10 @@
 //!   `normal`; `messages.history` pages from a log of `BENCH_LOG_ROWS` rows;
 //!   `send` with no idempotency records and with `BENCH_LOG_ROWS` of them.
 //!
+//! First the scale targets of issue 11 (`scale.rs`, each printed with its
+//! target; `BENCH_ONLY=scale` runs only those, `BENCH_HELD` sets the held
+//! connections, default 15000).
+//!
 //! Sizes: `BENCH_CONNECTIONS` (default 1000), `BENCH_MESSAGES` (200),
 //! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_LOG_ROWS`
 //! (1000000). `BENCH_ONLY=log` runs only the message log's part.
@@ -24,6 +28,28 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use switchboard_tests::*;
+
+mod scale;
+
+/// Pins this process to CPU 1 and returns the CPU for the daemon (0), when
+/// there are at least two CPUs and `taskset` is installed.
+fn pin() -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("(one CPU: daemon and load generator share it)");
+        return None;
+    }
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("(taskset is not available: nothing is pinned; apt-get install util-linux)");
+        return None;
+    }
+    Some(0)
+}
 
 fn env_usize(k: &str, default: usize) -> usize {
     std::env::var(k)
@@ -77,9 +103,22 @@ async fn main() -> Result<()> {
     let messages = env_usize("BENCH_MESSAGES", 200);
     let sends = env_usize("BENCH_SENDS", 500);
     let handshakes = env_usize("BENCH_HANDSHAKES", 300);
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("log") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor") {
+        let n = |i: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        return scale::floor_server(n(2), n(3));
+    }
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "log" {
         return log_benches(sends).await;
     }
+    println!("## Scale targets (daemon on CPU 0, load generator on CPU 1)\n");
+    let cpu = pin();
+    scale::run(cpu).await?;
+    if only == "scale" {
+        return Ok(());
+    }
+    println!("\n## Latency and the message log (same pinning)\n");
 
     let dir = tempfile::tempdir()?;
     std::fs::copy(

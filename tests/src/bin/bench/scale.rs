@@ -1,0 +1,561 @@
+//! The scale targets of `make bench` (issue 11): the daemon pinned to one
+//! core (`taskset`), this load generator to the other. Each figure is
+//! printed with its target. Server CPU is read from `/proc/<pid>/stat`
+//! (user + system), the generator's own from `/proc/self/stat`, so a reader
+//! can see whether the generator was the bottleneck.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_tests::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub const TOKEN: &str = "bench-token";
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// CPU seconds (user + system) of a process, from /proc.
+pub fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn target_row(name: &str, value: String, target: &str, ok: bool, note: &str) {
+    let mark = if ok { "met" } else { "MISSED" };
+    println!("| {name} | {value} | {target} | {mark} | {note} |");
+}
+
+/// A lean operator: small read buffer, token auth, its own instance id.
+async fn operator(addr: std::net::SocketAddr, instance: &str, scopes: &[&str]) -> Result<Ws> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let cfg = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(cfg))
+            .await?;
+    let _challenge = ws.next().await.context("no challenge")??;
+    let mut p = connect_params(Some(TOKEN), scopes);
+    p["client"]["instanceId"] = json!(instance);
+    let req = json!({"type": "req", "id": "c", "method": "connect", "params": p});
+    ws.send(Message::text(req.to_string())).await?;
+    loop {
+        match ws.next().await.context("closed before hello-ok")?? {
+            Message::Text(t) if t.contains(r#""type":"res""#) => {
+                if !t.contains(r#""ok":true"#) {
+                    bail!("connect refused: {t}");
+                }
+                return Ok(ws);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens `n` operators, `parallel` at a time.
+async fn open_many(
+    addr: std::net::SocketAddr,
+    n: usize,
+    parallel: usize,
+    prefix: &str,
+) -> Result<Vec<Ws>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let next = next.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(mine);
+                }
+                mine.push(operator(addr, &format!("{prefix}-{i}"), &["operator.read"]).await?);
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
+
+/// Keeps reading a held connection (presence, ticks), dropping what it reads.
+fn drain(mut ws: Ws) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })
+}
+
+/// The message number in a `message` event's text, without parsing JSON.
+fn message_number(t: &str) -> Option<usize> {
+    if !t.contains(r#""event":"message""#) {
+        return None;
+    }
+    let i = t.find(r#""text":"n"#)? + 9;
+    let end = t[i..].find('"')? + i;
+    t[i..end].parse().ok()
+}
+
+struct FanOut {
+    deliveries: u64,
+    server_cpu: f64,
+    client_cpu: f64,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// `conns` operators each receive `messages` webhook messages, posted
+/// `every` apart (or as fast as 16 posters go when `None`).
+async fn fan_out(
+    d: &Daemon,
+    conns: usize,
+    messages: usize,
+    every: Option<Duration>,
+    tag: &str,
+) -> Result<FanOut> {
+    let pid = d.pid().to_string();
+    let socks = open_many(d.addr, conns, 32, tag).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await; // presence settles
+    let base = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..messages).map(|_| AtomicU64::new(0)).collect());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for mut ws in socks {
+        let sent = sent.clone();
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(messages);
+            let mut got = 0;
+            while got < messages {
+                let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await else {
+                    break;
+                };
+                let Message::Text(t) = m else { continue };
+                if let Some(n) = message_number(t.as_str()) {
+                    got += 1;
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    let at = base.elapsed().as_nanos() as u64;
+                    if let Some(s) = sent.get(n) {
+                        lat.push(Duration::from_nanos(at.saturating_sub(s.load(Ordering::Relaxed))));
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let http = reqwest::Client::new();
+    let hook = d.http("/hooks/echo/default");
+    let cpu0 = cpu_secs(&pid);
+    let me0 = cpu_secs("self");
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let posters = if every.is_some() { 1 } else { 16 };
+    let mut tasks = Vec::new();
+    for _ in 0..posters {
+        let (http, hook, next, sent) = (http.clone(), hook.clone(), next.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = every.map(tokio::time::interval);
+            loop {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= messages {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let r = http
+                    .post(&hook)
+                    .json(&json!({"chatId": "bench", "text": format!("n{i}")}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("webhook answered {}", r.status());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut latencies = Vec::new();
+    for r in readers {
+        latencies.extend(r.await?);
+    }
+    let wall = t0.elapsed();
+    latencies.sort();
+    Ok(FanOut {
+        deliveries: delivered.load(Ordering::Relaxed),
+        server_cpu: cpu_secs(&pid) - cpu0,
+        client_cpu: cpu_secs("self") - me0,
+        wall,
+        latencies,
+    })
+}
+
+/// The physical floor: a plain TCP server (this binary, `--floor`, pinned
+/// to the daemon's core) writing one small frame per socket per event to
+/// `conns` sockets. Returns (deliveries per server CPU-second, its CPU s).
+async fn floor(conns: usize, events: usize, cpu: Option<usize>) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut c2 = std::process::Command::new("taskset");
+            c2.arg("-c").arg(c.to_string()).arg(exe);
+            c2
+        }
+        None => std::process::Command::new(exe),
+    };
+    let mut child = cmd
+        .arg("--floor")
+        .arg(conns.to_string())
+        .arg(events.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    let port: u16 = line.trim().parse().context("floor server port")?;
+    let mut readers = Vec::new();
+    for _ in 0..conns {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        readers.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 8192];
+            let mut total = 0usize;
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        }));
+    }
+    for r in readers {
+        r.await?;
+    }
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    let _ = child.wait();
+    let cpu_s: f64 = line.trim().parse().unwrap_or(0.0);
+    Ok(((conns * events) as f64 / cpu_s.max(1e-6), cpu_s))
+}
+
+/// `--floor <conns> <events>`: accept `conns` sockets, then write `events`
+/// 100-byte WebSocket text frames to each, one event at a time; print the
+/// port first and the CPU seconds used last.
+pub fn floor_server(conns: usize, events: usize) -> Result<()> {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", l.local_addr()?.port());
+    std::io::stdout().flush()?;
+    let mut socks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let (s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        socks.push(s);
+    }
+    let mut frame = vec![0x81u8, 98];
+    frame.extend_from_slice(&[b'x'; 98]);
+    let cpu0 = cpu_secs("self");
+    for _ in 0..events {
+        for s in socks.iter_mut() {
+            s.write_all(&frame)?;
+        }
+    }
+    let used = cpu_secs("self") - cpu0;
+    drop(socks);
+    println!("{used}");
+    Ok(())
+}
+
+/// Runs every target and prints a table.
+pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
+    let held = std::env::var("BENCH_HELD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15_000usize);
+    let dir = tempfile::tempdir()?;
+    let mut b = Daemon::builder().with_plugins(
+        dir.path(),
+        &[("plugins", "echo.wasm")],
+        &format!(
+            "[gateway.auth]\ntoken = \"{TOKEN}\"\n[gateway.limits]\nmax_connections = {}\n\
+             [channels.echo.accounts.default]\ninterval_secs = 0\n",
+            held + 2000
+        ),
+    );
+    if let Some(c) = daemon_cpu {
+        b = b.pin_cpu(c);
+    }
+    let d = b.start()?;
+    let pid = d.pid();
+    let spid = pid.to_string();
+    let url = d.url();
+    // Warm up: the echo plugin compiled and instantiated once.
+    let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
+    op.request("w", "send", json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"})).await?;
+    drop(op);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    println!("| figure | result | target | | notes |");
+    println!("|---|---|---|---|---|");
+
+    // Handshakes per second: token auth, 64 in flight.
+    let hs_total = 20_000usize;
+    let cpu0 = cpu_secs(&spid);
+    let me0 = cpu_secs("self");
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let next = next.clone();
+        let addr = d.addr;
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < hs_total {
+                let ws = operator(addr, "handshakes", &["operator.read"]).await?;
+                drop(ws);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let rate = hs_total as f64 / wall;
+    target_row(
+        "handshakes per second (token auth, 64 in flight)",
+        format!("{rate:.0}/s"),
+        "≥ 10,000/s",
+        rate >= 10_000.0,
+        &format!(
+            "{hs_total} handshakes in {wall:.2} s; server CPU {:.2} s, generator CPU {:.2} s",
+            cpu_secs(&spid) - cpu0,
+            cpu_secs("self") - me0
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 15,000 operator.read connections held at once.
+    let idle = rss_kib(pid);
+    let cpu0 = cpu_secs(&spid);
+    let me0 = cpu_secs("self");
+    let t0 = Instant::now();
+    let socks = open_many(d.addr, held, 64, "held").await;
+    let connect_wall = t0.elapsed().as_secs_f64();
+    let (socks, opened) = match socks {
+        Ok(s) => {
+            let n = s.len();
+            (s, n)
+        }
+        Err(e) => {
+            println!("| operator.read connections held at once | failed: {e:#} | 15,000 | MISSED | |");
+            (Vec::new(), 0)
+        }
+    };
+    let connect_cpu = cpu_secs(&spid) - cpu0;
+    let gen_cpu = cpu_secs("self") - me0;
+    let drains: Vec<_> = socks.into_iter().map(drain).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held_rss = rss_kib(pid);
+    // The daemon still answers.
+    let (mut probe, _) = connect(&url, Some(TOKEN), &["operator.read"]).await?;
+    let h = probe.request("h", "health", json!({})).await?;
+    let healthy = h["ok"] == true;
+    drop(probe);
+    target_row(
+        "operator.read connections held at once",
+        format!("{opened}"),
+        "15,000",
+        opened >= 15_000 && healthy,
+        &format!("health answered ok={healthy} with all of them open"),
+    );
+    let per = (held_rss.saturating_sub(idle)) as f64 / opened.max(1) as f64;
+    target_row(
+        "RSS per idle connection (above the idle daemon)",
+        format!("{per:.1} KiB"),
+        "≤ 8 KiB",
+        per <= 8.0,
+        &format!(
+            "VmRSS {:.1} MiB idle, {:.1} MiB with {opened} connections",
+            idle as f64 / 1024.0,
+            held_rss as f64 / 1024.0
+        ),
+    );
+    target_row(
+        "server CPU to connect them",
+        format!("{connect_cpu:.2} s"),
+        "≤ 5 s",
+        connect_cpu <= 5.0,
+        &format!(
+            "{connect_wall:.1} s wall, 64 connecting at once, each its own instance (presence changes on each); generator CPU {gen_cpu:.2} s"
+        ),
+    );
+    for t in drains {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Fan-out as fast as the messages come.
+    let f = fan_out(&d, 1000, 200, None, "fan").await?;
+    let per_cpu = f.deliveries as f64 / f.server_cpu.max(1e-6);
+    target_row(
+        "fan-out: deliveries per server CPU-second",
+        format!("{per_cpu:.0}"),
+        "≥ 300,000",
+        per_cpu >= 300_000.0,
+        &format!(
+            "1000 operators × 200 webhook messages, 16 posters: {} deliveries in {:.2} s, server CPU {:.2} s, generator CPU {:.2} s",
+            f.deliveries,
+            f.wall.as_secs_f64(),
+            f.server_cpu,
+            f.client_cpu
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (floor_rate, floor_cpu) = floor(1000, 200, daemon_cpu).await?;
+    println!(
+        "| physical floor: plain TCP server, one 100-byte frame per socket per event | {floor_rate:.0} per CPU-second | | | 1000 sockets × 200 events, {floor_cpu:.2} s CPU on the daemon's core: the fan-out above is {:.0}% of it |",
+        per_cpu / floor_rate * 100.0
+    );
+
+    // Latency at 50 messages per second.
+    let f = fan_out(&d, 1000, 200, Some(Duration::from_millis(20)), "lat").await?;
+    let (p50, p99) = (pct(&f.latencies, 0.5), pct(&f.latencies, 0.99));
+    target_row(
+        "latency webhook POST → every operator (1000 operators, 50 messages/s)",
+        format!("p50 {} p99 {}", ms(p50), ms(p99)),
+        "p50 ≤ 3 ms, p99 ≤ 10 ms",
+        p50 <= Duration::from_millis(3) && p99 <= Duration::from_millis(10),
+        &format!(
+            "{} deliveries; server CPU {:.2} s, generator CPU {:.2} s over {:.1} s",
+            f.latencies.len(),
+            f.server_cpu,
+            f.client_cpu,
+            f.wall.as_secs_f64()
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // health RPC on 8 connections.
+    let secs = 3.0;
+    let mut tasks = Vec::new();
+    let cpu0 = cpu_secs(&spid);
+    let me0 = cpu_secs("self");
+    for i in 0..8 {
+        let addr = d.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut ws = operator(addr, &format!("health-{i}"), &["operator.read"]).await?;
+            let mut lat = Vec::new();
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed().as_secs_f64() < secs {
+                let t = Instant::now();
+                let req = format!(r#"{{"type":"req","id":"h{n}","method":"health"}}"#);
+                ws.send(Message::text(req)).await?;
+                loop {
+                    match ws.next().await.context("closed")?? {
+                        Message::Text(t) if t.contains(r#""type":"res""#) => break,
+                        _ => {}
+                    }
+                }
+                lat.push(t.elapsed());
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    lat.sort();
+    let rate = lat.len() as f64 / secs;
+    let p99 = pct(&lat, 0.99);
+    target_row(
+        "`health` RPC, 8 connections",
+        format!("{rate:.0}/s, p99 {}", ms(p99)),
+        "≥ 100,000/s, p99 < 0.5 ms",
+        rate >= 100_000.0 && p99 < Duration::from_micros(500),
+        &format!(
+            "server CPU {:.2} s, generator CPU {:.2} s in {secs} s",
+            cpu_secs(&spid) - cpu0,
+            cpu_secs("self") - me0
+        ),
+    );
+
+    // send through echo minus health, on one connection.
+    let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
+    let mut hl = Vec::new();
+    let mut sl = Vec::new();
+    for i in 0..1000 {
+        let t = Instant::now();
+        op.request(&format!("h{i}"), "health", json!({})).await?;
+        hl.push(t.elapsed());
+        let t = Instant::now();
+        let r: Value = op
+            .request(
+                &format!("s{i}"),
+                "send",
+                json!({"channel": "echo", "to": "bench", "message": "x", "idempotencyKey": format!("k{i}")}),
+            )
+            .await?;
+        if r["ok"] != true {
+            bail!("send failed: {r}");
+        }
+        sl.push(t.elapsed());
+    }
+    hl.sort();
+    sl.sort();
+    let diff = pct(&sl, 0.5).saturating_sub(pct(&hl, 0.5));
+    target_row(
+        "`send` through echo minus `health`, p50, one connection",
+        format!("{:.0} µs", diff.as_secs_f64() * 1e6),
+        "≤ 50 µs",
+        diff <= Duration::from_micros(50),
+        &format!(
+            "send p50 {}, health p50 {} (1000 each, alternating; a send is a durable log write and a fresh echo instance)",
+            ms(pct(&sl, 0.5)),
+            ms(pct(&hl, 0.5))
+        ),
+    );
+    Ok(())
+}
