@@ -144,16 +144,17 @@ pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection
 mod tests {
     use super::*;
     use crate::connections::{ConnIdentity, Connection};
-    use tokio::sync::{mpsc, watch};
+    use crate::queue;
+    use tokio::sync::watch;
 
     fn add(
         m: &ConnectionManager,
         id: &str,
         role: &str,
         scopes: &[&str],
-        queue: usize,
-    ) -> mpsc::Receiver<Outbound> {
-        let (tx, rx) = mpsc::channel(queue);
+        cap: usize,
+    ) -> queue::Receiver<Outbound> {
+        let (tx, rx) = queue::channel(cap);
         let (close, _) = watch::channel(None);
         m.register(Arc::new(Connection::new(
             ConnIdentity::for_test(id, role, scopes, None),
@@ -184,9 +185,9 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(b.broadcast("z", &v, &not_a), 1);
-        let names = |rx: &mut mpsc::Receiver<Outbound>| {
+        let names = |rx: &mut queue::Receiver<Outbound>| {
             let mut out = Vec::new();
-            while let Ok(Outbound::Event(e)) = rx.try_recv() {
+            while let Some(Outbound::Event(e)) = rx.try_recv() {
                 out.push(e);
             }
             out

@@ -4,7 +4,7 @@
 //! A [`Connection`] is the handle other components hold: its bounded outbound
 //! queue (drained by the connection's writer task) and its close signal.
 //!
-//! It uses `frames`, `disconnect`, `presence`, `scopes` and `sync`; it knows nothing of the
+//! It uses `frames`, `disconnect`, `presence`, `queue`, `scopes` and `sync`; it knows nothing of the
 //! gateway, channels or plugins.
 
 use crate::sync::RwLockExt;
@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::queue;
 
 use crate::disconnect::Disconnect;
 use crate::frames::PreparedEvent;
@@ -103,7 +105,7 @@ pub struct Connection {
     pub client: ClientInfo,
     pub remote_ip: IpAddr,
     pub connected_at_ms: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: queue::Sender<Outbound>,
     close: watch::Sender<Option<CloseReason>>,
     /// Bytes queued and not yet written (shared with the writer, which
     /// subtracts what it has written).
@@ -124,7 +126,7 @@ pub enum EnqueueError {
 impl Connection {
     pub fn new(
         identity: ConnIdentity,
-        tx: mpsc::Sender<Outbound>,
+        tx: queue::Sender<Outbound>,
         close: watch::Sender<Option<CloseReason>>,
     ) -> Self {
         let ConnIdentity {
@@ -179,18 +181,15 @@ impl Connection {
         self.tx.try_send(item).map_err(|e| {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             match e {
-                mpsc::error::TrySendError::Full(_) => EnqueueError::Full,
-                mpsc::error::TrySendError::Closed(_) => EnqueueError::Closed,
+                queue::TrySendError::Full(_) => EnqueueError::Full,
+                queue::TrySendError::Closed(_) => EnqueueError::Closed,
             }
         })
     }
 
     /// (frames, bytes) queued and not yet written.
     pub fn queued(&self) -> (usize, usize) {
-        (
-            self.tx.max_capacity() - self.tx.capacity(),
-            self.queued.load(Ordering::Acquire),
-        )
+        (self.tx.len(), self.queued.load(Ordering::Acquire))
     }
 
     /// Has a close been requested?
@@ -371,7 +370,7 @@ mod tests {
     use super::*;
 
     fn conn(id: &str, role: &str, scopes: &[&str], device: Option<&str>) -> Arc<Connection> {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         let (close, _) = watch::channel(None);
         Arc::new(Connection::new(
             ConnIdentity::for_test(id, role, scopes, device),
@@ -399,7 +398,7 @@ mod tests {
 
     #[test]
     fn queue_is_bounded_by_bytes() {
-        let (tx, mut rx) = mpsc::channel(100);
+        let (tx, mut rx) = queue::channel(100);
         let (close, _) = watch::channel(None);
         let c = Connection::new(
             ConnIdentity::for_test("a", "operator", &[], None),

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod plugins;
 pub mod presence;
+pub mod queue;
 pub mod rlimit;
 pub mod scopes;
 pub mod shutdown;

@@ -375,14 +375,15 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = derive_accept_key(key.as_bytes());
     let gw2 = gw.clone();
-    gw.tasks.spawn(async move {
+    let fut = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 super::ws::run(gw2, TokioIo::new(upgraded), meta, origin).await;
             }
             Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
         }
-    });
+    };
+    gw.tasks.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

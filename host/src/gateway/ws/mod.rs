@@ -28,7 +28,10 @@ pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if let Some(accepted) = handshake::accept(&gw, &mut io, &meta, origin).await {
-        reader::serve_connection(gw, io, meta, accepted).await;
+    // Boxed: the handshake's state (buffers, parsed params) is freed once it
+    // is done instead of sizing the future the whole connection lives in.
+    let accepted = Box::pin(handshake::accept(&gw, &mut io, &meta, origin)).await;
+    if let Some(accepted) = accepted {
+        Box::pin(reader::serve_connection(gw, io, meta, accepted)).await;
     }
 }

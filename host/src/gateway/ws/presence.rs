@@ -111,6 +111,10 @@ pub async fn run_presence(gw: Arc<Gateway>) {
             &filter,
         );
         let bytes = (list.get().len() * sent) as f64;
+        if bytes > (1 << 20) as f64 {
+            // Once written, a big event's bytes are free memory: give it back.
+            crate::memory::release_soon();
+        }
         let wait =
             Duration::from_secs_f64(bytes / PRESENCE_BYTES_PER_SECOND).max(PRESENCE_COALESCE);
         tokio::time::sleep(wait.min(Duration::from_secs(10))).await;

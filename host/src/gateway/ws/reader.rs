@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -67,7 +67,7 @@ where
 {
     let limits = &gw.config.gateway.limits;
     let conn_id = uuid::Uuid::new_v4().to_string();
-    let (tx, rx) = mpsc::channel(limits.send_queue_frames);
+    let (tx, rx) = crate::queue::channel(limits.send_queue_frames);
     let (close_tx, close_rx) = watch::channel(None);
     let identity = ConnIdentity {
         id: conn_id.clone(),
@@ -87,8 +87,13 @@ where
     let mut membership = Membership::join(&gw, &conn);
     // Built and dropped in this statement: the snapshot holds the whole
     // presence list, and a local would live as long as the connection.
-    let wrote =
-        preauth::write_text(&mut io, &hello_ok_frame(&gw, &a.request_id, &conn_id, &a)).await;
+    // (Futures awaited once, here and at the close, are boxed so that their
+    // state does not size the future every connection lives in.)
+    let wrote = Box::pin(preauth::write_text(
+        &mut io,
+        &hello_ok_frame(&gw, &a.request_id, &conn_id, &a),
+    ))
+    .await;
     if wrote.is_err() {
         gw.conns.unregister(&conn_id);
         membership.leave(&gw);
@@ -103,6 +108,9 @@ where
     if membership.joined_new {
         gw.presence_notify.notify_one();
     }
+    // Each hello-ok frame carries the presence list: after a storm of
+    // connects, what they used is free memory to give back.
+    crate::memory::release_soon();
 
     // The reader keeps tokio-tungstenite (framing checks, UTF-8, limits);
     // the writer writes frames itself. Whatever tungstenite would write
@@ -117,14 +125,15 @@ where
     let mut stream =
         WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(ws_config)).await;
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
-    let mut writer = tokio::spawn(writer(
+    let wfut = writer(
         wr,
         rx,
         close_rx.clone(),
         gw.clone(),
         conn.queued_bytes(),
         inflight.clone(),
-    ));
+    );
+    let mut writer = tokio::spawn(wfut);
     // A request slot, taken before the next frame is read: a client at its
     // in-flight limit is not read from (TCP backpressure) until a request
     // finishes, instead of being answered with refusals it must then read.
@@ -179,14 +188,14 @@ where
                 // client's close or EOF. Dropping the socket first would make
                 // the kernel answer the client's close with a reset, which
                 // discards frames the client has received but not yet read.
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE, async {
                     while let Some(Ok(m)) = stream.next().await {
                         if let Message::Close(f) = m {
                             client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
                             break;
                         }
                     }
-                })
+                }))
                 .await;
                 break;
             }
@@ -204,7 +213,7 @@ where
         None => {
             // The client closed or the socket failed: stop the writer.
             let _ = conn.close_now(Disconnect::Client(client_close.unwrap_or(ABNORMAL)));
-            match tokio::time::timeout(CLOSE_GRACE, &mut writer).await {
+            match Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut writer)).await {
                 Ok(r) => r.ok().flatten(),
                 Err(_) => {
                     writer.abort();

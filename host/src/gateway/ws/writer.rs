@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::queue;
 
 use crate::broadcast::events;
 use crate::connections::{CloseReason, Outbound};
@@ -27,8 +29,10 @@ use crate::gateway::Gateway;
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written per vectored write at most (3 slices each, under IOV_MAX).
 pub(super) const BATCH: usize = 64;
-/// Scratch and batch buffers above this are given back after a batch.
-const KEEP_SCRATCH: usize = 4096;
+/// Buffers above these are given back after a batch: an idle connection
+/// keeps little, a busy one reallocates once per batch at most.
+const KEEP_SCRATCH: usize = 512;
+const KEEP_ITEMS: usize = 16;
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -146,7 +150,7 @@ impl Encoder {
         if self.scratch.capacity() > KEEP_SCRATCH {
             self.scratch = Vec::new();
         }
-        if self.parts.capacity() > BATCH * 3 {
+        if self.parts.capacity() > KEEP_ITEMS * 3 {
             self.parts = Vec::new();
         }
     }
@@ -206,7 +210,7 @@ pub(super) fn close_frame(r: &CloseReason) -> Vec<u8> {
 /// next `seq`. Returns the close it sent.
 pub(super) async fn writer<W>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: queue::Receiver<Outbound>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     gw: Arc<Gateway>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -219,21 +223,16 @@ where
     let mut batch: Vec<Outbound> = Vec::new();
     let mut stream_ok = true;
     let reason: Option<CloseReason> = loop {
-        let first = tokio::select! {
+        let more = tokio::select! {
             biased;
             r = close_rx.changed() => {
                 if r.is_err() { break None; }
                 break close_rx.borrow().clone();
             }
-            m = rx.recv() => m,
+            more = rx.recv_many(&mut batch, BATCH) => more,
         };
-        let Some(first) = first else { break None };
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+        if !more {
+            break None;
         }
         let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
         drop_superseded_presence(&mut batch);
@@ -269,7 +268,7 @@ where
             .count();
         inflight.add_permits(replies);
         batch.clear();
-        if batch.capacity() > BATCH {
+        if batch.capacity() > KEEP_ITEMS {
             batch = Vec::new();
         }
         enc.trim();

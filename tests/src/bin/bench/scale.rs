@@ -163,7 +163,9 @@ async fn fan_out(
             let mut lat = Vec::with_capacity(messages);
             let mut got = 0;
             while got < messages {
-                let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await else {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(60), ws.next()).await
+                else {
                     break;
                 };
                 let Message::Text(t) = m else { continue };
@@ -172,7 +174,9 @@ async fn fan_out(
                     delivered.fetch_add(1, Ordering::Relaxed);
                     let at = base.elapsed().as_nanos() as u64;
                     if let Some(s) = sent.get(n) {
-                        lat.push(Duration::from_nanos(at.saturating_sub(s.load(Ordering::Relaxed))));
+                        lat.push(Duration::from_nanos(
+                            at.saturating_sub(s.load(Ordering::Relaxed)),
+                        ));
                     }
                 }
             }
@@ -331,7 +335,12 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     let url = d.url();
     // Warm up: the echo plugin compiled and instantiated once.
     let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
-    op.request("w", "send", json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"})).await?;
+    op.request(
+        "w",
+        "send",
+        json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"}),
+    )
+    .await?;
     drop(op);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -387,7 +396,9 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
             (s, n)
         }
         Err(e) => {
-            println!("| operator.read connections held at once | failed: {e:#} | 15,000 | MISSED | |");
+            println!(
+                "| operator.read connections held at once | failed: {e:#} | 15,000 | MISSED | |"
+            );
             (Vec::new(), 0)
         }
     };
