@@ -41,8 +41,50 @@ pub enum FrameError {
     Malformed { id: String, message: String },
 }
 
+/// A request as it is on the wire, borrowed from the frame: the fast path
+/// of [`RequestFrame::parse`] (no `Value` tree for the frame; only the
+/// params, when there are some, are parsed into one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRequest<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    params: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl RequestFrame {
     pub fn parse(text: &str) -> Result<RequestFrame, FrameError> {
+        if let Ok(w) = serde_json::from_str::<WireRequest>(text) {
+            if w.kind == "req" && !w.id.is_empty() && !w.method.is_empty() {
+                let params = match w.params {
+                    None => None,
+                    Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                        Ok(Value::Null) => None,
+                        Ok(v) => Some(v),
+                        Err(_) => None,
+                    },
+                };
+                return Ok(RequestFrame {
+                    kind: w.kind.into_owned(),
+                    id: w.id.into_owned(),
+                    method: w.method.into_owned(),
+                    params,
+                    traceparent: w.traceparent.map(|t| t.into_owned()),
+                });
+            }
+        }
+        // Anything else takes the slow path, which says what is wrong.
+        Self::parse_slowly(text)
+    }
+
+    fn parse_slowly(text: &str) -> Result<RequestFrame, FrameError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| FrameError::NotARequest(format!("not JSON: {e}")))?;
         let obj = value
@@ -295,5 +337,24 @@ mod tests {
         let ok = RequestFrame::parse(r#"{"type":"req","id":"1","method":"health","params":{}}"#)
             .unwrap();
         assert_eq!(ok.method, "health");
+        // Escapes in the borrowed fields, null params, and the slow path's
+        // verdicts agree with the fast path's.
+        let ok = RequestFrame::parse(
+            r#"{"type":"req","id":"a\"b","method":"send","params":{"x":[1]},"traceparent":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.id, "a\"b");
+        assert_eq!(ok.params, Some(serde_json::json!({"x": [1]})));
+        let ok =
+            RequestFrame::parse(r#"{"type":"req","id":"1","method":"m","params":null}"#).unwrap();
+        assert_eq!(ok.params, None);
+        assert!(matches!(
+            RequestFrame::parse(r#"{"type":"req","id":"","method":"m"}"#),
+            Err(FrameError::NotARequest(_))
+        ));
+        assert!(matches!(
+            RequestFrame::parse(r#"{"type":"req","id":"1","method":""}"#),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 }

@@ -78,22 +78,34 @@ pub fn names() -> Vec<&'static str> {
     METHODS.iter().map(|m| m.name).collect()
 }
 
-/// Finds `method`, checks the caller's scope, runs it.
-pub async fn dispatch(
+/// What [`start`] did with a request.
+pub enum Dispatch {
+    /// Answered at once (a `Now` method, an unknown method, a missing scope).
+    Done(Answer),
+    /// A `Later` method: its answer, once awaited.
+    Later(Pending),
+}
+
+/// Finds `method`, checks the caller's scope, and runs it: a `Now` method
+/// here (the reader answers it without spawning a task), a `Later` one as
+/// a future for a task.
+pub fn start(
     gw: &Arc<Gateway>,
     conn: &Connection,
     method: &str,
     params: Option<Value>,
-) -> Answer {
+) -> Dispatch {
     let Some(m) = METHODS.iter().find(|m| m.name == method) else {
-        return Err(ErrorShape::invalid(format!("unknown method: {method}")));
+        return Dispatch::Done(Err(ErrorShape::invalid(format!(
+            "unknown method: {method}"
+        ))));
     };
     if !conn.has_scope(m.scope) {
-        return Err(ErrorShape::missing_scope(m.scope));
+        return Dispatch::Done(Err(ErrorShape::missing_scope(m.scope)));
     }
     match m.handler {
-        Handler::Now(f) => f(gw, m.name, params),
-        Handler::Later(f) => f(gw.clone(), m.name, params).await,
+        Handler::Now(f) => Dispatch::Done(f(gw, m.name, params)),
+        Handler::Later(f) => Dispatch::Later(f(gw.clone(), m.name, params)),
     }
 }
 

@@ -20,7 +20,7 @@ pub mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 /// Which way a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,26 +66,47 @@ pub struct Message {
 impl Message {
     /// The payload of its `message` event (and of a `messages.history`
     /// entry: the same shape).
-    pub fn event(&self) -> Value {
-        let mut ev = json!({
-            "messageSeq": self.seq, "direction": self.direction.as_str(), "channel": self.channel,
-            "accountId": self.account, "chatId": self.chat, "senderId": self.sender,
-            "messageId": self.message_id, "text": self.text, "ts": self.ts,
-        });
-        if let Some(v) = &self.sender_name {
-            ev["senderName"] = json!(v);
+    pub fn event(&self) -> MessageEvent<'_> {
+        MessageEvent {
+            message_seq: self.seq,
+            direction: self.direction.as_str(),
+            channel: &self.channel,
+            account_id: &self.account,
+            chat_id: &self.chat,
+            sender_id: &self.sender,
+            sender_name: self.sender_name.as_deref(),
+            message_id: &self.message_id,
+            text: &self.text,
+            ts: self.ts,
+            thread_id: self.thread_id.as_deref(),
+            reply_to_id: self.reply_to_id.as_deref(),
+            raw: self.raw.as_deref(),
         }
-        if let Some(v) = &self.thread_id {
-            ev["threadId"] = json!(v);
-        }
-        if let Some(v) = &self.reply_to_id {
-            ev["replyToId"] = json!(v);
-        }
-        if let Some(v) = &self.raw {
-            ev["raw"] = json!(v);
-        }
-        ev
     }
+}
+
+/// A `message` event's payload, borrowed from the [`Message`] (serialised
+/// straight from it, no `Value` tree).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageEvent<'a> {
+    pub message_seq: u64,
+    pub direction: &'static str,
+    pub channel: &'a str,
+    pub account_id: &'a str,
+    pub chat_id: &'a str,
+    pub sender_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<&'a str>,
+    pub message_id: &'a str,
+    pub text: &'a str,
+    pub ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<&'a str>,
 }
 
 /// What `append` did.

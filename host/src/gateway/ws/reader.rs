@@ -301,22 +301,40 @@ pub(super) fn on_text(
         return;
     }
     let permit = slot.take();
+    let pending = match crate::gateway::methods::start(gw, conn, &req.method, req.params) {
+        crate::gateway::methods::Dispatch::Done(answer) => {
+            reply(gw, conn, &req.id, answer, permit);
+            return;
+        }
+        crate::gateway::methods::Dispatch::Later(p) => p,
+    };
     let gw = gw.clone();
     let conn = conn.clone();
     tokio::spawn(async move {
-        let result = crate::gateway::methods::dispatch(&gw, &conn, &req.method, req.params).await;
-        let frame = match result {
-            Ok(payload) => frames::response_ok(&req.id, &payload),
-            Err(e) => frames::response_err(&req.id, &e),
-        };
-        // The slot goes with the response and is freed once it is written.
-        match permit {
-            Some(p) => {
-                // The writer gives the slot back once the reply is written.
-                p.forget();
-                enqueue(&gw, &conn, Outbound::Reply(frame))
-            }
-            None => respond(&gw, &conn, frame),
-        }
+        let answer = pending.await;
+        reply(&gw, &conn, &req.id, answer, permit);
     });
+}
+
+/// Queues the response to request `id`; the request's slot goes with it
+/// and is freed once it is written.
+fn reply(
+    gw: &Gateway,
+    conn: &Connection,
+    id: &str,
+    answer: Result<serde_json::Value, ErrorShape>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let frame = match answer {
+        Ok(payload) => frames::response_ok(id, &payload),
+        Err(e) => frames::response_err(id, &e),
+    };
+    match permit {
+        Some(p) => {
+            // The writer gives the slot back once the reply is written.
+            p.forget();
+            enqueue(gw, conn, Outbound::Reply(frame))
+        }
+        None => respond(gw, conn, frame),
+    }
 }
