@@ -119,7 +119,13 @@ impl DaemonBuilder {
     fn command(&self, dir: &Path) -> Result<(Command, PathBuf)> {
         let config_path = dir.join("switchboard.toml");
         std::fs::write(&config_path, &self.config)?;
-        let mut cmd = match self.cpu {
+        // Benchmarks pin every daemon they start (SWITCHBOARD_BENCH_CPU).
+        let cpu = self.cpu.or_else(|| {
+            std::env::var("SWITCHBOARD_BENCH_CPU")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        let mut cmd = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
                 c.arg("-c").arg(cpu.to_string()).arg(binary());

@@ -48,6 +48,8 @@ fn pin() -> Option<usize> {
         println!("(taskset is not available: nothing is pinned; apt-get install util-linux)");
         return None;
     }
+    // Every daemon this run starts goes to CPU 0 (the harness reads this).
+    std::env::set_var("SWITCHBOARD_BENCH_CPU", "0");
     Some(0)
 }
 
@@ -303,9 +305,9 @@ async fn main() -> Result<()> {
     drop(d);
     log_benches(sends).await?;
     println!(
-        "\nrelease daemon {}, on {} CPUs",
+        "\nrelease daemon {}; daemons pinned to CPU {}, this generator to CPU 1",
         binary().display(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::env::var("SWITCHBOARD_BENCH_CPU").unwrap_or_else(|_| "(none)".into())
     );
     Ok(())
 }

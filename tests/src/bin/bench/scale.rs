@@ -316,22 +316,24 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15_000usize);
+    // BENCH_STORE_SYNC=normal shows what the per-commit fsync costs.
+    let sync = std::env::var("BENCH_STORE_SYNC").unwrap_or_else(|_| "full".into());
     let dir = tempfile::tempdir()?;
     let mut b = Daemon::builder().with_plugins(
         dir.path(),
         &[("plugins", "echo.wasm")],
         &format!(
             "[gateway.auth]\ntoken = \"{TOKEN}\"\n[gateway.limits]\nmax_connections = {}\n\
+             [store]\nsync = \"{sync}\"\n\
              [channels.echo.accounts.default]\ninterval_secs = 0\n",
             held + 2000
         ),
     );
+    println!("(store.sync = {sync})\n");
     if let Some(c) = daemon_cpu {
         b = b.pin_cpu(c);
     }
     let d = b.start()?;
-    let pid = d.pid();
-    let spid = pid.to_string();
     let url = d.url();
     // Warm up: the echo plugin compiled and instantiated once.
     let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
@@ -347,6 +349,18 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     println!("| figure | result | target | | notes |");
     println!("|---|---|---|---|---|");
 
+    // BENCH_PART=rpc: only the two RPC rows (quick A/B runs).
+    let rpc_only = std::env::var("BENCH_PART").as_deref() == Ok("rpc");
+    if !rpc_only {
+        connections_and_fan_out(&d, held, daemon_cpu).await?;
+    }
+    rpcs(&d).await
+}
+
+async fn connections_and_fan_out(d: &Daemon, held: usize, daemon_cpu: Option<usize>) -> Result<()> {
+    let pid = d.pid();
+    let spid = pid.to_string();
+    let url = d.url();
     // Handshakes per second: token auth, 64 in flight.
     let hs_total = 20_000usize;
     let cpu0 = cpu_secs(&spid);
@@ -446,7 +460,7 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Fan-out as fast as the messages come.
-    let f = fan_out(&d, 1000, 200, None, "fan").await?;
+    let f = fan_out(d, 1000, 200, None, "fan").await?;
     let per_cpu = f.deliveries as f64 / f.server_cpu.max(1e-6);
     target_row(
         "fan-out: deliveries per server CPU-second",
@@ -469,7 +483,7 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     );
 
     // Latency at 50 messages per second.
-    let f = fan_out(&d, 1000, 200, Some(Duration::from_millis(20)), "lat").await?;
+    let f = fan_out(d, 1000, 200, Some(Duration::from_millis(20)), "lat").await?;
     let (p50, p99) = (pct(&f.latencies, 0.5), pct(&f.latencies, 0.99));
     target_row(
         "latency webhook POST → every operator (1000 operators, 50 messages/s)",
@@ -486,6 +500,12 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    Ok(())
+}
+
+async fn rpcs(d: &Daemon) -> Result<()> {
+    let spid = d.pid().to_string();
+    let url = d.url();
     // health RPC on 8 connections.
     let secs = 3.0;
     let mut tasks = Vec::new();
