@@ -123,23 +123,28 @@ pub async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Appends an unmasked, final frame header for `len` payload bytes (RFC
+/// 6455 5.2: a server's frames are not masked; 7-, 16- or 64-bit length).
+pub fn push_header(out: &mut Vec<u8>, op: u8, len: usize) {
+    out.push(0x80 | op);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
 async fn write_frame<S: AsyncWrite + Unpin>(
     io: &mut S,
     op: u8,
     payload: &[u8],
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(payload.len() + 10);
-    buf.push(0x80 | op);
-    let len = payload.len();
-    if len < 126 {
-        buf.push(len as u8);
-    } else if len <= u16::MAX as usize {
-        buf.push(126);
-        buf.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        buf.push(127);
-        buf.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    push_header(&mut buf, op, payload.len());
     buf.extend_from_slice(payload);
     io.write_all(&buf).await?;
     io.flush().await

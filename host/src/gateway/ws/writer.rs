@@ -38,19 +38,8 @@ const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PONG: u8 = 0xA;
 
-/// Appends an unmasked, final frame header for `len` payload bytes.
-pub(super) fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
+use crate::gateway::preauth::push_header;
+
 /// A `presence` event carries the whole list, so a later one in the same
 /// batch supersedes it: a client that lags behind a burst of connects gets
 /// the latest list once instead of every intermediate one. No gap appears,

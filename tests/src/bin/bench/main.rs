@@ -31,6 +31,19 @@ use switchboard_tests::*;
 
 mod scale;
 
+/// Lets plugin loading and the first account start settle: one `send`
+/// through echo (compiled and instantiated once).
+async fn warm_up(url: &str, token: Option<&str>) -> Result<()> {
+    let (mut op, _) = connect(url, token, &["operator.admin"]).await?;
+    op.request(
+        "w",
+        "send",
+        json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"}),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Pins this process to CPU 1 and returns the CPU for the daemon (0), when
 /// there are at least two CPUs and `taskset` is installed.
 fn pin() -> Option<usize> {
@@ -137,15 +150,7 @@ async fn main() -> Result<()> {
         ))
         .start()?;
     let url = d.url();
-    // Let plugin loading and the first account start settle.
-    let (mut op, _) = connect(&url, None, &["operator.admin"]).await?;
-    op.request(
-        "w",
-        "send",
-        json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"}),
-    )
-    .await?;
-    drop(op);
+    warm_up(&url, None).await?;
     let idle_kib = rss_kib(d.pid())?;
 
     println!("| benchmark | result | notes |");

@@ -335,15 +335,7 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     }
     let d = b.start()?;
     let url = d.url();
-    // Warm up: the echo plugin compiled and instantiated once.
-    let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
-    op.request(
-        "w",
-        "send",
-        json!({"channel": "echo", "to": "warm", "message": "up", "idempotencyKey": "warm"}),
-    )
-    .await?;
-    drop(op);
+    super::warm_up(&url, Some(TOKEN)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     println!("| figure | result | target | | notes |");
