@@ -66,6 +66,9 @@ pub struct ChannelManager {
     outbox: Arc<Outbox>,
     /// Where the plugins' key-value stores are kept.
     kv_store: Arc<dyn StateStore>,
+    /// Each account's settings as the plugin gets them (JSON), serialised
+    /// once here rather than on every call.
+    settings: HashMap<Key, String>,
 }
 
 fn settings_json(table: &toml::Table) -> String {
@@ -126,7 +129,16 @@ impl ChannelManager {
             );
         }
         let board = Arc::new(StatusBoard::new(state, health));
+        let settings = config
+            .iter()
+            .flat_map(|(name, c)| {
+                c.accounts
+                    .iter()
+                    .map(move |(id, t)| ((name.clone(), id.clone()), settings_json(t)))
+            })
+            .collect();
         Arc::new(Self {
+            settings,
             config,
             plugins,
             inbox: Arc::new(Inbox::new(log, broadcaster, board.clone())),
@@ -221,10 +233,11 @@ impl ChannelManager {
     }
 
     fn account_wit(&self, channel: &str, account: &str) -> Option<Account> {
-        let t = self.config.get(channel)?.accounts.get(account)?;
+        let key = (channel.to_string(), account.to_string());
+        let settings = self.settings.get(&key)?.clone();
         Some(Account {
-            id: account.to_string(),
-            settings: settings_json(t),
+            id: key.1,
+            settings,
         })
     }
 
