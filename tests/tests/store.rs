@@ -59,8 +59,9 @@ async fn history(c: &mut Client, params: Value) -> Value {
     r["payload"].clone()
 }
 
-/// A counting stand-in for the webhook channel's outbound URL.
-async fn outbound_server() -> (String, Arc<AtomicU64>) {
+/// A counting stand-in for the webhook channel's outbound URL that answers
+/// after `delay` with message ids `<prefix>-1`, `<prefix>-2`, ….
+async fn outbound_server(delay: Duration, prefix: &'static str) -> (String, Arc<AtomicU64>) {
     use axum::routing::post;
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
@@ -70,7 +71,8 @@ async fn outbound_server() -> (String, Arc<AtomicU64>) {
             let h = h.clone();
             async move {
                 let n = h.fetch_add(1, Ordering::SeqCst) + 1;
-                axum::Json(json!({"messageId": format!("remote-{n}")}))
+                tokio::time::sleep(delay).await;
+                axum::Json(json!({"messageId": format!("{prefix}-{n}")}))
             }
         }),
     );
@@ -163,7 +165,7 @@ async fn a_message_delivered_twice_is_stored_and_broadcast_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_retried_after_sigkill_is_not_sent_again() {
-    let (url, hits) = outbound_server().await;
+    let (url, hits) = outbound_server(Duration::ZERO, "remote").await;
     let dir = tempfile::tempdir().unwrap();
     let d = daemon_in(dir.path(), 0, &url);
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
@@ -517,25 +519,9 @@ async fn key_value_files_of_the_earlier_layout_move_into_the_database() {
 /// result instead of sending again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_with_the_key_of_one_in_flight_waits_for_it() {
-    use axum::routing::post;
-    let hits = Arc::new(AtomicU64::new(0));
-    let h = hits.clone();
-    let app = axum::Router::new().route(
-        "/out",
-        post(move || {
-            let h = h.clone();
-            async move {
-                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                axum::Json(json!({"messageId": format!("slow-{n}")}))
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let (url, hits) = outbound_server(Duration::from_millis(400), "slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon_in(dir.path(), 0, &format!("http://127.0.0.1:{port}/out"));
+    let d = daemon_in(dir.path(), 0, &url);
     let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "m", "idempotencyKey": "same"});
     let one = async {
         let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
