@@ -272,7 +272,9 @@ impl PreparedEvent {
         out.push(b'}');
     }
 
-    /// The complete frame for one connection.
+    /// The complete frame for one connection (the reference the writer's
+    /// scatter-gather layout is tested against).
+    #[cfg(test)]
     pub fn with_seq(&self, seq: u64) -> String {
         let mut s = String::with_capacity(self.prefix.len() + 24);
         s.push_str(&self.prefix);

@@ -97,14 +97,16 @@ impl Encoder {
                     self.parts.push(Part::Item(i));
                 }
                 Outbound::Event(e) => {
+                    // The tail first: its length is part of the header's.
+                    // (Slices are ranges of the scratch buffer, so the
+                    // order they sit in it does not matter.)
                     self.seq += 1;
-                    let tail = tail_len(self.seq);
-                    push_header(&mut self.scratch, OP_TEXT, e.prefix().len() + tail);
-                    let mid = self.scratch.len();
                     PreparedEvent::push_seq_tail(&mut self.scratch, self.seq);
-                    self.parts.push(Part::Scratch(start, mid));
-                    self.parts.push(Part::Item(i));
+                    let mid = self.scratch.len();
+                    push_header(&mut self.scratch, OP_TEXT, e.prefix().len() + mid - start);
                     self.parts.push(Part::Scratch(mid, self.scratch.len()));
+                    self.parts.push(Part::Item(i));
+                    self.parts.push(Part::Scratch(start, mid));
                 }
                 Outbound::Pong(p) => {
                     push_header(&mut self.scratch, OP_PONG, p.len());
@@ -143,17 +145,6 @@ impl Encoder {
             self.parts = Vec::new();
         }
     }
-}
-
-/// Length of `,"seq":N}`.
-fn tail_len(seq: u64) -> usize {
-    let mut digits = 1;
-    let mut n = seq / 10;
-    while n > 0 {
-        digits += 1;
-        n /= 10;
-    }
-    7 + digits + 1
 }
 
 /// Writes every byte of `bufs` with as few system calls as the socket allows.
