@@ -145,15 +145,12 @@ impl ChannelManager {
 
     /// One attempt: `validate` on a fresh instance, then `run` on a long-lived one.
     async fn run_once(&self, channel: &str, account: &str) -> Result<(), String> {
-        let plugin_id = self.plugin_of(channel).ok_or("channel not configured")?;
-        let plugin = self.plugins.get(&plugin_id).ok_or_else(|| {
-            format!(
-                "plugin `{plugin_id}` is not loaded (no {plugin_id}.wasm in the plugins directory)"
-            )
+        let (plugin, target, acct) = self.call_for(channel, account).map_err(|e| match e {
+            SendError::PluginNotLoaded { plugin, .. } => format!(
+                "plugin `{plugin}` is not loaded (no {plugin}.wasm in the plugins directory)"
+            ),
+            other => other.to_string(),
         })?;
-        let acct = self
-            .account_wit(channel, account)
-            .ok_or("account not configured")?;
         // Whatever an earlier `run` of this account took and did not confirm
         // goes out again, before anything newer.
         self.outbox.requeue_in_flight(channel, account);
@@ -161,8 +158,11 @@ impl ChannelManager {
             a.running = true;
             a.last_start_at = Some(crate::now_ms());
         });
-        let network = self.grants_for(channel, &plugin);
-        let target = || self.target(channel, account, &network);
+        let Target { imports, network } = target;
+        let target = || Target {
+            imports: imports.clone(),
+            network: network.clone(),
+        };
         let in_words = |what: &str, e: CallError| match e {
             CallError::Failed(m) => format!("{what} failed: {m}"),
             other => other.to_string(),

@@ -35,7 +35,7 @@ use crate::config::ChannelConfig;
 use crate::outbox::{AccountQueue, Outbox};
 use crate::plugins::contract::Account;
 use crate::plugins::imports::Imports;
-use crate::plugins::{Plugin, PluginManager, Target};
+use crate::plugins::{Network, Plugin, PluginManager, Target};
 use crate::store::{HistoryQuery, MessageLog, Page, StateStore, StoreError};
 use inbox::{AccountInbox, Inbox};
 use status::{AccountStatus, StatusBoard};
@@ -64,12 +64,29 @@ pub struct ChannelManager {
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
-    /// Where the plugins' key-value stores are kept.
-    kv_store: Arc<dyn StateStore>,
-    /// Each account's settings as the plugin gets them (JSON), serialised
-    /// once here rather than on every call.
-    settings: HashMap<Key, String>,
+    /// What each plugin call needs, prepared once here rather than on every
+    /// call: per channel its plugin and parsed grants, per account its
+    /// settings (JSON) and its import handles.
+    bound: HashMap<String, BoundChannel>,
 }
+
+/// A channel as its plugin calls see it.
+struct BoundChannel {
+    plugin: String,
+    /// `[channels.<name>] network`, parsed; `None`: the plugin's own list.
+    network: Option<Network>,
+    accounts: HashMap<String, BoundAccount>,
+}
+
+/// An account as its plugin calls see it.
+struct BoundAccount {
+    /// `id` and the settings as the plugin gets them (JSON).
+    account: Account,
+    imports: Imports,
+}
+
+/// A call's plugin, its target and the account it is for.
+type Call = (Arc<Plugin>, Target, Account);
 
 fn settings_json(table: &toml::Table) -> String {
     let mut t = table.clone();
@@ -129,25 +146,62 @@ impl ChannelManager {
             );
         }
         let board = Arc::new(StatusBoard::new(state, health));
-        let settings = config
+        let inbox = Arc::new(Inbox::new(log, broadcaster, board.clone()));
+        let outbox = Arc::new(outbox);
+        let bound = config
             .iter()
-            .flat_map(|(name, c)| {
-                c.accounts
+            .map(|(name, c)| {
+                let accounts = c
+                    .accounts
                     .iter()
-                    .map(move |(id, t)| ((name.clone(), id.clone()), settings_json(t)))
+                    .map(|(id, t)| {
+                        let imports = Imports {
+                            inbox: Arc::new(AccountInbox {
+                                inbox: inbox.clone(),
+                                channel: name.clone(),
+                            }),
+                            state: Arc::new(AccountStatus {
+                                board: board.clone(),
+                                channel: name.clone(),
+                                account: id.clone(),
+                            }),
+                            outbox: Arc::new(AccountQueue {
+                                outbox: outbox.clone(),
+                                channel: name.clone(),
+                                account: id.clone(),
+                            }),
+                            kv: Arc::new(kv::ChannelKv {
+                                store: kv_store.clone(),
+                                channel: name.clone(),
+                            }),
+                            channel: name.clone(),
+                            account: id.clone(),
+                        };
+                        let account = Account {
+                            id: id.clone(),
+                            settings: settings_json(t),
+                        };
+                        (id.clone(), BoundAccount { account, imports })
+                    })
+                    .collect();
+                let bc = BoundChannel {
+                    plugin: c.plugin.clone().unwrap_or_else(|| name.clone()),
+                    network: c.network.as_deref().map(Network::parse),
+                    accounts,
+                };
+                (name.clone(), bc)
             })
             .collect();
         Arc::new(Self {
-            settings,
+            bound,
             config,
             plugins,
-            inbox: Arc::new(Inbox::new(log, broadcaster, board.clone())),
+            inbox,
             board,
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
             in_flight: Mutex::new(HashMap::new()),
-            outbox: Arc::new(outbox),
-            kv_store,
+            outbox,
         })
     }
 
@@ -171,44 +225,38 @@ impl ChannelManager {
         self.board.update(channel, account, f)
     }
 
-    fn plugin_of(&self, channel: &str) -> Option<String> {
-        self.board.read().get(channel).map(|c| c.plugin.clone())
-    }
-
-    /// What a call of `plugin` for `account` of `channel` may reach: the
-    /// imports bound to that account, and the channel's network grants.
-    fn target<'a>(&self, channel: &str, account: &str, network: &'a [String]) -> Target<'a> {
-        let (c, a) = (channel.to_string(), account.to_string());
-        Target {
-            imports: Imports {
-                inbox: Arc::new(AccountInbox {
-                    inbox: self.inbox.clone(),
-                    channel: c.clone(),
-                }),
-                state: Arc::new(AccountStatus {
-                    board: self.board.clone(),
-                    channel: c.clone(),
-                    account: a.clone(),
-                }),
-                outbox: Arc::new(AccountQueue {
-                    outbox: self.outbox.clone(),
-                    channel: c.clone(),
-                    account: a.clone(),
-                }),
-                kv: Arc::new(kv::ChannelKv {
-                    store: self.kv_store.clone(),
-                    channel: c.clone(),
-                }),
-                channel: c,
-                account: a,
-            },
+    /// The plugin serving `channel`, the target a call of it for `account`
+    /// gets (its import handles and network grants) and the account's
+    /// settings: everything prepared, nothing parsed or serialised here.
+    /// The error says which of channel, account or plugin is missing.
+    fn call_for(&self, channel: &str, account: &str) -> Result<Call, SendError> {
+        let bc = self
+            .bound
+            .get(channel)
+            .ok_or_else(|| SendError::UnknownTarget(format!("unknown channel {channel}")))?;
+        let ba = bc.accounts.get(account).ok_or_else(|| {
+            SendError::UnknownTarget(format!("unknown account {account} of channel {channel}"))
+        })?;
+        let plugin = self
+            .plugins
+            .get(&bc.plugin)
+            .ok_or_else(|| SendError::PluginNotLoaded {
+                channel: channel.to_string(),
+                plugin: bc.plugin.clone(),
+            })?;
+        let network = match &bc.network {
+            Some(n) => n.clone(),
+            None => plugin.loaded.network.clone(),
+        };
+        let target = Target {
+            imports: ba.imports.clone(),
             network,
-        }
+        };
+        Ok((plugin, target, ba.account.clone()))
     }
 
-    /// The network `channel` may reach: its own `network` list, else what
-    /// its plugin asks for. Per channel: two channels of one plugin never
-    /// share grants.
+    /// What `plugin` may reach when it serves `channel`: the channel's
+    /// `network`, else the plugin's own list (as configured, for display).
     pub fn grants_for(&self, channel: &str, plugin: &Plugin) -> Vec<String> {
         self.config
             .get(channel)
@@ -230,15 +278,6 @@ impl ChannelManager {
     /// `channels.<name>.webhook_max_body_bytes`, or `None` for an unknown channel.
     pub fn webhook_body_limit(&self, channel: &str) -> Option<usize> {
         self.config.get(channel).map(|c| c.webhook_max_body_bytes)
-    }
-
-    fn account_wit(&self, channel: &str, account: &str) -> Option<Account> {
-        let key = (channel.to_string(), account.to_string());
-        let settings = self.settings.get(&key)?.clone();
-        Some(Account {
-            id: key.1,
-            settings,
-        })
     }
 
     /// Resolves `channel`/`accountId` of a request (defaults when there is one choice).

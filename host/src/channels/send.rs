@@ -128,14 +128,9 @@ impl ChannelManager {
         key: &str,
         message: OutboundMessage,
     ) -> Result<SendReceipt, SendError> {
-        let (plugin, acct) = self.call_for(channel, account)?;
-        let network = self.grants_for(channel, &plugin);
+        let (plugin, target, acct) = self.call_for(channel, account)?;
         let delivery = plugin
-            .send(
-                self.target(channel, account, &network),
-                acct,
-                message.clone(),
-            )
+            .send(target, acct, message.clone())
             .await
             .map_err(|error| SendError::Call {
                 channel: channel.to_string(),
@@ -165,24 +160,6 @@ impl ChannelManager {
         Ok(receipt)
     }
 
-    /// The plugin serving `channel` and the account's settings for a call.
-    /// (`send` has resolved channel and account already; a webhook names
-    /// both. A configured account is all this checks.)
-    fn call_for(&self, channel: &str, account: &str) -> Result<(Arc<Plugin>, Account), SendError> {
-        let acct = self.account_wit(channel, account).ok_or_else(|| {
-            SendError::UnknownTarget(format!("unknown account {account} of channel {channel}"))
-        })?;
-        let plugin_id = self.plugin_of(channel).unwrap_or_default();
-        let plugin = self
-            .plugins
-            .get(&plugin_id)
-            .ok_or_else(|| SendError::PluginNotLoaded {
-                channel: channel.to_string(),
-                plugin: plugin_id,
-            })?;
-        Ok((plugin, acct))
-    }
-
     /// `POST /hooks/<channel>/<account>` → the plugin's `handle-webhook`.
     pub async fn webhook(
         &self,
@@ -190,10 +167,9 @@ impl ChannelManager {
         account: &str,
         req: HttpRequest,
     ) -> Result<HttpResponse, SendError> {
-        let (plugin, acct) = self.call_for(channel, account)?;
-        let network = self.grants_for(channel, &plugin);
+        let (plugin, target, acct) = self.call_for(channel, account)?;
         plugin
-            .handle_webhook(self.target(channel, account, &network), acct, req)
+            .handle_webhook(target, acct, req)
             .await
             .map_err(|error| SendError::Call {
                 channel: channel.to_string(),

@@ -13,7 +13,7 @@ use super::contract::{
     Account, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
 };
 use super::imports::Imports;
-use super::sandbox::{call_failure, Grants};
+use super::sandbox::{call_failure, Grants, Network};
 use super::Plugin;
 
 /// Why a plugin call did not produce an answer.
@@ -45,19 +45,15 @@ impl std::fmt::Display for CallError {
 }
 
 /// Who a call is for: the imports bound for its channel and account, and
-/// the network it may reach.
-pub struct Target<'a> {
+/// the network it may reach (both prepared once per account).
+pub struct Target {
     pub imports: Imports,
-    pub network: &'a [String],
+    pub network: Network,
 }
 
 impl Plugin {
     /// `validate` on a fresh instance.
-    pub async fn validate(
-        self: &Arc<Self>,
-        t: Target<'_>,
-        account: Account,
-    ) -> Result<(), CallError> {
+    pub async fn validate(self: &Arc<Self>, t: Target, account: Account) -> Result<(), CallError> {
         match self.invoke(t, Request::Validate(account)).await? {
             Answer::Validate(r) => r.map_err(CallError::Channel),
             _ => Err(mismatch()),
@@ -67,7 +63,7 @@ impl Plugin {
     /// `send` on a fresh instance.
     pub async fn send(
         self: &Arc<Self>,
-        t: Target<'_>,
+        t: Target,
         account: Account,
         message: OutboundMessage,
     ) -> Result<Delivery, CallError> {
@@ -80,7 +76,7 @@ impl Plugin {
     /// `handle-webhook` on a fresh instance.
     pub async fn handle_webhook(
         self: &Arc<Self>,
-        t: Target<'_>,
+        t: Target,
         account: Account,
         request: HttpRequest,
     ) -> Result<HttpResponse, CallError> {
@@ -93,7 +89,7 @@ impl Plugin {
     /// `run` on one long-lived instance with no deadline, in the calling
     /// task (which must be on the plugin runtime); it ends when the plugin
     /// returns or the task is aborted (which drops the store).
-    pub async fn run(&self, t: Target<'_>, account: Account) -> Result<(), CallError> {
+    pub async fn run(&self, t: Target, account: Account) -> Result<(), CallError> {
         let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
         let mut store = self
             .runtime
@@ -133,7 +129,7 @@ impl Plugin {
     }
 
     /// One call on a fresh instance, on the plugin runtime, in a call slot.
-    async fn invoke(self: &Arc<Self>, t: Target<'_>, req: Request) -> Result<Answer, CallError> {
+    async fn invoke(self: &Arc<Self>, t: Target, req: Request) -> Result<Answer, CallError> {
         let slot = self.slot().await?;
         let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
         let (me, imports, g) = (self.clone(), t.imports, grants.clone());

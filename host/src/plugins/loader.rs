@@ -91,6 +91,7 @@ impl Runtime {
             .map_err(|(step, e)| LoadError::new(format!("{step}: {}", chain(&e))))?;
         validate_info(&info)?;
         Ok(LoadedPlugin {
+            network: super::sandbox::Network::parse(&info.network),
             info,
             file: file_name.to_string(),
             hash,
@@ -189,6 +190,9 @@ fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
 /// A plugin file that compiled, linked and answered `info`.
 pub struct LoadedPlugin {
     pub info: PluginInfo,
+    /// `info.network`, parsed once: what its channels may reach when their
+    /// configuration grants nothing else.
+    pub network: super::sandbox::Network,
     pub file: String,
     /// SHA-256 of the file.
     pub hash: String,

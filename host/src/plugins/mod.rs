@@ -24,6 +24,7 @@ pub use call::{CallError, Target};
 pub use engine::Runtime;
 pub use loader::{LoadError, LoadedPlugin};
 pub use registry::{Change, Failure, PluginManager};
+pub use sandbox::Network;
 pub use sandbox::{parse_host_port, Limits};
 
 use std::sync::Arc;

@@ -20,25 +20,43 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use super::imports::Imports;
 
+/// A network grant list parsed once (per plugin load, per account's
+/// configuration) and shared by every call: `host:port` pairs, host in
+/// lower case. Entries that do not parse are left out (the configuration
+/// loader refuses them first; a plugin's `info` is checked at load).
+#[derive(Debug, Clone, Default)]
+pub struct Network(Arc<[(String, u16)]>);
+
+impl Network {
+    pub fn parse(list: &[String]) -> Self {
+        Self(
+            list.iter()
+                .filter_map(|s| parse_host_port(s).ok())
+                .collect(),
+        )
+    }
+
+    pub fn pairs(&self) -> &[(String, u16)] {
+        &self.0
+    }
+}
+
 /// The network one instance may reach: `host:port` pairs, and where they
 /// come from (for the message that says how to change them).
 #[derive(Debug, Default)]
 pub struct Grants {
     /// The channel the instance serves ("" while loading: nothing is granted).
     pub channel: String,
-    pub allowed: Vec<(String, u16)>,
+    pub allowed: Network,
     /// The first destination refused during this call, for its error.
     denied: std::sync::Mutex<Option<String>>,
 }
 
 impl Grants {
-    pub fn new(channel: &str, list: &[String]) -> Self {
+    pub fn new(channel: &str, allowed: Network) -> Self {
         Self {
             channel: channel.to_string(),
-            allowed: list
-                .iter()
-                .filter_map(|s| parse_host_port(s).ok())
-                .collect(),
+            allowed,
             denied: Default::default(),
         }
     }
@@ -65,12 +83,15 @@ impl Grants {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        self.allowed.iter().any(|(h, p)| *p == port && *h == host)
+        self.allowed
+            .pairs()
+            .iter()
+            .any(|(h, p)| *p == port && *h == host)
     }
 
     /// Does a granted name resolve to `addr`? (Names are resolved by the host.)
     async fn allows_addr(&self, addr: std::net::SocketAddr) -> bool {
-        for (h, p) in &self.allowed {
+        for (h, p) in self.allowed.pairs() {
             if *p != addr.port() {
                 continue;
             }
