@@ -10,7 +10,7 @@
 use crate::sync::RwLockExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -35,6 +35,8 @@ pub enum Outbound {
     Event(Arc<PreparedEvent>),
     /// The answer to the client's ping (at most 125 bytes, RFC 6455 5.5).
     Pong(Box<[u8]>),
+    /// A ping of ours, with no payload (liveness: `gateway.ping_interval_ms`).
+    Ping,
     /// Flush what is queued before this, then close with this code.
     Close(Box<CloseReason>),
 }
@@ -46,6 +48,7 @@ impl Outbound {
             Outbound::Frame(s) | Outbound::Reply(s) => s.len(),
             Outbound::Event(e) => e.len() + 24,
             Outbound::Pong(p) => p.len() + 2,
+            Outbound::Ping => 2,
             Outbound::Close(r) => r.reason.len() + 2,
         }
     }
@@ -112,6 +115,10 @@ pub struct Connection {
     queued: Arc<AtomicUsize>,
     /// Bound on `queued` (`gateway.limits.max_buffered_bytes`).
     max_queued_bytes: usize,
+    /// When a frame (of any kind) last arrived from the client, in ms since
+    /// the Unix epoch: the liveness check closes a connection silent for
+    /// `gateway.idle_timeout_ms`.
+    last_heard: AtomicU64,
 }
 
 /// Why an enqueue did not happen.
@@ -150,7 +157,19 @@ impl Connection {
             close,
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued_bytes: usize::MAX,
+            last_heard: AtomicU64::new(connected_at_ms),
         }
+    }
+
+    /// Records that a frame arrived from the client now.
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When a frame last arrived from the client (ms since the Unix epoch;
+    /// the connect time until the first one after `hello-ok`).
+    pub fn last_heard(&self) -> u64 {
+        self.last_heard.load(Ordering::Relaxed)
     }
 
     /// Bounds the queue by bytes as well as frames: an item that would take

@@ -25,6 +25,9 @@ pub enum Disconnect {
     HandshakeTimeout,
     /// 1009: a frame over the size limit, with the limit.
     MessageTooBig(String),
+    /// 1001: nothing (no pong, no frame) arrived from the client for this
+    /// many ms (`gateway.idle_timeout_ms`).
+    IdleTimeout(u64),
     /// 1012: the gateway is shutting down.
     ServiceRestart,
     /// The client's own close code, echoed to complete the close handshake.
@@ -39,6 +42,7 @@ impl Disconnect {
             Disconnect::InvalidUtf8 => 1007,
             Disconnect::Policy(_) | Disconnect::SlowConsumer | Disconnect::HandshakeTimeout => 1008,
             Disconnect::MessageTooBig(_) => 1009,
+            Disconnect::IdleTimeout(_) => 1001,
             Disconnect::ServiceRestart => 1012,
             Disconnect::Client(c) => *c,
         }
@@ -56,6 +60,9 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow consumer".into(),
             Disconnect::HandshakeTimeout => "handshake timeout".into(),
             Disconnect::ServiceRestart => "service restart".into(),
+            Disconnect::IdleTimeout(ms) => format!(
+                "idle timeout: nothing received for {ms} ms (answer pings, or raise gateway.idle_timeout_ms)"
+            ),
             Disconnect::Client(_) => String::new(),
         }
     }
@@ -76,6 +83,8 @@ mod tests {
         assert_eq!(Disconnect::SlowConsumer.reason(), "slow consumer");
         assert_eq!(Disconnect::InvalidUtf8.code(), 1007);
         assert_eq!(Disconnect::ServiceRestart.code(), 1012);
+        assert_eq!(Disconnect::IdleTimeout(90_000).code(), 1001);
+        assert!(Disconnect::IdleTimeout(90_000).reason().len() <= 123);
         assert_eq!(Disconnect::Client(4000).code(), 4000);
         assert!(Disconnect::is_local_only(ABNORMAL));
     }

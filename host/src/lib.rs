@@ -105,6 +105,7 @@ pub async fn serve(config: config::Config) -> Result<()> {
         gw.shutdown_token(),
     ));
     let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
+    let liveness = tokio::spawn(gateway::ws::run_liveness(gw.clone()));
     let pruner = tokio::spawn(store::run_pruner(
         gw.log.clone(),
         gw.config.store.retention_days,
@@ -119,6 +120,7 @@ pub async fn serve(config: config::Config) -> Result<()> {
     ticker.abort();
     monitor.abort();
     presence.abort();
+    liveness.abort();
     pruner.abort();
     trimmer.abort();
     let _: Arc<gateway::Gateway> = gw;

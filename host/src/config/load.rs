@@ -139,6 +139,16 @@ impl Config {
         if self.gateway.tick_interval_ms == 0 {
             bail!("gateway.tick_interval_ms must be at least 1");
         }
+        let (ping, idle) = (self.gateway.ping_interval_ms, self.gateway.idle_timeout_ms);
+        if ping < 100 {
+            bail!("gateway.ping_interval_ms must be at least 100 (it is {ping})");
+        }
+        if idle <= ping {
+            bail!(
+                "gateway.idle_timeout_ms ({idle}) must be more than gateway.ping_interval_ms ({ping}): \
+                 a client needs time to answer a ping (the defaults are 90000 and 30000)"
+            );
+        }
         for (name, ch) in &self.channels {
             let name_ok = !name.is_empty()
                 && name.len() <= 64

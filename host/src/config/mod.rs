@@ -89,6 +89,12 @@ pub struct GatewayConfig {
     pub tick_interval_ms: u64,
     /// How often the health monitor re-checks health when nothing notified it (ms).
     pub health_check_interval_ms: u64,
+    /// A WebSocket ping goes to each authenticated connection from which
+    /// nothing arrived for this long (ms).
+    pub ping_interval_ms: u64,
+    /// A connection from which nothing (no pong, no frame) arrived for this
+    /// long is closed with 1001 (ms; more than `ping_interval_ms`).
+    pub idle_timeout_ms: u64,
     /// The bounds of the presence list.
     pub presence: PresenceConfig,
 }
@@ -126,6 +132,8 @@ impl Default for GatewayConfig {
             allowed_hosts: Vec::new(),
             tick_interval_ms: 30_000,
             health_check_interval_ms: 5_000,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
             presence: PresenceConfig::default(),
         }
     }

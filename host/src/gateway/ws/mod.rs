@@ -5,16 +5,19 @@
 //!
 //! `handshake` (challenge, `connect`, `hello-ok`), `reader` (the
 //! authenticated connection's read loop and close), `writer` (the task that
-//! owns the sink), `presence` (coalesced presence events).
+//! owns the sink), `presence` (coalesced presence events), `liveness` (pings
+//! and the idle timeout, one task for all connections).
 //!
 //! Nothing here parses a method's params or touches channels: `methods` does.
 
 mod handshake;
+mod liveness;
 mod presence;
 mod reader;
 mod writer;
 
 pub use handshake::{MAX_FIELD_BYTES, MAX_LIST_ENTRIES};
+pub use liveness::run_liveness;
 pub use presence::{run_presence, PRESENCE_COALESCE};
 
 use std::sync::Arc;

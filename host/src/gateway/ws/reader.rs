@@ -146,42 +146,48 @@ where
             p = inflight.clone().acquire_owned(), if slot.is_none() => {
                 slot = p.ok();
             }
-            msg = stream.next(), if slot.is_some() => match msg {
-                None => break,
-                Some(Err(WsError::Capacity(e))) => {
-                    let _ = conn.close_now(Disconnect::MessageTooBig(format!("message too big: {e}")));
+            msg = stream.next(), if slot.is_some() => {
+                // Any frame, a pong included, shows the client is there.
+                if matches!(msg, Some(Ok(_))) {
+                    conn.heard(crate::now_ms());
                 }
-                Some(Err(e)) => {
-                    // A protocol violation gets its close code (RFC 6455
-                    // 7.4.1); a vanished socket has nobody to tell.
-                    match protocol_close(&e) {
-                        Some(why) => {
-                            gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(conn_id = %conn_id, "protocol error: {e}");
-                            let _ = conn.close_now(why);
-                        }
-                        None => tracing::debug!(conn_id = %conn_id, "read error: {e}"),
+                match msg {
+                    None => break,
+                    Some(Err(WsError::Capacity(e))) => {
+                        let _ = conn.close_now(Disconnect::MessageTooBig(format!("message too big: {e}")));
                     }
-                    break;
+                    Some(Err(e)) => {
+                        // A protocol violation gets its close code (RFC 6455
+                        // 7.4.1); a vanished socket has nobody to tell.
+                        match protocol_close(&e) {
+                            Some(why) => {
+                                gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(conn_id = %conn_id, "protocol error: {e}");
+                                let _ = conn.close_now(why);
+                            }
+                            None => tracing::debug!(conn_id = %conn_id, "read error: {e}"),
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
+                        membership.active(&gw, &conn);
+                        on_text(&gw, &conn, &mut slot, t.as_str());
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let _ = conn.close_now(Disconnect::BinaryFrame);
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
+                        break;
+                    }
+                    Some(Ok(Message::Ping(data))) => {
+                        membership.active(&gw, &conn);
+                        enqueue(&gw, &conn, Outbound::Pong(data.to_vec().into_boxed_slice()));
+                    }
+                    Some(Ok(_)) => membership.active(&gw, &conn),
                 }
-                Some(Ok(Message::Text(t))) => {
-                    gw.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
-                    membership.active(&gw, &conn);
-                    on_text(&gw, &conn, &mut slot, t.as_str());
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    let _ = conn.close_now(Disconnect::BinaryFrame);
-                }
-                Some(Ok(Message::Close(f))) => {
-                    client_close = Some(f.map(|f| u16::from(f.code)).unwrap_or(NO_STATUS));
-                    break;
-                }
-                Some(Ok(Message::Ping(data))) => {
-                    membership.active(&gw, &conn);
-                    enqueue(&gw, &conn, Outbound::Pong(data.to_vec().into_boxed_slice()));
-                }
-                Some(Ok(_)) => membership.active(&gw, &conn),
-            },
+            }
             r = &mut writer => {
                 writer_done = Some(r.ok().flatten());
                 // Complete the closing handshake: wait (bounded) for the

@@ -36,6 +36,7 @@ const KEEP_ITEMS: usize = 16;
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 use crate::gateway::preauth::push_header;
@@ -113,6 +114,10 @@ impl Encoder {
                     self.parts.push(Part::Scratch(start, self.scratch.len()));
                     self.parts.push(Part::Item(i));
                 }
+                Outbound::Ping => {
+                    push_header(&mut self.scratch, OP_PING, 0);
+                    self.parts.push(Part::Scratch(start, self.scratch.len()));
+                }
                 Outbound::Close(r) => return (frames, Some((**r).clone())),
             }
             frames += 1;
@@ -130,7 +135,7 @@ impl Encoder {
                     Outbound::Frame(s) | Outbound::Reply(s) => s.as_bytes(),
                     Outbound::Event(e) => e.prefix(),
                     Outbound::Pong(p) => p,
-                    Outbound::Close(..) => &[],
+                    Outbound::Ping | Outbound::Close(..) => &[],
                 }),
             })
             .collect()
@@ -299,6 +304,7 @@ mod tests {
                 Outbound::Frame(f) | Outbound::Reply(f) => f.clone(),
                 Outbound::Close(c) => c.code.to_string(),
                 Outbound::Pong(_) => "pong".into(),
+                Outbound::Ping => "ping".into(),
             })
             .collect()
     }
