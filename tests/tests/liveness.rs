@@ -35,7 +35,10 @@ async fn a_silent_client_is_pinged_then_closed_1001_and_an_answering_one_stays()
             Ok(other) => panic!("the answering client's socket failed: {other:?}"),
         }
     }
-    assert!(pings >= 5, "pinged {pings} times in 3 s at a 200 ms interval");
+    assert!(
+        pings >= 5,
+        "pinged {pings} times in 3 s at a 200 ms interval"
+    );
 
     assert!(
         d.wait_log("closed silent connections (1001)", Duration::from_secs(1))
@@ -109,7 +112,9 @@ fn an_idle_timeout_not_above_the_ping_interval_is_refused() {
         .unwrap();
     assert_ne!(code, 0);
     assert!(
-        err.contains("gateway.idle_timeout_ms (5000) must be more than gateway.ping_interval_ms (5000)"),
+        err.contains(
+            "gateway.idle_timeout_ms (5000) must be more than gateway.ping_interval_ms (5000)"
+        ),
         "{err}"
     );
 }

@@ -295,6 +295,123 @@ async fn updates_reach_operators_and_send_reaches_the_api() {
     assert_eq!(fake.sent.lock().unwrap().len(), before);
 }
 
+/// Runs the real `openclaw` CLI (npm package `openclaw`, on Node 24) with
+/// a temporary `HOME` whose `~/.openclaw/openclaw.json` points it at `d`.
+fn openclaw(home: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let bin = interop_dir().join("node_modules/openclaw/openclaw.mjs");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make interop-deps`",
+        bin.display()
+    );
+    let node = node24();
+    let path = format!(
+        "{}:{}",
+        node.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(&node)
+        .arg(&bin)
+        .args(args)
+        .env("HOME", home)
+        .env("PATH", path)
+        .env("NO_COLOR", "1")
+        .env_remove("OPENCLAW_GATEWAY_URL")
+        .env_remove("OPENCLAW_GATEWAY_TOKEN")
+        .output()
+        .expect("run the openclaw CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openclaw_cli_sends_through_telegram() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let d = Daemon::builder()
+        .config(&format!(
+            "{}[gateway.auth]\ntoken = \"cli-token\"\n",
+            config(dir.path(), port, TOKEN)
+        ))
+        .start()
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".openclaw")).unwrap();
+    std::fs::write(
+        home.path().join(".openclaw/openclaw.json"),
+        json!({"gateway": {"mode": "remote", "remote": {"url": d.url(), "token": "cli-token"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let (mut watcher, _) = connect(&d.url(), Some("cli-token"), &["operator.read"])
+        .await
+        .unwrap();
+
+    let (ok, out) = openclaw(
+        home.path(),
+        &[
+            "message",
+            "send",
+            "--channel",
+            "telegram",
+            "--target",
+            "4242",
+            "--message",
+            "hi there",
+        ],
+    );
+    assert!(
+        ok,
+        "openclaw message send failed:\n{out}\ndaemon:\n{}",
+        d.log_text()
+    );
+    let sent = fake.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        (sent[0]["chat_id"].clone(), sent[0]["text"].clone()),
+        (json!("4242"), json!("hi there"))
+    );
+    // It prints the message id the Bot API gave.
+    assert!(
+        out.contains("Sent via") && out.contains("Message ID: 5000"),
+        "{out}"
+    );
+    // Operators see the outbound message, and the log keeps it.
+    let m = watcher.next_message(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m["direction"].clone(), m["text"].clone()),
+        (json!("outbound"), json!("hi there"))
+    );
+    assert_eq!(m["chatId"], "4242");
+
+    // An action the channel does not have: OpenClaw's own words, exit code 1.
+    let (ok, out) = openclaw(
+        home.path(),
+        &[
+            "message",
+            "react",
+            "--channel",
+            "telegram",
+            "--target",
+            "4242",
+            "--message-id",
+            "5000",
+            "--emoji",
+            "👍",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Channel telegram does not support action react."),
+        "{out}"
+    );
+    assert_eq!(fake.sent.lock().unwrap().len(), 1, "nothing more was sent");
+}
+
 async fn collect(c: &mut Client, want: usize, seen: &mut Vec<String>, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while seen.len() < want {

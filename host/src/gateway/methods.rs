@@ -12,11 +12,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::send_params::{MessageActionParams, SendParams};
 use super::Gateway;
 use crate::channels::SendError;
 use crate::connections::Connection;
 use crate::frames::ErrorShape;
-use crate::plugins::contract::{ChannelError, OutboundMessage};
+use crate::plugins::contract::ChannelError;
 use crate::plugins::CallError;
 use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 
@@ -69,6 +70,7 @@ const METHODS: &[Method] = &[
     now("channels.start", SCOPE_ADMIN, channels_start),
     now("channels.stop", SCOPE_ADMIN, channels_stop),
     later("send", SCOPE_WRITE, send),
+    later("message.action", SCOPE_WRITE, message_action),
     now("plugins.list", SCOPE_READ, plugins_list),
     later("plugins.reload", SCOPE_ADMIN, plugins_reload),
     later("messages.history", SCOPE_READ, messages_history),
@@ -135,18 +137,6 @@ struct ChannelsStatusParams {
 struct ChannelAccountParams {
     channel: String,
     account_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SendParams {
-    to: String,
-    message: String,
-    idempotency_key: String,
-    channel: Option<String>,
-    account_id: Option<String>,
-    thread_id: Option<String>,
-    reply_to_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,27 +240,56 @@ fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool)
 fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
     Box::pin(async move {
         let p: SendParams = parse_required(method, params)?;
-        if p.idempotency_key.is_empty() {
-            return Err(ErrorShape::invalid(
-                "send: idempotencyKey must not be empty",
-            ));
-        }
         let (channel, account) = gw
             .channels
             .resolve(p.channel.as_deref(), p.account_id.as_deref())
             .map_err(|e| send_error(&e))?;
-        let msg = OutboundMessage {
-            to: p.to,
-            text: p.message,
-            thread_id: p.thread_id,
-            reply_to_id: p.reply_to_id,
-        };
+        let key = p.idempotency_key.clone();
+        let msg = p.outbound(&channel)?;
         let receipt = gw
             .channels
-            .send(&channel, &account, &p.idempotency_key, msg)
+            .send(&channel, &account, &key, msg)
             .await
             .map_err(|e| send_error(&e))?;
         Ok(json!(receipt))
+    })
+}
+
+/// `message.action` (what the OpenClaw CLI's `message` commands call):
+/// `send` goes the way of the `send` method (its idempotency keys kept
+/// apart from `send`'s); other actions are refused in OpenClaw's words.
+fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
+    Box::pin(async move {
+        let p: MessageActionParams = parse_required(method, params)?;
+        p.check()?;
+        let account = p.account();
+        let (channel, account) = gw
+            .channels
+            .resolve(Some(&p.channel), account.as_deref())
+            .map_err(|e| send_error(&e))?;
+        if p.action != "send" {
+            return Err(ErrorShape::invalid(format!(
+                "Channel {channel} does not support action {}.",
+                p.action
+            )));
+        }
+        let msg = p.send_message(&channel)?;
+        let to = msg.to.clone();
+        let key = format!("message.action:{}", p.idempotency_key);
+        let receipt = gw
+            .channels
+            .send(&channel, &account, &key, msg)
+            .await
+            .map_err(|e| send_error(&e))?;
+        Ok(json!({
+            "ok": true,
+            "channel": receipt.channel,
+            "accountId": account,
+            "to": to,
+            "messageId": receipt.message_id,
+            "chatId": receipt.chat_id,
+            "runId": p.idempotency_key,
+        }))
     })
 }
 

@@ -1,7 +1,7 @@
 //! The gateway: the shared runtime state ([`Gateway`]) here; the TCP/TLS
 //! accept loop ([`accept`]), the HTTP router ([`http`]), WebSocket
 //! connections ([`ws`]), the pre-auth frame reader ([`preauth`]), methods
-//! ([`methods`]) and authentication ([`auth`]) in their own modules.
+//! ([`methods`], with `send_params`: what `send` and `message.action` take) and authentication ([`auth`]) in their own modules.
 //!
 //! Nothing below the gateway names `Gateway` except `shutdown`, which
 //! orchestrates it.
@@ -12,6 +12,7 @@ pub mod http;
 pub mod methods;
 pub mod preauth;
 pub mod refusals;
+mod send_params;
 pub mod ws;
 
 pub use accept::{serve, tls_acceptor, ConnMeta};
