@@ -49,7 +49,10 @@ pub async fn serve(config: config::Config) -> Result<()> {
         );
     }
     let addr = config.listen_addr()?;
-    let tls = gateway::tls_acceptor(&config)?;
+    let tls = match &config.gateway.tls {
+        Some(files) => Some(Arc::new(gateway::tls::Tls::load(files)?)),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another gateway running there? choose another with --port or gateway.port)")
     })?;
@@ -92,6 +95,9 @@ pub async fn serve(config: config::Config) -> Result<()> {
         state_dir = %gw.config.state_dir().display(),
         "gateway listening"
     );
+    let tls_reloader = tls
+        .clone()
+        .map(|t| tokio::spawn(gateway::tls::run_tls_reloader(t)));
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
     let ticker = tokio::spawn(health::run_ticker(
         gw.broadcaster.clone(),
@@ -121,6 +127,9 @@ pub async fn serve(config: config::Config) -> Result<()> {
     monitor.abort();
     presence.abort();
     liveness.abort();
+    if let Some(t) = tls_reloader {
+        t.abort();
+    }
     pruner.abort();
     trimmer.abort();
     let _: Arc<gateway::Gateway> = gw;

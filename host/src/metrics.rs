@@ -23,6 +23,7 @@ pub struct Metrics {
     pub header_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub plugin_busy: AtomicU64,
+    pub tls_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -41,7 +42,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -87,6 +88,11 @@ impl Metrics {
                 "host_rejections_total",
                 "Requests refused because their Host is not a loopback or allowed name (no credentials set).",
                 &self.host_rejections,
+            ),
+            (
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed (a client certificate missing or not signed by gateway.tls.ca, a bad client hello).",
+                &self.tls_failures,
             ),
             (
                 "webhook_busy_total",

@@ -190,6 +190,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificate(s): when set, every client must present a
+    /// certificate signed by one of them (mutual TLS), or its TLS handshake
+    /// fails. Token or password authentication still applies on top.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

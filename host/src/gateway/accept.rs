@@ -11,15 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
-
-use crate::config::Config;
 
 use super::{http, Gateway};
 
@@ -33,48 +30,8 @@ pub struct ConnMeta {
     pub permit: Arc<OwnedSemaphorePermit>,
 }
 
-/// Loads the TLS acceptor from `[gateway.tls]`.
-pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>> {
-    let Some(tls) = &config.gateway.tls else {
-        return Ok(None);
-    };
-    let cert_pem = std::fs::read(&tls.cert)
-        .with_context(|| format!("gateway.tls.cert: cannot read {}", tls.cert.display()))?;
-    let key_pem = std::fs::read(&tls.key)
-        .with_context(|| format!("gateway.tls.key: cannot read {}", tls.key.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("gateway.tls.cert: {} is not PEM", tls.cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!(
-            "gateway.tls.cert: {} holds no certificate",
-            tls.cert.display()
-        );
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("gateway.tls.key: {} is not PEM", tls.key.display()))?
-        .with_context(|| {
-            format!(
-                "gateway.tls.key: {} holds no private key",
-                tls.key.display()
-            )
-        })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("gateway.tls: certificate and key do not match or are unsupported")?;
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
-}
-
 /// Accepts connections until shutdown begins.
-pub async fn serve(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<super::tls::Tls>>) {
     let router = http::router(gw.clone());
     let slots = Arc::new(Semaphore::new(gw.config.gateway.limits.max_connections));
     loop {
@@ -95,7 +52,7 @@ pub async fn serve(
         let permit = slots.clone().try_acquire_owned();
         let gw2 = gw.clone();
         let router = router.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
         gw.tasks.spawn(async move {
             let Ok(permit) = permit else {
                 gw2.metrics
@@ -127,7 +84,11 @@ pub async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_http(gw2, router, s, meta, None).await,
-                        Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                        Ok(Err(e)) => {
+                            gw2.metrics.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            gw2.refusals
+                                .note("TLS handshake", &format!("failed from {remote}: {e}"));
+                        }
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 }

@@ -13,9 +13,10 @@ pub mod methods;
 pub mod preauth;
 pub mod refusals;
 mod send_params;
+pub mod tls;
 pub mod ws;
 
-pub use accept::{serve, tls_acceptor, ConnMeta};
+pub use accept::{serve, ConnMeta};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
