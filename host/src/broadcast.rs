@@ -28,7 +28,9 @@ pub mod events {
     pub const SHUTDOWN: &str = "shutdown";
     pub const MESSAGE: &str = "message";
     pub const PLUGINS: &str = "plugins";
-    pub const ALL: &[&str] = &[TICK, PRESENCE, HEALTH, SHUTDOWN, MESSAGE, PLUGINS];
+    /// A configuration reload: applied (what changed) or refused (why).
+    pub const CONFIG: &str = "config";
+    pub const ALL: &[&str] = &[TICK, PRESENCE, HEALTH, SHUTDOWN, MESSAGE, PLUGINS, CONFIG];
 }
 
 /// Which connections receive an event. Empty = all.

@@ -82,6 +82,9 @@ pub struct ConnIdentity {
     pub client: ClientInfo,
     pub remote_ip: IpAddr,
     pub connected_at_ms: u64,
+    /// SHA-256 of the token or password it authenticated with (`None`:
+    /// none was needed); a reload that no longer accepts it closes it.
+    pub credential: Option<[u8; 32]>,
 }
 
 #[cfg(test)]
@@ -96,6 +99,7 @@ impl ConnIdentity {
             client: ClientInfo::default(),
             remote_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             connected_at_ms: 0,
+            credential: None,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct Connection {
     queued: Arc<AtomicUsize>,
     /// Bound on `queued` (`gateway.limits.max_buffered_bytes`).
     max_queued_bytes: usize,
+    /// SHA-256 of the token or password it authenticated with.
+    pub credential: Option<[u8; 32]>,
     /// When a frame (of any kind) last arrived from the client, in ms since
     /// the Unix epoch: the liveness check closes a connection silent for
     /// `gateway.idle_timeout_ms`.
@@ -144,6 +150,7 @@ impl Connection {
             client,
             remote_ip,
             connected_at_ms,
+            credential,
         } = identity;
         Self {
             id,
@@ -158,6 +165,7 @@ impl Connection {
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued_bytes: usize::MAX,
             last_heard: AtomicU64::new(connected_at_ms),
+            credential,
         }
     }
 

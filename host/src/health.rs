@@ -28,6 +28,9 @@ pub struct Health {
     pub notify: Arc<Notify>,
     /// The monitor's last snapshot, serialised once for every hello-ok.
     pub shared: Mutex<Option<Arc<RawValue>>>,
+    /// Why the configuration file on disk was refused by the last reload
+    /// (the running configuration keeps serving); `None` once one applies.
+    pub config_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -51,6 +54,9 @@ impl Health {
             v["deliveryQueues"] =
                 json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]});
         }
+        if let Some(why) = self.config_error.guard().clone() {
+            v["config"] = json!({"ok": false, "error": why});
+        }
         v["durationMs"] = json!(t0.elapsed().as_millis() as u64);
         v
     }
@@ -70,6 +76,17 @@ impl Health {
             .unwrap_or_else(|_| Arc::from(RawValue::from_string("{}".into()).expect("{} is JSON")));
         *self.shared.guard() = Some(raw.clone());
         raw
+    }
+
+    /// Records the outcome of a configuration reload (and wakes the monitor
+    /// when it changes what `health` shows).
+    pub fn set_config_error(&self, why: Option<String>) {
+        let mut e = self.config_error.guard();
+        if *e != why {
+            *e = why;
+            drop(e);
+            self.notify.notify_one();
+        }
     }
 
     /// What `/ready` reports as failing: accounts in error, and the message

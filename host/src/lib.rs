@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod presence;
 pub mod queue;
+pub mod reload;
 pub mod rlimit;
 pub mod scopes;
 pub mod shutdown;
@@ -38,7 +39,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Starts the daemon and runs until SIGINT/SIGTERM, then shuts down gracefully.
-pub async fn serve(config: config::Config) -> Result<()> {
+pub async fn serve(config: config::Config, source: config::Source) -> Result<()> {
     if let Some((before, now, hard)) = rlimit::raise_open_files() {
         tracing::info!(
             soft_before = before,
@@ -57,7 +58,7 @@ pub async fn serve(config: config::Config) -> Result<()> {
         format!("cannot listen on {addr} (is another gateway running there? choose another with --port or gateway.port)")
     })?;
     let local = listener.local_addr().context("listener address")?;
-    let gw = gateway::Gateway::new(config)?;
+    let gw = gateway::Gateway::new(config, source)?;
     let dir = gw.plugins.dir().clone();
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
@@ -66,10 +67,10 @@ pub async fn serve(config: config::Config) -> Result<()> {
     let initial = gw.reload_plugins().await;
     gw.channels.start_all();
     // Keep the watcher alive for the daemon's life.
-    let _watcher = if gw.config.plugins.watch {
+    let _watcher = if gw.config().plugins.watch {
         let (w, mut rx) = plugins::watcher::watch(
             &dir,
-            std::time::Duration::from_millis(gw.config.plugins.debounce_ms),
+            std::time::Duration::from_millis(gw.config().plugins.debounce_ms),
         )?;
         let g = gw.clone();
         tokio::spawn(async move {
@@ -88,35 +89,36 @@ pub async fn serve(config: config::Config) -> Result<()> {
     tracing::info!(
         addr = %local,
         url = %format!("{scheme}://{local}"),
-        auth = if gw.config.has_auth() { "required" } else { "none (loopback only)" },
+        auth = if gw.config().has_auth() { "required" } else { "none (loopback only)" },
         plugins_dir = %dir.display(),
         plugins = gw.plugins.loaded_count(),
         plugin_failures = initial.iter().filter(|c| matches!(c, plugins::Change::Failed { .. })).count(),
-        state_dir = %gw.config.state_dir().display(),
+        state_dir = %gw.config().state_dir().display(),
         "gateway listening"
     );
     let tls_reloader = tls
         .clone()
         .map(|t| tokio::spawn(gateway::tls::run_tls_reloader(t)));
+    let reloader = tokio::spawn(reload::run(gw.clone(), tls.clone()));
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
     let ticker = tokio::spawn(health::run_ticker(
         gw.broadcaster.clone(),
-        gw.config.tick_interval(),
+        gw.config().tick_interval(),
         gw.shutdown_token(),
     ));
     let monitor = tokio::spawn(health::run_monitor(
         gw.health.clone(),
         gw.broadcaster.clone(),
-        std::time::Duration::from_millis(gw.config.gateway.health_check_interval_ms),
+        std::time::Duration::from_millis(gw.config().gateway.health_check_interval_ms),
         gw.shutdown_token(),
     ));
     let presence = tokio::spawn(gateway::ws::run_presence(gw.clone()));
     let liveness = tokio::spawn(gateway::ws::run_liveness(gw.clone()));
     let pruner = tokio::spawn(store::run_pruner(
         gw.log.clone(),
-        gw.config.store.retention_days,
-        gw.config.store.max_bytes,
-        gw.config.store.idempotency_ttl_hours,
+        gw.config().store.retention_days,
+        gw.config().store.max_bytes,
+        gw.config().store.idempotency_ttl_hours,
         std::time::Duration::from_secs(60),
         gw.shutdown_token(),
     ));
@@ -127,6 +129,7 @@ pub async fn serve(config: config::Config) -> Result<()> {
     monitor.abort();
     presence.abort();
     liveness.abort();
+    reloader.abort();
     if let Some(t) = tls_reloader {
         t.abort();
     }

@@ -188,7 +188,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         plugins_dir: args.plugins,
         state_dir: args.state_dir,
     };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let source = switchboard::config::Source {
+        path: args.config.clone(),
+        overrides,
+    };
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -196,7 +200,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match switchboard::serve(config).await {
+    match switchboard::serve(config, source).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

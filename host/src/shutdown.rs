@@ -42,7 +42,7 @@ pub async fn wait_for_signal() -> &'static str {
 
 /// Runs the shutdown sequence. `acceptor` is the accept loop's task.
 pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
-    let bound = Duration::from_millis(gw.config.gateway.limits.shutdown_timeout_ms);
+    let bound = Duration::from_millis(gw.config().gateway.limits.shutdown_timeout_ms);
     let deadline = tokio::time::Instant::now() + bound;
     tracing::info!(signal, "shutdown 1/5: stop accepting connections");
     gw.begin_shutdown();

@@ -200,3 +200,56 @@ async fn two_channels_of_one_plugin_keep_their_own_grants_and_store() {
         json!({"netno": [], "netyes": [format!("127.0.0.1:{hp}")]})
     );
 }
+
+/// A grant added to the config file while the daemon runs applies to the
+/// next call; removed again, the call after that is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_edited_in_the_config_applies_to_the_next_call() {
+    let hp = http_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+    let d = daemon(dir.path(), Some("\"127.0.0.1:1\""));
+    let (mut admin, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let target = format!("http:http://127.0.0.1:{hp}/");
+    assert_denied(
+        &send(&d, &format!("{target}#1")).await,
+        "nettest",
+        &format!("127.0.0.1:{hp}"),
+    );
+
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&d.config_path).unwrap();
+        std::fs::write(&d.config_path, text.replace(from, to)).unwrap();
+    };
+    edit("\"127.0.0.1:1\"", &format!("\"127.0.0.1:{hp}\""));
+    let ev = admin
+        .next_event("config", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        ev["payload"]["changes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(
+                "channels.nettest.accounts.default: network changed, restarted"
+            )),
+        "{ev}"
+    );
+    let r = send(&d, &format!("{target}#2")).await;
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+
+    edit(&format!("\"127.0.0.1:{hp}\""), "\"127.0.0.1:1\"");
+    admin
+        .next_event("config", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_denied(
+        &send(&d, &format!("{target}#3")).await,
+        "nettest",
+        &format!("127.0.0.1:{hp}"),
+    );
+}

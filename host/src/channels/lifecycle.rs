@@ -11,6 +11,7 @@ use crate::plugins::CallError;
 use crate::plugins::Change;
 
 use super::*;
+use crate::sync::RwLockExt as _;
 
 impl ChannelManager {
     /// Starts every enabled account (at start-up).
@@ -57,6 +58,86 @@ impl ChannelManager {
             a.running = false;
             a.connected = false;
         });
+    }
+
+    /// Puts a new `[channels]` in force: every account whose configuration
+    /// changed starts, stops or restarts alone (nothing else is touched);
+    /// calls that start from now on use the new settings and grants. An
+    /// account an operator stopped (`channels.stop`) stays stopped when only
+    /// its settings change. Returns one line per account changed.
+    pub fn reconfigure(self: &Arc<Self>, config: BTreeMap<String, ChannelConfig>) -> Vec<String> {
+        let old = self.layout();
+        let changes = layout::diff(&old.config, &config);
+        let enabled_in = |cfg: &BTreeMap<String, ChannelConfig>, c: &str, a: &str| {
+            cfg.get(c)
+                .and_then(|ch| ch.accounts.get(a).map(|t| layout::account_enabled(ch, t)))
+                .unwrap_or(false)
+        };
+        // The board first (new accounts exist before they start; removed
+        // ones are stopped below and then dropped from it).
+        self.board.reshape(|b| {
+            for (name, c) in &config {
+                let e = b
+                    .entry(name.clone())
+                    .or_insert_with(|| layout::board_entry(name, c));
+                e.plugin = layout::plugin_id(name, c);
+                for (id, t) in &c.accounts {
+                    let on = layout::account_enabled(c, t);
+                    e.accounts
+                        .entry(id.clone())
+                        .or_insert_with(|| layout::fresh_account(id, on))
+                        .enabled = on;
+                }
+            }
+        });
+        *self.layout.writer() = Arc::new(Layout::build(config.clone(), &self.handles));
+        let mut lines = Vec::new();
+        for (c, a, change) in changes {
+            let now_on = enabled_in(&config, &c, &a);
+            let key = (c.clone(), a.clone());
+            let what = match &change {
+                layout::AccountChange::Added if now_on => {
+                    self.start(&c, &a);
+                    "added, started".to_string()
+                }
+                layout::AccountChange::Added => "added (disabled)".to_string(),
+                layout::AccountChange::Removed => {
+                    self.stop(&c, &a);
+                    "removed, stopped".to_string()
+                }
+                layout::AccountChange::Changed(why) => {
+                    let was_on = enabled_in(&old.config, &c, &a);
+                    let wanted = self.wanted.guard().contains(&key);
+                    let verb = if !now_on {
+                        self.stop(&c, &a);
+                        "stopped"
+                    } else if !was_on || wanted {
+                        self.start(&c, &a);
+                        if was_on {
+                            "restarted"
+                        } else {
+                            "started"
+                        }
+                    } else {
+                        "kept stopped (stopped by an operator)"
+                    };
+                    format!("{} changed, {verb}", why.join(", "))
+                }
+            };
+            tracing::info!(channel = %c, account = %a, "configuration reload: {what}");
+            lines.push(format!("channels.{c}.accounts.{a}: {what}"));
+        }
+        // Drop what the new configuration no longer has.
+        self.board.reshape(|b| {
+            b.retain(|name, _| config.contains_key(name));
+            for (name, e) in b.iter_mut() {
+                if let Some(c) = config.get(name) {
+                    e.accounts.retain(|id, _| c.accounts.contains_key(id));
+                    e.default_account = layout::default_account(&e.accounts);
+                }
+            }
+        });
+        lines
     }
 
     pub fn account_snapshot(&self, channel: &str, account: &str) -> Option<AccountSnapshot> {

@@ -16,6 +16,7 @@
 
 mod inbox;
 mod kv;
+mod layout;
 mod lifecycle;
 mod send;
 mod status;
@@ -24,7 +25,7 @@ pub use send::{SendError, SendReceipt};
 pub use status::{AccountSnapshot, ChannelEntry, ChannelsSnapshot};
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -32,13 +33,14 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::broadcast::Broadcaster;
 use crate::config::ChannelConfig;
-use crate::outbox::{AccountQueue, Outbox};
+use crate::outbox::Outbox;
 use crate::plugins::contract::Account;
-use crate::plugins::imports::Imports;
-use crate::plugins::{Network, Plugin, PluginManager, Target};
+use crate::plugins::{Plugin, PluginManager, Target};
 use crate::store::{HistoryQuery, MessageLog, Page, StateStore, StoreError};
-use inbox::{AccountInbox, Inbox};
-use status::{AccountStatus, StatusBoard};
+use crate::sync::RwLockExt;
+use inbox::Inbox;
+use layout::{Handles, Layout};
+use status::StatusBoard;
 
 /// Backoff of a failing `run` loop: 1 s doubling to 5 min.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -51,7 +53,6 @@ type Key = (String, String);
 type InFlight = HashMap<String, Arc<OnceCell<SendReceipt>>>;
 
 pub struct ChannelManager {
-    config: BTreeMap<String, ChannelConfig>,
     plugins: Arc<PluginManager>,
     board: Arc<StatusBoard>,
     inbox: Arc<Inbox>,
@@ -64,35 +65,15 @@ pub struct ChannelManager {
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
-    /// What each plugin call needs, prepared once here rather than on every
-    /// call: per channel its plugin and parsed grants, per account its
-    /// settings (JSON) and its import handles.
-    bound: HashMap<String, BoundChannel>,
-}
-
-/// A channel as its plugin calls see it.
-struct BoundChannel {
-    plugin: String,
-    /// `[channels.<name>] network`, parsed; `None`: the plugin's own list.
-    network: Option<Network>,
-    accounts: HashMap<String, BoundAccount>,
-}
-
-/// An account as its plugin calls see it.
-struct BoundAccount {
-    /// `id` and the settings as the plugin gets them (JSON).
-    account: Account,
-    imports: Imports,
+    /// The `[channels]` in force and what each plugin call needs, prepared
+    /// once per account rather than on every call (swapped by a reload).
+    layout: RwLock<Arc<Layout>>,
+    /// What a reload binds the handles of new accounts to.
+    handles: Handles,
 }
 
 /// A call's plugin, its target and the account it is for.
 type Call = (Arc<Plugin>, Target, Account);
-
-fn settings_json(table: &toml::Table) -> String {
-    let mut t = table.clone();
-    t.remove("enabled");
-    serde_json::to_string(&t).unwrap_or_else(|_| "{}".into())
-}
 
 impl ChannelManager {
     pub fn new(
@@ -104,105 +85,34 @@ impl ChannelManager {
         log: Arc<dyn MessageLog>,
         kv_store: Arc<dyn StateStore>,
     ) -> Arc<Self> {
-        let mut state = BTreeMap::new();
-        for (name, c) in &config {
-            let accounts = c
-                .accounts
-                .iter()
-                .map(|(id, t)| {
-                    let enabled =
-                        c.enabled && t.get("enabled").and_then(|v| v.as_bool()).unwrap_or(true);
-                    (
-                        id.clone(),
-                        AccountSnapshot {
-                            account_id: id.clone(),
-                            enabled,
-                            configured: true,
-                            running: false,
-                            connected: false,
-                            last_error: None,
-                            last_start_at: None,
-                            last_stop_at: None,
-                            reconnect_attempts: 0,
-                            last_inbound_at: None,
-                            last_outbound_at: None,
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>();
-            let default_account = if accounts.contains_key("default") {
-                Some("default".to_string())
-            } else {
-                accounts.keys().next().cloned()
-            };
-            state.insert(
-                name.clone(),
-                ChannelEntry {
-                    label: name.clone(),
-                    plugin: c.plugin.clone().unwrap_or_else(|| name.clone()),
-                    default_account,
-                    accounts,
-                },
-            );
-        }
-        let board = Arc::new(StatusBoard::new(state, health));
-        let inbox = Arc::new(Inbox::new(log, broadcaster, board.clone()));
-        let outbox = Arc::new(outbox);
-        let bound = config
+        let state = config
             .iter()
-            .map(|(name, c)| {
-                let accounts = c
-                    .accounts
-                    .iter()
-                    .map(|(id, t)| {
-                        let imports = Imports {
-                            inbox: Arc::new(AccountInbox {
-                                inbox: inbox.clone(),
-                                channel: name.clone(),
-                            }),
-                            state: Arc::new(AccountStatus {
-                                board: board.clone(),
-                                channel: name.clone(),
-                                account: id.clone(),
-                            }),
-                            outbox: Arc::new(AccountQueue {
-                                outbox: outbox.clone(),
-                                channel: name.clone(),
-                                account: id.clone(),
-                            }),
-                            kv: Arc::new(kv::ChannelKv {
-                                store: kv_store.clone(),
-                                channel: name.clone(),
-                            }),
-                            channel: name.clone(),
-                            account: id.clone(),
-                        };
-                        let account = Account {
-                            id: id.clone(),
-                            settings: settings_json(t),
-                        };
-                        (id.clone(), BoundAccount { account, imports })
-                    })
-                    .collect();
-                let bc = BoundChannel {
-                    plugin: c.plugin.clone().unwrap_or_else(|| name.clone()),
-                    network: c.network.as_deref().map(Network::parse),
-                    accounts,
-                };
-                (name.clone(), bc)
-            })
+            .map(|(name, c)| (name.clone(), layout::board_entry(name, c)))
             .collect();
+        let board = Arc::new(StatusBoard::new(state, health));
+        let handles = Handles {
+            inbox: Arc::new(Inbox::new(log, broadcaster, board.clone())),
+            board: board.clone(),
+            outbox: Arc::new(outbox),
+            kv_store,
+        };
+        let layout = Layout::build(config, &handles);
         Arc::new(Self {
-            bound,
-            config,
+            layout: RwLock::new(Arc::new(layout)),
             plugins,
-            inbox,
+            inbox: handles.inbox.clone(),
+            outbox: handles.outbox.clone(),
             board,
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
             in_flight: Mutex::new(HashMap::new()),
-            outbox,
+            handles,
         })
+    }
+
+    /// The `[channels]` in force now.
+    fn layout(&self) -> Arc<Layout> {
+        self.layout.reader().clone()
     }
 
     /// `messages.history`: a page of the message log.
@@ -230,7 +140,8 @@ impl ChannelManager {
     /// settings: everything prepared, nothing parsed or serialised here.
     /// The error says which of channel, account or plugin is missing.
     fn call_for(&self, channel: &str, account: &str) -> Result<Call, SendError> {
-        let bc = self
+        let layout = self.layout();
+        let bc = layout
             .bound
             .get(channel)
             .ok_or_else(|| SendError::UnknownTarget(format!("unknown channel {channel}")))?;
@@ -258,7 +169,8 @@ impl ChannelManager {
     /// What `plugin` may reach when it serves `channel`: the channel's
     /// `network`, else the plugin's own list (as configured, for display).
     pub fn grants_for(&self, channel: &str, plugin: &Plugin) -> Vec<String> {
-        self.config
+        self.layout()
+            .config
             .get(channel)
             .and_then(|c| c.network.clone())
             .unwrap_or_else(|| plugin.loaded.info.network.clone())
@@ -277,7 +189,10 @@ impl ChannelManager {
 
     /// `channels.<name>.webhook_max_body_bytes`, or `None` for an unknown channel.
     pub fn webhook_body_limit(&self, channel: &str) -> Option<usize> {
-        self.config.get(channel).map(|c| c.webhook_max_body_bytes)
+        self.layout()
+            .config
+            .get(channel)
+            .map(|c| c.webhook_max_body_bytes)
     }
 
     /// Resolves `channel`/`accountId` of a request (defaults when there is one choice).

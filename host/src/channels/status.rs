@@ -32,6 +32,13 @@ impl StatusBoard {
         self.channels.reader()
     }
 
+    /// Changes which channels and accounts there are (a configuration
+    /// reload); wakes the health monitor.
+    pub fn reshape(&self, f: impl FnOnce(&mut BTreeMap<String, ChannelEntry>)) {
+        f(&mut self.channels.writer());
+        self.health.notify_one();
+    }
+
     /// Changes one account's state (nothing if it is not configured). The
     /// health monitor is woken only when something `health` or `/ready`
     /// shows changed, not for the per-message timestamps.

@@ -12,25 +12,119 @@ use serde::Deserialize;
 
 use super::*;
 
+/// Where the configuration comes from: the file and the overrides of the
+/// command line and environment. A reload reads it again the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// `--config` / `SWITCHBOARD_CONFIG`; `None`: `./switchboard.toml` if present.
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Source {
+    /// The file read, if any.
+    pub fn file(&self) -> Option<PathBuf> {
+        match &self.path {
+            Some(p) => Some(p.clone()),
+            None => {
+                let default = Path::new("switchboard.toml");
+                default.is_file().then(|| default.to_path_buf())
+            }
+        }
+    }
+
+    /// Reads, expands, overrides and validates. An error names the key and,
+    /// when it comes from the file, its line.
+    pub fn load(&self) -> Result<Config> {
+        let file = self.file();
+        let text = match &file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let mut config = match (&file, &text) {
+            (Some(p), Some(t)) => Config::from_toml_str(t, |k| std::env::var(k).ok())
+                .with_context(|| format!("invalid config file {}", p.display()))?,
+            _ => Config::default(),
+        };
+        config.apply(&self.overrides);
+        if let Err(e) = config.validate() {
+            let msg = e.to_string();
+            return Err(
+                match (&file, text.as_deref().and_then(|t| locate(t, &msg))) {
+                    (Some(p), Some(line)) => {
+                        anyhow::anyhow!("invalid config file {} (line {line}): {msg}", p.display())
+                    }
+                    (Some(p), None) => {
+                        anyhow::anyhow!("invalid config file {}: {msg}", p.display())
+                    }
+                    _ => e,
+                },
+            );
+        }
+        Ok(config)
+    }
+}
+
+/// The line (1-based) of the first dotted key `msg` names, e.g.
+/// `gateway.limits.max_buffered_bytes` or `channels.irc.network`.
+fn locate(text: &str, msg: &str) -> Option<usize> {
+    let key = msg
+        .split(|c: char| c.is_whitespace() || matches!(c, ':' | ',' | '(' | ')' | '`'))
+        .find(|w| {
+            w.contains('.')
+                && w.split('.').count() >= 2
+                && w.split('.').all(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                })
+                && w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        })?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table: Vec<String> = Vec::new();
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            let h = h.trim_start_matches('[');
+            table = h
+                .split('.')
+                .map(|p| p.trim().trim_matches('"').to_string())
+                .collect();
+            if table == parts {
+                header_line.get_or_insert(i + 1);
+            }
+            continue;
+        }
+        let Some((k, _)) = l.split_once('=') else {
+            continue;
+        };
+        let mut full = table.clone();
+        full.extend(
+            k.trim()
+                .split('.')
+                .map(|p| p.trim().trim_matches('"').to_string()),
+        );
+        if full == parts {
+            return Some(i + 1);
+        }
+    }
+    header_line
+}
+
 impl Config {
     /// Loads the configuration: `path` if given (it must exist), else
     /// `./switchboard.toml` if present, else defaults; then applies `overrides`
     /// and validates the result.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config> {
-        let mut config = match path {
-            Some(p) => Self::from_file(p)?,
-            None => {
-                let default = Path::new("switchboard.toml");
-                if default.is_file() {
-                    Self::from_file(default)?
-                } else {
-                    Config::default()
-                }
-            }
-        };
-        config.apply(overrides);
-        config.validate()?;
-        Ok(config)
+        Source {
+            path: path.map(Path::to_path_buf),
+            overrides: overrides.clone(),
+        }
+        .load()
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -42,6 +136,12 @@ impl Config {
 
     /// Parses TOML text, expanding `${VAR}` in every string value with `env`.
     pub fn from_toml_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        // Checked on the text first, where an error (an unknown key, a wrong
+        // type) carries its line: expansion only fills strings, so it cannot
+        // make a valid file invalid or the reverse.
+        if let Err(e) = toml::from_str::<Config>(text) {
+            anyhow::bail!("{e}");
+        }
         let mut value: toml::Value = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         expand_env(&mut value, "", &env)?;
         // Deserialising from the expanded Value loses line numbers but keeps the
@@ -290,6 +390,46 @@ fn expand_str(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String> 
     Ok(out)
 }
 
+/// Does a key name a secret? (`token`, `password`, `sasl_password`,
+/// `secret_token`, `api_key`, …)
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    [
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "credential",
+        "private",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// The configuration as JSON with every secret replaced by `"<redacted>"`:
+/// each string under a key that names a secret, at any depth (the auth
+/// token and password, scoped tokens, account settings such as a bot
+/// token or a SASL password). `config.get` answers it.
+pub fn redacted(config: &Config) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value, secret: bool) {
+        match v {
+            serde_json::Value::String(s) if secret => *s = "<redacted>".into(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, secret)),
+            serde_json::Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    walk(x, is_secret_key(k));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    walk(&mut v, false);
+    v
+}
+
 /// A flat key → value view used by `status` to show where settings came from.
 pub fn describe(config: &Config) -> BTreeMap<&'static str, serde_json::Value> {
     let mut m = BTreeMap::new();
@@ -344,6 +484,46 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains("NOPE"), "{msg}");
         assert!(msg.contains("gateway.auth.token"), "{msg}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[gateway]\nport = 1\n\n[gateway.limits]\nmax_buffered_bytes = 10\n",
+        )
+        .unwrap();
+        let src = Source {
+            path: Some(p.clone()),
+            overrides: Overrides::default(),
+        };
+        let e = format!("{:#}", src.load().unwrap_err());
+        assert!(
+            e.contains("(line 5)") && e.contains("gateway.limits.max_buffered_bytes"),
+            "{e}"
+        );
+        std::fs::write(&p, "[gateway]\nport = 1\nbogus = 2\n").unwrap();
+        let e = format!("{:#}", src.load().unwrap_err());
+        assert!(e.contains("line 3") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let c = Config::from_toml_str(
+            "[gateway.auth]\ntoken = \"s1\"\n[[gateway.auth.tokens]]\nname = \"ro\"\ntoken = \"s2\"\nscopes = [\"operator.read\"]\n\
+             [channels.tg.accounts.a]\nbot_token = \"s3\"\nsasl_password = \"s4\"\nchat = \"c\"\n",
+            |_| None,
+        )
+        .unwrap();
+        let v = redacted(&c);
+        let text = v.to_string();
+        for s in ["s1", "s2", "s3", "s4"] {
+            assert!(!text.contains(&format!("\"{s}\"")), "{s} in {text}");
+        }
+        assert_eq!(v["gateway"]["auth"]["tokens"][0]["name"], "ro");
+        assert_eq!(v["channels"]["tg"]["accounts"]["a"]["chat"], "c");
     }
 
     #[test]

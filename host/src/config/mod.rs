@@ -9,15 +9,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod load;
 
-pub use load::describe;
+pub use load::{describe, redacted, Source};
 
 pub const DEFAULT_PORT: u16 = 18789;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,10 +34,26 @@ pub struct Config {
     /// Default: `$XDG_STATE_HOME/switchboard` or `~/.local/state/switchboard`.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Reload when the config file changes (`false`: only on `SIGHUP`).
+    #[serde(default = "yes")]
+    pub watch_config: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: Default::default(),
+            plugins: Default::default(),
+            store: Default::default(),
+            channels: Default::default(),
+            state_dir: None,
+            watch_config: true,
+        }
+    }
 }
 
 /// `[channels.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// The plugin id serving this channel (default: the channel's name).
@@ -68,7 +84,7 @@ fn default_webhook_body() -> usize {
     DEFAULT_WEBHOOK_BODY
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// TCP port for HTTP and WebSocket (default 18789).
@@ -100,7 +116,7 @@ pub struct GatewayConfig {
 }
 
 /// `[gateway.presence]`: OpenClaw's own bounds by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
     /// Entries listed besides the gateway's own; past it the least
@@ -139,7 +155,7 @@ impl Default for GatewayConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Shared token: grants every scope of every role.
@@ -166,7 +182,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScopedToken {
     /// A label for logs.
@@ -183,7 +199,7 @@ fn default_roles() -> Vec<String> {
     vec!["operator".into()]
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -197,7 +213,7 @@ pub struct TlsConfig {
     pub ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Open TCP connections (HTTP and WebSocket) at once; held for the socket's life.
@@ -246,7 +262,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Directory watched for channel plugins (`*.wasm`).
@@ -284,7 +300,7 @@ impl Default for PluginsConfig {
 }
 
 /// When a commit is durable (`[store] sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Each commit is on the disk before it is acknowledged: survives a
@@ -296,7 +312,7 @@ pub enum SyncMode {
     Normal,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub sync: SyncMode,

@@ -33,7 +33,7 @@ pub struct ConnMeta {
 /// Accepts connections until shutdown begins.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<super::tls::Tls>>) {
     let router = http::router(gw.clone());
-    let slots = Arc::new(Semaphore::new(gw.config.gateway.limits.max_connections));
+    let slots = Arc::new(Semaphore::new(gw.config().gateway.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -62,14 +62,14 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                     "connection",
                     &format!(
                         "gateway.limits.max_connections ({}) reached (last from {remote})",
-                        gw2.config.gateway.limits.max_connections
+                        gw2.config().gateway.limits.max_connections
                     ),
                 );
                 refuse_busy(stream, tls).await;
                 return;
             };
             let _ = stream.set_nodelay(true);
-            let sndbuf = gw2.config.gateway.limits.socket_send_buffer_bytes;
+            let sndbuf = gw2.config().gateway.limits.socket_send_buffer_bytes;
             if sndbuf > 0 {
                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf);
             }
@@ -79,7 +79,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                 permit: Arc::new(permit),
             };
             let header_timeout =
-                Duration::from_millis(gw2.config.gateway.limits.header_read_timeout_ms);
+                Duration::from_millis(gw2.config().gateway.limits.header_read_timeout_ms);
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
@@ -143,7 +143,7 @@ async fn serve_http<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(
-            gw.config.gateway.limits.header_read_timeout_ms,
+            gw.config().gateway.limits.header_read_timeout_ms,
         ))
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(io), svc)
@@ -165,7 +165,7 @@ async fn serve_http<I>(
                     "connection",
                     &format!(
                         "request headers not received within {} ms (gateway.limits.header_read_timeout_ms), from {remote}",
-                        gw.config.gateway.limits.header_read_timeout_ms
+                        gw.config().gateway.limits.header_read_timeout_ms
                     ),
                 );
                 use std::io::Write;

@@ -53,6 +53,9 @@ pub struct Grant {
     pub roles: Option<Vec<String>>,
     /// `None` = any scope.
     pub scopes: Option<Vec<String>>,
+    /// SHA-256 of the secret that matched (`None`: no credential needed),
+    /// so that a reload can tell whether it is still accepted.
+    pub secret: Option<[u8; 32]>,
 }
 
 impl Grant {
@@ -89,6 +92,27 @@ fn ct_eq(a: &str, b: &str) -> bool {
     ha.ct_eq(&hb).into()
 }
 
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Would `cfg` still accept the credential whose digest is `secret` (as
+/// [`Grant::secret`] recorded it)? A reload closes connections for which
+/// it would not: their token or password was removed or changed, or a
+/// gateway that needed none now needs one.
+pub fn still_accepts(cfg: &AuthConfig, secret: &Option<[u8; 32]>) -> bool {
+    let configured = cfg.token.is_some() || cfg.password.is_some() || !cfg.tokens.is_empty();
+    match secret {
+        None => !configured,
+        Some(h) => cfg
+            .token
+            .iter()
+            .chain(cfg.password.iter())
+            .chain(cfg.tokens.iter().map(|t| &t.token))
+            .any(|s| bool::from(digest(s).ct_eq(h))),
+    }
+}
+
 fn auth_error(detail: &str, message: &str) -> ErrorShape {
     ErrorShape::invalid(format!("unauthorized: {message}")).with_details(json!({"code": detail}))
 }
@@ -103,6 +127,7 @@ pub fn authenticate(cfg: &AuthConfig, auth: &ConnectAuth) -> Result<Grant, Error
             via: "none".into(),
             roles: None,
             scopes: None,
+            secret: None,
         });
     }
     if let Some(t) = auth.token.as_deref().filter(|t| !t.is_empty()) {
@@ -114,6 +139,7 @@ pub fn authenticate(cfg: &AuthConfig, auth: &ConnectAuth) -> Result<Grant, Error
                     via: "token".into(),
                     roles: None,
                     scopes: None,
+                    secret: Some(digest(t)),
                 });
             }
         }
@@ -123,6 +149,7 @@ pub fn authenticate(cfg: &AuthConfig, auth: &ConnectAuth) -> Result<Grant, Error
                     via: st.name.clone(),
                     roles: Some(st.roles.clone()),
                     scopes: Some(st.scopes.clone()),
+                    secret: Some(digest(t)),
                 });
             }
         }
@@ -134,6 +161,7 @@ pub fn authenticate(cfg: &AuthConfig, auth: &ConnectAuth) -> Result<Grant, Error
                 via: "password".into(),
                 roles: None,
                 scopes: None,
+                secret: Some(digest(p)),
             }),
             Some(_) => Err(auth_error(
                 "AUTH_PASSWORD_MISMATCH",
@@ -369,6 +397,7 @@ mod tests {
     #[test]
     fn scoped_token_cannot_gain_scopes() {
         let g = Grant {
+            secret: None,
             via: "ro".into(),
             roles: None,
             scopes: Some(vec![SCOPE_READ.into()]),

@@ -68,7 +68,7 @@ async fn hook(
             "webhook",
             &format!(
                 "{} webhook bodies already being read (gateway.limits.max_webhook_bodies)",
-                gw.config.gateway.limits.max_webhook_bodies
+                gw.config().gateway.limits.max_webhook_bodies
             ),
         );
         let mut r = json_error(
@@ -79,7 +79,7 @@ async fn hook(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
-    let timeout = std::time::Duration::from_millis(gw.config.gateway.limits.body_read_timeout_ms);
+    let timeout = std::time::Duration::from_millis(gw.config().gateway.limits.body_read_timeout_ms);
     let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => return too_large(&channel, limit),
@@ -296,7 +296,11 @@ pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> b
 /// The refusal for a request whose `Host` is not acceptable (see [`host_allowed`]).
 fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if host_allowed(host, gw.config.has_auth(), &gw.config.gateway.allowed_hosts) {
+    if host_allowed(
+        host,
+        gw.config().has_auth(),
+        &gw.config().gateway.allowed_hosts,
+    ) {
         return None;
     }
     gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +354,7 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(o) = &origin {
-        if !origin_allowed(o, &gw.config.gateway.allowed_origins) {
+        if !origin_allowed(o, &gw.config().gateway.allowed_origins) {
             gw.metrics.origin_rejections.fetch_add(1, Ordering::Relaxed);
             gw.refusals
                 .note("WebSocket upgrade", &format!("origin `{o}` not allowed"));

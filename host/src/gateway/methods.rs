@@ -74,6 +74,7 @@ const METHODS: &[Method] = &[
     now("plugins.list", SCOPE_READ, plugins_list),
     later("plugins.reload", SCOPE_ADMIN, plugins_reload),
     later("messages.history", SCOPE_READ, messages_history),
+    now("config.get", SCOPE_ADMIN, config_get),
 ];
 
 pub fn names() -> Vec<&'static str> {
@@ -293,6 +294,18 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
     })
 }
 
+/// `config.get`: the configuration in force, secrets redacted, the file
+/// it came from, and why the file on disk was refused if it was.
+fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+    let _: Empty = parse(method, params)?;
+    let error = gw.health.config_error.lock().ok().and_then(|e| e.clone());
+    Ok(json!({
+        "path": gw.source.file().map(|p| p.display().to_string()),
+        "config": crate::config::redacted(&gw.config()),
+        "fileError": error,
+    }))
+}
+
 fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
     Ok(json!({
@@ -409,7 +422,7 @@ fn status_payload(gw: &Gateway) -> Value {
         "connections": {"total": gw.conns.count(), "byRole": gw.conns.count_by_role()},
         "channels": {"count": snap.channels.len(), "accounts": accounts, "running": running},
         "plugins": {"dir": gw.plugins.dir().display().to_string(), "loaded": gw.plugins.loaded_count()},
-        "gateway": crate::config::describe(&gw.config),
+        "gateway": crate::config::describe(&gw.config()),
     })
 }
 

@@ -39,7 +39,11 @@ use crate::presence::{Entry, PresenceBook};
 
 /// Everything the gateway's components share.
 pub struct Gateway {
-    pub config: Arc<Config>,
+    /// The configuration in force (swapped whole by a reload: read it with
+    /// [`Gateway::config`]).
+    live: std::sync::RwLock<Arc<Config>>,
+    /// Where the configuration is read from (again, by a reload).
+    pub source: crate::config::Source,
     pub conns: Arc<ConnectionManager>,
     pub broadcaster: Arc<Broadcaster>,
     pub channels: Arc<ChannelManager>,
@@ -69,7 +73,25 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Arc<Gateway>> {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        match self.live.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Puts `config` in force (a reload has validated it and kept the keys
+    /// that need a restart); returns the one it replaces.
+    pub fn set_config(&self, config: Config) -> Arc<Config> {
+        let new = Arc::new(config);
+        match self.live.write() {
+            Ok(mut c) => std::mem::replace(&mut *c, new),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), new),
+        }
+    }
+
+    pub fn new(config: Config, source: crate::config::Source) -> Result<Arc<Gateway>> {
         let metrics = Arc::new(Metrics::default());
         let conns = Arc::new(ConnectionManager::new());
         let broadcaster = Arc::new(Broadcaster::new(conns.clone(), metrics.clone()));
@@ -125,6 +147,7 @@ impl Gateway {
             heartbeat_seconds: config.gateway.tick_interval_ms / 1000,
             notify: health_notify,
             shared: Default::default(),
+            config_error: Default::default(),
         });
         let started_at_ms = crate::now_ms();
         let instance_id = uuid::Uuid::new_v4().to_string();
@@ -138,7 +161,8 @@ impl Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
             refusals: refusals::RefusalLog::default(),
             webhook_bodies: Arc::new(Semaphore::new(config.gateway.limits.max_webhook_bodies)),
-            config: Arc::new(config),
+            live: std::sync::RwLock::new(Arc::new(config)),
+            source,
             conns,
             broadcaster,
             channels,

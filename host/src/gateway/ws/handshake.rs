@@ -98,6 +98,7 @@ pub(super) struct Accepted {
     pub(super) device_id: Option<String>,
     pub(super) client: ClientInfo,
     pub(super) via: String,
+    pub(super) credential: Option<[u8; 32]>,
 }
 
 /// The handshake of a connection just upgraded: the accepted `connect`, or
@@ -120,13 +121,18 @@ where
     if preauth::write_text(io, &challenge).await.is_err() {
         return None;
     }
-    let limits = &gw.config.gateway.limits;
+    let (handshake_timeout_ms, exempt_loopback) = {
+        let c = gw.config();
+        (
+            c.gateway.limits.handshake_timeout_ms,
+            c.gateway.auth.exempt_loopback,
+        )
+    };
     // Loopback clients without a browser Origin are neither limited nor counted.
-    let rate_limited =
-        !(gw.config.gateway.auth.exempt_loopback && remote.ip().is_loopback() && origin.is_none());
+    let rate_limited = !(exempt_loopback && remote.ip().is_loopback() && origin.is_none());
     let limit_key = rate_limited.then(|| auth::LimitKey::new(remote.ip(), origin.as_deref()));
     let handshake = tokio::time::timeout(
-        Duration::from_millis(limits.handshake_timeout_ms),
+        Duration::from_millis(handshake_timeout_ms),
         handshake(gw, io, &nonce, limit_key.as_ref()),
     );
     let outcome = tokio::select! {
@@ -182,7 +188,7 @@ pub(super) async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let max = gw.config.gateway.limits.preauth_max_frame_bytes;
+    let max = gw.config().gateway.limits.preauth_max_frame_bytes;
     let text = match preauth::read_message(io, max).await {
         Ok(PreauthRead::Text(t)) => t,
         Ok(PreauthRead::Closed) | Err(_) => return Ok(None),
@@ -275,7 +281,7 @@ where
         ));
     }
     let connect_auth = params.auth.unwrap_or_default();
-    let grant = auth::authenticate(&gw.config.gateway.auth, &connect_auth)
+    let grant = auth::authenticate(&gw.config().gateway.auth, &connect_auth)
         .map_err(|e| Refusal::auth(&id, e))?;
     if !grant.allows_role(&role) {
         return Err(Refusal::auth(
@@ -330,6 +336,7 @@ where
             instance_id: c.instance_id,
         },
         via: grant.via,
+        credential: grant.secret,
     }))
 }
 
@@ -452,7 +459,8 @@ pub(super) fn hello_ok_frame(
     conn_id: &str,
     a: &Accepted,
 ) -> String {
-    let limits = &gw.config.gateway.limits;
+    let config = gw.config();
+    let limits = &config.gateway.limits;
     // State version first: the lists read after it are at least that new.
     let state_version = gw.broadcaster.state_version();
     let presence = gw.presence.list();
@@ -480,7 +488,7 @@ pub(super) fn hello_ok_frame(
             policy: Policy {
                 max_payload: limits.max_payload_bytes,
                 max_buffered_bytes: limits.max_buffered_bytes,
-                tick_interval_ms: gw.config.gateway.tick_interval_ms,
+                tick_interval_ms: config.gateway.tick_interval_ms,
             },
         },
     )

@@ -16,16 +16,17 @@ use crate::gateway::Gateway;
 
 /// Runs until the gateway stops.
 pub async fn run_liveness(gw: Arc<Gateway>) {
-    let ping = gw.config.gateway.ping_interval_ms;
-    let idle = gw.config.gateway.idle_timeout_ms;
-    // Sweeps often enough that a silent connection goes at most a quarter
-    // of its timeout late.
-    let sweep = ping.min(idle / 4).max(25);
-    let mut every = tokio::time::interval(Duration::from_millis(sweep));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping_round = crate::now_ms();
     loop {
-        every.tick().await;
+        // Read each round: a configuration reload changes them live.
+        let (ping, idle) = {
+            let c = gw.config();
+            (c.gateway.ping_interval_ms, c.gateway.idle_timeout_ms)
+        };
+        // Sweeps often enough that a silent connection goes at most a
+        // quarter of its timeout late.
+        let sweep = ping.min(idle / 4).max(25);
+        tokio::time::sleep(Duration::from_millis(sweep)).await;
         let now = crate::now_ms();
         let ping_round = now.saturating_sub(last_ping_round) >= ping;
         if ping_round {

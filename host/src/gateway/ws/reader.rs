@@ -65,7 +65,8 @@ pub(super) async fn serve_connection<S>(gw: Arc<Gateway>, mut io: S, meta: ConnM
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &gw.config.gateway.limits;
+    let config = gw.config();
+    let limits = &config.gateway.limits;
     let conn_id = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = crate::queue::channel(limits.send_queue_frames);
     let (close_tx, close_rx) = watch::channel(None);
@@ -77,6 +78,7 @@ where
         client: a.client.clone(),
         remote_ip: meta.remote.ip(),
         connected_at_ms: crate::now_ms(),
+        credential: a.credential,
     };
     let conn = Arc::new(
         Connection::new(identity, tx, close_tx).with_byte_limit(limits.max_buffered_bytes),
@@ -125,6 +127,9 @@ where
     let mut stream =
         WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(ws_config)).await;
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
+    // The configuration as of this connection's start is not kept: a
+    // reload must not be held up by (or hold) every open connection.
+    drop(config);
     let wfut = writer(
         wr,
         rx,
