@@ -52,7 +52,7 @@
 #[allow(missing_docs)]
 pub mod __private {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "channel-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_channel_plugin",

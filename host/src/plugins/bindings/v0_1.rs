@@ -1,4 +1,4 @@
-//! Contract `switchboard:channel@0.1.0` (`wit/`): the generated bindings,
+//! Contract `switchboard:channel@0.1.0` (`sdk/wit/`): the generated bindings,
 //! the conversions between their types and [`contract`]'s, the host side of
 //! the `host` interface, and the calls into the `channel` interface.
 
@@ -10,7 +10,7 @@ use super::super::sandbox::PluginState;
 use super::{Answer, Request};
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../sdk/wit",
     world: "channel-plugin",
     exports: { default: async },
     // Writes wait for the store's commit without holding a thread.
