@@ -298,6 +298,7 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
                 i.name,
                 file.display()
             );
+            println!("  contract: switchboard:channel@{}", p.contract);
             println!("  description: {}", i.description);
             println!("  sha256: {}", p.hash);
             if i.network.is_empty() {

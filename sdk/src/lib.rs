@@ -46,7 +46,12 @@
 //! their UpperCamelCase names, host calls are plain functions, and the
 //! sandbox-capable HTTP client and TCP stream come from [`wstd`], re-exported.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+
+// The README's example is compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 #[doc(hidden)]
 #[allow(missing_docs)]

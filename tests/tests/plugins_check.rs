@@ -51,6 +51,7 @@ fn echo_plugin_passes() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ok: echo 0.1.0 (Echo)"), "{out}");
     assert!(out.contains("network: none requested"), "{out}");
+    assert!(out.contains("contract: switchboard:channel@0.1.0"), "{out}");
     assert!(out.contains("sha256: "), "{out}");
 }
 

@@ -92,6 +92,7 @@ impl Runtime {
         validate_info(&info)?;
         Ok(LoadedPlugin {
             network: super::sandbox::Network::parse(&info.network),
+            contract: super::bindings::v0_1::CONTRACT,
             info,
             file: file_name.to_string(),
             hash,
@@ -193,6 +194,8 @@ pub struct LoadedPlugin {
     /// `info.network`, parsed once: what its channels may reach when their
     /// configuration grants nothing else.
     pub network: super::sandbox::Network,
+    /// The contract version it was built for (`switchboard:channel@…`).
+    pub contract: &'static str,
     pub file: String,
     /// SHA-256 of the file.
     pub hash: String,

@@ -337,7 +337,7 @@ impl PluginManager {
             let mut e = json!({
                 "id": i.id, "name": i.name, "version": i.version, "description": i.description,
                 "file": file, "hash": p.loaded.hash, "state": "loaded", "loadedAt": p.loaded_at,
-                "network": i.network, "grants": grants(p),
+                "network": i.network, "grants": grants(p), "contract": p.loaded.contract,
             });
             if let Some(f) = reg.failures.get(file) {
                 // A newer file was refused; this version keeps serving.

@@ -2,6 +2,9 @@
 //! the conversions between their types and [`contract`]'s, the host side of
 //! the `host` interface, and the calls into the `channel` interface.
 
+/// The contract version these bindings serve.
+pub const CONTRACT: &str = "0.1.0";
+
 use wasmtime::component::Linker;
 use wasmtime::Store;
 
