@@ -10,7 +10,7 @@ WASM_OUT := target/$(WASM_TARGET)/release
 TEST_PLUGINS_DIR := target/test-plugins
 # Crates built for wasm32-wasip2: bundled plugins, then test plugins.
 PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram switchboard-irc
-TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest
+TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest test-plugin-legacy01
 
 .PHONY: py-deps run test bench fuzz test-irc irc-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
 
@@ -31,6 +31,7 @@ plugins: wasm-target
 	cp $(WASM_OUT)/test_plugin_extra_import.wasm $(TEST_PLUGINS_DIR)/extra-import.wasm
 	cp $(WASM_OUT)/test_plugin_misbehave.wasm $(TEST_PLUGINS_DIR)/misbehave.wasm
 	cp $(WASM_OUT)/test_plugin_nettest.wasm $(TEST_PLUGINS_DIR)/nettest.wasm
+	cp $(WASM_OUT)/test_plugin_legacy01.wasm $(TEST_PLUGINS_DIR)/legacy01.wasm
 	# A newer build of echo (version 0.2.0) for the hot-reload tests.
 	ECHO_VERSION=0.2.0 $(CARGO) build --target $(WASM_TARGET) --release -p switchboard-echo --target-dir target/echo-v2
 	cp target/echo-v2/$(WASM_TARGET)/release/switchboard_echo.wasm $(TEST_PLUGINS_DIR)/echo-v2.wasm

@@ -299,6 +299,15 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
                 file.display()
             );
             println!("  contract: switchboard:channel@{}", p.contract);
+            let caps = i.capabilities.names();
+            println!(
+                "  capabilities: {}",
+                if caps.is_empty() {
+                    "none (text only)".to_string()
+                } else {
+                    caps.join(", ")
+                }
+            );
             println!("  description: {}", i.description);
             println!("  sha256: {}", p.hash);
             if i.network.is_empty() {

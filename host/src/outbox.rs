@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::plugins::contract::OutboundMessage;
+use crate::plugins::contract::{AttachmentSource, OutboundAttachment, OutboundMessage};
 use crate::plugins::imports::{AccountOutbox, Writing};
 use crate::store::{StateStore, StoreError};
 
@@ -56,16 +56,56 @@ pub struct Outbox {
 }
 
 fn to_json(m: &OutboundMessage) -> Value {
-    json!({"to": m.to, "text": m.text, "threadId": m.thread_id, "replyToId": m.reply_to_id})
+    let mut v =
+        json!({"to": m.to, "text": m.text, "threadId": m.thread_id, "replyToId": m.reply_to_id});
+    if !m.attachments.is_empty() {
+        v["attachments"] = m.attachments.iter().map(attachment_json).collect();
+    }
+    v
+}
+
+fn attachment_json(a: &OutboundAttachment) -> Value {
+    use base64::Engine as _;
+    let (key, value) = match &a.source {
+        AttachmentSource::Url(u) => ("url", u.clone()),
+        AttachmentSource::Bytes(b) => (
+            "base64",
+            base64::engine::general_purpose::STANDARD.encode(b),
+        ),
+    };
+    json!({"kind": a.kind, "mimeType": a.mime_type, "fileName": a.file_name, key: value})
+}
+
+fn attachment_from(v: &Value) -> Option<OutboundAttachment> {
+    use base64::Engine as _;
+    let opt = |k: &str| v[k].as_str().map(str::to_string);
+    let source = match (v["url"].as_str(), v["base64"].as_str()) {
+        (Some(u), _) => AttachmentSource::Url(u.to_string()),
+        (None, Some(b)) => {
+            AttachmentSource::Bytes(base64::engine::general_purpose::STANDARD.decode(b).ok()?)
+        }
+        _ => return None,
+    };
+    Some(OutboundAttachment {
+        kind: serde_json::from_value(v["kind"].clone()).ok()?,
+        mime_type: opt("mimeType"),
+        file_name: opt("fileName"),
+        source,
+    })
 }
 
 fn from_json(v: &Value) -> Option<OutboundMessage> {
     let opt = |k: &str| v[k].as_str().map(str::to_string);
+    let attachments = match v["attachments"].as_array() {
+        Some(a) => a.iter().map(attachment_from).collect::<Option<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     Some(OutboundMessage {
         to: v["to"].as_str()?.to_string(),
         text: v["text"].as_str()?.to_string(),
         thread_id: opt("threadId"),
         reply_to_id: opt("replyToId"),
+        attachments,
     })
 }
 
@@ -236,6 +276,20 @@ mod tests {
             text: text.into(),
             thread_id: None,
             reply_to_id: Some("r1".into()),
+            attachments: vec![
+                OutboundAttachment {
+                    kind: crate::plugins::contract::AttachmentKind::Image,
+                    mime_type: Some("image/png".into()),
+                    file_name: None,
+                    source: AttachmentSource::Url("https://x.example/a.png".into()),
+                },
+                OutboundAttachment {
+                    kind: crate::plugins::contract::AttachmentKind::Document,
+                    mime_type: None,
+                    file_name: Some("n.txt".into()),
+                    source: AttachmentSource::Bytes(vec![0, 1, 2, 255]),
+                },
+            ],
         }
     }
 
@@ -274,7 +328,7 @@ mod tests {
         assert!(c > b, "queue numbers reused after a restart");
         let (n, m) = ob.pop("irc", "default").unwrap();
         assert_eq!((n, m.text.as_str(), m.to.as_str()), (b, "two", "#a"));
-        assert_eq!(m.reply_to_id.as_deref(), Some("r1"));
+        assert_eq!(m, msg("#a", "two"), "attachments and all survive a reopen");
         ob.ack("irc", "default", n);
         let (n, m) = ob.pop("irc", "default").unwrap();
         assert_eq!(m.text, "three");

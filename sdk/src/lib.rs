@@ -17,6 +17,7 @@
 //!             version: env!("CARGO_PKG_VERSION").into(),
 //!             description: "Sends every message back as an inbound one".into(),
 //!             network: vec![],
+//!             capabilities: switchboard_sdk::Capabilities::empty(),
 //!         }
 //!     }
 //!
@@ -33,6 +34,7 @@
 //!             thread_id: message.thread_id,
 //!             reply_to_id: None,
 //!             raw: None,
+//!             attachments: vec![],
 //!         })
 //!         .map_err(ChannelError::Transient)?;
 //!         Ok(Delivery { message_id: id, chat_id: Some(message.to) })
@@ -69,8 +71,9 @@ pub mod __private {
 use __private::switchboard::channel::{host, types};
 
 pub use types::{
-    Account, AccountState, ChannelError, Delivery, HttpRequest, HttpResponse, InboundMessage,
-    LogLevel, OutboundMessage, PluginInfo,
+    Account, AccountState, AttachmentKind, AttachmentSource, Capabilities, ChannelError, Delivery,
+    Edit, HttpRequest, HttpResponse, InboundAttachment, InboundMessage, LogLevel, MessageAction,
+    MessageRef, OutboundAttachment, OutboundMessage, PluginInfo, Reaction,
 };
 /// An async standard library for WASI 0.2 components: HTTP client
 /// (`wstd::http`), TCP (`wstd::net`), timers (`wstd::task`) and a runtime
@@ -104,6 +107,16 @@ pub trait Channel {
     /// Sends one message.
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError>;
 
+    /// Reacts to, edits or deletes a message. The host calls it only for
+    /// the actions whose capability [`info`](Channel::info) declares
+    /// (`Capabilities::REACTIONS`, `EDIT`, `DELETE`). Default: refuse.
+    fn act(account: Account, action: MessageAction) -> Result<(), ChannelError> {
+        let _ = (account, action);
+        Err(ChannelError::Fatal(
+            "this channel does not support message actions".into(),
+        ))
+    }
+
     /// Handles `POST /hooks/<channel>/<account>`. Default: 404.
     fn handle_webhook(account: Account, request: HttpRequest) -> HttpResponse {
         let _ = (account, request);
@@ -136,6 +149,12 @@ macro_rules! export_channel {
                     message: $crate::OutboundMessage,
                 ) -> Result<$crate::Delivery, $crate::ChannelError> {
                     <$t as $crate::Channel>::send(account, message)
+                }
+                fn act(
+                    account: $crate::Account,
+                    action: $crate::MessageAction,
+                ) -> Result<(), $crate::ChannelError> {
+                    <$t as $crate::Channel>::act(account, action)
                 }
                 fn handle_webhook(
                     account: $crate::Account,

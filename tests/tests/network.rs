@@ -125,7 +125,7 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
         l["payload"]["plugins"][0]["grants"],
         json!({"nettest": [format!("127.0.0.1:{hp}"), format!("localhost:{tp}")]})
     );
-    assert_eq!(l["payload"]["plugins"][0]["contract"], "0.1.0");
+    assert_eq!(l["payload"]["plugins"][0]["contract"], "0.2.0");
 }
 
 /// A denied request is the operator's to fix: a non-retryable error naming

@@ -51,7 +51,7 @@ fn echo_plugin_passes() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ok: echo 0.1.0 (Echo)"), "{out}");
     assert!(out.contains("network: none requested"), "{out}");
-    assert!(out.contains("contract: switchboard:channel@0.1.0"), "{out}");
+    assert!(out.contains("contract: switchboard:channel@0.2.0"), "{out}");
     assert!(out.contains("sha256: "), "{out}");
 }
 
@@ -74,7 +74,7 @@ fn broken_files_are_refused_with_their_reason() {
 
     refused(
         &built("test-plugins", "wrong-export.wasm"),
-        "does not export switchboard:channel/channel@0.1.0",
+        "does not export switchboard:channel/channel at a version this host serves (0.2.0, 0.1.0)",
     );
     refused(
         &built("test-plugins", "extra-import.wasm"),

@@ -38,7 +38,14 @@ fn echo_builds_against_the_packaged_sdk() {
     // Kept between runs (and shared by `make test` runs): the build of the
     // wasm dependencies is the slow part.
     let work = root.join("target").join("sdk-package");
-    let version = env!("CARGO_PKG_VERSION");
+    // The SDK's own version (it follows the contract, not the workspace).
+    let manifest = std::fs::read_to_string(root.join("sdk/Cargo.toml")).unwrap();
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("sdk/Cargo.toml has its own version")
+        .to_string();
     run(
         Command::new(env!("CARGO"))
             .args([
@@ -79,7 +86,7 @@ fn echo_builds_against_the_packaged_sdk() {
     std::fs::write(
         echo.join("Cargo.toml"),
         format!(
-            "[package]\nname = \"switchboard-echo\"\nversion = \"{version}\"\nedition = \"2021\"\n\n\
+            "[package]\nname = \"switchboard-echo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
              [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\
              serde_json = \"1\"\nswitchboard-sdk = {{ path = \"{}\" }}\n\n[workspace]\n",
             sdk.display()

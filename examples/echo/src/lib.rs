@@ -1,5 +1,8 @@
 //! The echo channel: `send` delivers the text back as an inbound message from
-//! the same chat; `run` reports `connected` and, when the account sets
+//! the same chat (its attachments as the metadata a channel would report);
+//! `act` delivers a message saying what it did to which message (every
+//! capability is declared, so the host's handling of each can be tested);
+//! `run` reports `connected` and, when the account sets
 //! `interval_secs`, delivers a heartbeat message at that interval. With
 //! `burst = N`, `run` first delivers N messages back to back (ids
 //! `burst-<account>-<i>`), then one more, `burst-<account>-stats`, whose
@@ -9,8 +12,9 @@
 use serde::Deserialize;
 use switchboard_sdk::wstd;
 use switchboard_sdk::{
-    export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
-    HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
+    export_channel, Account, AccountState, AttachmentSource, Channel, ChannelError, Delivery,
+    HttpRequest, HttpResponse, InboundAttachment, InboundMessage, MessageAction,
+    OutboundAttachment, OutboundMessage, PluginInfo,
 };
 
 #[derive(Deserialize, Default)]
@@ -74,6 +78,7 @@ impl Channel for Echo {
                 .into(),
             description: "Echoes every sent message back as an inbound message".into(),
             network: vec![],
+            capabilities: switchboard_sdk::Capabilities::all(),
         }
     }
 
@@ -97,6 +102,7 @@ impl Channel for Echo {
                 thread_id: None,
                 reply_to_id: None,
                 raw: None,
+                attachments: vec![],
             };
             // Retried until the gateway has it, as any channel would.
             let t = std::time::Instant::now();
@@ -127,6 +133,7 @@ impl Channel for Echo {
                 thread_id: None,
                 reply_to_id: None,
                 raw: None,
+                attachments: vec![],
             });
         }
         wstd::runtime::block_on(async {
@@ -150,6 +157,7 @@ impl Channel for Echo {
                         thread_id: None,
                         reply_to_id: None,
                         raw: None,
+                        attachments: vec![],
                     })
                     .map_err(ChannelError::Transient)?;
                 }
@@ -174,12 +182,57 @@ impl Channel for Echo {
             thread_id: message.thread_id,
             reply_to_id: message.reply_to_id,
             raw: None,
+            // Each attachment comes back as the metadata a channel reports.
+            attachments: message.attachments.iter().map(echoed).collect(),
         })
         .map_err(ChannelError::Transient)?;
         Ok(Delivery {
             message_id: id,
             chat_id: Some(message.to),
         })
+    }
+
+    /// Every action comes back as a message saying what was done to which.
+    fn act(account: Account, action: MessageAction) -> Result<(), ChannelError> {
+        let (target, text) = match action {
+            MessageAction::React(r) => (
+                r.target,
+                format!("{} {}", if r.remove { "unreact" } else { "react" }, r.emoji),
+            ),
+            MessageAction::Edit(e) => (e.target, format!("edit {}", e.text)),
+            MessageAction::Delete(t) => (t, "delete".to_string()),
+        };
+        switchboard_sdk::deliver(InboundMessage {
+            account_id: account.id,
+            chat_id: target.chat_id,
+            sender_id: "echo".into(),
+            sender_name: None,
+            message_id: next_id("act"),
+            text: format!("{text} on {}", target.message_id),
+            timestamp_ms: switchboard_sdk::now_ms(),
+            thread_id: None,
+            reply_to_id: Some(target.message_id),
+            raw: None,
+            attachments: vec![],
+        })
+        .map(|_| ())
+        .map_err(ChannelError::Transient)
+    }
+}
+
+/// What echo reports of an attachment it was sent.
+fn echoed(a: &OutboundAttachment) -> InboundAttachment {
+    let (size, url) = match &a.source {
+        AttachmentSource::Url(u) => (None, Some(u.clone())),
+        AttachmentSource::Bytes(b) => (Some(b.len() as u64), None),
+    };
+    InboundAttachment {
+        kind: a.kind,
+        mime_type: a.mime_type.clone(),
+        file_name: a.file_name.clone(),
+        size,
+        file_id: None,
+        url,
     }
 }
 
@@ -219,6 +272,7 @@ impl Echo {
             thread_id: None,
             reply_to_id: None,
             raw: None,
+            attachments: vec![],
         }) {
             Ok(seq) => json_response(
                 200,

@@ -14,7 +14,10 @@ use crate::sync::RwLockExt;
 use std::sync::{Arc, RwLock};
 
 use crate::broadcast::{Broadcaster, Filter};
-use crate::plugins::contract::{Delivery, InboundMessage, OutboundMessage};
+use crate::plugins::contract::{
+    AttachmentSource, Delivery, InboundAttachment, InboundMessage, OutboundAttachment,
+    OutboundMessage,
+};
 use crate::plugins::imports::Delivering;
 use crate::scopes::SCOPE_READ;
 use crate::store::{Direction, HistoryQuery, Message, MessageLog, Page, StoreError};
@@ -93,6 +96,7 @@ impl Inbox {
             reply_to_id: m.reply_to_id,
             raw: m.raw,
             idempotency_key: None,
+            attachments: attachments_json(&m.attachments),
         });
         drop(accepting);
         Box::pin(async move {
@@ -136,6 +140,13 @@ impl Inbox {
                     reply_to_id: message.reply_to_id.clone(),
                     raw: None,
                     idempotency_key: Some(key.to_string()),
+                    attachments: attachments_json(
+                        &message
+                            .attachments
+                            .iter()
+                            .map(sent_attachment)
+                            .collect::<Vec<_>>(),
+                    ),
                 },
                 key.to_string(),
                 receipt,
@@ -165,7 +176,59 @@ pub const MAX_ID_BYTES: usize = 1024;
 pub const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
 
+/// Attachments' metadata as the log and `message` events carry it.
+fn attachments_json(a: &[InboundAttachment]) -> Option<String> {
+    if a.is_empty() {
+        None
+    } else {
+        serde_json::to_string(a).ok()
+    }
+}
+
+/// What the log keeps of an attachment that was sent: its metadata, the
+/// URL it was sent from or the size of its bytes (never the bytes).
+fn sent_attachment(a: &OutboundAttachment) -> InboundAttachment {
+    let (size, url) = match &a.source {
+        AttachmentSource::Url(u) => (None, Some(u.clone())),
+        AttachmentSource::Bytes(b) => (Some(b.len() as u64), None),
+    };
+    InboundAttachment {
+        kind: a.kind,
+        mime_type: a.mime_type.clone(),
+        file_name: a.file_name.clone(),
+        size,
+        file_id: None,
+        url,
+    }
+}
+
+/// Most attachments one received message may carry.
+pub const MAX_ATTACHMENTS: usize = 64;
+
 fn check_sizes(m: &InboundMessage) -> Result<(), String> {
+    if m.attachments.len() > MAX_ATTACHMENTS {
+        return Err(format!(
+            "the message has {} attachments; the limit is {MAX_ATTACHMENTS}: the message was not accepted",
+            m.attachments.len()
+        ));
+    }
+    for a in &m.attachments {
+        let fields = [
+            ("attachments.mimeType", a.mime_type.as_deref()),
+            ("attachments.fileName", a.file_name.as_deref()),
+            ("attachments.fileId", a.file_id.as_deref()),
+            ("attachments.url", a.url.as_deref()),
+        ];
+        for (name, v) in fields {
+            let len = v.map_or(0, str::len);
+            if len > MAX_ID_BYTES * 8 {
+                return Err(format!(
+                    "the message's `{name}` is {len} bytes; the limit is {}: the message was not accepted",
+                    MAX_ID_BYTES * 8
+                ));
+            }
+        }
+    }
     let fields = [
         ("accountId", m.account_id.len(), MAX_ID_BYTES),
         ("chatId", m.chat_id.len(), MAX_ID_BYTES),
@@ -228,6 +291,7 @@ mod tests {
             thread_id: None,
             reply_to_id: None,
             raw: None,
+            attachments: vec![],
         };
         assert!(check_sizes(&m).is_ok());
         m.chat_id = "c".repeat(MAX_ID_BYTES + 1);

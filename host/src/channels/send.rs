@@ -15,7 +15,16 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
-use crate::plugins::contract::{HttpRequest, HttpResponse, OutboundMessage};
+use crate::plugins::contract::{Action, HttpRequest, HttpResponse, OutboundMessage};
+
+/// OpenClaw's name of an action.
+pub fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::React { .. } => "react",
+        Action::Edit { .. } => "edit",
+        Action::Delete(_) => "delete",
+    }
+}
 use crate::plugins::CallError;
 
 use super::*;
@@ -37,6 +46,14 @@ pub enum SendError {
     },
     /// The message log could not be read (the idempotency record).
     Store(String),
+    /// The channel's plugin does not declare the capability the request
+    /// needs (`what` names the request's field or action).
+    Unsupported {
+        channel: String,
+        plugin: String,
+        capability: &'static str,
+        what: String,
+    },
 }
 
 impl std::fmt::Display for SendError {
@@ -49,6 +66,15 @@ impl std::fmt::Display for SendError {
             ),
             SendError::Call { channel, error, .. } => write!(f, "channel {channel}: {error}"),
             SendError::Store(m) => write!(f, "the message log cannot be read: {m}"),
+            SendError::Unsupported {
+                channel,
+                plugin,
+                capability,
+                what,
+            } => write!(
+                f,
+                "channel {channel} cannot honour {what}: its plugin `{plugin}` does not declare the `{capability}` capability"
+            ),
         }
     }
 }
@@ -129,6 +155,22 @@ impl ChannelManager {
         message: OutboundMessage,
     ) -> Result<SendReceipt, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
+        let caps = plugin.loaded.info.capabilities;
+        let lacking = if !message.attachments.is_empty() && !caps.media {
+            Some(("media", "attachments (`mediaUrl`, `mediaUrls`, `buffer`)"))
+        } else if message.thread_id.is_some() && !caps.threads {
+            Some(("threads", "`threadId`"))
+        } else {
+            None
+        };
+        if let Some((capability, what)) = lacking {
+            return Err(SendError::Unsupported {
+                channel: channel.to_string(),
+                plugin: plugin.id().to_string(),
+                capability,
+                what: what.to_string(),
+            });
+        }
         let delivery = plugin
             .send(target, acct, message.clone())
             .await
@@ -158,6 +200,35 @@ impl ChannelManager {
             tracing::error!(channel, account, key, "message sent but not recorded: {e}");
         }
         Ok(receipt)
+    }
+
+    /// `message.action`'s react, edit and delete: the plugin's `act`, once
+    /// its capability is checked.
+    pub async fn act(&self, channel: &str, account: &str, action: Action) -> Result<(), SendError> {
+        let (plugin, target, acct) = self.call_for(channel, account)?;
+        let caps = plugin.loaded.info.capabilities;
+        let capability = action.capability();
+        let has = match capability {
+            "reactions" => caps.reactions,
+            "edit" => caps.edit,
+            _ => caps.delete,
+        };
+        if !has {
+            return Err(SendError::Unsupported {
+                channel: channel.to_string(),
+                plugin: plugin.id().to_string(),
+                capability,
+                what: format!("action {}", action_name(&action)),
+            });
+        }
+        plugin
+            .act(target, acct, action)
+            .await
+            .map_err(|error| SendError::Call {
+                channel: channel.to_string(),
+                plugin: plugin.id().to_string(),
+                error,
+            })
     }
 
     /// `POST /hooks/<channel>/<account>` → the plugin's `handle-webhook`.

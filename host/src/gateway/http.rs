@@ -163,6 +163,8 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
             StatusCode::BAD_GATEWAY,
             format!("plugin `{plugin}`: {error}"),
         ),
+        // Webhooks need no capability; kept for completeness.
+        e @ SendError::Unsupported { .. } => json_error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

@@ -258,7 +258,9 @@ fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pendin
 
 /// `message.action` (what the OpenClaw CLI's `message` commands call):
 /// `send` goes the way of the `send` method (its idempotency keys kept
-/// apart from `send`'s); other actions are refused in OpenClaw's words.
+/// apart from `send`'s); `react`, `edit` and `delete` go to the plugin's
+/// `act` when it declares the capability; anything else, or a channel
+/// without the capability, is refused in OpenClaw's words.
 fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
     Box::pin(async move {
         let p: MessageActionParams = parse_required(method, params)?;
@@ -269,10 +271,23 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             .resolve(Some(&p.channel), account.as_deref())
             .map_err(|e| send_error(&e))?;
         if p.action != "send" {
-            return Err(ErrorShape::invalid(format!(
-                "Channel {channel} does not support action {}.",
-                p.action
-            )));
+            let unsupported = || {
+                ErrorShape::invalid(format!(
+                    "Channel {channel} does not support action {}.",
+                    p.action
+                ))
+            };
+            let Some(action) = p.act(&channel)? else {
+                return Err(unsupported());
+            };
+            return match gw.channels.act(&channel, &account, action).await {
+                Ok(()) => Ok(
+                    json!({"ok": true, "channel": channel, "accountId": account, "action": p.action}),
+                ),
+                // OpenClaw's words when the channel lacks the capability.
+                Err(SendError::Unsupported { .. }) => Err(unsupported()),
+                Err(e) => Err(send_error(&e)),
+            };
         }
         let msg = p.send_message(&channel)?;
         let to = msg.to.clone();
@@ -362,6 +377,8 @@ pub fn send_error(e: &SendError) -> ErrorShape {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
         SendError::Call { channel, error, .. } => call_error(channel, error),
+        SendError::Unsupported { capability, .. } => ErrorShape::invalid(e.to_string())
+            .with_details(json!({"code": "UNSUPPORTED", "capability": capability})),
     }
 }
 

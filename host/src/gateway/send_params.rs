@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::frames::ErrorShape;
-use crate::plugins::contract::OutboundMessage;
+use crate::plugins::contract::{
+    Action, AttachmentKind, AttachmentSource, MessageRef, OutboundAttachment, OutboundMessage,
+};
 
 /// `send`'s params: every field of OpenClaw's `SendParams`.
 #[derive(Debug, Deserialize)]
@@ -46,12 +48,145 @@ pub struct SendParams {
     pub idempotency_key: String,
 }
 
-/// Why a text-only channel cannot take a field (the end of the error).
-const TEXT_ONLY: &str = "its plugin sends text only (contract 0.1: no media, formatting or delivery options); remove the field";
+/// Why no channel can take a field yet (the end of the error).
+const NO_FIELD: &str = "the channel contract has no such option yet; remove the field";
+
+/// All inline attachments (`buffer`) of one message together.
+pub const MAX_INLINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The media fields of a request, as OpenClaw names them.
+#[derive(Default)]
+struct Media {
+    /// `mediaUrl`, `mediaUrls` (and `message.action`'s `media`).
+    urls: Vec<(&'static str, String)>,
+    /// `buffer`: base64.
+    buffer: Option<String>,
+    filename: Option<String>,
+    content_type: Option<String>,
+    as_voice: bool,
+    gif_playback: bool,
+    force_document: bool,
+}
+
+impl Media {
+    /// The attachments, or an error naming the field that is wrong.
+    fn attachments(self, method: &str) -> Result<Vec<OutboundAttachment>, ErrorShape> {
+        let none = self.urls.is_empty() && self.buffer.is_none();
+        for (field, on) in [
+            ("filename", self.filename.is_some()),
+            ("contentType", self.content_type.is_some()),
+            ("asVoice", self.as_voice),
+            ("gifPlayback", self.gif_playback),
+            ("forceDocument", self.force_document),
+        ] {
+            if none && on {
+                return Err(ErrorShape::invalid(format!(
+                    "{method}: `{field}` describes an attachment, and there is none (give `mediaUrl`, `mediaUrls` or `buffer`)"
+                )));
+            }
+        }
+        let single = self.urls.len() + usize::from(self.buffer.is_some()) == 1;
+        let kind = |mime: Option<&str>, name: &str| {
+            kind_of(
+                mime,
+                name,
+                self.as_voice,
+                self.gif_playback,
+                self.force_document,
+            )
+        };
+        let mut out = Vec::new();
+        for (field, url) in &self.urls {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                return Err(ErrorShape::invalid(format!(
+                    "{method}: `{field}` must be an http(s) URL (got `{url}`): the gateway cannot read files on the client's machine; send the content as `buffer` (base64) instead"
+                )));
+            }
+            let (mime, name) = if single {
+                (self.content_type.clone(), self.filename.clone())
+            } else {
+                (None, None)
+            };
+            let path = lower
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            out.push(OutboundAttachment {
+                kind: kind(mime.as_deref(), name.as_deref().unwrap_or(&path)),
+                mime_type: mime,
+                file_name: name,
+                source: AttachmentSource::Url(url.clone()),
+            });
+        }
+        if let Some(b64) = &self.buffer {
+            use base64::Engine as _;
+            if b64.len() > MAX_INLINE_BYTES / 3 * 4 + 4 {
+                return Err(ErrorShape::invalid(format!(
+                    "{method}: `buffer` is over {} MiB; send a URL instead",
+                    MAX_INLINE_BYTES >> 20
+                )));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    ErrorShape::invalid(format!("{method}: `buffer` is not base64: {e}"))
+                })?;
+            let name = self.filename.clone();
+            out.push(OutboundAttachment {
+                kind: kind(self.content_type.as_deref(), name.as_deref().unwrap_or("")),
+                mime_type: self.content_type.clone(),
+                file_name: name,
+                source: AttachmentSource::Bytes(bytes),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What an attachment is, from its MIME type or else its name's extension.
+fn kind_of(
+    mime: Option<&str>,
+    name: &str,
+    voice: bool,
+    gif: bool,
+    document: bool,
+) -> AttachmentKind {
+    if document {
+        return AttachmentKind::Document;
+    }
+    let ext = name
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mime = match mime {
+        Some(m) => m.to_ascii_lowercase(),
+        None => match ext.as_str() {
+            "png" | "jpg" | "jpeg" | "webp" | "bmp" => "image/x".into(),
+            "gif" => "image/gif".into(),
+            "mp4" | "mov" | "webm" | "mkv" => "video/x".into(),
+            "mp3" | "m4a" | "wav" | "flac" | "aac" => "audio/x".into(),
+            "ogg" | "oga" | "opus" => "audio/ogg".into(),
+            _ => String::new(),
+        },
+    };
+    match mime.split('/').next().unwrap_or_default() {
+        _ if mime == "image/gif" && gif => AttachmentKind::Animation,
+        "image" => AttachmentKind::Image,
+        "video" if gif => AttachmentKind::Animation,
+        "video" => AttachmentKind::Video,
+        "audio" if voice => AttachmentKind::Voice,
+        "audio" => AttachmentKind::Audio,
+        _ => AttachmentKind::Document,
+    }
+}
 
 impl SendParams {
     /// The message for `channel`, or an error naming the first field it
-    /// cannot honour.
+    /// cannot honour. (Whether the channel takes attachments and thread ids
+    /// is the channel manager's to check: it knows the plugin.)
     pub fn outbound(self, channel: &str) -> Result<OutboundMessage, ErrorShape> {
         if self.idempotency_key.is_empty() {
             return Err(ErrorShape::invalid(
@@ -61,29 +196,37 @@ impl SendParams {
         if self.to.is_empty() {
             return Err(ErrorShape::invalid("send: to must not be empty"));
         }
-        let set = |b: Option<bool>| b == Some(true);
-        let refused = [
-            ("mediaUrl", self.media_url.is_some()),
-            (
-                "mediaUrls",
-                self.media_urls.as_ref().is_some_and(|v| !v.is_empty()),
-            ),
-            ("buffer", self.buffer.is_some()),
-            ("filename", self.filename.is_some()),
-            ("contentType", self.content_type.is_some()),
-            ("asVoice", set(self.as_voice)),
-            ("gifPlayback", set(self.gif_playback)),
-            ("forceDocument", set(self.force_document)),
-            ("silent", set(self.silent)),
-            ("parseMode", self.parse_mode.is_some()),
-        ];
-        if let Some((field, _)) = refused.iter().find(|(_, on)| *on) {
-            return Err(cannot_honour("send", field, channel));
+        if self.silent == Some(true) {
+            return Err(cannot_honour("send", "silent", channel));
         }
+        if self.parse_mode.is_some() {
+            return Err(cannot_honour("send", "parseMode", channel));
+        }
+        let mut urls: Vec<(&'static str, String)> = self
+            .media_url
+            .into_iter()
+            .map(|u| ("mediaUrl", u))
+            .collect();
+        urls.extend(
+            self.media_urls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|u| ("mediaUrls", u)),
+        );
+        let attachments = Media {
+            urls,
+            buffer: self.buffer,
+            filename: self.filename,
+            content_type: self.content_type,
+            as_voice: self.as_voice == Some(true),
+            gif_playback: self.gif_playback == Some(true),
+            force_document: self.force_document == Some(true),
+        }
+        .attachments("send")?;
         let text = self.message.unwrap_or_default();
-        if text.is_empty() {
+        if text.is_empty() && attachments.is_empty() {
             return Err(ErrorShape::invalid(
-                "send: message is required: there is nothing else to send (media is not supported yet)",
+                "send: nothing to send: give `message`, or media (`mediaUrl`, `mediaUrls`, `buffer`)",
             ));
         }
         Ok(OutboundMessage {
@@ -91,13 +234,14 @@ impl SendParams {
             text,
             thread_id: self.thread_id,
             reply_to_id: self.reply_to_id,
+            attachments,
         })
     }
 }
 
 fn cannot_honour(method: &str, field: &str, channel: &str) -> ErrorShape {
     ErrorShape::invalid(format!(
-        "{method}: channel {channel} cannot honour `{field}`: {TEXT_ONLY}"
+        "{method}: channel {channel} cannot honour `{field}`: {NO_FIELD}"
     ))
     .with_details(serde_json::json!({"code": "UNSUPPORTED_FIELD", "field": field}))
 }
@@ -162,33 +306,37 @@ enum ReplyMode {
     All,
 }
 
-/// Keys of a `send` action's `params` this gateway reads.
-const ACTION_SEND_READS: &[&str] = &[
-    "target",
-    "to",
+/// Keys of every action's `params` this gateway reads.
+const ACTION_READS: &[&str] = &["target", "to", "chatId", "accountId", "channel", "action"];
+/// Keys of a `send` action's `params` this gateway reads besides those.
+const SEND_READS: &[&str] = &[
     "message",
     "replyTo",
     "replyToId",
     "threadId",
-    "accountId",
-    "channel",
-    "action",
-];
-/// Keys that only steer the OpenClaw CLI itself (output format, logging).
-const CLIENT_SIDE: &[&str] = &["json", "verbose"];
-/// Keys that ask for media, formatting or a delivery option.
-const MEDIA_OR_OPTIONS: &[&str] = &[
     "media",
     "mediaUrl",
     "mediaUrls",
-    "path",
-    "filePath",
     "buffer",
     "filename",
     "contentType",
     "asVoice",
     "gifPlayback",
     "forceDocument",
+];
+/// Keys of `react`, `edit` and `delete` this gateway reads besides those.
+const ACT_READS: &[&str] = &[
+    "messageId",
+    "emoji",
+    "remove",
+    "message",
+    "text",
+    "threadId",
+];
+/// Keys that only steer the OpenClaw CLI itself (output format, logging).
+const CLIENT_SIDE: &[&str] = &["json", "verbose"];
+/// Keys that ask for something no channel contract has.
+const NO_SUCH_OPTION: &[&str] = &[
     "silent",
     "pin",
     "parseMode",
@@ -210,7 +358,7 @@ impl MessageActionParams {
         Ok(())
     }
 
-    /// The account a `send` action is for: the request's, else its params'.
+    /// The account an action is for: the request's, else its params'.
     pub fn account(&self) -> Option<String> {
         self.account_id.clone().or_else(|| {
             self.params
@@ -220,28 +368,35 @@ impl MessageActionParams {
         })
     }
 
-    /// The message of a `send` action for `channel`, or an error naming the
-    /// first parameter it cannot honour.
-    pub fn send_message(&self, channel: &str) -> Result<OutboundMessage, ErrorShape> {
-        let p = &self.params;
-        let s = |k: &str| -> Result<Option<String>, ErrorShape> {
-            match p.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(v)) => Ok(Some(v.clone())),
-                Some(Value::Number(n)) => Ok(Some(n.to_string())),
-                Some(other) => Err(ErrorShape::invalid(format!(
-                    "message.action send: params.{k} must be a string, not {other}"
-                ))),
-            }
-        };
-        if let Some(a) = s("action")? {
-            if a != "send" {
+    /// `params.<k>` as a string (numbers as their text).
+    fn s(&self, k: &str) -> Result<Option<String>, ErrorShape> {
+        match self.params.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(ErrorShape::invalid(format!(
+                "message.action {}: params.{k} must be a string, not {other}",
+                self.action
+            ))),
+        }
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        self.params.get(k).and_then(Value::as_bool) == Some(true)
+    }
+
+    /// Refuses every parameter that is set and not read for this action.
+    fn check_params(&self, reads: &[&str], channel: &str) -> Result<(), ErrorShape> {
+        let what = format!("message.action {}", self.action);
+        if let Some(a) = self.s("action")? {
+            if a != self.action {
                 return Err(ErrorShape::invalid(format!(
-                    "message.action: params.action `{a}` contradicts action `send`"
+                    "message.action: params.action `{a}` contradicts action `{}`",
+                    self.action
                 )));
             }
         }
-        if let Some(c) = s("channel")? {
+        if let Some(c) = self.s("channel")? {
             if c != self.channel {
                 return Err(ErrorShape::invalid(format!(
                     "message.action: params.channel `{c}` contradicts channel `{}`",
@@ -249,61 +404,141 @@ impl MessageActionParams {
                 )));
             }
         }
-        for (k, v) in p {
-            if ACTION_SEND_READS.contains(&k.as_str())
+        for (k, v) in &self.params {
+            if ACTION_READS.contains(&k.as_str())
+                || reads.contains(&k.as_str())
                 || CLIENT_SIDE.contains(&k.as_str())
                 || k.starts_with("__")
                 || is_unset(v)
             {
                 continue;
             }
-            if MEDIA_OR_OPTIONS.contains(&k.as_str()) {
-                return Err(cannot_honour(
-                    "message.action send",
-                    &format!("params.{k}"),
-                    channel,
-                ));
+            if NO_SUCH_OPTION.contains(&k.as_str()) {
+                return Err(cannot_honour(&what, &format!("params.{k}"), channel));
             }
             if k == "dryRun" {
-                return Err(ErrorShape::invalid(
-                    "message.action send: params.dryRun is not supported: a gateway sends; a dry run is the client's to do",
-                ));
+                return Err(ErrorShape::invalid(format!(
+                    "{what}: params.dryRun is not supported: a gateway acts; a dry run is the client's to do"
+                )));
             }
             return Err(ErrorShape::invalid(format!(
-                "message.action send: params.{k} is not supported by this gateway; remove it"
+                "{what}: params.{k} is not supported by this gateway; remove it"
             ))
             .with_details(
                 serde_json::json!({"code": "UNSUPPORTED_FIELD", "field": format!("params.{k}")}),
             ));
         }
-        // `target` is the bare target; `to` may carry the channel's prefix
-        // (`telegram:4242`).
+        Ok(())
+    }
+
+    /// The chat: `target`, else `to` without the channel's prefix
+    /// (`telegram:4242`), else `chatId`.
+    fn chat(&self) -> Result<String, ErrorShape> {
         let prefix = format!("{}:", self.channel);
-        let to = match (s("target")?, s("to")?) {
-            (Some(t), _) if !t.is_empty() => t,
-            (_, Some(t)) if !t.is_empty() => t.strip_prefix(&prefix).unwrap_or(&t).to_string(),
-            _ => {
-                return Err(ErrorShape::invalid(
-                    "message.action send: params.target (or params.to) is required",
-                ))
+        match (self.s("target")?, self.s("to")?, self.s("chatId")?) {
+            (Some(t), _, _) if !t.is_empty() => Ok(t),
+            (_, Some(t), _) if !t.is_empty() => {
+                Ok(t.strip_prefix(&prefix).unwrap_or(&t).to_string())
             }
-        };
-        let text = s("message")?.unwrap_or_default();
-        if text.is_empty() {
+            (_, _, Some(t)) if !t.is_empty() => Ok(t),
+            _ => Err(ErrorShape::invalid(format!(
+                "message.action {}: params.target (or params.to) is required",
+                self.action
+            ))),
+        }
+    }
+
+    /// The message of a `send` action for `channel`, or an error naming the
+    /// first parameter it cannot honour.
+    pub fn send_message(&self, channel: &str) -> Result<OutboundMessage, ErrorShape> {
+        self.check_params(SEND_READS, channel)?;
+        let to = self.chat()?;
+        let mut urls: Vec<(&'static str, String)> = Vec::new();
+        for (field, key) in [("params.media", "media"), ("params.mediaUrl", "mediaUrl")] {
+            if let Some(u) = self.s(key)?.filter(|u| !u.is_empty()) {
+                urls.push((field, u));
+            }
+        }
+        if let Some(list) = self.params.get("mediaUrls").and_then(Value::as_array) {
+            for u in list {
+                let u = u.as_str().ok_or_else(|| {
+                    ErrorShape::invalid("message.action send: params.mediaUrls must be strings")
+                })?;
+                urls.push(("params.mediaUrls", u.to_string()));
+            }
+        }
+        let attachments = Media {
+            urls,
+            buffer: self.s("buffer")?.filter(|b| !b.is_empty()),
+            filename: self.s("filename")?.filter(|b| !b.is_empty()),
+            content_type: self.s("contentType")?.filter(|b| !b.is_empty()),
+            as_voice: self.flag("asVoice"),
+            gif_playback: self.flag("gifPlayback"),
+            force_document: self.flag("forceDocument"),
+        }
+        .attachments("message.action send")?;
+        let text = self.s("message")?.unwrap_or_default();
+        if text.is_empty() && attachments.is_empty() {
             return Err(ErrorShape::invalid(
-                "message.action send: params.message is required (media is not supported yet)",
+                "message.action send: params.message (or media) is required",
             ));
         }
         let reply_to_id = match &self.reply {
             Some(r) => Some(r.reply_to_id.clone()),
-            None => s("replyTo")?.or(s("replyToId")?),
+            None => self.s("replyTo")?.or(self.s("replyToId")?),
         };
         Ok(OutboundMessage {
             to,
             text,
-            thread_id: s("threadId")?,
+            thread_id: self.s("threadId")?,
             reply_to_id,
+            attachments,
         })
+    }
+
+    /// `react`, `edit` or `delete` as a contract action (`None` for an
+    /// action this gateway does not map), or an error naming what is wrong.
+    pub fn act(&self, channel: &str) -> Result<Option<Action>, ErrorShape> {
+        if !matches!(self.action.as_str(), "react" | "edit" | "delete") {
+            return Ok(None);
+        }
+        self.check_params(ACT_READS, channel)?;
+        let message_id = self
+            .s("messageId")?
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                ErrorShape::invalid(format!(
+                    "message.action {}: params.messageId is required",
+                    self.action
+                ))
+            })?;
+        let target = MessageRef {
+            chat_id: self.chat()?,
+            message_id,
+        };
+        let required = |k: &str| -> Result<String, ErrorShape> {
+            self.s(k)?.filter(|v| !v.is_empty()).ok_or_else(|| {
+                ErrorShape::invalid(format!(
+                    "message.action {}: params.{k} is required",
+                    self.action
+                ))
+            })
+        };
+        Ok(Some(match self.action.as_str() {
+            "react" => Action::React {
+                target,
+                emoji: required("emoji")?,
+                remove: self.flag("remove"),
+            },
+            "edit" => Action::Edit {
+                target,
+                text: match self.s("message")?.filter(|t| !t.is_empty()) {
+                    Some(t) => t,
+                    None => required("text")?,
+                },
+            },
+            _ => Action::Delete(target),
+        }))
     }
 }
 
@@ -344,7 +579,7 @@ mod tests {
     fn set_options_and_media_are_refused_by_name() {
         for (k, v) in [
             ("pin", json!(true)),
-            ("media", json!("https://x/y.png")),
+            ("media", json!("/home/me/photo.png")),
             ("silent", json!(true)),
             ("buttons", json!([[{"text": "a"}]])),
             ("somethingNew", json!(1)),
@@ -359,6 +594,52 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn react_edit_and_delete_map_onto_actions() {
+        let frame = |action: &str, params: Value| {
+            serde_json::from_value::<MessageActionParams>(json!({"channel": "telegram",
+                "action": action, "params": params, "idempotencyKey": "k"}))
+            .unwrap()
+        };
+        let p = frame(
+            "react",
+            json!({"target": "4242", "messageId": "7", "emoji": "👍", "remove": false, "fromMe": false}),
+        );
+        let target = MessageRef {
+            chat_id: "4242".into(),
+            message_id: "7".into(),
+        };
+        assert_eq!(
+            p.act("telegram").unwrap(),
+            Some(Action::React {
+                target: target.clone(),
+                emoji: "👍".into(),
+                remove: false
+            })
+        );
+        let p = frame(
+            "edit",
+            json!({"to": "telegram:4242", "messageId": "7", "message": "new"}),
+        );
+        assert_eq!(
+            p.act("telegram").unwrap(),
+            Some(Action::Edit {
+                target: target.clone(),
+                text: "new".into()
+            })
+        );
+        let p = frame("delete", json!({"target": "4242", "messageId": "7"}));
+        assert_eq!(p.act("telegram").unwrap(), Some(Action::Delete(target)));
+        let p = frame("delete", json!({"target": "4242"}));
+        assert!(p
+            .act("telegram")
+            .unwrap_err()
+            .message
+            .contains("params.messageId"));
+        let p = frame("poll", json!({"target": "4242"}));
+        assert_eq!(p.act("telegram").unwrap(), None);
     }
 
     #[test]
@@ -385,12 +666,43 @@ mod tests {
     }
 
     #[test]
-    fn send_refuses_what_text_cannot_carry() {
+    fn media_fields_become_attachments() {
+        let p: SendParams = serde_json::from_value(json!({"to": "c", "idempotencyKey": "k",
+            "mediaUrls": ["https://x.example/a.JPG?size=2", "https://x.example/b.ogg"],
+            "buffer": "AAEC/w==", "filename": "notes.txt"}))
+        .unwrap();
+        let m = p.outbound("echo").unwrap();
+        let kinds: Vec<_> = m.attachments.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                AttachmentKind::Image,
+                AttachmentKind::Audio,
+                AttachmentKind::Document
+            ]
+        );
+        assert_eq!(
+            m.attachments[2].source,
+            AttachmentSource::Bytes(vec![0, 1, 2, 255])
+        );
+        assert_eq!(m.attachments[2].file_name.as_deref(), Some("notes.txt"));
+        let p: SendParams = serde_json::from_value(json!({"to": "c", "idempotencyKey": "k",
+            "mediaUrl": "https://x.example/v.ogg", "asVoice": true, "contentType": "audio/ogg"}))
+        .unwrap();
+        let m = p.outbound("echo").unwrap();
+        assert_eq!(m.attachments[0].kind, AttachmentKind::Voice);
+        assert_eq!(m.attachments[0].mime_type.as_deref(), Some("audio/ogg"));
+    }
+
+    #[test]
+    fn send_refuses_what_no_channel_can_carry() {
         let base = json!({"to": "c", "message": "m", "idempotencyKey": "k"});
         let ok: SendParams = serde_json::from_value(base.clone()).unwrap();
         assert_eq!(ok.outbound("echo").unwrap().text, "m");
         for (k, v) in [
-            ("mediaUrl", json!("https://x/y.png")),
+            ("mediaUrl", json!("file:///etc/passwd")),
+            ("buffer", json!("not base64!")),
+            ("asVoice", json!(true)),
             ("parseMode", json!("HTML")),
             ("silent", json!(true)),
         ] {

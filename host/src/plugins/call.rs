@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::bindings::{self, Answer, Request};
 use super::contract::{
-    Account, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
+    Account, Action, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
 };
 use super::imports::Imports;
 use super::sandbox::{call_failure, Grants, Network};
@@ -73,6 +73,19 @@ impl Plugin {
         }
     }
 
+    /// `act` on a fresh instance (the caller has checked the capability).
+    pub async fn act(
+        self: &Arc<Self>,
+        t: Target,
+        account: Account,
+        action: Action,
+    ) -> Result<(), CallError> {
+        match self.invoke(t, Request::Act(account, action)).await? {
+            Answer::Act(r) => r.map_err(CallError::Channel),
+            _ => Err(mismatch()),
+        }
+    }
+
     /// `handle-webhook` on a fresh instance.
     pub async fn handle_webhook(
         self: &Arc<Self>,
@@ -94,7 +107,7 @@ impl Plugin {
         let mut store = self
             .runtime
             .store(self.id(), Some(t.imports), grants.clone(), None);
-        let result = bindings::v0_1::run(&self.loaded.pre, &mut store, account)
+        let result = bindings::run(&self.loaded.pre, &mut store, account)
             .await
             .map_err(|e| call_failure(self.id(), &e, store.data().last_panic()));
         match result {
@@ -137,7 +150,7 @@ impl Plugin {
             let _slot = slot;
             let rt = &me.runtime;
             let mut store = rt.store(me.id(), Some(imports), g, Some(rt.limits.call_timeout));
-            bindings::v0_1::invoke(&me.loaded.pre, &mut store, req)
+            bindings::invoke(&me.loaded.pre, &mut store, req)
                 .await
                 .map_err(|e| call_failure(me.id(), &e, store.data().last_panic()))
         });
@@ -146,7 +159,10 @@ impl Plugin {
             .map_err(|e| CallError::Unavailable(format!("plugin call task failed: {e}")))?;
         let failed = !matches!(
             &result,
-            Ok(Answer::Validate(Ok(_)) | Answer::Send(Ok(_)) | Answer::Webhook(_))
+            Ok(Answer::Validate(Ok(_))
+                | Answer::Send(Ok(_))
+                | Answer::Webhook(_)
+                | Answer::Act(Ok(_)))
         );
         // A refused destination is the operator's to fix, whatever the
         // plugin made of the failed connection.

@@ -24,6 +24,124 @@ pub struct InboundMessage {
     pub thread_id: Option<String>,
     pub reply_to_id: Option<String>,
     pub raw: Option<String>,
+    /// Files that came with it (metadata; none from a 0.1 plugin).
+    pub attachments: Vec<InboundAttachment>,
+}
+
+/// What an attachment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentKind {
+    Image,
+    Video,
+    Audio,
+    Voice,
+    Document,
+    Sticker,
+    Animation,
+    Other,
+}
+
+/// Where an outbound attachment's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachmentSource {
+    Url(String),
+    Bytes(Vec<u8>),
+}
+
+/// A file to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAttachment {
+    pub kind: AttachmentKind,
+    pub mime_type: Option<String>,
+    pub file_name: Option<String>,
+    pub source: AttachmentSource,
+}
+
+/// A received file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundAttachment {
+    pub kind: AttachmentKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mime_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub file_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub file_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+}
+
+/// What a plugin can do beyond sending text (`info().capabilities`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub media: bool,
+    pub reactions: bool,
+    pub edit: bool,
+    pub delete: bool,
+    pub threads: bool,
+}
+
+impl Capabilities {
+    /// Those of a contract 0.1 plugin: the contract carried a thread id
+    /// and nothing else.
+    pub const V0_1: Capabilities = Capabilities {
+        media: false,
+        reactions: false,
+        edit: false,
+        delete: false,
+        threads: true,
+    };
+
+    /// The names of those it has, for `plugins.list`.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("media", self.media),
+            ("reactions", self.reactions),
+            ("edit", self.edit),
+            ("delete", self.delete),
+            ("threads", self.threads),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect()
+    }
+}
+
+/// A message an action is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef {
+    pub chat_id: String,
+    pub message_id: String,
+}
+
+/// What `act` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    React {
+        target: MessageRef,
+        emoji: String,
+        remove: bool,
+    },
+    Edit {
+        target: MessageRef,
+        text: String,
+    },
+    Delete(MessageRef),
+}
+
+impl Action {
+    /// The capability it needs.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Action::React { .. } => "reactions",
+            Action::Edit { .. } => "edit",
+            Action::Delete(_) => "delete",
+        }
+    }
 }
 
 /// A message to send.
@@ -33,6 +151,8 @@ pub struct OutboundMessage {
     pub text: String,
     pub thread_id: Option<String>,
     pub reply_to_id: Option<String>,
+    /// Files to send (only to a plugin with the `media` capability).
+    pub attachments: Vec<OutboundAttachment>,
 }
 
 /// What the upstream answered to a send.
@@ -75,6 +195,7 @@ pub struct PluginInfo {
     pub description: String,
     /// `host:port` destinations it asks for.
     pub network: Vec<String>,
+    pub capabilities: Capabilities,
 }
 
 /// A webhook request, as the plugin gets it.

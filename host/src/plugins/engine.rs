@@ -77,7 +77,7 @@ impl Runtime {
             "link wasi:http",
         )?;
         ctx(
-            bindings::v0_1::add_to_linker(&mut linker),
+            bindings::add_to_linker(&mut linker),
             "link the switchboard host interface",
         )?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

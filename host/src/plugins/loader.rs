@@ -74,9 +74,15 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::new(format!("wrong world: {}", chain(&e))))?;
-        let pre = bindings::v0_1::ChannelPluginPre::new(pre).map_err(|e| {
+        let contract = bindings::contract_of(&component, &self.engine).ok_or_else(|| {
             LoadError::new(format!(
-                "wrong world: the component does not export switchboard:channel/channel@0.1.0 as expected: {}",
+                "wrong world: the component does not export switchboard:channel/channel at a version this host serves ({}); build it with the switchboard SDK",
+                bindings::CONTRACTS.join(", ")
+            ))
+        })?;
+        let pre = Pre::new(contract, pre).map_err(|e| {
+            LoadError::new(format!(
+                "wrong world: the component does not export switchboard:channel/channel@{contract} as expected: {}",
                 chain(&e)
             ))
         })?;
@@ -86,13 +92,13 @@ impl Runtime {
             Arc::default(),
             Some(self.limits.call_timeout),
         );
-        let info = bindings::v0_1::info(&pre, &mut store)
+        let info = bindings::info(&pre, &mut store)
             .await
             .map_err(|(step, e)| LoadError::new(format!("{step}: {}", chain(&e))))?;
         validate_info(&info)?;
         Ok(LoadedPlugin {
             network: super::sandbox::Network::parse(&info.network),
-            contract: super::bindings::v0_1::CONTRACT,
+            contract,
             info,
             file: file_name.to_string(),
             hash,

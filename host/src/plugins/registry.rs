@@ -338,6 +338,7 @@ impl PluginManager {
                 "id": i.id, "name": i.name, "version": i.version, "description": i.description,
                 "file": file, "hash": p.loaded.hash, "state": "loaded", "loadedAt": p.loaded_at,
                 "network": i.network, "grants": grants(p), "contract": p.loaded.contract,
+                "capabilities": i.capabilities.names(),
             });
             if let Some(f) = reg.failures.get(file) {
                 // A newer file was refused; this version keeps serving.

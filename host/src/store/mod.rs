@@ -61,6 +61,8 @@ pub struct Message {
     pub raw: Option<String>,
     /// The `send` request's key (outbound only).
     pub idempotency_key: Option<String>,
+    /// Its attachments' metadata, a JSON array (`None`: none).
+    pub attachments: Option<String>,
 }
 
 impl Message {
@@ -81,6 +83,11 @@ impl Message {
             thread_id: self.thread_id.as_deref(),
             reply_to_id: self.reply_to_id.as_deref(),
             raw: self.raw.as_deref(),
+            // Written by the gateway as a JSON array; read back as is.
+            attachments: self
+                .attachments
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok()),
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct MessageEvent<'a> {
     pub reply_to_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<&'a str>,
+    /// Attachments' metadata: `[{kind, mimeType?, fileName?, size?, fileId?, url?}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<&'a serde_json::value::RawValue>,
 }
 
 /// What `append` did.

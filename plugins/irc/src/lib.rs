@@ -86,6 +86,7 @@ impl Channel for Irc {
             description: "IRC over TCP: channels and direct messages".into(),
             // The server is per account; grant it with [channels.irc] network.
             network: vec![],
+            capabilities: switchboard_sdk::Capabilities::empty(),
         }
     }
 
@@ -283,6 +284,7 @@ async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
                         thread_id: None,
                         reply_to_id: None,
                         raw: Some(text.clone()),
+                        attachments: vec![],
                     })
                     .map_err(ChannelError::Transient)?;
                 }

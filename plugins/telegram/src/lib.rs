@@ -143,6 +143,7 @@ fn to_inbound(account: &str, update: &Value) -> Option<InboundMessage> {
             .as_i64()
             .map(|t| t.to_string()),
         raw: Some(update.to_string()),
+        attachments: vec![],
     })
 }
 
@@ -160,6 +161,7 @@ impl Channel for Telegram {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Telegram Bot API: long polling or webhook".into(),
             network: vec!["api.telegram.org:443".into()],
+            capabilities: switchboard_sdk::Capabilities::THREADS,
         }
     }
 

@@ -157,6 +157,7 @@ impl Channel for Webhook {
             // The destination is per account (`url`); grant it with
             // `[channels.webhook] network = ["host:port"]`.
             network: vec![],
+            capabilities: switchboard_sdk::Capabilities::THREADS,
         }
     }
 
@@ -255,6 +256,7 @@ impl Channel for Webhook {
             thread_id: None,
             reply_to_id: None,
             raw: Some(String::from_utf8_lossy(&req.body).into_owned()),
+            attachments: vec![],
         }) {
             Ok(seq) => reply(
                 200,

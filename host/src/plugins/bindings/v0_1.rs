@@ -13,7 +13,7 @@ use super::super::sandbox::PluginState;
 use super::{Answer, Request};
 
 wasmtime::component::bindgen!({
-    path: "../sdk/wit",
+    path: "wit/v0.1.0",
     world: "channel-plugin",
     exports: { default: async },
     // Writes wait for the store's commit without holding a thread.
@@ -77,6 +77,10 @@ pub async fn invoke(
                 .await?
                 .into(),
         ),
+        // Refused before the call (no capability): never reached.
+        Request::Act(..) => Answer::Act(Err(contract::ChannelError::Fatal(
+            "contract 0.1 plugins have no message actions".into(),
+        ))),
     })
 }
 
@@ -98,96 +102,53 @@ impl switchboard::channel::types::Host for PluginState {}
 
 impl switchboard::channel::host::Host for PluginState {
     fn log(&mut self, level: LogLevel, message: String) {
-        let p = self.plugin.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin = p, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin = p, "{message}"),
-            LogLevel::Info => tracing::info!(plugin = p, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin = p, "{message}"),
-            LogLevel::Error => tracing::error!(plugin = p, "{message}"),
-        }
+        self.host_log(level.into(), &message)
     }
     fn deliver(
         &mut self,
         message: InboundMessage,
     ) -> impl std::future::Future<Output = Result<u64, String>> + Send {
-        let m: contract::InboundMessage = message.into();
-        let delivering = self
-            .imports()
-            .and_then(|i| i.of(&m.account_id))
-            .map(|i| i.inbox.deliver(m));
-        async move { delivering?.await }
+        self.host_deliver(message.into())
     }
     fn set_state(&mut self, account_id: String, state: AccountState, detail: Option<String>) {
-        if let Some(i) = self.imports_of(&account_id) {
-            i.state.report(state.into(), detail)
-        }
+        self.host_set_state(&account_id, state.into(), detail)
     }
     fn outbox_push(
         &mut self,
         account_id: String,
         message: OutboundMessage,
     ) -> impl std::future::Future<Output = Result<u64, String>> + Send {
-        let pushing = self
-            .imports()
-            .and_then(|i| i.of(&account_id))
-            .map(|i| i.outbox.push(message.into()));
-        async move { pushing?.await }
+        self.host_outbox_push(&account_id, message.into())
     }
     fn outbox_pop(&mut self, account_id: String) -> Option<(u64, OutboundMessage)> {
-        let (seq, m) = self.imports_of(&account_id)?.outbox.pop()?;
+        let (seq, m) = self.host_outbox_pop(&account_id)?;
         Some((seq, m.into()))
     }
     fn outbox_ack(&mut self, account_id: String, seq: u64) {
-        if let Some(i) = self.imports_of(&account_id) {
-            i.outbox.ack(seq)
-        }
+        self.host_outbox_ack(&account_id, seq)
     }
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.imports().ok()?.kv.get(&key)
+        self.host_kv_get(&key)
     }
     fn kv_set(
         &mut self,
         key: String,
         value: Vec<u8>,
     ) -> impl std::future::Future<Output = ()> + Send {
-        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
-        async move {
-            let Some(i) = imports else { return };
-            if let Err(e) = i.kv.set(&key, value).await {
-                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-set failed: {e}");
-            }
-        }
+        self.host_kv_set(key, value)
     }
     fn kv_delete(&mut self, key: String) -> impl std::future::Future<Output = ()> + Send {
-        let deleting = self.imports().ok().map(|i| i.kv.delete(&key));
-        async move {
-            if let Some(d) = deleting {
-                d.await
-            }
-        }
+        self.host_kv_delete(&key)
     }
     fn kv_claim(
         &mut self,
         key: String,
         ttl_ms: u64,
     ) -> impl std::future::Future<Output = bool> + Send {
-        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
-        async move {
-            let Some(i) = imports else { return false };
-            i.kv.claim(&key, ttl_ms).await.unwrap_or_else(|e| {
-                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-claim failed: {e}");
-                false
-            })
-        }
+        self.host_kv_claim(key, ttl_ms)
     }
     fn kv_unclaim(&mut self, key: String) -> impl std::future::Future<Output = ()> + Send {
-        let unclaiming = self.imports().ok().map(|i| i.kv.unclaim(&key));
-        async move {
-            if let Some(u) = unclaiming {
-                u.await
-            }
-        }
+        self.host_kv_unclaim(&key)
     }
 }
 
@@ -220,6 +181,7 @@ impl From<OutboundMessage> for contract::OutboundMessage {
             text: m.text,
             thread_id: m.thread_id,
             reply_to_id: m.reply_to_id,
+            attachments: Vec::new(),
         }
     }
 }
@@ -237,6 +199,7 @@ impl From<InboundMessage> for contract::InboundMessage {
             thread_id: m.thread_id,
             reply_to_id: m.reply_to_id,
             raw: m.raw,
+            attachments: Vec::new(),
         }
     }
 }
@@ -271,6 +234,7 @@ impl From<PluginInfo> for contract::PluginInfo {
             version: i.version,
             description: i.description,
             network: i.network,
+            capabilities: contract::Capabilities::V0_1,
         }
     }
 }
@@ -304,6 +268,18 @@ impl From<AccountState> for contract::AccountState {
             AccountState::Connected => Self::Connected,
             AccountState::Disconnected => Self::Disconnected,
             AccountState::Error => Self::Error,
+        }
+    }
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Trace => Self::TRACE,
+            LogLevel::Debug => Self::DEBUG,
+            LogLevel::Info => Self::INFO,
+            LogLevel::Warn => Self::WARN,
+            LogLevel::Error => Self::ERROR,
         }
     }
 }

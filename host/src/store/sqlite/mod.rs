@@ -26,7 +26,7 @@ mod writer;
 use writer::{writer, Op, StateOp};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Writes joined into one transaction at most.
 const MAX_GROUP: usize = 1024;
 /// Rows removed per pruning batch.
@@ -88,6 +88,8 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL,
         failed INTEGER NOT NULL DEFAULT 0
     );",
+    // 2 → 3: attachments' metadata (JSON), contract 0.2.
+    "ALTER TABLE messages ADD COLUMN attachments TEXT;",
 ];
 
 fn int(v: u64) -> i64 {
@@ -288,7 +290,7 @@ impl MessageLog for SqliteLog {
         let before = int(q.before.unwrap_or(u64::MAX));
         let sql = format!(
             "SELECT seq, direction, channel, account, chat, sender, sender_name, message_id, text,
-                    ts, received_at, thread_id, reply_to_id, raw, idempotency_key
+                    ts, received_at, thread_id, reply_to_id, raw, idempotency_key, attachments
              FROM messages
              WHERE seq > ?1 AND seq < ?2
                AND (?3 IS NULL OR channel = ?3) AND (?4 IS NULL OR account = ?4)
@@ -433,6 +435,7 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         reply_to_id: r.get(12)?,
         raw: r.get(13)?,
         idempotency_key: r.get(14)?,
+        attachments: r.get(15)?,
     })
 }
 

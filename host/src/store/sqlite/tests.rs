@@ -20,6 +20,7 @@ fn msg(chat: &str, id: &str) -> Message {
         reply_to_id: None,
         raw: None,
         idempotency_key: None,
+        attachments: None,
     }
 }
 

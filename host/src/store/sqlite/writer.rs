@@ -50,8 +50,9 @@ enum Done {
 fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> {
     tx.prepare_cached(
         "INSERT INTO messages (direction, channel, account, chat, sender, sender_name, message_id,
-                               text, ts, received_at, thread_id, reply_to_id, raw, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               text, ts, received_at, thread_id, reply_to_id, raw, idempotency_key,
+                               attachments)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         if m.direction == Direction::Inbound {
@@ -72,6 +73,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
         m.reply_to_id,
         m.raw,
         m.idempotency_key,
+        m.attachments,
     ])?;
     Ok(uint(tx.last_insert_rowid()))
 }

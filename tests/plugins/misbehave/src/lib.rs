@@ -26,6 +26,7 @@ impl Channel for Misbehave {
             version: "0.1.0".into(),
             description: "misbehaves on purpose".into(),
             network: vec![],
+            capabilities: switchboard_sdk::Capabilities::empty(),
         }
     }
 
@@ -74,6 +75,7 @@ impl Channel for Misbehave {
                     thread_id: None,
                     reply_to_id: None,
                     raw: None,
+                    attachments: vec![],
                 });
                 let pushed = switchboard_sdk::outbox::push(
                     other,
@@ -82,6 +84,7 @@ impl Channel for Misbehave {
                         text: "queued".into(),
                         thread_id: None,
                         reply_to_id: None,
+                        attachments: vec![],
                     },
                 );
                 Ok(Delivery {

@@ -52,6 +52,7 @@ impl Channel for NetTest {
             version: "0.1.0".into(),
             description: "reaches the network on request".into(),
             network: vec![],
+            capabilities: switchboard_sdk::Capabilities::empty(),
         }
     }
 
