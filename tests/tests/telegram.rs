@@ -2,7 +2,11 @@
 //! Bot API that behaves like the real one where it matters: `/bot<token>/<method>`
 //! with query, form or JSON parameters (chunked bodies too), `getUpdates` that
 //! blocks up to `timeout` and confirms updates below `offset`, `sendMessage`
-//! that records what it got, 401 for a wrong token, 429 with `retry_after` on demand.
+//! that records what it got, 401 for a wrong token, 429 with `retry_after` on demand;
+//! the media methods (`sendPhoto`, `sendDocument`, …, `sendMediaGroup`) with
+//! `multipart/form-data` uploads (files kept with their name and type, a
+//! group's `attach://` references checked), and `setMessageReaction`,
+//! `editMessageText`, `deleteMessage`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,9 +35,94 @@ struct Fake {
     /// The highest `offset` a `getUpdates` asked with: every update below it
     /// is confirmed (Telegram forgets it).
     confirmed: std::sync::atomic::AtomicI64,
+    /// Files uploaded.
+    uploads: Mutex<Vec<Upload>>,
+}
+
+/// An uploaded file: (method, field, file name, content type, bytes).
+type Upload = (String, String, String, String, Vec<u8>);
+
+/// A part of a `multipart/form-data` body.
+struct Part {
+    name: String,
+    file_name: Option<String>,
+    content_type: Option<String>,
+    data: Vec<u8>,
+}
+
+/// Splits a `multipart/form-data` body (RFC 7578) at its boundary.
+fn multipart(ct: &str, body: &[u8]) -> Vec<Part> {
+    let Some(boundary) = ct.split("boundary=").nth(1) else {
+        return Vec::new();
+    };
+    let delim = format!("--{}", boundary.trim_matches('"'));
+    let mut parts = Vec::new();
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|p| p + from)
+    };
+    let mut at = match find(body, delim.as_bytes(), 0) {
+        Some(i) => i + delim.len(),
+        None => return parts,
+    };
+    while body[at..].starts_with(b"\r\n") {
+        let head_start = at + 2;
+        let Some(head_end) = find(body, b"\r\n\r\n", head_start) else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&body[head_start..head_end]).to_string();
+        let data_start = head_end + 4;
+        let Some(next) = find(body, format!("\r\n{delim}").as_bytes(), data_start) else {
+            break;
+        };
+        let disposition = head.lines().next().unwrap_or_default().to_string();
+        let attr = |key: &str| {
+            disposition
+                .split(';')
+                .map(str::trim)
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_string)
+        };
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .map(str::to_string);
+        parts.push(Part {
+            name: attr("name").unwrap_or_default(),
+            file_name: attr("filename"),
+            content_type,
+            data: body[data_start..next].to_vec(),
+        });
+        at = next + 2 + delim.len();
+    }
+    parts
 }
 
 impl Fake {
+    /// A photo with a caption, as Telegram sends one (three sizes).
+    fn inject_photo(&self, caption: &str) -> u32 {
+        let id = 1000 + self.next_update_id.fetch_add(1, Ordering::SeqCst);
+        self.updates.lock().unwrap().push(json!({
+            "update_id": id,
+            "message": {
+                "message_id": id, "date": 1_790_000_000,
+                "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
+                "chat": {"id": -1001, "type": "supergroup"},
+                "caption": caption,
+                "photo": [
+                    {"file_id": "small", "file_unique_id": "u1", "width": 90, "height": 60, "file_size": 1200},
+                    {"file_id": "large", "file_unique_id": "u3", "width": 1280, "height": 853, "file_size": 98765},
+                    {"file_id": "medium", "file_unique_id": "u2", "width": 320, "height": 213, "file_size": 15000}
+                ]
+            }
+        }));
+        self.arrived.notify_waiters();
+        id
+    }
+
     fn inject(&self, text: &str) -> u32 {
         let id = 1000 + self.next_update_id.fetch_add(1, Ordering::SeqCst);
         self.updates.lock().unwrap().push(json!({
@@ -70,6 +159,17 @@ fn params(query: Option<String>, headers: &HeaderMap, body: &[u8]) -> BTreeMap<S
         }
     } else if ct.starts_with("application/x-www-form-urlencoded") {
         form(&String::from_utf8_lossy(body), &mut p);
+    } else if ct.starts_with("multipart/form-data") {
+        // Text parts are parameters; file parts are recorded by the caller.
+        for part in multipart(ct, body) {
+            if part.file_name.is_none() {
+                let v = String::from_utf8_lossy(&part.data).to_string();
+                p.insert(
+                    part.name,
+                    serde_json::from_str(&v).unwrap_or(Value::String(v)),
+                );
+            }
+        }
     }
     p
 }
@@ -166,6 +266,62 @@ async fn bot_api(
             let chat = p.get("chat_id").cloned().unwrap_or(Value::Null);
             fake.sent.lock().unwrap().push(json!(p));
             ok(json!({"message_id": id, "chat": {"id": chat}, "text": p.get("text")}))
+        }
+        "sendPhoto" | "sendDocument" | "sendVideo" | "sendAudio" | "sendVoice"
+        | "sendAnimation" | "sendSticker" | "sendMediaGroup" => {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let files: Vec<Part> = multipart(ct, &body)
+                .into_iter()
+                .filter(|p| p.file_name.is_some())
+                .collect();
+            if method == "sendMediaGroup" {
+                // Every `attach://name` must name an uploaded part.
+                for m in p.get("media").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    let media = m["media"].as_str().unwrap_or_default();
+                    if let Some(name) = media.strip_prefix("attach://") {
+                        if !files.iter().any(|f| f.name == name) {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                axum::Json(json!({"ok": false, "error_code": 400,
+                                    "description": format!("Bad Request: file {name} not found")})),
+                            )
+                                .into_response();
+                        }
+                    }
+                }
+            }
+            for f in files {
+                fake.uploads.lock().unwrap().push((
+                    method.clone(),
+                    f.name,
+                    f.file_name.unwrap_or_default(),
+                    f.content_type.unwrap_or_default(),
+                    f.data,
+                ));
+            }
+            let mut rec = json!(p);
+            rec["method"] = json!(method);
+            fake.sent.lock().unwrap().push(rec);
+            let chat = p.get("chat_id").cloned().unwrap_or(Value::Null);
+            let one = || {
+                let id = 5000 + fake.next_message_id.fetch_add(1, Ordering::SeqCst);
+                json!({"message_id": id, "chat": {"id": chat}})
+            };
+            if method == "sendMediaGroup" {
+                let n = p.get("media").and_then(Value::as_array).map_or(0, Vec::len);
+                ok(Value::Array((0..n).map(|_| one()).collect()))
+            } else {
+                ok(one())
+            }
+        }
+        "setMessageReaction" | "editMessageText" | "deleteMessage" => {
+            let mut rec = json!(p);
+            rec["method"] = json!(method);
+            fake.sent.lock().unwrap().push(rec);
+            ok(json!(true))
         }
         other => (
             StatusCode::NOT_FOUND,
@@ -388,7 +544,7 @@ async fn the_openclaw_cli_sends_through_telegram() {
     );
     assert_eq!(m["chatId"], "4242");
 
-    // An action the channel does not have: OpenClaw's own words, exit code 1.
+    // A reaction goes to the Bot API (`act`, contract 0.2).
     let (ok, out) = openclaw(
         home.path(),
         &[
@@ -404,12 +560,181 @@ async fn the_openclaw_cli_sends_through_telegram() {
             "👍",
         ],
     );
+    assert!(
+        ok,
+        "openclaw message react failed:\n{out}\ndaemon:\n{}",
+        d.log_text()
+    );
+    let react = fake.sent.lock().unwrap()[1].clone();
+    assert_eq!(react["method"], "setMessageReaction", "{react}");
+    assert_eq!(
+        (
+            react["chat_id"].clone(),
+            react["message_id"].clone(),
+            react["reaction"].clone()
+        ),
+        (
+            json!("4242"),
+            json!(5000),
+            json!([{"type": "emoji", "emoji": "👍"}])
+        )
+    );
+
+    // An action no channel contract has: OpenClaw's own words, exit code 1.
+    let (ok, out) = openclaw(
+        home.path(),
+        &[
+            "message",
+            "pin",
+            "--channel",
+            "telegram",
+            "--target",
+            "4242",
+            "--message-id",
+            "5000",
+        ],
+    );
     assert!(!ok, "{out}");
     assert!(
-        out.contains("Channel telegram does not support action react."),
+        out.contains("Channel telegram does not support action pin."),
         "{out}"
     );
-    assert_eq!(fake.sent.lock().unwrap().len(), 1, "nothing more was sent");
+    assert_eq!(fake.sent.lock().unwrap().len(), 2, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_and_actions_go_through_the_bot_api() {
+    let (fake, port) = fake_api().await;
+    let dir = plugin_dir();
+    let d = Daemon::builder()
+        .config(&config(dir.path(), port, TOKEN))
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let (mut w, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let sent = |i: usize| fake.sent.lock().unwrap()[i].clone();
+
+    // A photo by URL, the text as its caption.
+    let r = c
+        .request(
+            "p",
+            "send",
+            json!({"to": "-1001", "message": "look", "idempotencyKey": "m1",
+            "mediaUrl": "https://img.example/cat.png", "replyToId": "77"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    let p = sent(0);
+    assert_eq!(p["method"], "sendPhoto");
+    assert_eq!(
+        (p["photo"].clone(), p["caption"].clone()),
+        (json!("https://img.example/cat.png"), json!("look"))
+    );
+    assert_eq!(p["reply_to_message_id"], 77);
+    assert_eq!(r["payload"]["messageId"], "5000");
+
+    // A document uploaded from bytes (multipart).
+    let pdf = b"%PDF-1.4 fake\r\n--not-a-boundary\r\n".to_vec();
+    use base64::Engine as _;
+    let r = c
+        .request(
+            "d",
+            "send",
+            json!({"to": "-1001", "idempotencyKey": "m2",
+            "buffer": base64::engine::general_purpose::STANDARD.encode(&pdf),
+            "filename": "report.pdf", "contentType": "application/pdf"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    assert_eq!(sent(1)["method"], "sendDocument");
+    {
+        let up = fake.uploads.lock().unwrap();
+        assert_eq!(up.len(), 1);
+        let (method, field, name, ct, bytes) = &up[0];
+        assert_eq!(
+            (method.as_str(), field.as_str(), name.as_str(), ct.as_str()),
+            ("sendDocument", "document", "report.pdf", "application/pdf")
+        );
+        assert_eq!(bytes, &pdf, "the upload arrives byte for byte");
+    }
+
+    // Two photos, one by URL and one uploaded: one media group.
+    let r = c
+        .request("g", "send", json!({"to": "-1001", "message": "both", "idempotencyKey": "m3",
+            "mediaUrls": ["https://img.example/a.jpg"], "buffer": "iVBORw0KGgo=", "contentType": "image/png"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    let g = sent(2);
+    assert_eq!(g["method"], "sendMediaGroup");
+    assert_eq!(
+        g["media"],
+        json!([{"type": "photo", "media": "https://img.example/a.jpg", "caption": "both"},
+               {"type": "photo", "media": "attach://file1"}])
+    );
+    assert_eq!(fake.uploads.lock().unwrap()[1].1, "file1");
+
+    // A received photo: its largest size as attachment metadata, the caption as text.
+    let id = fake.inject_photo("a cat");
+    let m = w
+        .message_with_text("a cat", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(m["messageId"], id.to_string());
+    assert_eq!(
+        m["attachments"],
+        json!([{"kind": "image", "fileId": "large", "size": 98765}])
+    );
+
+    // react, edit, delete.
+    for (i, (action, params, method)) in [
+        (
+            "react",
+            json!({"messageId": "5000", "emoji": "👍"}),
+            "setMessageReaction",
+        ),
+        (
+            "react",
+            json!({"messageId": "5000", "emoji": "👍", "remove": true}),
+            "setMessageReaction",
+        ),
+        (
+            "edit",
+            json!({"messageId": "5000", "message": "better"}),
+            "editMessageText",
+        ),
+        ("delete", json!({"messageId": "5000"}), "deleteMessage"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = params;
+        p["target"] = json!("-1001");
+        let r = c
+            .request(
+                "a",
+                "message.action",
+                json!({"channel": "telegram", "action": action,
+                "params": p, "idempotencyKey": format!("act-{i}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{action}: {r}\n{}", d.log_text());
+        let call = sent(3 + i);
+        assert_eq!(call["method"], method);
+        assert_eq!(
+            (call["chat_id"].clone(), call["message_id"].clone()),
+            (json!("-1001"), json!(5000))
+        );
+    }
+    assert_eq!(
+        sent(3)["reaction"],
+        json!([{"type": "emoji", "emoji": "👍"}])
+    );
+    assert_eq!(sent(4)["reaction"], json!([]));
+    assert_eq!(sent(5)["text"], "better");
 }
 
 async fn collect(c: &mut Client, want: usize, seen: &mut Vec<String>, limit: Duration) {

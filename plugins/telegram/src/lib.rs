@@ -6,8 +6,12 @@
 //! update. In `webhook` mode `run` calls `setWebhook` with a secret token and
 //! `handle_webhook` checks `X-Telegram-Bot-Api-Secret-Token`. `send` calls
 //! `sendMessage`, splitting text longer than 4096 characters at line or word
-//! boundaries.
+//! boundaries; attachments go with `sendPhoto`, `sendDocument`, … or
+//! `sendMediaGroup`, by URL or by upload (`media`). `act` reacts, edits and
+//! deletes. Received photos, documents, voice notes, … arrive as attachment
+//! metadata (their caption as the text).
 
+mod media;
 mod split;
 
 use serde::Deserialize;
@@ -15,8 +19,8 @@ use serde_json::{json, Value};
 use switchboard_sdk::wstd;
 use switchboard_sdk::wstd::http::{Body, Request};
 use switchboard_sdk::{
-    export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
-    HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
+    export_channel, Account, AccountState, Capabilities, Channel, ChannelError, Delivery,
+    HttpRequest, HttpResponse, InboundMessage, MessageAction, OutboundMessage, PluginInfo,
 };
 
 pub const MAX_MESSAGE_CHARS: usize = 4096;
@@ -59,6 +63,27 @@ async fn call(
     params: Value,
     timeout_secs: u64,
 ) -> Result<Value, ChannelError> {
+    let body = params.to_string().into_bytes();
+    post(s, method, "application/json".into(), body, timeout_secs).await
+}
+
+/// Calls `method` with `params` and uploads `files` (multipart) when
+/// there are any.
+async fn call_with_files(s: &Settings, c: media::Call) -> Result<Value, ChannelError> {
+    if c.files.is_empty() {
+        return call(s, c.method, c.params, 0).await;
+    }
+    let (content_type, body) = media::multipart(&c.params, &c.files);
+    post(s, c.method, content_type, body, 0).await
+}
+
+async fn post(
+    s: &Settings,
+    method: &str,
+    content_type: String,
+    body: Vec<u8>,
+    timeout_secs: u64,
+) -> Result<Value, ChannelError> {
     let url = format!(
         "{}/bot{}/{method}",
         s.api_base.trim_end_matches('/'),
@@ -66,8 +91,8 @@ async fn call(
     );
     let shown = format!("{}/bot<token>/{method}", s.api_base.trim_end_matches('/'));
     let req = Request::post(&url)
-        .header("content-type", "application/json")
-        .body(Body::from(params.to_string()))
+        .header("content-type", content_type)
+        .body(Body::from(body))
         .map_err(|e| ChannelError::InvalidConfig(format!("api_base: {e}")))?;
     // Long polls answer after up to `timeout_secs`.
     let timeout = wstd::time::Duration::from_secs(timeout_secs + 10);
@@ -114,12 +139,17 @@ fn numeric_id(field: &str, v: &str) -> Result<i64, ChannelError> {
     })
 }
 
-/// The inbound message of an update, if it carries text.
+/// The inbound message of an update, if it carries text or media.
 fn to_inbound(account: &str, update: &Value) -> Option<InboundMessage> {
     let m = update
         .get("message")
         .or_else(|| update.get("edited_message"))?;
-    let text = m["text"].as_str()?;
+    let attachments = media::inbound(m);
+    let text = match (m["text"].as_str(), m["caption"].as_str()) {
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) if !attachments.is_empty() => "",
+        _ => return None,
+    };
     let from = &m["from"];
     let name = [from["first_name"].as_str(), from["last_name"].as_str()]
         .into_iter()
@@ -143,7 +173,7 @@ fn to_inbound(account: &str, update: &Value) -> Option<InboundMessage> {
             .as_i64()
             .map(|t| t.to_string()),
         raw: Some(update.to_string()),
-        attachments: vec![],
+        attachments,
     })
 }
 
@@ -161,7 +191,11 @@ impl Channel for Telegram {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Telegram Bot API: long polling or webhook".into(),
             network: vec!["api.telegram.org:443".into()],
-            capabilities: switchboard_sdk::Capabilities::THREADS,
+            capabilities: Capabilities::MEDIA
+                | Capabilities::REACTIONS
+                | Capabilities::EDIT
+                | Capabilities::DELETE
+                | Capabilities::THREADS,
         }
     }
 
@@ -240,9 +274,47 @@ impl Channel for Telegram {
 
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
         let s: Settings = account.settings()?;
-        let parts = split::split(&message.text, MAX_MESSAGE_CHARS);
+        // The text rides as the first attachment's caption when it fits;
+        // otherwise it goes first as messages of its own.
+        let with_media = !message.attachments.is_empty();
+        let as_caption = with_media && message.text.chars().count() <= media::MAX_CAPTION_CHARS;
+        let parts = if as_caption || message.text.is_empty() {
+            Vec::new()
+        } else {
+            split::split(&message.text, MAX_MESSAGE_CHARS)
+        };
         wstd::runtime::block_on(async {
             let mut last = Value::Null;
+            if with_media {
+                let mut base = json!({"chat_id": message.to});
+                if let Some(t) = &message.thread_id {
+                    base["message_thread_id"] = json!(numeric_id("threadId", t)?);
+                }
+                if let (true, Some(r)) = (parts.is_empty(), &message.reply_to_id) {
+                    base["reply_to_message_id"] = json!(numeric_id("replyToId", r)?);
+                }
+                let caption = as_caption.then_some(message.text.as_str());
+                // The text first when it could not be the caption.
+                for part in &parts {
+                    let mut p = base.clone();
+                    p["text"] = json!(part);
+                    if let Some(r) = &message.reply_to_id {
+                        p["reply_to_message_id"] = json!(numeric_id("replyToId", r)?);
+                    }
+                    last = call(&s, "sendMessage", p, 0).await?;
+                }
+                for c in media::calls(&base, &message.attachments, caption) {
+                    last = call_with_files(&s, c).await?;
+                }
+                // A media group answers with its messages: the last one counts.
+                if let Some(a) = last.as_array() {
+                    last = a.last().cloned().unwrap_or(Value::Null);
+                }
+                return Ok(Delivery {
+                    message_id: id_str(&last["message_id"]).unwrap_or_default(),
+                    chat_id: id_str(&last["chat"]["id"]),
+                });
+            }
             for (i, part) in parts.iter().enumerate() {
                 let mut p = json!({"chat_id": message.to, "text": part});
                 if let Some(t) = &message.thread_id {
@@ -259,6 +331,12 @@ impl Channel for Telegram {
                 chat_id: id_str(&last["chat"]["id"]),
             })
         })
+    }
+
+    fn act(account: Account, action: MessageAction) -> Result<(), ChannelError> {
+        let s: Settings = account.settings()?;
+        let (method, params) = media::action_call(action, numeric_id)?;
+        wstd::runtime::block_on(call(&s, method, params, 0)).map(|_| ())
     }
 
     fn handle_webhook(account: Account, req: HttpRequest) -> HttpResponse {
