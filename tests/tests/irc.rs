@@ -285,6 +285,35 @@ async fn joins_relays_both_ways_and_rejoins_after_a_server_restart() {
         .unwrap();
     assert_eq!(r["ok"], true, "{r}");
     human.wait(|l| l.contains("PRIVMSG tester :psst")).await;
+    // A media URL goes as a link on its own line; an upload is refused by name.
+    let r = op
+        .request(
+            "s3",
+            "send",
+            json!({"to": "#room", "message": "a picture", "mediaUrl": "https://img.example/p.png", "idempotencyKey": "i3"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    human.wait(|l| l.contains("PRIVMSG #room :a picture")).await;
+    human
+        .wait(|l| l.contains("PRIVMSG #room :https://img.example/p.png"))
+        .await;
+    let r = op
+        .request(
+            "s4",
+            "send",
+            json!({"to": "#room", "buffer": "aGk=", "idempotencyKey": "i4"}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uploaded file (`buffer`) cannot be sent"),
+        "{r}"
+    );
 
     // Kill the server and bring it back: the plugin reconnects and rejoins.
     irc.kill();

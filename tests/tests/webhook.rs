@@ -183,6 +183,34 @@ async fn server(seen: Seen) -> u16 {
     port
 }
 
+#[tokio::test]
+async fn inbound_attachments_reach_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "");
+    let (mut w, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let body = json!({"chatId": "c", "senderId": "s", "text": "see file", "attachments": [
+        {"kind": "document", "mimeType": "application/pdf", "fileName": "a.pdf", "size": 12, "url": "https://files.example/a.pdf"}
+    ]})
+    .to_string();
+    let (status, v) = post(&d, "open", &body, &[]).await;
+    assert_eq!(status, 200, "{v}");
+    let m = w
+        .message_with_text("see file", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        m["attachments"],
+        json!([{"kind": "document", "mimeType": "application/pdf", "fileName": "a.pdf", "size": 12, "url": "https://files.example/a.pdf"}])
+    );
+    // A kind it does not know is refused, naming the choices.
+    let bad =
+        json!({"chatId": "c", "senderId": "s", "text": "x", "attachments": [{"kind": "hologram"}]})
+            .to_string();
+    let (status, v) = post(&d, "open", &bad, &[]).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("hologram"), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_posts_a_signed_request_to_the_account_url() {
     let seen = Seen::default();
@@ -227,6 +255,24 @@ async fn send_posts_a_signed_request_to_the_account_url() {
     assert_eq!(
         headers["x-switchboard-signature"].to_str().unwrap(),
         sign(ts, &body)
+    );
+    // Attachments ride in the JSON: a URL as is, bytes as base64.
+    let r = c
+        .request(
+            "a",
+            "send",
+            json!({"to": "user-5", "message": "files", "idempotencyKey": "w3",
+            "mediaUrl": "https://files.example/a.png", "buffer": "aGk=", "filename": "hi.txt"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let (_, body) = seen.0.lock().unwrap().pop().unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["attachments"],
+        json!([{"kind": "image", "url": "https://files.example/a.png"},
+               {"kind": "document", "fileName": "hi.txt", "base64": "aGk="}])
     );
     // A non-2xx answer is a clear error.
     let r = c

@@ -86,7 +86,8 @@ impl Channel for Irc {
             description: "IRC over TCP: channels and direct messages".into(),
             // The server is per account; grant it with [channels.irc] network.
             network: vec![],
-            capabilities: switchboard_sdk::Capabilities::empty(),
+            // Media URLs go as links; there are no threads or reactions.
+            capabilities: switchboard_sdk::Capabilities::MEDIA,
         }
     }
 
@@ -129,6 +130,24 @@ impl Channel for Irc {
             )));
         }
         let to = message.to.clone();
+        // IRC carries text: a media URL goes as a link on its own line; an
+        // uploaded file cannot go at all.
+        let mut message = message;
+        for a in std::mem::take(&mut message.attachments) {
+            match a.source {
+                switchboard_sdk::AttachmentSource::Url(u) => {
+                    if !message.text.is_empty() {
+                        message.text.push('\n');
+                    }
+                    message.text.push_str(&u);
+                }
+                switchboard_sdk::AttachmentSource::Bytes(_) => {
+                    return Err(ChannelError::InvalidConfig(
+                        "IRC carries text only: an uploaded file (`buffer`) cannot be sent; give a media URL instead (it is sent as a link)".into(),
+                    ))
+                }
+            }
+        }
         let n = switchboard_sdk::outbox::push(&account.id, &message)
             .map_err(ChannelError::Transient)?;
         Ok(Delivery {

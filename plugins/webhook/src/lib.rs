@@ -1,7 +1,8 @@
 //! The generic webhook channel.
 //!
 //! Inbound: `POST /hooks/webhook/<account>` with a JSON body
-//! `{chatId, senderId, senderName?, text, messageId?}`. When the account sets
+//! `{chatId, senderId, senderName?, text, messageId?, attachments?}`
+//! (`attachments`: `[{kind, mimeType?, fileName?, size?, fileId?, url?}]`). When the account sets
 //! `secret`, the request must carry `X-Switchboard-Timestamp: <unix seconds>`
 //! within 5 minutes of now and `X-Switchboard-Signature: v1=<hex
 //! HMAC-SHA256(secret, "<timestamp>.<raw body>")>` (the timestamp is signed
@@ -11,7 +12,8 @@
 //! answer is `200 {accepted, messageId, messageSeq}`, or `400`/`401`/`409`
 //! with `{error}` saying why.
 //!
-//! Outbound: `send` POSTs `{accountId, to, text, threadId?, replyToId?}` as
+//! Outbound: `send` POSTs `{accountId, to, text, threadId?, replyToId?,
+//! attachments?}` (`[{kind, mimeType?, fileName?, url | base64}]`) as
 //! JSON to the account's `url` (signed the same way when `secret` is set) and
 //! takes the message id from the answer's `messageId` (or `id`).
 
@@ -21,8 +23,9 @@ use sha2::{Digest, Sha256};
 use switchboard_sdk::wstd;
 use switchboard_sdk::wstd::http::{Body, Request};
 use switchboard_sdk::{
-    export_channel, Account, AccountState, Channel, ChannelError, Delivery, HttpRequest,
-    HttpResponse, InboundMessage, OutboundMessage, PluginInfo,
+    export_channel, Account, AccountState, AttachmentKind, AttachmentSource, Capabilities, Channel,
+    ChannelError, Delivery, HttpRequest, HttpResponse, InboundAttachment, InboundMessage,
+    OutboundAttachment, OutboundMessage, PluginInfo,
 };
 
 /// How far the timestamp header may be from now.
@@ -54,6 +57,71 @@ struct Inbound {
     sender_name: Option<String>,
     text: String,
     message_id: Option<String>,
+    #[serde(default)]
+    attachments: Vec<InboundFile>,
+}
+
+/// An attachment's metadata in an inbound body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InboundFile {
+    kind: String,
+    mime_type: Option<String>,
+    file_name: Option<String>,
+    size: Option<u64>,
+    file_id: Option<String>,
+    url: Option<String>,
+}
+
+/// An attachment as `send` posts it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutboundFile<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base64: Option<String>,
+}
+
+const KINDS: &[(&str, AttachmentKind)] = &[
+    ("image", AttachmentKind::Image),
+    ("video", AttachmentKind::Video),
+    ("audio", AttachmentKind::Audio),
+    ("voice", AttachmentKind::Voice),
+    ("document", AttachmentKind::Document),
+    ("sticker", AttachmentKind::Sticker),
+    ("animation", AttachmentKind::Animation),
+    ("other", AttachmentKind::Other),
+];
+
+fn kind_name(k: AttachmentKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, x)| *x == k)
+        .map_or("other", |(n, _)| n)
+}
+
+fn outbound_file(a: &OutboundAttachment) -> OutboundFile<'_> {
+    use base64::Engine as _;
+    let (url, base64) = match &a.source {
+        AttachmentSource::Url(u) => (Some(u.as_str()), None),
+        AttachmentSource::Bytes(b) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    };
+    OutboundFile {
+        kind: kind_name(a.kind),
+        mime_type: a.mime_type.as_deref(),
+        file_name: a.file_name.as_deref(),
+        url,
+        base64,
+    }
 }
 
 #[derive(Serialize)]
@@ -66,6 +134,8 @@ struct Outbound<'a> {
     thread_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<OutboundFile<'a>>,
 }
 
 fn mac(secret: &str, ts: &str, body: &[u8]) -> Hmac<Sha256> {
@@ -157,7 +227,7 @@ impl Channel for Webhook {
             // The destination is per account (`url`); grant it with
             // `[channels.webhook] network = ["host:port"]`.
             network: vec![],
-            capabilities: switchboard_sdk::Capabilities::THREADS,
+            capabilities: Capabilities::MEDIA | Capabilities::THREADS,
         }
     }
 
@@ -230,11 +300,29 @@ impl Channel for Webhook {
                 return refuse(
                     400,
                     serde_json::json!({
-                        "error": format!("body must be JSON {{chatId, senderId, senderName?, text, messageId?}}: {e}")
+                        "error": format!("body must be JSON {{chatId, senderId, senderName?, text, messageId?, attachments?}}: {e}")
                     }),
                 )
             }
         };
+        let mut attachments = Vec::new();
+        for f in m.attachments {
+            let Some(&(_, kind)) = KINDS.iter().find(|(n, _)| *n == f.kind) else {
+                let names: Vec<&str> = KINDS.iter().map(|(n, _)| *n).collect();
+                return refuse(
+                    400,
+                    serde_json::json!({"error": format!("attachments: kind `{}` is not one of {}", f.kind, names.join(", "))}),
+                );
+            };
+            attachments.push(InboundAttachment {
+                kind,
+                mime_type: f.mime_type,
+                file_name: f.file_name,
+                size: f.size,
+                file_id: f.file_id,
+                url: f.url,
+            });
+        }
         // Without an id from the sender, one unique to this request: the
         // gateway's log treats a repeated id in one chat as a redelivery.
         let message_id = m.message_id.unwrap_or_else(|| {
@@ -256,7 +344,7 @@ impl Channel for Webhook {
             thread_id: None,
             reply_to_id: None,
             raw: Some(String::from_utf8_lossy(&req.body).into_owned()),
-            attachments: vec![],
+            attachments,
         }) {
             Ok(seq) => reply(
                 200,
@@ -277,6 +365,7 @@ impl Channel for Webhook {
             text: &message.text,
             thread_id: message.thread_id.as_deref(),
             reply_to_id: message.reply_to_id.as_deref(),
+            attachments: message.attachments.iter().map(outbound_file).collect(),
         })
         .map_err(|e| ChannelError::Fatal(e.to_string()))?;
         let mut builder = Request::post(&url).header("content-type", "application/json");
