@@ -49,7 +49,7 @@ build:
 ## and interop with the official OpenClaw client library.
 test: build plugins interop-deps irc-deps py-deps
 	$(CARGO) test
-	$(CARGO) test -p switchboard-sdk --doc
+	$(CARGO) test -p switchboard-sdk -p switchboard-testkit --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
 
 ## Benchmarks against the release daemon over real sockets (not part of

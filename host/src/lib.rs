@@ -19,6 +19,7 @@ pub mod presence;
 pub mod queue;
 pub mod reload;
 pub mod rlimit;
+pub mod scaffold;
 pub mod scopes;
 pub mod shutdown;
 pub mod store;

@@ -78,6 +78,22 @@ enum PluginsCommand {
         /// The `.wasm` component.
         file: PathBuf,
     },
+    /// Write a new plugin crate that builds, passes `plugins check` and
+    /// has a test running it in the daemon.
+    New {
+        /// The plugin id (and crate name): [a-z0-9-].
+        name: String,
+        /// Where to write it (default: ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK as a path dependency (default: this checkout's, else
+        /// the registry's `switchboard-sdk`).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+        /// The test kit as a path dependency (default as for --sdk).
+        #[arg(long)]
+        testkit: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -161,6 +177,35 @@ fn main() -> ExitCode {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Plugins(PluginsCommand::Check { file })) => {
             runtime.block_on(check_plugin(&file))
+        }
+        Some(Command::Plugins(PluginsCommand::New {
+            name,
+            dir,
+            sdk,
+            testkit,
+        })) => {
+            let built = switchboard::scaffold::Sources::from_build();
+            let src = switchboard::scaffold::Sources {
+                sdk: sdk.or(built.sdk),
+                testkit: testkit.or(built.testkit),
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match switchboard::scaffold::write(&name, &dir, &src) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "next: cd {} && cargo build --target wasm32-wasip2 --release && cargo test",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some(Command::Tail(args)) => runtime.block_on(tail(args)),
         Some(Command::Store(StoreCommand::Backup {

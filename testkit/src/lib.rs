@@ -1,5 +1,33 @@
-//! Test harness: starts the real `switchboard` binary on an ephemeral port and
-//! talks to it over real sockets.
+//! # switchboard-testkit
+//!
+//! Test a Switchboard channel plugin (or the gateway itself) against the real
+//! daemon over real sockets: [`build_plugin`] builds your crate as a
+//! component, [`DaemonBuilder::with_wasm`] starts the `switchboard` binary
+//! with it and your config on a free port, [`connect`] opens an operator
+//! connection, and [`Client`] sends requests ([`Client::send_message`],
+//! [`Client::channels_status`]) and waits for events
+//! ([`Client::next_message`]). [`HttpFake`] is a small scriptable HTTP
+//! server to stand in for the upstream API your plugin calls.
+//!
+//! ```no_run
+//! use switchboard_testkit::*;
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let wasm = build_plugin(env!("CARGO_MANIFEST_DIR"))?;
+//! let d = Daemon::builder()
+//!     .with_wasm(&wasm)
+//!     .config("[channels.mychannel.accounts.default]\n")
+//!     .start()?;
+//! let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await?;
+//! let r = c.send_message("mychannel", "chat-1", "hello").await?;
+//! assert_eq!(r["ok"], true);
+//! # Ok(()) }
+//! ```
+//!
+//! The daemon binary is `$SWITCHBOARD_BIN`, else `target/debug/switchboard`
+//! of the Switchboard workspace this crate sits in, else `switchboard` on
+//! `PATH`. Some helpers ([`built_plugin`], [`DaemonBuilder::with_plugins`])
+//! serve the Switchboard repository's own tests.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -52,12 +80,60 @@ pub fn binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
     let p = target.join("debug").join("switchboard");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p switchboard` (make test does) or set SWITCHBOARD_BIN",
-        p.display()
-    );
-    p
+    if p.exists() || workspace_root().join("host").is_dir() {
+        assert!(
+            p.exists(),
+            "{} is missing: run `cargo build -p switchboard` (make test does) or set SWITCHBOARD_BIN",
+            p.display()
+        );
+        return p;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("switchboard"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!("the switchboard binary was not found: set SWITCHBOARD_BIN or put it on PATH")
+    })
+}
+
+/// Builds the plugin crate in `crate_dir` as a component (`cargo build
+/// --target wasm32-wasip2 --release`, honouring `CARGO_TARGET_DIR`) and
+/// returns the `.wasm`. Call it from a test of the plugin itself with
+/// `env!("CARGO_MANIFEST_DIR")`.
+pub fn build_plugin(crate_dir: impl AsRef<Path>) -> Result<PathBuf> {
+    let dir = crate_dir.as_ref();
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
+        .with_context(|| format!("read {}/Cargo.toml", dir.display()))?;
+    let name = manifest
+        .lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("name")?.trim().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_string())
+        })
+        .context("Cargo.toml has no package name")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(dir)
+        .output()
+        .context("run cargo")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build --target wasm32-wasip2 failed (is the target installed? rustup target add wasm32-wasip2):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => PathBuf::from(t),
+        None => dir.join("target"),
+    };
+    let wasm = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    anyhow::ensure!(wasm.exists(), "{} was not built", wasm.display());
+    Ok(wasm)
 }
 
 /// A component built by `make plugins`: `dir` is `plugins` or `test-plugins`.
@@ -83,6 +159,8 @@ pub struct Daemon {
 #[derive(Default)]
 pub struct DaemonBuilder {
     config: String,
+    /// Components to put in the daemon's plugins directory.
+    wasm: Vec<PathBuf>,
     /// `--port` (0: any free port).
     port: u16,
     args: Vec<String>,
@@ -113,6 +191,14 @@ impl DaemonBuilder {
         ))
     }
 
+    /// Puts the component `wasm` in the daemon's plugins directory (a fresh
+    /// one, which this sets as `[plugins] dir`: do not set it in
+    /// [`config`](DaemonBuilder::config) too). Call once per plugin.
+    pub fn with_wasm(mut self, wasm: impl AsRef<Path>) -> Self {
+        self.wasm.push(wasm.as_ref().to_path_buf());
+        self
+    }
+
     /// Listens on `port` rather than any free port (to restart on the same one).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
@@ -136,7 +222,19 @@ impl DaemonBuilder {
 
     fn command(&self, dir: &Path) -> Result<(Command, PathBuf)> {
         let config_path = dir.join("switchboard.toml");
-        std::fs::write(&config_path, &self.config)?;
+        let mut config = self.config.clone();
+        if !self.wasm.is_empty() {
+            let plugins = dir.join("plugins");
+            std::fs::create_dir_all(&plugins)?;
+            for w in &self.wasm {
+                let name = w.file_name().context("a .wasm file name")?;
+                std::fs::copy(w, plugins.join(name))
+                    .with_context(|| format!("copy {}", w.display()))?;
+            }
+            // Last: a table opened here cannot swallow the caller's keys.
+            config = format!("{config}\n\n[plugins]\ndir = \"{}\"\n", plugins.display());
+        }
+        std::fs::write(&config_path, &config)?;
         // Benchmarks pin every daemon they start (SWITCHBOARD_BENCH_CPU).
         let cpu = self.cpu.or_else(|| {
             std::env::var("SWITCHBOARD_BENCH_CPU")
@@ -517,6 +615,58 @@ impl Client {
         }
     }
 
+    /// `send` to `to` on `channel` (its default account) with a fresh
+    /// idempotency key; returns the whole response frame.
+    pub async fn send_message(&mut self, channel: &str, to: &str, text: &str) -> Result<Value> {
+        let key = uuid_like();
+        self.request(
+            &format!("send-{key}"),
+            "send",
+            json!({"channel": channel, "to": to, "message": text, "idempotencyKey": key}),
+        )
+        .await
+    }
+
+    /// `channels.status`'s payload.
+    pub async fn channels_status(&mut self) -> Result<Value> {
+        let r = self
+            .request(&format!("st-{}", uuid_like()), "channels.status", json!({}))
+            .await?;
+        if r["ok"] != true {
+            bail!("channels.status failed: {r}");
+        }
+        Ok(r["payload"].clone())
+    }
+
+    /// Waits (at most `t`) until `channel`'s `account` is running and
+    /// connected; returns its `channels.status` entry.
+    pub async fn wait_connected(
+        &mut self,
+        channel: &str,
+        account: &str,
+        t: Duration,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let st = self.channels_status().await?;
+            let entry = st["channelAccounts"][channel]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["accountId"] == account).cloned());
+            if let Some(a) = entry {
+                if a["running"] == true && a["connected"] == true {
+                    return Ok(a);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("{channel}/{account} not connected within {t:?}: {a}");
+                }
+            } else if tokio::time::Instant::now() >= deadline {
+                bail!("{channel}/{account} is not configured: {st}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The payload of the next `message` event, within `t`.
     pub async fn next_message(&mut self, t: Duration) -> Result<Value> {
         Ok(self.next_event("message", t).await?["payload"].clone())
     }
@@ -665,4 +815,217 @@ pub fn fill(path: &Path) {
     let chunk = vec![0u8; 64 * 1024];
     while f.write_all(&chunk).is_ok() {}
     let _ = f.sync_all();
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1).
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("a chunk size line")?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("chunk size `{size_text}`"))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        anyhow::ensure!(raw.len() >= size + 2, "a chunk cut short");
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// One request an [`HttpFake`] received.
+#[derive(Debug, Clone)]
+pub struct FakeRequest {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    pub query: String,
+    /// Header names are lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl FakeRequest {
+    /// The body as JSON (`Value::Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+type Handler = Arc<dyn Fn(&FakeRequest) -> (u16, Value) + Send + Sync>;
+
+/// A scriptable HTTP server on a free loopback port, standing in for the
+/// upstream API a plugin calls: [`on`](HttpFake::on) answers a method and
+/// path with a status and JSON (or computes the answer), everything else is
+/// a 404 naming what was asked; every request is recorded. Grant the plugin
+/// its address: `network = ["127.0.0.1:<port>"]`.
+#[derive(Clone)]
+pub struct HttpFake {
+    pub port: u16,
+    routes: Arc<Mutex<Vec<(String, String, Handler)>>>,
+    seen: Arc<Mutex<Vec<FakeRequest>>>,
+}
+
+impl HttpFake {
+    /// Starts it (on the current tokio runtime).
+    pub async fn start() -> Result<HttpFake> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let fake = HttpFake {
+            port: l.local_addr()?.port(),
+            routes: Arc::default(),
+            seen: Arc::default(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let _ = f.serve(s).await;
+                });
+            }
+        });
+        Ok(fake)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Answers `method` `path` with `status` and `body`.
+    pub fn on(&self, method: &str, path: &str, status: u16, body: Value) -> &Self {
+        self.on_with(method, path, move |_| (status, body.clone()))
+    }
+
+    /// Answers `method` `path` with what `f` makes of the request.
+    pub fn on_with(
+        &self,
+        method: &str,
+        path: &str,
+        f: impl Fn(&FakeRequest) -> (u16, Value) + Send + Sync + 'static,
+    ) -> &Self {
+        self.routes.lock().unwrap().push((
+            method.to_ascii_uppercase(),
+            path.to_string(),
+            Arc::new(f),
+        ));
+        self
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<FakeRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `t`) until `n` requests have arrived; returns them.
+    pub async fn wait_requests(&self, n: usize, t: Duration) -> Result<Vec<FakeRequest>> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let r = self.requests();
+            if r.len() >= n {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{} of {n} requests within {t:?}: {r:?}", r.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One HTTP/1.1 request per connection (`Content-Length` bodies).
+    async fn serve(&self, mut s: TcpStream) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            if buf.len() > 1 << 20 {
+                bail!("headers too large");
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.lines();
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let method = first.next().unwrap_or_default().to_string();
+        let target = first.next().unwrap_or_default().to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+        let mut body = buf[head_end + 4..].to_vec();
+        if chunked {
+            // Read to the last chunk, then decode.
+            while !body.windows(5).any(|w| w == b"0\r\n\r\n") {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body = dechunk(&body)?;
+        } else {
+            while body.len() < len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (target.clone(), String::new()),
+        };
+        let req = FakeRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        };
+        self.seen.lock().unwrap().push(req.clone());
+        let handler = self
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(m, p, _)| *m == req.method && *p == req.path)
+            .map(|(_, _, h)| h.clone());
+        let (status, answer) = match handler {
+            Some(h) => h(&req),
+            None => (
+                404,
+                json!({"error": format!("no route for {} {}", req.method, req.path)}),
+            ),
+        };
+        let text = answer.to_string();
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        s.write_all(resp.as_bytes()).await?;
+        s.shutdown().await?;
+        Ok(())
+    }
 }

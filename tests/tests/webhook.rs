@@ -288,6 +288,56 @@ async fn send_posts_a_signed_request_to_the_account_url() {
     assert!(msg.contains("HTTP 500") && msg.contains("boom"), "{msg}");
 }
 
+/// The same outbound path against the test kit's scriptable HTTP fake (what
+/// a plugin author's own tests use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_against_the_testkit_http_fake() {
+    let fake = switchboard_testkit::HttpFake::start().await.unwrap();
+    fake.on("POST", "/in", 200, json!({"id": "fake-7"})).on(
+        "POST",
+        "/busy",
+        503,
+        json!({"error": "later"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "webhook.wasm")],
+            &format!(
+                "[channels.webhook]\nnetwork = [\"127.0.0.1:{p}\"]\n\
+                 [channels.webhook.accounts.default]\nurl = \"{u}/in\"\n\
+                 [channels.webhook.accounts.busy]\nurl = \"{u}/busy\"\n",
+                p = fake.port,
+                u = fake.url()
+            ),
+        )
+        .start()
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let r = c
+        .send_message("webhook", "user-9", "via the fake")
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["messageId"], "fake-7", "{r}");
+    let got = fake.wait_requests(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].path, "/in");
+    assert_eq!(
+        got[0].json(),
+        json!({"accountId": "default", "to": "user-9", "text": "via the fake"})
+    );
+    let r = c
+        .request(
+            "b",
+            "send",
+            json!({"accountId": "busy", "to": "x", "message": "m", "idempotencyKey": "b1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert_eq!(r["error"]["retryAfterMs"], 1000, "a 503 is temporary");
+}
+
 /// A captured request cannot be delivered again: not as it was, not with a
 /// fresh timestamp (the timestamp is signed), not after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
