@@ -6,23 +6,12 @@ use std::process::Command;
 
 use switchboard_tests::*;
 
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed:\n{text}");
-    text
-}
-
 #[test]
 fn a_scaffolded_plugin_builds_checks_and_passes_its_test() {
     let root = workspace_root();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("my-chan");
-    let out = run(
+    let out = run_ok(
         Command::new(binary())
             .args(["plugins", "new", "my-chan", "--dir"])
             .arg(&dir)
@@ -41,7 +30,7 @@ fn a_scaffolded_plugin_builds_checks_and_passes_its_test() {
     // Shared between runs: building the test kit's dependencies is the slow part.
     let target = root.join("target").join("scaffold");
     let cargo = env!("CARGO");
-    run(
+    run_ok(
         Command::new(cargo)
             .args(["build", "--release", "--target", "wasm32-wasip2"])
             .env("CARGO_TARGET_DIR", &target)
@@ -49,13 +38,13 @@ fn a_scaffolded_plugin_builds_checks_and_passes_its_test() {
         "cargo build of the scaffolded plugin",
     );
     let wasm = target.join("wasm32-wasip2/release/my_chan.wasm");
-    let out = run(
+    let out = run_ok(
         Command::new(binary()).args(["plugins", "check"]).arg(&wasm),
         "switchboard plugins check",
     );
     assert!(out.starts_with("ok: my-chan 0.1.0"), "{out}");
     assert!(out.contains("contract: switchboard:channel@0.2.0"), "{out}");
-    let out = run(
+    let out = run_ok(
         Command::new(cargo)
             .arg("test")
             .env("CARGO_TARGET_DIR", &target)

@@ -8,17 +8,6 @@ use std::process::Command;
 
 use switchboard_tests::*;
 
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed:\n{text}");
-    text
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -46,7 +35,7 @@ fn echo_builds_against_the_packaged_sdk() {
         .and_then(|v| v.strip_suffix('"'))
         .expect("sdk/Cargo.toml has its own version")
         .to_string();
-    run(
+    run_ok(
         Command::new(env!("CARGO"))
             .args([
                 "package",
@@ -65,7 +54,7 @@ fn echo_builds_against_the_packaged_sdk() {
         .join(format!("switchboard-sdk-{version}.crate"));
     // Unpack the .crate anew: what a registry would hand an author.
     let unpacked = tempfile::tempdir().unwrap();
-    run(
+    run_ok(
         Command::new("tar")
             .arg("xzf")
             .arg(&krate)
@@ -95,7 +84,7 @@ fn echo_builds_against_the_packaged_sdk() {
     .unwrap();
     // The workspace's lockfile pins the same dependency versions.
     std::fs::copy(root.join("Cargo.lock"), echo.join("Cargo.lock")).unwrap();
-    run(
+    run_ok(
         Command::new(env!("CARGO"))
             .args(["build", "--release", "--target", "wasm32-wasip2"])
             .arg("--target-dir")
@@ -104,7 +93,7 @@ fn echo_builds_against_the_packaged_sdk() {
         "cargo build of examples/echo against the packaged SDK",
     );
     let wasm = work.join("echo/wasm32-wasip2/release/switchboard_echo.wasm");
-    let out = run(
+    let out = run_ok(
         Command::new(binary()).args(["plugins", "check"]).arg(&wasm),
         "switchboard plugins check",
     );
