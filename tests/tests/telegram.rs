@@ -123,6 +123,22 @@ impl Fake {
         id
     }
 
+    /// A message carrying `key` (`document`, `voice`, …) = `file`, no text.
+    fn inject_file(&self, key: &str, file: Value) -> u32 {
+        let id = 1000 + self.next_update_id.fetch_add(1, Ordering::SeqCst);
+        self.updates.lock().unwrap().push(json!({
+            "update_id": id,
+            "message": {
+                "message_id": id, "date": 1_790_000_000,
+                "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
+                "chat": {"id": -1001, "type": "supergroup"},
+                key: file,
+            }
+        }));
+        self.arrived.notify_waiters();
+        id
+    }
+
     fn inject(&self, text: &str) -> u32 {
         let id = 1000 + self.next_update_id.fetch_add(1, Ordering::SeqCst);
         self.updates.lock().unwrap().push(json!({
@@ -687,6 +703,35 @@ async fn media_and_actions_go_through_the_bot_api() {
         m["attachments"],
         json!([{"kind": "image", "fileId": "large", "size": 98765}])
     );
+
+    // A document and a voice note without text: their metadata, empty text.
+    for (key, file, want) in [
+        (
+            "document",
+            json!({"file_id": "doc-1", "file_unique_id": "d", "file_name": "plan.pdf", "mime_type": "application/pdf", "file_size": 4321}),
+            json!([{"kind": "document", "mimeType": "application/pdf", "fileName": "plan.pdf", "size": 4321, "fileId": "doc-1"}]),
+        ),
+        (
+            "voice",
+            json!({"file_id": "v-1", "file_unique_id": "v", "duration": 3, "mime_type": "audio/ogg", "file_size": 999}),
+            json!([{"kind": "voice", "mimeType": "audio/ogg", "size": 999, "fileId": "v-1"}]),
+        ),
+    ] {
+        let id = fake.inject_file(key, file);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let m = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = w.next_message(left).await.unwrap();
+            if m["messageId"] == id.to_string() {
+                break m;
+            }
+        };
+        assert_eq!(
+            (m["text"].clone(), m["attachments"].clone()),
+            (json!(""), want),
+            "{key}"
+        );
+    }
 
     // react, edit, delete.
     for (i, (action, params, method)) in [
