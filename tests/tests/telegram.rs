@@ -722,7 +722,7 @@ async fn media_and_actions_go_through_the_bot_api() {
         let m = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let m = w.next_message(left).await.unwrap();
-            if m["messageId"] == id.to_string() {
+            if m["messageId"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(id) {
                 break m;
             }
         };
