@@ -54,7 +54,7 @@ impl Health {
             v["deliveryQueues"] =
                 json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]});
         }
-        if let Some(why) = self.config_error.guard().clone() {
+        if let Some(why) = self.config_error() {
             v["config"] = json!({"ok": false, "error": why});
         }
         v["durationMs"] = json!(t0.elapsed().as_millis() as u64);
@@ -78,15 +78,22 @@ impl Health {
         raw
     }
 
-    /// Records the outcome of a configuration reload (and wakes the monitor
-    /// when it changes what `health` shows).
-    pub fn set_config_error(&self, why: Option<String>) {
+    /// Why the config file on disk was refused by the last reload, if it was.
+    pub fn config_error(&self) -> Option<String> {
+        self.config_error.guard().clone()
+    }
+
+    /// Records the outcome of a configuration reload and wakes the monitor
+    /// when it changes what `health` shows. True when it changed.
+    pub fn set_config_error(&self, why: Option<String>) -> bool {
         let mut e = self.config_error.guard();
-        if *e != why {
-            *e = why;
-            drop(e);
-            self.notify.notify_one();
+        if *e == why {
+            return false;
         }
+        *e = why;
+        drop(e);
+        self.notify.notify_one();
+        true
     }
 
     /// What `/ready` reports as failing: accounts in error, and the message

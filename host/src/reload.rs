@@ -143,10 +143,8 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
                 trigger,
                 "configuration not reloaded: {why}; the running configuration stays in force"
             );
-            let first =
-                gw.health.config_error.lock().ok().and_then(|e| e.clone()) != Some(why.clone());
-            gw.health.set_config_error(Some(why.clone()));
-            if first {
+            // Announced once per refused content, not at every retry.
+            if gw.health.set_config_error(Some(why.clone())) {
                 gw.broadcaster.broadcast(
                     events::CONFIG,
                     &json!({"ok": false, "trigger": trigger, "error": why}),
@@ -163,14 +161,8 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
     let needs_restart = pin_restart_keys(&old, &mut new);
     let mut changes = live_changes(&old, &new);
     let channels_changed = differs(&old.channels, &new.channels);
-    let was_refused = gw
-        .health
-        .config_error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone())
-        .is_some();
-    gw.health.set_config_error(None);
+    // A file refused before and valid now is news even if nothing else changed.
+    let was_refused = gw.health.set_config_error(None);
     if changes.is_empty() && !channels_changed && needs_restart.is_empty() && !was_refused {
         tracing::debug!(trigger, "configuration unchanged");
         return Outcome::default();
@@ -283,14 +275,7 @@ pub async fn run(gw: Arc<Gateway>, tls: Option<Arc<Tls>>) {
         };
         if trigger == "SIGHUP" {
             if let Some(t) = &tls {
-                let t = t.clone();
-                match tokio::task::spawn_blocking(move || t.reload(true)).await {
-                    Ok(Ok(_)) => tracing::info!("TLS files re-read (SIGHUP)"),
-                    Ok(Err(e)) => tracing::error!(
-                        "TLS files do not load; the previous certificate stays in use: {e:#}"
-                    ),
-                    Err(e) => tracing::error!("TLS reload task failed: {e}"),
-                }
+                crate::gateway::tls::reload_logged(t, true, "SIGHUP").await;
             }
         } else {
             let now = read(&file);

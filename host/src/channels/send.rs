@@ -206,14 +206,8 @@ impl ChannelManager {
     /// its capability is checked.
     pub async fn act(&self, channel: &str, account: &str, action: Action) -> Result<(), SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
-        let caps = plugin.loaded.info.capabilities;
         let capability = action.capability();
-        let has = match capability {
-            "reactions" => caps.reactions,
-            "edit" => caps.edit,
-            _ => caps.delete,
-        };
-        if !has {
+        if !plugin.loaded.info.capabilities.has(capability) {
             return Err(SendError::Unsupported {
                 channel: channel.to_string(),
                 plugin: plugin.id().to_string(),

@@ -313,7 +313,7 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
 /// it came from, and why the file on disk was refused if it was.
 fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    let error = gw.health.config_error.lock().ok().and_then(|e| e.clone());
+    let error = gw.health.config_error();
     Ok(json!({
         "path": gw.source.file().map(|p| p.display().to_string()),
         "config": crate::config::redacted(&gw.config()),

@@ -18,6 +18,7 @@ pub mod ws;
 
 pub use accept::{serve, ConnMeta};
 
+use crate::sync::RwLockExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,20 +76,13 @@ pub struct Gateway {
 impl Gateway {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
-        match self.live.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.live.reader().clone()
     }
 
     /// Puts `config` in force (a reload has validated it and kept the keys
     /// that need a restart); returns the one it replaces.
     pub fn set_config(&self, config: Config) -> Arc<Config> {
-        let new = Arc::new(config);
-        match self.live.write() {
-            Ok(mut c) => std::mem::replace(&mut *c, new),
-            Err(p) => std::mem::replace(&mut *p.into_inner(), new),
-        }
+        std::mem::replace(&mut *self.live.writer(), Arc::new(config))
     }
 
     pub fn new(config: Config, source: crate::config::Source) -> Result<Arc<Gateway>> {

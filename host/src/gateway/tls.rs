@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
-use crate::sync::MutexExt;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// How often the files are checked for a change.
 pub const TLS_POLL: Duration = Duration::from_secs(1);
@@ -58,15 +58,7 @@ impl Tls {
 
     /// The acceptor for a connection arriving now.
     pub fn acceptor(&self) -> TlsAcceptor {
-        match self.current.read() {
-            Ok(a) => a.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Does a client need a certificate signed by `ca`?
-    pub fn requires_client_cert(&self) -> bool {
-        self.files.ca.is_some()
+        self.current.reader().clone()
     }
 
     /// Re-reads the files if they changed since they were loaded (or
@@ -82,11 +74,7 @@ impl Tls {
             // a broken file is reported once, not every second.
             *seen = now;
         }
-        let acceptor = build(&self.files)?;
-        match self.current.write() {
-            Ok(mut c) => *c = acceptor,
-            Err(p) => *p.into_inner() = acceptor,
-        }
+        *self.current.writer() = build(&self.files)?;
         Ok(true)
     }
 }
@@ -97,19 +85,26 @@ pub async fn run_tls_reloader(tls: Arc<Tls>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let t = tls.clone();
-        let r = tokio::task::spawn_blocking(move || t.reload(false)).await;
-        match r {
-            Ok(Ok(true)) => tracing::info!(
-                cert = %tls.files.cert.display(),
-                "TLS certificate reloaded: new connections use it"
-            ),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(
-                "TLS files changed but do not load; the previous certificate stays in use: {e:#}"
-            ),
-            Err(e) => tracing::error!("TLS reload task failed: {e}"),
-        }
+        reload_logged(&tls, false, "files changed").await;
+    }
+}
+
+/// Re-reads the files off the async runtime (all of them with `force`,
+/// else only when they changed) and logs the outcome.
+pub async fn reload_logged(tls: &Arc<Tls>, force: bool, trigger: &str) {
+    let t = tls.clone();
+    match tokio::task::spawn_blocking(move || t.reload(force)).await {
+        Ok(Ok(true)) => tracing::info!(
+            cert = %tls.files.cert.display(),
+            trigger,
+            "TLS certificate reloaded: new connections use it"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!(
+            trigger,
+            "TLS files do not load; the previous certificate stays in use: {e:#}"
+        ),
+        Err(e) => tracing::error!("TLS reload task failed: {e}"),
     }
 }
 

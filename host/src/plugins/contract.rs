@@ -96,8 +96,8 @@ impl Capabilities {
         threads: true,
     };
 
-    /// The names of those it has, for `plugins.list`.
-    pub fn names(&self) -> Vec<&'static str> {
+    /// Each capability by its name, in the contract's order.
+    fn by_name(&self) -> [(&'static str, bool); 5] {
         [
             ("media", self.media),
             ("reactions", self.reactions),
@@ -105,9 +105,19 @@ impl Capabilities {
             ("delete", self.delete),
             ("threads", self.threads),
         ]
-        .into_iter()
-        .filter_map(|(n, on)| on.then_some(n))
-        .collect()
+    }
+
+    /// The names of those it has, for `plugins.list`.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name()
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
+    }
+
+    /// Does it have the capability called `name`?
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name().iter().any(|&(n, on)| on && n == name)
     }
 }
 
