@@ -86,6 +86,7 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
     } else {
         None
     };
+    let reloader = reload::Reloader::install(gw.clone(), tls.clone());
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     tracing::info!(
         addr = %local,
@@ -97,10 +98,10 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
         state_dir = %gw.config().state_dir().display(),
         "gateway listening"
     );
+    let reloader = tokio::spawn(reloader.run());
     let tls_reloader = tls
         .clone()
         .map(|t| tokio::spawn(gateway::tls::run_tls_reloader(t)));
-    let reloader = tokio::spawn(reload::run(gw.clone(), tls.clone()));
     let acceptor = tokio::spawn(gateway::serve(gw.clone(), listener, tls));
     let ticker = tokio::spawn(health::run_ticker(
         gw.broadcaster.clone(),

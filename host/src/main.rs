@@ -233,10 +233,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         plugins_dir: args.plugins,
         state_dir: args.state_dir,
     };
-    let source = switchboard::config::Source {
-        path: args.config.clone(),
-        overrides,
-    };
+    let source = switchboard::config::Source::new(args.config.clone(), overrides);
     let config = match source.load() {
         Ok(c) => c,
         Err(e) => {

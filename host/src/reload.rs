@@ -229,64 +229,90 @@ impl Config {
     }
 }
 
-/// Reloads when the config file changes (debounced) and on `SIGHUP` (which
-/// also re-reads the TLS files); runs until the daemon stops. Without a
-/// config file only `SIGHUP` (for TLS and the environment's overrides) is
-/// listened to.
-pub async fn run(gw: Arc<Gateway>, tls: Option<Arc<Tls>>) {
-    let file = gw.source.file();
-    let debounce = Duration::from_millis(gw.config().plugins.debounce_ms.max(50));
-    let watched = file
-        .as_ref()
-        .filter(|_| gw.config().watch_config)
-        .and_then(|f| {
-            f.parent().map(|d| {
-                if d.as_os_str().is_empty() {
-                    std::path::Path::new(".")
-                } else {
-                    d
-                }
+/// The config file's watcher and the `SIGHUP` listener, installed before the
+/// daemon says it is listening (so no edit made after that is missed).
+pub struct Reloader {
+    gw: Arc<Gateway>,
+    tls: Option<Arc<Tls>>,
+    file: Option<std::path::PathBuf>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    changed: Option<tokio::sync::mpsc::Receiver<()>>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloader {
+    /// Watches the config file's directory (unless `watch_config = false`)
+    /// and listens for `SIGHUP`. Without a config file only `SIGHUP` (for TLS
+    /// and the environment's overrides) is listened to.
+    pub fn install(gw: Arc<Gateway>, tls: Option<Arc<Tls>>) -> Self {
+        let file = gw.source.file();
+        let debounce = Duration::from_millis(gw.config().plugins.debounce_ms.max(50));
+        let watched = file
+            .as_ref()
+            .filter(|_| gw.config().watch_config)
+            .and_then(|f| {
+                f.parent().map(|d| {
+                    if d.as_os_str().is_empty() {
+                        std::path::Path::new(".")
+                    } else {
+                        d
+                    }
+                })
             })
-        })
-        .map(|dir| crate::plugins::watcher::watch(dir, debounce));
-    let (_watcher, mut changed) = match watched {
-        Some(Ok((w, rx))) => (Some(w), Some(rx)),
-        Some(Err(e)) => {
-            tracing::warn!("the config file is not watched ({e:#}); reload it with SIGHUP");
-            (None, None)
-        }
-        None => (None, None),
-    };
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("SIGHUP cannot be listened to: {e}");
-            None
-        }
-    };
-    // The file's content as last read: other files changing in its
-    // directory do not reload.
-    let read = |f: &Option<std::path::PathBuf>| f.as_ref().and_then(|p| std::fs::read(p).ok());
-    let mut last = read(&file);
-    loop {
-        let trigger = tokio::select! {
-            Some(()) = async { match changed.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => "file changed",
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-        };
-        if trigger == "SIGHUP" {
-            if let Some(t) = &tls {
-                crate::gateway::tls::reload_logged(t, true, "SIGHUP").await;
+            .map(|dir| crate::plugins::watcher::watch(dir, debounce));
+        let (_watcher, changed) = match watched {
+            Some(Ok((w, rx))) => (Some(w), Some(rx)),
+            Some(Err(e)) => {
+                tracing::warn!("the config file is not watched ({e:#}); reload it with SIGHUP");
+                (None, None)
             }
-        } else {
-            let now = read(&file);
-            if now == last {
+            None => (None, None),
+        };
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("SIGHUP cannot be listened to: {e}");
+                None
+            }
+        };
+        Reloader {
+            gw,
+            tls,
+            file,
+            _watcher,
+            changed,
+            hup,
+        }
+    }
+
+    /// Reloads when the config file's bytes differ from those last read
+    /// (debounced; other files in its directory do not reload) and on
+    /// `SIGHUP` (which also re-reads the TLS files); runs until the daemon
+    /// stops. An edit made between the first load and [`Reloader::install`]
+    /// is applied at once.
+    pub async fn run(mut self) {
+        let read = |f: &Option<std::path::PathBuf>| f.as_ref().and_then(|p| std::fs::read(p).ok());
+        let mut first = self.changed.is_some();
+        loop {
+            let trigger = if std::mem::take(&mut first) {
+                "file changed"
+            } else {
+                tokio::select! {
+                    Some(()) = async { match self.changed.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => "file changed",
+                    Some(()) = async { match self.hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                }
+            };
+            if trigger == "SIGHUP" {
+                if let Some(t) = &self.tls {
+                    crate::gateway::tls::reload_logged(t, true, "SIGHUP").await;
+                }
+            } else if read(&self.file) == self.gw.source.last_read() {
                 continue;
             }
-            last = now;
-        }
-        let g = gw.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || reload(&g, trigger)).await {
-            tracing::error!("configuration reload failed: {e}");
+            let g = self.gw.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || reload(&g, trigger)).await {
+                tracing::error!("configuration reload failed: {e}");
+            }
         }
     }
 }

@@ -19,9 +19,27 @@ pub struct Source {
     /// `--config` / `SWITCHBOARD_CONFIG`; `None`: `./switchboard.toml` if present.
     pub path: Option<PathBuf>,
     pub overrides: Overrides,
+    /// The file's bytes as the last [`Source::load`] read them, valid or
+    /// not: the reloader compares the file with them, so an edit made while
+    /// the daemon was starting (before its watcher existed) is not missed.
+    pub read: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl Source {
+    /// A source reading `path` (see [`Source::path`]) with `overrides`.
+    pub fn new(path: Option<PathBuf>, overrides: Overrides) -> Self {
+        Source {
+            path,
+            overrides,
+            read: Default::default(),
+        }
+    }
+
+    /// The bytes the last load read (`None` before any, or without a file).
+    pub fn last_read(&self) -> Option<Vec<u8>> {
+        crate::sync::MutexExt::guard(&*self.read).clone()
+    }
+
     /// The file read, if any.
     pub fn file(&self) -> Option<PathBuf> {
         match &self.path {
@@ -37,13 +55,18 @@ impl Source {
     /// when it comes from the file, its line.
     pub fn load(&self) -> Result<Config> {
         let file = self.file();
-        let text = match &file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {}", p.display()))?,
-            ),
-            None => None,
-        };
+        let text =
+            match &file {
+                Some(p) => {
+                    let bytes = std::fs::read(p)
+                        .with_context(|| format!("cannot read config file {}", p.display()))?;
+                    *crate::sync::MutexExt::guard(&*self.read) = Some(bytes.clone());
+                    Some(String::from_utf8(bytes).with_context(|| {
+                        format!("config file {} is not UTF-8 text", p.display())
+                    })?)
+                }
+                None => None,
+            };
         let mut config = match (&file, &text) {
             (Some(p), Some(t)) => Config::from_toml_str(t, |k| std::env::var(k).ok())
                 .with_context(|| format!("invalid config file {}", p.display()))?,
@@ -120,11 +143,7 @@ impl Config {
     /// `./switchboard.toml` if present, else defaults; then applies `overrides`
     /// and validates the result.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config> {
-        Source {
-            path: path.map(Path::to_path_buf),
-            overrides: overrides.clone(),
-        }
-        .load()
+        Source::new(path.map(Path::to_path_buf), overrides.clone()).load()
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -495,10 +514,7 @@ mod tests {
             "[gateway]\nport = 1\n\n[gateway.limits]\nmax_buffered_bytes = 10\n",
         )
         .unwrap();
-        let src = Source {
-            path: Some(p.clone()),
-            overrides: Overrides::default(),
-        };
+        let src = Source::new(Some(p.clone()), Overrides::default());
         let e = format!("{:#}", src.load().unwrap_err());
         assert!(
             e.contains("(line 5)") && e.contains("gateway.limits.max_buffered_bytes"),
