@@ -64,6 +64,12 @@ pub mod __private {
         pub_export_macro: true,
         export_macro_name: "__export_channel_plugin",
         default_bindings_module: "switchboard_sdk::__private",
+        // The streams `tls.connect` returns are wstd's own types.
+        with: {
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+        },
     });
     pub use self::exports::switchboard::channel::channel::Guest;
 }
@@ -245,6 +251,73 @@ pub mod http {
             status,
             text: String::from_utf8_lossy(body).into_owned(),
         })
+    }
+}
+
+/// TLS client connections for socket channels: a [`tls::TlsStream`] reads
+/// and writes like [`wstd::net::TcpStream`].
+///
+/// The host opens the TCP connection (checked against the channel's network
+/// grants) and runs the handshake, verifying the server's certificate for
+/// `host` against the system roots plus the channel's `tls_ca` file.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), switchboard_sdk::ChannelError> {
+/// use switchboard_sdk::wstd::io::{AsyncRead, AsyncWrite};
+///
+/// let mut s = switchboard_sdk::tls::connect("irc.libera.chat", 6697)
+///     .await
+///     .map_err(switchboard_sdk::ChannelError::Transient)?;
+/// s.write_all(b"NICK bot\r\n").await.map_err(|e| switchboard_sdk::ChannelError::Transient(e.to_string()))?;
+/// let mut buf = [0u8; 512];
+/// let n = s.read(&mut buf).await.map_err(|e| switchboard_sdk::ChannelError::Transient(e.to_string()))?;
+/// # let _ = n;
+/// # Ok(())
+/// # }
+/// ```
+pub mod tls {
+    use super::__private::switchboard::channel::tls as wit;
+    use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncRead, AsyncWrite};
+
+    /// A TLS connection: plain text in and out; dropping it closes it.
+    pub struct TlsStream {
+        input: AsyncInputStream,
+        output: AsyncOutputStream,
+    }
+
+    /// Connects to `host:port` over TCP and TLS (see the module). The error
+    /// names the host and what failed: not granted (and the grant to add),
+    /// unreachable, or a certificate that is not trusted.
+    pub async fn connect(host: &str, port: u16) -> Result<TlsStream, String> {
+        let (input, output) = wit::connect(host, port)?;
+        Ok(TlsStream {
+            input: AsyncInputStream::new(input),
+            output: AsyncOutputStream::new(output),
+        })
+    }
+
+    impl AsyncRead for TlsStream {
+        async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf).await
+        }
+
+        fn as_async_input_stream(&self) -> Option<&AsyncInputStream> {
+            Some(&self.input)
+        }
+    }
+
+    impl AsyncWrite for TlsStream {
+        async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf).await
+        }
+
+        async fn flush(&mut self) -> std::io::Result<()> {
+            self.output.flush().await
+        }
+
+        fn as_async_output_stream(&self) -> Option<&AsyncOutputStream> {
+            Some(&self.output)
+        }
     }
 }
 

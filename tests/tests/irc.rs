@@ -19,6 +19,8 @@ struct Ngircd {
     /// Seconds of silence before ngircd PINGs a client (and again before it
     /// drops one that did not answer); 5 is ngircd's minimum.
     ping_timeout: u32,
+    /// A TLS port too: (port, `[SSL]` section).
+    tls: Option<(u16, String)>,
 }
 
 fn ngircd_binary() -> PathBuf {
@@ -42,8 +44,41 @@ impl Ngircd {
             dir: tempfile::tempdir().unwrap(),
             global: global.to_string(),
             ping_timeout,
+            tls: None,
         };
         n.spawn();
+        n
+    }
+
+    /// ngircd with a TLS port as well, serving `cert_pem`/`key_pem`.
+    fn start_tls(cert_pem: &str, key_pem: &str) -> Ngircd {
+        let dir = tempfile::tempdir().unwrap();
+        // ngircd drops to ServerUID before it reads them.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+        for (p, text) in [(&cert, cert_pem), (&key, key_pem)] {
+            std::fs::write(p, text).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let tls_port = free_port();
+        let mut n = Ngircd {
+            child: None,
+            port: free_port(),
+            dir,
+            global: String::new(),
+            ping_timeout: 120,
+            tls: Some((
+                tls_port,
+                format!(
+                    "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            )),
+        };
+        n.spawn();
+        wait_listening(tls_port, "ngircd's TLS port");
         n
     }
 
@@ -55,8 +90,12 @@ impl Ngircd {
                 "[Global]\nName = irc.test\nInfo = switchboard test\nListen = 127.0.0.1\nPorts = {}\n\
                  MotdPhrase = \"test\"\nServerUID = 65534\nServerGID = 65534\n{}\n\
                  [Limits]\nPingTimeout = {}\nPongTimeout = {}\nMaxNickLength = 30\n\
-                 [Options]\nPAM = no\nIdent = no\nDNS = no\n",
-                self.port, self.global, self.ping_timeout, self.ping_timeout.min(20)
+                 [Options]\nPAM = no\nIdent = no\nDNS = no\n{}",
+                self.port,
+                self.global,
+                self.ping_timeout,
+                self.ping_timeout.min(20),
+                self.tls.as_ref().map(|t| t.1.as_str()).unwrap_or_default()
             ),
         )
         .unwrap();
@@ -708,4 +747,93 @@ async fn send_lines(op: &mut Client, to: &str, lines: &[String]) {
         .await
         .unwrap();
     assert_eq!(r["ok"], true, "{r}");
+}
+
+/// A CA made in the test and a server certificate it signs for `localhost`
+/// (PEM: CA, server certificate, server key).
+fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "switchboard test CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = p.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registers_joins_and_relays_and_refuses_an_untrusted_certificate() {
+    let (ca_pem, cert_pem, key_pem) = test_ca();
+    let irc = Ngircd::start_tls(&cert_pem, &key_pem);
+    let tls_port = irc.tls.as_ref().unwrap().0;
+    // The human uses the plain port; the bot only TLS.
+    let mut human = IrcClient::connect(irc.port, "tester", Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+    let account = |nick: &str| {
+        format!(
+            "server = \"localhost\"\nport = {tls_port}\ntls = true\nnick = \"{nick}\"\nchannels = [\"#room\"]\n"
+        )
+    };
+    let d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "irc.wasm")],
+            &format!(
+                "[channels.irc]\nnetwork = [\"localhost:{tls_port}\"]\ntls_ca = \"{}\"\n\
+                 [channels.irc.accounts.default]\n{}\n\
+                 [channels.plain]\nplugin = \"irc\"\nnetwork = [\"localhost:{tls_port}\"]\n\
+                 [channels.plain.accounts.default]\n{}\n",
+                ca.display(),
+                account("sbbot"),
+                account("sbnoca"),
+            ),
+        )
+        .start()
+        .unwrap();
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+
+    // Registration and join over TLS.
+    human.wait_member("#room", "sbbot").await;
+    // Receive: the human's line reaches an operator.
+    human.send("PRIVMSG #room :over tls?").await;
+    let m = op
+        .message_with_text("over tls?", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(m["channel"], "irc");
+    assert_eq!(m["chatId"], "#room");
+    assert_eq!(m["senderId"], "tester");
+    // Send: an operator's message reaches the human.
+    let r = op
+        .request(
+            "s1",
+            "send",
+            json!({"channel": "irc", "to": "#room", "message": "yes, over tls", "idempotencyKey": "t1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    human
+        .wait(|l| l.starts_with(":sbbot!") && l.contains("PRIVMSG #room :yes, over tls"))
+        .await;
+
+    // Without the CA, the same server's certificate is refused, clearly.
+    let e = op
+        .wait_account_error("plain", "default", "not trusted", Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(e.contains("localhost"), "{e}");
+    assert!(e.contains("tls_ca"), "{e}");
+    let log = std::fs::read_to_string(irc.dir.path().join("ngircd.log")).unwrap_or_default();
+    assert!(
+        !log.contains("sbnoca"),
+        "the untrusted connection registered: {log}"
+    );
 }

@@ -10,7 +10,7 @@ use crate::config::ChannelConfig;
 use crate::outbox::{AccountQueue, Outbox};
 use crate::plugins::contract::Account;
 use crate::plugins::imports::Imports;
-use crate::plugins::Network;
+use crate::plugins::{Network, Trust};
 use crate::store::StateStore;
 
 use super::inbox::{AccountInbox, Inbox};
@@ -28,6 +28,9 @@ pub(super) struct BoundChannel {
     pub plugin: String,
     /// `[channels.<name>] network`, parsed; `None`: the plugin's own list.
     pub network: Option<Network>,
+    /// The system roots plus `[channels.<name>] tls_ca`, read when the
+    /// channel's configuration is applied.
+    pub trust: Trust,
     pub accounts: HashMap<String, BoundAccount>,
 }
 
@@ -75,6 +78,10 @@ impl Layout {
                 let bc = BoundChannel {
                     plugin: plugin_id(name, c),
                     network: c.network.as_deref().map(Network::parse),
+                    trust: match &c.tls_ca {
+                        Some(p) => Trust::new(Some(p)),
+                        None => Trust::default(),
+                    },
                     accounts,
                 };
                 (name.clone(), bc)
@@ -197,6 +204,9 @@ pub(super) fn diff(
                     }
                     if oc.network != nc.network {
                         why.push("network");
+                    }
+                    if oc.tls_ca != nc.tls_ca {
+                        why.push("tls_ca");
                     }
                     if why.is_empty() {
                         continue;

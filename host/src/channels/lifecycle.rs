@@ -239,10 +239,15 @@ impl ChannelManager {
             a.running = true;
             a.last_start_at = Some(crate::now_ms());
         });
-        let Target { imports, network } = target;
+        let Target {
+            imports,
+            network,
+            trust,
+        } = target;
         let target = || Target {
             imports: imports.clone(),
             network: network.clone(),
+            trust: trust.clone(),
         };
         let in_words = |what: &str, e: CallError| match e {
             CallError::Failed(m) => format!("{what} failed: {m}"),

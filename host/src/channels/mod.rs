@@ -162,6 +162,7 @@ impl ChannelManager {
         let target = Target {
             imports: ba.imports.clone(),
             network,
+            trust: bc.trust.clone(),
         };
         Ok((plugin, target, ba.account.clone()))
     }

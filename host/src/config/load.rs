@@ -289,6 +289,10 @@ impl Config {
                         .map_err(|e| anyhow::anyhow!("channels.{name}.network: {e}"))?;
                 }
             }
+            if let Some(p) = &ch.tls_ca {
+                crate::plugins::tls_client::read_pem_certs(p)
+                    .map_err(|e| anyhow::anyhow!("channels.{name}.tls_ca: {e}"))?;
+            }
             for (id, acct) in &ch.accounts {
                 if let Some(v) = acct.get("enabled") {
                     if !v.is_bool() {
@@ -503,6 +507,23 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains("NOPE"), "{msg}");
         assert!(msg.contains("gateway.auth.token"), "{msg}");
+    }
+
+    #[test]
+    fn an_unusable_tls_ca_is_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "nothing here").unwrap();
+        let text = format!("[channels.irc]\ntls_ca = \"{}\"\n", ca.display());
+        let e = Config::from_toml_str(&text, |_| None)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("channels.irc.tls_ca: ") && e.contains("no certificate"),
+            "{e}"
+        );
     }
 
     #[test]

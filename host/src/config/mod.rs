@@ -4,7 +4,8 @@
 //! Unknown keys are an error that names the key, so that a typo never silently
 //! turns a setting off.
 //!
-//! It uses only `scopes` and `plugins::parse_host_port`.
+//! It uses only `scopes`, `plugins::parse_host_port` and
+//! `plugins::tls_client::read_pem_certs`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,6 +65,11 @@ pub struct ChannelConfig {
     /// `host:port` pairs this channel's plugin may reach; replaces the list
     /// the plugin asks for in `info().network`.
     pub network: Option<Vec<String>>,
+    /// A PEM file of CA certificates the channel's TLS connections
+    /// (`tls.connect`) trust besides the system roots: for servers with a
+    /// private or self-signed CA. Read when the channel's configuration is
+    /// applied (at start and at each reload).
+    pub tls_ca: Option<PathBuf>,
     /// Largest body accepted on `POST /hooks/<channel>/...` (bytes).
     #[serde(default = "default_webhook_body")]
     pub webhook_max_body_bytes: usize,

@@ -49,6 +49,8 @@ impl std::fmt::Display for CallError {
 pub struct Target {
     pub imports: Imports,
     pub network: Network,
+    /// What the plugin's TLS connections trust (the channel's `tls_ca`).
+    pub trust: super::Trust,
 }
 
 impl Plugin {
@@ -103,7 +105,7 @@ impl Plugin {
     /// task (which must be on the plugin runtime); it ends when the plugin
     /// returns or the task is aborted (which drops the store).
     pub async fn run(&self, t: Target, account: Account) -> Result<(), CallError> {
-        let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
+        let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
         let mut store = self
             .runtime
             .store(self.id(), Some(t.imports), grants.clone(), None);
@@ -144,7 +146,7 @@ impl Plugin {
     /// One call on a fresh instance, on the plugin runtime, in a call slot.
     async fn invoke(self: &Arc<Self>, t: Target, req: Request) -> Result<Answer, CallError> {
         let slot = self.slot().await?;
-        let grants = Arc::new(Grants::new(&t.imports.channel, t.network));
+        let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
         let (me, imports, g) = (self.clone(), t.imports, grants.clone());
         let task = self.exec.spawn(async move {
             let _slot = slot;

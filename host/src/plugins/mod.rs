@@ -18,6 +18,7 @@ pub mod imports;
 mod loader;
 mod registry;
 mod sandbox;
+pub mod tls_client;
 pub mod watcher;
 
 pub use call::{CallError, Target};
@@ -26,6 +27,7 @@ pub use loader::{LoadError, LoadedPlugin};
 pub use registry::{Change, Failure, PluginManager};
 pub use sandbox::Network;
 pub use sandbox::{parse_host_port, Limits};
+pub use tls_client::Trust;
 
 use std::sync::Arc;
 

@@ -48,15 +48,18 @@ pub struct Grants {
     /// The channel the instance serves ("" while loading: nothing is granted).
     pub channel: String,
     pub allowed: Network,
+    /// What TLS connections (`tls.connect`) trust.
+    pub trust: super::tls_client::Trust,
     /// The first destination refused during this call, for its error.
     denied: std::sync::Mutex<Option<String>>,
 }
 
 impl Grants {
-    pub fn new(channel: &str, allowed: Network) -> Self {
+    pub fn new(channel: &str, allowed: Network, trust: super::tls_client::Trust) -> Self {
         Self {
             channel: channel.to_string(),
             allowed,
+            trust,
             denied: Default::default(),
         }
     }
@@ -78,7 +81,7 @@ impl Grants {
         }
     }
 
-    fn allows_name(&self, host: &str, port: u16) -> bool {
+    pub(super) fn allows_name(&self, host: &str, port: u16) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -110,7 +113,7 @@ impl Grants {
         false
     }
 
-    fn deny(&self, plugin: &str, what: &str, dest: &str) {
+    pub(super) fn deny(&self, plugin: &str, what: &str, dest: &str) {
         self.denied.guard().get_or_insert_with(|| dest.to_string());
         let how = self.how_to_allow(dest);
         tracing::warn!(plugin, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
@@ -459,7 +462,58 @@ impl PluginState {
     pub(super) fn store_limits(&mut self) -> &mut StoreLimits {
         &mut self.limits
     }
+
+    /// `tls.connect`: checked against this instance's grants, trusting
+    /// what its channel trusts. Refused while the plugin is being loaded.
+    pub(super) fn tls_connect(
+        &self,
+        host: String,
+        port: u16,
+    ) -> impl std::future::Future<
+        Output = Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String>,
+    > + Send
+           + 'static {
+        let grants = self.hooks.grants.clone();
+        let plugin = self.hooks.plugin.clone();
+        async move { grants.trust.connect(&plugin, &grants, &host, port).await }
+    }
+
+    /// The two halves of a connection as `wasi:io` streams in this
+    /// instance's resource table (dropped with the instance).
+    pub(super) fn push_streams<S>(
+        &mut self,
+        stream: S,
+    ) -> Result<
+        (
+            wasmtime::component::Resource<wasmtime_wasi::p2::DynInputStream>,
+            wasmtime::component::Resource<wasmtime_wasi::p2::DynOutputStream>,
+        ),
+        String,
+    >
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        let input: wasmtime_wasi::p2::DynInputStream =
+            Box::new(wasmtime_wasi::p2::pipe::AsyncReadStream::new(r));
+        let output: wasmtime_wasi::p2::DynOutputStream = Box::new(
+            wasmtime_wasi::p2::pipe::AsyncWriteStream::new(STREAM_WRITE_BUDGET, w),
+        );
+        let input = self
+            .table
+            .push(input)
+            .map_err(|e| format!("too many open streams: {e}"))?;
+        let output = self
+            .table
+            .push(output)
+            .map_err(|e| format!("too many open streams: {e}"))?;
+        Ok((input, output))
+    }
 }
+
+/// Bytes a plugin may hand a TLS output stream before it must wait for them
+/// to be written (the write budget `check-write` reports).
+const STREAM_WRITE_BUDGET: usize = 64 * 1024;
 
 /// Splits `host:port` (IPv6 in brackets).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {

@@ -1,4 +1,5 @@
-//! The IRC channel. `run` owns the connection: it connects, registers
+//! The IRC channel. `run` owns the connection: it connects (over TLS through
+//! the host when `tls = true`, default port 6697), registers
 //! (PASS, SASL PLAIN when configured), appends `_` to the nick on 433,
 //! answers PING, joins the configured channels, turns every PRIVMSG into an
 //! inbound message, and sends what `send` queued in the host outbox. When the
@@ -36,8 +37,12 @@ struct Sasl {
 #[serde(deny_unknown_fields)]
 struct Settings {
     server: String,
-    #[serde(default = "default_port")]
-    port: u16,
+    /// Default 6697 with `tls`, else 6667.
+    port: Option<u16>,
+    /// Connect over TLS (the host verifies the server's certificate against
+    /// the system roots and the channel's `tls_ca`).
+    #[serde(default)]
+    tls: bool,
     nick: String,
     username: Option<String>,
     realname: Option<String>,
@@ -55,8 +60,10 @@ struct Settings {
     send_interval_ms: u64,
 }
 
-fn default_port() -> u16 {
-    6667
+impl Settings {
+    fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 6697 } else { 6667 })
+    }
 }
 fn default_send_burst() -> u32 {
     5
@@ -71,7 +78,7 @@ fn transient(e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Transient(e.to_string())
 }
 
-async fn write_line(s: &mut wstd::net::TcpStream, line: &str) -> Result<(), ChannelError> {
+async fn write_line(s: &mut impl AsyncWrite, line: &str) -> Result<(), ChannelError> {
     s.write_all(format!("{line}\r\n").as_bytes())
         .await
         .map_err(transient)
@@ -118,7 +125,21 @@ impl Channel for Irc {
 
     fn run(account: Account) -> Result<(), ChannelError> {
         let s: Settings = account.settings()?;
-        wstd::runtime::block_on(session(&account.id, &s))
+        wstd::runtime::block_on(async {
+            switchboard_sdk::set_state(&account.id, AccountState::Starting, None);
+            let addr = format!("{}:{}", s.server, s.port());
+            if s.tls {
+                let stream = switchboard_sdk::tls::connect(&s.server, s.port())
+                    .await
+                    .map_err(transient)?;
+                session(&account.id, &s, &addr, stream).await
+            } else {
+                let stream = wstd::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| transient(format!("connect {addr}: {e}")))?;
+                session(&account.id, &s, &addr, stream).await
+            }
+        })
     }
 
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
@@ -157,12 +178,14 @@ impl Channel for Irc {
     }
 }
 
-async fn session(account: &str, s: &Settings) -> Result<(), ChannelError> {
-    switchboard_sdk::set_state(account, AccountState::Starting, None);
-    let addr = format!("{}:{}", s.server, s.port);
-    let mut stream = wstd::net::TcpStream::connect(addr.as_str())
-        .await
-        .map_err(|e| transient(format!("connect {addr}: {e}")))?;
+/// One connection (plain TCP or TLS): register, then read and send until it
+/// fails.
+async fn session(
+    account: &str,
+    s: &Settings,
+    addr: &str,
+    mut stream: impl AsyncRead + AsyncWrite,
+) -> Result<(), ChannelError> {
     let mut nick = s.nick.clone();
     if s.sasl.is_some() {
         write_line(&mut stream, "CAP REQ :sasl").await?;
@@ -324,7 +347,7 @@ type Sending = Option<(u64, VecDeque<String>)>;
 /// the host gives it to the next connection again.
 async fn send_queued(
     account: &str,
-    stream: &mut wstd::net::TcpStream,
+    stream: &mut impl AsyncWrite,
     sending: &mut Sending,
     throttle: &mut throttle::Throttle,
     nick: &str,

@@ -24,6 +24,12 @@ wasmtime::component::bindgen!({
         "switchboard:channel/host.kv-delete": async,
         "switchboard:channel/host.kv-claim": async,
         "switchboard:channel/host.kv-unclaim": async,
+        // Connecting and the handshake wait on the network.
+        "switchboard:channel/tls.connect": async,
+    },
+    // `tls.connect` returns wasmtime-wasi's own streams.
+    with: {
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
     },
 });
 
@@ -38,7 +44,12 @@ use self::switchboard::channel::types::{
 
 /// Links the `host` interface of this version.
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    ChannelPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)
+    // Interface by interface: `wasi:io` is wasmtime-wasi's, linked with the
+    // rest of WASI.
+    use wasmtime::component::HasSelf;
+    switchboard::channel::types::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    switchboard::channel::host::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+    switchboard::channel::tls::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
 }
 
 /// `info` on a fresh instance; the error says which step failed.
@@ -104,6 +115,23 @@ pub async fn run(
 }
 
 impl switchboard::channel::types::Host for PluginState {}
+
+impl switchboard::channel::tls::Host for PluginState {
+    async fn connect(
+        &mut self,
+        host: String,
+        port: u16,
+    ) -> Result<
+        (
+            wasmtime::component::Resource<wasmtime_wasi::p2::DynInputStream>,
+            wasmtime::component::Resource<wasmtime_wasi::p2::DynOutputStream>,
+        ),
+        String,
+    > {
+        let stream = self.tls_connect(host, port).await?;
+        self.push_streams(stream)
+    }
+}
 
 impl switchboard::channel::host::Host for PluginState {
     fn log(&mut self, level: LogLevel, message: String) {
