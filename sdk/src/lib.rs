@@ -177,6 +177,25 @@ macro_rules! export_channel {
 impl Account {
     /// Parses the account's settings into `T`; a mismatch becomes
     /// `ChannelError::InvalidConfig` naming the account and the problem.
+    ///
+    /// ```no_run
+    /// # use switchboard_sdk::{Account, ChannelError};
+    /// #[derive(serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)] // a typo in the config is an error, not a silent default
+    /// struct Settings {
+    ///     server: String,
+    ///     #[serde(default)]
+    ///     tls: bool,
+    /// }
+    ///
+    /// fn validate(account: Account) -> Result<(), ChannelError> {
+    ///     let s: Settings = account.settings()?;
+    ///     if s.server.is_empty() {
+    ///         return Err(ChannelError::InvalidConfig(format!("account `{}`: empty server", account.id)));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, ChannelError> {
         serde_json::from_str(&self.settings)
             .map_err(|e| ChannelError::InvalidConfig(format!("account `{}`: {e}", self.id)))
@@ -185,11 +204,43 @@ impl Account {
 
 /// Hands a received message to the gateway; returns its sequence number.
 /// Advance your upstream offset only after this returns `Ok`.
+///
+/// ```no_run
+/// # use switchboard_sdk::{ChannelError, InboundMessage};
+/// # fn f(update_id: u64, chat: &str, text: &str) -> Result<(), ChannelError> {
+/// switchboard_sdk::deliver(InboundMessage {
+///     account_id: "default".into(),
+///     chat_id: chat.into(),
+///     sender_id: "alice".into(),
+///     sender_name: Some("Alice".into()),
+///     // The channel's own id: the gateway drops a second delivery of it.
+///     message_id: update_id.to_string(),
+///     text: text.into(),
+///     timestamp_ms: switchboard_sdk::now_ms(),
+///     thread_id: None,
+///     reply_to_id: None,
+///     raw: None,
+///     attachments: vec![],
+/// })
+/// .map_err(ChannelError::Transient)?;
+/// // Only now: the message is on the gateway's disk.
+/// switchboard_sdk::kv::set("offset", &(update_id + 1).to_le_bytes());
+/// # Ok(()) }
+/// ```
 pub fn deliver(message: InboundMessage) -> Result<u64, String> {
     host::deliver(&message)
 }
 
-/// Reports an account's connection state.
+/// Reports an account's connection state (shown in `channels.status`).
+///
+/// ```no_run
+/// use switchboard_sdk::AccountState;
+/// switchboard_sdk::set_state("default", AccountState::Starting, None);
+/// // ... connected:
+/// switchboard_sdk::set_state("default", AccountState::Connected, None);
+/// // ... lost it; `run` returns an error and the host restarts it with backoff:
+/// switchboard_sdk::set_state("default", AccountState::Disconnected, Some("server closed the connection"));
+/// ```
 pub fn set_state(account_id: &str, state: AccountState, detail: Option<&str>) {
     host::set_state(account_id, state, detail)
 }
@@ -225,6 +276,20 @@ pub mod http {
         pub text: String,
     }
 
+    /// ```no_run
+    /// # async fn f() -> Result<(), switchboard_sdk::ChannelError> {
+    /// use switchboard_sdk::wstd::{http::Request, time::Duration};
+    /// let req = Request::post("https://api.example.com/send")
+    ///     .header("content-type", "application/json")
+    ///     .body(r#"{"text":"hi"}"#.to_string())
+    ///     .map_err(|e| switchboard_sdk::ChannelError::InvalidConfig(e.to_string()))?;
+    /// let r = switchboard_sdk::http::send_text(req, "POST /send", Duration::from_secs(10)).await?;
+    /// if r.status == 429 {
+    ///     return Err(switchboard_sdk::ChannelError::RateLimited(1000)); // retry in 1 s
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// Sends `req`, allowing `timeout` to connect and again for the first
     /// byte of the answer, and reads the whole body. A request that cannot
     /// be sent or answered is [`ChannelError::Transient`], with `what` (say,
@@ -323,6 +388,24 @@ pub mod tls {
 
 /// Hands messages from `send` (fresh instance) to the account's `run` loop,
 /// for channels whose connection is owned by `run` (such as IRC).
+///
+/// ```no_run
+/// # use switchboard_sdk::{Account, ChannelError, Delivery, OutboundMessage};
+/// // In `send`: queue it; the delivery id is the queue number.
+/// fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+///     let n = switchboard_sdk::outbox::push(&account.id, &message).map_err(ChannelError::Transient)?;
+///     Ok(Delivery { message_id: format!("out-{n}"), chat_id: Some(message.to) })
+/// }
+///
+/// // In `run`, on the connection: pop, write, and ack once written.
+/// fn drain(account: &str, mut write: impl FnMut(&OutboundMessage) -> std::io::Result<()>) -> std::io::Result<()> {
+///     while let Some((seq, m)) = switchboard_sdk::outbox::pop(account) {
+///         write(&m)?; // on failure `run` ends: the host gives `m` out again next time
+///         switchboard_sdk::outbox::ack(account, seq);
+///     }
+///     Ok(())
+/// }
+/// ```
 pub mod outbox {
     use super::{host, OutboundMessage};
 
@@ -347,6 +430,20 @@ pub mod outbox {
 
 /// The channel's private key-value store (each channel a plugin serves has
 /// its own); it survives reloads and restarts.
+///
+/// ```no_run
+/// // Refuse a replayed webhook: its signature's nonce is claimed for 5 minutes.
+/// # fn handle(nonce: &str) -> Result<(), String> {
+/// if !switchboard_sdk::kv::claim(&format!("nonce:{nonce}"), 5 * 60 * 1000) {
+///     return Err("replayed request".into());
+/// }
+/// // A cursor kept across restarts.
+/// let offset = switchboard_sdk::kv::get("offset")
+///     .and_then(|b| b.try_into().ok())
+///     .map(u64::from_le_bytes)
+///     .unwrap_or(0);
+/// # let _ = offset; Ok(()) }
+/// ```
 pub mod kv {
     use super::host;
 
