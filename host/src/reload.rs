@@ -122,6 +122,9 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
     if (o.ping_interval_ms, o.idle_timeout_ms) != (n.ping_interval_ms, n.idle_timeout_ms) {
         c.push("gateway.ping_interval_ms / idle_timeout_ms".to_string());
     }
+    if o.control_ui != n.control_ui {
+        c.push("gateway.control_ui".to_string());
+    }
     for (name, ch) in &new.channels {
         if let Some(oc) = old.channels.get(name) {
             if oc.webhook_max_body_bytes != ch.webhook_max_body_bytes {

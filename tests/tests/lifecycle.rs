@@ -97,9 +97,9 @@ async fn http_endpoints() {
         m.contains("# TYPE switchboard_frames_in_total counter"),
         "{m}"
     );
-    // A plain GET on / explains itself.
+    // A plain GET on / is the control page (tests/control_ui.rs).
     let r = reqwest::get(d.http("/")).await.unwrap();
-    assert_eq!(r.status(), 426);
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

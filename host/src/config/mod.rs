@@ -119,6 +119,9 @@ pub struct GatewayConfig {
     pub idle_timeout_ms: u64,
     /// The bounds of the presence list.
     pub presence: PresenceConfig,
+    /// Serve the control page at `GET /` (and its assets under `/ui/`).
+    /// `false`: `GET /` answers 426 as before; the WebSocket is unchanged.
+    pub control_ui: bool,
 }
 
 /// `[gateway.presence]`: OpenClaw's own bounds by default.
@@ -157,6 +160,7 @@ impl Default for GatewayConfig {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             presence: PresenceConfig::default(),
+            control_ui: true,
         }
     }
 }

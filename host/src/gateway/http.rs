@@ -22,6 +22,7 @@ use crate::plugins::CallError;
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/", get(root))
+        .route("/ui/{asset}", get(super::ui::asset))
         .route(
             "/health",
             get(|| async { Json(json!({"ok": true, "status": "live"})) }),
@@ -296,7 +297,7 @@ pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> b
 }
 
 /// The refusal for a request whose `Host` is not acceptable (see [`host_allowed`]).
-fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if host_allowed(
         host,
@@ -326,6 +327,9 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         return refused;
     }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
+        if gw.config().gateway.control_ui {
+            return super::ui::page();
+        }
         return plain(
             StatusCode::UPGRADE_REQUIRED,
             "Switchboard gateway: connect with a WebSocket client (OpenClaw Gateway protocol v4) at this URL"

@@ -14,6 +14,7 @@ pub mod preauth;
 pub mod refusals;
 mod send_params;
 pub mod tls;
+pub mod ui;
 pub mod ws;
 
 pub use accept::{serve, ConnMeta};
