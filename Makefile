@@ -12,7 +12,7 @@ TEST_PLUGINS_DIR := target/test-plugins
 PLUGIN_CRATES := switchboard-echo switchboard-webhook switchboard-telegram switchboard-irc
 TEST_PLUGIN_CRATES := test-plugin-wrong-export test-plugin-extra-import test-plugin-misbehave test-plugin-nettest test-plugin-legacy01
 
-.PHONY: py-deps run test bench fuzz test-irc irc-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
+.PHONY: py-deps run test bench fuzz test-irc test-ui irc-deps debian-deps build build-release plugins wasm-target interop-deps lint deny fmt clean
 
 ## Build the plugins and the daemon (release) and start it on 127.0.0.1:18789.
 run: plugins build-release
@@ -47,7 +47,7 @@ build:
 
 ## The whole suite: unit tests, end-to-end tests against the real binary,
 ## and interop with the official OpenClaw client library.
-test: build plugins interop-deps irc-deps py-deps
+test: build plugins interop-deps debian-deps py-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk -p switchboard-testkit --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
@@ -62,15 +62,24 @@ bench: plugins build-release
 test-irc: build plugins irc-deps
 	$(CARGO) test -p switchboard-tests --test irc
 
-## IRC servers (Debian packages) for the IRC tests: ngircd, and InspIRCd
-## with Atheme services for SASL. Installed only when missing; never started
-## as system services (the tests start their own on free ports).
-IRC_BINARIES := /usr/sbin/ngircd /usr/sbin/inspircd /usr/bin/atheme-services
-irc-deps:
-	@missing=0; for b in $(IRC_BINARIES); do test -x $$b || missing=1; done; \
+## Only the control page's tests (headless Chromium; screenshots in
+## target/screenshots/control-ui/).
+test-ui: build plugins debian-deps
+	$(CARGO) test -p switchboard-tests --test control_ui
+
+## Debian packages the tests run: IRC servers (ngircd, and InspIRCd with
+## Atheme services for SASL) and Chromium (the control page's browser
+## tests, headless over the DevTools protocol; nothing downloads a browser).
+## Installed only when missing, with one apt-get; the servers are never
+## started as system services (the tests start their own on free ports).
+DEBIAN_BINARIES := /usr/sbin/ngircd /usr/sbin/inspircd /usr/bin/atheme-services /usr/bin/chromium
+DEBIAN_PACKAGES := ngircd inspircd atheme-services chromium
+debian-deps:
+	@missing=0; for b in $(DEBIAN_BINARIES); do test -x $$b || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ngircd inspircd atheme-services; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
+irc-deps: debian-deps
 
 ## Python `websockets` (an independent WebSocket client for the frame tests), pinned, once.
 WEBSOCKETS_VERSION := 15.0.1

@@ -4,6 +4,8 @@
 
 pub use switchboard_testkit::*;
 
+pub mod browser;
+
 /// Runs `cmd`, asserting it succeeds (the message names `what` and shows
 /// its output); returns stdout and stderr together.
 pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
