@@ -51,6 +51,7 @@ test: build plugins interop-deps debian-deps py-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk -p switchboard-testkit --doc
 	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
+	$(CARGO) test -p switchboard-webhook --test daemon
 
 ## Benchmarks against the release daemon over real sockets (not part of
 ## make test); sizes via BENCH_CONNECTIONS, BENCH_MESSAGES, BENCH_SENDS,
@@ -103,6 +104,7 @@ $(INTEROP_DIR)/node_modules/.package-lock.json: $(INTEROP_DIR)/package.json $(IN
 lint: wasm-target deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p switchboard-webhook --tests -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(foreach c,switchboard-sdk $(PLUGIN_CRATES) $(TEST_PLUGIN_CRATES),-p $(c)) -- -D warnings
 
 ## Long property-based fuzzing of the pre-auth frame reader, the request

@@ -125,15 +125,43 @@ pub fn build_plugin(crate_dir: impl AsRef<Path>) -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t),
-        None => dir.join("target"),
-    };
-    let wasm = target
+    let wasm = target_dir(dir)?
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
     anyhow::ensure!(wasm.exists(), "{} was not built", wasm.display());
     Ok(wasm)
+}
+
+/// Where cargo puts `dir`'s build: `CARGO_TARGET_DIR`, else what `cargo
+/// metadata` says (the workspace's `target/` for a workspace member).
+fn target_dir(dir: &Path) -> Result<PathBuf> {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(PathBuf::from(t));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(dir)
+        .output()
+        .context("run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed in {}:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata gave no target_directory")
 }
 
 /// A component built by `make plugins`: `dir` is `plugins` or `test-plugins`.
@@ -357,6 +385,20 @@ impl Daemon {
 
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` as JSON to `path` (a webhook: `/hooks/<channel>/<account>`);
+    /// returns the status and the answer as JSON (`Value::Null` when it is not).
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = reqwest::Client::new()
+            .post(self.http(path))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
     pub fn pid(&self) -> u32 {
