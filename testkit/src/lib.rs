@@ -164,6 +164,15 @@ fn target_dir(dir: &Path) -> Result<PathBuf> {
         .context("cargo metadata gave no target_directory")
 }
 
+/// A loopback TCP port that was free a moment ago (for a server the test
+/// starts itself, or a daemon it restarts on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
 /// A component built by `make plugins`: `dir` is `plugins` or `test-plugins`.
 pub fn built_plugin(dir: &str, name: &str) -> PathBuf {
     let p = workspace_root().join("target").join(dir).join(name);

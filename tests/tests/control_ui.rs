@@ -17,14 +17,6 @@ fn shots() -> PathBuf {
     workspace_root().join("target/screenshots/control-ui")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
     Daemon::builder()
         .port(port)

@@ -286,10 +286,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_every_message_once_across_a_daemon_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let d = daemon_in(dir.path(), port, "http://127.0.0.1:9/out");
     for i in 0..3 {
         post(&d, &inbound(&format!("t{i}"))).await;
