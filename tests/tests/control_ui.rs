@@ -26,7 +26,8 @@ fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
             &format!(
                 "[gateway.auth]\ntoken = \"{TOKEN}\"\n\
                  [channels.echo.accounts.default]\ninterval_secs = 0\n\
-                 [channels.webhook.accounts.default]\n"
+                 [channels.webhook.accounts.default]\n\
+                 [channels.webhook.accounts.broken]\nsurl = \"typo\"\n"
             ),
         )
         .start()
@@ -233,8 +234,20 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         .await
         .unwrap()
         .contains("operator.admin"));
+    // An account whose settings the plugin refuses: its error, and health.
     b.wait(
-        "document.getElementById('status-health').textContent === 'ok'",
+        &format!("{} === 'error'", account_state("webhook", "broken")),
+        T,
+    )
+    .await
+    .unwrap();
+    let err = b
+        .text("#channels tr[data-channel=\"webhook\"][data-account=\"broken\"] td.err")
+        .await
+        .unwrap();
+    assert!(err.contains("surl"), "{err}");
+    b.wait(
+        "document.getElementById('status-health').textContent === 'degraded (1 account error)'",
         T,
     )
     .await
@@ -323,6 +336,26 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
     b.screenshot(&shots().join("06-account-started.png"))
         .await
         .unwrap();
+
+    // Reload a plugin from the page (the note comes from plugins.reload's answer).
+    b.click("#plugins tr[data-plugin=\"echo\"] button")
+        .await
+        .unwrap();
+    b.wait(
+        "document.getElementById('plugins-note').textContent === 'Reloaded echo.'",
+        T,
+    )
+    .await
+    .unwrap();
+    let list = op.request("p", "plugins.list", json!({})).await.unwrap();
+    let echo = list["payload"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "echo")
+        .cloned()
+        .unwrap();
+    assert_eq!(echo["state"], "loaded", "{echo}");
 
     // Reload: logged in still (same tab), the history is back.
     b.reload().await.unwrap();

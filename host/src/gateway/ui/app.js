@@ -348,8 +348,8 @@ setInterval(showUptime, 1000);
 function accountState(a) {
   if (a.enabled === false) return "disabled";
   if (a.connected) return "connected";
-  if (a.running) return "running";
-  return "stopped";
+  if (a.running) return a.lastError ? "retrying" : "running";
+  return a.lastError ? "error" : "stopped";
 }
 
 async function refreshChannels() {
