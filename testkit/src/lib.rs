@@ -6,8 +6,10 @@
 //! with it and your config on a free port, [`connect`] opens an operator
 //! connection, and [`Client`] sends requests ([`Client::send_message`],
 //! [`Client::channels_status`]) and waits for events
-//! ([`Client::next_message`]). [`HttpFake`] is a small scriptable HTTP
-//! server to stand in for the upstream API your plugin calls.
+//! ([`Client::next_message`]); [`Daemon::post_json`] posts to a webhook.
+//! [`HttpFake`] is a small scriptable HTTP server to stand in for the
+//! upstream API your plugin calls. `plugins/webhook/tests/daemon.rs` in the
+//! Switchboard repository is a complete example.
 //!
 //! ```no_run
 //! use switchboard_testkit::*;
