@@ -61,6 +61,31 @@ fn account_state(channel: &str, account: &str) -> String {
     )
 }
 
+/// Waits until the page shows `channel`/`account` in `state`.
+async fn wait_account(b: &mut Browser, channel: &str, account: &str, state: &str) {
+    b.wait(
+        &format!("{} === '{state}'", account_state(channel, account)),
+        T,
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until the page says it is connected.
+async fn wait_page_connected(b: &mut Browser) {
+    b.wait(
+        "document.getElementById('conn-state').dataset.state === 'connected'",
+        T,
+    )
+    .await
+    .unwrap();
+}
+
+/// Saves a screenshot of the page as `name` (a PNG) among the artifacts.
+async fn shot(b: &mut Browser, name: &str) {
+    b.screenshot(&shots().join(name)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_is_served_embedded_with_a_strict_policy() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,26 +192,14 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         false,
         "the panels show before login"
     );
-    b.screenshot(&shots().join("01-wrong-token.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "01-wrong-token.png").await;
 
     // The right token: connected, the channels and plugins shown.
     b.type_into("#login-token", TOKEN).await.unwrap();
     b.click("#login-submit").await.unwrap();
-    b.wait(
-        "document.getElementById('conn-state').dataset.state === 'connected'",
-        T,
-    )
-    .await
-    .unwrap();
+    wait_page_connected(&mut b).await;
     for ch in ["echo", "webhook"] {
-        b.wait(
-            &format!("{} === 'connected'", account_state(ch, "default")),
-            T,
-        )
-        .await
-        .unwrap();
+        wait_account(&mut b, ch, "default", "connected").await;
         b.wait(
             &format!(
                 "document.querySelector('#plugins tr[data-plugin=\"{ch}\"] td:nth-child(3)')?.textContent === '0.2.0'"
@@ -235,12 +248,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         .unwrap()
         .contains("operator.admin"));
     // An account whose settings the plugin refuses: its error, and health.
-    b.wait(
-        &format!("{} === 'error'", account_state("webhook", "broken")),
-        T,
-    )
-    .await
-    .unwrap();
+    wait_account(&mut b, "webhook", "broken", "error").await;
     let err = b
         .text("#channels tr[data-channel=\"webhook\"][data-account=\"broken\"] td.err")
         .await
@@ -252,9 +260,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
     )
     .await
     .unwrap();
-    b.screenshot(&shots().join("02-connected.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "02-connected.png").await;
 
     // Send through echo: the outbound message and the echoed inbound one.
     b.eval("(() => { const s = document.getElementById('send-channel'); s.value = 'echo'; s.dispatchEvent(new Event('change')); })()")
@@ -276,9 +282,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         .await
         .unwrap()
         .starts_with("Sent through echo"));
-    b.screenshot(&shots().join("03-sent-through-echo.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "03-sent-through-echo.png").await;
 
     // A webhook POST appears, with its attachment named.
     let r = reqwest::Client::new()
@@ -302,40 +306,24 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
             .contains("Attachment: cat.png (image, image/png)"),
         "{att}"
     );
-    b.screenshot(&shots().join("04-webhook-message.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "04-webhook-message.png").await;
 
     // Stop and start an account from the page.
     b.click("#channels tr[data-channel=\"echo\"][data-account=\"default\"] button")
         .await
         .unwrap();
-    b.wait(
-        &format!("{} === 'stopped'", account_state("echo", "default")),
-        T,
-    )
-    .await
-    .unwrap();
+    wait_account(&mut b, "echo", "default", "stopped").await;
     let (mut op, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
         .await
         .unwrap();
     let a = op.account_status("echo", "default").await.unwrap();
     assert_eq!(a["running"], false, "{a}");
-    b.screenshot(&shots().join("05-account-stopped.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "05-account-stopped.png").await;
     b.click("#channels tr[data-channel=\"echo\"][data-account=\"default\"] button")
         .await
         .unwrap();
-    b.wait(
-        &format!("{} === 'connected'", account_state("echo", "default")),
-        T,
-    )
-    .await
-    .unwrap();
-    b.screenshot(&shots().join("06-account-started.png"))
-        .await
-        .unwrap();
+    wait_account(&mut b, "echo", "default", "connected").await;
+    shot(&mut b, "06-account-started.png").await;
 
     // Reload a plugin from the page (the note comes from plugins.reload's answer).
     b.click("#plugins tr[data-plugin=\"echo\"] button")
@@ -359,12 +347,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
 
     // Reload: logged in still (same tab), the history is back.
     b.reload().await.unwrap();
-    b.wait(
-        "document.getElementById('conn-state').dataset.state === 'connected'",
-        T,
-    )
-    .await
-    .unwrap();
+    wait_page_connected(&mut b).await;
     for (dir, text) in [
         ("outbound", "hello from the page"),
         ("inbound", "hello from the page"),
@@ -372,9 +355,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
     ] {
         b.wait(&has_message(dir, text), T).await.unwrap();
     }
-    b.screenshot(&shots().join("07-after-reload.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "07-after-reload.png").await;
 
     // A reconnect resumes without gaps or doubles: the page is frozen while
     // the daemon restarts and messages go through, then let go.
@@ -394,12 +375,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         assert_eq!(r["ok"], true, "{r}");
     }
     b.resume_scripts().await.unwrap();
-    b.wait(
-        "document.getElementById('conn-state').dataset.state === 'connected'",
-        T,
-    )
-    .await
-    .unwrap();
+    wait_page_connected(&mut b).await;
     for i in 0..3 {
         let text = format!("while away {i}");
         b.wait(&has_message("outbound", &text), T).await.unwrap();
@@ -417,9 +393,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
         log,
         "the page shows the log exactly once, in order"
     );
-    b.screenshot(&shots().join("08-resumed-after-restart.png"))
-        .await
-        .unwrap();
+    shot(&mut b, "08-resumed-after-restart.png").await;
 
     // Messages keep coming while the page reloads (live events and the
     // first history page overlap): each is shown once, in order, with no
@@ -501,7 +475,7 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
             .unwrap();
         panic!("{e}\nwider than the phone: {wide}");
     }
-    b.screenshot(&shots().join("09-phone.png")).await.unwrap();
+    shot(&mut b, "09-phone.png").await;
 
     // Every control is labelled, and Tab reaches the send box.
     let unlabelled = b
