@@ -14,9 +14,27 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::{events, Broadcaster, Filter};
-use crate::channels::ChannelManager;
-use crate::plugins::PluginManager;
+use crate::channels::{ChannelLabels, ChannelManager, ChannelOrder, HealthChannels};
+use crate::plugins::{PluginManager, PluginsHealth};
 use crate::scopes::SCOPE_READ;
+
+/// The `health` result, borrowed from where its parts live.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthOut<'a> {
+    ok: bool,
+    ts: u64,
+    channels: HealthChannels<'a>,
+    channel_order: ChannelOrder<'a>,
+    channel_labels: ChannelLabels<'a>,
+    heartbeat_seconds: u64,
+    plugins: &'a PluginsHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_queues: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
+    duration_ms: u64,
+}
 
 /// What health is made of.
 pub struct Health {
@@ -37,28 +55,41 @@ impl Health {
     /// The `health` result (also the `health` event payload and the hello-ok
     /// snapshot's `health`). Only keys of the protocol's health schema are used.
     pub fn snapshot(&self) -> Value {
+        serde_json::from_str(self.snapshot_raw().get()).unwrap_or(Value::Null)
+    }
+
+    /// The same, serialised straight from the status board (under its read
+    /// lock, without copying it) and the plugin registry: the `health`
+    /// RPC's answer, built without a `Value` tree.
+    pub fn snapshot_raw(&self) -> Box<RawValue> {
         let t0 = Instant::now();
-        let channels = self.channels.snapshot();
-        let mut v = json!({
-            "ok": true,
-            "ts": crate::now_ms(),
-            "channels": channels.health_payload(),
-            "channelOrder": channels.order(),
-            "channelLabels": channels.labels(),
-            "heartbeatSeconds": self.heartbeat_seconds,
-            "plugins": self.plugins.health_payload(),
-        });
+        let plugins = self.plugins.health();
         // `ok` is `true` by the schema; a failing message log is named as
         // a failed delivery queue.
-        if let Some(why) = self.channels.store_failure() {
-            v["deliveryQueues"] =
-                json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]});
-        }
-        if let Some(why) = self.config_error() {
-            v["config"] = json!({"ok": false, "error": why});
-        }
-        v["durationMs"] = json!(t0.elapsed().as_millis() as u64);
-        v
+        let delivery_queues = self.channels.store_failure().map(
+            |why| json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]}),
+        );
+        let config = self
+            .config_error()
+            .map(|why| json!({"ok": false, "error": why}));
+        let raw = self.channels.with_board(|board| {
+            serde_json::value::to_raw_value(&HealthOut {
+                ok: true,
+                ts: crate::now_ms(),
+                channels: HealthChannels(board),
+                channel_order: ChannelOrder(board),
+                channel_labels: ChannelLabels(board),
+                heartbeat_seconds: self.heartbeat_seconds,
+                plugins: &plugins,
+                delivery_queues,
+                config,
+                duration_ms: t0.elapsed().as_millis() as u64,
+            })
+        });
+        raw.unwrap_or_else(|e| {
+            tracing::error!("health snapshot: {e}");
+            RawValue::from_string("{\"ok\":true}".into()).expect("a JSON object")
+        })
     }
 
     /// The snapshot as of the last change the monitor saw, serialised once

@@ -22,7 +22,9 @@ mod send;
 mod status;
 
 pub use send::{SendError, SendReceipt};
-pub use status::{AccountSnapshot, ChannelEntry, ChannelsSnapshot};
+pub use status::{
+    AccountSnapshot, ChannelEntry, ChannelLabels, ChannelOrder, ChannelsSnapshot, HealthChannels,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -123,6 +125,12 @@ impl ChannelManager {
     /// Why the message log cannot be written now, if it cannot.
     pub fn store_failure(&self) -> Option<String> {
         self.inbox.failure()
+    }
+
+    /// `f` on the board as it is, under its read lock (no copy): for
+    /// serialising `health` straight from it.
+    pub fn with_board<R>(&self, f: impl FnOnce(&BTreeMap<String, ChannelEntry>) -> R) -> R {
+        f(&self.board.read())
     }
 
     pub fn snapshot(&self) -> ChannelsSnapshot {

@@ -118,15 +118,6 @@ impl ChannelsSnapshot {
         self.channels.keys().cloned().collect()
     }
 
-    pub fn labels(&self) -> Value {
-        Value::Object(
-            self.channels
-                .iter()
-                .map(|(k, e)| (k.clone(), json!(e.label)))
-                .collect(),
-        )
-    }
-
     /// The `channels.status` result, optionally for one channel.
     pub fn status_payload(&self, only: Option<&str>, ts: u64) -> Value {
         let selected: Vec<(&String, &ChannelEntry)> = self
@@ -164,28 +155,6 @@ impl ChannelsSnapshot {
     }
 
     /// The `channels` object of `health`: per account running/connected/lastError.
-    pub fn health_payload(&self) -> Value {
-        Value::Object(
-            self.channels
-                .iter()
-                .map(|(k, e)| {
-                    let accts: serde_json::Map<String, Value> = e
-                        .accounts
-                        .iter()
-                        .map(|(id, a)| {
-                            let mut v = json!({"running": a.running, "connected": a.connected});
-                            if let Some(err) = &a.last_error {
-                                v["lastError"] = json!(err);
-                            }
-                            (id.clone(), v)
-                        })
-                        .collect();
-                    (k.clone(), json!({"accounts": accts}))
-                })
-                .collect(),
-        )
-    }
-
     /// Accounts that should be running and are in error (for `/ready`).
     pub fn failing(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -197,5 +166,71 @@ impl ChannelsSnapshot {
             }
         }
         out
+    }
+}
+
+/// `health`'s `channels`: `{<id>: {accounts: {<account>: {running,
+/// connected, lastError?}}}}`, serialised from the board as it is.
+pub struct HealthChannels<'a>(pub &'a BTreeMap<String, ChannelEntry>);
+
+impl Serialize for HealthChannels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, e)| {
+            (
+                k,
+                HealthChannel {
+                    accounts: HealthAccounts(&e.accounts),
+                },
+            )
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct HealthChannel<'a> {
+    accounts: HealthAccounts<'a>,
+}
+
+struct HealthAccounts<'a>(&'a BTreeMap<String, AccountSnapshot>);
+
+impl Serialize for HealthAccounts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(id, a)| {
+            (
+                id,
+                HealthAccount {
+                    running: a.running,
+                    connected: a.connected,
+                    last_error: a.last_error.as_deref(),
+                },
+            )
+        }))
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthAccount<'a> {
+    running: bool,
+    connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<&'a str>,
+}
+
+/// `channelOrder`: the channel ids in order.
+pub struct ChannelOrder<'a>(pub &'a BTreeMap<String, ChannelEntry>);
+
+impl Serialize for ChannelOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.keys())
+    }
+}
+
+/// `channelLabels`: `{<id>: <label>}`.
+pub struct ChannelLabels<'a>(pub &'a BTreeMap<String, ChannelEntry>);
+
+impl Serialize for ChannelLabels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, e)| (k, &e.label)))
     }
 }

@@ -21,13 +21,40 @@ use crate::plugins::contract::ChannelError;
 use crate::plugins::CallError;
 use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 
-type Answer = Result<Value, ErrorShape>;
-type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+/// A method's result: a `Value`, or JSON serialised where it was built
+/// (`health`, from typed borrowed structs).
+pub enum Payload {
+    Json(Value),
+    Raw(Box<serde_json::value::RawValue>),
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Payload::Json(v)
+    }
+}
+
+impl serde::Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Json(v) => v.serialize(s),
+            Payload::Raw(r) => r.serialize(s),
+        }
+    }
+}
+
+/// What [`start`] answers with.
+pub type Answer = Result<Payload, ErrorShape>;
+/// What most methods return: a `Value`.
+type ValueAnswer = Result<Value, ErrorShape>;
+pub type Pending = Pin<Box<dyn Future<Output = ValueAnswer> + Send>>;
 
 /// How a method is carried out: at once, or by a task that may wait (a
-/// plugin call, a directory scan).
+/// plugin call, a directory scan); `Serialized` answers at once with JSON
+/// it serialised itself.
 enum Handler {
-    Now(fn(&Gateway, &'static str, Option<Value>) -> Answer),
+    Now(fn(&Gateway, &'static str, Option<Value>) -> ValueAnswer),
+    Serialized(fn(&Gateway, &'static str, Option<Value>) -> Answer),
     Later(fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending),
 }
 
@@ -40,7 +67,7 @@ struct Method {
 const fn now(
     name: &'static str,
     scope: &'static str,
-    f: fn(&Gateway, &'static str, Option<Value>) -> Answer,
+    f: fn(&Gateway, &'static str, Option<Value>) -> ValueAnswer,
 ) -> Method {
     Method {
         name,
@@ -63,7 +90,11 @@ const fn later(
 
 /// Every method this gateway implements: name, required scope, handler.
 const METHODS: &[Method] = &[
-    now("health", SCOPE_READ, health),
+    Method {
+        name: "health",
+        scope: SCOPE_READ,
+        handler: Handler::Serialized(health),
+    },
     now("status", SCOPE_READ, status),
     now("system-presence", SCOPE_READ, system_presence),
     now("channels.status", SCOPE_READ, channels_status),
@@ -107,7 +138,8 @@ pub fn start(
         return Dispatch::Done(Err(ErrorShape::missing_scope(m.scope)));
     }
     match m.handler {
-        Handler::Now(f) => Dispatch::Done(f(gw, m.name, params)),
+        Handler::Now(f) => Dispatch::Done(f(gw, m.name, params).map(Payload::Json)),
+        Handler::Serialized(f) => Dispatch::Done(f(gw, m.name, params)),
         Handler::Later(f) => Dispatch::Later(f(gw.clone(), m.name, params)),
     }
 }
@@ -183,21 +215,21 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(
 
 fn health(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: HealthParams = parse(method, params)?;
-    Ok(gw.health.snapshot())
+    Ok(Payload::Raw(gw.health.snapshot_raw()))
 }
 
-fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     let _: Empty = parse(method, params)?;
     Ok(status_payload(gw))
 }
 
-fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     let _: Empty = parse(method, params)?;
     serde_json::from_str(gw.presence.list().get())
         .map_err(|e| ErrorShape::unavailable(format!("presence list: {e}")))
 }
 
-fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     let p: ChannelsStatusParams = parse(method, params)?;
     let snap = gw.channels.snapshot();
     if let Some(c) = &p.channel {
@@ -215,15 +247,15 @@ fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) ->
     Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
 }
 
-fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     start_or_stop(gw, method, params, true)
 }
 
-fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     start_or_stop(gw, method, params, false)
 }
 
-fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> Answer {
+fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> ValueAnswer {
     let p: ChannelAccountParams = parse_required(method, params)?;
     let (channel, account) = gw
         .channels
@@ -311,7 +343,7 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
 
 /// `config.get`: the configuration in force, secrets redacted, the file
 /// it came from, and why the file on disk was refused if it was.
-fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     let _: Empty = parse(method, params)?;
     let error = gw.health.config_error();
     Ok(json!({
@@ -321,7 +353,7 @@ fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answ
     }))
 }
 
-fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
     let _: Empty = parse(method, params)?;
     Ok(json!({
         "dir": gw.plugins.dir().display().to_string(),

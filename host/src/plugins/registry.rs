@@ -360,15 +360,39 @@ impl PluginManager {
     }
 
     /// The `plugins` object of `health` (schema: `{loaded, errors}`).
-    pub fn health_payload(&self) -> Value {
+    /// `health`'s `plugins`: the ids loaded and the files refused.
+    pub fn health(&self) -> PluginsHealth {
         let reg = self.read();
-        let mut loaded: Vec<&String> = reg.by_id.keys().collect();
+        let mut loaded: Vec<String> = reg.by_id.keys().cloned().collect();
         loaded.sort();
-        json!({
-            "loaded": loaded,
-            "errors": reg.failures.values().map(|f| json!({
-                "id": f.file.trim_end_matches(".wasm"), "origin": f.file, "activated": false, "error": f.error,
-            })).collect::<Vec<_>>(),
-        })
+        PluginsHealth {
+            loaded,
+            errors: reg
+                .failures
+                .values()
+                .map(|f| PluginHealthError {
+                    id: f.file.trim_end_matches(".wasm").to_string(),
+                    origin: f.file.clone(),
+                    activated: false,
+                    error: f.error.clone(),
+                })
+                .collect(),
+        }
     }
+}
+
+/// `health`'s `plugins`.
+#[derive(Debug, serde::Serialize)]
+pub struct PluginsHealth {
+    pub loaded: Vec<String>,
+    pub errors: Vec<PluginHealthError>,
+}
+
+/// A plugin file that was refused, as `health` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct PluginHealthError {
+    pub id: String,
+    pub origin: String,
+    pub activated: bool,
+    pub error: String,
 }

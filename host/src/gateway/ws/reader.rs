@@ -322,7 +322,7 @@ pub(super) fn on_text(
     let gw = gw.clone();
     let conn = conn.clone();
     tokio::spawn(async move {
-        let answer = pending.await;
+        let answer = pending.await.map(crate::gateway::methods::Payload::Json);
         reply(&gw, &conn, &req.id, answer, permit);
     });
 }
@@ -333,7 +333,7 @@ fn reply(
     gw: &Gateway,
     conn: &Connection,
     id: &str,
-    answer: Result<serde_json::Value, ErrorShape>,
+    answer: crate::gateway::methods::Answer,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let frame = match answer {
