@@ -120,8 +120,8 @@ async fn main() -> Result<()> {
     let handshakes = env_usize("BENCH_HANDSHAKES", 300);
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--floor") {
-        let n = |i: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(1000);
-        return scale::floor_server(n(2), n(3));
+        let n = |i: usize, d: u64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+        return scale::floor_server(n(2, 1000) as usize, n(3, 1000) as usize, n(4, 0));
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "log" {

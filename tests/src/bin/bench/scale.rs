@@ -145,19 +145,27 @@ fn realtime_ns() -> u64 {
 /// each `message` event's arrival time from the kernel (`SO_TIMESTAMPNS`:
 /// when the segment reached the socket), not from when this generator got
 /// round to it: with 1000 sockets on one core the generator's own
-/// processing would otherwise be part of the figure. The frames are not
-/// parsed; the byte stream is searched for each message's marker
-/// (`"text":"n<i>"`), each number counted once. Returns, per message seen,
-/// (its number, kernel latency, latency as read here).
+/// processing would otherwise be part of the figure. See [`stamped_tcp`].
 fn stamped_reader(
     ws: Ws,
-    sent: Arc<Vec<AtomicU64>>,
+    messages: usize,
     delivered: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<Vec<(usize, Duration, Duration)>> {
+) -> tokio::task::JoinHandle<Vec<(usize, u64, u64)>> {
+    stamped_tcp(ws.into_inner(), messages, delivered)
+}
+
+/// Reads a socket's byte stream without parsing frames: it is searched for
+/// each message's marker (`"text":"n<i>"`), each number counted once.
+/// Returns, per message seen, (its number, when the kernel received it,
+/// when this generator read it), both in ns since the epoch (the kernel's
+/// time is the read's when it gave none).
+fn stamped_tcp(
+    stream: TcpStream,
+    messages: usize,
+    delivered: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<(usize, u64, u64)>> {
     use std::os::fd::AsRawFd;
     tokio::spawn(async move {
-        let messages = sent.len();
-        let stream = ws.into_inner();
         let fd = stream.as_raw_fd();
         let on: libc::c_int = 1;
         // SAFETY: a valid socket and an int option of the right size.
@@ -221,13 +229,8 @@ fn stamped_reader(
                 seen[num] = true;
                 got += 1;
                 delivered.fetch_add(1, Ordering::Relaxed);
-                let s = sent[num].load(Ordering::Relaxed);
                 let at = if kernel_ns > 0 { kernel_ns } else { read_ns };
-                out.push((
-                    num,
-                    Duration::from_nanos(at.saturating_sub(s)),
-                    Duration::from_nanos(read_ns.saturating_sub(s)),
-                ));
+                out.push((num, at, read_ns));
             }
         }
         out
@@ -298,10 +301,9 @@ async fn fan_out(
     let delivered = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for mut ws in socks {
-        let sent = sent.clone();
         let delivered = delivered.clone();
         if every.is_some() {
-            readers.push(stamped_reader(ws, sent, delivered));
+            readers.push(stamped_reader(ws, messages, delivered));
             continue;
         }
         readers.push(tokio::spawn(async move {
@@ -317,12 +319,8 @@ async fn fan_out(
                 if let Some(n) = message_number(t.as_str()) {
                     got += 1;
                     delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(s) = sent.get(n) {
-                        let d = Duration::from_nanos(
-                            realtime_ns().saturating_sub(s.load(Ordering::Relaxed)),
-                        );
-                        lat.push((n, d, d));
-                    }
+                    let now = realtime_ns();
+                    lat.push((n, now, now));
                 }
             }
             lat
@@ -365,10 +363,16 @@ async fn fan_out(
     }
     let (mut latencies, mut read_latencies) = (Vec::new(), Vec::new());
     let mut first = vec![Duration::MAX; messages];
+    let since = |n: usize, at: u64| {
+        Duration::from_nanos(
+            at.saturating_sub(sent.get(n).map_or(at, |s| s.load(Ordering::Relaxed))),
+        )
+    };
     for r in readers {
         for (n, k, u) in r.await? {
+            let k = since(n, k);
             latencies.push(k);
-            read_latencies.push(u);
+            read_latencies.push(since(n, u));
             if let Some(f) = first.get_mut(n) {
                 *f = (*f).min(k);
             }
@@ -393,8 +397,23 @@ async fn fan_out(
 
 /// The physical floor: a plain TCP server (this binary, `--floor`, pinned
 /// to the daemon's core) writing one small frame per socket per event to
-/// `conns` sockets. Returns (deliveries per server CPU-second, its CPU s).
-async fn floor(conns: usize, events: usize, cpu: Option<usize>) -> Result<(f64, f64)> {
+/// `conns` sockets, as fast as it can (`every` = `None`) or one event every
+/// `every`.
+struct Floor {
+    /// Deliveries per server CPU-second.
+    rate: f64,
+    cpu: f64,
+    /// Paced only: from the start of each event's writes to its arrival at
+    /// each socket (kernel receive timestamp), sorted.
+    latencies: Vec<Duration>,
+}
+
+async fn floor(
+    conns: usize,
+    events: usize,
+    every: Option<Duration>,
+    cpu: Option<usize>,
+) -> Result<Floor> {
     let exe = std::env::current_exe()?;
     let mut cmd = match cpu {
         Some(c) => {
@@ -404,46 +423,76 @@ async fn floor(conns: usize, events: usize, cpu: Option<usize>) -> Result<(f64, 
         }
         None => std::process::Command::new(exe),
     };
+    let every_us = every.map_or(0, |d| d.as_micros() as u64);
     let mut child = cmd
         .arg("--floor")
         .arg(conns.to_string())
         .arg(events.to_string())
+        .arg(every_us.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line)?;
     let port: u16 = line.trim().parse().context("floor server port")?;
-    let mut readers = Vec::new();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut stamped = Vec::new();
+    let mut plain = Vec::new();
     for _ in 0..conns {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        readers.push(tokio::spawn(async move {
+        if every.is_some() {
+            stamped.push(stamped_tcp(s, events, delivered.clone()));
+            continue;
+        }
+        plain.push(tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 8192];
-            let mut total = 0usize;
             while let Ok(n) = s.read(&mut buf).await {
                 if n == 0 {
                     break;
                 }
-                total += n;
             }
-            total
         }));
     }
-    for r in readers {
+    for r in plain {
         r.await?;
+    }
+    let mut arrivals = Vec::new();
+    for r in stamped {
+        arrivals.extend(r.await?);
     }
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line)?;
-    let _ = child.wait();
     let cpu_s: f64 = line.trim().parse().unwrap_or(0.0);
-    Ok(((conns * events) as f64 / cpu_s.max(1e-6), cpu_s))
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    let _ = child.wait();
+    let starts: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let mut latencies: Vec<Duration> = arrivals
+        .into_iter()
+        .filter_map(|(n, at, _)| {
+            starts
+                .get(n)
+                .map(|s| Duration::from_nanos(at.saturating_sub(*s)))
+        })
+        .collect();
+    latencies.sort();
+    Ok(Floor {
+        rate: (conns * events) as f64 / cpu_s.max(1e-6),
+        cpu: cpu_s,
+        latencies,
+    })
 }
 
-/// `--floor <conns> <events>`: accept `conns` sockets, then write `events`
-/// 100-byte WebSocket text frames to each, one event at a time; print the
-/// port first and the CPU seconds used last.
-pub fn floor_server(conns: usize, events: usize) -> Result<()> {
+/// `--floor <conns> <events> [<every_us>]`: accept `conns` sockets, then
+/// write `events` 100-byte WebSocket text frames to each, one event at a
+/// time (every `every_us` µs when not 0; the frame carries the event's
+/// marker, `"text":"n<i>"`); print the port first, then the CPU seconds
+/// used, then each event's start (ns since the epoch) on one line.
+pub fn floor_server(conns: usize, events: usize, every_us: u64) -> Result<()> {
     use std::io::Write;
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("{}", l.local_addr()?.port());
@@ -454,10 +503,23 @@ pub fn floor_server(conns: usize, events: usize) -> Result<()> {
         s.set_nodelay(true)?;
         socks.push(s);
     }
-    let mut frame = vec![0x81u8, 98];
-    frame.extend_from_slice(&[b'x'; 98]);
+    let mut starts = Vec::with_capacity(events);
     let cpu0 = cpu_secs("self");
-    for _ in 0..events {
+    let t0 = Instant::now();
+    for i in 0..events {
+        if every_us > 0 {
+            let at = t0 + Duration::from_micros(every_us * i as u64);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
+        let mut payload =
+            format!(r#"{{"type":"event","event":"message","payload":{{"text":"n{i}"}}"#);
+        while payload.len() < 97 {
+            payload.push(' ');
+        }
+        payload.push('}');
+        let mut frame = vec![0x81u8, payload.len() as u8];
+        frame.extend_from_slice(payload.as_bytes());
+        starts.push(realtime_ns());
         for s in socks.iter_mut() {
             s.write_all(&frame)?;
         }
@@ -465,6 +527,8 @@ pub fn floor_server(conns: usize, events: usize) -> Result<()> {
     let used = cpu_secs("self") - cpu0;
     drop(socks);
     println!("{used}");
+    let starts: Vec<String> = starts.iter().map(u64::to_string).collect();
+    println!("{}", starts.join(" "));
     Ok(())
 }
 
@@ -632,7 +696,8 @@ async fn fan_out_rows(d: &Daemon, daemon_cpu: Option<usize>) -> Result<()> {
         ),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (floor_rate, floor_cpu) = floor(1000, 200, daemon_cpu).await?;
+    let fl = floor(1000, 200, None, daemon_cpu).await?;
+    let (floor_rate, floor_cpu) = (fl.rate, fl.cpu);
     println!(
         "| physical floor: plain TCP server, one 100-byte frame per socket per event | {floor_rate:.0} per CPU-second | | | 1000 sockets × 200 events, {floor_cpu:.2} s CPU on the daemon's core: the fan-out above is {:.0}% of it |",
         per_cpu / floor_rate * 100.0
@@ -658,6 +723,18 @@ async fn fan_out_rows(d: &Daemon, daemon_cpu: Option<usize>) -> Result<()> {
         ),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The same with nothing but the kernel's work: how late the median
+    // socket is when one core writes 1000 idle sockets in turn.
+    let fl = floor(1000, 200, Some(Duration::from_millis(20)), daemon_cpu).await?;
+    println!(
+        "| latency floor: plain TCP server, one 100-byte frame per socket per event, 1000 idle sockets, 50 events/s | p50 {} p99 {} | | | from the start of each event's writes to its arrival at each socket (kernel receive timestamp), {} arrivals, {:.2} s CPU ({:.1} µs per write): the daemon's latency above has its first operator's p50 ({}) before its fan-out starts |",
+        ms(pct(&fl.latencies, 0.5)),
+        ms(pct(&fl.latencies, 0.99)),
+        fl.latencies.len(),
+        fl.cpu,
+        fl.cpu * 1e6 / 200_000.0,
+        ms(pct(&f.first_latencies, 0.5)),
+    );
 
     Ok(())
 }
@@ -716,7 +793,12 @@ async fn rpcs(d: &Daemon) -> Result<()> {
     let (mut op, _) = connect(&url, Some(TOKEN), &["operator.admin"]).await?;
     let mut hl = Vec::new();
     let mut sl = Vec::new();
-    for i in 0..1000 {
+    // BENCH_SEND_PAIRS: more pairs for a profile of the send path.
+    let pairs = std::env::var("BENCH_SEND_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for i in 0..pairs {
         let t = Instant::now();
         op.request(&format!("h{i}"), "health", json!({})).await?;
         hl.push(t.elapsed());
@@ -742,7 +824,7 @@ async fn rpcs(d: &Daemon) -> Result<()> {
         "≤ 50 µs",
         diff <= Duration::from_micros(50),
         &format!(
-            "send p50 {}, health p50 {} (1000 each, alternating; a send is a durable log write and a fresh echo instance)",
+            "send p50 {}, health p50 {} ({pairs} each, alternating; a send is a durable log write and a fresh echo instance)",
             ms(pct(&sl, 0.5)),
             ms(pct(&hl, 0.5))
         ),
