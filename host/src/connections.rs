@@ -227,7 +227,7 @@ impl Connection {
     /// Closes at once, dropping whatever is still queued (slow consumers).
     /// Returns false when a close was already under way.
     pub fn close_now(&self, why: Disconnect) -> bool {
-        self.close.send_if_modified(|cur| {
+        let first = self.close.send_if_modified(|cur| {
             if cur.is_none() {
                 *cur = Some(CloseReason {
                     code: why.code(),
@@ -237,7 +237,12 @@ impl Connection {
             } else {
                 false
             }
-        })
+        });
+        // The writer waits on its queue, not on the close: wake it.
+        if first {
+            self.tx.wake();
+        }
+        first
     }
 
     /// Closes after the frames already queued (shutdown); falls back to an

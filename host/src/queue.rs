@@ -87,6 +87,12 @@ impl<T> Sender<T> {
     pub fn max_capacity(&self) -> usize {
         self.0.cap
     }
+
+    /// Wakes the receiver without an item (it has something else to
+    /// look at: a close). See [`Receiver::recv_many_or_wake`].
+    pub fn wake(&self) {
+        self.0.notify.notify_one();
+    }
 }
 
 impl<T> Drop for Sender<T> {
@@ -118,6 +124,32 @@ impl<T> Receiver<T> {
             // A push between the check and here leaves a permit: no wake-up is lost.
             self.0.notify.notified().await;
         }
+    }
+
+    /// Like [`Receiver::recv_many`], but also returns (`true`, with `out`
+    /// perhaps empty) when woken by [`Sender::wake`] (or by a stale
+    /// wake-up: the caller re-checks what it waits for and calls again).
+    pub async fn recv_many_or_wake(&mut self, out: &mut Vec<T>, max: usize) -> bool {
+        for waited in [false, true] {
+            {
+                let mut q = self.0.inner.guard();
+                if !q.items.is_empty() {
+                    let n = q.items.len().min(max);
+                    out.extend(q.items.drain(..n));
+                    if q.items.is_empty() && q.items.capacity() > KEEP {
+                        q.items = VecDeque::new();
+                    }
+                    return true;
+                }
+                if q.closed {
+                    return false;
+                }
+            }
+            if !waited {
+                self.0.notify.notified().await;
+            }
+        }
+        true
     }
 
     /// One item if there is one (tests).
@@ -187,5 +219,30 @@ mod tests {
             rx.recv_many(&mut out, 64).await;
         }
         assert_eq!(rx.0.inner.guard().items.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wake_returns_a_waiting_receiver_empty_handed() {
+        let (tx, mut rx) = channel::<u8>(2);
+        let waiter = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let got = rx.recv_many_or_wake(&mut out, 8).await;
+            (got, out, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.wake();
+        let (got, out, mut rx) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("a wake ends the wait")
+            .unwrap();
+        assert!(got);
+        assert!(out.is_empty());
+        // Items still come first, and a gone sender still ends it.
+        tx.try_send(3).unwrap();
+        let mut out = Vec::new();
+        assert!(rx.recv_many_or_wake(&mut out, 8).await);
+        assert_eq!(out, [3]);
+        drop(tx);
+        assert!(!rx.recv_many_or_wake(&mut out, 8).await);
     }
 }

@@ -9,9 +9,11 @@
 //! frame (headers and tails go into one reused scratch buffer). Pongs and
 //! the close frame go through the same writer, in queue order.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -152,6 +154,25 @@ impl Encoder {
     }
 }
 
+/// The close asked for, if one was: `Some(None)` when the connection's
+/// close channel is gone without one.
+fn close_requested(
+    close_rx: &mut watch::Receiver<Option<CloseReason>>,
+) -> Option<Option<CloseReason>> {
+    match close_rx.has_changed() {
+        Ok(false) => None,
+        _ => Some(close_rx.borrow_and_update().clone()),
+    }
+}
+
+/// Responses in `batch` (each holds an in-flight slot until written).
+fn replies(batch: &[Outbound]) -> usize {
+    batch
+        .iter()
+        .filter(|m| matches!(m, Outbound::Reply(_)))
+        .count()
+}
+
 /// Writes every byte of `bufs` with as few system calls as the socket allows.
 pub(super) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -207,17 +228,25 @@ where
     let mut enc = Encoder::new();
     let mut batch: Vec<Outbound> = Vec::new();
     let mut stream_ok = true;
+    // The writer waits on its queue alone: a close wakes it through the
+    // queue (`Connection::close_now`), so an idle connection's wait costs
+    // no registration with the close channel per frame.
     let reason: Option<CloseReason> = loop {
-        let more = tokio::select! {
-            biased;
-            r = close_rx.changed() => {
-                if r.is_err() { break None; }
-                break close_rx.borrow().clone();
-            }
-            more = rx.recv_many(&mut batch, BATCH) => more,
-        };
+        if let Some(c) = close_requested(&mut close_rx) {
+            break c;
+        }
+        let more = rx.recv_many_or_wake(&mut batch, BATCH).await;
+        if let Some(c) = close_requested(&mut close_rx) {
+            // What was drained is dropped unwritten, as if still queued;
+            // its replies' in-flight slots are given back.
+            inflight.add_permits(replies(&batch));
+            break c;
+        }
         if !more {
             break None;
+        }
+        if batch.is_empty() {
+            continue;
         }
         let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
         drop_superseded_presence(&mut batch);
@@ -232,26 +261,27 @@ where
                 wr.flush().await
             };
             tokio::pin!(write);
-            tokio::select! {
-                biased;
-                r = close_rx.changed() => {
-                    closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
-                    match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
-                        Ok(r) => r,
-                        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            // Most writes finish at once; only one that has to wait for
+            // the socket also watches for a close.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    r = close_rx.changed() => {
+                        closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
+                        match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                            Ok(r) => r,
+                            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                        }
                     }
-                }
-                r = &mut write => r,
+                    r = &mut write => r,
+                },
             }
         };
         // Written: responses give their in-flight slots back (even when the
         // write failed: the reader may be waiting for one to see the close),
         // events their shared bytes.
-        let replies = batch
-            .iter()
-            .filter(|m| matches!(m, Outbound::Reply(_)))
-            .count();
-        inflight.add_permits(replies);
+        inflight.add_permits(replies(&batch));
         batch.clear();
         if batch.capacity() > KEEP_ITEMS {
             batch = Vec::new();
