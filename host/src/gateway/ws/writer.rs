@@ -74,6 +74,9 @@ pub(super) struct Encoder {
     seq: u64,
     scratch: Vec<u8>,
     parts: Vec<Part>,
+    /// The slices' vector, kept empty between batches (no allocation per
+    /// batch).
+    iov: Vec<IoSlice<'static>>,
 }
 
 impl Encoder {
@@ -82,6 +85,7 @@ impl Encoder {
             seq: 0,
             scratch: Vec::new(),
             parts: Vec::new(),
+            iov: Vec::new(),
         }
     }
 
@@ -127,20 +131,19 @@ impl Encoder {
         (frames, None)
     }
 
-    /// The slices of the laid-out batch, in order.
-    fn slices<'a>(&'a self, batch: &'a [Outbound]) -> Vec<IoSlice<'a>> {
-        self.parts
-            .iter()
-            .map(|p| match *p {
-                Part::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
-                Part::Item(i) => IoSlice::new(match &batch[i] {
-                    Outbound::Frame(s) | Outbound::Reply(s) => s.as_bytes(),
-                    Outbound::Event(e) => e.prefix(),
-                    Outbound::Pong(p) => p,
-                    Outbound::Ping | Outbound::Close(..) => &[],
-                }),
-            })
-            .collect()
+    /// The slices of the laid-out batch, in order, in `into` (an empty
+    /// vector: the one the previous batch used, see [`recycle`]).
+    fn slices<'a>(&'a self, batch: &'a [Outbound], mut into: Vec<IoSlice<'a>>) -> Vec<IoSlice<'a>> {
+        into.extend(self.parts.iter().map(|p| match *p {
+            Part::Scratch(a, b) => IoSlice::new(&self.scratch[a..b]),
+            Part::Item(i) => IoSlice::new(match &batch[i] {
+                Outbound::Frame(s) | Outbound::Reply(s) => s.as_bytes(),
+                Outbound::Event(e) => e.prefix(),
+                Outbound::Pong(p) => p,
+                Outbound::Ping | Outbound::Close(..) => &[],
+            }),
+        }));
+        into
     }
 
     /// Gives back buffers a burst made large.
@@ -151,7 +154,18 @@ impl Encoder {
         if self.parts.capacity() > KEEP_ITEMS * 3 {
             self.parts = Vec::new();
         }
+        if self.iov.capacity() > KEEP_ITEMS * 3 {
+            self.iov = Vec::new();
+        }
     }
+}
+
+/// Empties `v` and hands its allocation on with another lifetime (same
+/// layout: the standard library collects in place), so the writer reuses
+/// one vector of slices for every batch without `unsafe`.
+fn recycle<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| IoSlice::new(&[])).collect()
 }
 
 /// The close asked for, if one was: `Some(None)` when the connection's
@@ -254,8 +268,9 @@ where
         // A close that arrives mid-write waits (bounded) for the batch to be
         // written: a frame cut short would make the close frame garbage.
         let mut closing: Option<Option<CloseReason>> = None;
+        let iov = recycle(std::mem::take(&mut enc.iov));
+        let mut slices = enc.slices(&batch, iov);
         let res = {
-            let mut slices = enc.slices(&batch);
             let write = async {
                 write_all_vectored(&mut wr, &mut slices).await?;
                 wr.flush().await
@@ -278,6 +293,7 @@ where
                 },
             }
         };
+        enc.iov = recycle(slices);
         // Written: responses give their in-flight slots back (even when the
         // write failed: the reader may be waiting for one to see the close),
         // events their shared bytes.
@@ -362,5 +378,24 @@ mod tests {
         let mut none = vec![event(events::MESSAGE, 1)];
         drop_superseded_presence(&mut none);
         assert_eq!(none.len(), 1);
+    }
+
+    #[test]
+    fn batches_reuse_one_vector_of_slices() {
+        let mut enc = Encoder::new();
+        let mut first = None;
+        for n in 0..3 {
+            let batch = vec![event(events::MESSAGE, n), Outbound::Frame("res".into())];
+            enc.encode(&batch);
+            let iov = recycle(std::mem::take(&mut enc.iov));
+            let slices = enc.slices(&batch, iov);
+            let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.contains(&format!(r#""seq":{}}}"#, n + 1)), "{text}");
+            assert!(text.ends_with("res"), "{text}");
+            let at = slices.as_ptr() as usize;
+            assert_eq!(*first.get_or_insert(at), at, "batch {n} allocated anew");
+            enc.iov = recycle(slices);
+        }
     }
 }
