@@ -45,9 +45,23 @@ impl serde::Serialize for Payload {
 
 /// What [`start`] answers with.
 pub type Answer = Result<Payload, ErrorShape>;
-/// What most methods return: a `Value`.
+/// What most `Now` methods return: a `Value`.
 type ValueAnswer = Result<Value, ErrorShape>;
-pub type Pending = Pin<Box<dyn Future<Output = ValueAnswer> + Send>>;
+/// A `Later` method's answer, once awaited (`send` and `messages.history`
+/// serialise theirs straight from typed structs, see [`raw`]).
+pub type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// An answer serialised once from a typed (borrowing) struct: no `Value`
+/// tree is built for it.
+fn raw<T: serde::Serialize + ?Sized>(v: &T) -> Answer {
+    serde_json::value::to_raw_value(v)
+        .map(Payload::Raw)
+        .map_err(|e| {
+            ErrorShape::unavailable(format!(
+                "internal error: the answer could not be serialised: {e}"
+            ))
+        })
+}
 
 /// How a method is carried out: at once, or by a task that may wait (a
 /// plugin call, a directory scan); `Serialized` answers at once with JSON
@@ -284,7 +298,7 @@ fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pendin
             .send(&channel, &account, &key, msg)
             .await
             .map_err(|e| send_error(&e))?;
-        Ok(json!(receipt))
+        raw(&receipt)
     })
 }
 
@@ -314,7 +328,8 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             };
             return match gw.channels.act(&channel, &account, action).await {
                 Ok(()) => Ok(
-                    json!({"ok": true, "channel": channel, "accountId": account, "action": p.action}),
+                    json!({"ok": true, "channel": channel, "accountId": account, "action": p.action})
+                        .into(),
                 ),
                 // OpenClaw's words when the channel lacks the capability.
                 Err(SendError::Unsupported { .. }) => Err(unsupported()),
@@ -337,7 +352,8 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             "messageId": receipt.message_id,
             "chatId": receipt.chat_id,
             "runId": p.idempotency_key,
-        }))
+        })
+        .into())
     })
 }
 
@@ -369,8 +385,17 @@ fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
         Ok(json!({
             "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
             "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
-        }))
+        })
+        .into())
     })
+}
+
+/// `messages.history`'s answer, borrowing the page's messages.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryPage<'a> {
+    messages: Vec<crate::store::MessageEvent<'a>>,
+    has_more: bool,
 }
 
 fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
@@ -394,10 +419,10 @@ fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value
             .await
             .map_err(|e| ErrorShape::unavailable(format!("messages.history failed: {e}")))?
             .map_err(|e| ErrorShape::unavailable(format!("messages.history: {e}")))?;
-        Ok(json!({
-            "messages": page.messages.iter().map(|m| m.event()).collect::<Vec<_>>(),
-            "hasMore": page.has_more,
-        }))
+        raw(&HistoryPage {
+            messages: page.messages.iter().map(|m| m.event()).collect(),
+            has_more: page.has_more,
+        })
     })
 }
 

@@ -322,7 +322,7 @@ pub(super) fn on_text(
     let gw = gw.clone();
     let conn = conn.clone();
     tokio::spawn(async move {
-        let answer = pending.await.map(crate::gateway::methods::Payload::Json);
+        let answer = pending.await;
         reply(&gw, &conn, &req.id, answer, permit);
     });
 }
