@@ -107,49 +107,38 @@ impl<T> Receiver<T> {
     /// once the sender is gone and nothing is left.
     pub async fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> bool {
         loop {
-            {
-                let mut q = self.0.inner.guard();
-                if !q.items.is_empty() {
-                    let n = q.items.len().min(max);
-                    out.extend(q.items.drain(..n));
-                    if q.items.is_empty() && q.items.capacity() > KEEP {
-                        q.items = VecDeque::new();
-                    }
-                    return true;
-                }
-                if q.closed {
-                    return false;
-                }
+            if let Some(more) = self.drain(out, max) {
+                return more;
             }
             // A push between the check and here leaves a permit: no wake-up is lost.
             self.0.notify.notified().await;
         }
     }
 
+    /// Moves up to `max` items into `out`: `Some(true)` if there were
+    /// any, `Some(false)` if none and the sender is gone, `None` if none.
+    fn drain(&mut self, out: &mut Vec<T>, max: usize) -> Option<bool> {
+        let mut q = self.0.inner.guard();
+        if !q.items.is_empty() {
+            let n = q.items.len().min(max);
+            out.extend(q.items.drain(..n));
+            if q.items.is_empty() && q.items.capacity() > KEEP {
+                q.items = VecDeque::new();
+            }
+            return Some(true);
+        }
+        q.closed.then_some(false)
+    }
+
     /// Like [`Receiver::recv_many`], but also returns (`true`, with `out`
     /// perhaps empty) when woken by [`Sender::wake`] (or by a stale
     /// wake-up: the caller re-checks what it waits for and calls again).
     pub async fn recv_many_or_wake(&mut self, out: &mut Vec<T>, max: usize) -> bool {
-        for waited in [false, true] {
-            {
-                let mut q = self.0.inner.guard();
-                if !q.items.is_empty() {
-                    let n = q.items.len().min(max);
-                    out.extend(q.items.drain(..n));
-                    if q.items.is_empty() && q.items.capacity() > KEEP {
-                        q.items = VecDeque::new();
-                    }
-                    return true;
-                }
-                if q.closed {
-                    return false;
-                }
-            }
-            if !waited {
-                self.0.notify.notified().await;
-            }
+        if let Some(more) = self.drain(out, max) {
+            return more;
         }
-        true
+        self.0.notify.notified().await;
+        self.drain(out, max).unwrap_or(true)
     }
 
     /// One item if there is one (tests).
