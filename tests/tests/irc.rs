@@ -722,6 +722,22 @@ async fn a_message_cut_off_by_a_dropped_connection_is_sent_again() {
     // The server goes down after two lines, halfway through the message.
     human.wait(|l| l.ends_with("PRIVMSG #room :line 1")).await;
     irc.kill();
+    // The tester must be back in the channel before the bot is, or it
+    // misses the first lines sent again: wait until the bot has failed to
+    // reconnect twice (its next attempt is 4 s away, the backoff doubling
+    // from 1 s) before the server comes back.
+    let t0 = std::time::Instant::now();
+    loop {
+        let a = op.account_status("irc", "default").await.unwrap();
+        if a["reconnectAttempts"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the bot never retried: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     irc.spawn();
     let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
     // After reconnecting the bot sends the unconfirmed message again, whole.
