@@ -26,6 +26,8 @@ use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 pub enum Payload {
     Json(Value),
     Raw(Box<serde_json::value::RawValue>),
+    /// JSON serialised once and shared (the presence list).
+    Shared(Arc<serde_json::value::RawValue>),
 }
 
 impl From<Value> for Payload {
@@ -39,6 +41,7 @@ impl serde::Serialize for Payload {
         match self {
             Payload::Json(v) => v.serialize(s),
             Payload::Raw(r) => r.serialize(s),
+            Payload::Shared(r) => r.serialize(s),
         }
     }
 }
@@ -110,7 +113,11 @@ const METHODS: &[Method] = &[
         handler: Handler::Serialized(health),
     },
     now("status", SCOPE_READ, status),
-    now("system-presence", SCOPE_READ, system_presence),
+    Method {
+        name: "system-presence",
+        scope: SCOPE_READ,
+        handler: Handler::Serialized(system_presence),
+    },
     now("channels.status", SCOPE_READ, channels_status),
     now("channels.start", SCOPE_ADMIN, channels_start),
     now("channels.stop", SCOPE_ADMIN, channels_stop),
@@ -237,10 +244,10 @@ fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAns
     Ok(status_payload(gw))
 }
 
-fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+/// The presence list as serialised once per change, shared, not copied.
+fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    serde_json::from_str(gw.presence.list().get())
-        .map_err(|e| ErrorShape::unavailable(format!("presence list: {e}")))
+    Ok(Payload::Shared(gw.presence.list()))
 }
 
 fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
