@@ -154,7 +154,6 @@ impl ChannelsSnapshot {
         })
     }
 
-    /// The `channels` object of `health`: per account running/connected/lastError.
     /// Accounts that should be running and are in error (for `/ready`).
     pub fn failing(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -359,8 +359,8 @@ impl PluginManager {
         Value::Array(out)
     }
 
-    /// The `plugins` object of `health` (schema: `{loaded, errors}`).
-    /// `health`'s `plugins`: the ids loaded and the files refused.
+    /// `health`'s `plugins` (schema: `{loaded, errors}`): the ids loaded
+    /// and the files refused.
     pub fn health(&self) -> PluginsHealth {
         let reg = self.read();
         let mut loaded: Vec<String> = reg.by_id.keys().cloned().collect();
