@@ -53,14 +53,10 @@ pub struct Health {
 
 impl Health {
     /// The `health` result (also the `health` event payload and the hello-ok
-    /// snapshot's `health`). Only keys of the protocol's health schema are used.
-    pub fn snapshot(&self) -> Value {
-        serde_json::from_str(self.snapshot_raw().get()).unwrap_or(Value::Null)
-    }
-
-    /// The same, serialised straight from the status board (under its read
-    /// lock, without copying it) and the plugin registry: the `health`
-    /// RPC's answer, built without a `Value` tree.
+    /// snapshot's `health`). Only keys of the protocol's health schema are
+    /// used. Serialised straight from the status board (under its read
+    /// lock, without copying it) and the plugin registry, without a `Value`
+    /// tree.
     pub fn snapshot_raw(&self) -> Box<RawValue> {
         let t0 = Instant::now();
         let plugins = self.plugins.health();
@@ -98,13 +94,11 @@ impl Health {
         if let Some(s) = self.shared.guard().clone() {
             return s;
         }
-        self.share(&self.snapshot())
+        self.share(self.snapshot_raw())
     }
 
-    fn share(&self, snapshot: &Value) -> Arc<RawValue> {
-        let raw: Arc<RawValue> = serde_json::value::to_raw_value(snapshot)
-            .map(Arc::from)
-            .unwrap_or_else(|_| Arc::from(RawValue::from_string("{}".into()).expect("{} is JSON")));
+    fn share(&self, snapshot: Box<RawValue>) -> Arc<RawValue> {
+        let raw: Arc<RawValue> = Arc::from(snapshot);
         *self.shared.guard() = Some(raw.clone());
         raw
     }
@@ -139,8 +133,9 @@ impl Health {
 }
 
 /// The part of health whose change is worth an event (no timestamps).
-fn fingerprint(v: &Value) -> Value {
-    let mut v = v.clone();
+/// What a change of health is judged by: the snapshot without its times.
+fn fingerprint(raw: &RawValue) -> Value {
+    let mut v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.remove("ts");
         o.remove("durationMs");
@@ -156,23 +151,23 @@ pub async fn run_monitor(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let first = health.snapshot();
-    health.share(&first);
+    let first = health.snapshot_raw();
     let mut last = fingerprint(&first);
+    health.share(first);
     loop {
         tokio::select! {
             _ = health.notify.notified() => {}
             _ = tokio::time::sleep(interval) => {}
             _ = stop.cancelled() => return,
         }
-        let now = health.snapshot();
+        let now = health.snapshot_raw();
         let fp = fingerprint(&now);
         if fp != last {
             last = fp;
-            health.share(&now);
+            let now = health.share(now);
             broadcaster.bump_health();
             tracing::info!("health changed; broadcasting health event");
-            broadcaster.broadcast(events::HEALTH, &now, &Filter::scope(SCOPE_READ));
+            broadcaster.broadcast(events::HEALTH, &*now, &Filter::scope(SCOPE_READ));
         }
     }
 }
