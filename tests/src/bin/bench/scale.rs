@@ -534,10 +534,7 @@ pub fn floor_server(conns: usize, events: usize, every_us: u64) -> Result<()> {
 
 /// Runs every target and prints a table.
 pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
-    let held = std::env::var("BENCH_HELD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15_000usize);
+    let held = super::env_usize("BENCH_HELD", 15_000);
     // BENCH_STORE_SYNC=normal shows what the per-commit fsync costs.
     let sync = std::env::var("BENCH_STORE_SYNC").unwrap_or_else(|_| "full".into());
     let dir = tempfile::tempdir()?;
@@ -794,10 +791,7 @@ async fn rpcs(d: &Daemon) -> Result<()> {
     let mut hl = Vec::new();
     let mut sl = Vec::new();
     // BENCH_SEND_PAIRS: more pairs for a profile of the send path.
-    let pairs = std::env::var("BENCH_SEND_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let pairs = super::env_usize("BENCH_SEND_PAIRS", 1000);
     for i in 0..pairs {
         let t = Instant::now();
         op.request(&format!("h{i}"), "health", json!({})).await?;
