@@ -134,3 +134,84 @@ async fn fifteen_thousand_sockets_at_once() {
     assert_eq!(open_now, SOCKETS + 1, "operators registered");
     drop(held);
 }
+
+/// A connection that once sent a big request does not keep a read buffer
+/// of its size: 24 connections each send a 4 MiB request and stay open,
+/// and the daemon's RSS comes back to about where it was (a buffer kept
+/// per connection would be 96 MiB). The first connection sends its big
+/// request with 40 small ones right behind it, in one write: bytes read
+/// ahead of a rebuilt buffer must not be lost.
+#[tokio::test]
+async fn a_big_request_leaves_no_big_read_buffer_behind() {
+    const CONNS: usize = 24;
+    const BIG: usize = 4 << 20;
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"t\"\n")
+        .start()
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..CONNS {
+        let (c, _) = connect(&d.url(), Some("t"), &["operator.read"])
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rss_kib(d.pid());
+
+    // Pipelined: one big request and 40 small ones in a single write.
+    let mut burst = Vec::new();
+    let big = |i: usize| format!("{i}-{}", "p".repeat(BIG));
+    let frame =
+        |id: &str| json!({"type": "req", "id": id, "method": "health", "params": {}}).to_string();
+    let first = clients.remove(0);
+    let mut ws = first.ws;
+    burst.push(Message::text(frame(&big(0))));
+    for n in 0..40 {
+        burst.push(Message::text(frame(&format!("small-{n}"))));
+    }
+    let mut burst = futures_util::stream::iter(burst.into_iter().map(Ok));
+    ws.send_all(&mut burst).await.unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut big_answered = false;
+    while answered.len() < 40 || !big_answered {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("every pipelined request is answered")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = match m {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            _ => continue,
+        };
+        if v["type"] == "res" {
+            assert_eq!(v["ok"], true, "{}", v["error"]);
+            match v["id"].as_str().unwrap_or_default() {
+                id if id.starts_with("small-") => {
+                    answered.insert(id.to_string());
+                }
+                id => big_answered |= id.len() > BIG,
+            }
+        }
+    }
+
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = big(i + 1);
+        let r = c.request(&id, "health", json!({})).await.unwrap();
+        assert_eq!(r["ok"], true, "{}", r["error"]);
+        // The rebuilt stream reads the next request.
+        let r = c.request("after", "health", json!({})).await.unwrap();
+        assert_eq!(r["ok"], true, "{}", r["error"]);
+    }
+    // The trimmer returns freed memory within a second or so.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = rss_kib(d.pid());
+    let kept = (CONNS * BIG / 1024) as u64;
+    assert!(
+        after.saturating_sub(before) < kept / 4,
+        "RSS {before} KiB before the big requests, {after} KiB after: \
+         read buffers of {} KiB each were kept",
+        BIG / 1024
+    );
+    drop(ws);
+}

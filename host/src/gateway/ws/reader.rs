@@ -29,8 +29,12 @@ pub(super) const READ_BUFFER: usize = 1024;
 
 /// The read half, with writes swallowed: the writer task owns the socket's
 /// writing, so tungstenite's own replies (pong, close) are not written
-/// here (the reader queues a pong for each ping instead).
-pub(super) struct ReadOnly<R>(R);
+/// here (the reader queues a pong for each ping instead). It counts the
+/// bytes it hands to tungstenite, for [`Rebuffer`].
+pub(super) struct ReadOnly<R> {
+    inner: R,
+    handed: u64,
+}
 
 impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
     fn poll_read(
@@ -38,7 +42,70 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.handed += (buf.filled().len() - before) as u64;
+        }
+        r
+    }
+}
+
+/// A frame this large grows the read buffer past [`READ_BUFFER`]; after
+/// one, the reader starts a fresh, small buffer as soon as it can.
+const GROWN: usize = 64 * 1024;
+
+/// Gives a connection its small read buffer back after a big frame.
+///
+/// tungstenite keeps the buffer a frame grew for the connection's life
+/// (its `BytesMut` reclaims the same allocation), and offers no way to
+/// shrink it: up to `max_payload_bytes` (25 MiB) per connection that once
+/// sent a big request. The stream can be rebuilt around the same socket
+/// with a fresh buffer, but only when no read-ahead byte is buffered,
+/// which tungstenite does not tell. So the reader counts: the bytes of
+/// every message it receives, as one minimally-framed masked frame, can
+/// only be fewer than the bytes tungstenite consumed (a fragmented message
+/// or a padded length is more), which are at most the bytes handed to it
+/// ([`ReadOnly`]). When the count equals the bytes handed, nothing is
+/// buffered and no message is half-assembled, and the rebuild is safe;
+/// when it falls behind, the buffer is simply kept.
+#[derive(Default)]
+pub(super) struct Rebuffer {
+    consumed: u64,
+    grown: bool,
+}
+
+impl Rebuffer {
+    /// Counts a message just received.
+    pub(super) fn received(&mut self, m: &Message) {
+        let payload = match m {
+            Message::Close(Some(f)) => 2 + f.reason.len(),
+            Message::Close(None) => 0,
+            m => m.len(),
+        };
+        // Client frames are masked: 2 bytes, the extended length, the mask.
+        let header = 2
+            + 4
+            + match payload {
+                0..=125 => 0,
+                126..=65535 => 2,
+                _ => 8,
+            };
+        self.consumed += (header + payload) as u64;
+        self.grown |= payload >= GROWN;
+    }
+
+    /// True when a big frame grew the buffer and nothing is buffered now:
+    /// the stream is to be rebuilt (and this counts the rebuild).
+    pub(super) fn due<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &WebSocketStream<ReadOnly<R>>,
+    ) -> bool {
+        let due = self.grown && self.consumed == stream.get_ref().handed;
+        if due {
+            self.grown = false;
+        }
+        due
     }
 }
 
@@ -124,8 +191,16 @@ where
         .max_message_size(Some(limits.max_payload_bytes))
         .max_frame_size(Some(limits.max_payload_bytes));
     let (rd, wr) = tokio::io::split(io);
-    let mut stream =
-        WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(ws_config)).await;
+    let mut stream = WebSocketStream::from_raw_socket(
+        ReadOnly {
+            inner: rd,
+            handed: 0,
+        },
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    let mut rebuffer = Rebuffer::default();
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     // The configuration as of this connection's start is not kept: a
     // reload must not be held up by (or hold) every open connection.
@@ -153,8 +228,9 @@ where
             }
             msg = stream.next(), if slot.is_some() => {
                 // Any frame, a pong included, shows the client is there.
-                if matches!(msg, Some(Ok(_))) {
+                if let Some(Ok(m)) = &msg {
                     conn.heard(crate::now_ms());
+                    rebuffer.received(m);
                 }
                 match msg {
                     None => break,
@@ -191,6 +267,12 @@ where
                         enqueue(&gw, &conn, Outbound::Pong(data.to_vec().into_boxed_slice()));
                     }
                     Some(Ok(_)) => membership.active(&gw, &conn),
+                }
+                if rebuffer.due(&stream) {
+                    // Nothing is buffered: the same socket, a small buffer.
+                    let rd = stream.into_inner();
+                    stream = WebSocketStream::from_raw_socket(rd, Role::Server, Some(ws_config)).await;
+                    crate::memory::release_soon();
                 }
             }
             r = &mut writer => {
