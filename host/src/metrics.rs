@@ -27,8 +27,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text: the connections by role, every counter, uptime.
-    pub fn render(&self, by_role: &HashMap<String, usize>, uptime_secs: u64) -> String {
+    /// The Prometheus text: the connections by role, every counter (and
+    /// the message log's `settles`, which it counts itself), uptime.
+    pub fn render(
+        &self,
+        by_role: &HashMap<String, usize>,
+        uptime_secs: u64,
+        store_settles: u64,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -125,6 +131,12 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE switchboard_{name} counter");
             let _ = writeln!(out, "switchboard_{name} {}", v.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_store_settles_total fsyncs of the message log made for plugin key-value writes that nothing acknowledged had made durable."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_store_settles_total counter");
+        let _ = writeln!(out, "switchboard_store_settles_total {store_settles}");
         let _ = writeln!(
             out,
             "# HELP switchboard_uptime_seconds Seconds since start."

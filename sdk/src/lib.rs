@@ -429,7 +429,9 @@ pub mod outbox {
 }
 
 /// The channel's private key-value store (each channel a plugin serves has
-/// its own); it survives reloads and restarts.
+/// its own); it survives reloads and restarts. A write is on the disk once
+/// the call that made it returns (or with the next `deliver`; in `run`,
+/// within 50 ms), and is never lost while a later `deliver` is kept.
 ///
 /// ```no_run
 /// // Refuse a replayed webhook: its signature's nonce is claimed for 5 minutes.

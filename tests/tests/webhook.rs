@@ -501,3 +501,23 @@ async fn a_flood_of_large_unsigned_posts_costs_no_memory() {
         "RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+/// A plugin's key-value writes are answered before they are on the disk,
+/// but a call's result is not: a signed request with a bad body is
+/// claimed and unclaimed (no message follows to carry them to the disk),
+/// so the log fsyncs them itself before the 400 goes out. An accepted
+/// request costs no such fsync: its message's commit carries its claim.
+#[tokio::test]
+async fn a_call_s_key_value_writes_are_on_disk_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "");
+    let settles = "switchboard_store_settles_total";
+    let before = d.metric(settles).await.unwrap();
+    let (st, v) = post(&d, "default", "not json", &signed("not json")).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(d.metric(settles).await.unwrap(), before + 1);
+    let body = r#"{"chatId":"c","senderId":"s","text":"carried","messageId":"carried-1"}"#;
+    let (st, v) = post(&d, "default", body, &signed(body)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(d.metric(settles).await.unwrap(), before + 1);
+}

@@ -77,6 +77,11 @@ impl Kv for ChannelKv {
         Box::pin(async move { w.await.map_err(|e| e.to_string()) })
     }
 
+    fn settle(&self) -> Writing<Result<(), String>> {
+        let w = self.store.settle();
+        Box::pin(async move { w.await.map_err(|e| e.to_string()) })
+    }
+
     fn unclaim(&self, key: &str) -> Writing<()> {
         let w = self.store.kv_unclaim(&self.channel, key);
         let channel = self.channel.clone();

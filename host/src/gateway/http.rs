@@ -213,8 +213,11 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        gw.metrics
-            .render(&gw.conns.count_by_role(), gw.started.elapsed().as_secs()),
+        gw.metrics.render(
+            &gw.conns.count_by_role(),
+            gw.started.elapsed().as_secs(),
+            gw.log.settles(),
+        ),
     )
         .into_response()
 }

@@ -148,17 +148,28 @@ impl Plugin {
         let slot = self.slot().await?;
         let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
         let (me, imports, g) = (self.clone(), t.imports, grants.clone());
+        let kv = imports.kv.clone();
         let task = self.exec.spawn(async move {
             let _slot = slot;
             let rt = &me.runtime;
             let mut store = rt.store(me.id(), Some(imports), g, Some(rt.limits.call_timeout));
-            bindings::invoke(&me.loaded.pre, &mut store, req)
+            let result = bindings::invoke(&me.loaded.pre, &mut store, req)
                 .await
-                .map_err(|e| call_failure(me.id(), &e, store.data().last_panic()))
+                .map_err(|e| call_failure(me.id(), &e, store.data().last_panic()));
+            // The call's key-value writes reach the disk before its result
+            // is used (answered, recorded): almost always free, since the
+            // `deliver` that usually follows them made them durable.
+            (result, kv.settle().await)
         });
-        let result = task
+        let (result, settled) = task
             .await
             .map_err(|e| CallError::Unavailable(format!("plugin call task failed: {e}")))?;
+        if let Err(e) = settled {
+            return Err(CallError::Unavailable(format!(
+                "plugin `{}`: its key-value writes could not be made durable: {e}",
+                self.id()
+            )));
+        }
         let failed = !matches!(
             &result,
             Ok(Answer::Validate(Ok(_))

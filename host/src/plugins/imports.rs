@@ -50,6 +50,11 @@ pub trait Kv: Send + Sync {
     /// first time. Atomic across instances, kept across restarts.
     fn claim(&self, key: &str, ttl_ms: u64) -> Writing<Result<bool, String>>;
     fn unclaim(&self, key: &str) -> Writing<()>;
+    /// Resolves once every write above is durable. Writes resolve once
+    /// committed (safe from a crash of the daemon); the host settles them
+    /// at the end of every call but `run`, before it uses the call's
+    /// result, so nothing a call answers outruns its writes to the disk.
+    fn settle(&self) -> Writing<Result<(), String>>;
 }
 
 /// Largest key and value a plugin may store.

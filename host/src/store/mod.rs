@@ -214,6 +214,11 @@ pub trait MessageLog: Send + Sync {
     /// Sets the listener called after each commit (before the commit's
     /// writes resolve).
     fn on_commit(&self, listener: Listener);
+
+    /// How many times the log fsynced itself to make key-value writes
+    /// durable that no acknowledged write had (`StateStore::settle`, or
+    /// the writer's deadline).
+    fn settles(&self) -> u64;
 }
 
 /// An outbox message waiting in the store.
@@ -227,8 +232,12 @@ pub struct OutboxRow {
 }
 
 /// The daemon's other durable state, in the same database: the plugins'
-/// key-value stores (per channel) and the host outbox. Writes resolve once
-/// they are durable (they join the message log's group commits).
+/// key-value stores (per channel) and the host outbox. They join the
+/// message log's group commits. Outbox writes resolve once they are
+/// durable; key-value writes once they are committed, safe from a crash of
+/// the daemon, and durable (safe from a power loss) with the next write
+/// that acknowledges anything, with [`StateStore::settle`], or within
+/// 50 ms (`sqlite::SETTLE_WITHIN`).
 pub trait StateStore: Send + Sync {
     fn kv_get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn kv_set(&self, channel: &str, key: &str, value: Vec<u8>) -> Pending<()>;
@@ -237,6 +246,9 @@ pub trait StateStore: Send + Sync {
     /// has not expired by `now`); `true`: this call recorded it. Atomic.
     fn kv_claim(&self, channel: &str, key: &str, expires_at: u64, now: u64) -> Pending<bool>;
     fn kv_unclaim(&self, channel: &str, key: &str) -> Pending<()>;
+    /// Resolves once every key-value write committed so far is durable
+    /// (at once when it already is).
+    fn settle(&self) -> Pending<()>;
     /// Queues a message (JSON); resolves to its queue number.
     fn outbox_push(&self, channel: &str, account: &str, message: String) -> Pending<u64>;
     fn outbox_remove(&self, seq: u64) -> Pending<()>;

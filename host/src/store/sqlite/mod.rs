@@ -9,6 +9,7 @@
 
 use crate::sync::MutexExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -23,7 +24,7 @@ use crate::config::SyncMode;
 
 mod writer;
 
-use writer::{writer, Op, StateOp};
+use writer::{writer, Op, Shared, StateOp};
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -132,6 +133,9 @@ pub struct SqliteLog {
     readers: Mutex<Vec<Connection>>,
     failure: Arc<Mutex<Option<String>>>,
     listener: Arc<OnceLock<Listener>>,
+    /// A key-value commit is not yet fsynced (`writer`'s module doc).
+    unsynced: Arc<AtomicBool>,
+    settles: Arc<AtomicU64>,
 }
 
 impl SqliteLog {
@@ -203,12 +207,19 @@ impl SqliteLog {
         }
         super::files::import(&mut conn, state_dir, plugins)?;
         let (tx, rx) = mpsc::channel();
-        let failure = Arc::new(Mutex::new(None));
-        let listener: Arc<OnceLock<Listener>> = Arc::new(OnceLock::new());
-        let (f, l) = (failure.clone(), listener.clone());
+        let shared = Shared {
+            failure: Arc::new(Mutex::new(None)),
+            listener: Arc::new(OnceLock::new()),
+            unsynced: Arc::new(AtomicBool::new(false)),
+            settles: Arc::new(AtomicU64::new(0)),
+        };
+        let (failure, listener) = (shared.failure.clone(), shared.listener.clone());
+        let (unsynced, settles) = (shared.unsynced.clone(), shared.settles.clone());
+        let full = sync == SyncMode::Full;
+        let wal_path = state_dir.join(format!("{FILE_NAME}-wal"));
         std::thread::Builder::new()
             .name("switchboard-store".into())
-            .spawn(move || writer(conn, rx, f, l))
+            .spawn(move || writer(conn, rx, shared, full, wal_path))
             .map_err(|e| StoreError(format!("cannot start the store's writer thread: {e}")))?;
         Ok(SqliteLog {
             path,
@@ -216,6 +227,8 @@ impl SqliteLog {
             readers: Mutex::new(Vec::new()),
             failure,
             listener,
+            unsynced,
+            settles,
         })
     }
 
@@ -339,6 +352,10 @@ impl MessageLog for SqliteLog {
     fn on_commit(&self, listener: Listener) {
         let _ = self.listener.set(listener);
     }
+
+    fn settles(&self) -> u64 {
+        self.settles.load(Ordering::Relaxed)
+    }
 }
 
 impl super::StateStore for SqliteLog {
@@ -370,6 +387,13 @@ impl super::StateStore for SqliteLog {
 
     fn kv_unclaim(&self, channel: &str, key: &str) -> Pending<()> {
         self.state(StateOp::KvUnclaim(channel.into(), claim_hash(key)))
+    }
+
+    fn settle(&self) -> Pending<()> {
+        if !self.unsynced.load(Ordering::Acquire) {
+            return Box::pin(async { Ok(()) });
+        }
+        self.submit(Op::Settle)
     }
 
     fn outbox_push(&self, channel: &str, account: &str, message: String) -> Pending<u64> {

@@ -147,3 +147,82 @@ fn refuses_a_file_that_is_not_a_database_and_a_newer_schema() {
         .unwrap();
     assert!(e.0.contains("newer switchboard"), "{e}");
 }
+
+/// Whether a commit is in the WAL but not yet fsynced.
+fn owes_fsync(log: &SqliteLog) -> bool {
+    log.unsynced.load(Ordering::Acquire)
+}
+
+#[tokio::test]
+async fn key_value_writes_are_fsynced_with_the_next_acknowledged_write_or_a_settle() {
+    use crate::store::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
+    // A key-value write alone is committed without an fsync...
+    log.kv_set("c", "k", b"1".to_vec()).await.unwrap();
+    assert!(owes_fsync(&log));
+    assert_eq!(log.kv_get("c", "k").unwrap(), Some(b"1".to_vec()));
+    // ...and a message's commit (SQLite's own fsync) makes it durable too.
+    log.append(msg("x", "1")).await.unwrap();
+    assert!(!owes_fsync(&log));
+    assert_eq!(log.settles(), 0, "the append's commit was the fsync");
+
+    // A settle fsyncs the WAL itself when a commit skipped it...
+    assert!(log.kv_claim("c", "once", u64::MAX, 1).await.unwrap());
+    assert!(owes_fsync(&log));
+    log.settle().await.unwrap();
+    assert!(!owes_fsync(&log));
+    assert_eq!(log.settles(), 1);
+    // ...and costs nothing when nothing is owed.
+    log.settle().await.unwrap();
+    assert_eq!(log.settles(), 1);
+
+    // A write that changes nothing (a claim already held) owes nothing.
+    assert!(!log.kv_claim("c", "once", u64::MAX, 1).await.unwrap());
+    assert!(!owes_fsync(&log));
+
+    // Nobody settles: the writer does it within SETTLE_WITHIN.
+    log.kv_delete("c", "k").await.unwrap();
+    assert!(owes_fsync(&log));
+    let start = std::time::Instant::now();
+    while owes_fsync(&log) && start.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(writer::SETTLE_WITHIN / 5).await;
+    }
+    assert!(!owes_fsync(&log), "not settled after {:?}", start.elapsed());
+    assert_eq!(log.settles(), 2);
+}
+
+#[tokio::test]
+async fn a_steady_stream_of_key_value_writes_is_still_fsynced_in_time() {
+    use crate::store::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
+    let start = std::time::Instant::now();
+    let mut i = 0u64;
+    // Writes keep coming ten times per SETTLE_WITHIN: the writer is never
+    // idle for it, and must settle anyway.
+    while log.settles() < 2 && start.elapsed() < std::time::Duration::from_secs(5) {
+        log.kv_set("c", "k", i.to_le_bytes().to_vec())
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(writer::SETTLE_WITHIN / 10).await;
+    }
+    assert!(
+        log.settles() >= 2,
+        "{} settles in {:?} of writes",
+        log.settles(),
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn with_sync_normal_nothing_is_owed_or_settled() {
+    use crate::store::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    log.kv_set("c", "k", b"1".to_vec()).await.unwrap();
+    assert!(!owes_fsync(&log));
+    log.settle().await.unwrap();
+    assert_eq!(log.settles(), 0);
+}

@@ -1,10 +1,24 @@
 //! The writer thread: it owns the connection that writes, takes every
 //! write waiting into one transaction (group commit), calls the listener
 //! with what the commit stored, then answers each write.
+//!
+//! With `sync = full`, a group of key-value writes alone is committed
+//! without an fsync (`synchronous=NORMAL`): it is in the WAL, safe from a
+//! crash of the daemon, and becomes safe from a power loss with the next
+//! fsync of the WAL — which comes with the next commit that acknowledges
+//! anything (a message, a send, an outbox change, a flush), with a
+//! [`Op::Settle`] (the end of every plugin call that is not `run`), or at
+//! the latest [`SETTLE_WITHIN`] after the commit. The WAL is one
+//! sequential log: its fsync makes every earlier frame durable too, and
+//! after a power loss SQLite replays a prefix of it, so a kv write is never
+//! lost while a later acknowledged one is kept.
 
 use crate::sync::MutexExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -22,6 +36,9 @@ pub(super) enum Op {
     ),
     Prune(Retention, oneshot::Sender<Result<usize, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Resolves once every commit so far is durable (an fsync of the WAL if
+    /// a commit since the last one skipped it).
+    Settle(oneshot::Sender<Result<(), StoreError>>),
     /// A key-value or outbox write; answers a number (a queue number, 1 for
     /// a claim taken, else 0).
     State(StateOp, oneshot::Sender<Result<u64, StoreError>>),
@@ -45,6 +62,122 @@ enum Done {
     Pruned(usize),
     Flushed,
     State(u64),
+}
+
+/// Key-value writes not yet fsynced are made durable at the latest this
+/// long after their commit.
+pub(crate) const SETTLE_WITHIN: Duration = Duration::from_millis(50);
+
+impl Op {
+    /// Whether this op's answer waits for the disk. Key-value writes do
+    /// not (see the module's doc): nothing outside the process learns of
+    /// them before something that does.
+    fn acknowledges(&self) -> bool {
+        !matches!(
+            self,
+            Op::State(
+                StateOp::KvSet(..)
+                    | StateOp::KvDelete(..)
+                    | StateOp::KvClaim(..)
+                    | StateOp::KvUnclaim(..),
+                _
+            )
+        )
+    }
+}
+
+/// What the writer shares with the store's handle.
+pub(super) struct Shared {
+    pub failure: Arc<Mutex<Option<String>>>,
+    pub listener: Arc<OnceLock<Listener>>,
+    /// A commit is in the WAL but not yet fsynced (set before its writes
+    /// are answered; a settle with it clear needs no trip to the writer).
+    pub unsynced: Arc<AtomicBool>,
+    /// fsyncs of the WAL the writer made itself (not SQLite's at commit).
+    pub settles: Arc<AtomicU64>,
+}
+
+/// The writer's durability state, with `sync = full`.
+struct Durability {
+    /// `sync = full`: else every commit is NORMAL and nothing is settled.
+    full: bool,
+    /// The `synchronous` setting the connection has now.
+    fsyncing: bool,
+    /// When the oldest commit not yet fsynced was made.
+    since: Option<Instant>,
+    wal_path: PathBuf,
+    wal: Option<std::fs::File>,
+}
+
+impl Durability {
+    /// Sets `synchronous` for a group that `wants` an fsync at commit.
+    fn prepare(&mut self, conn: &Connection, wants: bool) -> rusqlite::Result<()> {
+        if self.full && wants != self.fsyncing {
+            conn.pragma_update(None, "synchronous", if wants { "FULL" } else { "NORMAL" })?;
+            self.fsyncing = wants;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the WAL: every frame written so far becomes durable.
+    fn sync_wal(&mut self) -> std::io::Result<()> {
+        if self.wal.is_none() {
+            self.wal = Some(std::fs::File::open(&self.wal_path)?);
+        }
+        match &self.wal {
+            Some(f) => f.sync_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// After a commit: `wanted` an fsync, `changed` whether it wrote
+    /// anything (an empty commit makes SQLite sync nothing).
+    fn committed(&mut self, wanted: bool, changed: bool, shared: &Shared) -> std::io::Result<()> {
+        if !self.full {
+            return Ok(());
+        }
+        if wanted {
+            if self.since.is_some() && !changed {
+                self.sync_wal()?;
+                shared.settles.fetch_add(1, Ordering::Relaxed);
+            }
+            self.since = None;
+            shared.unsynced.store(false, Ordering::Release);
+        } else if changed && self.since.is_none() {
+            self.since = Some(Instant::now());
+            shared.unsynced.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// How long the writer may wait for the next op before it must settle.
+    fn deadline(&self) -> Option<Duration> {
+        self.since
+            .map(|t| SETTLE_WITHIN.saturating_sub(t.elapsed()))
+    }
+
+    /// Settles now (the deadline passed with nothing to write).
+    fn settle(&mut self, shared: &Shared) {
+        if self.since.is_none() {
+            return;
+        }
+        match self.sync_wal() {
+            Ok(()) => {
+                self.since = None;
+                shared.settles.fetch_add(1, Ordering::Relaxed);
+                shared.unsynced.store(false, Ordering::Release);
+            }
+            Err(e) => {
+                // Tried again at the next deadline; writes that wait for
+                // the disk fail meanwhile if the disk does.
+                self.since = Some(Instant::now());
+                let why = format!("sync the message log's WAL: {e}");
+                if shared.failure.guard().replace(why.clone()).is_none() {
+                    tracing::error!("{why}");
+                }
+            }
+        }
+    }
 }
 
 fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> {
@@ -155,7 +288,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
                 .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
             Ok(Done::Pruned(gone))
         }
-        Op::Flush(_) => Ok(Done::Flushed),
+        Op::Flush(_) | Op::Settle(_) => Ok(Done::Flushed),
         Op::State(op, _) => state(tx, op).map(Done::State),
     }
 }
@@ -216,26 +349,68 @@ fn state(tx: &rusqlite::Transaction<'_>, op: &StateOp) -> rusqlite::Result<u64> 
     }
 }
 
-fn write_group(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<Vec<Done>> {
-    let tx = conn.transaction()?;
-    let mut done = Vec::with_capacity(ops.len());
-    for op in ops {
-        done.push(apply(&tx, op)?);
-    }
-    tx.commit()?;
+fn write_group(
+    conn: &mut Connection,
+    ops: &[Op],
+    d: &mut Durability,
+    shared: &Shared,
+) -> Result<Vec<Done>, String> {
+    let wants = ops.iter().any(Op::acknowledges);
+    let commit =
+        |conn: &mut Connection, d: &mut Durability| -> rusqlite::Result<(Vec<Done>, bool)> {
+            d.prepare(conn, wants)?;
+            let before = conn.total_changes();
+            let tx = conn.transaction()?;
+            let mut done = Vec::with_capacity(ops.len());
+            for op in ops {
+                done.push(apply(&tx, op)?);
+            }
+            tx.commit()?;
+            Ok((done, conn.total_changes() != before))
+        };
+    let (done, changed) = commit(conn, d).map_err(|e| describe("write to the message log", &e))?;
+    d.committed(wants, changed, shared)
+        .map_err(|e| format!("sync the message log's WAL: {e}"))?;
     Ok(done)
 }
 
 /// The writer thread: takes every op waiting, writes them in one
-/// transaction, answers each once the commit is durable, then tells the
-/// listener about the stored messages in order.
+/// transaction, answers each once the commit is durable (a key-value
+/// write: once it is committed), then tells the listener about the stored
+/// messages in order.
 pub(super) fn writer(
-    mut conn: Connection,
+    conn: Connection,
     rx: mpsc::Receiver<Op>,
-    failure: Arc<Mutex<Option<String>>>,
-    listener: Arc<OnceLock<Listener>>,
+    shared: Shared,
+    full: bool,
+    wal_path: PathBuf,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut conn = conn;
+    let mut d = Durability {
+        full,
+        fsyncing: full,
+        since: None,
+        wal_path,
+        wal: None,
+    };
+    loop {
+        let first = match d.deadline() {
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+            Some(left) => match rx.recv_timeout(left) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    d.settle(&shared);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    d.settle(&shared);
+                    break;
+                }
+            },
+        };
         let mut ops = vec![first];
         while ops.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -243,14 +418,18 @@ pub(super) fn writer(
                 Err(_) => break,
             }
         }
-        match write_group(&mut conn, &ops) {
+        // A steady stream of key-value writes alone still settles in time.
+        if d.deadline().is_some_and(|left| left.is_zero()) {
+            d.settle(&shared);
+        }
+        match write_group(&mut conn, &ops, &mut d, &shared) {
             Ok(done) => {
-                if failure.guard().take().is_some() {
+                if shared.failure.guard().take().is_some() {
                     tracing::info!("message log writes succeed again");
                 }
                 // The listener first (the `message` events, in order), then
                 // the answers: once a write resolves, its event is queued.
-                if let Some(l) = listener.get() {
+                if let Some(l) = shared.listener.get() {
                     for d in &done {
                         match d {
                             Done::Appended(_, Some(m)) | Done::Sent(_, m) => l(m),
@@ -269,7 +448,7 @@ pub(super) fn writer(
                         (Op::Prune(_, reply), Done::Pruned(n)) => {
                             let _ = reply.send(Ok(n));
                         }
-                        (Op::Flush(reply), Done::Flushed) => {
+                        (Op::Flush(reply) | Op::Settle(reply), Done::Flushed) => {
                             let _ = reply.send(Ok(()));
                         }
                         (Op::State(_, reply), Done::State(n)) => {
@@ -279,9 +458,8 @@ pub(super) fn writer(
                     }
                 }
             }
-            Err(e) => {
-                let why = describe("write to the message log", &e);
-                let first_failure = failure.guard().replace(why.clone()).is_none();
+            Err(why) => {
+                let first_failure = shared.failure.guard().replace(why.clone()).is_none();
                 if first_failure {
                     tracing::error!("{why}");
                 }
@@ -296,7 +474,7 @@ pub(super) fn writer(
                         Op::Prune(_, reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
-                        Op::Flush(reply) => {
+                        Op::Flush(reply) | Op::Settle(reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                         Op::State(_, reply) => {
