@@ -128,9 +128,17 @@ impl Drop for Ngircd {
     }
 }
 
+/// Waits until something listens on `port`. A connection to a port nobody
+/// listens on can succeed as a TCP self-connect (its source port picked
+/// equal to the destination), which would also hold the port the server
+/// is about to bind: such a connection does not count.
 fn wait_listening(port: u16, what: &str) {
     let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let listening = || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    };
+    while !listening() {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "{what} did not start"
