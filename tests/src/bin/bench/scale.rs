@@ -811,6 +811,7 @@ async fn rpcs(d: &Daemon) -> Result<()> {
     }
     hl.sort();
     sl.sort();
+    let fsync = fsync_p50()?;
     let diff = pct(&sl, 0.5).saturating_sub(pct(&hl, 0.5));
     target_row(
         "`send` through echo minus `health`, p50, one connection",
@@ -823,5 +824,31 @@ async fn rpcs(d: &Daemon) -> Result<()> {
             ms(pct(&hl, 0.5))
         ),
     );
+    println!(
+        "| physical floor: one 4 KiB overwrite + fsync on the state directory's disk | p50 {:.0} µs | | | a lower bound for each commit that waits for the disk (a commit syncs several pages); a `send` through echo waits for two with `store.sync = full`: echo's `deliver` and the gateway's record with its idempotency key (BENCH_STORE_SYNC=normal: none) |",
+        fsync.as_secs_f64() * 1e6
+    );
     Ok(())
+}
+
+/// The median time to overwrite 4 KiB of a file and `fsync` it, in a
+/// temporary directory (on the same disk as the daemon's state directory):
+/// what each acknowledged commit of the message log pays at least.
+fn fsync_p50() -> Result<Duration> {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("probe"))?;
+    let page = [7u8; 4096];
+    f.write_all(&page)?;
+    f.sync_all()?;
+    let mut took = Vec::with_capacity(300);
+    for _ in 0..300 {
+        let t = Instant::now();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&page)?;
+        f.sync_all()?;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    Ok(pct(&took, 0.5))
 }
