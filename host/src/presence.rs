@@ -76,13 +76,18 @@ struct Book {
     sockets: HashMap<String, u32>,
     /// The serialised list; `None` when it must be rebuilt.
     cache: Option<Arc<RawValue>>,
+    /// Each listed entry serialised, by key, kept until the entry changes:
+    /// a new list is these pieces copied, not 200 entries serialised again
+    /// (every connect of a new instance makes a new list).
+    pieces: HashMap<String, Box<RawValue>>,
     /// Counts refreshes: orders entries refreshed in the same millisecond.
     clock: u64,
 }
 
 /// The bounded presence list.
 pub struct PresenceBook {
-    me: Entry,
+    /// The gateway's own entry, serialised once.
+    me_json: Box<RawValue>,
     max: usize,
     ttl_ms: u64,
     inner: Mutex<Book>,
@@ -95,14 +100,16 @@ impl PresenceBook {
     /// `me` is the gateway's own entry; at most `max` others, each kept
     /// `ttl` after its last refresh.
     pub fn new(me: Entry, max: usize, ttl: Duration) -> Self {
+        let me_json = piece(&me);
         Self {
-            me,
+            me_json,
             max: max.max(1),
             ttl_ms: ttl.as_millis() as u64,
             inner: Mutex::new(Book {
                 entries: HashMap::new(),
                 sockets: HashMap::new(),
                 cache: None,
+                pieces: HashMap::new(),
                 clock: 0,
             }),
         }
@@ -148,6 +155,7 @@ impl PresenceBook {
             e.ts = now_ms;
             e.refreshed = clock;
             b.cache = None;
+            b.pieces.remove(key);
             return false;
         }
         let mut e = entry();
@@ -203,15 +211,30 @@ impl PresenceBook {
         if let Some(c) = &b.cache {
             return c.clone();
         }
-        let mut list: Vec<&Entry> = b.entries.values().collect();
-        list.sort_by_key(|e| std::cmp::Reverse((e.ts, e.refreshed)));
-        list.insert(0, &self.me);
-        let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
-        let raw: Arc<RawValue> = RawValue::from_string(json)
+        let Book {
+            entries, pieces, ..
+        } = &mut *b;
+        pieces.retain(|k, _| entries.contains_key(k));
+        let mut list: Vec<(&String, &Entry)> = entries.iter().collect();
+        list.sort_by_key(|(_, e)| std::cmp::Reverse((e.ts, e.refreshed)));
+        for (k, e) in &list {
+            if !pieces.contains_key(*k) {
+                pieces.insert((*k).clone(), piece(e));
+            }
+        }
+        let mut raw: Vec<&RawValue> = Vec::with_capacity(list.len() + 1);
+        raw.push(&self.me_json);
+        raw.extend(
+            list.iter()
+                .filter_map(|(k, _)| pieces.get(*k).map(|p| &**p)),
+        );
+        // Pieces serde_json wrote itself, joined by serde_json: valid JSON
+        // without parsing it again.
+        let joined: Arc<RawValue> = serde_json::value::to_raw_value(&raw)
             .map(Arc::from)
             .unwrap_or_else(|_| empty_list());
-        b.cache = Some(raw.clone());
-        raw
+        b.cache = Some(joined.clone());
+        joined
     }
 
     fn insert(&self, b: &mut Book, key: String, mut entry: Entry) {
@@ -228,9 +251,16 @@ impl PresenceBook {
                 b.entries.remove(&oldest);
             }
         }
+        b.pieces.remove(&key);
         b.entries.insert(key, entry);
         b.cache = None;
     }
+}
+
+/// One entry as JSON. (An entry is strings and numbers: it always
+/// serialises; the `null` fallback is never written.)
+fn piece(e: &Entry) -> Box<RawValue> {
+    serde_json::value::to_raw_value(e).unwrap_or_default()
 }
 
 fn empty_list() -> Arc<RawValue> {
@@ -309,6 +339,43 @@ mod tests {
         assert!(b.leave(&k));
         assert!(b.is_empty());
         assert!(!b.leave(&k));
+    }
+
+    /// The list is rebuilt from each entry's kept serialisation: every
+    /// change to an entry must reach the next list.
+    #[test]
+    fn each_change_to_an_entry_reaches_the_list() {
+        let b = book(10);
+        let field = |b: &PresenceBook, i: usize, f: &str| -> Value {
+            let v: Value = serde_json::from_str(b.list().get()).unwrap();
+            v[i][f].clone()
+        };
+        let (k, _) = b.join(entry("x"), 5);
+        b.join(entry("y"), 6);
+        assert_eq!(field(&b, 2, "ts"), 5);
+        // A refresh moves only `ts` (and the order).
+        assert!(!b.refresh(&k, 9, || entry("x")));
+        assert_eq!(
+            (field(&b, 1, "instanceId"), field(&b, 1, "ts")),
+            ("x".into(), 9.into())
+        );
+        // Another socket of the instance joins with new fields.
+        let newer = Entry {
+            version: "2.0".into(),
+            ..entry("x")
+        };
+        b.join(newer, 10);
+        assert_eq!(field(&b, 1, "version"), "2.0");
+        // The gateway's own entry stays first, as serialised at the start.
+        assert_eq!(field(&b, 0, "mode"), "gateway");
+        b.leave(&k);
+        b.leave(&k);
+        assert_eq!(instances(&b), ["gw", "y"]);
+        assert_eq!(
+            b.inner.guard().pieces.len(),
+            1,
+            "pieces of gone entries are dropped"
+        );
     }
 
     #[test]
