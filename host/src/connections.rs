@@ -285,6 +285,7 @@ impl Connection {
             roles: vec![self.role.clone()],
             scopes: Some(self.scopes.clone()),
             refreshed: 0,
+            json: None,
         }
     }
 }

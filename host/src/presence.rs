@@ -53,6 +53,11 @@ pub struct Entry {
     /// Set by the book: its refresh count when this entry was last refreshed.
     #[serde(skip)]
     pub refreshed: u64,
+    /// Set by the book: this entry as JSON, kept until the entry changes,
+    /// so that a new list (one per connect of a new instance) is these
+    /// pieces copied, not 200 entries serialised again.
+    #[serde(skip)]
+    pub json: Option<Box<RawValue>>,
 }
 
 impl Entry {
@@ -76,10 +81,6 @@ struct Book {
     sockets: HashMap<String, u32>,
     /// The serialised list; `None` when it must be rebuilt.
     cache: Option<Arc<RawValue>>,
-    /// Each listed entry serialised, by key, kept until the entry changes:
-    /// a new list is these pieces copied, not 200 entries serialised again
-    /// (every connect of a new instance makes a new list).
-    pieces: HashMap<String, Box<RawValue>>,
     /// Counts refreshes: orders entries refreshed in the same millisecond.
     clock: u64,
 }
@@ -109,7 +110,6 @@ impl PresenceBook {
                 entries: HashMap::new(),
                 sockets: HashMap::new(),
                 cache: None,
-                pieces: HashMap::new(),
                 clock: 0,
             }),
         }
@@ -154,8 +154,8 @@ impl PresenceBook {
         if let Some(e) = b.entries.get_mut(key) {
             e.ts = now_ms;
             e.refreshed = clock;
+            e.json = None;
             b.cache = None;
-            b.pieces.remove(key);
             return false;
         }
         let mut e = entry();
@@ -211,23 +211,16 @@ impl PresenceBook {
         if let Some(c) = &b.cache {
             return c.clone();
         }
-        let Book {
-            entries, pieces, ..
-        } = &mut *b;
-        pieces.retain(|k, _| entries.contains_key(k));
-        let mut list: Vec<(&String, &Entry)> = entries.iter().collect();
-        list.sort_by_key(|(_, e)| std::cmp::Reverse((e.ts, e.refreshed)));
-        for (k, e) in &list {
-            if !pieces.contains_key(*k) {
-                pieces.insert((*k).clone(), piece(e));
+        for e in b.entries.values_mut() {
+            if e.json.is_none() {
+                e.json = Some(piece(e));
             }
         }
+        let mut list: Vec<&Entry> = b.entries.values().collect();
+        list.sort_by_key(|e| std::cmp::Reverse((e.ts, e.refreshed)));
         let mut raw: Vec<&RawValue> = Vec::with_capacity(list.len() + 1);
         raw.push(&self.me_json);
-        raw.extend(
-            list.iter()
-                .filter_map(|(k, _)| pieces.get(*k).map(|p| &**p)),
-        );
+        raw.extend(list.iter().filter_map(|e| e.json.as_deref()));
         // Pieces serde_json wrote itself, joined by serde_json: valid JSON
         // without parsing it again.
         let joined: Arc<RawValue> = serde_json::value::to_raw_value(&raw)
@@ -251,7 +244,7 @@ impl PresenceBook {
                 b.entries.remove(&oldest);
             }
         }
-        b.pieces.remove(&key);
+        entry.json = None; // serialised afresh by the next list
         b.entries.insert(key, entry);
         b.cache = None;
     }
@@ -371,11 +364,14 @@ mod tests {
         b.leave(&k);
         b.leave(&k);
         assert_eq!(instances(&b), ["gw", "y"]);
-        assert_eq!(
-            b.inner.guard().pieces.len(),
-            1,
-            "pieces of gone entries are dropped"
-        );
+        let kept = b
+            .inner
+            .guard()
+            .entries
+            .values()
+            .filter(|e| e.json.is_some())
+            .count();
+        assert_eq!(kept, 1, "pieces of gone entries are dropped");
     }
 
     #[test]
