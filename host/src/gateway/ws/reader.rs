@@ -96,7 +96,7 @@ impl Rebuffer {
     }
 
     /// True when a big frame grew the buffer and nothing is buffered now:
-    /// the stream is to be rebuilt (and this counts the rebuild).
+    /// the stream is to be rebuilt (and the mark is cleared).
     pub(super) fn due<R: AsyncRead + Unpin>(
         &mut self,
         stream: &WebSocketStream<ReadOnly<R>>,

@@ -119,15 +119,26 @@ impl Durability {
         Ok(())
     }
 
-    /// fsyncs the WAL: every frame written so far becomes durable.
-    fn sync_wal(&mut self) -> std::io::Result<()> {
-        if self.wal.is_none() {
-            self.wal = Some(std::fs::File::open(&self.wal_path)?);
+    /// fsyncs the WAL if a commit is owed one: every frame written so far
+    /// becomes durable.
+    fn sync_owed(&mut self, shared: &Shared) -> std::io::Result<()> {
+        if self.since.is_none() {
+            return Ok(());
         }
-        match &self.wal {
-            Some(f) => f.sync_all(),
-            None => Ok(()),
-        }
+        let wal = match &self.wal {
+            Some(f) => f,
+            None => self.wal.insert(std::fs::File::open(&self.wal_path)?),
+        };
+        wal.sync_all()?;
+        shared.settles.fetch_add(1, Ordering::Relaxed);
+        self.synced(shared);
+        Ok(())
+    }
+
+    /// Nothing committed is owed an fsync any more.
+    fn synced(&mut self, shared: &Shared) {
+        self.since = None;
+        shared.unsynced.store(false, Ordering::Release);
     }
 
     /// After a commit: `wanted` an fsync, `changed` whether it wrote
@@ -137,12 +148,12 @@ impl Durability {
             return Ok(());
         }
         if wanted {
-            if self.since.is_some() && !changed {
-                self.sync_wal()?;
-                shared.settles.fetch_add(1, Ordering::Relaxed);
+            if changed {
+                // SQLite's own fsync at commit covered the earlier frames.
+                self.synced(shared);
+            } else {
+                self.sync_owed(shared)?;
             }
-            self.since = None;
-            shared.unsynced.store(false, Ordering::Release);
         } else if changed && self.since.is_none() {
             self.since = Some(Instant::now());
             shared.unsynced.store(true, Ordering::Release);
@@ -158,23 +169,13 @@ impl Durability {
 
     /// Settles now (the deadline passed with nothing to write).
     fn settle(&mut self, shared: &Shared) {
-        if self.since.is_none() {
-            return;
-        }
-        match self.sync_wal() {
-            Ok(()) => {
-                self.since = None;
-                shared.settles.fetch_add(1, Ordering::Relaxed);
-                shared.unsynced.store(false, Ordering::Release);
-            }
-            Err(e) => {
-                // Tried again at the next deadline; writes that wait for
-                // the disk fail meanwhile if the disk does.
-                self.since = Some(Instant::now());
-                let why = format!("sync the message log's WAL: {e}");
-                if shared.failure.guard().replace(why.clone()).is_none() {
-                    tracing::error!("{why}");
-                }
+        if let Err(e) = self.sync_owed(shared) {
+            // Tried again at the next deadline; writes that wait for the
+            // disk fail meanwhile if the disk does.
+            self.since = Some(Instant::now());
+            let why = format!("sync the message log's WAL: {e}");
+            if shared.failure.guard().replace(why.clone()).is_none() {
+                tracing::error!("{why}");
             }
         }
     }
@@ -379,13 +380,12 @@ fn write_group(
 /// write: once it is committed), then tells the listener about the stored
 /// messages in order.
 pub(super) fn writer(
-    conn: Connection,
+    mut conn: Connection,
     rx: mpsc::Receiver<Op>,
     shared: Shared,
     full: bool,
     wal_path: PathBuf,
 ) {
-    let mut conn = conn;
     let mut d = Durability {
         full,
         fsyncing: full,
