@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio::sync::{Notify, OnceCell};
 
 use crate::broadcast::Broadcaster;
@@ -186,14 +185,12 @@ impl ChannelManager {
     }
 
     /// `plugins.list`'s `grants` of a plugin: channel → what it may reach.
-    pub fn plugin_grants(&self, plugin: &Plugin) -> Value {
+    pub fn plugin_grants(&self, plugin: &Plugin) -> BTreeMap<String, Vec<String>> {
         let s = self.board.read();
-        Value::Object(
-            s.iter()
-                .filter(|(_, e)| e.plugin == plugin.id())
-                .map(|(c, _)| (c.clone(), json!(self.grants_for(c, plugin))))
-                .collect(),
-        )
+        s.iter()
+            .filter(|(_, e)| e.plugin == plugin.id())
+            .map(|(c, _)| (c.clone(), self.grants_for(c, plugin)))
+            .collect()
     }
 
     /// `channels.<name>.webhook_max_body_bytes`, or `None` for an unknown channel.

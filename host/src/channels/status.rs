@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::plugins::contract::AccountState;
@@ -107,6 +106,31 @@ pub struct ChannelEntry {
     pub accounts: BTreeMap<String, AccountSnapshot>,
 }
 
+/// `channels.status`'s answer, borrowing a [`ChannelsSnapshot`].
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelsStatus<'a> {
+    ts: u64,
+    channel_order: Vec<&'a str>,
+    channel_labels: BTreeMap<&'a str, &'a str>,
+    channels: BTreeMap<&'a str, ChannelSummary<'a>>,
+    channel_accounts: BTreeMap<&'a str, Vec<&'a AccountSnapshot>>,
+    channel_default_account_id: BTreeMap<&'a str, &'a str>,
+}
+
+/// One channel in `channels.status`'s `channels`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChannelSummary<'a> {
+    configured: bool,
+    running: bool,
+    connected: bool,
+    plugin: &'a str,
+    accounts: usize,
+    running_accounts: usize,
+    connected_accounts: usize,
+}
+
 /// The runtime snapshot of every channel, ordered by channel id.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelsSnapshot {
@@ -119,39 +143,43 @@ impl ChannelsSnapshot {
     }
 
     /// The `channels.status` result, optionally for one channel.
-    pub fn status_payload(&self, only: Option<&str>, ts: u64) -> Value {
-        let selected: Vec<(&String, &ChannelEntry)> = self
-            .channels
-            .iter()
-            .filter(|(k, _)| only.is_none_or(|o| o == k.as_str()))
-            .collect();
-        let mut channels = serde_json::Map::new();
-        let mut accounts = serde_json::Map::new();
-        let mut defaults = serde_json::Map::new();
-        let mut labels = serde_json::Map::new();
-        for (id, e) in &selected {
+    pub fn status_payload(&self, only: Option<&str>, ts: u64) -> ChannelsStatus<'_> {
+        let mut out = ChannelsStatus {
+            ts,
+            channel_order: Vec::new(),
+            channel_labels: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            channel_accounts: BTreeMap::new(),
+            channel_default_account_id: BTreeMap::new(),
+        };
+        for (id, e) in &self.channels {
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let id = id.as_str();
             let list: Vec<&AccountSnapshot> = e.accounts.values().collect();
             let running = list.iter().filter(|a| a.running).count();
             let connected = list.iter().filter(|a| a.connected).count();
-            channels.insert(
-                (*id).clone(),
-                json!({"configured": !list.is_empty(), "running": running > 0, "connected": connected > 0,
-                       "plugin": e.plugin, "accounts": list.len(), "runningAccounts": running, "connectedAccounts": connected}),
+            out.channel_order.push(id);
+            out.channel_labels.insert(id, &e.label);
+            out.channels.insert(
+                id,
+                ChannelSummary {
+                    configured: !list.is_empty(),
+                    running: running > 0,
+                    connected: connected > 0,
+                    plugin: &e.plugin,
+                    accounts: list.len(),
+                    running_accounts: running,
+                    connected_accounts: connected,
+                },
             );
-            accounts.insert((*id).clone(), json!(list));
-            labels.insert((*id).clone(), json!(e.label));
+            out.channel_accounts.insert(id, list);
             if let Some(d) = &e.default_account {
-                defaults.insert((*id).clone(), json!(d));
+                out.channel_default_account_id.insert(id, d);
             }
         }
-        json!({
-            "ts": ts,
-            "channelOrder": selected.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            "channelLabels": labels,
-            "channels": channels,
-            "channelAccounts": accounts,
-            "channelDefaultAccountId": defaults,
-        })
+        out
     }
 
     /// Accounts that should be running and are in error (for `/ready`).

@@ -2,7 +2,6 @@
 //! flags and the environment, validation with errors that name the key, and
 //! `describe` (the effective settings `status` reports).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -453,30 +452,40 @@ pub fn redacted(config: &Config) -> serde_json::Value {
     v
 }
 
-/// A flat key → value view used by `status` to show where settings came from.
-pub fn describe(config: &Config) -> BTreeMap<&'static str, serde_json::Value> {
-    let mut m = BTreeMap::new();
-    m.insert("bind", serde_json::json!(config.gateway.bind));
-    m.insert("port", serde_json::json!(config.gateway.port));
-    m.insert("tls", serde_json::json!(config.gateway.tls.is_some()));
-    m.insert(
-        "auth",
-        serde_json::json!(match (
-            config.gateway.auth.token.is_some(),
-            config.gateway.auth.password.is_some()
-        ) {
+/// What `status` shows of the gateway's settings.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Described<'a> {
+    pub bind: &'a str,
+    pub port: u16,
+    pub tls: bool,
+    /// `token`, `password`, `token+password`, `scoped-tokens` or `none`.
+    pub auth: &'static str,
+    #[serde(serialize_with = "lossy_path")]
+    pub plugins_dir: &'a std::path::Path,
+}
+
+/// A path as text, whatever bytes it holds (as `Path::display` shows it).
+pub fn lossy_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+/// What `status` shows of the gateway's settings.
+pub fn describe(config: &Config) -> Described<'_> {
+    let auth = &config.gateway.auth;
+    Described {
+        bind: &config.gateway.bind,
+        port: config.gateway.port,
+        tls: config.gateway.tls.is_some(),
+        auth: match (auth.token.is_some(), auth.password.is_some()) {
             (true, true) => "token+password",
             (true, false) => "token",
             (false, true) => "password",
-            (false, false) if !config.gateway.auth.tokens.is_empty() => "scoped-tokens",
+            (false, false) if !auth.tokens.is_empty() => "scoped-tokens",
             _ => "none",
-        }),
-    );
-    m.insert(
-        "pluginsDir",
-        serde_json::json!(config.plugins.dir.display().to_string()),
-    );
-    m
+        },
+        plugins_dir: &config.plugins.dir,
+    }
 }
 
 #[cfg(test)]

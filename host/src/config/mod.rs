@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 
-pub use load::{describe, redacted, Source};
+pub use load::{describe, lossy_path, redacted, Described, Source};
 
 pub const DEFAULT_PORT: u16 = 18789;
 

@@ -21,25 +21,17 @@ use crate::plugins::contract::ChannelError;
 use crate::plugins::CallError;
 use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 
-/// A method's result: a `Value`, or JSON serialised where it was built
-/// (`health`, from typed borrowed structs).
+/// A method's result: JSON serialised where it was built, from typed
+/// (borrowing) structs; no method builds a `Value` tree to answer.
 pub enum Payload {
-    Json(Value),
     Raw(Box<serde_json::value::RawValue>),
-    /// JSON serialised once and shared (the presence list).
+    /// JSON serialised once and shared (the presence list, `health`).
     Shared(Arc<serde_json::value::RawValue>),
-}
-
-impl From<Value> for Payload {
-    fn from(v: Value) -> Self {
-        Payload::Json(v)
-    }
 }
 
 impl serde::Serialize for Payload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Payload::Json(v) => v.serialize(s),
             Payload::Raw(r) => r.serialize(s),
             Payload::Shared(r) => r.serialize(s),
         }
@@ -48,10 +40,7 @@ impl serde::Serialize for Payload {
 
 /// What [`start`] answers with.
 pub type Answer = Result<Payload, ErrorShape>;
-/// What most `Now` methods return: a `Value`.
-type ValueAnswer = Result<Value, ErrorShape>;
-/// A `Later` method's answer, once awaited (`send` and `messages.history`
-/// serialise theirs straight from typed structs, see [`raw`]).
+/// A `Later` method's answer, once awaited.
 pub type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// An answer serialised once from a typed (borrowing) struct: no `Value`
@@ -67,11 +56,9 @@ fn raw<T: serde::Serialize + ?Sized>(v: &T) -> Answer {
 }
 
 /// How a method is carried out: at once, or by a task that may wait (a
-/// plugin call, a directory scan); `Serialized` answers at once with JSON
-/// it serialised itself.
+/// plugin call, a directory scan).
 enum Handler {
-    Now(fn(&Gateway, &'static str, Option<Value>) -> ValueAnswer),
-    Serialized(fn(&Gateway, &'static str, Option<Value>) -> Answer),
+    Now(fn(&Gateway, &'static str, Option<Value>) -> Answer),
     Later(fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending),
 }
 
@@ -84,7 +71,7 @@ struct Method {
 const fn now(
     name: &'static str,
     scope: &'static str,
-    f: fn(&Gateway, &'static str, Option<Value>) -> ValueAnswer,
+    f: fn(&Gateway, &'static str, Option<Value>) -> Answer,
 ) -> Method {
     Method {
         name,
@@ -107,17 +94,9 @@ const fn later(
 
 /// Every method this gateway implements: name, required scope, handler.
 const METHODS: &[Method] = &[
-    Method {
-        name: "health",
-        scope: SCOPE_READ,
-        handler: Handler::Serialized(health),
-    },
+    now("health", SCOPE_READ, health),
     now("status", SCOPE_READ, status),
-    Method {
-        name: "system-presence",
-        scope: SCOPE_READ,
-        handler: Handler::Serialized(system_presence),
-    },
+    now("system-presence", SCOPE_READ, system_presence),
     now("channels.status", SCOPE_READ, channels_status),
     now("channels.start", SCOPE_ADMIN, channels_start),
     now("channels.stop", SCOPE_ADMIN, channels_stop),
@@ -159,8 +138,7 @@ pub fn start(
         return Dispatch::Done(Err(ErrorShape::missing_scope(m.scope)));
     }
     match m.handler {
-        Handler::Now(f) => Dispatch::Done(f(gw, m.name, params).map(Payload::Json)),
-        Handler::Serialized(f) => Dispatch::Done(f(gw, m.name, params)),
+        Handler::Now(f) => Dispatch::Done(f(gw, m.name, params)),
         Handler::Later(f) => Dispatch::Later(f(gw.clone(), m.name, params)),
     }
 }
@@ -239,9 +217,11 @@ fn health(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     Ok(Payload::Raw(gw.health.snapshot_raw()))
 }
 
-fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    Ok(status_payload(gw))
+    let snap = gw.channels.snapshot();
+    let config = gw.config();
+    raw(&status_payload(gw, &snap, &config))
 }
 
 /// The presence list as serialised once per change, shared, not copied.
@@ -250,7 +230,7 @@ fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) ->
     Ok(Payload::Shared(gw.presence.list()))
 }
 
-fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let p: ChannelsStatusParams = parse(method, params)?;
     let snap = gw.channels.snapshot();
     if let Some(c) = &p.channel {
@@ -265,18 +245,25 @@ fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) ->
             )));
         }
     }
-    Ok(snap.status_payload(p.channel.as_deref(), crate::now_ms()))
+    raw(&snap.status_payload(p.channel.as_deref(), crate::now_ms()))
 }
 
-fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     start_or_stop(gw, method, params, true)
 }
 
-fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     start_or_stop(gw, method, params, false)
 }
 
-fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> ValueAnswer {
+/// `channels.start`'s and `channels.stop`'s answer.
+#[derive(serde::Serialize)]
+struct StartedOrStopped<'a> {
+    channel: &'a str,
+    account: Option<crate::channels::AccountSnapshot>,
+}
+
+fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> Answer {
     let p: ChannelAccountParams = parse_required(method, params)?;
     let (channel, account) = gw
         .channels
@@ -287,8 +274,10 @@ fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool)
     } else {
         gw.channels.stop(&channel, &account);
     }
-    let snap = gw.channels.account_snapshot(&channel, &account);
-    Ok(json!({"channel": channel, "account": snap}))
+    raw(&StartedOrStopped {
+        channel: &channel,
+        account: gw.channels.account_snapshot(&channel, &account),
+    })
 }
 
 fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
@@ -334,10 +323,12 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
                 return Err(unsupported());
             };
             return match gw.channels.act(&channel, &account, action).await {
-                Ok(()) => Ok(
-                    json!({"ok": true, "channel": channel, "accountId": account, "action": p.action})
-                        .into(),
-                ),
+                Ok(()) => raw(&Acted {
+                    ok: true,
+                    channel: &channel,
+                    account_id: &account,
+                    action: &p.action,
+                }),
                 // OpenClaw's words when the channel lacks the capability.
                 Err(SendError::Unsupported { .. }) => Err(unsupported()),
                 Err(e) => Err(send_error(&e)),
@@ -351,37 +342,85 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             .send(&channel, &account, &key, msg)
             .await
             .map_err(|e| send_error(&e))?;
-        Ok(json!({
-            "ok": true,
-            "channel": receipt.channel,
-            "accountId": account,
-            "to": to,
-            "messageId": receipt.message_id,
-            "chatId": receipt.chat_id,
-            "runId": p.idempotency_key,
+        raw(&ActionSent {
+            ok: true,
+            channel: &receipt.channel,
+            account_id: &account,
+            to: &to,
+            message_id: &receipt.message_id,
+            chat_id: &receipt.chat_id,
+            run_id: &p.idempotency_key,
         })
-        .into())
     })
+}
+
+/// `message.action`'s answer to `react`, `edit` or `delete`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Acted<'a> {
+    ok: bool,
+    channel: &'a str,
+    account_id: &'a str,
+    action: &'a str,
+}
+
+/// `message.action`'s answer to `send`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionSent<'a> {
+    ok: bool,
+    channel: &'a str,
+    account_id: &'a str,
+    to: &'a str,
+    message_id: &'a str,
+    chat_id: &'a str,
+    run_id: &'a str,
 }
 
 /// `config.get`: the configuration in force, secrets redacted, the file
 /// it came from, and why the file on disk was refused if it was.
-fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+///
+/// The configuration is the one `Value` tree a method still builds: its
+/// redaction walks every key at any depth, whatever the configuration's
+/// shape becomes. It is an admin method, called by hand.
+fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    let error = gw.health.config_error();
-    Ok(json!({
-        "path": gw.source.file().map(|p| p.display().to_string()),
-        "config": crate::config::redacted(&gw.config()),
-        "fileError": error,
-    }))
+    raw(&ConfigAnswer {
+        path: gw.source.file().map(|p| p.display().to_string()),
+        config: crate::config::redacted(&gw.config()),
+        file_error: gw.health.config_error(),
+    })
 }
 
-fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> ValueAnswer {
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigAnswer {
+    path: Option<String>,
+    config: Value,
+    file_error: Option<String>,
+}
+
+/// `plugins.list`'s answer (and `plugins.reload`'s, with `changes`).
+#[derive(serde::Serialize)]
+struct PluginsAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<&'a [crate::plugins::Change]>,
+    #[serde(serialize_with = "crate::config::lossy_path")]
+    dir: &'a std::path::Path,
+    plugins: Vec<crate::plugins::Listing>,
+}
+
+fn plugins_answer(gw: &Gateway, changes: Option<&[crate::plugins::Change]>) -> Answer {
+    raw(&PluginsAnswer {
+        changes,
+        dir: gw.plugins.dir(),
+        plugins: gw.plugins.list(|p| gw.channels.plugin_grants(p)),
+    })
+}
+
+fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let _: Empty = parse(method, params)?;
-    Ok(json!({
-        "dir": gw.plugins.dir().display().to_string(),
-        "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
-    }))
+    plugins_answer(gw, None)
 }
 
 fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
@@ -389,11 +428,7 @@ fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
         let p: ReloadParams = parse(method, params)?;
         gw.plugins.forget_failures(p.id.as_deref());
         let changes = gw.reload_plugins().await;
-        Ok(json!({
-            "changes": changes.iter().map(|c| c.event()).collect::<Vec<_>>(),
-            "plugins": gw.plugins.list(|p| gw.channels.plugin_grants(p)),
-        })
-        .into())
+        plugins_answer(&gw, Some(&changes))
     })
 }
 
@@ -484,8 +519,48 @@ fn call_error(channel: &str, e: &CallError) -> ErrorShape {
     }
 }
 
-fn status_payload(gw: &Gateway) -> Value {
-    let snap = gw.channels.snapshot();
+/// `status`'s answer.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    version: &'static str,
+    protocol: u32,
+    instance_id: &'a str,
+    host: &'a str,
+    started_at: u64,
+    uptime_ms: u64,
+    connections: StatusConnections,
+    channels: StatusChannels,
+    plugins: StatusPlugins<'a>,
+    gateway: crate::config::Described<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusConnections {
+    total: usize,
+    by_role: std::collections::HashMap<String, usize>,
+}
+
+#[derive(serde::Serialize)]
+struct StatusChannels {
+    count: usize,
+    accounts: usize,
+    running: usize,
+}
+
+#[derive(serde::Serialize)]
+struct StatusPlugins<'a> {
+    #[serde(serialize_with = "crate::config::lossy_path")]
+    dir: &'a std::path::Path,
+    loaded: usize,
+}
+
+fn status_payload<'a>(
+    gw: &'a Gateway,
+    snap: &crate::channels::ChannelsSnapshot,
+    config: &'a crate::config::Config,
+) -> Status<'a> {
     let accounts: usize = snap.channels.values().map(|c| c.accounts.len()).sum();
     let running: usize = snap
         .channels
@@ -493,18 +568,28 @@ fn status_payload(gw: &Gateway) -> Value {
         .flat_map(|c| c.accounts.values())
         .filter(|a| a.running)
         .count();
-    json!({
-        "version": crate::VERSION,
-        "protocol": crate::frames::PROTOCOL_VERSION,
-        "instanceId": gw.instance_id,
-        "host": gw.hostname,
-        "startedAt": gw.started_at_ms,
-        "uptimeMs": gw.uptime_ms(),
-        "connections": {"total": gw.conns.count(), "byRole": gw.conns.count_by_role()},
-        "channels": {"count": snap.channels.len(), "accounts": accounts, "running": running},
-        "plugins": {"dir": gw.plugins.dir().display().to_string(), "loaded": gw.plugins.loaded_count()},
-        "gateway": crate::config::describe(&gw.config()),
-    })
+    Status {
+        version: crate::VERSION,
+        protocol: crate::frames::PROTOCOL_VERSION,
+        instance_id: &gw.instance_id,
+        host: &gw.hostname,
+        started_at: gw.started_at_ms,
+        uptime_ms: gw.uptime_ms(),
+        connections: StatusConnections {
+            total: gw.conns.count(),
+            by_role: gw.conns.count_by_role(),
+        },
+        channels: StatusChannels {
+            count: snap.channels.len(),
+            accounts,
+            running,
+        },
+        plugins: StatusPlugins {
+            dir: gw.plugins.dir(),
+            loaded: gw.plugins.loaded_count(),
+        },
+        gateway: crate::config::describe(config),
+    }
 }
 
 #[cfg(test)]

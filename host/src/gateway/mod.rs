@@ -184,7 +184,7 @@ impl Gateway {
         for c in &changes {
             self.broadcaster.broadcast(
                 crate::broadcast::events::PLUGINS,
-                &c.event(),
+                c,
                 &crate::broadcast::Filter::scope(auth::SCOPE_READ),
             );
         }

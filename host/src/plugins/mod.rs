@@ -24,7 +24,7 @@ pub mod watcher;
 pub use call::{CallError, Target};
 pub use engine::Runtime;
 pub use loader::{LoadError, LoadedPlugin};
-pub use registry::{Change, Failure, PluginManager, PluginsHealth};
+pub use registry::{Change, Failure, Listing, PluginManager, PluginsHealth};
 pub use sandbox::Network;
 pub use sandbox::{parse_host_port, Limits};
 pub use tls_client::Trust;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+
 use sha2::{Digest, Sha256};
 
 use super::Plugin;
@@ -27,8 +27,10 @@ pub struct Failure {
     pub at: u64,
 }
 
-/// What a scan changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a scan changed; serialised, it is the `plugins` event's payload
+/// (`{"id", "action": "loaded" | "replaced" | "removed" | "failed", …}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
 pub enum Change {
     Loaded {
         id: String,
@@ -48,22 +50,40 @@ pub enum Change {
     },
 }
 
-impl Change {
-    /// The `plugins` event payload.
-    pub fn event(&self) -> Value {
-        match self {
-            Change::Loaded { id, version } => {
-                json!({"id": id, "action": "loaded", "version": version})
-            }
-            Change::Replaced { id, version } => {
-                json!({"id": id, "action": "replaced", "version": version})
-            }
-            Change::Removed { id } => json!({"id": id, "action": "removed"}),
-            Change::Failed { id, file, error } => {
-                json!({"id": id, "action": "failed", "file": file, "error": error})
-            }
-        }
-    }
+/// One file in `plugins.list`: a loaded plugin (with the error of a newer
+/// file that was refused, if one was), or a file that failed to load.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listing {
+    pub id: String,
+    pub file: String,
+    /// `loaded` or `failed`.
+    pub state: &'static str,
+    #[serde(flatten)]
+    pub loaded: Option<Loaded>,
+    /// A failed file's hash (a loaded plugin's is in `loaded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<u64>,
+}
+
+/// What `plugins.list` shows of a loaded plugin.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Loaded {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub hash: String,
+    pub loaded_at: u64,
+    pub network: Vec<String>,
+    /// Channel → what it may reach.
+    pub grants: BTreeMap<String, Vec<String>>,
+    pub contract: &'static str,
+    pub capabilities: Vec<&'static str>,
 }
 
 #[derive(Default)]
@@ -326,7 +346,7 @@ impl PluginManager {
     }
 
     /// `plugins.list`: every plugin file with its state.
-    pub fn list(&self, grants: impl Fn(&Plugin) -> Value) -> Value {
+    pub fn list(&self, grants: impl Fn(&Plugin) -> BTreeMap<String, Vec<String>>) -> Vec<Listing> {
         let reg = self.read();
         let mut out = Vec::new();
         let mut files: Vec<(&String, &String)> = reg.files.iter().collect();
@@ -334,29 +354,43 @@ impl PluginManager {
         for (file, id) in files {
             let Some(p) = reg.by_id.get(id) else { continue };
             let i = &p.loaded.info;
-            let mut e = json!({
-                "id": i.id, "name": i.name, "version": i.version, "description": i.description,
-                "file": file, "hash": p.loaded.hash, "state": "loaded", "loadedAt": p.loaded_at,
-                "network": i.network, "grants": grants(p), "contract": p.loaded.contract,
-                "capabilities": i.capabilities.names(),
+            // A newer file that was refused; this version keeps serving.
+            let failed = reg.failures.get(file);
+            out.push(Listing {
+                id: i.id.clone(),
+                file: file.clone(),
+                state: "loaded",
+                loaded: Some(Loaded {
+                    name: i.name.clone(),
+                    version: i.version.clone(),
+                    description: i.description.clone(),
+                    hash: p.loaded.hash.clone(),
+                    loaded_at: p.loaded_at,
+                    network: i.network.clone(),
+                    grants: grants(p),
+                    contract: p.loaded.contract,
+                    capabilities: i.capabilities.names(),
+                }),
+                hash: None,
+                error: failed.map(|f| f.error.clone()),
+                failed_at: failed.map(|f| f.at),
             });
-            if let Some(f) = reg.failures.get(file) {
-                // A newer file was refused; this version keeps serving.
-                e["error"] = json!(f.error);
-                e["failedAt"] = json!(f.at);
-            }
-            out.push(e);
         }
         for (file, f) in &reg.failures {
             if reg.files.contains_key(file) {
                 continue;
             }
-            out.push(json!({
-                "id": file.trim_end_matches(".wasm"), "file": file, "hash": f.hash,
-                "state": "failed", "error": f.error, "failedAt": f.at,
-            }));
+            out.push(Listing {
+                id: file.trim_end_matches(".wasm").to_string(),
+                file: file.clone(),
+                state: "failed",
+                loaded: None,
+                hash: Some(f.hash.clone()),
+                error: Some(f.error.clone()),
+                failed_at: Some(f.at),
+            });
         }
-        Value::Array(out)
+        out
     }
 
     /// `health`'s `plugins` (schema: `{loaded, errors}`): the ids loaded
