@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
-
 use sha2::{Digest, Sha256};
 
 use super::Plugin;
@@ -59,11 +58,10 @@ pub struct Listing {
     pub file: String,
     /// `loaded` or `failed`.
     pub state: &'static str,
+    /// SHA-256 of the file (of the one loaded, when a newer one failed).
+    pub hash: String,
     #[serde(flatten)]
     pub loaded: Option<Loaded>,
-    /// A failed file's hash (a loaded plugin's is in `loaded`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,7 +75,6 @@ pub struct Loaded {
     pub name: String,
     pub version: String,
     pub description: String,
-    pub hash: String,
     pub loaded_at: u64,
     pub network: Vec<String>,
     /// Channel → what it may reach.
@@ -360,18 +357,17 @@ impl PluginManager {
                 id: i.id.clone(),
                 file: file.clone(),
                 state: "loaded",
+                hash: p.loaded.hash.clone(),
                 loaded: Some(Loaded {
                     name: i.name.clone(),
                     version: i.version.clone(),
                     description: i.description.clone(),
-                    hash: p.loaded.hash.clone(),
                     loaded_at: p.loaded_at,
                     network: i.network.clone(),
                     grants: grants(p),
                     contract: p.loaded.contract,
                     capabilities: i.capabilities.names(),
                 }),
-                hash: None,
                 error: failed.map(|f| f.error.clone()),
                 failed_at: failed.map(|f| f.at),
             });
@@ -384,8 +380,8 @@ impl PluginManager {
                 id: file.trim_end_matches(".wasm").to_string(),
                 file: file.clone(),
                 state: "failed",
+                hash: f.hash.clone(),
                 loaded: None,
-                hash: Some(f.hash.clone()),
                 error: Some(f.error.clone()),
                 failed_at: Some(f.at),
             });
