@@ -652,6 +652,11 @@ async fn channels_start_stop_and_plugins_reload() {
         json!([{"id": "echo", "action": "replaced", "version": "0.2.0"}]),
         "{r}"
     );
+    // Beside the changes, the list as `plugins.list` answers it.
+    let list = c.request("l", "plugins.list", json!({})).await.unwrap();
+    assert_eq!(r["payload"]["dir"], list["payload"]["dir"], "{r}");
+    assert_eq!(r["payload"]["dir"], s.plugins.display().to_string(), "{r}");
+    assert_eq!(r["payload"]["plugins"], list["payload"]["plugins"], "{r}");
     assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
 }
 
