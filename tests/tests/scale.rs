@@ -215,3 +215,103 @@ async fn a_big_request_leaves_no_big_read_buffer_behind() {
     );
     drop(ws);
 }
+
+/// The same when the big request comes in fragments, a ping between two of
+/// them, or after a frame whose length is written longer than it need be
+/// (RFC 6455 allows neither to be refused): 24 connections, each left with
+/// a read buffer of 1 to 4 MiB if it is kept (56 MiB in all), must leave
+/// the daemon's RSS about where it was, and each connection must go on
+/// reading requests.
+#[tokio::test]
+async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::MaybeTlsStream;
+    const CONNS: usize = 24;
+    const BIG: usize = 4 << 20;
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"t\"\n")
+        .start()
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..CONNS {
+        let (c, _) = connect(&d.url(), Some("t"), &["operator.read"])
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rss_kib(d.pid());
+
+    let request = |id: &str| json!({"type": "req", "id": id, "method": "health"}).to_string();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let big_id = format!("{i}-{}", "p".repeat(BIG));
+        let big = request(&big_id).into_bytes();
+        match i % 3 {
+            0 => {
+                // A small request whose length is written in 64 bits, then
+                // the big one in one frame.
+                let body = request("padded").into_bytes();
+                let mut raw = vec![0x81, 0x80 | 127];
+                raw.extend_from_slice(&(body.len() as u64).to_be_bytes());
+                raw.extend_from_slice(&[0, 0, 0, 0]); // a zero mask
+                raw.extend_from_slice(&body);
+                let MaybeTlsStream::Plain(s) = c.ws.get_mut() else {
+                    panic!("a plain TCP test connection")
+                };
+                s.write_all(&raw).await.unwrap();
+                let r = response(c, "padded").await;
+                assert_eq!(r["ok"], true, "{r}");
+                c.ws.send(Message::text(String::from_utf8(big).unwrap()))
+                    .await
+                    .unwrap();
+            }
+            k => {
+                // Two fragments with a ping between them, or four.
+                let parts = if k == 1 { 2 } else { 4 };
+                let size = big.len().div_ceil(parts);
+                let chunks: Vec<&[u8]> = big.chunks(size).collect();
+                for (n, part) in chunks.iter().enumerate() {
+                    let op = if n == 0 {
+                        OpCode::Data(Data::Text)
+                    } else {
+                        OpCode::Data(Data::Continue)
+                    };
+                    let last = n + 1 == chunks.len();
+                    c.ws.send(Message::Frame(Frame::message(part.to_vec(), op, last)))
+                        .await
+                        .unwrap();
+                    if k == 1 && n == 0 {
+                        c.ws.send(Message::Frame(Frame::ping(b"mid".to_vec())))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        let r = response(c, &big_id).await;
+        assert_eq!(r["ok"], true, "{}", r["error"]);
+        // The rebuilt stream reads the next request.
+        let r = c.request("after", "health", json!({})).await.unwrap();
+        assert_eq!(r["ok"], true, "{}", r["error"]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = rss_kib(d.pid());
+    let kept = (CONNS / 3 * (4 + 2 + 1) * 1024) as u64;
+    assert!(
+        after.saturating_sub(before) < kept / 4,
+        "RSS {before} KiB before the big requests, {after} KiB after: \
+         read buffers of 1 to 4 MiB each ({kept} KiB in all) were kept"
+    );
+}
+
+/// The response to request `id`, skipping events.
+async fn response(c: &mut Client, id: &str) -> serde_json::Value {
+    loop {
+        let v = c.recv().await.unwrap();
+        if v["type"] == "res" && v["id"] == id {
+            return v;
+        }
+    }
+}

@@ -29,11 +29,21 @@ pub(super) const READ_BUFFER: usize = 1024;
 
 /// The read half, with writes swallowed: the writer task owns the socket's
 /// writing, so tungstenite's own replies (pong, close) are not written
-/// here (the reader queues a pong for each ping instead). It counts the
-/// bytes it hands to tungstenite, for [`Rebuffer`].
+/// here (the reader queues a pong for each ping instead). It follows the
+/// frames in the bytes it hands to tungstenite ([`Frames`]), for
+/// [`Rebuffer`].
 pub(super) struct ReadOnly<R> {
     inner: R,
-    handed: u64,
+    frames: Frames,
+}
+
+impl<R> ReadOnly<R> {
+    pub(super) fn new(inner: R) -> Self {
+        ReadOnly {
+            inner,
+            frames: Frames::default(),
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
@@ -45,7 +55,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            self.handed += (buf.filled().len() - before) as u64;
+            self.frames.follow(&buf.filled()[before..]);
         }
         r
     }
@@ -53,7 +63,114 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
 
 /// A frame this large grows the read buffer past [`READ_BUFFER`]; after
 /// one, the reader starts a fresh, small buffer as soon as it can.
-const GROWN: usize = 64 * 1024;
+const GROWN: u64 = 64 * 1024;
+
+/// The frames in the bytes handed to tungstenite, followed header by
+/// header (RFC 6455 §5.2; payloads are skipped, never looked at): how many
+/// messages they complete, whether the bytes end on a frame boundary
+/// outside a fragmented message, and whether a big frame went by. It never
+/// fails: bytes tungstenite refuses end the connection anyway.
+#[derive(Default)]
+pub(super) struct Frames {
+    /// The current frame's header so far (2 to 14 bytes).
+    head: [u8; 14],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come, once its header
+    /// is complete.
+    payload_left: u64,
+    in_payload: bool,
+    /// Whether the current frame ends a message: a control frame, or a
+    /// data frame with FIN.
+    ends_message: bool,
+    /// A data message's first frame came without FIN; its last has not come.
+    fragmenting: bool,
+    /// Messages complete in the bytes handed: each is one tungstenite gives
+    /// the reader (a text, binary, ping, pong or close message).
+    completed: u64,
+    /// A frame of [`GROWN`] bytes or more was handed since the last rebuild.
+    big: bool,
+}
+
+impl Frames {
+    fn follow(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.in_payload {
+                let n = self.payload_left.min(bytes.len() as u64);
+                self.payload_left -= n;
+                bytes = &bytes[n as usize..];
+                if self.payload_left == 0 {
+                    self.frame_done();
+                }
+                continue;
+            }
+            // Header: 2 bytes, then the extended length and the mask.
+            let need = self.header_len();
+            let n = (need - self.head_len).min(bytes.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+            self.head_len += n;
+            bytes = &bytes[n..];
+            // Its first two bytes may say it is longer than two.
+            if self.head_len == self.header_len() {
+                self.header_done();
+            }
+        }
+    }
+
+    /// The current header's length: 2 until its first two bytes are in.
+    fn header_len(&self) -> usize {
+        if self.head_len < 2 {
+            return 2;
+        }
+        let b1 = self.head[1];
+        let ext = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    fn header_done(&mut self) {
+        let (b0, b1) = (self.head[0], self.head[1]);
+        let len = match b1 & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.head[2..10]);
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x08 != 0 {
+            // A control frame: a message of its own, even between the
+            // frames of a fragmented one.
+            self.ends_message = true;
+        } else {
+            self.ends_message = fin;
+            self.fragmenting = !fin;
+        }
+        self.big |= len >= GROWN;
+        self.head_len = 0;
+        self.payload_left = len;
+        self.in_payload = len > 0;
+        if len == 0 {
+            self.frame_done();
+        }
+    }
+
+    fn frame_done(&mut self) {
+        self.in_payload = false;
+        if self.ends_message {
+            self.completed += 1;
+        }
+    }
+
+    /// The bytes handed end on a frame boundary, outside a fragmented message.
+    fn at_boundary(&self) -> bool {
+        self.head_len == 0 && !self.in_payload && !self.fragmenting
+    }
+}
 
 /// Gives a connection its small read buffer back after a big frame.
 ///
@@ -61,49 +178,35 @@ const GROWN: usize = 64 * 1024;
 /// (its `BytesMut` reclaims the same allocation), and offers no way to
 /// shrink it: up to `max_payload_bytes` (25 MiB) per connection that once
 /// sent a big request. The stream can be rebuilt around the same socket
-/// with a fresh buffer, but only when no read-ahead byte is buffered,
-/// which tungstenite does not tell. So the reader counts: the bytes of
-/// every message it receives, as one minimally-framed masked frame, can
-/// only be fewer than the bytes tungstenite consumed (a fragmented message
-/// or a padded length is more), which are at most the bytes handed to it
-/// ([`ReadOnly`]). When the count equals the bytes handed, nothing is
-/// buffered and no message is half-assembled, and the rebuild is safe;
-/// when it falls behind, the buffer is simply kept.
+/// with a fresh buffer, but only when no read-ahead byte is buffered and
+/// no message is half-assembled, which tungstenite does not tell. So the
+/// reader compares: [`Frames`] counts the messages completed in the bytes
+/// handed to tungstenite, and this counts the messages tungstenite gave the
+/// reader. When the two are equal and the handed bytes end on a frame
+/// boundary outside a fragmented message, everything handed has been given
+/// back as messages, and the rebuild is safe; otherwise it waits for a
+/// later message.
 #[derive(Default)]
 pub(super) struct Rebuffer {
-    consumed: u64,
-    grown: bool,
+    received: u64,
 }
 
 impl Rebuffer {
     /// Counts a message just received.
-    pub(super) fn received(&mut self, m: &Message) {
-        let payload = match m {
-            Message::Close(Some(f)) => 2 + f.reason.len(),
-            Message::Close(None) => 0,
-            m => m.len(),
-        };
-        // Client frames are masked: 2 bytes, the extended length, the mask.
-        let header = 2
-            + 4
-            + match payload {
-                0..=125 => 0,
-                126..=65535 => 2,
-                _ => 8,
-            };
-        self.consumed += (header + payload) as u64;
-        self.grown |= payload >= GROWN;
+    pub(super) fn received(&mut self) {
+        self.received += 1;
     }
 
     /// True when a big frame grew the buffer and nothing is buffered now:
     /// the stream is to be rebuilt (and the mark is cleared).
     pub(super) fn due<R: AsyncRead + Unpin>(
         &mut self,
-        stream: &WebSocketStream<ReadOnly<R>>,
+        stream: &mut WebSocketStream<ReadOnly<R>>,
     ) -> bool {
-        let due = self.grown && self.consumed == stream.get_ref().handed;
+        let f = &mut stream.get_mut().frames;
+        let due = f.big && f.completed == self.received && f.at_boundary();
         if due {
-            self.grown = false;
+            f.big = false;
         }
         due
     }
@@ -191,15 +294,8 @@ where
         .max_message_size(Some(limits.max_payload_bytes))
         .max_frame_size(Some(limits.max_payload_bytes));
     let (rd, wr) = tokio::io::split(io);
-    let mut stream = WebSocketStream::from_raw_socket(
-        ReadOnly {
-            inner: rd,
-            handed: 0,
-        },
-        Role::Server,
-        Some(ws_config),
-    )
-    .await;
+    let mut stream =
+        WebSocketStream::from_raw_socket(ReadOnly::new(rd), Role::Server, Some(ws_config)).await;
     let mut rebuffer = Rebuffer::default();
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_requests));
     // The configuration as of this connection's start is not kept: a
@@ -228,9 +324,9 @@ where
             }
             msg = stream.next(), if slot.is_some() => {
                 // Any frame, a pong included, shows the client is there.
-                if let Some(Ok(m)) = &msg {
+                if let Some(Ok(_)) = &msg {
                     conn.heard(crate::now_ms());
-                    rebuffer.received(m);
+                    rebuffer.received();
                 }
                 match msg {
                     None => break,
@@ -268,7 +364,7 @@ where
                     }
                     Some(Ok(_)) => membership.active(&gw, &conn),
                 }
-                if rebuffer.due(&stream) {
+                if rebuffer.due(&mut stream) {
                     // Nothing is buffered: the same socket, a small buffer.
                     let rd = stream.into_inner();
                     stream = WebSocketStream::from_raw_socket(rd, Role::Server, Some(ws_config)).await;
@@ -429,5 +525,154 @@ fn reply(
             enqueue(gw, conn, Outbound::Reply(frame))
         }
         None => respond(gw, conn, frame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One client frame: FIN, opcode, payload length, and how its length
+    /// is written (0: minimal, 1: 16-bit, 2: 64-bit, whatever fits).
+    fn frame(fin: bool, opcode: u8, len: usize, padded: u8, masked: bool) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        match (len, padded) {
+            (0..=125, 0) => f.push(m | len as u8),
+            (0..=65535, 0 | 1) => {
+                f.push(m | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    /// A message as frames: a data message in `parts` fragments (a ping
+    /// between two of them when `ping`), or a control frame.
+    #[derive(Debug, Clone)]
+    enum Msg {
+        Data {
+            sizes: Vec<usize>,
+            padded: u8,
+            ping: bool,
+        },
+        Ping(usize),
+    }
+
+    fn bytes_of(m: &Msg, masked: bool) -> (Vec<u8>, u64) {
+        match m {
+            Msg::Ping(n) => (frame(true, 0x9, *n, 0, masked), 1),
+            Msg::Data {
+                sizes,
+                padded,
+                ping,
+            } => {
+                let mut out = Vec::new();
+                let mut messages = 1;
+                for (i, &n) in sizes.iter().enumerate() {
+                    let last = i + 1 == sizes.len();
+                    let op = if i == 0 { 0x1 } else { 0x0 };
+                    out.extend(frame(last, op, n, *padded, masked));
+                    if *ping && !last && i == 0 {
+                        out.extend(frame(true, 0x9, 3, 0, masked));
+                        messages += 1;
+                    }
+                }
+                (out, messages)
+            }
+        }
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            (0usize..126).prop_map(Msg::Ping),
+            (
+                prop::collection::vec(
+                    prop_oneof![
+                        0usize..200,
+                        125usize..130,
+                        65530usize..65540,
+                        70000usize..70010
+                    ],
+                    1..4
+                ),
+                0u8..3,
+                any::<bool>()
+            )
+                .prop_map(|(sizes, padded, ping)| Msg::Data {
+                    sizes,
+                    padded,
+                    ping
+                }),
+        ]
+    }
+
+    proptest! {
+        /// However the bytes are split, the frames are followed exactly:
+        /// at each message's end the count is right and the bytes end on a
+        /// boundary; inside a message (a fragmented one included) they do
+        /// not; a frame of 64 KiB or more is noticed.
+        #[test]
+        fn frames_are_followed_across_any_split(
+            msgs in prop::collection::vec(msg(), 1..6),
+            cuts in prop::collection::vec(1usize..5000, 1..40),
+            masked in any::<bool>(),
+        ) {
+            let mut stream = Vec::new();
+            // (offset where a message ends, messages complete by then)
+            let mut ends = Vec::new();
+            let mut count = 0;
+            let mut big = false;
+            for m in &msgs {
+                let (b, n) = bytes_of(m, masked);
+                stream.extend(b);
+                count += n;
+                ends.push((stream.len(), count));
+                if let Msg::Data { sizes, .. } = m {
+                    big |= sizes.iter().any(|&s| s as u64 >= GROWN);
+                }
+            }
+            let mut f = Frames::default();
+            let (mut at, mut cut) = (0, 0);
+            while at < stream.len() {
+                let n = cuts[cut % cuts.len()].min(stream.len() - at);
+                cut += 1;
+                f.follow(&stream[at..at + n]);
+                at += n;
+                match ends.iter().find(|(e, _)| *e == at) {
+                    Some(&(_, c)) => {
+                        prop_assert!(f.at_boundary(), "at {at}");
+                        prop_assert_eq!(f.completed, c);
+                    }
+                    None => prop_assert!(!f.at_boundary(), "at {at}, inside a message"),
+                }
+            }
+            prop_assert_eq!(f.completed, count);
+            prop_assert_eq!(f.big, big);
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let mut stream = frame(false, 0x1, 70_000, 2, true);
+        stream.extend(frame(true, 0xA, 0, 0, true));
+        stream.extend(frame(true, 0x0, 5, 1, true));
+        let mut f = Frames::default();
+        for (i, b) in stream.iter().enumerate() {
+            f.follow(std::slice::from_ref(b));
+            assert_eq!(f.at_boundary(), i + 1 == stream.len(), "at {i}");
+        }
+        // The pong and the text message.
+        assert_eq!(f.completed, 2);
+        assert!(f.big);
     }
 }
