@@ -145,19 +145,7 @@ async fn fifteen_thousand_sockets_at_once() {
 async fn a_big_request_leaves_no_big_read_buffer_behind() {
     const CONNS: usize = 24;
     const BIG: usize = 4 << 20;
-    let d = Daemon::builder()
-        .config("[gateway.auth]\ntoken = \"t\"\n")
-        .start()
-        .unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..CONNS {
-        let (c, _) = connect(&d.url(), Some("t"), &["operator.read"])
-            .await
-            .unwrap();
-        clients.push(c);
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = rss_kib(d.pid());
+    let (d, mut clients, before) = idle_operators(CONNS).await;
 
     // Pipelined: one big request and 40 small ones in a single write.
     let mut burst = Vec::new();
@@ -230,19 +218,7 @@ async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
     use tokio_tungstenite::MaybeTlsStream;
     const CONNS: usize = 24;
     const BIG: usize = 4 << 20;
-    let d = Daemon::builder()
-        .config("[gateway.auth]\ntoken = \"t\"\n")
-        .start()
-        .unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..CONNS {
-        let (c, _) = connect(&d.url(), Some("t"), &["operator.read"])
-            .await
-            .unwrap();
-        clients.push(c);
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = rss_kib(d.pid());
+    let (d, mut clients, before) = idle_operators(CONNS).await;
 
     let request = |id: &str| json!({"type": "req", "id": id, "method": "health"}).to_string();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -298,12 +274,32 @@ async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = rss_kib(d.pid());
+    // Kept buffers grow RSS by more than `kept` (86 MiB measured); freed
+    // ones leave 12 to 14 MiB of the allocator's own behind.
     let kept = (CONNS / 3 * (4 + 2 + 1) * 1024) as u64;
     assert!(
-        after.saturating_sub(before) < kept / 4,
+        after.saturating_sub(before) < kept / 2,
         "RSS {before} KiB before the big requests, {after} KiB after: \
          read buffers of 1 to 4 MiB each ({kept} KiB in all) were kept"
     );
+}
+
+/// A daemon with `n` idle operators connected, and its RSS once they are.
+async fn idle_operators(n: usize) -> (Daemon, Vec<Client>, u64) {
+    let d = Daemon::builder()
+        .config("[gateway.auth]\ntoken = \"t\"\n")
+        .start()
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let (c, _) = connect(&d.url(), Some("t"), &["operator.read"])
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss = rss_kib(d.pid());
+    (d, clients, rss)
 }
 
 /// The response to request `id`, skipping events.
