@@ -25,7 +25,7 @@ use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 /// (borrowing) structs; no method builds a `Value` tree to answer.
 pub enum Payload {
     Raw(Box<serde_json::value::RawValue>),
-    /// JSON serialised once and shared (the presence list, `health`).
+    /// JSON serialised once and shared (the presence list).
     Shared(Arc<serde_json::value::RawValue>),
 }
 
