@@ -311,3 +311,27 @@ async fn response(c: &mut Client, id: &str) -> serde_json::Value {
         }
     }
 }
+
+/// Nor one of 48 KiB, well below the big requests above: 600 connections
+/// each send one and stay open, and the daemon's RSS comes back to about
+/// where it was (each connection keeping a buffer of its size would be
+/// 28 MiB or more).
+#[tokio::test]
+async fn a_mid_sized_request_leaves_no_grown_read_buffer_behind() {
+    const CONNS: usize = 600;
+    const MID: usize = 48 << 10;
+    let (d, mut clients, before) = idle_operators(CONNS).await;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = format!("{i}-{}", "p".repeat(MID));
+        let r = c.request(&id, "health", json!({})).await.unwrap();
+        assert_eq!(r["ok"], true, "{}", r["error"]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = rss_kib(d.pid());
+    let kept = (CONNS * MID / 1024) as u64;
+    assert!(
+        after.saturating_sub(before) < kept / 2,
+        "RSS {before} KiB before the 48 KiB requests, {after} KiB after: \
+         read buffers of 48 KiB or more each ({kept} KiB in all) were kept"
+    );
+}

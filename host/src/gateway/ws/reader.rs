@@ -61,14 +61,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
     }
 }
 
-/// A frame this large grows the read buffer past [`READ_BUFFER`]; after
-/// one, the reader starts a fresh, small buffer as soon as it can.
-const GROWN: u64 = 64 * 1024;
+/// A frame this large has grown the read buffer from [`READ_BUFFER`] to at
+/// least its size; after one, the reader starts a fresh, small buffer as
+/// soon as it can. Below it, a connection keeps at most about twice this
+/// (tungstenite's buffer grows by doubling).
+const REBUILD_AFTER: u64 = 4 * 1024;
 
 /// The frames in the bytes handed to tungstenite, followed header by
 /// header (RFC 6455 §5.2; payloads are skipped, never looked at): how many
 /// messages they complete, whether the bytes end on a frame boundary
-/// outside a fragmented message, and whether a big frame went by. It never
+/// outside a fragmented message, and the largest frame that went by. It never
 /// fails: bytes tungstenite refuses end the connection anyway.
 #[derive(Default)]
 pub(super) struct Frames {
@@ -87,8 +89,8 @@ pub(super) struct Frames {
     /// Messages complete in the bytes handed: each is one tungstenite gives
     /// the reader (a text, binary, ping, pong or close message).
     completed: u64,
-    /// A frame of [`GROWN`] bytes or more was handed since the last rebuild.
-    big: bool,
+    /// The largest frame handed since the last rebuild (payload bytes).
+    largest: u64,
 }
 
 impl Frames {
@@ -150,7 +152,7 @@ impl Frames {
             self.ends_message = fin;
             self.fragmenting = !fin;
         }
-        self.big |= len >= GROWN;
+        self.largest = self.largest.max(len);
         self.head_len = 0;
         self.payload_left = len;
         self.in_payload = len > 0;
@@ -198,15 +200,15 @@ impl Rebuffer {
     }
 
     /// True when a big frame grew the buffer and nothing is buffered now:
-    /// the stream is to be rebuilt (and the mark is cleared).
+    /// the stream is to be rebuilt (and the largest frame starts again).
     pub(super) fn due<R: AsyncRead + Unpin>(
         &mut self,
         stream: &mut WebSocketStream<ReadOnly<R>>,
     ) -> bool {
         let f = &mut stream.get_mut().frames;
-        let due = f.big && f.completed == self.received && f.at_boundary();
+        let due = f.largest >= REBUILD_AFTER && f.completed == self.received && f.at_boundary();
         if due {
-            f.big = false;
+            f.largest = 0;
         }
         due
     }
@@ -620,7 +622,7 @@ mod tests {
         /// However the bytes are split, the frames are followed exactly:
         /// at each message's end the count is right and the bytes end on a
         /// boundary; inside a message (a fragmented one included) they do
-        /// not; a frame of 64 KiB or more is noticed.
+        /// not; the largest frame is known.
         #[test]
         fn frames_are_followed_across_any_split(
             msgs in prop::collection::vec(msg(), 1..6),
@@ -631,15 +633,21 @@ mod tests {
             // (offset where a message ends, messages complete by then)
             let mut ends = Vec::new();
             let mut count = 0;
-            let mut big = false;
+            let mut largest = 0u64;
             for m in &msgs {
                 let (b, n) = bytes_of(m, masked);
                 stream.extend(b);
                 count += n;
                 ends.push((stream.len(), count));
-                if let Msg::Data { sizes, .. } = m {
-                    big |= sizes.iter().any(|&s| s as u64 >= GROWN);
-                }
+                largest = largest.max(match m {
+                    Msg::Ping(n) => *n as u64,
+                    Msg::Data { sizes, ping, .. } => sizes
+                        .iter()
+                        .map(|&s| s as u64)
+                        .chain(ping.then_some(3).filter(|_| sizes.len() > 1))
+                        .max()
+                        .unwrap_or(0),
+                });
             }
             let mut f = Frames::default();
             let (mut at, mut cut) = (0, 0);
@@ -657,7 +665,7 @@ mod tests {
                 }
             }
             prop_assert_eq!(f.completed, count);
-            prop_assert_eq!(f.big, big);
+            prop_assert_eq!(f.largest, largest);
         }
     }
 
@@ -673,6 +681,6 @@ mod tests {
         }
         // The pong and the text message.
         assert_eq!(f.completed, 2);
-        assert!(f.big);
+        assert_eq!(f.largest, 70_000);
     }
 }
