@@ -78,9 +78,8 @@ pub(super) struct Frames {
     head: [u8; 14],
     head_len: usize,
     /// Payload bytes of the current frame still to come, once its header
-    /// is complete.
+    /// is complete (more than 0: inside a payload).
     payload_left: u64,
-    in_payload: bool,
     /// Whether the current frame ends a message: a control frame, or a
     /// data frame with FIN.
     ends_message: bool,
@@ -96,7 +95,7 @@ pub(super) struct Frames {
 impl Frames {
     fn follow(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            if self.in_payload {
+            if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len() as u64);
                 self.payload_left -= n;
                 bytes = &bytes[n as usize..];
@@ -155,14 +154,12 @@ impl Frames {
         self.largest = self.largest.max(len);
         self.head_len = 0;
         self.payload_left = len;
-        self.in_payload = len > 0;
         if len == 0 {
             self.frame_done();
         }
     }
 
     fn frame_done(&mut self) {
-        self.in_payload = false;
         if self.ends_message {
             self.completed += 1;
         }
@@ -170,7 +167,7 @@ impl Frames {
 
     /// The bytes handed end on a frame boundary, outside a fragmented message.
     fn at_boundary(&self) -> bool {
-        self.head_len == 0 && !self.in_payload && !self.fragmenting
+        self.head_len == 0 && self.payload_left == 0 && !self.fragmenting
     }
 }
 
