@@ -640,7 +640,6 @@ impl Client {
         }
     }
 
-    /// The payload of the next `message` event.
     /// Every message of the log after `after` (`messages.history`, page
     /// after page), oldest first.
     pub async fn history_after(&mut self, mut after: u64) -> Result<Vec<Value>> {

@@ -793,6 +793,13 @@ async fn collect(c: &mut Client, want: usize, seen: &mut Vec<String>, limit: Dur
     }
 }
 
+/// A `message` event's `(messageSeq, messageId)`.
+fn seq_and_id(event: &Value) -> (u64, String) {
+    let p = &event["payload"];
+    let seq = p["messageSeq"].as_u64().expect("messageSeq");
+    (seq, p["messageId"].as_str().expect("messageId").to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_stream_neither_loses_nor_repeats_an_update() {
     let (fake, port) = fake_api().await;
@@ -806,9 +813,14 @@ async fn a_restart_mid_stream_neither_loses_nor_repeats_an_update() {
     for i in 0..5 {
         injected.push(fake.inject(&format!("first {i}")).to_string());
     }
-    let mut seen = Vec::new();
-    collect(&mut w1, 5, &mut seen, Duration::from_secs(10)).await;
-    assert_eq!(seen.len(), 5);
+    // Every `message` event an operator saw live, as (messageSeq, messageId).
+    let mut live = Vec::new();
+    while live.len() < 5 {
+        match w1.next_event("message", Duration::from_secs(10)).await {
+            Ok(e) => live.push(seq_and_id(&e)),
+            Err(e) => panic!("only {} of 5 updates arrived: {e}", live.len()),
+        }
+    }
     // More updates while the daemon goes down.
     for i in 0..5 {
         injected.push(fake.inject(&format!("during {i}")).to_string());
@@ -818,30 +830,82 @@ async fn a_restart_mid_stream_neither_loses_nor_repeats_an_update() {
     // (every frame read counts, however the connection ends).
     for f in w1.frames_until_end(Duration::from_secs(15)).await {
         if f["event"] == "message" {
-            seen.push(f["payload"]["messageId"].as_str().unwrap().to_string());
+            live.push(seq_and_id(&f));
         }
     }
     assert_eq!(d1.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    let last_before_restart = live.iter().map(|(s, _)| *s).max().unwrap_or(0);
     let d2 = Daemon::builder()
         .config(&config(dir.path(), port, TOKEN))
         .start()
         .unwrap();
+    // The second daemon may deliver the updates the first one left before
+    // this operator is connected: it closes that gap the way every client
+    // does, with the resume recipe (history after the last `messageSeq` it
+    // saw, then live events).
     let (mut w2, _) = connect(&d2.url(), None, &["operator.read"]).await.unwrap();
     for i in 0..3 {
         injected.push(fake.inject(&format!("after {i}")).to_string());
     }
-    collect(&mut w2, injected.len(), &mut seen, Duration::from_secs(15)).await;
-    let unique: HashSet<&String> = seen.iter().collect();
-    assert_eq!(
-        unique.len(),
-        seen.len(),
-        "an update was delivered twice: {seen:?}"
-    );
-    let mut got = seen.clone();
-    got.sort();
+    // Injected after w2 connected, so it arrives live; updates are delivered
+    // in order, so every earlier one is in the log by then.
+    let newest = injected.last().unwrap().clone();
+    loop {
+        match w2.next_event("message", Duration::from_secs(15)).await {
+            Ok(e) => {
+                let (seq, id) = seq_and_id(&e);
+                live.push((seq, id.clone()));
+                if id == newest {
+                    break;
+                }
+            }
+            Err(e) => panic!("update {newest} never arrived live: {e}; live so far {live:?}"),
+        }
+    }
+    let ids = |v: &[(u64, String)]| {
+        let mut ids: Vec<String> = v.iter().map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        ids
+    };
     let mut want = injected.clone();
     want.sort();
-    assert_eq!(got, want, "lost updates");
+    // Live events: none twice (a message broadcast again would have a new seq).
+    let live_ids = ids(&live);
+    let unique: HashSet<&String> = live_ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        live_ids.len(),
+        "an update was broadcast twice: {live:?}"
+    );
+    // The log: every update exactly once.
+    let logged: Vec<(u64, String)> = w2
+        .history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["messageSeq"].as_u64().unwrap(),
+                m["messageId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ids(&logged), want, "the log lost or doubled an update");
+    // What the operators hold after the recipe: live events plus history
+    // after the last seq seen before the restart, one entry per seq.
+    let mut held: BTreeMap<u64, String> = live.iter().cloned().collect();
+    for (seq, id) in logged.iter().filter(|(s, _)| *s > last_before_restart) {
+        assert!(
+            held.insert(*seq, id.clone()).is_none_or(|old| old == *id),
+            "messageSeq {seq} names two messages"
+        );
+    }
+    let held: Vec<(u64, String)> = held.into_iter().collect();
+    assert_eq!(
+        ids(&held),
+        want,
+        "lost or doubled after the resume recipe (live {live:?}, log {logged:?})"
+    );
 }
 
 #[tokio::test]
