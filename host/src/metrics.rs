@@ -28,12 +28,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// The Prometheus text: the connections by role, every counter (and
-    /// the message log's `settles`, which it counts itself), uptime.
+    /// the message log's `settles`, asked for and by its timer, which it
+    /// counts itself), uptime.
     pub fn render(
         &self,
         by_role: &HashMap<String, usize>,
         uptime_secs: u64,
-        store_settles: u64,
+        (settles_asked, settles_timer): (u64, u64),
     ) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -133,10 +134,19 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP switchboard_store_settles_total fsyncs of the message log made for plugin key-value writes that nothing acknowledged had made durable."
+            "# HELP switchboard_store_settles_total fsyncs of the message log made for plugin key-value writes that nothing acknowledged had made durable: asked for (the end of a plugin call, a flush) or by the writer's 50 ms timer."
         );
         let _ = writeln!(out, "# TYPE switchboard_store_settles_total counter");
-        let _ = writeln!(out, "switchboard_store_settles_total {store_settles}");
+        let _ = writeln!(
+            out,
+            "switchboard_store_settles_total{{reason=\"asked\"}} {}",
+            settles_asked
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_store_settles_total{{reason=\"timer\"}} {}",
+            settles_timer
+        );
         let _ = writeln!(
             out,
             "# HELP switchboard_uptime_seconds Seconds since start."

@@ -208,6 +208,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
     if let Some(refused) = check_host(&gw, &headers) {
         return refused;
     }
+    let settles = gw.log.settles();
     (
         [(
             header::CONTENT_TYPE,
@@ -216,7 +217,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
         gw.metrics.render(
             &gw.conns.count_by_role(),
             gw.started.elapsed().as_secs(),
-            gw.log.settles(),
+            (settles.asked, settles.timer),
         ),
     )
         .into_response()

@@ -216,9 +216,20 @@ pub trait MessageLog: Send + Sync {
     fn on_commit(&self, listener: Listener);
 
     /// How many times the log fsynced itself to make key-value writes
-    /// durable that no acknowledged write had (`StateStore::settle`, or
-    /// the writer's deadline).
-    fn settles(&self) -> u64;
+    /// durable that no acknowledged write had.
+    fn settles(&self) -> Settles;
+}
+
+/// The log's own fsyncs for key-value writes (see [`MessageLog::settles`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settles {
+    /// Asked for: a write that waits for the disk (`StateStore::settle` at
+    /// the end of a plugin call, a flush, an acknowledged write that
+    /// changed nothing) found the WAL owing an fsync.
+    pub asked: u64,
+    /// The writer's own: nobody asked within the settle deadline, or the
+    /// writer closed.
+    pub timer: u64,
 }
 
 /// An outbox message waiting in the store.

@@ -9,7 +9,7 @@
 
 use crate::sync::MutexExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -135,7 +135,7 @@ pub struct SqliteLog {
     listener: Arc<OnceLock<Listener>>,
     /// A key-value commit is not yet fsynced (`writer`'s module doc).
     unsynced: Arc<AtomicBool>,
-    settles: Arc<AtomicU64>,
+    settles: Arc<writer::SettleCounts>,
 }
 
 impl SqliteLog {
@@ -211,7 +211,7 @@ impl SqliteLog {
             failure: Arc::new(Mutex::new(None)),
             listener: Arc::new(OnceLock::new()),
             unsynced: Arc::new(AtomicBool::new(false)),
-            settles: Arc::new(AtomicU64::new(0)),
+            settles: Arc::new(writer::SettleCounts::default()),
         };
         let (failure, listener) = (shared.failure.clone(), shared.listener.clone());
         let (unsynced, settles) = (shared.unsynced.clone(), shared.settles.clone());
@@ -353,8 +353,11 @@ impl MessageLog for SqliteLog {
         let _ = self.listener.set(listener);
     }
 
-    fn settles(&self) -> u64 {
-        self.settles.load(Ordering::Relaxed)
+    fn settles(&self) -> crate::store::Settles {
+        crate::store::Settles {
+            asked: self.settles.asked.load(Ordering::Relaxed),
+            timer: self.settles.timer.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! history paging, pruning, refusal of foreign files.
 
 use super::*;
+use crate::store::Settles;
 
 fn msg(chat: &str, id: &str) -> Message {
     Message {
@@ -165,17 +166,22 @@ async fn key_value_writes_are_fsynced_with_the_next_acknowledged_write_or_a_sett
     // ...and a message's commit (SQLite's own fsync) makes it durable too.
     log.append(msg("x", "1")).await.unwrap();
     assert!(!owes_fsync(&log));
-    assert_eq!(log.settles(), 0, "the append's commit was the fsync");
+    assert_eq!(
+        log.settles(),
+        Settles::default(),
+        "the append's commit was the fsync"
+    );
 
     // A settle fsyncs the WAL itself when a commit skipped it...
     assert!(log.kv_claim("c", "once", u64::MAX, 1).await.unwrap());
     assert!(owes_fsync(&log));
     log.settle().await.unwrap();
     assert!(!owes_fsync(&log));
-    assert_eq!(log.settles(), 1);
+    let asked_once = Settles { asked: 1, timer: 0 };
+    assert_eq!(log.settles(), asked_once);
     // ...and costs nothing when nothing is owed.
     log.settle().await.unwrap();
-    assert_eq!(log.settles(), 1);
+    assert_eq!(log.settles(), asked_once);
 
     // A write that changes nothing (a claim already held) owes nothing.
     assert!(!log.kv_claim("c", "once", u64::MAX, 1).await.unwrap());
@@ -189,7 +195,7 @@ async fn key_value_writes_are_fsynced_with_the_next_acknowledged_write_or_a_sett
         tokio::time::sleep(writer::SETTLE_WITHIN / 5).await;
     }
     assert!(!owes_fsync(&log), "not settled after {:?}", start.elapsed());
-    assert_eq!(log.settles(), 2);
+    assert_eq!(log.settles(), Settles { asked: 1, timer: 1 });
 }
 
 #[tokio::test]
@@ -201,7 +207,7 @@ async fn a_steady_stream_of_key_value_writes_is_still_fsynced_in_time() {
     let mut i = 0u64;
     // Writes keep coming ten times per SETTLE_WITHIN: the writer is never
     // idle for it, and must settle anyway.
-    while log.settles() < 2 && start.elapsed() < std::time::Duration::from_secs(5) {
+    while log.settles().timer < 2 && start.elapsed() < std::time::Duration::from_secs(5) {
         log.kv_set("c", "k", i.to_le_bytes().to_vec())
             .await
             .unwrap();
@@ -209,8 +215,8 @@ async fn a_steady_stream_of_key_value_writes_is_still_fsynced_in_time() {
         tokio::time::sleep(writer::SETTLE_WITHIN / 10).await;
     }
     assert!(
-        log.settles() >= 2,
-        "{} settles in {:?} of writes",
+        log.settles().timer >= 2,
+        "{:?} in {:?} of writes",
         log.settles(),
         start.elapsed()
     );
@@ -224,5 +230,5 @@ async fn with_sync_normal_nothing_is_owed_or_settled() {
     log.kv_set("c", "k", b"1".to_vec()).await.unwrap();
     assert!(!owes_fsync(&log));
     log.settle().await.unwrap();
-    assert_eq!(log.settles(), 0);
+    assert_eq!(log.settles(), Settles::default());
 }

@@ -94,7 +94,14 @@ pub(super) struct Shared {
     /// are answered; a settle with it clear needs no trip to the writer).
     pub unsynced: Arc<AtomicBool>,
     /// fsyncs of the WAL the writer made itself (not SQLite's at commit).
-    pub settles: Arc<AtomicU64>,
+    pub settles: Arc<SettleCounts>,
+}
+
+/// fsyncs of the WAL the writer made itself, by why (`store::Settles`).
+#[derive(Default)]
+pub(crate) struct SettleCounts {
+    pub asked: AtomicU64,
+    pub timer: AtomicU64,
 }
 
 /// The writer's durability state, with `sync = full`.
@@ -121,7 +128,7 @@ impl Durability {
 
     /// fsyncs the WAL if a commit is owed one: every frame written so far
     /// becomes durable.
-    fn sync_owed(&mut self, shared: &Shared) -> std::io::Result<()> {
+    fn sync_owed(&mut self, shared: &Shared, asked: bool) -> std::io::Result<()> {
         if self.since.is_none() {
             return Ok(());
         }
@@ -130,7 +137,12 @@ impl Durability {
             None => self.wal.insert(std::fs::File::open(&self.wal_path)?),
         };
         wal.sync_all()?;
-        shared.settles.fetch_add(1, Ordering::Relaxed);
+        let count = if asked {
+            &shared.settles.asked
+        } else {
+            &shared.settles.timer
+        };
+        count.fetch_add(1, Ordering::Relaxed);
         self.synced(shared);
         Ok(())
     }
@@ -152,7 +164,7 @@ impl Durability {
                 // SQLite's own fsync at commit covered the earlier frames.
                 self.synced(shared);
             } else {
-                self.sync_owed(shared)?;
+                self.sync_owed(shared, true)?;
             }
         } else if changed && self.since.is_none() {
             self.since = Some(Instant::now());
@@ -169,7 +181,7 @@ impl Durability {
 
     /// Settles now (the deadline passed with nothing to write).
     fn settle(&mut self, shared: &Shared) {
-        if let Err(e) = self.sync_owed(shared) {
+        if let Err(e) = self.sync_owed(shared, false) {
             // Tried again at the next deadline; writes that wait for the
             // disk fail meanwhile if the disk does.
             self.since = Some(Instant::now());
