@@ -127,7 +127,8 @@ impl Durability {
     }
 
     /// fsyncs the WAL if a commit is owed one: every frame written so far
-    /// becomes durable.
+    /// becomes durable. `asked`: a write waiting for the disk wants it
+    /// (else the writer's timer), for the count.
     fn sync_owed(&mut self, shared: &Shared, asked: bool) -> std::io::Result<()> {
         if self.since.is_none() {
             return Ok(());
