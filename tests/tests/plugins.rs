@@ -292,6 +292,82 @@ async fn kv_survives_reload_and_restart() {
     eprintln!("restart: {line}");
 }
 
+/// The compiled-plugin cache keeps only the code of the plugins loaded now:
+/// a replaced build, a removed plugin, code an older daemon left and a
+/// crash's temporary file are removed, so that plugin builds dropped in one
+/// after another do not fill the disk (about 1 MiB each).
+#[tokio::test]
+async fn the_compiled_plugin_cache_keeps_only_what_is_loaded() {
+    let pdir = tempfile::tempdir().unwrap();
+    let sdir = tempfile::tempdir().unwrap();
+    let cache = sdir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    // What an older daemon version and a crash mid-write left behind, and a
+    // file that is not ours.
+    let stale = [
+        "0123abcd-0000000000000000.cwasm",
+        "0123abcd-0000000000000000.tmp-1",
+    ];
+    for f in stale {
+        std::fs::write(cache.join(f), b"old code").unwrap();
+    }
+    std::fs::write(cache.join("README"), b"not ours").unwrap();
+    let cwasm = || {
+        let mut v: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "README")
+            .collect();
+        v.sort();
+        v
+    };
+    std::fs::copy(
+        built_plugin("plugins", "echo.wasm"),
+        pdir.path().join("echo.wasm"),
+    )
+    .unwrap();
+    let d = Daemon::builder()
+        .config(&config(pdir.path(), sdir.path(), "", ECHO))
+        .start()
+        .unwrap();
+    let mut c = op(&d).await;
+    let first = cwasm();
+    assert_eq!(first.len(), 1, "want echo's code alone: {first:?}");
+    assert!(first[0].ends_with(".cwasm"), "{first:?}");
+    assert!(cache.join("README").exists(), "a file not ours was removed");
+    // A new build: its code replaces the old one's.
+    std::fs::copy(
+        built_plugin("test-plugins", "echo-v2.wasm"),
+        pdir.path().join("echo.wasm"),
+    )
+    .unwrap();
+    wait_version(&mut c, "0.2.0", Duration::from_secs(10)).await;
+    let second = cwasm();
+    assert_eq!(
+        second.len(),
+        1,
+        "want the new build's code alone: {second:?}"
+    );
+    assert_ne!(second, first, "the new build's code was not cached");
+    // The plugin removed: its code goes too.
+    std::fs::remove_file(pdir.path().join("echo.wasm")).unwrap();
+    let t0 = Instant::now();
+    while !cwasm().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a removed plugin's code stayed in the cache: {:?}",
+            cwasm()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        d.log_text()
+            .contains("removed compiled plugins no loaded plugin uses"),
+        "{}",
+        d.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_send_load_loses_no_call() {
     let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);

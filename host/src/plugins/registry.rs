@@ -198,21 +198,35 @@ impl PluginManager {
         }
         // Files that disappeared.
         let present: Vec<&String> = files.iter().map(|(n, _)| n).collect();
-        let mut reg = self.write();
-        let gone: Vec<String> = reg
-            .files
-            .keys()
-            .filter(|f| !present.contains(f))
-            .cloned()
-            .collect();
-        for f in gone {
-            if let Some(id) = reg.files.remove(&f) {
-                reg.by_id.remove(&id);
-                tracing::info!(plugin = %id, file = %f, "plugin removed");
-                changes.push(Change::Removed { id });
+        let loaded: Vec<String> = {
+            let mut reg = self.write();
+            let gone: Vec<String> = reg
+                .files
+                .keys()
+                .filter(|f| !present.contains(f))
+                .cloned()
+                .collect();
+            for f in gone {
+                if let Some(id) = reg.files.remove(&f) {
+                    reg.by_id.remove(&id);
+                    tracing::info!(plugin = %id, file = %f, "plugin removed");
+                    changes.push(Change::Removed { id });
+                }
             }
+            reg.failures.retain(|f, _| present.contains(&f));
+            reg.by_id.values().map(|p| p.loaded.hash.clone()).collect()
+        };
+        // Still under the scan lock: no load writes to the cache meanwhile.
+        let rt = self.runtime.clone();
+        match tokio::task::spawn_blocking(move || rt.prune_cache(&loaded)).await {
+            Ok((0, _)) => {}
+            Ok((files, bytes)) => tracing::info!(
+                files,
+                kib = bytes / 1024,
+                "removed compiled plugins no loaded plugin uses from the cache"
+            ),
+            Err(e) => tracing::warn!("pruning the compiled-plugin cache failed: {e}"),
         }
-        reg.failures.retain(|f, _| present.contains(&f));
         changes
     }
 
