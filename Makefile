@@ -55,7 +55,7 @@ test: build plugins interop-deps debian-deps py-deps
 
 ## Benchmarks against the release daemon over real sockets (not part of
 ## make test); sizes via BENCH_CONNECTIONS, BENCH_MESSAGES, BENCH_SENDS,
-## BENCH_HANDSHAKES.
+## BENCH_HANDSHAKES, BENCH_RELOADS.
 bench: plugins build-release
 	SWITCHBOARD_BIN=$(CURDIR)/target/release/switchboard $(CARGO) run --release -p switchboard-tests --bin bench
 

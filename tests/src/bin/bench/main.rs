@@ -8,6 +8,8 @@
 //! - fan-out: messages POSTed to the echo channel's webhook, each broadcast to
 //!   every held connection: deliveries per second and POST→receipt latency;
 //! - send: `send` through the echo plugin (a fresh Wasm instance per call);
+//! - hot reload: `plugins.reload` of a changed echo, `BENCH_RELOADS` times,
+//!   and the daemon's RSS across them (no growth: nothing kept per reload);
 //! - the message log: durable `deliver` throughput and latency with 1, 8 and
 //!   64 accounts delivering at once (echo's `burst`), `sync = full` and
 //!   `normal`; `messages.history` pages from a log of `BENCH_LOG_ROWS` rows;
@@ -18,8 +20,9 @@
 //! connections, default 15000).
 //!
 //! Sizes: `BENCH_CONNECTIONS` (default 1000), `BENCH_MESSAGES` (200),
-//! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_LOG_ROWS`
-//! (1000000). `BENCH_ONLY=log` runs only the message log's part.
+//! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_RELOADS` (300),
+//! `BENCH_LOG_ROWS` (1000000). `BENCH_ONLY=log` runs only the message log's
+//! part, `BENCH_ONLY=reload` only the hot reloads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +129,10 @@ async fn main() -> Result<()> {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "log" {
         return log_benches(sends).await;
+    }
+    if only == "reload" {
+        println!("| benchmark | result | notes |\n|---|---|---|");
+        return reload_soak(env_usize("BENCH_RELOADS", 300)).await;
     }
     println!("## Scale targets (daemon on CPU 0, load generator on CPU 1)\n");
     let cpu = pin();
@@ -308,6 +315,7 @@ async fn main() -> Result<()> {
     );
     drop(op);
     drop(d);
+    reload_soak(env_usize("BENCH_RELOADS", 300)).await?;
     log_benches(sends).await?;
     println!(
         "\nrelease daemon {}; daemons pinned to CPU {}, this generator to CPU 1",
@@ -315,6 +323,100 @@ async fn main() -> Result<()> {
         std::env::var("SWITCHBOARD_BENCH_CPU").unwrap_or_else(|_| "(none)".into())
     );
     Ok(())
+}
+
+/// Hot reload, `reloads` times: echo's file replaced by a copy that differs
+/// in one custom section (so each is a new plugin: compiled, swapped in, its
+/// account restarted), then `plugins.reload`. Reports the reload's round trip
+/// and the daemon's RSS after a third of the reloads and after all of them:
+/// a reload that leaked (a compiled component, a store, a task) would show
+/// as growth between the two.
+async fn reload_soak(reloads: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let echo = std::fs::read(built_plugin("plugins", "echo.wasm"))?;
+    let file = dir.path().join("echo.wasm");
+    std::fs::write(&file, &echo)?;
+    let d = Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\nwatch = false\n\
+             [channels.echo.accounts.default]\ninterval_secs = 0\n",
+            dir.path().join("state").display(),
+            dir.path().display()
+        ))
+        .start()?;
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await?;
+    let mut took = Vec::with_capacity(reloads);
+    let (mut third, mut threads) = (0, 0);
+    for i in 1..=reloads {
+        let mut wasm = echo.clone();
+        wasm.extend_from_slice(&custom_section("bench-reload", i.to_string().as_bytes()));
+        let tmp = dir.path().join("echo.tmp");
+        std::fs::write(&tmp, &wasm)?;
+        std::fs::rename(&tmp, &file)?;
+        let t = Instant::now();
+        let r = op.request("rl", "plugins.reload", json!({})).await?;
+        took.push(t.elapsed());
+        if r["payload"]["changes"][0]["action"] != "replaced" {
+            bail!("reload {i} did not replace echo: {r}");
+        }
+        if i == reloads / 3 {
+            third = rss_kib(d.pid())?;
+            threads = proc_status(d.pid(), "Threads")?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = rss_kib(d.pid())?;
+    latencies(
+        "hot reload",
+        took,
+        &format!("{reloads} `plugins.reload` calls, each compiling a changed echo and restarting its account"),
+    );
+    let (mut cached, mut cached_bytes) = (0, 0);
+    for e in std::fs::read_dir(dir.path().join("state/cache"))?.flatten() {
+        cached += 1;
+        cached_bytes += e.metadata().map_or(0, |m| m.len());
+    }
+    let grew = last as f64 - third as f64;
+    row(
+        "RSS across hot reloads",
+        format!(
+            "{:+.2} KiB per reload",
+            grew / (reloads - reloads / 3).max(1) as f64
+        ),
+        &format!(
+            "VmRSS {:.1} MiB after {} reloads, {:.1} MiB after {reloads}; threads {threads} then {}; \
+             compiled-plugin cache {cached} file(s), {:.1} MiB",
+            third as f64 / 1024.0,
+            reloads / 3,
+            last as f64 / 1024.0,
+            proc_status(d.pid(), "Threads")?,
+            cached_bytes as f64 / (1024.0 * 1024.0)
+        ),
+    );
+    Ok(())
+}
+
+/// A Wasm custom section (id 0): a component stays valid with one appended.
+fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = vec![0];
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A daemon with echo accounts `a0..a{accounts}` (stopped until started),
