@@ -453,7 +453,9 @@ pub mod kv {
     pub fn get(key: &str) -> Option<Vec<u8>> {
         host::kv_get(key)
     }
-    /// Stores `value` under `key`.
+    /// Stores `value` under `key`. A channel's store is bounded (64 MiB by
+    /// default, the host's `store.kv_max_bytes`): a write that would grow it
+    /// past that is not stored, so read the key back where that matters.
     pub fn set(key: &str, value: &[u8]) {
         host::kv_set(key, value)
     }

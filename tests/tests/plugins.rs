@@ -292,6 +292,56 @@ async fn kv_survives_reload_and_restart() {
     eprintln!("restart: {line}");
 }
 
+/// A plugin that writes key after key into its key-value store fills only
+/// its own share (`store.kv_max_bytes`), not the disk the message log is
+/// on: its writes past the bound are refused and logged once, and another
+/// channel's store and the message log go on working.
+#[tokio::test]
+async fn a_plugin_cannot_fill_the_disk_through_its_key_value_store() {
+    // The smallest bound allowed: one entry of the largest size, ~1 MiB.
+    let s = setup(
+        &[
+            ("test-plugins", "misbehave.wasm", "misbehave.wasm"),
+            ("plugins", "echo.wasm", "echo.wasm"),
+        ],
+        "",
+        "[store]\nkv_max_bytes = 1049152\n[channels.misbehave.accounts.default]\n[channels.echo.accounts.default]\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "fill",
+        json!({"channel": "misbehave", "to": "x", "message": "kvfill:30", "idempotencyKey": "fill"}),
+    )
+    .await;
+    // 100 KiB values plus key and overhead: ten fit in 1 049 152 bytes.
+    assert_eq!(r["payload"]["messageId"], "kept 10 of 30", "{r}");
+    let warned = s
+        .daemon
+        .wait_log("key-value store is full", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(warned.contains("channel=misbehave"), "{warned}");
+    // Echo's store (its message counter) and the log still take writes.
+    for i in 1..=3 {
+        let r = send(
+            &mut c,
+            &format!("e{i}"),
+            json!({"channel": "echo", "to": "a", "message": "m", "idempotencyKey": format!("e{i}")}),
+        )
+        .await;
+        assert_eq!(r["payload"]["messageId"], format!("echo-{i}"), "{r}");
+    }
+    // The bound is per channel and kept across calls: still full.
+    let r = send(
+        &mut c,
+        "fill2",
+        json!({"channel": "misbehave", "to": "x", "message": "kvfill:12", "idempotencyKey": "fill2"}),
+    )
+    .await;
+    assert_eq!(r["payload"]["messageId"], "kept 10 of 12", "{r}");
+}
+
 /// The compiled-plugin cache keeps only the code of the plugins loaded now:
 /// a replaced build, a removed plugin, code an older daemon left and a
 /// crash's temporary file are removed, so that plugin builds dropped in one

@@ -257,6 +257,16 @@ impl Config {
         if self.gateway.tick_interval_ms == 0 {
             bail!("gateway.tick_interval_ms must be at least 1");
         }
+        // One entry of the largest size must fit.
+        let kv_min = (crate::plugins::imports::MAX_KEY_BYTES
+            + crate::plugins::imports::MAX_VALUE_BYTES) as u64
+            + crate::store::sqlite::KV_ENTRY_OVERHEAD;
+        if self.store.kv_max_bytes < kv_min {
+            bail!(
+                "store.kv_max_bytes must be at least {kv_min} (one entry of the largest key and value); it is {}",
+                self.store.kv_max_bytes
+            );
+        }
         let (ping, idle) = (self.gateway.ping_interval_ms, self.gateway.idle_timeout_ms);
         if ping < 100 {
             bail!("gateway.ping_interval_ms must be at least 100 (it is {ping})");
@@ -597,5 +607,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gateway.bind"));
+    }
+
+    #[test]
+    fn a_kv_bound_below_one_entry_is_refused() {
+        let mut c = Config::default();
+        c.store.kv_max_bytes = 1_049_151;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("store.kv_max_bytes must be at least 1049152"),
+            "{e}"
+        );
+        c.store.kv_max_bytes = 1_049_152;
+        c.validate().unwrap();
     }
 }

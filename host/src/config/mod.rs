@@ -333,6 +333,9 @@ pub struct StoreConfig {
     /// The oldest messages are pruned while the log is larger than this
     /// (bytes; 0: no bound).
     pub max_bytes: u64,
+    /// The most one channel's key-value store holds: keys, values and 64
+    /// bytes per entry (bytes).
+    pub kv_max_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -342,6 +345,7 @@ impl Default for StoreConfig {
             idempotency_ttl_hours: 24,
             retention_days: 30,
             max_bytes: 0,
+            kv_max_bytes: crate::store::sqlite::DEFAULT_KV_MAX_BYTES,
         }
     }
 }

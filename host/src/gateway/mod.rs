@@ -123,6 +123,7 @@ impl Gateway {
             )
             .map_err(|e| anyhow::anyhow!("message log: {e}"))?,
         );
+        store.set_kv_max_bytes(config.store.kv_max_bytes);
         let log: Arc<dyn crate::store::MessageLog> = store.clone();
         let state: Arc<dyn crate::store::StateStore> = store;
         let outbox = crate::outbox::Outbox::open(state.clone())

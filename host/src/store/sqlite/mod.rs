@@ -136,7 +136,13 @@ pub struct SqliteLog {
     /// A key-value commit is not yet fsynced (`writer`'s module doc).
     unsynced: Arc<AtomicBool>,
     settles: Arc<writer::SettleCounts>,
+    kv_max_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
+
+pub use writer::KV_ENTRY_OVERHEAD;
+
+/// `store.kv_max_bytes`'s default: 64 MiB per channel.
+pub const DEFAULT_KV_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SqliteLog {
     /// Opens (or creates) the log in `state_dir`, runs the migrations it
@@ -212,9 +218,11 @@ impl SqliteLog {
             listener: Arc::new(OnceLock::new()),
             unsynced: Arc::new(AtomicBool::new(false)),
             settles: Arc::new(writer::SettleCounts::default()),
+            kv_max_bytes: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_KV_MAX_BYTES)),
         };
         let (failure, listener) = (shared.failure.clone(), shared.listener.clone());
         let (unsynced, settles) = (shared.unsynced.clone(), shared.settles.clone());
+        let kv_max_bytes = shared.kv_max_bytes.clone();
         let full = sync == SyncMode::Full;
         let wal_path = state_dir.join(format!("{FILE_NAME}-wal"));
         std::thread::Builder::new()
@@ -229,7 +237,15 @@ impl SqliteLog {
             listener,
             unsynced,
             settles,
+            kv_max_bytes,
         })
+    }
+
+    /// Bounds each channel's key-value store (`store.kv_max_bytes`): a
+    /// write that would grow a store past it is refused, with an error the
+    /// plugin sees; nothing else is affected.
+    pub fn set_kv_max_bytes(&self, bytes: u64) {
+        self.kv_max_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {

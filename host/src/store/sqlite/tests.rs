@@ -239,3 +239,61 @@ async fn with_sync_normal_nothing_is_owed_or_settled() {
     log.settle().await.unwrap();
     assert_eq!(log.settles(), Settles::default());
 }
+
+#[tokio::test]
+async fn a_channel_s_key_value_store_is_bounded_and_the_others_are_not_touched() {
+    use crate::store::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    // Room for ten entries of a 2-byte key and a 26-byte value (92 bytes
+    // each with the entry overhead).
+    let entry = 2 + 26 + KV_ENTRY_OVERHEAD;
+    log.set_kv_max_bytes(10 * entry);
+    let value = vec![b'v'; 26];
+    for i in 0..10 {
+        log.kv_set("full", &format!("k{i}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let e = log
+        .kv_set("full", "kx", value.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key-value store of channel `full` is full")
+            && e.contains("store.kv_max_bytes = 920"),
+        "{e}"
+    );
+    assert_eq!(
+        log.kv_get("full", "kx").unwrap(),
+        None,
+        "a refused write was stored"
+    );
+    // Many empty values fill it too (the per-entry overhead).
+    assert!(log.kv_set("full", "", Vec::new()).await.is_err());
+    // Growing an entry is refused; a same-size or smaller overwrite is not.
+    assert!(log.kv_set("full", "k0", vec![b'v'; 27]).await.is_err());
+    log.kv_set("full", "k0", vec![b'w'; 26]).await.unwrap();
+    log.kv_set("full", "k1", vec![b'w'; 6]).await.unwrap();
+    // The freed 20 bytes take a write that fits in them.
+    log.kv_set("full", "k2", vec![b'w'; 46]).await.unwrap();
+    assert!(log.kv_set("full", "k3", vec![b'w'; 27]).await.is_err());
+    // Another channel is not bounded by this one's use.
+    for i in 0..10 {
+        log.kv_set("other", &format!("k{i}"), value.clone())
+            .await
+            .unwrap();
+    }
+    // A delete makes room.
+    log.kv_delete("full", "k9").await.unwrap();
+    log.kv_set("full", "kx", value.clone()).await.unwrap();
+    assert!(log.kv_set("full", "ky", value.clone()).await.is_err());
+    drop(log);
+    // Reopened, the use is counted again from the table.
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    log.set_kv_max_bytes(10 * entry);
+    assert!(log.kv_set("full", "ky", value.clone()).await.is_err());
+    log.kv_delete("full", "kx").await.unwrap();
+    log.kv_set("full", "ky", value).await.unwrap();
+}

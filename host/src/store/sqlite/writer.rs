@@ -62,6 +62,9 @@ enum Done {
     Pruned(usize),
     Flushed,
     State(u64),
+    /// A key-value write refused without failing its group (the channel's
+    /// store is full); nothing was written.
+    Refused(String),
 }
 
 /// Key-value writes not yet fsynced are made durable at the latest this
@@ -95,6 +98,53 @@ pub(super) struct Shared {
     pub unsynced: Arc<AtomicBool>,
     /// fsyncs of the WAL the writer made itself (not SQLite's at commit).
     pub settles: Arc<SettleCounts>,
+    /// `store.kv_max_bytes`: the most one channel's key-value store holds.
+    pub kv_max_bytes: Arc<AtomicU64>,
+}
+
+/// What each entry of a key-value store counts against its channel's
+/// bound besides its key and value: so that many empty values fill it too.
+pub const KV_ENTRY_OVERHEAD: u64 = 64;
+
+/// The bytes each channel's key-value store holds (keys, values and
+/// [`KV_ENTRY_OVERHEAD`] per entry), counted once per channel from the
+/// table on first use, then kept up to date by each write. Forgotten when
+/// a group fails (its transaction rolled back), to be counted again.
+#[derive(Default)]
+struct KvUsage {
+    by_channel: std::collections::HashMap<String, u64>,
+    /// Channels whose refusal was logged (once until a write fits again).
+    warned: std::collections::HashSet<String>,
+}
+
+impl KvUsage {
+    fn of(&mut self, tx: &rusqlite::Transaction<'_>, channel: &str) -> rusqlite::Result<u64> {
+        if let Some(n) = self.by_channel.get(channel) {
+            return Ok(*n);
+        }
+        let n: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0), COUNT(*)
+                 FROM kv WHERE channel = ?1",
+            )?
+            .query_row(params![channel], |r| {
+                Ok(r.get::<_, i64>(0)? + r.get::<_, i64>(1)? * KV_ENTRY_OVERHEAD as i64)
+            })?;
+        self.by_channel.insert(channel.to_string(), uint(n));
+        Ok(uint(n))
+    }
+
+    /// The bytes an entry holds now (0: none).
+    fn entry(tx: &rusqlite::Transaction<'_>, channel: &str, key: &str) -> rusqlite::Result<u64> {
+        let n: Option<i64> = tx
+            .prepare_cached(
+                "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv
+                 WHERE channel = ?1 AND key = ?2",
+            )?
+            .query_row(params![channel, key], |r| r.get(0))
+            .optional()?;
+        Ok(n.map_or(0, |n| uint(n) + KV_ENTRY_OVERHEAD))
+    }
 }
 
 /// fsyncs of the WAL the writer made itself, by why (`store::Settles`).
@@ -226,7 +276,12 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
 }
 
 /// One op inside the group's transaction.
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    kv: &mut KvUsage,
+    kv_max: u64,
+) -> rusqlite::Result<Done> {
     match op {
         Op::Append(m, _) => {
             let existing: Option<i64> = tx
@@ -303,6 +358,36 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Done> {
             Ok(Done::Pruned(gone))
         }
         Op::Flush(_) | Op::Settle(_) => Ok(Done::Flushed),
+        Op::State(st @ StateOp::KvSet(c, k, v), _) => {
+            let used = kv.of(tx, c)?;
+            let old = KvUsage::entry(tx, c, k)?;
+            let new = (k.len() + v.len()) as u64 + KV_ENTRY_OVERHEAD;
+            let after = used.saturating_sub(old).saturating_add(new);
+            // A write that does not grow the store is always taken (the
+            // bound may have been lowered below what a store holds).
+            if new > old && after > kv_max {
+                if kv.warned.insert(c.clone()) {
+                    tracing::warn!(
+                        channel = %c, used, limit = kv_max,
+                        "a plugin's key-value store is full: its writes that grow it are refused"
+                    );
+                }
+                return Ok(Done::Refused(format!(
+                    "the key-value store of channel `{c}` is full: it holds {used} bytes and this write of {new} would pass store.kv_max_bytes = {kv_max} (keys, values and {KV_ENTRY_OVERHEAD} bytes per entry count); delete keys, or raise store.kv_max_bytes"
+                )));
+            }
+            let n = state(tx, st)?;
+            kv.by_channel.insert(c.clone(), after);
+            kv.warned.remove(c);
+            Ok(Done::State(n))
+        }
+        Op::State(st @ StateOp::KvDelete(c, k), _) => {
+            let used = kv.of(tx, c)?;
+            let old = KvUsage::entry(tx, c, k)?;
+            let n = state(tx, st)?;
+            kv.by_channel.insert(c.clone(), used.saturating_sub(old));
+            Ok(Done::State(n))
+        }
         Op::State(op, _) => state(tx, op).map(Done::State),
     }
 }
@@ -368,21 +453,27 @@ fn write_group(
     ops: &[Op],
     d: &mut Durability,
     shared: &Shared,
+    kv: &mut KvUsage,
 ) -> Result<Vec<Done>, String> {
+    let kv_max = shared.kv_max_bytes.load(Ordering::Relaxed);
     let wants = ops.iter().any(Op::acknowledges);
-    let commit =
+    let mut commit =
         |conn: &mut Connection, d: &mut Durability| -> rusqlite::Result<(Vec<Done>, bool)> {
             d.prepare(conn, wants)?;
             let before = conn.total_changes();
             let tx = conn.transaction()?;
             let mut done = Vec::with_capacity(ops.len());
             for op in ops {
-                done.push(apply(&tx, op)?);
+                done.push(apply(&tx, op, kv, kv_max)?);
             }
             tx.commit()?;
             Ok((done, conn.total_changes() != before))
         };
-    let (done, changed) = commit(conn, d).map_err(|e| describe("write to the message log", &e))?;
+    let (done, changed) = commit(conn, d).map_err(|e| {
+        // Rolled back: the counts may hold this group's writes.
+        kv.by_channel.clear();
+        describe("write to the message log", &e)
+    })?;
     d.committed(wants, changed, shared)
         .map_err(|e| format!("sync the message log's WAL: {e}"))?;
     Ok(done)
@@ -399,6 +490,7 @@ pub(super) fn writer(
     full: bool,
     wal_path: PathBuf,
 ) {
+    let mut kv = KvUsage::default();
     let mut d = Durability {
         full,
         fsyncing: full,
@@ -435,7 +527,7 @@ pub(super) fn writer(
         if d.deadline().is_some_and(|left| left.is_zero()) {
             d.settle(&shared);
         }
-        match write_group(&mut conn, &ops, &mut d, &shared) {
+        match write_group(&mut conn, &ops, &mut d, &shared, &mut kv) {
             Ok(done) => {
                 if shared.failure.guard().take().is_some() {
                     tracing::info!("message log writes succeed again");
@@ -466,6 +558,9 @@ pub(super) fn writer(
                         }
                         (Op::State(_, reply), Done::State(n)) => {
                             let _ = reply.send(Ok(n));
+                        }
+                        (Op::State(_, reply), Done::Refused(why)) => {
+                            let _ = reply.send(Err(StoreError(why)));
                         }
                         _ => {}
                     }

@@ -62,6 +62,22 @@ impl Channel for Misbehave {
                 }
             }
             "trap" => panic!("trapped on purpose"),
+            // Writes N distinct keys of 100 KiB each, then counts how many
+            // the store kept (a hostile plugin filling the disk).
+            t if t.starts_with("kvfill:") => {
+                let n: usize = t[7..].parse().unwrap_or(0);
+                let value = vec![7u8; 100 * 1024];
+                for i in 0..n {
+                    switchboard_sdk::kv::set(&format!("fill-{i}"), &value);
+                }
+                let kept = (0..n)
+                    .filter(|i| switchboard_sdk::kv::get(&format!("fill-{i}")).is_some())
+                    .count();
+                Ok(Delivery {
+                    message_id: format!("kept {kept} of {n}"),
+                    chat_id: None,
+                })
+            }
             t if t.starts_with("as:") => {
                 let other = &t[3..];
                 let delivered = switchboard_sdk::deliver(switchboard_sdk::InboundMessage {
