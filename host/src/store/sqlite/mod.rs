@@ -139,7 +139,7 @@ pub struct SqliteLog {
     kv_max_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
-pub use writer::KV_ENTRY_OVERHEAD;
+pub use writer::{KV_CLAIM_BYTES, KV_ENTRY_OVERHEAD};
 
 /// `store.kv_max_bytes`'s default: 64 MiB per channel.
 pub const DEFAULT_KV_MAX_BYTES: u64 = 64 * 1024 * 1024;

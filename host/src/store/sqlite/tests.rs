@@ -297,3 +297,46 @@ async fn a_channel_s_key_value_store_is_bounded_and_the_others_are_not_touched()
     log.kv_delete("full", "kx").await.unwrap();
     log.kv_set("full", "ky", value).await.unwrap();
 }
+
+#[tokio::test]
+async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
+    use crate::store::{MessageLog, StateStore};
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    log.set_kv_max_bytes(4 * KV_CLAIM_BYTES);
+    for i in 0..4 {
+        assert!(log
+            .kv_claim("c", &format!("k{i}"), 2_000, 1_000)
+            .await
+            .unwrap());
+    }
+    let e = log
+        .kv_claim("c", "k4", 2_000, 1_000)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("store.kv_max_bytes"), "{e}");
+    // A key claimed already answers as before (no new row).
+    assert!(!log.kv_claim("c", "k0", 2_000, 1_000).await.unwrap());
+    // An unclaim makes room.
+    log.kv_unclaim("c", "k3").await.unwrap();
+    assert!(log.kv_claim("c", "k4", 2_000, 1_000).await.unwrap());
+    assert!(log.kv_claim("c", "k5", 2_000, 1_000).await.is_err());
+    // Expired claims pruned make room too.
+    let r = Retention {
+        before_ms: 0,
+        max_bytes: 0,
+        idempotency_before_ms: 0,
+        now_ms: 3_000,
+    };
+    assert_eq!(log.prune(r).await.unwrap(), 4);
+    for i in 5..9 {
+        assert!(log
+            .kv_claim("c", &format!("k{i}"), 9_000, 3_000)
+            .await
+            .unwrap());
+    }
+    assert!(log.kv_claim("c", "k9", 9_000, 3_000).await.is_err());
+    // Entries and claims share the one bound.
+    assert!(log.kv_set("c", "v", Vec::new()).await.is_err());
+}

@@ -106,8 +106,15 @@ pub(super) struct Shared {
 /// bound besides its key and value: so that many empty values fill it too.
 pub const KV_ENTRY_OVERHEAD: u64 = 64;
 
+/// What each claim (`kv-claim`) counts against its channel's bound: its
+/// key's hash (64 hex digits) and the entry overhead. Claims expire (24 h at
+/// most) and are pruned, but a plugin claiming new keys in a loop would
+/// otherwise fill the disk within that time.
+pub const KV_CLAIM_BYTES: u64 = 64 + KV_ENTRY_OVERHEAD;
+
 /// The bytes each channel's key-value store holds (keys, values and
-/// [`KV_ENTRY_OVERHEAD`] per entry), counted once per channel from the
+/// [`KV_ENTRY_OVERHEAD`] per entry, [`KV_CLAIM_BYTES`] per claim), counted
+/// once per channel from the
 /// table on first use, then kept up to date by each write. Forgotten when
 /// a group fails (its transaction rolled back), to be counted again.
 #[derive(Default)]
@@ -122,7 +129,7 @@ impl KvUsage {
         if let Some(n) = self.by_channel.get(channel) {
             return Ok(*n);
         }
-        let n: i64 = tx
+        let entries: i64 = tx
             .prepare_cached(
                 "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0), COUNT(*)
                  FROM kv WHERE channel = ?1",
@@ -130,8 +137,44 @@ impl KvUsage {
             .query_row(params![channel], |r| {
                 Ok(r.get::<_, i64>(0)? + r.get::<_, i64>(1)? * KV_ENTRY_OVERHEAD as i64)
             })?;
-        self.by_channel.insert(channel.to_string(), uint(n));
-        Ok(uint(n))
+        let claims: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM kv_claims WHERE channel = ?1")?
+            .query_row(params![channel], |r| r.get(0))?;
+        let n = uint(entries).saturating_add(uint(claims).saturating_mul(KV_CLAIM_BYTES));
+        self.by_channel.insert(channel.to_string(), n);
+        Ok(n)
+    }
+
+    /// A write of `bytes` refused: logged once until a write fits again.
+    fn refuse(&mut self, channel: &str, used: u64, bytes: u64, kv_max: u64) -> Done {
+        if self.warned.insert(channel.to_string()) {
+            tracing::warn!(
+                %channel, used, limit = kv_max,
+                "a plugin's key-value store is full: its writes that grow it are refused"
+            );
+        }
+        Done::Refused(format!(
+            "the key-value store of channel `{channel}` is full: it holds {used} bytes and this write of {bytes} would pass store.kv_max_bytes = {kv_max} (keys, values and {KV_ENTRY_OVERHEAD} bytes per entry count, {KV_CLAIM_BYTES} per claim); delete keys, or raise store.kv_max_bytes"
+        ))
+    }
+
+    /// `bytes` of a channel's store went (when it is counted).
+    fn freed(&mut self, channel: &str, bytes: u64) {
+        if let Some(n) = self.by_channel.get_mut(channel) {
+            *n = n.saturating_sub(bytes);
+        }
+    }
+
+    /// Whether a claim's row exists (held or expired but not yet pruned).
+    fn claim_exists(
+        tx: &rusqlite::Transaction<'_>,
+        channel: &str,
+        hash: &str,
+    ) -> rusqlite::Result<bool> {
+        tx.prepare_cached("SELECT 1 FROM kv_claims WHERE channel = ?1 AND key_hash = ?2")?
+            .query_row(params![channel, hash], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 
     /// The bytes an entry holds now (0: none).
@@ -343,12 +386,19 @@ fn apply(
                         .execute(params![PRUNE_BATCH])?;
                 }
             }
-            gone += tx
-                .prepare_cached(
+            {
+                let mut expired = tx.prepare_cached(
                     "DELETE FROM kv_claims WHERE (channel, key_hash) IN
-                     (SELECT channel, key_hash FROM kv_claims WHERE expires_at < ?1 LIMIT ?2)",
-                )?
-                .execute(params![int(r.now_ms), PRUNE_BATCH])?;
+                     (SELECT channel, key_hash FROM kv_claims WHERE expires_at < ?1 LIMIT ?2)
+                     RETURNING channel",
+                )?;
+                let mut rows = expired.query(params![int(r.now_ms), PRUNE_BATCH])?;
+                while let Some(row) = rows.next()? {
+                    let channel: String = row.get(0)?;
+                    kv.freed(&channel, KV_CLAIM_BYTES);
+                    gone += 1;
+                }
+            }
             gone += tx
                 .prepare_cached(
                     "DELETE FROM idempotency WHERE key IN
@@ -366,15 +416,7 @@ fn apply(
             // A write that does not grow the store is always taken (the
             // bound may have been lowered below what a store holds).
             if new > old && after > kv_max {
-                if kv.warned.insert(c.clone()) {
-                    tracing::warn!(
-                        channel = %c, used, limit = kv_max,
-                        "a plugin's key-value store is full: its writes that grow it are refused"
-                    );
-                }
-                return Ok(Done::Refused(format!(
-                    "the key-value store of channel `{c}` is full: it holds {used} bytes and this write of {new} would pass store.kv_max_bytes = {kv_max} (keys, values and {KV_ENTRY_OVERHEAD} bytes per entry count); delete keys, or raise store.kv_max_bytes"
-                )));
+                return Ok(kv.refuse(c, used, new, kv_max));
             }
             let n = state(tx, st)?;
             kv.by_channel.insert(c.clone(), after);
@@ -386,6 +428,28 @@ fn apply(
             let old = KvUsage::entry(tx, c, k)?;
             let n = state(tx, st)?;
             kv.by_channel.insert(c.clone(), used.saturating_sub(old));
+            Ok(Done::State(n))
+        }
+        Op::State(st @ StateOp::KvClaim(c, h, ..), _) => {
+            let used = kv.of(tx, c)?;
+            let new = !KvUsage::claim_exists(tx, c, h)?;
+            if new && used.saturating_add(KV_CLAIM_BYTES) > kv_max {
+                return Ok(kv.refuse(c, used, KV_CLAIM_BYTES, kv_max));
+            }
+            let n = state(tx, st)?;
+            if new && n == 1 {
+                kv.by_channel.insert(c.clone(), used + KV_CLAIM_BYTES);
+                kv.warned.remove(c);
+            }
+            Ok(Done::State(n))
+        }
+        Op::State(st @ StateOp::KvUnclaim(c, h), _) => {
+            kv.of(tx, c)?;
+            let existed = KvUsage::claim_exists(tx, c, h)?;
+            let n = state(tx, st)?;
+            if existed {
+                kv.freed(c, KV_CLAIM_BYTES);
+            }
             Ok(Done::State(n))
         }
         Op::State(op, _) => state(tx, op).map(Done::State),
