@@ -334,7 +334,7 @@ pub struct StoreConfig {
     /// (bytes; 0: no bound).
     pub max_bytes: u64,
     /// The most one channel's key-value store holds: keys, values and 64
-    /// bytes per entry (bytes).
+    /// bytes per entry, 128 per claim (bytes).
     pub kv_max_bytes: u64,
 }
 

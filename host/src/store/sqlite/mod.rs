@@ -242,8 +242,9 @@ impl SqliteLog {
     }
 
     /// Bounds each channel's key-value store (`store.kv_max_bytes`): a
-    /// write that would grow a store past it is refused, with an error the
-    /// plugin sees; nothing else is affected.
+    /// `kv-set` or new claim that would grow a store past it is answered
+    /// with an error (the host logs a refused `kv-set`; a refused claim
+    /// answers false to the plugin); the rest of its group is unaffected.
     pub fn set_kv_max_bytes(&self, bytes: u64) {
         self.kv_max_bytes.store(bytes, Ordering::Relaxed);
     }
