@@ -24,7 +24,7 @@ use crate::config::SyncMode;
 
 mod writer;
 
-use writer::{writer, Op, Shared, StateOp};
+use writer::{writer, KvOp, Op, OutboxOp, Shared};
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -268,9 +268,15 @@ impl SqliteLog {
         })
     }
 
-    /// A state write that answers nothing.
-    fn state(&self, op: StateOp) -> Pending<()> {
-        let p = self.submit(|tx| Op::State(op, tx));
+    /// A key-value write that answers nothing.
+    fn kv(&self, op: KvOp) -> Pending<()> {
+        let p = self.submit(|tx| Op::Kv(op, tx));
+        Box::pin(async move { p.await.map(|_| ()) })
+    }
+
+    /// An outbox write that answers nothing.
+    fn outbox(&self, op: OutboxOp) -> Pending<()> {
+        let p = self.submit(|tx| Op::Outbox(op, tx));
         Box::pin(async move { p.await.map(|_| ()) })
     }
 
@@ -388,17 +394,17 @@ impl super::StateStore for SqliteLog {
     }
 
     fn kv_set(&self, channel: &str, key: &str, value: Vec<u8>) -> Pending<()> {
-        self.state(StateOp::KvSet(channel.into(), key.into(), value))
+        self.kv(KvOp::Set(channel.into(), key.into(), value))
     }
 
     fn kv_delete(&self, channel: &str, key: &str) -> Pending<()> {
-        self.state(StateOp::KvDelete(channel.into(), key.into()))
+        self.kv(KvOp::Delete(channel.into(), key.into()))
     }
 
     fn kv_claim(&self, channel: &str, key: &str, expires_at: u64, now: u64) -> Pending<bool> {
         let p = self.submit(|tx| {
-            Op::State(
-                StateOp::KvClaim(channel.into(), claim_hash(key), expires_at, now),
+            Op::Kv(
+                KvOp::Claim(channel.into(), claim_hash(key), expires_at, now),
                 tx,
             )
         });
@@ -406,7 +412,7 @@ impl super::StateStore for SqliteLog {
     }
 
     fn kv_unclaim(&self, channel: &str, key: &str) -> Pending<()> {
-        self.state(StateOp::KvUnclaim(channel.into(), claim_hash(key)))
+        self.kv(KvOp::Unclaim(channel.into(), claim_hash(key)))
     }
 
     fn settle(&self) -> Pending<()> {
@@ -417,20 +423,15 @@ impl super::StateStore for SqliteLog {
     }
 
     fn outbox_push(&self, channel: &str, account: &str, message: String) -> Pending<u64> {
-        self.submit(|tx| {
-            Op::State(
-                StateOp::OutboxPush(channel.into(), account.into(), message),
-                tx,
-            )
-        })
+        self.submit(|tx| Op::Outbox(OutboxOp::Push(channel.into(), account.into(), message), tx))
     }
 
     fn outbox_remove(&self, seq: u64) -> Pending<()> {
-        self.state(StateOp::OutboxRemove(seq))
+        self.outbox(OutboxOp::Remove(seq))
     }
 
     fn outbox_set_aside(&self, seq: u64) -> Pending<()> {
-        self.state(StateOp::OutboxSetAside(seq))
+        self.outbox(OutboxOp::SetAside(seq))
     }
 
     fn outbox_queued(&self) -> Result<Vec<super::OutboxRow>, StoreError> {

@@ -322,21 +322,26 @@ async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
     log.kv_unclaim("c", "k3").await.unwrap();
     assert!(log.kv_claim("c", "k4", 2_000, 1_000).await.unwrap());
     assert!(log.kv_claim("c", "k5", 2_000, 1_000).await.is_err());
+    // An expired claim not yet pruned is taken over in place: it fits a
+    // full store, and still counts once.
+    assert!(log.kv_claim("c", "k0", 5_000, 3_000).await.unwrap());
+    assert!(log.kv_claim("c", "k1", 5_000, 3_000).await.unwrap());
+    assert!(log.kv_claim("c", "k5", 5_000, 3_000).await.is_err());
     // Expired claims pruned make room too.
     let r = Retention {
         before_ms: 0,
         max_bytes: 0,
         idempotency_before_ms: 0,
-        now_ms: 3_000,
+        now_ms: 6_000,
     };
     assert_eq!(log.prune(r).await.unwrap(), 4);
     for i in 5..9 {
         assert!(log
-            .kv_claim("c", &format!("k{i}"), 9_000, 3_000)
+            .kv_claim("c", &format!("k{i}"), 9_000, 6_000)
             .await
             .unwrap());
     }
-    assert!(log.kv_claim("c", "k9", 9_000, 3_000).await.is_err());
+    assert!(log.kv_claim("c", "k9", 9_000, 6_000).await.is_err());
     // Entries and claims share the one bound.
     assert!(log.kv_set("c", "v", Vec::new()).await.is_err());
 }

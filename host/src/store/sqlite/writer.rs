@@ -39,20 +39,28 @@ pub(super) enum Op {
     /// Resolves once every commit so far is durable (an fsync of the WAL if
     /// a commit since the last one skipped it).
     Settle(oneshot::Sender<Result<(), StoreError>>),
-    /// A key-value or outbox write; answers a number (a queue number, 1 for
-    /// a claim taken, else 0).
-    State(StateOp, oneshot::Sender<Result<u64, StoreError>>),
+    /// A key-value write; answers 1 for a claim taken, else 0.
+    Kv(KvOp, oneshot::Sender<Result<u64, StoreError>>),
+    /// An outbox write; answers the queue number of a push, else 0.
+    Outbox(OutboxOp, oneshot::Sender<Result<u64, StoreError>>),
 }
 
-pub(super) enum StateOp {
-    KvSet(String, String, Vec<u8>),
-    KvDelete(String, String),
+pub(super) enum KvOp {
+    /// channel, key, value.
+    Set(String, String, Vec<u8>),
+    /// channel, key.
+    Delete(String, String),
     /// channel, key hash, expires at, now.
-    KvClaim(String, String, u64, u64),
-    KvUnclaim(String, String),
-    OutboxPush(String, String, String),
-    OutboxRemove(u64),
-    OutboxSetAside(u64),
+    Claim(String, String, u64, u64),
+    /// channel, key hash.
+    Unclaim(String, String),
+}
+
+pub(super) enum OutboxOp {
+    /// channel, account, message.
+    Push(String, String, String),
+    Remove(u64),
+    SetAside(u64),
 }
 
 /// What a committed op answers, and the message it stored (for the listener).
@@ -76,16 +84,7 @@ impl Op {
     /// not (see the module's doc): nothing outside the process learns of
     /// them before something that does.
     fn acknowledges(&self) -> bool {
-        !matches!(
-            self,
-            Op::State(
-                StateOp::KvSet(..)
-                    | StateOp::KvDelete(..)
-                    | StateOp::KvClaim(..)
-                    | StateOp::KvUnclaim(..),
-                _
-            )
-        )
+        !matches!(self, Op::Kv(..))
     }
 }
 
@@ -114,9 +113,9 @@ pub const KV_CLAIM_BYTES: u64 = 64 + KV_ENTRY_OVERHEAD;
 
 /// The bytes each channel's key-value store holds (keys, values and
 /// [`KV_ENTRY_OVERHEAD`] per entry, [`KV_CLAIM_BYTES`] per claim), counted
-/// once per channel from the
-/// table on first use, then kept up to date by each write. Forgotten when
-/// a group fails (its transaction rolled back), to be counted again.
+/// once per channel from the tables on first use, then kept up to date by
+/// each write. Forgotten when a group fails (its transaction rolled back),
+/// to be counted again.
 #[derive(Default)]
 struct KvUsage {
     by_channel: std::collections::HashMap<String, u64>,
@@ -165,28 +164,94 @@ impl KvUsage {
         }
     }
 
-    /// Whether a claim's row exists (held or expired but not yet pruned).
-    fn claim_exists(
+    /// Applies a key-value write within the channel's bound: a write that
+    /// would grow the store past `kv_max` is refused (nothing written, the
+    /// group goes on). Each arm reads the row it replaces once.
+    fn write(
+        &mut self,
         tx: &rusqlite::Transaction<'_>,
-        channel: &str,
-        hash: &str,
-    ) -> rusqlite::Result<bool> {
-        tx.prepare_cached("SELECT 1 FROM kv_claims WHERE channel = ?1 AND key_hash = ?2")?
-            .query_row(params![channel, hash], |_| Ok(()))
-            .optional()
-            .map(|r| r.is_some())
-    }
-
-    /// The bytes an entry holds now (0: none).
-    fn entry(tx: &rusqlite::Transaction<'_>, channel: &str, key: &str) -> rusqlite::Result<u64> {
-        let n: Option<i64> = tx
-            .prepare_cached(
-                "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv
-                 WHERE channel = ?1 AND key = ?2",
-            )?
-            .query_row(params![channel, key], |r| r.get(0))
-            .optional()?;
-        Ok(n.map_or(0, |n| uint(n) + KV_ENTRY_OVERHEAD))
+        op: &KvOp,
+        kv_max: u64,
+    ) -> rusqlite::Result<Done> {
+        match op {
+            KvOp::Set(c, k, v) => {
+                let used = self.of(tx, c)?;
+                let old: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv
+                         WHERE channel = ?1 AND key = ?2",
+                    )?
+                    .query_row(params![c, k], |r| r.get(0))
+                    .optional()?;
+                let old = old.map_or(0, |n| uint(n) + KV_ENTRY_OVERHEAD);
+                let new = (k.len() + v.len()) as u64 + KV_ENTRY_OVERHEAD;
+                let after = used.saturating_sub(old).saturating_add(new);
+                // A write that does not grow the store is always taken (the
+                // bound may have been lowered below what a store holds).
+                if new > old && after > kv_max {
+                    return Ok(self.refuse(c, used, new, kv_max));
+                }
+                tx.prepare_cached(
+                    "INSERT INTO kv (channel, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![c, k, v])?;
+                self.by_channel.insert(c.clone(), after);
+                self.warned.remove(c);
+                Ok(Done::State(0))
+            }
+            KvOp::Delete(c, k) => {
+                self.of(tx, c)?;
+                let gone: Option<i64> = tx
+                    .prepare_cached(
+                        "DELETE FROM kv WHERE channel = ?1 AND key = ?2
+                         RETURNING length(CAST(key AS BLOB)) + length(value)",
+                    )?
+                    .query_row(params![c, k], |r| r.get(0))
+                    .optional()?;
+                if let Some(n) = gone {
+                    self.freed(c, uint(n) + KV_ENTRY_OVERHEAD);
+                }
+                Ok(Done::State(0))
+            }
+            KvOp::Claim(c, h, expires, now) => {
+                let used = self.of(tx, c)?;
+                let held: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT expires_at FROM kv_claims WHERE channel = ?1 AND key_hash = ?2",
+                    )?
+                    .query_row(params![c, h], |r| r.get(0))
+                    .optional()?;
+                if held.is_some_and(|t| uint(t) > *now) {
+                    return Ok(Done::State(0));
+                }
+                // An expired claim's row is taken over: it is counted already.
+                let new = held.is_none();
+                if new && used.saturating_add(KV_CLAIM_BYTES) > kv_max {
+                    return Ok(self.refuse(c, used, KV_CLAIM_BYTES, kv_max));
+                }
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO kv_claims (channel, key_hash, expires_at)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![c, h, int(*expires)])?;
+                if new {
+                    self.by_channel.insert(c.clone(), used + KV_CLAIM_BYTES);
+                    self.warned.remove(c);
+                }
+                Ok(Done::State(1))
+            }
+            KvOp::Unclaim(c, h) => {
+                self.of(tx, c)?;
+                let gone = tx
+                    .prepare_cached("DELETE FROM kv_claims WHERE channel = ?1 AND key_hash = ?2")?
+                    .execute(params![c, h])?;
+                if gone > 0 {
+                    self.freed(c, KV_CLAIM_BYTES);
+                }
+                Ok(Done::State(0))
+            }
+        }
     }
 }
 
@@ -408,103 +473,26 @@ fn apply(
             Ok(Done::Pruned(gone))
         }
         Op::Flush(_) | Op::Settle(_) => Ok(Done::Flushed),
-        Op::State(st @ StateOp::KvSet(c, k, v), _) => {
-            let used = kv.of(tx, c)?;
-            let old = KvUsage::entry(tx, c, k)?;
-            let new = (k.len() + v.len()) as u64 + KV_ENTRY_OVERHEAD;
-            let after = used.saturating_sub(old).saturating_add(new);
-            // A write that does not grow the store is always taken (the
-            // bound may have been lowered below what a store holds).
-            if new > old && after > kv_max {
-                return Ok(kv.refuse(c, used, new, kv_max));
-            }
-            let n = state(tx, st)?;
-            kv.by_channel.insert(c.clone(), after);
-            kv.warned.remove(c);
-            Ok(Done::State(n))
-        }
-        Op::State(st @ StateOp::KvDelete(c, k), _) => {
-            let used = kv.of(tx, c)?;
-            let old = KvUsage::entry(tx, c, k)?;
-            let n = state(tx, st)?;
-            kv.by_channel.insert(c.clone(), used.saturating_sub(old));
-            Ok(Done::State(n))
-        }
-        Op::State(st @ StateOp::KvClaim(c, h, ..), _) => {
-            let used = kv.of(tx, c)?;
-            let new = !KvUsage::claim_exists(tx, c, h)?;
-            if new && used.saturating_add(KV_CLAIM_BYTES) > kv_max {
-                return Ok(kv.refuse(c, used, KV_CLAIM_BYTES, kv_max));
-            }
-            let n = state(tx, st)?;
-            if new && n == 1 {
-                kv.by_channel.insert(c.clone(), used + KV_CLAIM_BYTES);
-                kv.warned.remove(c);
-            }
-            Ok(Done::State(n))
-        }
-        Op::State(st @ StateOp::KvUnclaim(c, h), _) => {
-            kv.of(tx, c)?;
-            let existed = KvUsage::claim_exists(tx, c, h)?;
-            let n = state(tx, st)?;
-            if existed {
-                kv.freed(c, KV_CLAIM_BYTES);
-            }
-            Ok(Done::State(n))
-        }
-        Op::State(op, _) => state(tx, op).map(Done::State),
+        Op::Kv(op, _) => kv.write(tx, op, kv_max),
+        Op::Outbox(op, _) => outbox(tx, op).map(Done::State),
     }
 }
 
-fn state(tx: &rusqlite::Transaction<'_>, op: &StateOp) -> rusqlite::Result<u64> {
+fn outbox(tx: &rusqlite::Transaction<'_>, op: &OutboxOp) -> rusqlite::Result<u64> {
     match op {
-        StateOp::KvSet(c, k, v) => {
-            tx.prepare_cached(
-                "INSERT INTO kv (channel, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![c, k, v])?;
-            Ok(0)
-        }
-        StateOp::KvDelete(c, k) => {
-            tx.prepare_cached("DELETE FROM kv WHERE channel = ?1 AND key = ?2")?
-                .execute(params![c, k])?;
-            Ok(0)
-        }
-        StateOp::KvClaim(c, h, expires, now) => {
-            let held: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT expires_at FROM kv_claims WHERE channel = ?1 AND key_hash = ?2",
-                )?
-                .query_row(params![c, h], |r| r.get(0))
-                .optional()?;
-            if held.is_some_and(|t| uint(t) > *now) {
-                return Ok(0);
-            }
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO kv_claims (channel, key_hash, expires_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![c, h, int(*expires)])?;
-            Ok(1)
-        }
-        StateOp::KvUnclaim(c, h) => {
-            tx.prepare_cached("DELETE FROM kv_claims WHERE channel = ?1 AND key_hash = ?2")?
-                .execute(params![c, h])?;
-            Ok(0)
-        }
-        StateOp::OutboxPush(c, a, m) => {
+        OutboxOp::Push(c, a, m) => {
             tx.prepare_cached(
                 "INSERT INTO outbox (channel, account, message) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![c, a, m])?;
             Ok(uint(tx.last_insert_rowid()))
         }
-        StateOp::OutboxRemove(seq) => {
+        OutboxOp::Remove(seq) => {
             tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
                 .execute(params![int(*seq)])?;
             Ok(0)
         }
-        StateOp::OutboxSetAside(seq) => {
+        OutboxOp::SetAside(seq) => {
             tx.prepare_cached("UPDATE outbox SET failed = 1 WHERE seq = ?1")?
                 .execute(params![int(*seq)])?;
             Ok(0)
@@ -620,10 +608,10 @@ pub(super) fn writer(
                         (Op::Flush(reply) | Op::Settle(reply), Done::Flushed) => {
                             let _ = reply.send(Ok(()));
                         }
-                        (Op::State(_, reply), Done::State(n)) => {
+                        (Op::Kv(_, reply) | Op::Outbox(_, reply), Done::State(n)) => {
                             let _ = reply.send(Ok(n));
                         }
-                        (Op::State(_, reply), Done::Refused(why)) => {
+                        (Op::Kv(_, reply), Done::Refused(why)) => {
                             let _ = reply.send(Err(StoreError(why)));
                         }
                         _ => {}
@@ -649,7 +637,7 @@ pub(super) fn writer(
                         Op::Flush(reply) | Op::Settle(reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
-                        Op::State(_, reply) => {
+                        Op::Kv(_, reply) | Op::Outbox(_, reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                     }
