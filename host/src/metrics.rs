@@ -23,6 +23,7 @@ pub struct Metrics {
     pub header_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub plugin_busy: AtomicU64,
+    pub plugin_log_dropped: AtomicU64,
     pub tls_failures: AtomicU64,
 }
 
@@ -49,7 +50,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -125,6 +126,11 @@ impl Metrics {
                 "plugin_busy_total",
                 "Plugin calls refused because the plugin had max_concurrent_calls running.",
                 &self.plugin_busy,
+            ),
+            (
+                "plugin_log_dropped_total",
+                "Plugin log lines dropped over plugins.log_lines_per_second.",
+                &self.plugin_log_dropped,
             ),
         ];
         for (name, help, v) in counters {

@@ -246,6 +246,10 @@ pub fn set_state(account_id: &str, state: AccountState, detail: Option<&str>) {
 }
 
 /// Writes a log line under the plugin's id (see also [`info!`] and friends).
+/// Stdout and stderr lines are logged too. The host keeps at most
+/// `plugins.log_lines_per_second` of a plugin's lines per second (50 by
+/// default, in bursts of up to 10 seconds' worth), dropping and counting the
+/// rest, and cuts each line to 8 KiB.
 pub fn log(level: LogLevel, message: &str) {
     host::log(level, message)
 }

@@ -947,3 +947,72 @@ async fn an_instance_acts_only_for_the_account_it_serves() {
         "{r}"
     );
 }
+
+/// A plugin that logs in a loop is held to `plugins.log_lines_per_second`
+/// (in bursts of 10 seconds' worth), through the `log` import and stdout
+/// alike: the lines past it are dropped, counted at `GET /metrics`, and
+/// their number is said before its next line that fits. A long line is cut
+/// to 8 KiB.
+#[tokio::test]
+async fn a_plugin_cannot_flood_the_daemon_s_log() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "log_lines_per_second = 5\n",
+        "[channels.misbehave.accounts.default]\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let spam = |id: &str, n: u32| json!({"channel": "misbehave", "to": "x", "message": format!("logspam:{n}"), "idempotencyKey": id});
+    // Within the budget: one long line each way, each cut to 8 KiB.
+    let r = send(&mut c, "l0", spam("l0", 0)).await;
+    assert_eq!(r["payload"]["messageId"], "logged 2", "{r}");
+    for (prefix, len) in [("long ", 100_005), ("outlong ", 100_008)] {
+        let line = s
+            .daemon
+            .wait_log(
+                &format!("… ({} bytes cut)", len - 8192),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert!(line.contains(prefix), "{line}");
+        assert!(line.len() < 8192 + 300, "{} bytes", line.len());
+    }
+    // 2002 lines at once: about the burst (50) is kept.
+    let r = send(&mut c, "l1", spam("l1", 1000)).await;
+    assert_eq!(r["payload"]["messageId"], "logged 2002", "{r}");
+    s.daemon
+        .wait_log("out 999", Duration::from_millis(500))
+        .await
+        .expect_err("the last lines of the burst must be dropped");
+    let is_spam = |l: &str| {
+        l.split(|c: char| !c.is_ascii_alphanumeric())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| (w[0] == "spam" || w[0] == "out") && w[1].parse::<u32>().is_ok())
+    };
+    let kept = s.daemon.log_text().lines().filter(|l| is_spam(l)).count();
+    let dropped = s
+        .daemon
+        .metric("switchboard_plugin_log_dropped_total")
+        .await
+        .unwrap();
+    assert!((30..=60).contains(&kept), "{kept} spam lines kept");
+    assert!(dropped >= 1940, "{dropped} dropped");
+    // A second later the budget has room again: the next line is preceded
+    // by the count of those dropped.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    send(&mut c, "l2", spam("l2", 0)).await;
+    let warned = s
+        .daemon
+        .wait_log("of its lines were dropped", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        warned.contains(&format!("{dropped} of its lines were dropped")),
+        "{warned}"
+    );
+    assert!(
+        warned.contains("plugins.log_lines_per_second = 5"),
+        "{warned}"
+    );
+}

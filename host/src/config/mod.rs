@@ -292,6 +292,10 @@ pub struct PluginsConfig {
     pub max_concurrent_calls: usize,
     /// How long a call waits for one of those slots before it is refused (ms).
     pub call_queue_timeout_ms: u64,
+    /// Lines one plugin may log per second (its `log` import, stdout,
+    /// stderr, and what the daemon logs about it), in bursts of up to 10
+    /// seconds' worth; lines past it are dropped and counted. 0: no bound.
+    pub log_lines_per_second: u32,
 }
 
 impl Default for PluginsConfig {
@@ -305,6 +309,7 @@ impl Default for PluginsConfig {
             debounce_ms: 200,
             max_concurrent_calls: 16,
             call_queue_timeout_ms: 5_000,
+            log_lines_per_second: 50,
         }
     }
 }

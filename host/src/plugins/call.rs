@@ -108,10 +108,10 @@ impl Plugin {
         let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
         let mut store = self
             .runtime
-            .store(self.id(), Some(t.imports), grants.clone(), None);
+            .store(self.log.clone(), Some(t.imports), grants.clone(), None);
         let result = bindings::run(&self.loaded.pre, &mut store, account)
             .await
-            .map_err(|e| call_failure(self.id(), &e, store.data().last_panic()));
+            .map_err(|e| call_failure(&self.log, &e, store.data().last_panic()));
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(denied(&grants).unwrap_or(CallError::Channel(e))),
@@ -152,10 +152,11 @@ impl Plugin {
         let task = self.exec.spawn(async move {
             let _slot = slot;
             let rt = &me.runtime;
-            let mut store = rt.store(me.id(), Some(imports), g, Some(rt.limits.call_timeout));
+            let timeout = Some(rt.limits.call_timeout);
+            let mut store = rt.store(me.log.clone(), Some(imports), g, timeout);
             let result = bindings::invoke(&me.loaded.pre, &mut store, req)
                 .await
-                .map_err(|e| call_failure(me.id(), &e, store.data().last_panic()));
+                .map_err(|e| call_failure(&me.log, &e, store.data().last_panic()));
             // The call's key-value writes reach the disk before its result
             // is used (answered, recorded): almost always free, since the
             // `deliver` that usually follows them made them durable.

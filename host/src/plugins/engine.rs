@@ -13,6 +13,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::bindings;
 use super::imports::Imports;
+use super::logs::PluginLog;
 use super::sandbox::{Grants, Limits, PluginState};
 
 /// Component instances that can exist at once (running accounts plus calls in flight).
@@ -105,12 +106,12 @@ impl Runtime {
     /// `run`).
     pub fn store(
         &self,
-        plugin: &str,
+        log: Arc<PluginLog>,
         imports: Option<Imports>,
         grants: Arc<Grants>,
         timeout: Option<Duration>,
     ) -> Store<PluginState> {
-        let state = PluginState::new(plugin, imports, grants, &self.limits, timeout);
+        let state = PluginState::new(log, imports, grants, &self.limits, timeout);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.store_limits());
         // Every tick: past the deadline → trap; otherwise yield to the executor

@@ -86,12 +86,9 @@ impl Runtime {
                 chain(&e)
             ))
         })?;
-        let mut store = self.store(
-            file_name,
-            None,
-            Arc::default(),
-            Some(self.limits.call_timeout),
-        );
+        // A file being loaded logs under its name, within a budget of its own.
+        let log = super::logs::PluginLog::new(file_name, self.limits.log_lines_per_second, None);
+        let mut store = self.store(log, None, Arc::default(), Some(self.limits.call_timeout));
         let info = bindings::info(&pre, &mut store)
             .await
             .map_err(|(step, e)| LoadError::new(format!("{step}: {}", chain(&e))))?;

@@ -16,6 +16,7 @@ pub mod contract;
 mod engine;
 pub mod imports;
 mod loader;
+pub mod logs;
 mod registry;
 mod sandbox;
 pub mod tls_client;
@@ -46,6 +47,8 @@ pub struct Plugin {
     calls: Arc<tokio::sync::Semaphore>,
     /// Where calls refused for want of a slot are counted.
     metrics: Arc<Metrics>,
+    /// Its log, within `plugins.log_lines_per_second`.
+    log: Arc<logs::PluginLog>,
 }
 
 impl Plugin {

@@ -293,6 +293,11 @@ impl PluginManager {
                         self.runtime.limits.max_concurrent_calls,
                     )),
                     metrics: self.metrics.clone(),
+                    log: super::logs::PluginLog::new(
+                        &id,
+                        self.runtime.limits.log_lines_per_second,
+                        Some(self.metrics.clone()),
+                    ),
                 }),
             )
             .is_some();

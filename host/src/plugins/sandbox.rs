@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::imports::Imports;
+use super::logs::{plugin_event, PluginLog, MAX_LINE};
 
 /// A network grant list parsed once (per plugin load, per account's
 /// configuration) and shared by every call: `host:port` pairs, host in
@@ -113,16 +114,16 @@ impl Grants {
         false
     }
 
-    pub(super) fn deny(&self, plugin: &str, what: &str, dest: &str) {
+    pub(super) fn deny(&self, log: &PluginLog, what: &str, dest: &str) {
         self.denied.guard().get_or_insert_with(|| dest.to_string());
         let how = self.how_to_allow(dest);
-        tracing::warn!(plugin, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
+        plugin_event!(log, tracing::Level::WARN, channel = %self.channel, destination = dest, "denied {what} to {dest}: {how}");
     }
 }
 
 /// `wasi:http` hooks: every outgoing request is checked against the grants.
 struct GrantHooks {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     grants: Arc<Grants>,
 }
 
@@ -153,7 +154,7 @@ impl WasiHttpHooks for GrantHooks {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if !self.grants.allows_name(&host, port) {
             self.grants
-                .deny(&self.plugin, "outgoing HTTP", &format!("{host}:{port}"));
+                .deny(&self.log, "outgoing HTTP", &format!("{host}:{port}"));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -180,6 +181,9 @@ pub struct Limits {
     pub max_concurrent_calls: usize,
     /// How long a call waits for a slot before it is refused.
     pub call_queue_timeout: Duration,
+    /// Lines one plugin may log per second (`plugins.log_lines_per_second`;
+    /// 0: no bound).
+    pub log_lines_per_second: u32,
 }
 
 impl Default for Limits {
@@ -190,13 +194,15 @@ impl Default for Limits {
             max_file_bytes: 64 * 1024 * 1024,
             max_concurrent_calls: 16,
             call_queue_timeout: Duration::from_secs(5),
+            log_lines_per_second: 50,
         }
     }
 }
 
 /// The data of one store: one instance of one plugin.
 pub struct PluginState {
-    pub(super) plugin: String,
+    /// The plugin's id and its log.
+    pub(super) log: Arc<PluginLog>,
     /// `None` while the plugin is being loaded: no import reaches anything.
     imports: Option<Imports>,
     wasi: WasiCtx,
@@ -227,7 +233,7 @@ impl PluginState {
         match self.imports().and_then(|i| i.of(account)) {
             Ok(i) => Some(i),
             Err(e) => {
-                tracing::debug!(plugin = %self.plugin, "host call refused: {e}");
+                plugin_event!(self.log, tracing::Level::DEBUG, "host call refused: {e}");
                 None
             }
         }
@@ -258,12 +264,13 @@ impl WasiHttpView for PluginState {
 pub type LastPanic = Arc<std::sync::Mutex<Option<String>>>;
 
 /// Plugin stdout/stderr: each line becomes a `tracing` event under the
-/// plugin's id (stdout at INFO, stderr at WARN). A Rust panic's report
-/// (`thread … panicked at …`, the message, the backtrace note) becomes one
-/// WARN line, and its message is kept for the call's error.
+/// plugin's id (stdout at INFO, stderr at WARN), within its log budget, cut
+/// to [`MAX_LINE`] bytes. A Rust panic's report (`thread … panicked at …`,
+/// the message, the backtrace note) becomes one WARN line, and its message
+/// is kept for the call's error.
 #[derive(Clone)]
 struct LogOutput {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     stream: &'static str,
     panic: LastPanic,
 }
@@ -279,6 +286,7 @@ impl wasmtime_wasi::cli::StdoutStream for LogOutput {
         Box::new(LineWriter {
             out: self.clone(),
             buf: Vec::new(),
+            cut: 0,
             panic_at: None,
         })
     }
@@ -286,19 +294,59 @@ impl wasmtime_wasi::cli::StdoutStream for LogOutput {
 
 struct LineWriter {
     out: LogOutput,
+    /// The line so far: at most [`MAX_LINE`] bytes.
     buf: Vec<u8>,
+    /// Bytes of the line past [`MAX_LINE`], dropped (said at its end).
+    cut: usize,
     /// `panicked at <location>` seen; the message is on the next line.
     panic_at: Option<String>,
 }
 
 impl LineWriter {
-    fn emit(&mut self, line: &[u8]) {
+    /// Takes `data` into the current line, ending a line at each `\n`.
+    fn take(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let (part, ended) = match data.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    let part = &data[..i];
+                    data = &data[i + 1..];
+                    (part, true)
+                }
+                None => (std::mem::take(&mut data), false),
+            };
+            let keep = part.len().min(MAX_LINE.saturating_sub(self.buf.len()));
+            self.buf.extend_from_slice(&part[..keep]);
+            self.cut += part.len() - keep;
+            if ended {
+                self.end_line();
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.buf);
+        let cut = std::mem::take(&mut self.cut);
+        self.emit(&line, cut);
+        self.buf = line;
+        self.buf.clear();
+    }
+
+    fn emit(&mut self, line: &[u8], cut: usize) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end();
-        let plugin = &*self.out.plugin;
+        let cut = if cut > 0 {
+            format!("… ({cut} bytes cut)")
+        } else {
+            String::new()
+        };
+        let log = &self.out.log;
         if let Some(at) = self.panic_at.take() {
-            tracing::warn!(plugin, "plugin panicked at {at}: {text}");
-            *self.out.panic.guard() = Some(text.to_string());
+            *self.out.panic.guard() = Some(format!("{text}{cut}"));
+            plugin_event!(
+                log,
+                tracing::Level::WARN,
+                "plugin panicked at {at}: {text}{cut}"
+            );
             return;
         }
         if text.starts_with("thread '") {
@@ -311,19 +359,22 @@ impl LineWriter {
             return;
         }
         if self.out.stream == "stderr" {
-            tracing::warn!(plugin, stream = "stderr", "{text}");
+            plugin_event!(log, tracing::Level::WARN, stream = "stderr", "{text}{cut}");
         } else {
-            tracing::info!(plugin, stream = "stdout", "{text}");
+            plugin_event!(log, tracing::Level::INFO, stream = "stdout", "{text}{cut}");
         }
     }
 
     fn finish(&mut self) {
-        if !self.buf.is_empty() {
-            let line = std::mem::take(&mut self.buf);
-            self.emit(&line);
+        if !self.buf.is_empty() || self.cut > 0 {
+            self.end_line();
         }
         if let Some(at) = self.panic_at.take() {
-            tracing::warn!(plugin = &*self.out.plugin, "plugin panicked at {at}");
+            plugin_event!(
+                self.out.log,
+                tracing::Level::WARN,
+                "plugin panicked at {at}"
+            );
         }
     }
 }
@@ -334,16 +385,7 @@ impl tokio::io::AsyncWrite for LineWriter {
         _: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.buf.extend_from_slice(data);
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=pos).collect();
-            self.emit(&line);
-        }
-        // Bound a line that never ends.
-        if self.buf.len() > 8192 {
-            let line = std::mem::take(&mut self.buf);
-            self.emit(&line);
-        }
+        self.take(data);
         Poll::Ready(Ok(data.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -368,8 +410,13 @@ pub fn chain(e: &wasmtime::Error) -> String {
 /// One line for an operator about a failed call: the trap (or the panic
 /// message the guest printed), never the wasm backtrace. The whole error
 /// goes to the log at WARN.
-pub fn call_failure(plugin: &str, e: &wasmtime::Error, panic: Option<String>) -> String {
-    tracing::warn!(plugin, "plugin call failed: {}", chain(e));
+pub fn call_failure(log: &PluginLog, e: &wasmtime::Error, panic: Option<String>) -> String {
+    plugin_event!(
+        log,
+        tracing::Level::WARN,
+        "plugin call failed: {}",
+        chain(e)
+    );
     if let Some(msg) = panic {
         return format!("plugin panicked: {msg}");
     }
@@ -385,24 +432,23 @@ impl PluginState {
     /// imports (none while loading), with the call deadline set (`None`: no
     /// deadline, for `run`).
     pub fn new(
-        plugin: &str,
+        log: Arc<PluginLog>,
         imports: Option<Imports>,
         grants: Arc<Grants>,
         limits: &Limits,
         timeout: Option<Duration>,
     ) -> PluginState {
-        let name: Arc<str> = Arc::from(plugin);
         let check_grants = grants.clone();
-        let check_name = name.clone();
+        let check_log = log.clone();
         let panic = LastPanic::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(LogOutput {
-                plugin: name.clone(),
+                log: log.clone(),
                 stream: "stdout",
                 panic: panic.clone(),
             })
             .stderr(LogOutput {
-                plugin: name.clone(),
+                log: log.clone(),
                 stream: "stderr",
                 panic: panic.clone(),
             })
@@ -411,7 +457,7 @@ impl PluginState {
             .allow_ip_name_lookup(true)
             .socket_addr_check(move |addr, usage| {
                 let grants = check_grants.clone();
-                let plugin = check_name.clone();
+                let log = check_log.clone();
                 Box::pin(async move {
                     match usage {
                         // The implicit bind before a connect.
@@ -419,12 +465,12 @@ impl PluginState {
                         SocketAddrUse::TcpConnect => {
                             let ok = grants.allows_addr(addr).await;
                             if !ok {
-                                grants.deny(&plugin, "TCP connection", &addr.to_string());
+                                grants.deny(&log, "TCP connection", &addr.to_string());
                             }
                             ok
                         }
                         _ => {
-                            grants.deny(&plugin, "listening socket or UDP", &addr.to_string());
+                            grants.deny(&log, "listening socket or UDP", &addr.to_string());
                             false
                         }
                     }
@@ -439,14 +485,11 @@ impl PluginState {
             .memories(16)
             .build();
         PluginState {
-            plugin: plugin.to_string(),
+            log: log.clone(),
             imports,
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: GrantHooks {
-                plugin: name,
-                grants,
-            },
+            hooks: GrantHooks { log, grants },
             table: ResourceTable::new(),
             limits,
             deadline: timeout.map(|t| Instant::now() + t),
@@ -474,8 +517,8 @@ impl PluginState {
     > + Send
            + 'static {
         let grants = self.hooks.grants.clone();
-        let plugin = self.hooks.plugin.clone();
-        async move { grants.trust.connect(&plugin, &grants, &host, port).await }
+        let log = self.hooks.log.clone();
+        async move { grants.trust.connect(&log, &grants, &host, port).await }
     }
 
     /// The two halves of a connection as `wasi:io` streams in this

@@ -135,7 +135,7 @@ impl Trust {
     /// and the operator: it names the host and what to change.
     pub async fn connect(
         &self,
-        plugin: &str,
+        log: &super::logs::PluginLog,
         grants: &Grants,
         host: &str,
         port: u16,
@@ -146,7 +146,7 @@ impl Trust {
             format!("{host}:{port}")
         };
         if !grants.allows_name(host, port) {
-            grants.deny(plugin, "TLS connection", &dest);
+            grants.deny(log, "TLS connection", &dest);
             return Err(format!(
                 "TLS connection to {dest} denied: {}",
                 grants.how_to_allow(&dest)
@@ -180,7 +180,7 @@ impl Trust {
                 )
             })?
             .map_err(|e| handshake_error(&dest, host, &grants.channel, built.ca.as_deref(), &e))?;
-        tracing::debug!(plugin, destination = %dest, "plugin TLS connection established");
+        super::logs::plugin_event!(log, tracing::Level::DEBUG, destination = %dest, "plugin TLS connection established");
         Ok(tls)
     }
 }
@@ -249,7 +249,12 @@ mod tests {
             Trust::default(),
         );
         let e = Trust::default()
-            .connect("irc", &grants, "127.0.0.1", 9)
+            .connect(
+                &crate::plugins::logs::PluginLog::new("irc", 0, None),
+                &grants,
+                "127.0.0.1",
+                9,
+            )
             .await
             .unwrap_err();
         assert!(

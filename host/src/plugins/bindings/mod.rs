@@ -17,6 +17,7 @@ use wasmtime::{Engine, Store};
 use super::contract::{
     self, Account, Action, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
 };
+use super::logs::plugin_event;
 use super::sandbox::PluginState;
 
 /// A call on a fresh instance.
@@ -121,14 +122,18 @@ pub async fn run(
 /// The `host` interface, once for every version (each version's `Host`
 /// impl converts its types and calls these).
 impl PluginState {
+    /// The `log` import: within the plugin's log budget, cut to
+    /// `logs::MAX_LINE` bytes.
     fn host_log(&self, level: tracing::Level, message: &str) {
-        let p = self.plugin.as_str();
+        use tracing::Level;
+        let log = &self.log;
+        let m = || super::logs::bounded(message);
         match level {
-            tracing::Level::TRACE => tracing::trace!(plugin = p, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(plugin = p, "{message}"),
-            tracing::Level::INFO => tracing::info!(plugin = p, "{message}"),
-            tracing::Level::WARN => tracing::warn!(plugin = p, "{message}"),
-            _ => tracing::error!(plugin = p, "{message}"),
+            Level::TRACE => plugin_event!(log, Level::TRACE, "{}", m()),
+            Level::DEBUG => plugin_event!(log, Level::DEBUG, "{}", m()),
+            Level::INFO => plugin_event!(log, Level::INFO, "{}", m()),
+            Level::WARN => plugin_event!(log, Level::WARN, "{}", m()),
+            _ => plugin_event!(log, Level::ERROR, "{}", m()),
         }
     }
 
@@ -185,11 +190,11 @@ impl PluginState {
         key: String,
         value: Vec<u8>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
+        let (log, imports) = (self.log.clone(), self.imports().ok().cloned());
         async move {
             let Some(i) = imports else { return };
             if let Err(e) = i.kv.set(&key, value).await {
-                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-set failed: {e}");
+                plugin_event!(log, tracing::Level::ERROR, channel = %i.channel, "kv-set failed: {e}");
             }
         }
     }
@@ -208,11 +213,11 @@ impl PluginState {
         key: String,
         ttl_ms: u64,
     ) -> impl Future<Output = bool> + Send + 'static {
-        let (plugin, imports) = (self.plugin.clone(), self.imports().ok().cloned());
+        let (log, imports) = (self.log.clone(), self.imports().ok().cloned());
         async move {
             let Some(i) = imports else { return false };
             i.kv.claim(&key, ttl_ms).await.unwrap_or_else(|e| {
-                tracing::error!(plugin = %plugin, channel = %i.channel, "kv-claim failed: {e}");
+                plugin_event!(log, tracing::Level::ERROR, channel = %i.channel, "kv-claim failed: {e}");
                 false
             })
         }

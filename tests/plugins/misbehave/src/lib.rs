@@ -2,7 +2,9 @@
 //! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
 //! `sleep:<ms>` sleeps that long, `as:<account>` delivers a message and
 //! pushes to the outbox in the name of `<account>` and answers what the host
-//! said to each, anything else succeeds. `run` panics when the account sets
+//! said to each, `kvfill:<n>` writes n keys of 100 KiB, `logspam:<n>` logs
+//! n lines each way (the `log` import, stdout) and then one long line each
+//! way, anything else succeeds. `run` panics when the account sets
 //! `crash_run`.
 
 use serde::Deserialize;
@@ -64,6 +66,22 @@ impl Channel for Misbehave {
             "trap" => panic!("trapped on purpose"),
             // Writes N distinct keys of 100 KiB each, then counts how many
             // the store kept (a hostile plugin filling the disk).
+            t if t.starts_with("logspam:") => {
+                // N lines through the `log` import and N on stdout, then a
+                // 100 000-byte line each way.
+                let n: usize = t[8..].parse().unwrap_or(0);
+                for i in 0..n {
+                    switchboard_sdk::info!("spam {i}");
+                    println!("out {i}");
+                }
+                let long = "x".repeat(100_000);
+                switchboard_sdk::info!("long {long}");
+                println!("outlong {long}");
+                Ok(Delivery {
+                    message_id: format!("logged {}", 2 * n + 2),
+                    chat_id: None,
+                })
+            }
             t if t.starts_with("kvfill:") => {
                 let n: usize = t[7..].parse().unwrap_or(0);
                 let value = vec![7u8; 100 * 1024];
