@@ -1016,3 +1016,59 @@ async fn a_plugin_cannot_flood_the_daemon_s_log() {
         "{warned}"
     );
 }
+
+/// Two files providing one id: the first by name is loaded, the second is
+/// refused and says why. Once the first goes, the second is loaded without
+/// being touched (it used to stay refused until it changed).
+#[tokio::test]
+async fn a_file_refused_for_a_duplicate_id_is_loaded_once_the_id_is_free() {
+    let s = setup(
+        &[
+            ("plugins", "echo.wasm", "a-echo.wasm"),
+            ("test-plugins", "echo-v2.wasm", "b-echo.wasm"),
+        ],
+        "",
+        ECHO,
+    );
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let mut c = op(&s.daemon).await;
+    let list = c.request("l", "plugins.list", json!({})).await.unwrap();
+    let files = &list["payload"]["plugins"];
+    assert_eq!(files[0]["file"], "a-echo.wasm", "{list}");
+    assert_eq!(files[0]["state"], "loaded", "{list}");
+    assert_eq!(files[1]["file"], "b-echo.wasm", "{list}");
+    assert_eq!(files[1]["state"], "failed", "{list}");
+    let error = files[1]["error"].as_str().unwrap();
+    assert!(
+        error.contains("duplicate plugin id `echo`: a-echo.wasm already provides it"),
+        "{error}"
+    );
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.1.0"));
+    std::fs::remove_file(s.plugins.join("a-echo.wasm")).unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&"loaded".to_string()) {
+        let ev = watcher
+            .next_event("plugins", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(ev["payload"]["id"], "echo", "{ev}");
+        seen.push(ev["payload"]["action"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["removed", "loaded"]);
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
+    let list = c.request("l2", "plugins.list", json!({})).await.unwrap();
+    let files = &list["payload"]["plugins"];
+    assert_eq!(files.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(files[0]["file"], "b-echo.wasm", "{list}");
+    assert!(files[0].get("error").is_none(), "{list}");
+    let r = send(
+        &mut c,
+        "s",
+        json!({"to": "x", "message": "m", "idempotencyKey": "after"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+}

@@ -24,6 +24,9 @@ pub struct Failure {
     pub hash: String,
     pub error: String,
     pub at: u64,
+    /// The id another file provided when this one was refused for it: the
+    /// file is tried again once no file provides that id.
+    pub waits_for: Option<String>,
 }
 
 /// What a scan changed; serialised, it is the `plugins` event's payload
@@ -198,7 +201,7 @@ impl PluginManager {
         }
         // Files that disappeared.
         let present: Vec<&String> = files.iter().map(|(n, _)| n).collect();
-        let loaded: Vec<String> = {
+        {
             let mut reg = self.write();
             let gone: Vec<String> = reg
                 .files
@@ -214,8 +217,33 @@ impl PluginManager {
                 }
             }
             reg.failures.retain(|f, _| present.contains(&f));
-            reg.by_id.values().map(|p| p.loaded.hash.clone()).collect()
+        }
+        // A file refused because another provided its id is tried again
+        // once no file does (that file went, or now provides another id).
+        let freed: Vec<&(String, PathBuf)> = {
+            let reg = self.read();
+            files
+                .iter()
+                .filter(|(name, _)| {
+                    reg.failures
+                        .get(name)
+                        .and_then(|f| f.waits_for.as_ref())
+                        .is_some_and(|id| !reg.by_id.contains_key(id))
+                })
+                .collect()
         };
+        for (name, path) in freed {
+            self.write().failures.remove(name);
+            if let Some(c) = self.consider(name, path).await {
+                changes.push(c);
+            }
+        }
+        let loaded: Vec<String> = self
+            .read()
+            .by_id
+            .values()
+            .map(|p| p.loaded.hash.clone())
+            .collect();
         // Still under the scan lock: no load writes to the cache meanwhile.
         let rt = self.runtime.clone();
         match tokio::task::spawn_blocking(move || rt.prune_cache(&loaded)).await {
@@ -269,9 +297,15 @@ impl PluginManager {
             .iter()
             .find(|(f, i)| **i == id && f.as_str() != name)
         {
-            let error = format!("duplicate plugin id `{id}`: {other} already provides it");
+            let error = format!(
+                "duplicate plugin id `{id}`: {other} already provides it (this file is loaded once {other} goes or provides another id)"
+            );
             drop(reg);
-            return self.fail(name, &hash, &id, error);
+            let change = self.fail(name, &hash, &id, error);
+            if let Some(f) = self.write().failures.get_mut(name) {
+                f.waits_for = Some(id);
+            }
+            return change;
         }
         reg.failures.remove(name);
         // This file may have provided another id before.
@@ -333,6 +367,7 @@ impl PluginManager {
                 hash: hash.to_string(),
                 error: error.clone(),
                 at: crate::now_ms(),
+                waits_for: None,
             },
         );
         Some(Change::Failed {
