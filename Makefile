@@ -42,8 +42,12 @@ wasm-target:
 build-release:
 	$(CARGO) build --release -p switchboard
 
+## The daemon (target/debug/switchboard) and every test target, in one
+## build: `cargo test` then compiles nothing more. (The daemon alone,
+## `-p switchboard`, resolves its dependencies' features without the tests'
+## and made `cargo test` compile wasmtime and its dependencies again.)
 build:
-	$(CARGO) build -p switchboard
+	$(CARGO) build --all-targets
 
 ## The whole suite: unit tests, end-to-end tests against the real binary,
 ## and interop with the official OpenClaw client library.
@@ -103,8 +107,7 @@ $(INTEROP_DIR)/node_modules/.package-lock.json: $(INTEROP_DIR)/package.json $(IN
 
 lint: wasm-target deny
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy -p switchboard-webhook --tests -- -D warnings
+	$(CARGO) clippy -p switchboard -p switchboard-tests -p switchboard-webhook --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(foreach c,switchboard-sdk $(PLUGIN_CRATES) $(TEST_PLUGIN_CRATES),-p $(c)) -- -D warnings
 
 ## Long property-based fuzzing of the pre-auth frame reader, the request
