@@ -18,3 +18,26 @@ pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
     assert!(out.status.success(), "{what} failed:\n{text}");
     text
 }
+
+/// A Wasm custom section (id 0): a component stays valid with one appended.
+pub fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = vec![0];
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}

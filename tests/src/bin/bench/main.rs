@@ -396,29 +396,6 @@ async fn reload_soak(reloads: usize) -> Result<()> {
     Ok(())
 }
 
-/// A Wasm custom section (id 0): a component stays valid with one appended.
-fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let mut body = Vec::new();
-    leb128(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(payload);
-    let mut out = vec![0];
-    leb128(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
-
 /// A daemon with echo accounts `a0..a{accounts}` (stopped until started),
 /// each delivering `burst` messages when its `run` starts.
 fn log_daemon(dir: &std::path::Path, accounts: usize, burst: usize, sync: &str) -> Result<Daemon> {
