@@ -1072,3 +1072,66 @@ async fn a_file_refused_for_a_duplicate_id_is_loaded_once_the_id_is_free() {
     .await;
     assert_eq!(r["ok"], true, "{r}");
 }
+
+/// A new version of a plugin shares its call slots with the version it
+/// replaces, whose calls may still be running: a reload does not double the
+/// calls, and so the memory, a plugin may hold (`max_concurrent_calls`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "max_concurrent_calls = 1\ncall_queue_timeout_ms = 300",
+        "[channels.misbehave.accounts.default]\n",
+    );
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let url = s.daemon.url();
+    let sleeper = tokio::spawn(async move {
+        let mut c = connect(&url, None, &["operator.write"]).await.unwrap().0;
+        c.request(
+            "s",
+            "send",
+            json!({"to": "x", "message": "sleep:6000", "idempotencyKey": "sleep"}),
+        )
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same plugin, one custom section longer: a new version to load.
+    let file = s.plugins.join("misbehave.wasm");
+    let mut wasm = std::fs::read(&file).unwrap();
+    wasm.extend_from_slice(&custom_section("reload", b"1"));
+    std::fs::write(&file, wasm).unwrap();
+    loop {
+        let ev = watcher
+            .next_event("plugins", Duration::from_secs(10))
+            .await
+            .unwrap();
+        if ev["payload"]["action"] == "replaced" {
+            break;
+        }
+    }
+    // The old version's call still holds the one slot.
+    assert!(!sleeper.is_finished(), "the reload took longer than the call");
+    let mut c = op(&s.daemon).await;
+    let r = send(
+        &mut c,
+        "b",
+        json!({"to": "x", "message": "fine", "idempotencyKey": "busy"}),
+    )
+    .await;
+    assert_eq!(r["ok"], false, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("is busy"), "{r}");
+    let r = sleeper.await.unwrap();
+    assert_eq!(r["payload"]["messageId"], "slept", "{r}");
+    let r = send(
+        &mut c,
+        "f",
+        json!({"to": "x", "message": "fine", "idempotencyKey": "after"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+}

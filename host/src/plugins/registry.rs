@@ -314,6 +314,23 @@ impl PluginManager {
                 reg.by_id.remove(&old);
             }
         }
+        // A new version shares its call slots and its log budget with the
+        // version it replaces, whose calls may still be running: a reload
+        // neither doubles the calls (and so the memory) a plugin may hold,
+        // nor refills its log budget.
+        let (calls, log) = match reg.by_id.get(&id) {
+            Some(old) => (old.calls.clone(), old.log.clone()),
+            None => (
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.runtime.limits.max_concurrent_calls,
+                )),
+                super::logs::PluginLog::new(
+                    &id,
+                    self.runtime.limits.log_lines_per_second,
+                    Some(self.metrics.clone()),
+                ),
+            ),
+        };
         let replaced = reg
             .by_id
             .insert(
@@ -323,15 +340,9 @@ impl PluginManager {
                     loaded_at: crate::now_ms(),
                     runtime: self.runtime.clone(),
                     exec: self.exec.clone(),
-                    calls: Arc::new(tokio::sync::Semaphore::new(
-                        self.runtime.limits.max_concurrent_calls,
-                    )),
+                    calls,
                     metrics: self.metrics.clone(),
-                    log: super::logs::PluginLog::new(
-                        &id,
-                        self.runtime.limits.log_lines_per_second,
-                        Some(self.metrics.clone()),
-                    ),
+                    log,
                 }),
             )
             .is_some();
