@@ -1114,7 +1114,10 @@ async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
         }
     }
     // The old version's call still holds the one slot.
-    assert!(!sleeper.is_finished(), "the reload took longer than the call");
+    assert!(
+        !sleeper.is_finished(),
+        "the reload took longer than the call"
+    );
     let mut c = op(&s.daemon).await;
     let r = send(
         &mut c,
@@ -1134,4 +1137,51 @@ async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
+}
+
+/// What a plugin answers reaches operators, the log and every `health`
+/// event, so the host keeps a bounded part of it: an error message and a
+/// state detail are cut to 4 KiB, a send's ids to 1 KiB (the message was
+/// sent: the send succeeds). The cut is said.
+#[tokio::test]
+async fn a_plugin_s_long_answers_are_cut() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "",
+        "[channels.misbehave.accounts.default]\n",
+    );
+    let mut c = op(&s.daemon).await;
+    let say = |text: &str| json!({"to": "x", "message": text, "idempotencyKey": text});
+    let r = send(&mut c, "e", say("longerr")).await;
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.len() < 4096 + 200, "{} bytes", msg.len());
+    assert!(
+        msg.contains(&format!("… ({} bytes cut)", 100_000 - 4096)),
+        "{msg:.200}"
+    );
+    let r = send(&mut c, "i", say("longid")).await;
+    assert_eq!(r["ok"], true, "{r:.300}");
+    for field in ["messageId", "chatId"] {
+        let id = r["payload"][field].as_str().unwrap();
+        assert!(id.len() < 1024 + 40, "{field}: {} bytes", id.len());
+        assert!(
+            id.ends_with(&format!("… ({} bytes cut)", 5000 - 1024)),
+            "{id:.100}"
+        );
+    }
+    s.daemon
+        .wait_log("an id longer than 1024 bytes", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = send(&mut c, "s", say("longstate")).await;
+    assert_eq!(r["payload"]["messageId"], "stated", "{r:.300}");
+    let st = c.request("cs", "channels.status", json!({})).await.unwrap();
+    let detail = st["payload"]["channelAccounts"]["misbehave"][0]["lastError"]
+        .as_str()
+        .unwrap();
+    assert!(detail.len() < 4096 + 40, "{} bytes", detail.len());
+    assert!(
+        detail.ends_with(&format!("… ({} bytes cut)", 100_000 - 4096)),
+        "{detail:.100}"
+    );
 }

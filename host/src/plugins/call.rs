@@ -11,8 +11,10 @@ use std::sync::Arc;
 use super::bindings::{self, Answer, Request};
 use super::contract::{
     Account, Action, ChannelError, Delivery, HttpRequest, HttpResponse, OutboundMessage,
+    MAX_ID_BYTES,
 };
 use super::imports::Imports;
+use super::logs::plugin_event;
 use super::sandbox::{call_failure, Grants, Network};
 use super::Plugin;
 
@@ -57,7 +59,7 @@ impl Plugin {
     /// `validate` on a fresh instance.
     pub async fn validate(self: &Arc<Self>, t: Target, account: Account) -> Result<(), CallError> {
         match self.invoke(t, Request::Validate(account)).await? {
-            Answer::Validate(r) => r.map_err(CallError::Channel),
+            Answer::Validate(r) => r.map_err(channel_error),
             _ => Err(mismatch()),
         }
     }
@@ -70,7 +72,18 @@ impl Plugin {
         message: OutboundMessage,
     ) -> Result<Delivery, CallError> {
         match self.invoke(t, Request::Send(account, message)).await? {
-            Answer::Send(r) => r.map_err(CallError::Channel),
+            Answer::Send(Ok(d)) => {
+                let (d, cut) = d.bounded();
+                if cut {
+                    plugin_event!(
+                        self.log,
+                        tracing::Level::WARN,
+                        "the plugin answered a send with an id longer than {MAX_ID_BYTES} bytes; it was cut"
+                    );
+                }
+                Ok(d)
+            }
+            Answer::Send(Err(e)) => Err(channel_error(e)),
             _ => Err(mismatch()),
         }
     }
@@ -83,7 +96,7 @@ impl Plugin {
         action: Action,
     ) -> Result<(), CallError> {
         match self.invoke(t, Request::Act(account, action)).await? {
-            Answer::Act(r) => r.map_err(CallError::Channel),
+            Answer::Act(r) => r.map_err(channel_error),
             _ => Err(mismatch()),
         }
     }
@@ -114,7 +127,7 @@ impl Plugin {
             .map_err(|e| call_failure(&self.log, &e, store.data().last_panic()));
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(denied(&grants).unwrap_or(CallError::Channel(e))),
+            Ok(Err(e)) => Err(denied(&grants).unwrap_or_else(|| channel_error(e))),
             Err(m) => Err(denied(&grants).unwrap_or(CallError::Failed(m))),
         }
     }
@@ -194,6 +207,12 @@ fn denied(grants: &Grants) -> Option<CallError> {
         how: grants.how_to_allow(&destination),
         destination,
     })
+}
+
+/// A plugin's own error, its message cut to `MAX_MESSAGE_BYTES`: it
+/// reaches operators, the log and every `health` event.
+fn channel_error(e: ChannelError) -> CallError {
+    CallError::Channel(e.bounded())
 }
 
 fn mismatch() -> CallError {

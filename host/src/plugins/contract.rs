@@ -172,6 +172,57 @@ pub struct Delivery {
     pub chat_id: Option<String>,
 }
 
+/// The longest error message or account-state detail kept from a plugin
+/// (bytes): they reach operators, the log and every `health` event.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// The longest id kept from a plugin's `send` answer (bytes), as for an
+/// inbound message's ids.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// `text` cut to `max` bytes on a character boundary, saying how much was
+/// cut (so the result may be a little longer than `max`).
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} bytes cut)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
+/// `text` cut to `max` bytes (see [`cut`]), reusing it when it fits.
+pub fn cut_owned(text: String, max: usize) -> String {
+    match cut(&text, max) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(c) => c,
+    }
+}
+
+impl Delivery {
+    /// Its ids cut to [`MAX_ID_BYTES`], and whether any was (the message
+    /// was sent: a send is never failed for its answer's length, which
+    /// would have it sent again).
+    pub fn bounded(self) -> (Self, bool) {
+        let long = self.message_id.len() > MAX_ID_BYTES
+            || self
+                .chat_id
+                .as_ref()
+                .is_some_and(|c| c.len() > MAX_ID_BYTES);
+        let d = Delivery {
+            message_id: cut_owned(self.message_id, MAX_ID_BYTES),
+            chat_id: self.chat_id.map(|c| cut_owned(c, MAX_ID_BYTES)),
+        };
+        (d, long)
+    }
+}
+
 /// A plugin's own error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelError {
@@ -181,6 +232,21 @@ pub enum ChannelError {
     RateLimited(u64),
     Transient(String),
     Fatal(String),
+}
+
+impl ChannelError {
+    /// Its message cut to [`MAX_MESSAGE_BYTES`].
+    pub fn bounded(self) -> Self {
+        let c = |m: String| cut_owned(m, MAX_MESSAGE_BYTES);
+        match self {
+            ChannelError::InvalidConfig(m) => ChannelError::InvalidConfig(c(m)),
+            ChannelError::Unauthorized(m) => ChannelError::Unauthorized(c(m)),
+            ChannelError::NotFound(m) => ChannelError::NotFound(c(m)),
+            ChannelError::RateLimited(ms) => ChannelError::RateLimited(ms),
+            ChannelError::Transient(m) => ChannelError::Transient(c(m)),
+            ChannelError::Fatal(m) => ChannelError::Fatal(c(m)),
+        }
+    }
 }
 
 impl std::fmt::Display for ChannelError {
@@ -233,4 +299,41 @@ pub enum AccountState {
     Connected,
     Disconnected,
     Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_answers_are_cut_on_a_character_boundary_and_say_so() {
+        assert_eq!(cut("short", 8), "short");
+        // "a" then two-byte characters: byte 8 is inside one.
+        let text = format!("a{}", "é".repeat(10));
+        assert_eq!(
+            cut(&text, 8),
+            format!("aééé… ({} bytes cut)", text.len() - 7)
+        );
+        let e = ChannelError::Fatal("e".repeat(MAX_MESSAGE_BYTES + 10)).bounded();
+        assert_eq!(
+            e,
+            ChannelError::Fatal(format!("{}… (10 bytes cut)", "e".repeat(MAX_MESSAGE_BYTES)))
+        );
+        let fits = Delivery {
+            message_id: "m".repeat(MAX_ID_BYTES),
+            chat_id: None,
+        };
+        assert_eq!(fits.clone().bounded(), (fits, false));
+        let (d, cut) = Delivery {
+            message_id: "m".into(),
+            chat_id: Some("c".repeat(MAX_ID_BYTES + 1)),
+        }
+        .bounded();
+        assert!(cut);
+        assert_eq!(d.message_id, "m");
+        assert_eq!(
+            d.chat_id.unwrap(),
+            format!("{}… (1 bytes cut)", "c".repeat(MAX_ID_BYTES))
+        );
+    }
 }

@@ -229,11 +229,35 @@ fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
             info.id
         )));
     }
+    // They reach `plugins.list`, the `plugins` events and the log.
+    for (field, len, max) in [
+        ("name", info.name.len(), MAX_INFO_NAME),
+        ("version", info.version.len(), MAX_INFO_NAME),
+        ("description", info.description.len(), MAX_INFO_DESCRIPTION),
+        ("network", info.network.len(), MAX_INFO_NETWORK),
+    ] {
+        if len > max {
+            let unit = if field == "network" {
+                "entries"
+            } else {
+                "bytes"
+            };
+            return Err(LoadError::new(format!(
+                "info.{field} has {len} {unit}; the limit is {max}: shorten it and rebuild the plugin"
+            )));
+        }
+    }
     for n in &info.network {
         parse_host_port(n).map_err(|e| LoadError::new(format!("info.network: {e}")))?;
     }
     Ok(())
 }
+
+/// Bounds on what `info` answers: its name and version (bytes each), its
+/// description (bytes), its network list (entries, each a `host:port`).
+const MAX_INFO_NAME: usize = 256;
+const MAX_INFO_DESCRIPTION: usize = 4096;
+const MAX_INFO_NETWORK: usize = 256;
 
 /// A plugin file that compiled, linked and answered `info`.
 pub struct LoadedPlugin {
@@ -270,3 +294,76 @@ impl std::fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::contract::Capabilities;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            id: "p".into(),
+            name: "P".into(),
+            version: "1.0.0".into(),
+            description: "d".into(),
+            network: vec!["api.example.org:443".into()],
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    #[test]
+    fn info_is_bounded_and_the_refusal_names_the_field() {
+        assert!(validate_info(&info()).is_ok());
+        let long = |n| "x".repeat(n);
+        let cases: [(&str, PluginInfo); 5] = [
+            (
+                "info.name has 257 bytes; the limit is 256",
+                PluginInfo {
+                    name: long(257),
+                    ..info()
+                },
+            ),
+            (
+                "info.version has 257 bytes",
+                PluginInfo {
+                    version: long(257),
+                    ..info()
+                },
+            ),
+            (
+                "info.description has 4097 bytes; the limit is 4096",
+                PluginInfo {
+                    description: long(4097),
+                    ..info()
+                },
+            ),
+            (
+                "info.network has 257 entries; the limit is 256",
+                PluginInfo {
+                    network: vec!["a:1".into(); 257],
+                    ..info()
+                },
+            ),
+            (
+                "a destination of 1002 bytes is not host:port",
+                PluginInfo {
+                    network: vec![format!("{}:1", long(1000))],
+                    ..info()
+                },
+            ),
+        ];
+        for (want, i) in cases {
+            let e = validate_info(&i).unwrap_err().0;
+            assert!(e.contains(want), "{e}");
+            assert!(e.len() < 200, "{e}");
+        }
+        // At the limits, accepted.
+        let at = PluginInfo {
+            name: long(256),
+            description: long(4096),
+            network: vec!["a:1".into(); 256],
+            ..info()
+        };
+        assert!(validate_info(&at).is_ok());
+    }
+}

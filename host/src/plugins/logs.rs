@@ -114,18 +114,7 @@ impl PluginLog {
 /// `text` cut to [`MAX_LINE`] bytes (on a character boundary), saying how
 /// much was cut.
 pub fn bounded(text: &str) -> Cow<'_, str> {
-    if text.len() <= MAX_LINE {
-        return Cow::Borrowed(text);
-    }
-    let mut end = MAX_LINE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!(
-        "{}… ({} bytes cut)",
-        &text[..end],
-        text.len() - end
-    ))
+    super::contract::cut(text, MAX_LINE)
 }
 
 /// Writes one event at `level` under the plugin's id if that level is

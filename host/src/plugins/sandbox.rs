@@ -560,6 +560,13 @@ const STREAM_WRITE_BUDGET: usize = 64 * 1024;
 
 /// Splits `host:port` (IPv6 in brackets).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    // A host name has at most 253 bytes, an IPv6 address in brackets 47.
+    if s.len() > 260 {
+        return Err(format!(
+            "a destination of {} bytes is not host:port (a host name has at most 253)",
+            s.len()
+        ));
+    }
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("`{s}` is not host:port"))?;

@@ -155,6 +155,8 @@ impl PluginState {
         detail: Option<String>,
     ) {
         if let Some(i) = self.imports_of(account_id) {
+            // It reaches `channels.status` and every `health` event.
+            let detail = detail.map(|d| contract::cut_owned(d, contract::MAX_MESSAGE_BYTES));
             i.state.report(state, detail)
         }
     }

@@ -2,7 +2,9 @@
 //! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
 //! `sleep:<ms>` sleeps that long, `as:<account>` delivers a message and
 //! pushes to the outbox in the name of `<account>` and answers what the host
-//! said to each, `kvfill:<n>` writes n keys of 100 KiB, `logspam:<n>` logs
+//! said to each, `longerr`, `longid` and `longstate` answer an error, ids
+//! or an account-state detail far longer than the host keeps, `kvfill:<n>`
+//! writes n keys of 100 KiB, `logspam:<n>` logs
 //! n lines each way (the `log` import, stdout) and then one long line each
 //! way, anything else succeeds. `run` panics when the account sets
 //! `crash_run`.
@@ -66,6 +68,23 @@ impl Channel for Misbehave {
             "trap" => panic!("trapped on purpose"),
             // Writes N distinct keys of 100 KiB each, then counts how many
             // the store kept (a hostile plugin filling the disk).
+            // Answers and a state detail far past what the host keeps.
+            "longerr" => Err(ChannelError::Fatal("e".repeat(100_000))),
+            "longid" => Ok(Delivery {
+                message_id: "i".repeat(5000),
+                chat_id: Some("c".repeat(5000)),
+            }),
+            "longstate" => {
+                switchboard_sdk::set_state(
+                    "default",
+                    switchboard_sdk::AccountState::Error,
+                    Some(&"d".repeat(100_000)),
+                );
+                Ok(Delivery {
+                    message_id: "stated".into(),
+                    chat_id: None,
+                })
+            }
             t if t.starts_with("logspam:") => {
                 // N lines through the `log` import and N on stdout, then a
                 // 100 000-byte line each way.
