@@ -25,6 +25,12 @@ use crate::store::{StateStore, StoreError};
 /// Messages one account's outbox holds before `push` fails.
 pub const CAPACITY: usize = 1000;
 
+/// Bytes (as stored: the message's JSON) one account's outbox holds before
+/// `push` fails: the queues are kept in memory, and a plugin may push
+/// messages of any size. Four operator `send`s of the largest frame fit
+/// (`gateway.max_payload_bytes`, 25 MiB by default).
+pub const CAPACITY_BYTES: usize = 128 * 1024 * 1024;
+
 /// How often a message may be handed out and not confirmed before it is set
 /// aside (kept in the store, marked failed): one that keeps getting the connection dropped
 /// would otherwise block the account's queue for ever.
@@ -38,9 +44,20 @@ struct Account {
     in_flight: std::collections::BTreeMap<u64, OutboundMessage>,
     /// Hand-outs without an ack so far, by queue number (this process only).
     attempts: HashMap<u64, u32>,
+    /// Each message's size as stored, by queue number, and their sum
+    /// (with pushes not yet durable).
+    sizes: HashMap<u64, usize>,
+    bytes: usize,
 }
 
 impl Account {
+    /// A message that left the outbox (acknowledged or set aside).
+    fn gone(&mut self, seq: u64) {
+        if let Some(n) = self.sizes.remove(&seq) {
+            self.bytes = self.bytes.saturating_sub(n);
+        }
+    }
+
     fn len(&self) -> usize {
         self.queued.len() + self.in_flight.len()
     }
@@ -53,6 +70,8 @@ struct Queues {
 pub struct Outbox {
     store: Arc<dyn StateStore>,
     queues: Arc<Mutex<Queues>>,
+    /// [`CAPACITY_BYTES`] (smaller in tests).
+    capacity_bytes: usize,
 }
 
 fn to_json(m: &OutboundMessage) -> Value {
@@ -119,11 +138,12 @@ impl Outbox {
                 .ok()
                 .and_then(|v| from_json(&v));
             match parsed {
-                Some(m) => by_account
-                    .entry((row.channel, row.account))
-                    .or_default()
-                    .queued
-                    .push_back((row.seq, m)),
+                Some(m) => {
+                    let a = by_account.entry((row.channel, row.account)).or_default();
+                    a.queued.push_back((row.seq, m));
+                    a.sizes.insert(row.seq, row.message.len());
+                    a.bytes += row.message.len();
+                }
                 None => {
                     drop(store.outbox_set_aside(row.seq));
                     tracing::error!(channel = %row.channel, account = %row.account, seq = row.seq, "unreadable outbox message set aside");
@@ -136,6 +156,7 @@ impl Outbox {
         Ok(Outbox {
             store,
             queues: Arc::new(Mutex::new(Queues { by_account })),
+            capacity_bytes: CAPACITY_BYTES,
         })
     }
 
@@ -148,29 +169,47 @@ impl Outbox {
         m: OutboundMessage,
     ) -> Writing<Result<u64, String>> {
         let key = (channel.to_string(), account.to_string());
-        let len = self
-            .queues
-            .guard()
-            .by_account
-            .get(&key)
-            .map_or(0, Account::len);
-        if len >= CAPACITY {
-            let e = format!(
-                "outbox of {channel}/{account} is full ({CAPACITY} messages): is the account connected?"
-            );
+        let json = to_json(&m).to_string();
+        let size = json.len();
+        // The size is reserved now, so that pushes racing each other cannot
+        // pass the bound together.
+        let refused = {
+            let mut qs = self.queues.guard();
+            let a = qs.by_account.entry(key.clone()).or_default();
+            if a.len() >= CAPACITY {
+                Some(format!(
+                    "outbox of {channel}/{account} is full ({CAPACITY} messages): is the account connected?"
+                ))
+            } else if a.bytes + size > self.capacity_bytes {
+                Some(format!(
+                    "outbox of {channel}/{account} is full: it holds {} bytes, and this message of {size} would pass {} (messages as stored): is the account connected?",
+                    a.bytes, self.capacity_bytes
+                ))
+            } else {
+                a.bytes += size;
+                None
+            }
+        };
+        if let Some(e) = refused {
             return Box::pin(async move { Err(e) });
         }
-        let writing = self
-            .store
-            .outbox_push(channel, account, to_json(&m).to_string());
+        let writing = self.store.outbox_push(channel, account, json);
         let queues = self.queues.clone();
         Box::pin(async move {
-            let seq = writing.await.map_err(|e| format!("outbox: {e}"))?;
+            let written = writing.await;
             let mut qs = queues.guard();
-            let q = &mut qs.by_account.entry(key).or_default().queued;
+            let a = qs.by_account.entry(key).or_default();
+            let seq = match written {
+                Ok(seq) => seq,
+                Err(e) => {
+                    a.bytes = a.bytes.saturating_sub(size);
+                    return Err(format!("outbox: {e}"));
+                }
+            };
+            a.sizes.insert(seq, size);
             // Pushes that commit together may finish in any order.
-            let at = q.partition_point(|(s, _)| *s < seq);
-            q.insert(at, (seq, m));
+            let at = a.queued.partition_point(|(s, _)| *s < seq);
+            a.queued.insert(at, (seq, m));
             Ok(seq)
         })
     }
@@ -202,7 +241,11 @@ impl Outbox {
     pub fn ack(&self, channel: &str, account: &str, seq: u64) {
         let was_in_flight = self.with_account(channel, account, |a| {
             a.attempts.remove(&seq);
-            a.in_flight.remove(&seq).is_some()
+            let was = a.in_flight.remove(&seq).is_some();
+            if was {
+                a.gone(seq);
+            }
+            was
         });
         if was_in_flight != Some(true) {
             return;
@@ -228,6 +271,7 @@ impl Outbox {
                 continue;
             }
             a.attempts.remove(&seq);
+            a.gone(seq);
             drop(self.store.outbox_set_aside(seq));
             tracing::error!(channel = %channel, account = %account, to = %m.to, seq,
                 "outbox message set aside (kept in the store, marked failed): sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
@@ -414,5 +458,49 @@ mod tests {
         let (ob, _log) = open(dir.path());
         assert_eq!(ob.len("irc", "a"), CAPACITY);
         assert_eq!(ob.len("irc", "b"), 0);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_is_bounded_in_bytes_and_frees_what_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, log) = open(dir.path());
+        let big = |n: usize| OutboundMessage {
+            to: "#x".into(),
+            text: "t".repeat(n),
+            thread_id: None,
+            reply_to_id: None,
+            attachments: vec![],
+        };
+        let size = to_json(&big(1000)).to_string().len();
+        ob.capacity_bytes = 3 * size;
+        for _ in 0..3 {
+            ob.push("irc", "a", big(1000)).await.unwrap();
+        }
+        let e = ob.push("irc", "a", big(1000)).await.unwrap_err();
+        assert!(
+            e.contains(&format!("this message of {size} would pass")),
+            "{e}"
+        );
+        // Per account.
+        ob.push("irc", "b", big(1000)).await.unwrap();
+        // A message handed out still counts; acknowledged, it is freed.
+        let (seq, _) = ob.pop("irc", "a").unwrap();
+        assert!(ob.push("irc", "a", big(1000)).await.is_err());
+        ob.ack("irc", "a", seq);
+        ob.push("irc", "a", big(1000)).await.unwrap();
+        assert!(ob.push("irc", "a", big(10)).await.is_err());
+        // Set aside after MAX_ATTEMPTS hand-outs without an ack: freed too.
+        for _ in 0..MAX_ATTEMPTS {
+            let _ = ob.pop("irc", "a").unwrap();
+            ob.requeue_in_flight("irc", "a");
+        }
+        assert_eq!(ob.len("irc", "a"), 2);
+        ob.push("irc", "a", big(1000)).await.unwrap();
+        // After a restart the queued messages count again.
+        close(ob, log).await;
+        let (mut ob, _log) = open(dir.path());
+        ob.capacity_bytes = 3 * size;
+        assert_eq!(ob.len("irc", "a"), 3);
+        assert!(ob.push("irc", "a", big(10)).await.is_err());
     }
 }
