@@ -143,8 +143,14 @@ fn fingerprint(raw: &RawValue) -> Value {
     v
 }
 
+/// The least time between two `health` events: changes closer together
+/// (a plugin flapping its account's state in a loop) are folded into one
+/// event, so they cost every operator at most a few events a second.
+pub const HEALTH_MIN_GAP: Duration = Duration::from_millis(250);
+
 /// Re-checks health when notified (channel or plugin change) or every
-/// `interval`, and broadcasts a `health` event when it changed; ends at `stop`.
+/// `interval`, and broadcasts a `health` event when it changed, at most
+/// one per [`HEALTH_MIN_GAP`]; ends at `stop`.
 pub async fn run_monitor(
     health: Arc<Health>,
     broadcaster: Arc<Broadcaster>,
@@ -154,16 +160,26 @@ pub async fn run_monitor(
     let first = health.snapshot_raw();
     let mut last = fingerprint(&first);
     health.share(first);
+    let mut sent: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = health.notify.notified() => {}
             _ = tokio::time::sleep(interval) => {}
             _ = stop.cancelled() => return,
         }
+        // Within the gap of the last event: wait for its end, taking in
+        // whatever changes meanwhile.
+        if let Some(at) = sent {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at + HEALTH_MIN_GAP) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
         let now = health.snapshot_raw();
         let fp = fingerprint(&now);
         if fp != last {
             last = fp;
+            sent = Some(tokio::time::Instant::now());
             let now = health.share(now);
             broadcaster.bump_health();
             tracing::info!("health changed; broadcasting health event");

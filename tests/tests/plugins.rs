@@ -1185,3 +1185,63 @@ async fn a_plugin_s_long_answers_are_cut() {
         "{detail:.100}"
     );
 }
+
+/// A plugin flipping its account's state in a loop costs operators at most
+/// a few `health` events a second (one per 250 ms), and the last state is
+/// the one shown.
+#[tokio::test]
+async fn a_flapping_account_state_is_folded_into_few_health_events() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "",
+        "[channels.misbehave.accounts.default]\n",
+    );
+    let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
+        .await
+        .unwrap()
+        .0;
+    let mut c = op(&s.daemon).await;
+    // Let the account's start settle (its health events go by).
+    let settle = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < settle {
+        let _ = watcher.recv_timeout(Duration::from_millis(100)).await;
+    }
+    let t0 = Instant::now();
+    let r = send(
+        &mut c,
+        "f",
+        json!({"to": "x", "message": "flap:201", "idempotencyKey": "flap"}),
+    )
+    .await;
+    assert_eq!(r["payload"]["messageId"], "flapped 201", "{r}");
+    let flapping = t0.elapsed();
+    // The events of the flapping, and of the 600 ms after it (ticks come
+    // every 100 ms meanwhile).
+    let mut events = 0;
+    let mut last = Value::Null;
+    let end = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < end {
+        let Ok(v) = watcher.recv_timeout(Duration::from_millis(100)).await else {
+            continue;
+        };
+        if v["event"] == "health" {
+            events += 1;
+            last = v;
+        }
+    }
+    // One per 250 ms, the first at once, one after the last change.
+    let bound = (flapping.as_millis() / 250) as usize + 4;
+    eprintln!("{events} health events for 201 changes over {flapping:?} (bound {bound})");
+    assert!(
+        events >= 1 && events <= bound,
+        "{events} events in {flapping:?}"
+    );
+    // The last change (200: disconnected, "flap 200") is what the last
+    // event and channels.status show.
+    let text = last.to_string();
+    assert!(text.contains("flap 200"), "{text:.2000}");
+    let st = c.request("cs", "channels.status", json!({})).await.unwrap();
+    let acct = &st["payload"]["channelAccounts"]["misbehave"][0];
+    assert_eq!(acct["connected"], false, "{acct}");
+    assert_eq!(acct["lastError"], "flap 200", "{acct}");
+}

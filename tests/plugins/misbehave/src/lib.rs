@@ -2,7 +2,8 @@
 //! says: `spin` loops forever, `hog` allocates without bound, `trap` panics,
 //! `sleep:<ms>` sleeps that long, `as:<account>` delivers a message and
 //! pushes to the outbox in the name of `<account>` and answers what the host
-//! said to each, `longerr`, `longid` and `longstate` answer an error, ids
+//! said to each, `flap:<n>` flips the account's state n times 5 ms apart,
+//! `longerr`, `longid` and `longstate` answer an error, ids
 //! or an account-state detail far longer than the host keeps, `kvfill:<n>`
 //! writes n keys of 100 KiB, `logspam:<n>` logs
 //! n lines each way (the `log` import, stdout) and then one long line each
@@ -82,6 +83,28 @@ impl Channel for Misbehave {
                 );
                 Ok(Delivery {
                     message_id: "stated".into(),
+                    chat_id: None,
+                })
+            }
+            t if t.starts_with("flap:") => {
+                // The account's state, flipped n times 5 ms apart.
+                let n: u32 = t[5..].parse().unwrap_or(0);
+                for i in 0..n {
+                    let state = if i % 2 == 0 {
+                        switchboard_sdk::AccountState::Disconnected
+                    } else {
+                        switchboard_sdk::AccountState::Connected
+                    };
+                    switchboard_sdk::set_state("default", state, Some(&format!("flap {i}")));
+                    switchboard_sdk::wstd::runtime::block_on(async {
+                        switchboard_sdk::wstd::task::sleep(
+                            switchboard_sdk::wstd::time::Duration::from_millis(5),
+                        )
+                        .await
+                    });
+                }
+                Ok(Delivery {
+                    message_id: format!("flapped {n}"),
                     chat_id: None,
                 })
             }
