@@ -75,8 +75,7 @@ pub struct Outbox {
 }
 
 /// Bytes reserved by a `push` until its message is queued: released if the
-/// write fails, or if the push is dropped before it ends (its plugin call
-/// trapped).
+/// write fails.
 struct Reserved {
     queues: Arc<Mutex<Queues>>,
     /// `None` once the message is queued.
@@ -219,7 +218,9 @@ impl Outbox {
             key: Some(key),
             size,
         };
-        Box::pin(async move {
+        // Queued once durable, even if the caller stops waiting (its plugin
+        // call trapped): a task of its own finishes the push.
+        let pushing = tokio::spawn(async move {
             let seq = writing.await.map_err(|e| format!("outbox: {e}"))?;
             let queues = reserved.queues.clone();
             let mut qs = queues.guard();
@@ -230,6 +231,11 @@ impl Outbox {
             let at = a.queued.partition_point(|(s, _)| *s < seq);
             a.queued.insert(at, (seq, m));
             Ok(seq)
+        });
+        Box::pin(async move {
+            pushing
+                .await
+                .unwrap_or_else(|e| Err(format!("outbox: the push task failed: {e}")))
         })
     }
 
@@ -492,10 +498,18 @@ mod tests {
         };
         let size = to_json(&big(1000)).to_string().len();
         ob.capacity_bytes = 3 * size;
-        // A push dropped before it ends (its plugin call trapped) leaves
-        // no bytes reserved.
+        // A push whose caller stops waiting (its plugin call trapped) is
+        // still queued once durable.
         drop(ob.push("irc", "a", big(1000)));
-        for _ in 0..3 {
+        let queued = async {
+            while ob.len("irc", "a") < 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+            .await
+            .expect("a dropped push is queued once durable");
+        for _ in 0..2 {
             ob.push("irc", "a", big(1000)).await.unwrap();
         }
         let e = ob.push("irc", "a", big(1000)).await.unwrap_err();
@@ -518,12 +532,11 @@ mod tests {
         }
         assert_eq!(ob.len("irc", "a"), 2);
         ob.push("irc", "a", big(1000)).await.unwrap();
-        // After a restart the queued messages count again, with the
-        // dropped push's: its row was written (at least once).
+        // After a restart the queued messages count again.
         close(ob, log).await;
         let (mut ob, _log) = open(dir.path());
         ob.capacity_bytes = 3 * size;
-        assert_eq!(ob.len("irc", "a"), 4);
+        assert_eq!(ob.len("irc", "a"), 3);
         assert!(ob.push("irc", "a", big(10)).await.is_err());
     }
 }
