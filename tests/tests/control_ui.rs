@@ -397,7 +397,19 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
 
     // Messages keep coming while the page reloads (live events and the
     // first history page overlap): each is shown once, in order, with no
-    // hole; scrolling back then loads earlier ones from the history.
+    // hole; scrolling back then loads earlier ones from the history. The
+    // log first gets more than a page (50) of messages, so that there are
+    // earlier ones however early the first page comes.
+    {
+        let (mut c, _) = connect(&d.url(), Some(TOKEN), &["operator.write"])
+            .await
+            .unwrap();
+        for i in 0..30 {
+            c.send_message("echo", "bulk", &format!("before {i}"))
+                .await
+                .unwrap();
+        }
+    }
     let url2 = d.url();
     let bulk = tokio::spawn(async move {
         let (mut c, _) = connect(&url2, Some(TOKEN), &["operator.write"])
