@@ -78,17 +78,27 @@ pub struct Outbox {
 /// write fails.
 struct Reserved {
     queues: Arc<Mutex<Queues>>,
-    /// `None` once the message is queued.
-    key: Option<Key>,
+    key: Key,
     size: usize,
+    /// Cleared by [`Reserved::keep`] once the message is queued.
+    armed: bool,
+}
+
+impl Reserved {
+    /// The message is queued: its bytes stay counted against its account.
+    fn keep(mut self) -> (Arc<Mutex<Queues>>, Key) {
+        self.armed = false;
+        (self.queues.clone(), std::mem::take(&mut self.key))
+    }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            if let Some(a) = self.queues.guard().by_account.get_mut(&key) {
-                a.bytes = a.bytes.saturating_sub(self.size);
-            }
+        if !self.armed {
+            return;
+        }
+        if let Some(a) = self.queues.guard().by_account.get_mut(&self.key) {
+            a.bytes = a.bytes.saturating_sub(self.size);
         }
     }
 }
@@ -213,18 +223,18 @@ impl Outbox {
             return Box::pin(async move { Err(e) });
         }
         let writing = self.store.outbox_push(channel, account, json);
-        let mut reserved = Reserved {
+        let reserved = Reserved {
             queues: self.queues.clone(),
-            key: Some(key),
+            key,
             size,
+            armed: true,
         };
         // Queued once durable, even if the caller stops waiting (its plugin
         // call trapped): a task of its own finishes the push.
         let pushing = tokio::spawn(async move {
             let seq = writing.await.map_err(|e| format!("outbox: {e}"))?;
-            let queues = reserved.queues.clone();
+            let (queues, key) = reserved.keep();
             let mut qs = queues.guard();
-            let key = reserved.key.take().unwrap_or_default();
             let a = qs.by_account.entry(key).or_default();
             a.sizes.insert(seq, size);
             // Pushes that commit together may finish in any order.
@@ -483,6 +493,74 @@ mod tests {
         let (ob, _log) = open(dir.path());
         assert_eq!(ob.len("irc", "a"), CAPACITY);
         assert_eq!(ob.len("irc", "b"), 0);
+    }
+
+    /// The real store, except that its outbox pushes fail while `fail` is
+    /// set (as on a full or read-only disk).
+    struct Refusing {
+        inner: Arc<SqliteLog>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl StateStore for Refusing {
+        fn kv_get(&self, c: &str, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.kv_get(c, k)
+        }
+        fn kv_set(&self, c: &str, k: &str, v: Vec<u8>) -> crate::store::Pending<()> {
+            self.inner.kv_set(c, k, v)
+        }
+        fn kv_delete(&self, c: &str, k: &str) -> crate::store::Pending<()> {
+            self.inner.kv_delete(c, k)
+        }
+        fn kv_claim(&self, c: &str, k: &str, e: u64, n: u64) -> crate::store::Pending<bool> {
+            self.inner.kv_claim(c, k, e, n)
+        }
+        fn kv_unclaim(&self, c: &str, k: &str) -> crate::store::Pending<()> {
+            self.inner.kv_unclaim(c, k)
+        }
+        fn settle(&self) -> crate::store::Pending<()> {
+            self.inner.settle()
+        }
+        fn outbox_push(&self, c: &str, a: &str, m: String) -> crate::store::Pending<u64> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(async { Err(StoreError("disk full".into())) });
+            }
+            self.inner.outbox_push(c, a, m)
+        }
+        fn outbox_remove(&self, seq: u64) -> crate::store::Pending<()> {
+            self.inner.outbox_remove(seq)
+        }
+        fn outbox_set_aside(&self, seq: u64) -> crate::store::Pending<()> {
+            self.inner.outbox_set_aside(seq)
+        }
+        fn outbox_queued(&self) -> Result<Vec<crate::store::OutboxRow>, StoreError> {
+            self.inner.outbox_queued()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_the_store_refuses_frees_what_it_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap());
+        let store = Arc::new(Refusing {
+            inner,
+            fail: true.into(),
+        });
+        let mut ob = Outbox::open(store.clone()).unwrap();
+        let m = || msg("#x", &"t".repeat(1000));
+        let size = to_json(&m()).to_string().len();
+        ob.capacity_bytes = 2 * size;
+        for _ in 0..3 {
+            let e = ob.push("irc", "a", m()).await.unwrap_err();
+            assert!(e.contains("disk full"), "{e}");
+        }
+        assert_eq!(ob.len("irc", "a"), 0);
+        // Had the failed pushes kept their bytes, the bound would refuse.
+        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            ob.push("irc", "a", m()).await.unwrap();
+        }
+        assert_eq!(ob.len("irc", "a"), 2);
     }
 
     #[tokio::test]
