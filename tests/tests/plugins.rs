@@ -44,6 +44,27 @@ fn setup(files: &[(&str, &str, &str)], extra_plugins: &str, channels: &str) -> S
 
 const ECHO: &str = "[channels.echo.accounts.default]\n";
 
+/// A daemon with only the misbehave test plugin, serving its `default`
+/// account.
+fn misbehave(extra_plugins: &str) -> Setup {
+    setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        extra_plugins,
+        "[channels.misbehave.accounts.default]\n",
+    )
+}
+
+/// Has misbehave do `command` (its `send`'s message), under the idempotency
+/// key `command`.
+async fn ask(c: &mut Client, command: &str) -> Value {
+    send(
+        c,
+        command,
+        json!({"to": "x", "message": command, "idempotencyKey": command}),
+    )
+    .await
+}
+
 async fn op(d: &Daemon) -> Client {
     connect(&d.url(), None, &["operator.admin"])
         .await
@@ -640,30 +661,16 @@ async fn a_spinning_plugin_is_interrupted_while_ticks_and_others_go_on() {
 
 #[tokio::test]
 async fn a_plugin_allocating_without_bound_traps_at_its_cap() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "memory_mb = 16",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("memory_mb = 16");
     let mut c = op(&s.daemon).await;
-    let r = send(
-        &mut c,
-        "h",
-        json!({"to": "x", "message": "hog", "idempotencyKey": "hog"}),
-    )
-    .await;
+    let r = ask(&mut c, "hog").await;
     assert_eq!(r["ok"], false);
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.starts_with("channel misbehave: "), "{r}");
     // One line for the operator; the backtrace stays in the log.
     assert!(!msg.contains('\n') && !msg.contains("backtrace"), "{msg}");
     // A panic is reported with its message; the plugin still answers afterwards.
-    let r = send(
-        &mut c,
-        "t",
-        json!({"to": "x", "message": "trap", "idempotencyKey": "trap"}),
-    )
-    .await;
+    let r = ask(&mut c, "trap").await;
     assert_eq!(r["ok"], false);
     assert_eq!(
         r["error"]["message"], "channel misbehave: plugin panicked: trapped on purpose",
@@ -680,12 +687,7 @@ async fn a_plugin_allocating_without_bound_traps_at_its_cap() {
         "{line}"
     );
     assert!(!s.daemon.log_text().contains("RUST_BACKTRACE"));
-    let r = send(
-        &mut c,
-        "o",
-        json!({"to": "x", "message": "fine", "idempotencyKey": "fine"}),
-    )
-    .await;
+    let r = ask(&mut c, "fine").await;
     assert_eq!(r["ok"], true, "{r}");
 }
 
@@ -795,11 +797,7 @@ async fn channels_start_stop_and_plugins_reload() {
 /// memory): calls beyond the bound wait briefly, then are refused clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_of_a_plugin_are_bounded() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "max_concurrent_calls = 2\ncall_queue_timeout_ms = 300",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("max_concurrent_calls = 2\ncall_queue_timeout_ms = 300");
     let mut tasks = Vec::new();
     for i in 0..6 {
         let url = s.daemon.url();
@@ -955,11 +953,7 @@ async fn an_instance_acts_only_for_the_account_it_serves() {
 /// to 8 KiB.
 #[tokio::test]
 async fn a_plugin_cannot_flood_the_daemon_s_log() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "log_lines_per_second = 5\n",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("log_lines_per_second = 5\n");
     let mut c = op(&s.daemon).await;
     let spam = |id: &str, n: u32| json!({"channel": "misbehave", "to": "x", "message": format!("logspam:{n}"), "idempotencyKey": id});
     // Within the budget: one long line each way, each cut to 8 KiB.
@@ -1078,11 +1072,7 @@ async fn a_file_refused_for_a_duplicate_id_is_loaded_once_the_id_is_free() {
 /// calls, and so the memory, a plugin may hold (`max_concurrent_calls`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "max_concurrent_calls = 1\ncall_queue_timeout_ms = 300",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("max_concurrent_calls = 1\ncall_queue_timeout_ms = 300");
     let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
         .await
         .unwrap()
@@ -1145,21 +1135,16 @@ async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
 /// sent: the send succeeds). The cut is said.
 #[tokio::test]
 async fn a_plugin_s_long_answers_are_cut() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("");
     let mut c = op(&s.daemon).await;
-    let say = |text: &str| json!({"to": "x", "message": text, "idempotencyKey": text});
-    let r = send(&mut c, "e", say("longerr")).await;
+    let r = ask(&mut c, "longerr").await;
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.len() < 4096 + 200, "{} bytes", msg.len());
     assert!(
         msg.contains(&format!("… ({} bytes cut)", 100_000 - 4096)),
         "{msg:.200}"
     );
-    let r = send(&mut c, "i", say("longid")).await;
+    let r = ask(&mut c, "longid").await;
     assert_eq!(r["ok"], true, "{r:.300}");
     for field in ["messageId", "chatId"] {
         let id = r["payload"][field].as_str().unwrap();
@@ -1173,7 +1158,7 @@ async fn a_plugin_s_long_answers_are_cut() {
         .wait_log("an id longer than 1024 bytes", Duration::from_secs(5))
         .await
         .unwrap();
-    let r = send(&mut c, "s", say("longstate")).await;
+    let r = ask(&mut c, "longstate").await;
     assert_eq!(r["payload"]["messageId"], "stated", "{r:.300}");
     let st = c.request("cs", "channels.status", json!({})).await.unwrap();
     let detail = st["payload"]["channelAccounts"]["misbehave"][0]["lastError"]
@@ -1191,11 +1176,7 @@ async fn a_plugin_s_long_answers_are_cut() {
 /// the one shown.
 #[tokio::test]
 async fn a_flapping_account_state_is_folded_into_few_health_events() {
-    let s = setup(
-        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
-        "",
-        "[channels.misbehave.accounts.default]\n",
-    );
+    let s = misbehave("");
     let mut watcher = connect(&s.daemon.url(), None, &["operator.read"])
         .await
         .unwrap()
@@ -1207,12 +1188,7 @@ async fn a_flapping_account_state_is_folded_into_few_health_events() {
         let _ = watcher.recv_timeout(Duration::from_millis(100)).await;
     }
     let t0 = Instant::now();
-    let r = send(
-        &mut c,
-        "f",
-        json!({"to": "x", "message": "flap:201", "idempotencyKey": "flap"}),
-    )
-    .await;
+    let r = ask(&mut c, "flap:201").await;
     assert_eq!(r["payload"]["messageId"], "flapped 201", "{r}");
     let flapping = t0.elapsed();
     // The events of the flapping, and of the 600 ms after it (ticks come
