@@ -14,6 +14,11 @@ use switchboard_tests::*;
 /// A webhook daemon (open account `open`, and `out`, which sends to
 /// `out_url`) with its state in `dir`.
 fn daemon_in(dir: &Path, port: u16, out_url: &str) -> Daemon {
+    daemon_with(dir, port, out_url, "")
+}
+
+/// [`daemon_in`] with `more` (TOML tables) at the end of its configuration.
+fn daemon_with(dir: &Path, port: u16, out_url: &str, more: &str) -> Daemon {
     let out_port = out_url
         .split(':')
         .nth(2)
@@ -27,7 +32,7 @@ fn daemon_in(dir: &Path, port: u16, out_url: &str) -> Daemon {
             &format!(
                 "[channels.webhook]\nnetwork = [\"127.0.0.1:{out_port}\"]\n\
                  [channels.webhook.accounts.open]\n\
-                 [channels.webhook.accounts.out]\nurl = \"{out_url}\"\n"
+                 [channels.webhook.accounts.out]\nurl = \"{out_url}\"\n{more}"
             ),
         )
         .start()
@@ -403,7 +408,13 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let _unmount = Tmpfs::mount(&state, "16m");
-    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    // The disk itself fills (no floor of free space kept).
+    let d = daemon_with(
+        dir.path(),
+        0,
+        "http://127.0.0.1:9/out",
+        "[store]\nmin_free_mb = 0\n",
+    );
     let mut posted = Vec::new();
     for i in 0..5 {
         let id = format!("d{i:03}");
@@ -463,6 +474,90 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     assert_eq!(ids, posted, "every accepted message once, in order");
     drop(c);
     drop(d);
+}
+
+/// `store.min_free_mb`: with less free space than that on the state
+/// directory's disk, a webhook's messages are refused (503, the sender keeps
+/// them) and a `send` is refused before its channel sends anything; `/ready`
+/// and `health` name the cause. The disk never fills, and once it has room
+/// again everything is taken, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _unmount = Tmpfs::mount(&state, "64m");
+    let (url, hits) = outbound_server(Duration::ZERO, "m").await;
+    let d = daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 32\n");
+    let mut posted = Vec::new();
+    for i in 0..3 {
+        let id = format!("d{i}");
+        let (st, v) = post(&d, &inbound(&id)).await;
+        assert_eq!(st, 200, "{v}");
+        posted.push(id);
+    }
+    // 40 of the 64 MiB taken: less than 32 left.
+    std::fs::write(state.join("filler"), vec![1u8; 40 << 20]).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (st, v) = post(&d, &inbound("d3")).await;
+    assert_eq!(st, 503, "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("MiB free, below store.min_free_mb = 32"), "{v}");
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let r = c
+        .request(
+            "s",
+            "send",
+            json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "hi", "idempotencyKey": "k1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert_eq!(r["error"]["retryAfterMs"], 5000, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("below store.min_free_mb"),
+        "{r}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    let r = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let ready: Value = r.json().await.unwrap();
+    assert!(
+        ready["failing"].to_string().contains("min_free_mb"),
+        "{ready}"
+    );
+    let h = c.request("h", "health", json!({})).await.unwrap();
+    let q = h["payload"]["deliveryQueues"]["failed"][0]["queueName"].to_string();
+    assert!(q.contains("min_free_mb"), "{h}");
+    // Room again: the sender's retry and the send go through.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (st, v) = post(&d, &inbound("d3")).await;
+    assert_eq!(st, 200, "{v}");
+    posted.push("d3".into());
+    let r = c
+        .request(
+            "s",
+            "send",
+            json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "hi", "idempotencyKey": "k1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let r = reqwest::get(d.http("/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let all = c.history_after(0).await.unwrap();
+    let inbound_ids: Vec<String> = all
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .map(|m| m["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(inbound_ids, posted, "every accepted message once, in order");
+    assert_eq!(all.len(), posted.len() + 1, "and the one sent");
 }
 
 /// The echo plugin numbers its messages with a counter in its key-value

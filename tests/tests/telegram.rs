@@ -1181,10 +1181,9 @@ async fn a_full_disk_keeps_updates_unconfirmed_until_space_returns() {
     let dir = plugin_dir();
     let state = dir.path().join("state");
     let _unmount = Tmpfs::mount(&state, "16m");
-    let d = Daemon::builder()
-        .config(&config(dir.path(), port, TOKEN))
-        .start()
-        .unwrap();
+    // The disk itself fills (no floor of free space kept).
+    let toml = config(dir.path(), port, TOKEN) + "[store]\nmin_free_mb = 0\n";
+    let d = Daemon::builder().config(&toml).start().unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {

@@ -167,6 +167,11 @@ impl Inbox {
     pub fn failure(&self) -> Option<String> {
         self.log.failure()
     }
+
+    /// Why new messages are refused now, if they are.
+    pub fn refusing(&self) -> Option<String> {
+        self.log.refusing()
+    }
 }
 
 /// Largest id (account, chat, sender, message, thread, reply) and sender

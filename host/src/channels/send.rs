@@ -46,6 +46,9 @@ pub enum SendError {
     },
     /// The message log could not be read (the idempotency record).
     Store(String),
+    /// The message log takes no new messages now (the disk is below
+    /// `store.min_free_mb`): refused before the channel was called.
+    LogFull(String),
     /// The channel's plugin does not declare the capability the request
     /// needs (`what` names the request's field or action).
     Unsupported {
@@ -66,6 +69,7 @@ impl std::fmt::Display for SendError {
             ),
             SendError::Call { channel, error, .. } => write!(f, "channel {channel}: {error}"),
             SendError::Store(m) => write!(f, "the message log cannot be read: {m}"),
+            SendError::LogFull(m) => f.write_str(m),
             SendError::Unsupported {
                 channel,
                 plugin,
@@ -155,6 +159,10 @@ impl ChannelManager {
         message: OutboundMessage,
     ) -> Result<SendReceipt, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
+        // Its record could not be kept: nothing is sent.
+        if let Some(why) = self.inbox.refusing() {
+            return Err(SendError::LogFull(why));
+        }
         let caps = plugin.loaded.info.capabilities;
         let lacking = if !message.attachments.is_empty() && !caps.media {
             Some(("media", "attachments (`mediaUrl`, `mediaUrls`, `buffer`)"))
@@ -233,6 +241,10 @@ impl ChannelManager {
         req: HttpRequest,
     ) -> Result<HttpResponse, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
+        // Its messages could not be kept: the sender retries later.
+        if let Some(why) = self.inbox.refusing() {
+            return Err(SendError::LogFull(why));
+        }
         plugin
             .handle_webhook(target, acct, req)
             .await

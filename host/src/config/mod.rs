@@ -341,6 +341,9 @@ pub struct StoreConfig {
     /// The most one channel's key-value store holds: keys, values and 64
     /// bytes per entry, 128 per claim (bytes).
     pub kv_max_bytes: u64,
+    /// New messages are refused while the state directory's disk has less
+    /// free space than this (MiB; 0: no floor).
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -351,6 +354,7 @@ impl Default for StoreConfig {
             retention_days: 30,
             max_bytes: 0,
             kv_max_bytes: crate::store::sqlite::DEFAULT_KV_MAX_BYTES,
+            min_free_mb: crate::store::sqlite::DEFAULT_MIN_FREE_MB,
         }
     }
 }

@@ -155,7 +155,9 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("plugin `{plugin}` is not loaded"),
         ),
-        SendError::Store(m) => json_error(StatusCode::SERVICE_UNAVAILABLE, m),
+        SendError::Store(m) | SendError::LogFull(m) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, m)
+        }
         SendError::Call {
             error: CallError::Busy(m) | CallError::Unavailable(m),
             ..

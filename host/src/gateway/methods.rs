@@ -475,6 +475,7 @@ pub fn send_error(e: &SendError) -> ErrorShape {
         SendError::PluginNotLoaded { .. } | SendError::Store(_) => {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
+        SendError::LogFull(m) => ErrorShape::unavailable(m.clone()).retry_after(5000),
         SendError::Call { channel, error, .. } => call_error(channel, error),
         SendError::Unsupported { capability, .. } => ErrorShape::invalid(e.to_string())
             .with_details(json!({"code": "UNSUPPORTED", "capability": capability})),

@@ -125,6 +125,7 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("message log: {e}"))?,
         );
         store.set_kv_max_bytes(config.store.kv_max_bytes);
+        store.set_min_free_bytes(config.store.min_free_mb.saturating_mul(1024 * 1024));
         let log: Arc<dyn crate::store::MessageLog> = store.clone();
         let state: Arc<dyn crate::store::StateStore> = store;
         let outbox = crate::outbox::Outbox::open(state.clone())

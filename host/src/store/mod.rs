@@ -204,8 +204,14 @@ pub trait MessageLog: Send + Sync {
     fn prune(&self, retention: Retention) -> Pending<usize>;
 
     /// Why writes are failing now (disk full, read-only, I/O error), if
-    /// they are; cleared by the next successful commit.
+    /// they are, cleared by the next successful commit; or why new
+    /// messages are refused ([`MessageLog::refusing`]).
     fn failure(&self) -> Option<String>;
+
+    /// Why new messages are refused now, if they are (the disk has less
+    /// free space than `store.min_free_mb`): `append` fails with it, and a
+    /// `send` or webhook is refused before its channel is called.
+    fn refusing(&self) -> Option<String>;
 
     /// Resolves once every write submitted before it is committed and
     /// its listener called.

@@ -22,7 +22,10 @@ use super::{
 };
 use crate::config::SyncMode;
 
+mod disk;
 mod writer;
+
+pub use disk::DEFAULT_MIN_FREE_MB;
 
 use writer::{writer, KvOp, Op, OutboxOp, Shared};
 
@@ -137,6 +140,7 @@ pub struct SqliteLog {
     unsynced: Arc<AtomicBool>,
     settles: Arc<writer::SettleCounts>,
     kv_max_bytes: Arc<std::sync::atomic::AtomicU64>,
+    disk: Arc<disk::DiskFloor>,
 }
 
 pub use writer::{KV_CLAIM_BYTES, KV_ENTRY_OVERHEAD};
@@ -219,10 +223,11 @@ impl SqliteLog {
             unsynced: Arc::new(AtomicBool::new(false)),
             settles: Arc::new(writer::SettleCounts::default()),
             kv_max_bytes: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_KV_MAX_BYTES)),
+            disk: Arc::new(disk::DiskFloor::new(state_dir)),
         };
         let (failure, listener) = (shared.failure.clone(), shared.listener.clone());
         let (unsynced, settles) = (shared.unsynced.clone(), shared.settles.clone());
-        let kv_max_bytes = shared.kv_max_bytes.clone();
+        let (kv_max_bytes, disk) = (shared.kv_max_bytes.clone(), shared.disk.clone());
         let full = sync == SyncMode::Full;
         let wal_path = state_dir.join(format!("{FILE_NAME}-wal"));
         std::thread::Builder::new()
@@ -238,7 +243,14 @@ impl SqliteLog {
             unsynced,
             settles,
             kv_max_bytes,
+            disk,
         })
+    }
+
+    /// New messages are refused while the state directory's disk has less
+    /// free space than this (`store.min_free_mb`; 0: no floor).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.disk.set_min_free_bytes(bytes);
     }
 
     /// Bounds each channel's key-value store (`store.kv_max_bytes`): a
@@ -365,7 +377,11 @@ impl MessageLog for SqliteLog {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure.guard().clone()
+        self.failure.guard().clone().or_else(|| self.disk.low())
+    }
+
+    fn refusing(&self) -> Option<String> {
+        self.disk.low()
     }
 
     fn flush(&self) -> Pending<()> {

@@ -345,3 +345,44 @@ async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
     // Entries and claims share the one bound.
     assert!(log.kv_set("c", "v", Vec::new()).await.is_err());
 }
+
+/// Below `store.min_free_mb` a new message is refused (nothing stored,
+/// `failure` says why), while a copy of a logged one is still answered and
+/// a send's record (its message has gone out) is still taken; with room
+/// again, messages are taken.
+#[tokio::test]
+async fn new_messages_are_refused_below_the_disk_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    let first = log.append(msg("x", "1")).await.unwrap();
+    assert_eq!(log.failure(), None);
+    log.set_min_free_bytes(u64::MAX);
+    let e = log.append(msg("x", "2")).await.unwrap_err().0;
+    assert!(e.contains("below store.min_free_mb"), "{e}");
+    assert_eq!(log.refusing().as_deref(), Some(e.as_str()));
+    assert_eq!(log.failure().as_deref(), Some(e.as_str()));
+    let again = log.append(msg("x", "1")).await.unwrap();
+    assert_eq!((again.seq, again.new), (first.seq, false));
+    let mut out = msg("x", "o1");
+    out.direction = Direction::Outbound;
+    log.record_send(out, "k".into(), "{}".into()).await.unwrap();
+    // A successful commit does not clear it: the disk is still low.
+    assert!(log.failure().is_some());
+    log.set_min_free_bytes(0);
+    assert_eq!(log.failure(), None);
+    let b = log.append(msg("x", "2")).await.unwrap();
+    assert!(b.new);
+    let page = log
+        .history(&HistoryQuery {
+            after: Some(0),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["1", "o1", "2"]);
+}

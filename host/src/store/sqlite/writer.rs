@@ -70,8 +70,9 @@ enum Done {
     Pruned(usize),
     Flushed,
     State(u64),
-    /// A key-value write refused without failing its group (the channel's
-    /// store is full); nothing was written.
+    /// A write refused without failing its group (a channel's key-value
+    /// store is full, or a new message with the disk below
+    /// `store.min_free_mb`); nothing was written.
     Refused(String),
 }
 
@@ -99,6 +100,8 @@ pub(super) struct Shared {
     pub settles: Arc<SettleCounts>,
     /// `store.kv_max_bytes`: the most one channel's key-value store holds.
     pub kv_max_bytes: Arc<AtomicU64>,
+    /// `store.min_free_mb`: new messages are refused below it.
+    pub disk: Arc<super::disk::DiskFloor>,
 }
 
 /// What each entry of a key-value store counts against its channel's
@@ -389,6 +392,7 @@ fn apply(
     op: &Op,
     kv: &mut KvUsage,
     kv_max: u64,
+    disk: &super::disk::DiskFloor,
 ) -> rusqlite::Result<Done> {
     match op {
         Op::Append(m, _) => {
@@ -409,6 +413,10 @@ fn apply(
                     },
                     None,
                 ));
+            }
+            // A send's record is always taken: its message has gone out.
+            if let Some(why) = disk.low() {
+                return Ok(Done::Refused(why));
             }
             let seq = insert(tx, m)?;
             let mut stored = m.clone();
@@ -516,7 +524,7 @@ fn write_group(
             let tx = conn.transaction()?;
             let mut done = Vec::with_capacity(ops.len());
             for op in ops {
-                done.push(apply(&tx, op, kv, kv_max)?);
+                done.push(apply(&tx, op, kv, kv_max, &shared.disk)?);
             }
             tx.commit()?;
             Ok((done, conn.total_changes() != before))
@@ -612,6 +620,9 @@ pub(super) fn writer(
                             let _ = reply.send(Ok(n));
                         }
                         (Op::Kv(_, reply), Done::Refused(why)) => {
+                            let _ = reply.send(Err(StoreError(why)));
+                        }
+                        (Op::Append(_, reply), Done::Refused(why)) => {
                             let _ = reply.send(Err(StoreError(why)));
                         }
                         _ => {}
