@@ -66,6 +66,23 @@ pub struct Message {
 }
 
 impl Message {
+    /// The bytes of its text fields (what a history page is bounded by).
+    pub fn size(&self) -> usize {
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        self.channel.len()
+            + self.account.len()
+            + self.chat.len()
+            + self.sender.len()
+            + opt(&self.sender_name)
+            + self.message_id.len()
+            + self.text.len()
+            + opt(&self.thread_id)
+            + opt(&self.reply_to_id)
+            + opt(&self.raw)
+            + opt(&self.idempotency_key)
+            + opt(&self.attachments)
+    }
+
     /// The payload of its `message` event (and of a `messages.history`
     /// entry: the same shape).
     pub fn event(&self) -> MessageEvent<'_> {

@@ -35,6 +35,11 @@ pub const SCHEMA_VERSION: i64 = 3;
 const MAX_GROUP: usize = 1024;
 /// Rows removed per pruning batch.
 const PRUNE_BATCH: i64 = 1000;
+/// A history page stops before the message that would take it past this
+/// many bytes of messages ([`Message::size`]), whatever its `limit`; it
+/// holds at least one message. A page of 1000 messages of the largest size
+/// a plugin may deliver would otherwise be 20 GB in memory.
+pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Reader connections kept open.
 const READERS: usize = 4;
 /// The database file's name under the state directory.
@@ -346,7 +351,9 @@ impl MessageLog for SqliteLog {
              ORDER BY seq {} LIMIT ?6",
             if back { "DESC" } else { "ASC" }
         );
-        let mut rows = self.read(|c| {
+        // Rows are read one at a time: a page stops at its byte bound
+        // without reading the rest.
+        let (mut rows, cut) = self.read(|c| {
             let mut st = c.prepare_cached(&sql)?;
             let it = st.query_map(
                 params![
@@ -359,9 +366,20 @@ impl MessageLog for SqliteLog {
                 ],
                 row_message,
             )?;
-            it.collect::<rusqlite::Result<Vec<Message>>>()
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            for m in it {
+                let m = m?;
+                let size = m.size();
+                if !page.is_empty() && bytes.saturating_add(size) > HISTORY_PAGE_BYTES {
+                    return Ok((page, true));
+                }
+                bytes = bytes.saturating_add(size);
+                page.push(m);
+            }
+            Ok((page, false))
         })?;
-        let has_more = rows.len() > limit;
+        let has_more = cut || rows.len() > limit;
         rows.truncate(limit);
         if back {
             rows.reverse();

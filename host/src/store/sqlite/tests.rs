@@ -386,3 +386,71 @@ async fn new_messages_are_refused_below_the_disk_floor() {
         .collect();
     assert_eq!(ids, ["1", "o1", "2"]);
 }
+
+/// A history page stops at `HISTORY_PAGE_BYTES` of messages whatever its
+/// `limit` (saying there is more), both ways, and holds at least one
+/// message even when that one alone is larger.
+#[tokio::test]
+async fn a_history_page_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    let big = |id: &str, n: usize| {
+        let mut m = msg("x", id);
+        m.text = "t".repeat(n);
+        m
+    };
+    let quarter = HISTORY_PAGE_BYTES / 4 - 100;
+    for i in 0..10 {
+        log.append(big(&i.to_string(), quarter)).await.unwrap();
+    }
+    let ids =
+        |p: &Page| -> Vec<String> { p.messages.iter().map(|m| m.message_id.clone()).collect() };
+    let forward = log
+        .history(&HistoryQuery {
+            after: Some(0),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&forward), ["0", "1", "2", "3"]);
+    assert!(forward.has_more);
+    let back = log
+        .history(&HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&back), ["6", "7", "8", "9"]);
+    assert!(back.has_more);
+    // Paging on reads everything once.
+    let mut all = ids(&forward);
+    let mut after = forward.messages.last().unwrap().seq;
+    loop {
+        let p = log
+            .history(&HistoryQuery {
+                after: Some(after),
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        all.extend(ids(&p));
+        after = p.messages.last().unwrap().seq;
+        if !p.has_more {
+            break;
+        }
+    }
+    assert_eq!(all.len(), 10);
+    // One message over the bound alone is still a page.
+    log.append(big("huge", HISTORY_PAGE_BYTES + 1))
+        .await
+        .unwrap();
+    let p = log
+        .history(&HistoryQuery {
+            after: Some(after),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&p), ["huge"]);
+    assert!(!p.has_more);
+}
