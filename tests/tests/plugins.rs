@@ -1221,3 +1221,54 @@ async fn a_flapping_account_state_is_folded_into_few_health_events() {
     assert_eq!(acct["connected"], false, "{acct}");
     assert_eq!(acct["lastError"], "flap 200", "{acct}");
 }
+
+/// The daemon's peak resident memory (KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// What a plugin holds in the host's memory through `wasi:http` (fields,
+/// outside its own memory cap) is bounded too: an instance holds at most
+/// 1024 resources, a fields resource at most 16 KiB. A plugin creating
+/// fields in a loop fails its call, saying the bound, before the host's
+/// memory grows by more than that; the plugin still answers after. (Before
+/// the bounds one call held 464 MiB of the host's memory with 4000 fields
+/// of 100 KiB, and nothing stopped it at more.)
+#[tokio::test]
+async fn a_plugin_cannot_hold_unbounded_host_memory_through_resources() {
+    let s = misbehave("");
+    let mut c = op(&s.daemon).await;
+    // Within the bounds: held, then freed with the instance.
+    let r = ask(&mut c, "fields:100:8").await;
+    assert_eq!(
+        r["payload"]["messageId"], "held 100 fields of 819200 bytes; refused: None",
+        "{r}"
+    );
+    // A fields resource past 16 KiB fails the call, saying the bound.
+    let r = ask(&mut c, "fields:1:64").await;
+    assert_eq!(r["ok"], false, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("fields hold at most 16384 bytes each"), "{r}");
+    let before = peak_rss_kib(s.daemon.pid());
+    // 4000 fields of 12 KiB would be 48 MiB of the host's memory, and a
+    // loop of them as much as the host has.
+    let r = ask(&mut c, "fields:4000:12").await;
+    assert_eq!(r["ok"], false, "{r}");
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("an instance holds at most 1024 resources at once"),
+        "{r}"
+    );
+    let grew = peak_rss_kib(s.daemon.pid()).saturating_sub(before);
+    assert!(
+        grew < 24 * 1024,
+        "the daemon's peak memory grew by {grew} KiB"
+    );
+    let r = ask(&mut c, "fine").await;
+    assert_eq!(r["ok"], true, "{r}");
+}

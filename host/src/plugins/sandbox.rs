@@ -424,8 +424,32 @@ pub fn call_failure(log: &PluginLog, e: &wasmtime::Error, panic: Option<String>)
         return format!("plugin trapped: {trap}");
     }
     let root = e.root_cause().to_string();
-    root.lines().next().unwrap_or("plugin failed").to_string()
+    let line = root.lines().next().unwrap_or("plugin failed");
+    // The host's own bounds, said with their values.
+    if e.downcast_ref::<wasmtime::component::ResourceTableError>()
+        .is_some_and(|t| matches!(t, wasmtime::component::ResourceTableError::Full))
+    {
+        return format!(
+            "{line}: an instance holds at most {MAX_RESOURCES} resources at once (sockets, streams, HTTP fields and requests, pollables)"
+        );
+    }
+    if line == "total size of fields exceeds limit" {
+        return format!(
+            "{line}: a plugin's wasi:http fields hold at most {MAX_FIELDS_BYTES} bytes each"
+        );
+    }
+    line.to_string()
 }
+
+/// The most resources (sockets, streams, HTTP requests and fields,
+/// pollables, …) one instance holds at once: what it keeps in the host's
+/// memory, outside its own memory cap, is bounded by this and by
+/// [`MAX_FIELDS_BYTES`].
+pub const MAX_RESOURCES: usize = 1024;
+
+/// The most bytes (names and values) one `wasi:http` fields resource a
+/// plugin builds holds.
+pub const MAX_FIELDS_BYTES: usize = 16 * 1024;
 
 impl PluginState {
     /// The state of a fresh store for one instance of `plugin` with these
@@ -488,9 +512,17 @@ impl PluginState {
             log: log.clone(),
             imports,
             wasi,
-            http: WasiHttpCtx::new(),
+            http: {
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(MAX_FIELDS_BYTES);
+                http
+            },
             hooks: GrantHooks { log, grants },
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             limits,
             deadline: timeout.map(|t| Instant::now() + t),
             panic,

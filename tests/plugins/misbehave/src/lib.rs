@@ -5,7 +5,8 @@
 //! said to each, `flap:<n>` flips the account's state n times 5 ms apart,
 //! `longerr`, `longid` and `longstate` answer an error, ids
 //! or an account-state detail far longer than the host keeps, `kvfill:<n>`
-//! writes n keys of 100 KiB, `logspam:<n>` logs
+//! writes n keys of 100 KiB, `fields:<n>:<k>` holds n `wasi:http` fields
+//! of k KiB each (host memory, outside its own), `logspam:<n>` logs
 //! n lines each way (the `log` import, stdout) and then one long line each
 //! way, anything else succeeds. `run` panics when the account sets
 //! `crash_run`.
@@ -121,6 +122,34 @@ impl Channel for Misbehave {
                 println!("outlong {long}");
                 Ok(Delivery {
                     message_id: format!("logged {}", 2 * n + 2),
+                    chat_id: None,
+                })
+            }
+            t if t.starts_with("fields:") => {
+                let mut args = t[7..].split(':').map(|a| a.parse::<usize>().unwrap_or(0));
+                let (n, kib) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
+                let value = vec![b'a'; 1024];
+                let mut held = Vec::new();
+                let mut bytes = 0;
+                let mut refused = None;
+                for _ in 0..n {
+                    let f = wasip2::http::types::Fields::new();
+                    for j in 0..kib {
+                        match f.append(&format!("x-{j}"), &value) {
+                            Ok(()) => bytes += 1024,
+                            Err(e) => {
+                                refused = Some(format!("{e:?}"));
+                                break;
+                            }
+                        }
+                    }
+                    held.push(f);
+                }
+                Ok(Delivery {
+                    message_id: format!(
+                        "held {} fields of {bytes} bytes; refused: {refused:?}",
+                        held.len()
+                    ),
                     chat_id: None,
                 })
             }
