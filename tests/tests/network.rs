@@ -115,6 +115,10 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
     let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
     assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
     assert_eq!(r["payload"]["messageId"], "pong");
+    // The plugin may look the granted name up itself.
+    let r = send(&d, &format!("tcp:localhost:{tp}")).await;
+    assert_eq!(r["ok"], true, "{r}\n{}", d.log_text());
+    assert_eq!(r["payload"]["messageId"], "pong");
     // A port that is not granted stays closed.
     let r = send(&d, &format!("http:http://127.0.0.1:{tp}/")).await;
     assert_eq!(r["ok"], false, "{r}");
@@ -126,6 +130,34 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
         json!({"nettest": [format!("127.0.0.1:{hp}"), format!("localhost:{tp}")]})
     );
     assert_eq!(l["payload"]["plugins"][0]["contract"], "0.2.0");
+}
+
+/// A plugin looks up only the names its grants name: any other lookup
+/// would carry the name to DNS servers past the grants (a way to hand
+/// data out), so it is refused before any query and reported like a
+/// denied destination — even for a name that resolves to a granted
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_looks_up_only_the_names_it_is_granted() {
+    let tp = tcp_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+    let d = daemon(dir.path(), Some(&format!("\"127.0.0.1:{tp}\"")));
+    let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
+    assert_eq!(r["payload"]["messageId"], "pong", "{r}");
+    for name in ["localhost", "secret-data.exfil.example"] {
+        let r = send(&d, &format!("tcp:{name}:{tp}")).await;
+        assert_denied(&r, "nettest", &format!("{name}:<port>"));
+    }
+    let line = d
+        .wait_log("denied name lookup", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(line.contains("localhost:<port>"), "{line}");
 }
 
 /// A denied request is the operator's to fix: a non-retryable error naming

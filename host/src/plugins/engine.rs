@@ -74,6 +74,10 @@ impl Runtime {
             "link WASI",
         )?;
         ctx(
+            super::lookup::add_to_linker(&mut linker),
+            "link wasi:sockets/ip-name-lookup",
+        )?;
+        ctx(
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker),
             "link wasi:http",
         )?;

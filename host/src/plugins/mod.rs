@@ -17,6 +17,7 @@ mod engine;
 pub mod imports;
 mod loader;
 pub mod logs;
+mod lookup;
 mod registry;
 mod sandbox;
 pub mod tls_client;

@@ -249,6 +249,26 @@ impl WasiView for PluginState {
     }
 }
 
+impl PluginState {
+    /// WASI's sockets beside this instance's grants (`lookup`).
+    pub(super) fn sockets_and_grants(
+        &mut self,
+    ) -> (
+        wasmtime_wasi::sockets::WasiSocketsCtxView<'_>,
+        &Grants,
+        &PluginLog,
+    ) {
+        (
+            wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            &self.hooks.grants,
+            &self.hooks.log,
+        )
+    }
+}
+
 impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
