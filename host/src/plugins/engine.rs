@@ -74,7 +74,7 @@ impl Runtime {
             "link WASI",
         )?;
         ctx(
-            super::lookup::add_to_linker(&mut linker),
+            super::sockets::add_to_linker(&mut linker),
             "link wasi:sockets/ip-name-lookup",
         )?;
         ctx(

@@ -17,9 +17,9 @@ mod engine;
 pub mod imports;
 mod loader;
 pub mod logs;
-mod lookup;
 mod registry;
 mod sandbox;
+mod sockets;
 pub mod tls_client;
 pub mod watcher;
 

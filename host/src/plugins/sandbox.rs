@@ -250,7 +250,7 @@ impl WasiView for PluginState {
 }
 
 impl PluginState {
-    /// WASI's sockets beside this instance's grants (`lookup`).
+    /// WASI's sockets beside this instance's grants (`sockets`).
     pub(super) fn sockets_and_grants(
         &mut self,
     ) -> (
