@@ -160,6 +160,81 @@ async fn a_plugin_looks_up_only_the_names_it_is_granted() {
     assert!(line.contains("localhost:<port>"), "{line}");
 }
 
+/// A local HTTP server that sends a response's head and part of its body,
+/// then holds the connection open.
+async fn stalling_http_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                    .await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    port
+}
+
+/// A plugin holds at most `plugins.max_sockets` network connections at
+/// once, all its instances together: TCP sockets it opens, HTTP requests
+/// the host makes for it. Past the bound it gets an error (and the log
+/// says why); a socket it closes, and everything an instance held when it
+/// ends, is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holds_at_most_max_sockets_connections() {
+    let tp = tcp_server().await;
+    let hp = stalling_http_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+    let d = Daemon::builder()
+        .config(&format!(
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\nmax_sockets = 4\n\
+             [channels.nettest]\nnetwork = [\"127.0.0.1:{tp}\", \"127.0.0.1:{hp}\"]\n\
+             [channels.nettest.accounts.default]\n",
+            dir.path().join("state").display(),
+            dir.path().display()
+        ))
+        .start()
+        .unwrap();
+    let r = send(&d, &format!("tcphold:6:127.0.0.1:{tp}")).await;
+    let id = r["payload"]["messageId"].as_str().unwrap_or_default();
+    assert!(id.starts_with("opened 4; error: Some("), "{r}");
+    let line = d
+        .wait_log("TCP socket refused", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        line.contains("the plugin holds 4 network connections, plugins.max_sockets = 4"),
+        "{line}"
+    );
+    // The call's instance is gone: its sockets are free.
+    let r = send(&d, &format!("tcphold:4:127.0.0.1:{tp}")).await;
+    assert_eq!(r["payload"]["messageId"], "opened 4; error: None", "{r}");
+    // Closed sockets free their slots within a call.
+    let r = send(&d, &format!("tcpcycle:10:127.0.0.1:{tp}")).await;
+    assert_eq!(r["payload"]["messageId"], "opened 10; error: None", "{r}");
+    // HTTP requests count while their connection is open.
+    let r = send(&d, &format!("httphold:6:http://127.0.0.1:{hp}/")).await;
+    let id = r["payload"]["messageId"].as_str().unwrap_or_default();
+    assert!(id.starts_with("opened 4; error: Some("), "{r}");
+    let line = d
+        .wait_log("outgoing HTTP refused", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(line.contains("plugins.max_sockets = 4"), "{line}");
+    let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
+    assert_eq!(r["payload"]["messageId"], "pong", "{r}");
+}
+
 /// A denied request is the operator's to fix: a non-retryable error naming
 /// the destination and the `network` line to add (the plugin itself only
 /// saw a failed connection and called it transient).

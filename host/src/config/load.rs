@@ -313,6 +313,9 @@ impl Config {
         if self.plugins.max_concurrent_calls == 0 {
             bail!("plugins.max_concurrent_calls must be at least 1");
         }
+        if self.plugins.max_sockets == 0 {
+            bail!("plugins.max_sockets must be at least 1");
+        }
         if self.plugins.memory_mb == 0 || self.plugins.call_timeout_ms == 0 {
             bail!("plugins.memory_mb and plugins.call_timeout_ms must be at least 1");
         }
@@ -620,5 +623,13 @@ mod tests {
         );
         c.store.kv_max_bytes = 1_049_152;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn no_sockets_for_plugins_is_refused() {
+        let mut c = Config::default();
+        c.plugins.max_sockets = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("plugins.max_sockets must be at least 1"), "{e}");
     }
 }

@@ -296,6 +296,9 @@ pub struct PluginsConfig {
     /// stderr, and what the daemon logs about it), in bursts of up to 10
     /// seconds' worth; lines past it are dropped and counted. 0: no bound.
     pub log_lines_per_second: u32,
+    /// Network connections one plugin holds at once, all its instances
+    /// together: TCP sockets, TLS connections, HTTP requests.
+    pub max_sockets: usize,
 }
 
 impl Default for PluginsConfig {
@@ -310,6 +313,7 @@ impl Default for PluginsConfig {
             max_concurrent_calls: 16,
             call_queue_timeout_ms: 5_000,
             log_lines_per_second: 50,
+            max_sockets: 256,
         }
     }
 }

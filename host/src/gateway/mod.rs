@@ -98,6 +98,7 @@ impl Gateway {
             max_concurrent_calls: config.plugins.max_concurrent_calls,
             call_queue_timeout: Duration::from_millis(config.plugins.call_queue_timeout_ms),
             log_lines_per_second: config.plugins.log_lines_per_second,
+            max_sockets: config.plugins.max_sockets,
         };
         let plugins = Arc::new(PluginManager::new(
             config.plugins.dir.clone(),

@@ -118,7 +118,12 @@ impl Plugin {
     /// task (which must be on the plugin runtime); it ends when the plugin
     /// returns or the task is aborted (which drops the store).
     pub async fn run(&self, t: Target, account: Account) -> Result<(), CallError> {
-        let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
+        let grants = Arc::new(Grants::new(
+            &t.imports.channel,
+            t.network,
+            t.trust,
+            self.sockets.clone(),
+        ));
         let mut store = self
             .runtime
             .store(self.log.clone(), Some(t.imports), grants.clone(), None);
@@ -159,7 +164,12 @@ impl Plugin {
     /// One call on a fresh instance, on the plugin runtime, in a call slot.
     async fn invoke(self: &Arc<Self>, t: Target, req: Request) -> Result<Answer, CallError> {
         let slot = self.slot().await?;
-        let grants = Arc::new(Grants::new(&t.imports.channel, t.network, t.trust));
+        let grants = Arc::new(Grants::new(
+            &t.imports.channel,
+            t.network,
+            t.trust,
+            self.sockets.clone(),
+        ));
         let (me, imports, g) = (self.clone(), t.imports, grants.clone());
         let kv = imports.kv.clone();
         let task = self.exec.spawn(async move {

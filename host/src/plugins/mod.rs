@@ -50,6 +50,8 @@ pub struct Plugin {
     metrics: Arc<Metrics>,
     /// Its log, within `plugins.log_lines_per_second`.
     log: Arc<logs::PluginLog>,
+    /// Its network connections, within `plugins.max_sockets`.
+    sockets: Arc<sandbox::Sockets>,
 }
 
 impl Plugin {

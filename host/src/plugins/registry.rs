@@ -314,12 +314,13 @@ impl PluginManager {
                 reg.by_id.remove(&old);
             }
         }
-        // A new version shares its call slots and its log budget with the
-        // version it replaces, whose calls may still be running: a reload
-        // neither doubles the calls (and so the memory) a plugin may hold,
-        // nor refills its log budget.
-        let (calls, log) = match reg.by_id.get(&id) {
-            Some(old) => (old.calls.clone(), old.log.clone()),
+        // A new version shares its call slots, its log budget and its
+        // connections with the version it replaces, whose calls may still
+        // be running: a reload neither doubles the calls (and so the
+        // memory) or connections a plugin may hold, nor refills its log
+        // budget.
+        let (calls, log, sockets) = match reg.by_id.get(&id) {
+            Some(old) => (old.calls.clone(), old.log.clone(), old.sockets.clone()),
             None => (
                 Arc::new(tokio::sync::Semaphore::new(
                     self.runtime.limits.max_concurrent_calls,
@@ -329,6 +330,7 @@ impl PluginManager {
                     self.runtime.limits.log_lines_per_second,
                     Some(self.metrics.clone()),
                 ),
+                super::sandbox::Sockets::new(self.runtime.limits.max_sockets),
             ),
         };
         let replaced = reg
@@ -343,6 +345,7 @@ impl PluginManager {
                     calls,
                     metrics: self.metrics.clone(),
                     log,
+                    sockets,
                 }),
             )
             .is_some();

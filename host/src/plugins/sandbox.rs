@@ -7,6 +7,7 @@
 
 use crate::sync::MutexExt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,6 +43,91 @@ impl Network {
     }
 }
 
+/// The network connections one plugin holds open at once, all its
+/// instances together (`plugins.max_sockets`): TCP sockets it creates, and
+/// the TLS connections and HTTP requests the host makes for it. Each holds
+/// a file descriptor of the daemon's, which its own connections need too.
+/// Shared by a plugin's instances and kept across a reload.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One connection counted against [`Sockets`] until dropped.
+#[derive(Debug)]
+pub struct SocketSlot(Arc<Sockets>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Sockets {
+    pub fn new(max: usize) -> Arc<Sockets> {
+        Arc::new(Sockets {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot for one more connection, or why there is none.
+    pub fn take(self: &Arc<Self>) -> Result<SocketSlot, String> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(SocketSlot(self.clone())),
+            Err(n) => Err(format!(
+                "the plugin holds {n} network connections, plugins.max_sockets = {}: close some, or raise plugins.max_sockets",
+                self.max
+            )),
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// A connection that keeps its [`SocketSlot`] while it lives.
+pub struct Held<S> {
+    stream: S,
+    _slot: SocketSlot,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Held<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// The network one instance may reach: `host:port` pairs, and where they
 /// come from (for the message that says how to change them).
 #[derive(Debug, Default)]
@@ -51,16 +137,24 @@ pub struct Grants {
     pub allowed: Network,
     /// What TLS connections (`tls.connect`) trust.
     pub trust: super::tls_client::Trust,
+    /// The plugin's connections (none while loading).
+    pub sockets: Arc<Sockets>,
     /// The first destination refused during this call, for its error.
     denied: std::sync::Mutex<Option<String>>,
 }
 
 impl Grants {
-    pub fn new(channel: &str, allowed: Network, trust: super::tls_client::Trust) -> Self {
+    pub fn new(
+        channel: &str,
+        allowed: Network,
+        trust: super::tls_client::Trust,
+        sockets: Arc<Sockets>,
+    ) -> Self {
         Self {
             channel: channel.to_string(),
             allowed,
             trust,
+            sockets,
             denied: Default::default(),
         }
     }
@@ -114,6 +208,13 @@ impl Grants {
         false
     }
 
+    /// A slot for one more connection of the plugin; a refusal is logged.
+    pub(super) fn socket(&self, log: &PluginLog, what: &str) -> Result<SocketSlot, String> {
+        self.sockets.take().inspect_err(|why| {
+            plugin_event!(log, tracing::Level::WARN, channel = %self.channel, "{what} refused: {why}");
+        })
+    }
+
     pub(super) fn deny(&self, log: &PluginLog, what: &str, dest: &str) {
         self.denied.guard().get_or_insert_with(|| dest.to_string());
         let how = self.how_to_allow(dest);
@@ -157,9 +258,21 @@ impl WasiHttpHooks for GrantHooks {
                 .deny(&self.log, "outgoing HTTP", &format!("{host}:{port}"));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let slot = match self.grants.socket(&self.log, "outgoing HTTP") {
+            Ok(slot) => slot,
+            Err(_) => {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) })
+            }
+        };
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The connection lives until `io` ends (the response body read
+            // or dropped): so does its slot.
+            let io = async move {
+                let _slot = slot;
+                io.await
+            };
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
@@ -184,6 +297,8 @@ pub struct Limits {
     /// Lines one plugin may log per second (`plugins.log_lines_per_second`;
     /// 0: no bound).
     pub log_lines_per_second: u32,
+    /// Network connections one plugin holds at once (`plugins.max_sockets`).
+    pub max_sockets: usize,
 }
 
 impl Default for Limits {
@@ -195,6 +310,7 @@ impl Default for Limits {
             max_concurrent_calls: 16,
             call_queue_timeout: Duration::from_secs(5),
             log_lines_per_second: 50,
+            max_sockets: 256,
         }
     }
 }
@@ -213,6 +329,9 @@ pub struct PluginState {
     /// When the current call must end; `None` = no bound (the `run` loop).
     deadline: Option<Instant>,
     panic: LastPanic,
+    /// The slots of the TCP sockets this instance holds, by resource: freed
+    /// when the plugin drops one, and all with the instance.
+    pub(super) tcp_slots: std::collections::HashMap<u32, SocketSlot>,
 }
 
 impl PluginState {
@@ -250,6 +369,12 @@ impl WasiView for PluginState {
 }
 
 impl PluginState {
+    /// A slot for one more connection of this instance's plugin (`what`
+    /// names it in the log line of a refusal).
+    pub(super) fn hooks_socket(&self, what: &str) -> Result<SocketSlot, String> {
+        self.hooks.grants.socket(&self.hooks.log, what)
+    }
+
     /// WASI's sockets beside this instance's grants (`sockets`).
     pub(super) fn sockets_and_grants(
         &mut self,
@@ -546,6 +671,7 @@ impl PluginState {
             limits,
             deadline: timeout.map(|t| Instant::now() + t),
             panic,
+            tcp_slots: Default::default(),
         }
     }
 
@@ -565,12 +691,19 @@ impl PluginState {
         host: String,
         port: u16,
     ) -> impl std::future::Future<
-        Output = Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String>,
+        Output = Result<Held<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String>,
     > + Send
            + 'static {
         let grants = self.hooks.grants.clone();
         let log = self.hooks.log.clone();
-        async move { grants.trust.connect(&log, &grants, &host, port).await }
+        async move {
+            let slot = grants.socket(&log, "TLS connection")?;
+            let stream = grants.trust.connect(&log, &grants, &host, port).await?;
+            Ok(Held {
+                stream,
+                _slot: slot,
+            })
+        }
     }
 
     /// The two halves of a connection as `wasi:io` streams in this
@@ -630,4 +763,27 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
         return Err(format!("`{s}` has no host"));
     }
     Ok((host.to_ascii_lowercase(), port))
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[test]
+    fn sockets_are_bounded_and_a_dropped_slot_is_free_again() {
+        let s = Sockets::new(2);
+        let a = s.take().unwrap();
+        let _b = s.take().unwrap();
+        let e = s.take().unwrap_err();
+        assert!(
+            e.contains("holds 2 network connections, plugins.max_sockets = 2"),
+            "{e}"
+        );
+        drop(a);
+        assert_eq!(s.open(), 1);
+        let _c = s.take().unwrap();
+        assert_eq!(s.open(), 2);
+        // While loading, nothing.
+        assert!(Grants::default().sockets.take().is_err());
+    }
 }

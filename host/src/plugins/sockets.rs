@@ -1,9 +1,16 @@
-//! `wasi:sockets/ip-name-lookup` for plugins: WASI's own resolver, but only
-//! for the names a plugin's grants name (or an IP address written out). A
-//! lookup of any other name would send the name to DNS servers outside the
-//! grants — a plugin could hand data to anyone's name server that way,
-//! past its `network` list — so it is refused before any query, as
-//! `access-denied`, and reported like any other denied destination.
+//! `wasi:sockets` for plugins, as WASI has it but for two things, linked
+//! over WASI's own (shadowing it in the linker):
+//!
+//! - `ip-name-lookup` resolves only the names a plugin's grants name (or an
+//!   IP address written out). A lookup of any other name would send the
+//!   name to DNS servers outside the grants — a plugin could hand data to
+//!   anyone's name server that way, past its `network` list — so it is
+//!   refused before any query, as `access-denied`, and reported like any
+//!   other denied destination.
+//! - `tcp-create-socket` counts each socket against the plugin's
+//!   `plugins.max_sockets` (refused as `new-socket-limit` past it), and the
+//!   `tcp-socket` resource's destructor frees its slot; the slots an
+//!   instance still holds go with the instance.
 
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
@@ -32,18 +39,66 @@ impl HasData for Guarded {
     type Data<'a> = Lookup<'a>;
 }
 
-/// Replaces WASI's `ip-name-lookup` in `linker` (linked by
-/// `wasmtime_wasi::p2::add_to_linker_async` before) with [`Lookup`].
+/// The `wasi:sockets` version WASI links (wasmtime-wasi 48).
+const SOCKETS: &str = "0.2.12";
+
+/// Replaces WASI's `ip-name-lookup`, `tcp-create-socket` and the
+/// `tcp-socket` destructor in `linker` (linked by
+/// `wasmtime_wasi::p2::add_to_linker_async` before).
 pub fn add_to_linker(
     linker: &mut wasmtime::component::Linker<PluginState>,
 ) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let r = wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<
-        PluginState,
-        Guarded,
-    >(linker, |s| s.lookup());
+    let r = link(linker);
     linker.allow_shadowing(false);
     r
+}
+
+fn link(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::ResourceType;
+    use wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily;
+    use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
+    use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as CreateHost;
+    use wasmtime_wasi::p2::TcpSocket;
+    wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<PluginState, Guarded>(
+        linker,
+        |s| s.lookup(),
+    )?;
+    linker
+        .instance(&format!("wasi:sockets/tcp-create-socket@{SOCKETS}"))?
+        .func_wrap(
+            "create-tcp-socket",
+            |mut store: wasmtime::StoreContextMut<'_, PluginState>,
+             (family,): (IpAddressFamily,)|
+             -> wasmtime::Result<(Result<Resource<TcpSocket>, ErrorCode>,)> {
+                let state = store.data_mut();
+                let slot = match state.hooks_socket("TCP socket") {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok((Err(ErrorCode::NewSocketLimit),)),
+                };
+                let (mut sockets, _, _) = state.sockets_and_grants();
+                match CreateHost::create_tcp_socket(&mut sockets, family) {
+                    Ok(socket) => {
+                        state.tcp_slots.insert(socket.rep(), slot);
+                        Ok((Ok(socket),))
+                    }
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            },
+        )?;
+    linker
+        .instance(&format!("wasi:sockets/tcp@{SOCKETS}"))?
+        .resource(
+            "tcp-socket",
+            ResourceType::host::<TcpSocket>(),
+            |mut store, rep| {
+                let state = store.data_mut();
+                state.tcp_slots.remove(&rep);
+                let (mut sockets, _, _) = state.sockets_and_grants();
+                HostTcpSocket::drop(&mut sockets, Resource::new_own(rep))
+            },
+        )?;
+    Ok(())
 }
 
 impl PluginState {
@@ -142,6 +197,7 @@ mod tests {
                 "irc.example.org:6697".into(),
                 "10.0.0.1:80".into(),
             ]),
+            Default::default(),
             Default::default(),
         );
         for ok in [

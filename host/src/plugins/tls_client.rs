@@ -247,6 +247,7 @@ mod tests {
             "irc",
             super::super::Network::parse(&["h:1".into()]),
             Trust::default(),
+            Default::default(),
         );
         let e = Trust::default()
             .connect(

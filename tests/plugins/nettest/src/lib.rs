@@ -1,5 +1,9 @@
 //! `send` with text `http:<url>` GETs the URL and answers with the body;
 //! `tcp:<host:port>` connects, writes `ping\n` and answers with what it reads.
+//! `tcphold:<n>:<host:port>` opens n connections at once and holds them to
+//! the end of the call, `tcpcycle:<n>:<host:port>` opens and closes n one
+//! after the other, `httphold:<n>:<url>` holds n responses unread; each
+//! answers how many it opened and the first error.
 //! `kv-set:<value>` stores the value under key `k` and `kv-get` answers with
 //! it (empty when unset): the store is per channel.
 //! Network errors come back as `transient(<error>)`, as a real channel would
@@ -73,7 +77,55 @@ impl Channel for NetTest {
             });
         }
         let result = wstd::runtime::block_on(async {
-            if let Some(url) = text.strip_prefix("http:") {
+            if let Some(rest) = text.strip_prefix("tcphold:") {
+                let (n, addr) = rest.split_once(':').unwrap_or(("0", ""));
+                let mut held = Vec::new();
+                let mut error = None;
+                for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                    match wstd::net::TcpStream::connect(addr).await {
+                        Ok(s) => held.push(s),
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                Ok(format!("opened {}; error: {error:?}", held.len()))
+            } else if let Some(rest) = text.strip_prefix("tcpcycle:") {
+                let (n, addr) = rest.split_once(':').unwrap_or(("0", ""));
+                let mut opened = 0;
+                let mut error = None;
+                for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                    match wstd::net::TcpStream::connect(addr).await {
+                        Ok(s) => {
+                            opened += 1;
+                            drop(s);
+                        }
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                Ok(format!("opened {opened}; error: {error:?}"))
+            } else if let Some(rest) = text.strip_prefix("httphold:") {
+                let (n, url) = rest.split_once(':').unwrap_or(("0", ""));
+                let mut held = Vec::new();
+                let mut error = None;
+                for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                    let req = wstd::http::Request::get(url)
+                        .body(wstd::http::Body::empty())
+                        .map_err(|e| e.to_string())?;
+                    match wstd::http::Client::new().send(req).await {
+                        Ok(r) => held.push(r),
+                        Err(e) => {
+                            error = Some(format!("{e:?}"));
+                            break;
+                        }
+                    }
+                }
+                Ok(format!("opened {}; error: {error:?}", held.len()))
+            } else if let Some(url) = text.strip_prefix("http:") {
                 http_get(url).await
             } else if let Some(addr) = text.strip_prefix("tcp:") {
                 tcp_ping(addr).await
