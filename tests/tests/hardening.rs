@@ -499,6 +499,37 @@ async fn refused_connections_are_logged_once_per_interval() {
     assert_eq!(lines, 1, "{}", d.log_text());
 }
 
+/// Refused handshakes cost an unauthenticated peer no log line each: a
+/// flood of them is one line (with the reason), the rest are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_logged_once_per_interval() {
+    let d = Daemon::builder().config("").start().unwrap();
+    for _ in 0..50 {
+        let mut ws = RawWs::open(&d).await;
+        // Not a `connect` request.
+        ws.write(
+            0x81,
+            b"{\"type\":\"req\",\"id\":\"x\",\"method\":\"health\"}",
+            true,
+        )
+        .await;
+        assert!(ws.close_code().await.is_some());
+    }
+    assert!(
+        d.metric("switchboard_handshake_failures_total")
+            .await
+            .unwrap()
+            >= 50
+    );
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused handshake"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", d.log_text());
+    assert!(lines[0].contains("from 127.0.0.1:"), "{}", lines[0]);
+}
+
 /// A page that burns the failure budget of 127.0.0.1 locks out only its own
 /// origin: the user's control page, with the right token, still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,7 +156,12 @@ where
                     gw.limiter.record_failure(key);
                 }
             }
-            tracing::info!(%remote, close_code = r.why.code(), reason = %r.why.reason(), "handshake refused");
+            // An unauthenticated flood of bad handshakes must not bury the
+            // log: one line per interval, with a count.
+            gw.refusals.note(
+                "handshake",
+                &format!("from {remote}: close {} ({})", r.why.code(), r.why.reason()),
+            );
             if let Some(resp) = &r.response {
                 let _ = preauth::write_text(io, resp).await;
             }
