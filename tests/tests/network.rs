@@ -9,6 +9,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A local HTTP server answering `hello` to every request.
 async fn http_server() -> u16 {
+    http_server_writing(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        false,
+    )
+    .await
+}
+
+/// A local HTTP server that sends a response's head and part of its body,
+/// then holds the connection open.
+async fn stalling_http_server() -> u16 {
+    http_server_writing(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello", true).await
+}
+
+/// A local HTTP server that writes `response` to every request, then
+/// closes the connection, or holds it until the client closes it.
+async fn http_server_writing(response: &'static [u8], hold: bool) -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -16,11 +32,10 @@ async fn http_server() -> u16 {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-                    )
-                    .await;
+                let _ = s.write_all(response).await;
+                if hold {
+                    let _ = s.read(&mut buf).await;
+                }
             });
         }
     });
@@ -47,17 +62,33 @@ async fn tcp_server() -> u16 {
 }
 
 fn daemon(dir: &std::path::Path, network: Option<&str>) -> Daemon {
+    daemon_with(dir, network, "")
+}
+
+/// [`daemon`] with more `[plugins]` keys.
+fn daemon_with(dir: &std::path::Path, network: Option<&str>, plugins: &str) -> Daemon {
     let net = network
         .map(|n| format!("network = [{n}]\n"))
         .unwrap_or_default();
     Daemon::builder()
         .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[channels.nettest]\n{net}[channels.nettest.accounts.default]\n",
+            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n{plugins}[channels.nettest]\n{net}[channels.nettest.accounts.default]\n",
             dir.join("state").display(),
             dir.display()
         ))
         .start()
         .unwrap()
+}
+
+/// A plugins directory holding the nettest plugin.
+fn nettest_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        built_plugin("test-plugins", "nettest.wasm"),
+        dir.path().join("nettest.wasm"),
+    )
+    .unwrap();
+    dir
 }
 
 async fn send(d: &Daemon, text: &str) -> Value {
@@ -75,12 +106,7 @@ async fn send(d: &Daemon, text: &str) -> Value {
 async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
     let hp = http_server().await;
     let tp = tcp_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("test-plugins", "nettest.wasm"),
-        dir.path().join("nettest.wasm"),
-    )
-    .unwrap();
+    let dir = nettest_dir();
 
     let d = daemon(dir.path(), None);
     let r = send(&d, &format!("http:http://127.0.0.1:{hp}/")).await;
@@ -140,12 +166,7 @@ async fn http_and_tcp_are_denied_without_a_grant_and_allowed_with_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_looks_up_only_the_names_it_is_granted() {
     let tp = tcp_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("test-plugins", "nettest.wasm"),
-        dir.path().join("nettest.wasm"),
-    )
-    .unwrap();
+    let dir = nettest_dir();
     let d = daemon(dir.path(), Some(&format!("\"127.0.0.1:{tp}\"")));
     let r = send(&d, &format!("tcp:127.0.0.1:{tp}")).await;
     assert_eq!(r["payload"]["messageId"], "pong", "{r}");
@@ -160,26 +181,6 @@ async fn a_plugin_looks_up_only_the_names_it_is_granted() {
     assert!(line.contains("localhost:<port>"), "{line}");
 }
 
-/// A local HTTP server that sends a response's head and part of its body,
-/// then holds the connection open.
-async fn stalling_http_server() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
-                    .await;
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    port
-}
-
 /// A plugin holds at most `plugins.max_sockets` network connections at
 /// once, all its instances together: TCP sockets it opens, HTTP requests
 /// the host makes for it. Past the bound it gets an error (and the log
@@ -189,22 +190,12 @@ async fn stalling_http_server() -> u16 {
 async fn a_plugin_holds_at_most_max_sockets_connections() {
     let tp = tcp_server().await;
     let hp = stalling_http_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("test-plugins", "nettest.wasm"),
-        dir.path().join("nettest.wasm"),
-    )
-    .unwrap();
-    let d = Daemon::builder()
-        .config(&format!(
-            "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\nmax_sockets = 4\n\
-             [channels.nettest]\nnetwork = [\"127.0.0.1:{tp}\", \"127.0.0.1:{hp}\"]\n\
-             [channels.nettest.accounts.default]\n",
-            dir.path().join("state").display(),
-            dir.path().display()
-        ))
-        .start()
-        .unwrap();
+    let dir = nettest_dir();
+    let d = daemon_with(
+        dir.path(),
+        Some(&format!("\"127.0.0.1:{tp}\", \"127.0.0.1:{hp}\"")),
+        "max_sockets = 4\n",
+    );
     let r = send(&d, &format!("tcphold:6:127.0.0.1:{tp}")).await;
     let id = r["payload"]["messageId"].as_str().unwrap_or_default();
     assert!(id.starts_with("opened 4; error: Some("), "{r}");
@@ -314,12 +305,7 @@ async fn two_channels_of_one_plugin_keep_their_own_grants_and_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_edited_in_the_config_applies_to_the_next_call() {
     let hp = http_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        built_plugin("test-plugins", "nettest.wasm"),
-        dir.path().join("nettest.wasm"),
-    )
-    .unwrap();
+    let dir = nettest_dir();
     let d = daemon(dir.path(), Some("\"127.0.0.1:1\""));
     let (mut admin, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     let target = format!("http:http://127.0.0.1:{hp}/");

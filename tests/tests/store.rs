@@ -503,14 +503,8 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     let e = v["error"].as_str().unwrap_or_default();
     assert!(e.contains("MiB free, below store.min_free_mb = 32"), "{v}");
     let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let r = c
-        .request(
-            "s",
-            "send",
-            json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "hi", "idempotencyKey": "k1"}),
-        )
-        .await
-        .unwrap();
+    let hi = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "hi", "idempotencyKey": "k1"});
+    let r = c.request("s", "send", hi.clone()).await.unwrap();
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
     assert_eq!(r["error"]["retryAfterMs"], 5000, "{r}");
@@ -538,14 +532,7 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     let (st, v) = post(&d, &inbound("d3")).await;
     assert_eq!(st, 200, "{v}");
     posted.push("d3".into());
-    let r = c
-        .request(
-            "s",
-            "send",
-            json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "hi", "idempotencyKey": "k1"}),
-        )
-        .await
-        .unwrap();
+    let r = c.request("s", "send", hi).await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let r = reqwest::get(d.http("/ready")).await.unwrap();

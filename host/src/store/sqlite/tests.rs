@@ -25,6 +25,21 @@ fn msg(chat: &str, id: &str) -> Message {
     }
 }
 
+/// The message ids of the page after `seq` (oldest first), the last one's
+/// `seq` (`seq` itself when the page is empty), and whether there is more.
+fn ids_after(log: &SqliteLog, seq: u64, limit: usize) -> (Vec<String>, u64, bool) {
+    let p = log
+        .history(&HistoryQuery {
+            after: Some(seq),
+            limit,
+            ..Default::default()
+        })
+        .unwrap();
+    let last = p.messages.last().map_or(seq, |m| m.seq);
+    let ids = p.messages.iter().map(|m| m.message_id.clone()).collect();
+    (ids, last, p.has_more)
+}
+
 #[tokio::test]
 async fn appends_dedupe_and_sequence_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,19 +109,7 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
     let gone = log.prune(r).await.unwrap();
     assert_eq!(gone, 4 + 1 + 1);
     assert_eq!(log.prune(r).await.unwrap(), 0, "nothing left to prune");
-    let left = log
-        .history(&HistoryQuery {
-            after: Some(0),
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap();
-    let ids: Vec<&str> = left
-        .messages
-        .iter()
-        .map(|m| m.message_id.as_str())
-        .collect();
-    assert_eq!(ids, ["3", "4", "out2"]);
+    assert_eq!(ids_after(&log, 0, 100).0, ["3", "4", "out2"]);
     assert_eq!(log.receipt("old-key").unwrap(), None);
     assert_eq!(log.receipt("new-key").unwrap().as_deref(), Some("{}"));
     assert!(
@@ -372,19 +375,7 @@ async fn new_messages_are_refused_below_the_disk_floor() {
     assert_eq!(log.failure(), None);
     let b = log.append(msg("x", "2")).await.unwrap();
     assert!(b.new);
-    let page = log
-        .history(&HistoryQuery {
-            after: Some(0),
-            limit: 10,
-            ..Default::default()
-        })
-        .unwrap();
-    let ids: Vec<&str> = page
-        .messages
-        .iter()
-        .map(|m| m.message_id.as_str())
-        .collect();
-    assert_eq!(ids, ["1", "o1", "2"]);
+    assert_eq!(ids_after(&log, 0, 10).0, ["1", "o1", "2"]);
 }
 
 /// A history page stops at `HISTORY_PAGE_BYTES` of messages whatever its
@@ -403,39 +394,29 @@ async fn a_history_page_is_bounded_in_bytes() {
     for i in 0..10 {
         log.append(big(&i.to_string(), quarter)).await.unwrap();
     }
-    let ids =
-        |p: &Page| -> Vec<String> { p.messages.iter().map(|m| m.message_id.clone()).collect() };
-    let forward = log
-        .history(&HistoryQuery {
-            after: Some(0),
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&forward), ["0", "1", "2", "3"]);
-    assert!(forward.has_more);
+    let (forward, mut after, more) = ids_after(&log, 0, 1000);
+    assert_eq!(forward, ["0", "1", "2", "3"]);
+    assert!(more);
     let back = log
         .history(&HistoryQuery {
             limit: 1000,
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(ids(&back), ["6", "7", "8", "9"]);
+    let back_ids: Vec<&str> = back
+        .messages
+        .iter()
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert_eq!(back_ids, ["6", "7", "8", "9"]);
     assert!(back.has_more);
     // Paging on reads everything once.
-    let mut all = ids(&forward);
-    let mut after = forward.messages.last().unwrap().seq;
+    let mut all = forward;
     loop {
-        let p = log
-            .history(&HistoryQuery {
-                after: Some(after),
-                limit: 1000,
-                ..Default::default()
-            })
-            .unwrap();
-        all.extend(ids(&p));
-        after = p.messages.last().unwrap().seq;
-        if !p.has_more {
+        let (ids, last, more) = ids_after(&log, after, 1000);
+        all.extend(ids);
+        after = last;
+        if !more {
             break;
         }
     }
@@ -444,13 +425,7 @@ async fn a_history_page_is_bounded_in_bytes() {
     log.append(big("huge", HISTORY_PAGE_BYTES + 1))
         .await
         .unwrap();
-    let p = log
-        .history(&HistoryQuery {
-            after: Some(after),
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(ids(&p), ["huge"]);
-    assert!(!p.has_more);
+    let (ids, _, more) = ids_after(&log, after, 1000);
+    assert_eq!(ids, ["huge"]);
+    assert!(!more);
 }
