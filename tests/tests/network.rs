@@ -183,8 +183,8 @@ async fn a_plugin_looks_up_only_the_names_it_is_granted() {
 
 /// A plugin holds at most `plugins.max_sockets` network connections at
 /// once, all its instances together: TCP sockets it opens, HTTP requests
-/// the host makes for it. Past the bound it gets an error (and the log
-/// says why); a socket it closes, and everything an instance held when it
+/// the host makes for it, name lookups while they are read. Past the bound
+/// it gets an error (and the log says why); a socket it closes, and everything an instance held when it
 /// ends, is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_holds_at_most_max_sockets_connections() {
@@ -193,7 +193,9 @@ async fn a_plugin_holds_at_most_max_sockets_connections() {
     let dir = nettest_dir();
     let d = daemon_with(
         dir.path(),
-        Some(&format!("\"127.0.0.1:{tp}\", \"127.0.0.1:{hp}\"")),
+        Some(&format!(
+            "\"127.0.0.1:{tp}\", \"localhost:{tp}\", \"127.0.0.1:{hp}\""
+        )),
         "max_sockets = 4\n",
     );
     let r = send(&d, &format!("tcphold:6:127.0.0.1:{tp}")).await;
@@ -210,6 +212,16 @@ async fn a_plugin_holds_at_most_max_sockets_connections() {
     // The call's instance is gone: its sockets are free.
     let r = send(&d, &format!("tcphold:4:127.0.0.1:{tp}")).await;
     assert_eq!(r["payload"]["messageId"], "opened 4; error: None", "{r}");
+    // A name lookup holds a slot while its answer is read: the fifth
+    // connect by name fails at its lookup; the four before got theirs.
+    let r = send(&d, &format!("tcphold:6:localhost:{tp}")).await;
+    let id = r["payload"]["messageId"].as_str().unwrap_or_default();
+    assert!(id.starts_with("opened 4; error: Some("), "{r}");
+    let line = d
+        .wait_log("name lookup refused", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(line.contains("plugins.max_sockets = 4"), "{line}");
     // Closed sockets free their slots within a call.
     let r = send(&d, &format!("tcpcycle:10:127.0.0.1:{tp}")).await;
     assert_eq!(r["payload"]["messageId"], "opened 10; error: None", "{r}");

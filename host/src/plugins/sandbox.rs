@@ -329,9 +329,10 @@ pub struct PluginState {
     /// When the current call must end; `None` = no bound (the `run` loop).
     deadline: Option<Instant>,
     panic: LastPanic,
-    /// The slots of the TCP sockets this instance holds, by resource: freed
-    /// when the plugin drops one, and all with the instance.
-    pub(super) tcp_slots: std::collections::HashMap<u32, SocketSlot>,
+    /// The slots of the TCP sockets and name lookups this instance holds,
+    /// by resource (a table index: unique among live resources of any
+    /// type): freed when the plugin drops one, and all with the instance.
+    pub(super) slots: std::collections::HashMap<u32, SocketSlot>,
 }
 
 impl PluginState {
@@ -368,6 +369,14 @@ impl WasiView for PluginState {
     }
 }
 
+/// What `sockets` works with in an instance's state.
+pub(super) struct SocketsView<'a> {
+    pub wasi: wasmtime_wasi::sockets::WasiSocketsCtxView<'a>,
+    pub grants: &'a Grants,
+    pub log: &'a PluginLog,
+    pub slots: &'a mut std::collections::HashMap<u32, SocketSlot>,
+}
+
 impl PluginState {
     /// A slot for one more connection of this instance's plugin (`what`
     /// names it in the log line of a refusal).
@@ -375,22 +384,18 @@ impl PluginState {
         self.hooks.grants.socket(&self.hooks.log, what)
     }
 
-    /// WASI's sockets beside this instance's grants (`sockets`).
-    pub(super) fn sockets_and_grants(
-        &mut self,
-    ) -> (
-        wasmtime_wasi::sockets::WasiSocketsCtxView<'_>,
-        &Grants,
-        &PluginLog,
-    ) {
-        (
-            wasmtime_wasi::sockets::WasiSocketsCtxView {
+    /// WASI's sockets beside this instance's grants and the slots it
+    /// holds (`sockets`).
+    pub(super) fn sockets_and_grants(&mut self) -> SocketsView<'_> {
+        SocketsView {
+            wasi: wasmtime_wasi::sockets::WasiSocketsCtxView {
                 ctx: self.wasi.sockets(),
                 table: &mut self.table,
             },
-            &self.hooks.grants,
-            &self.hooks.log,
-        )
+            grants: &self.hooks.grants,
+            log: &self.hooks.log,
+            slots: &mut self.slots,
+        }
     }
 }
 
@@ -671,7 +676,7 @@ impl PluginState {
             limits,
             deadline: timeout.map(|t| Instant::now() + t),
             panic,
-            tcp_slots: Default::default(),
+            slots: Default::default(),
         }
     }
 

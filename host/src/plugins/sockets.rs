@@ -7,6 +7,8 @@
 //!   anyone's name server that way, past its `network` list — so it is
 //!   refused before any query, as `access-denied`, and reported like any
 //!   other denied destination.
+//!   A query (a granted name) runs on a blocking thread, so it holds one of
+//!   the plugin's `plugins.max_sockets` slots while its answer stream lives.
 //! - `tcp-create-socket` counts each socket against the plugin's
 //!   `plugins.max_sockets` (refused as `new-socket-limit` past it), and the
 //!   `tcp-socket` resource's destructor frees its slot; the slots an
@@ -18,20 +20,12 @@ use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
 };
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress, Network};
 use wasmtime_wasi::p2::{DynPollable, SocketError};
-use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
-use super::sandbox::PluginState;
+use super::sandbox::{PluginState, SocketsView};
 
-/// The interface's view of a plugin's store: WASI's sockets and the grants.
-pub struct Lookup<'a> {
-    sockets: WasiSocketsCtxView<'a>,
-    state: LookupGrants<'a>,
-}
-
-struct LookupGrants<'a> {
-    grants: &'a super::sandbox::Grants,
-    log: &'a super::logs::PluginLog,
-}
+/// The interface's view of a plugin's store: WASI's sockets, the grants
+/// and the slots the instance holds.
+pub struct Lookup<'a>(SocketsView<'a>);
 
 struct Guarded;
 
@@ -76,10 +70,11 @@ fn link(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Resu
                     Ok(slot) => slot,
                     Err(_) => return Ok((Err(ErrorCode::NewSocketLimit),)),
                 };
-                let (mut sockets, _, _) = state.sockets_and_grants();
-                match CreateHost::create_tcp_socket(&mut sockets, family) {
+                let v = state.sockets_and_grants();
+                let mut wasi = v.wasi;
+                match CreateHost::create_tcp_socket(&mut wasi, family) {
                     Ok(socket) => {
-                        state.tcp_slots.insert(socket.rep(), slot);
+                        v.slots.insert(socket.rep(), slot);
                         Ok((Ok(socket),))
                     }
                     Err(e) => Ok((Err(e.downcast()?),)),
@@ -93,9 +88,9 @@ fn link(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Resu
             ResourceType::host::<TcpSocket>(),
             |mut store, rep| {
                 let state = store.data_mut();
-                state.tcp_slots.remove(&rep);
-                let (mut sockets, _, _) = state.sockets_and_grants();
-                HostTcpSocket::drop(&mut sockets, Resource::new_own(rep))
+                let mut v = state.sockets_and_grants();
+                v.slots.remove(&rep);
+                HostTcpSocket::drop(&mut v.wasi, Resource::new_own(rep))
             },
         )?;
     Ok(())
@@ -103,30 +98,40 @@ fn link(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Resu
 
 impl PluginState {
     fn lookup(&mut self) -> Lookup<'_> {
-        let (sockets, grants, log) = self.sockets_and_grants();
-        Lookup {
-            sockets,
-            state: LookupGrants { grants, log },
-        }
+        Lookup(self.sockets_and_grants())
     }
 }
 
-/// Whether `name` may be looked up under `grants`: a granted host (any of
-/// its ports), or an address written out (resolved without a query).
-fn may_look_up(grants: &super::sandbox::Grants, name: &str) -> bool {
+/// What a lookup of a name is under a plugin's grants.
+#[derive(Debug, PartialEq, Eq)]
+enum Query {
+    /// An address written out: resolved without a query.
+    Address,
+    /// A granted host (any of its ports): a DNS query, on a blocking
+    /// thread, so it holds one of the plugin's socket slots while its
+    /// answer stream lives.
+    Granted,
+    Denied,
+}
+
+fn query(grants: &super::sandbox::Grants, name: &str) -> Query {
     let bare = name.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<std::net::IpAddr>().is_ok() {
-        return true;
+        return Query::Address;
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    grants.allowed.pairs().iter().any(|(h, _)| *h == name)
+    if grants.allowed.pairs().iter().any(|(h, _)| *h == name) {
+        Query::Granted
+    } else {
+        Query::Denied
+    }
 }
 
 /// Its errors, as WASI's (the interface's functions return them).
 impl wasmtime_wasi::p2::bindings::sockets::network::Host for Lookup<'_> {
     fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
         wasmtime_wasi::p2::bindings::sockets::network::Host::convert_error_code(
-            &mut self.sockets,
+            &mut self.0.wasi,
             error,
         )
     }
@@ -136,7 +141,7 @@ impl wasmtime_wasi::p2::bindings::sockets::network::Host for Lookup<'_> {
         err: Resource<wasmtime_wasi::p2::bindings::sockets::network::Error>,
     ) -> wasmtime::Result<Option<ErrorCode>> {
         wasmtime_wasi::p2::bindings::sockets::network::Host::network_error_code(
-            &mut self.sockets,
+            &mut self.0.wasi,
             err,
         )
     }
@@ -144,7 +149,7 @@ impl wasmtime_wasi::p2::bindings::sockets::network::Host for Lookup<'_> {
 
 impl wasmtime_wasi::p2::bindings::sockets::network::HostNetwork for Lookup<'_> {
     fn drop(&mut self, network: Resource<Network>) -> wasmtime::Result<()> {
-        wasmtime_wasi::p2::bindings::sockets::network::HostNetwork::drop(&mut self.sockets, network)
+        wasmtime_wasi::p2::bindings::sockets::network::HostNetwork::drop(&mut self.0.wasi, network)
     }
 }
 
@@ -154,14 +159,25 @@ impl Host for Lookup<'_> {
         network: Resource<Network>,
         name: String,
     ) -> Result<Resource<ResolveAddressStream>, SocketError> {
-        if !may_look_up(self.state.grants, &name) {
-            let shown: String = name.chars().take(260).collect();
-            self.state
-                .grants
-                .deny(self.state.log, "name lookup", &format!("{shown}:<port>"));
-            return Err(ErrorCode::AccessDenied.into());
+        let v = &mut self.0;
+        let slot = match query(v.grants, &name) {
+            Query::Address => None,
+            Query::Granted => match v.grants.socket(v.log, "name lookup") {
+                Ok(slot) => Some(slot),
+                Err(_) => return Err(ErrorCode::NewSocketLimit.into()),
+            },
+            Query::Denied => {
+                let shown: String = name.chars().take(260).collect();
+                v.grants
+                    .deny(v.log, "name lookup", &format!("{shown}:<port>"));
+                return Err(ErrorCode::AccessDenied.into());
+            }
+        };
+        let stream = Host::resolve_addresses(&mut v.wasi, network, name)?;
+        if let Some(slot) = slot {
+            v.slots.insert(stream.rep(), slot);
         }
-        Host::resolve_addresses(&mut self.sockets, network, name)
+        Ok(stream)
     }
 }
 
@@ -170,18 +186,19 @@ impl HostResolveAddressStream for Lookup<'_> {
         &mut self,
         stream: Resource<ResolveAddressStream>,
     ) -> Result<Option<IpAddress>, SocketError> {
-        HostResolveAddressStream::resolve_next_address(&mut self.sockets, stream)
+        HostResolveAddressStream::resolve_next_address(&mut self.0.wasi, stream)
     }
 
     fn subscribe(
         &mut self,
         stream: Resource<ResolveAddressStream>,
     ) -> wasmtime::Result<Resource<DynPollable>> {
-        HostResolveAddressStream::subscribe(&mut self.sockets, stream)
+        HostResolveAddressStream::subscribe(&mut self.0.wasi, stream)
     }
 
     fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
-        HostResolveAddressStream::drop(&mut self.sockets, stream)
+        self.0.slots.remove(&stream.rep());
+        HostResolveAddressStream::drop(&mut self.0.wasi, stream)
     }
 }
 
@@ -200,17 +217,14 @@ mod tests {
             Default::default(),
             Default::default(),
         );
-        for ok in [
-            "irc.example.org",
-            "IRC.Example.org.",
-            "127.0.0.1",
-            "::1",
-            "[::1]",
-        ] {
-            assert!(may_look_up(&grants, ok), "{ok}");
+        for ok in ["irc.example.org", "IRC.Example.org."] {
+            assert_eq!(query(&grants, ok), Query::Granted, "{ok}");
+        }
+        for ok in ["127.0.0.1", "::1", "[::1]", "10.0.0.1"] {
+            assert_eq!(query(&grants, ok), Query::Address, "{ok}");
         }
         for no in ["secret.attacker.example", "example.org", "localhost", ""] {
-            assert!(!may_look_up(&grants, no), "{no}");
+            assert_eq!(query(&grants, no), Query::Denied, "{no}");
         }
     }
 }
