@@ -380,7 +380,7 @@ pub(super) struct SocketsView<'a> {
 impl PluginState {
     /// A slot for one more connection of this instance's plugin (`what`
     /// names it in the log line of a refusal).
-    pub(super) fn hooks_socket(&self, what: &str) -> Result<SocketSlot, String> {
+    pub(super) fn socket_slot(&self, what: &str) -> Result<SocketSlot, String> {
         self.hooks.grants.socket(&self.hooks.log, what)
     }
 

@@ -66,7 +66,7 @@ fn link(linker: &mut wasmtime::component::Linker<PluginState>) -> wasmtime::Resu
              (family,): (IpAddressFamily,)|
              -> wasmtime::Result<(Result<Resource<TcpSocket>, ErrorCode>,)> {
                 let state = store.data_mut();
-                let slot = match state.hooks_socket("TCP socket") {
+                let slot = match state.socket_slot("TCP socket") {
                     Ok(slot) => slot,
                     Err(_) => return Ok((Err(ErrorCode::NewSocketLimit),)),
                 };
