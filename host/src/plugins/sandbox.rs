@@ -44,10 +44,12 @@ impl Network {
 }
 
 /// The network connections one plugin holds open at once, all its
-/// instances together (`plugins.max_sockets`): TCP sockets it creates, and
-/// the TLS connections and HTTP requests the host makes for it. Each holds
-/// a file descriptor of the daemon's, which its own connections need too.
-/// Shared by a plugin's instances and kept across a reload.
+/// instances together (`plugins.max_sockets`): TCP sockets it creates, DNS
+/// lookups of granted names while their answers are read, and the TLS
+/// connections and HTTP requests the host makes for it. Each holds a file
+/// descriptor of the daemon's (which its own connections need too) or a
+/// blocking thread. Shared by a plugin's instances and kept across a
+/// reload.
 #[derive(Debug, Default)]
 pub struct Sockets {
     open: AtomicUsize,
