@@ -57,10 +57,15 @@ fn misbehave(extra_plugins: &str) -> Setup {
 /// Has misbehave do `command` (its `send`'s message), under the idempotency
 /// key `command`.
 async fn ask(c: &mut Client, command: &str) -> Value {
+    ask_keyed(c, command, command).await
+}
+
+/// [`ask`] under the idempotency key `key`.
+async fn ask_keyed(c: &mut Client, command: &str, key: &str) -> Value {
     send(
         c,
-        command,
-        json!({"to": "x", "message": command, "idempotencyKey": command}),
+        key,
+        json!({"to": "x", "message": command, "idempotencyKey": key}),
     )
     .await
 }
@@ -839,12 +844,7 @@ async fn concurrent_calls_of_a_plugin_are_bounded() {
     );
     // Once they are done, calls go through again.
     let mut c = op(&s.daemon).await;
-    let r = send(
-        &mut c,
-        "f",
-        json!({"to": "x", "message": "fine", "idempotencyKey": "after"}),
-    )
-    .await;
+    let r = ask_keyed(&mut c, "fine", "after").await;
     assert_eq!(r["ok"], true, "{r}");
 }
 
@@ -1109,23 +1109,13 @@ async fn a_reload_does_not_add_call_slots_while_old_calls_run() {
         "the reload took longer than the call"
     );
     let mut c = op(&s.daemon).await;
-    let r = send(
-        &mut c,
-        "b",
-        json!({"to": "x", "message": "fine", "idempotencyKey": "busy"}),
-    )
-    .await;
+    let r = ask_keyed(&mut c, "fine", "busy").await;
     assert_eq!(r["ok"], false, "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("is busy"), "{r}");
     let r = sleeper.await.unwrap();
     assert_eq!(r["payload"]["messageId"], "slept", "{r}");
-    let r = send(
-        &mut c,
-        "f",
-        json!({"to": "x", "message": "fine", "idempotencyKey": "after"}),
-    )
-    .await;
+    let r = ask_keyed(&mut c, "fine", "after").await;
     assert_eq!(r["ok"], true, "{r}");
 }
 
