@@ -160,9 +160,7 @@ impl ChannelManager {
     ) -> Result<SendReceipt, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
         // Its record could not be kept: nothing is sent.
-        if let Some(why) = self.inbox.refusing() {
-            return Err(SendError::LogFull(why));
-        }
+        self.log_takes_messages()?;
         let caps = plugin.loaded.info.capabilities;
         let lacking = if !message.attachments.is_empty() && !caps.media {
             Some(("media", "attachments (`mediaUrl`, `mediaUrls`, `buffer`)"))
@@ -210,6 +208,15 @@ impl ChannelManager {
         Ok(receipt)
     }
 
+    /// Refuses a call that would log messages while the log takes none
+    /// (the disk below `store.min_free_mb`), before its plugin is called.
+    fn log_takes_messages(&self) -> Result<(), SendError> {
+        match self.inbox.refusing() {
+            Some(why) => Err(SendError::LogFull(why)),
+            None => Ok(()),
+        }
+    }
+
     /// `message.action`'s react, edit and delete: the plugin's `act`, once
     /// its capability is checked.
     pub async fn act(&self, channel: &str, account: &str, action: Action) -> Result<(), SendError> {
@@ -242,9 +249,7 @@ impl ChannelManager {
     ) -> Result<HttpResponse, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
         // Its messages could not be kept: the sender retries later.
-        if let Some(why) = self.inbox.refusing() {
-            return Err(SendError::LogFull(why));
-        }
+        self.log_takes_messages()?;
         plugin
             .handle_webhook(target, acct, req)
             .await

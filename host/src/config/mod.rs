@@ -297,7 +297,8 @@ pub struct PluginsConfig {
     /// seconds' worth; lines past it are dropped and counted. 0: no bound.
     pub log_lines_per_second: u32,
     /// Network connections one plugin holds at once, all its instances
-    /// together: TCP sockets, TLS connections, HTTP requests.
+    /// together: TCP sockets, TLS connections, HTTP requests, and DNS
+    /// lookups while their answer is read.
     pub max_sockets: usize,
 }
 

@@ -395,7 +395,7 @@ impl MessageLog for SqliteLog {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure.guard().clone().or_else(|| self.disk.low())
+        self.failure.guard().clone().or_else(|| self.refusing())
     }
 
     fn refusing(&self) -> Option<String> {
