@@ -618,8 +618,18 @@ impl Client {
 
     /// Sends a request and waits for its response, collecting events meanwhile.
     pub async fn request(&mut self, id: &str, method: &str, params: Value) -> Result<Value> {
+        self.send_request(id, method, params).await?;
+        self.response(id).await
+    }
+
+    /// Sends a request without waiting for its response ([`Client::response`]).
+    pub async fn send_request(&mut self, id: &str, method: &str, params: Value) -> Result<()> {
         self.send(&json!({"type": "req", "id": id, "method": method, "params": params}))
-            .await?;
+            .await
+    }
+
+    /// The response to request `id`, skipping other frames (within 10 s each).
+    pub async fn response(&mut self, id: &str) -> Result<Value> {
         loop {
             let v = self.recv().await?;
             if v["type"] == "res" && v["id"] == id {

@@ -204,6 +204,119 @@ async fn a_send_retried_after_sigkill_is_not_sent_again() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
+/// Waits until `hits` reaches `n` (the stand-in got the channel's request).
+async fn wait_hits(hits: &AtomicU64, n: u64) {
+    for _ in 0..200 {
+        if hits.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the channel's request never reached the stand-in");
+}
+
+/// The daemon SIGKILLed after the channel took the message and before its
+/// answer was recorded: whether it went out is unknown to the restarted
+/// daemon, so a retry with the same key is refused by name (never sent a
+/// second time), the start's log names the key, and a new key sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_by_sigkill_after_its_channel_was_called_is_refused_not_sent_twice() {
+    let (url, hits) = outbound_server(Duration::from_secs(3), "slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, &url);
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "once", "idempotencyKey": "k-cut"});
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    c.send_request("1", "send", params.clone()).await.unwrap();
+    wait_hits(&hits, 1).await;
+    d.signal("KILL");
+    drop(c);
+    drop(d);
+    let d = daemon_in(dir.path(), 0, &url);
+    let (mut c, _) = connect(&d.url(), None, &["operator.write", "operator.read"])
+        .await
+        .unwrap();
+    let r = c.request("2", "send", params).await.unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert_eq!(r["error"]["details"]["code"], "SEND_OUTCOME_UNKNOWN", "{r}");
+    assert_eq!(r["error"]["details"]["channel"], "webhook", "{r}");
+    let m = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("`k-cut`") && m.contains("new idempotencyKey"),
+        "{r}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    assert!(
+        d.log_text().contains("`k-cut` (webhook / out)"),
+        "the start does not name the interrupted send"
+    );
+    assert!(c.history_after(0).await.unwrap().is_empty());
+    let r = c
+        .request("3", "send", json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "again", "idempotencyKey": "k-new"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// The disk fills while the channel sends: the message went out, so the
+/// `send` is answered; a retry gets the same answer without sending; once
+/// there is room the record is written by itself, and after a restart the
+/// retry still gets the first answer. The message is in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _unmount = Tmpfs::mount(&state, "16m");
+    let (url, hits) = outbound_server(Duration::from_millis(1500), "late").await;
+    let start = || daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 0\n");
+    let d = start();
+    // A text larger than the log's WAL: its record needs new disk space.
+    let text = "x".repeat(1 << 20);
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": text, "idempotencyKey": "k-full"});
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    c.send_request("1", "send", params.clone()).await.unwrap();
+    wait_hits(&hits, 1).await;
+    fill(&state.join("filler"));
+    let r = c.response("1").await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["payload"]["messageId"], "late-1", "{r}");
+    let ready: Value = reqwest::get(d.http("/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["failing"].to_string().contains("disk is full"),
+        "the record did not fail: {ready}"
+    );
+    let again = c.request("2", "send", params.clone()).await.unwrap();
+    assert_eq!(again["payload"], r["payload"], "{again}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let mut recorded = Vec::new();
+    for _ in 0..60 {
+        recorded = c.history_after(0).await.unwrap();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["messageId"], "late-1");
+    d.signal("KILL");
+    drop(c);
+    drop(d);
+    let d = start();
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let after = c.request("3", "send", params).await.unwrap();
+    assert_eq!(after["payload"], r["payload"], "{after}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    assert_eq!(c.history_after(0).await.unwrap().len(), 1);
+}
+
 /// Posts numbered messages as an upstream would (retrying until answered
 /// 200) while the daemon is SIGKILLed at random moments: every message
 /// answered 200 before a kill is in the log after the restart, and after

@@ -20,7 +20,7 @@ use crate::plugins::contract::{
 };
 use crate::plugins::imports::Delivering;
 use crate::scopes::SCOPE_READ;
-use crate::store::{Direction, HistoryQuery, Message, MessageLog, Page, StoreError};
+use crate::store::{Direction, HistoryQuery, Message, MessageLog, Page, SendRecord, StoreError};
 
 use super::status::StatusBoard;
 
@@ -107,56 +107,71 @@ impl Inbox {
         })
     }
 
-    /// A message `channel` accepted for sending, with the `send`'s
-    /// idempotency record (`key` → `receipt`): resolves to its sequence
-    /// number once both are durable.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn sent(
-        &self,
+    /// The log's row for a message `channel` accepted for sending.
+    pub fn sent_message(
         channel: &str,
         account: &str,
         chat: &str,
         message: &OutboundMessage,
         delivery: &Delivery,
         key: &str,
+    ) -> Message {
+        let now = crate::now_ms();
+        Message {
+            seq: 0,
+            direction: Direction::Outbound,
+            channel: channel.to_string(),
+            account: account.to_string(),
+            chat: chat.to_string(),
+            sender: account.to_string(),
+            sender_name: None,
+            message_id: delivery.message_id.clone(),
+            text: message.text.clone(),
+            ts: now,
+            received_at: now,
+            thread_id: message.thread_id.clone(),
+            reply_to_id: message.reply_to_id.clone(),
+            raw: None,
+            idempotency_key: Some(key.to_string()),
+            attachments: attachments_json(
+                &message
+                    .attachments
+                    .iter()
+                    .map(sent_attachment)
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    /// A message a channel accepted ([`Inbox::sent_message`]), with the
+    /// `send`'s idempotency record (`key` → `receipt`): resolves to its
+    /// sequence number once both are durable (and the key's intent gone).
+    pub async fn sent(
+        &self,
+        message: Message,
+        key: &str,
         receipt: String,
     ) -> Result<u64, StoreError> {
-        let now = crate::now_ms();
         self.log
-            .record_send(
-                Message {
-                    seq: 0,
-                    direction: Direction::Outbound,
-                    channel: channel.to_string(),
-                    account: account.to_string(),
-                    chat: chat.to_string(),
-                    sender: account.to_string(),
-                    sender_name: None,
-                    message_id: delivery.message_id.clone(),
-                    text: message.text.clone(),
-                    ts: now,
-                    received_at: now,
-                    thread_id: message.thread_id.clone(),
-                    reply_to_id: message.reply_to_id.clone(),
-                    raw: None,
-                    idempotency_key: Some(key.to_string()),
-                    attachments: attachments_json(
-                        &message
-                            .attachments
-                            .iter()
-                            .map(sent_attachment)
-                            .collect::<Vec<_>>(),
-                    ),
-                },
-                key.to_string(),
-                receipt,
-            )
+            .record_send(message, key.to_string(), receipt)
             .await
     }
 
-    /// The receipt recorded for a `send`'s idempotency key.
-    pub fn receipt(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.log.receipt(key)
+    /// What the log holds for a `send`'s idempotency key.
+    pub fn send_record(&self, key: &str) -> Result<Option<SendRecord>, StoreError> {
+        self.log.send_record(key)
+    }
+
+    /// A `send` is about to call its channel: resolves once that is durable.
+    pub async fn intend(&self, key: &str, channel: &str, account: &str) -> Result<(), StoreError> {
+        self.log
+            .intend_send(key.to_string(), channel.to_string(), account.to_string())
+            .await
+    }
+
+    /// The channel did not send: a retry of `key` may.
+    pub async fn abandon(&self, key: &str) -> Result<(), StoreError> {
+        self.log.abandon_send(key.to_string()).await
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {

@@ -63,6 +63,9 @@ pub struct ChannelManager {
     wanted: Mutex<std::collections::HashSet<Key>>,
     /// `send`s in flight, by idempotency key.
     in_flight: Mutex<InFlight>,
+    /// Receipts of sends that went out and whose record the log could not
+    /// take yet, by idempotency key (`send::MAX_UNRECORDED` at most).
+    unrecorded: Mutex<HashMap<String, SendReceipt>>,
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
@@ -107,6 +110,7 @@ impl ChannelManager {
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
             in_flight: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
             handles,
         })
     }

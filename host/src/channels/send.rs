@@ -26,6 +26,7 @@ pub fn action_name(a: &Action) -> &'static str {
     }
 }
 use crate::plugins::CallError;
+use crate::store::{Message, SendRecord};
 
 use super::*;
 
@@ -44,8 +45,19 @@ pub enum SendError {
         plugin: String,
         error: CallError,
     },
-    /// The message log could not be read (the idempotency record).
+    /// The message log could not be read (the idempotency record) or
+    /// written (the send's intent, before its channel is called).
     Store(String),
+    /// An earlier run of the daemon called the channel for this key and
+    /// stopped before it recorded the answer: whether the message went out
+    /// is unknown, so a retry is refused rather than sent twice.
+    OutcomeUnknown {
+        key: String,
+        channel: String,
+        account: String,
+        /// When the channel was called, ms since the epoch.
+        at_ms: u64,
+    },
     /// The message log takes no new messages now (the disk is below
     /// `store.min_free_mb`): refused before the channel was called.
     LogFull(String),
@@ -68,7 +80,17 @@ impl std::fmt::Display for SendError {
                 "channel {channel}: plugin `{plugin}` is not loaded (no {plugin}.wasm in the plugins directory)"
             ),
             SendError::Call { channel, error, .. } => write!(f, "channel {channel}: {error}"),
-            SendError::Store(m) => write!(f, "the message log cannot be read: {m}"),
+            SendError::Store(m) => f.write_str(m),
+            SendError::OutcomeUnknown {
+                key,
+                channel,
+                account,
+                at_ms,
+            } => write!(
+                f,
+                "the send with idempotencyKey `{key}` was interrupted {}: the gateway stopped after channel {channel} (account {account}) was called and before its answer was recorded, so whether the message went out is unknown; look in the chat, and to send it again use a new idempotencyKey",
+                ago(*at_ms)
+            ),
             SendError::LogFull(m) => f.write_str(m),
             SendError::Unsupported {
                 channel,
@@ -82,6 +104,20 @@ impl std::fmt::Display for SendError {
         }
     }
 }
+
+/// `at_ms` (ms since the epoch) in words, from now: "12 s ago".
+fn ago(at_ms: u64) -> String {
+    let s = crate::now_ms().saturating_sub(at_ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+/// Sends that went out and whose record could not be written, at most:
+/// past it, a `send` is refused before its channel is called.
+pub const MAX_UNRECORDED: usize = 1024;
 
 /// What `send` answers once a channel accepted a message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,24 +171,38 @@ impl ChannelManager {
         result
     }
 
-    /// The receipt the log holds for `key`.
+    /// The receipt for `key`: one waiting to be recorded, or the log's.
+    /// A key whose send an earlier run interrupted is an error.
     fn recorded(&self, key: &str) -> Result<Option<SendReceipt>, SendError> {
-        let Some(text) = self
+        if let Some(r) = self.unrecorded.guard().get(key) {
+            return Ok(Some(r.clone()));
+        }
+        let record = self
             .inbox
-            .receipt(key)
-            .map_err(|e| SendError::Store(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            SendError::Store(format!(
-                "the receipt recorded for `{key}` is unreadable: {e}"
-            ))
-        })
+            .send_record(key)
+            .map_err(|e| SendError::Store(e.to_string()))?;
+        match record {
+            None => Ok(None),
+            Some(SendRecord::Receipt(text)) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                SendError::Store(format!(
+                    "the receipt recorded for `{key}` is unreadable: {e}"
+                ))
+            }),
+            Some(SendRecord::Interrupted {
+                channel,
+                account,
+                at_ms,
+            }) => Err(SendError::OutcomeUnknown {
+                key: key.to_string(),
+                channel,
+                account,
+                at_ms,
+            }),
+        }
     }
 
     async fn send_once(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         account: &str,
         key: &str,
@@ -177,14 +227,39 @@ impl ChannelManager {
                 what: what.to_string(),
             });
         }
-        let delivery = plugin
-            .send(target, acct, message.clone())
+        let waiting = self.unrecorded.guard().len();
+        if waiting >= MAX_UNRECORDED {
+            return Err(SendError::Store(format!(
+                "{waiting} messages that went out wait to be recorded in the message log (it cannot be written; see `health`): nothing more is sent until they are"
+            )));
+        }
+        // Durable before the channel is called: a stop between its send and
+        // the record below leaves the key interrupted, and a retry is
+        // refused instead of sent twice.
+        self.inbox
+            .intend(key, channel, account)
             .await
-            .map_err(|error| SendError::Call {
-                channel: channel.to_string(),
-                plugin: plugin.id().to_string(),
-                error,
-            })?;
+            .map_err(|e| SendError::Store(format!("{e}; nothing was sent")))?;
+        let delivery = match plugin.send(target, acct, message.clone()).await {
+            Ok(d) => d,
+            Err(error) => {
+                // The channel answered that it did not send: a retry may.
+                // Kept if this fails, which refuses retries after a restart.
+                if let Err(e) = self.inbox.abandon(key).await {
+                    tracing::warn!(
+                        channel,
+                        account,
+                        key,
+                        "dropping a failed send's intent: {e}"
+                    );
+                }
+                return Err(SendError::Call {
+                    channel: channel.to_string(),
+                    plugin: plugin.id().to_string(),
+                    error,
+                });
+            }
+        };
         let chat_id = delivery
             .chat_id
             .clone()
@@ -196,16 +271,41 @@ impl ChannelManager {
             chat_id: chat_id.clone(),
         };
         let text = serde_json::to_string(&receipt).unwrap_or_default();
-        if let Err(e) = self
-            .inbox
-            .sent(channel, account, &chat_id, &message, &delivery, key, text)
-            .await
-        {
+        let row = Inbox::sent_message(channel, account, &chat_id, &message, &delivery, key);
+        if let Err(e) = self.inbox.sent(row.clone(), key, text.clone()).await {
             // The channel has sent it: answering an error would make the
-            // client send it again. It is answered, and not in the log.
-            tracing::error!(channel, account, key, "message sent but not recorded: {e}");
+            // client send it again. It is answered, retries get the same
+            // answer, and the record is written once the log can be.
+            tracing::error!(
+                channel,
+                account,
+                key,
+                "message sent but not recorded yet (retried until it is): {e}"
+            );
+            self.record_later(row, key, receipt.clone(), text);
         }
         Ok(receipt)
+    }
+
+    /// Keeps `receipt` for retries of `key` and writes the send's record
+    /// once the log takes it (every 0.5 s at first, then up to every 10 s).
+    fn record_later(self: &Arc<Self>, row: Message, key: &str, receipt: SendReceipt, text: String) {
+        self.unrecorded.guard().insert(key.to_string(), receipt);
+        let me = Arc::downgrade(self);
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(me) = me.upgrade() else { return };
+                if me.inbox.sent(row.clone(), &key, text.clone()).await.is_ok() {
+                    me.unrecorded.guard().remove(&key);
+                    tracing::info!(key, "a sent message's record is written at last");
+                    return;
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+        });
     }
 
     /// Refuses a call that would log messages while the log takes none

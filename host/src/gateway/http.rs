@@ -166,8 +166,11 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
             StatusCode::BAD_GATEWAY,
             format!("plugin `{plugin}`: {error}"),
         ),
-        // Webhooks need no capability; kept for completeness.
-        e @ SendError::Unsupported { .. } => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        // Webhooks need no capability and have no idempotency key; kept for
+        // completeness.
+        e @ (SendError::Unsupported { .. } | SendError::OutcomeUnknown { .. }) => {
+            json_error(StatusCode::BAD_REQUEST, e.to_string())
+        }
     }
 }
 

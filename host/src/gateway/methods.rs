@@ -476,6 +476,11 @@ pub fn send_error(e: &SendError) -> ErrorShape {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
         SendError::LogFull(m) => ErrorShape::unavailable(m.clone()).retry_after(5000),
+        SendError::OutcomeUnknown {
+            channel, account, ..
+        } => ErrorShape::invalid(e.to_string()).with_details(
+            json!({"code": "SEND_OUTCOME_UNKNOWN", "channel": channel, "accountId": account}),
+        ),
         SendError::Call { channel, error, .. } => call_error(channel, error),
         SendError::Unsupported { capability, .. } => ErrorShape::invalid(e.to_string())
             .with_details(json!({"code": "UNSUPPORTED", "capability": capability})),

@@ -180,6 +180,21 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// What the log holds for a `send`'s idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendRecord {
+    /// The send's answer (JSON), recorded with its outbound message.
+    Receipt(String),
+    /// An earlier run of the daemon called the channel and stopped before
+    /// it recorded the answer: whether the message went out is unknown.
+    Interrupted {
+        channel: String,
+        account: String,
+        /// When the channel was called, ms since the epoch.
+        at_ms: u64,
+    },
+}
+
 /// A write on its way to the disk; resolves once it is durable.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
@@ -210,8 +225,20 @@ pub trait MessageLog: Send + Sync {
     /// `send`'s idempotency record (`key` → `receipt`), in one transaction.
     fn record_send(&self, message: Message, key: String, receipt: String) -> Pending<u64>;
 
-    /// The receipt recorded for an idempotency key, if any.
-    fn receipt(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// What the log holds for a `send`'s idempotency key: its receipt,
+    /// or that a run of the daemon stopped while it was being sent. A send
+    /// in flight in this run is neither.
+    fn send_record(&self, key: &str) -> Result<Option<SendRecord>, StoreError>;
+
+    /// Records that a `send` is about to call its channel, before it does.
+    /// Resolves once durable: a stop before the send's record (or its
+    /// [`MessageLog::abandon_send`]) leaves the key interrupted at the next
+    /// start, and its retries are refused instead of sent twice.
+    fn intend_send(&self, key: String, channel: String, account: String) -> Pending<()>;
+
+    /// The channel answered that it did not send: the intent goes, and a
+    /// retry sends.
+    fn abandon_send(&self, key: String) -> Pending<()>;
 
     /// A page of history.
     fn history(&self, query: &HistoryQuery) -> Result<Page, StoreError>;

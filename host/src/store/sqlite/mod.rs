@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Appended, Direction, HistoryQuery, Listener, Message, MessageLog, Page, Pending, Retention,
-    StoreError,
+    SendRecord, StoreError,
 };
 use crate::config::SyncMode;
 
@@ -27,10 +27,10 @@ mod writer;
 
 pub use disk::DEFAULT_MIN_FREE_MB;
 
-use writer::{writer, KvOp, Op, OutboxOp, Shared};
+use writer::{writer, IntentOp, KvOp, Op, OutboxOp, Shared};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Writes joined into one transaction at most.
 const MAX_GROUP: usize = 1024;
 /// Rows removed per pruning batch.
@@ -99,7 +99,19 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2 → 3: attachments' metadata (JSON), contract 0.2.
     "ALTER TABLE messages ADD COLUMN attachments TEXT;",
+    // 3 → 4: a `send` about to call its channel (gone with its record or
+    // its failure); `interrupted`: the daemon stopped before either.
+    "CREATE TABLE send_intents (
+        key TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        account TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        interrupted INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;",
 ];
+
+/// Interrupted sends named in the log line at open, at most.
+const NAMED_INTERRUPTED: usize = 10;
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -221,6 +233,7 @@ impl SqliteLog {
             tracing::info!(file = %shown, schema = v + 1, "message log migrated");
         }
         super::files::import(&mut conn, state_dir, plugins)?;
+        mark_interrupted(&conn, &shown)?;
         let (tx, rx) = mpsc::channel();
         let shared = Shared {
             failure: Arc::new(Mutex::new(None)),
@@ -317,6 +330,42 @@ impl SqliteLog {
     }
 }
 
+/// Every `send` intent left by an earlier run is one whose outcome is
+/// unknown (the daemon stopped between calling its channel and recording
+/// what it answered): marked, and named in the log.
+fn mark_interrupted(conn: &Connection, shown: &str) -> Result<(), StoreError> {
+    let fail = |e: rusqlite::Error| StoreError(describe(&format!("read {shown}"), &e));
+    let n = conn
+        .execute(
+            "UPDATE send_intents SET interrupted = 1 WHERE interrupted = 0",
+            [],
+        )
+        .map_err(fail)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut q = conn
+        .prepare("SELECT key, channel, account FROM send_intents WHERE interrupted = 1 ORDER BY created_at DESC LIMIT ?1")
+        .map_err(fail)?;
+    let named = q
+        .query_map([NAMED_INTERRUPTED as i64], |r| {
+            Ok(format!(
+                "`{}` ({} / {})",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(fail)?;
+    tracing::warn!(
+        count = n,
+        "{n} send(s) were interrupted by the last stop after their channel was called and before its answer was recorded: whether they went out is unknown; a retry with the same idempotencyKey is refused (look in the chat, and send again with a new key if it is not there). Newest: {}",
+        named.join(", ")
+    );
+    Ok(())
+}
+
 impl MessageLog for SqliteLog {
     fn append(&self, message: Message) -> Pending<Appended> {
         self.submit(|tx| Op::Append(message, tx))
@@ -326,12 +375,38 @@ impl MessageLog for SqliteLog {
         self.submit(|tx| Op::Send(message, key, receipt, tx))
     }
 
-    fn receipt(&self, key: &str) -> Result<Option<String>, StoreError> {
+    fn send_record(&self, key: &str) -> Result<Option<SendRecord>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT receipt FROM idempotency WHERE key = ?1")?
+            let receipt = c
+                .prepare_cached("SELECT receipt FROM idempotency WHERE key = ?1")?
                 .query_row([key], |r| r.get(0))
-                .optional()
+                .optional()?;
+            if let Some(r) = receipt {
+                return Ok(Some(SendRecord::Receipt(r)));
+            }
+            c.prepare_cached(
+                "SELECT channel, account, created_at FROM send_intents
+                 WHERE key = ?1 AND interrupted = 1",
+            )?
+            .query_row([key], |r| {
+                Ok(SendRecord::Interrupted {
+                    channel: r.get(0)?,
+                    account: r.get(1)?,
+                    at_ms: uint(r.get(2)?),
+                })
+            })
+            .optional()
         })
+    }
+
+    fn intend_send(&self, key: String, channel: String, account: String) -> Pending<()> {
+        let p = self.submit(|tx| Op::Intent(IntentOp::Begin(key, channel, account), tx));
+        Box::pin(async move { p.await.map(|_| ()) })
+    }
+
+    fn abandon_send(&self, key: String) -> Pending<()> {
+        let p = self.submit(|tx| Op::Intent(IntentOp::Abandon(key), tx));
+        Box::pin(async move { p.await.map(|_| ()) })
     }
 
     fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {

@@ -110,8 +110,11 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
     assert_eq!(gone, 4 + 1 + 1);
     assert_eq!(log.prune(r).await.unwrap(), 0, "nothing left to prune");
     assert_eq!(ids_after(&log, 0, 100).0, ["3", "4", "out2"]);
-    assert_eq!(log.receipt("old-key").unwrap(), None);
-    assert_eq!(log.receipt("new-key").unwrap().as_deref(), Some("{}"));
+    assert_eq!(log.send_record("old-key").unwrap(), None);
+    assert_eq!(
+        log.send_record("new-key").unwrap(),
+        Some(SendRecord::Receipt("{}".into()))
+    );
     assert!(
         log.kv_claim("c", "k", 9_000, 3_000).await.unwrap(),
         "expired claim forgotten"
@@ -428,4 +431,67 @@ async fn a_history_page_is_bounded_in_bytes() {
     let (ids, _, more) = ids_after(&log, after, 1000);
     assert_eq!(ids, ["huge"]);
     assert!(!more);
+}
+
+/// A send's intent: nothing to a lookup while its run lives; interrupted
+/// after a reopen unless its record or its abandonment came first; pruned
+/// with the receipts.
+#[tokio::test]
+async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
+    for key in ["sent", "failed", "cut"] {
+        log.intend_send(key.into(), "ch".into(), "acct".into())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        log.send_record("cut").unwrap(),
+        None,
+        "in flight in this run"
+    );
+    let mut out = msg("room", "m1");
+    out.direction = Direction::Outbound;
+    out.received_at = crate::now_ms();
+    log.record_send(out, "sent".into(), "{\"r\":1}".into())
+        .await
+        .unwrap();
+    log.abandon_send("failed".into()).await.unwrap();
+    drop(log);
+    let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
+    assert_eq!(
+        log.send_record("sent").unwrap(),
+        Some(SendRecord::Receipt("{\"r\":1}".into()))
+    );
+    assert_eq!(log.send_record("failed").unwrap(), None);
+    let Some(SendRecord::Interrupted {
+        channel,
+        account,
+        at_ms,
+    }) = log.send_record("cut").unwrap()
+    else {
+        panic!("the cut send is not interrupted");
+    };
+    assert_eq!((channel.as_str(), account.as_str()), ("ch", "acct"));
+    assert!(at_ms > 0 && at_ms <= crate::now_ms());
+    // A new intent of this run is not taken for an interrupted one.
+    log.intend_send("new".into(), "ch".into(), "acct".into())
+        .await
+        .unwrap();
+    assert_eq!(log.send_record("new").unwrap(), None);
+    // Kept as long as receipts are, then pruned (the live one stays).
+    let keep = Retention {
+        before_ms: 0,
+        max_bytes: 0,
+        idempotency_before_ms: at_ms,
+        now_ms: 0,
+    };
+    assert_eq!(log.prune(keep).await.unwrap(), 0);
+    let past = Retention {
+        idempotency_before_ms: crate::now_ms() + 1,
+        ..keep
+    };
+    // The receipt of "sent" and the interrupted "cut".
+    assert_eq!(log.prune(past).await.unwrap(), 2);
+    assert_eq!(log.send_record("cut").unwrap(), None);
 }

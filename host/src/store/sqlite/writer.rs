@@ -43,6 +43,15 @@ pub(super) enum Op {
     Kv(KvOp, oneshot::Sender<Result<u64, StoreError>>),
     /// An outbox write; answers the queue number of a push, else 0.
     Outbox(OutboxOp, oneshot::Sender<Result<u64, StoreError>>),
+    /// A `send`'s intent; answers 0.
+    Intent(IntentOp, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+pub(super) enum IntentOp {
+    /// key, channel, account: the channel is about to be called.
+    Begin(String, String, String),
+    /// key: the channel answered that it did not send.
+    Abandon(String),
 }
 
 pub(super) enum KvOp {
@@ -84,8 +93,10 @@ impl Op {
     /// Whether this op's answer waits for the disk. Key-value writes do
     /// not (see the module's doc): nothing outside the process learns of
     /// them before something that does.
+    /// An abandoned intent does not either: lost to a power cut, it leaves
+    /// the key interrupted, which refuses a retry (never sends twice).
     fn acknowledges(&self) -> bool {
-        !matches!(self, Op::Kv(..))
+        !matches!(self, Op::Kv(..) | Op::Intent(IntentOp::Abandon(_), _))
     }
 }
 
@@ -429,6 +440,8 @@ fn apply(
                 "INSERT OR REPLACE INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![key, int(m.received_at), receipt])?;
+            tx.prepare_cached("DELETE FROM send_intents WHERE key = ?1")?
+                .execute(params![key])?;
             let mut stored = m.clone();
             stored.seq = seq;
             Ok(Done::Sent(seq, stored))
@@ -478,11 +491,32 @@ fn apply(
                      (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
                 )?
                 .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
+            // Interrupted sends are kept as long as receipts are.
+            gone += tx
+                .prepare_cached(
+                    "DELETE FROM send_intents WHERE key IN
+                     (SELECT key FROM send_intents WHERE interrupted = 1 AND created_at < ?1
+                      LIMIT ?2)",
+                )?
+                .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
             Ok(Done::Pruned(gone))
         }
         Op::Flush(_) | Op::Settle(_) => Ok(Done::Flushed),
         Op::Kv(op, _) => kv.write(tx, op, kv_max),
         Op::Outbox(op, _) => outbox(tx, op).map(Done::State),
+        Op::Intent(IntentOp::Begin(key, channel, account), _) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO send_intents (key, channel, account, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, channel, account, int(crate::now_ms())])?;
+            Ok(Done::State(0))
+        }
+        Op::Intent(IntentOp::Abandon(key), _) => {
+            tx.prepare_cached("DELETE FROM send_intents WHERE key = ?1")?
+                .execute(params![key])?;
+            Ok(Done::State(0))
+        }
     }
 }
 
@@ -616,7 +650,10 @@ pub(super) fn writer(
                         (Op::Flush(reply) | Op::Settle(reply), Done::Flushed) => {
                             let _ = reply.send(Ok(()));
                         }
-                        (Op::Kv(_, reply) | Op::Outbox(_, reply), Done::State(n)) => {
+                        (
+                            Op::Kv(_, reply) | Op::Outbox(_, reply) | Op::Intent(_, reply),
+                            Done::State(n),
+                        ) => {
                             let _ = reply.send(Ok(n));
                         }
                         (Op::Kv(_, reply), Done::Refused(why)) => {
@@ -648,7 +685,7 @@ pub(super) fn writer(
                         Op::Flush(reply) | Op::Settle(reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
-                        Op::Kv(_, reply) | Op::Outbox(_, reply) => {
+                        Op::Kv(_, reply) | Op::Outbox(_, reply) | Op::Intent(_, reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                     }
