@@ -825,7 +825,7 @@ async fn rpcs(d: &Daemon) -> Result<()> {
         ),
     );
     println!(
-        "| physical floor: one 4 KiB overwrite + fsync on the state directory's disk | p50 {:.0} µs | | | a lower bound for each commit that waits for the disk (a commit syncs several pages); a `send` through echo waits for two with `store.sync = full`: echo's `deliver` and the gateway's record with its idempotency key (BENCH_STORE_SYNC=normal: none) |",
+        "| physical floor: one 4 KiB overwrite + fsync on the state directory's disk | p50 {:.0} µs | | | a lower bound for each commit that waits for the disk (a commit syncs several pages); a `send` through echo waits for three with `store.sync = full`: the send's intent before the channel is called, echo's `deliver`, and the gateway's record with its idempotency key (BENCH_STORE_SYNC=normal: none) |",
         fsync.as_secs_f64() * 1e6
     );
     Ok(())
