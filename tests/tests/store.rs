@@ -731,6 +731,79 @@ async fn a_send_with_the_key_of_one_in_flight_waits_for_it() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+/// The daemon's threads now.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A burst of `messages.history` requests for pages of a megabyte, from
+/// several connections at once, is answered in full, and never holds more
+/// than a few threads (each page read holds one, with a reader connection
+/// and the page): the rest wait their turn without a thread. Unbounded, the
+/// burst took a blocking thread per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_history_pages_holds_a_few_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let text = "h".repeat(40 * 1024);
+    for i in 0..24 {
+        let body = json!({"chatId": "room", "senderId": "u1", "text": text, "messageId": format!("big{i}")});
+        let (st, v) = post(&d, &body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let before = threads(d.pid());
+    let (conns, each) = (16, 8);
+    let mut all = Vec::new();
+    for _ in 0..conns {
+        let (c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+        all.push(c);
+    }
+    let peak = Arc::new(AtomicU64::new(before));
+    let pid = d.pid();
+    let watching = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(threads(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let runs = all.into_iter().map(|mut c| async move {
+        for i in 0..each {
+            c.send_request(&i.to_string(), "messages.history", json!({"afterSeq": 0}))
+                .await
+                .unwrap();
+        }
+        // Answers come in the order they are ready (events skipped).
+        let mut answered = 0;
+        while answered < each {
+            let r = c.recv().await.unwrap();
+            if r["type"] != "res" {
+                continue;
+            }
+            answered += 1;
+            assert_eq!(r["ok"], true, "{r:.300}");
+            let n = r["payload"]["messages"].as_array().unwrap().len();
+            assert_eq!(n, 24, "a page of {n} messages");
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    watching.abort();
+    let grown = peak.load(Ordering::SeqCst).saturating_sub(before);
+    eprintln!("threads: {before} before, {grown} more at the peak");
+    assert!(
+        grown <= 8,
+        "{} history requests took {grown} more threads",
+        conns * each
+    );
+}
+
 /// Every field a plugin delivers is bounded before anything is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_field_is_refused_by_name_and_not_stored() {

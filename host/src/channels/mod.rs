@@ -53,6 +53,12 @@ type Key = (String, String);
 /// idempotency key → the result of the call in flight, once there is one.
 type InFlight = HashMap<String, Arc<OnceCell<SendReceipt>>>;
 
+/// `messages.history` pages read at once, whoever asks: each holds a
+/// blocking thread, a reader connection of the log and up to
+/// `store::sqlite::HISTORY_PAGE_BYTES` of messages while it is read. More
+/// requests wait their turn (the store keeps as many reader connections).
+pub const HISTORY_READS: usize = 4;
+
 pub struct ChannelManager {
     plugins: Arc<PluginManager>,
     board: Arc<StatusBoard>,
@@ -63,6 +69,8 @@ pub struct ChannelManager {
     wanted: Mutex<std::collections::HashSet<Key>>,
     /// `send`s in flight, by idempotency key.
     in_flight: Mutex<InFlight>,
+    /// History pages being read at once ([`HISTORY_READS`]).
+    history_reads: tokio::sync::Semaphore,
     /// Receipts of sends that went out and whose record the log could not
     /// take yet, by idempotency key (`send::MAX_UNRECORDED` at most).
     unrecorded: Mutex<HashMap<String, SendReceipt>>,
@@ -110,6 +118,7 @@ impl ChannelManager {
             tasks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Default::default()),
             in_flight: Mutex::new(HashMap::new()),
+            history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
             unrecorded: Mutex::new(HashMap::new()),
             handles,
         })
@@ -120,9 +129,20 @@ impl ChannelManager {
         self.layout.reader().clone()
     }
 
-    /// `messages.history`: a page of the message log.
-    pub fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
-        self.inbox.history(q)
+    /// `messages.history`: a page of the message log, read on a blocking
+    /// thread once one of [`HISTORY_READS`] permits is free. Waiting costs
+    /// no thread: a burst of requests from any number of connections holds
+    /// at most that many threads, reader connections and pages at once.
+    pub async fn history(&self, q: HistoryQuery) -> Result<Page, StoreError> {
+        let _permit = self
+            .history_reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError("the message log is closed".into()))?;
+        let inbox = self.inbox.clone();
+        tokio::task::spawn_blocking(move || inbox.history(&q))
+            .await
+            .map_err(|e| StoreError(format!("reading the message log failed: {e}")))?
     }
 
     /// Why the message log cannot be written now, if it cannot.

@@ -457,9 +457,10 @@ fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value
             before: p.before_seq,
             limit,
         };
-        let page = tokio::task::spawn_blocking(move || gw.channels.history(&q))
+        let page = gw
+            .channels
+            .history(q)
             .await
-            .map_err(|e| ErrorShape::unavailable(format!("messages.history failed: {e}")))?
             .map_err(|e| ErrorShape::unavailable(format!("messages.history: {e}")))?;
         raw(&HistoryPage {
             messages: page.messages.iter().map(|m| m.event()).collect(),
