@@ -131,6 +131,24 @@ impl Broadcaster {
     }
 }
 
+/// While the responses waiting for all connections pass
+/// `gateway.limits.max_reply_bytes_total`, closes those holding the most
+/// with 1008 "slow consumer" (their queues are dropped).
+pub fn shed_replies(metrics: &Metrics, conns: &ConnectionManager) {
+    for c in conns.over_own_budget() {
+        if c.close_now(crate::disconnect::Disconnect::SlowConsumer) {
+            metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                conn_id = %c.id,
+                client = %c.client.id,
+                holds = c.own_bytes(),
+                all = conns.own_bytes(),
+                "closing slow consumer: the responses waiting for all connections pass gateway.limits.max_reply_bytes_total, and it holds the most"
+            );
+        }
+    }
+}
+
 /// Closes `c` with 1008 "slow consumer", counting each connection once.
 pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection) {
     if c.close_now(crate::disconnect::Disconnect::SlowConsumer) {

@@ -21,16 +21,88 @@ use crate::disconnect::Disconnect;
 use crate::frames::PreparedEvent;
 use crate::scopes::scope_satisfies;
 
+/// A frame that is one connection's own (a response, an unsequenced event:
+/// bytes no other connection shares). Once queued, its bytes are counted
+/// while they live — queued, being written, or dropped unwritten — in its
+/// connection's [`OwnBytes`] and in the total of all connections, which
+/// `gateway.limits.max_reply_bytes_total` bounds.
+#[derive(Debug)]
+pub struct OwnFrame {
+    text: String,
+    counted: Option<Arc<OwnBytes>>,
+}
+
+impl OwnFrame {
+    /// Counts its bytes in `own` (once).
+    fn counted(mut self, own: &Arc<OwnBytes>) -> Self {
+        if self.counted.is_none() {
+            own.add(self.text.len());
+            self.counted = Some(own.clone());
+        }
+        self
+    }
+}
+
+impl From<String> for OwnFrame {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            counted: None,
+        }
+    }
+}
+
+impl From<&str> for OwnFrame {
+    fn from(text: &str) -> Self {
+        String::from(text).into()
+    }
+}
+
+impl std::ops::Deref for OwnFrame {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Drop for OwnFrame {
+    fn drop(&mut self) {
+        if let Some(own) = &self.counted {
+            own.sub(self.text.len());
+        }
+    }
+}
+
+/// The bytes of one connection's own frames alive now, and (shared by every
+/// connection) all connections' together.
+#[derive(Debug, Default)]
+pub struct OwnBytes {
+    mine: AtomicUsize,
+    all: Arc<AtomicUsize>,
+}
+
+impl OwnBytes {
+    fn add(&self, n: usize) {
+        self.mine.fetch_add(n, Ordering::AcqRel);
+        self.all.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn sub(&self, n: usize) {
+        self.mine.fetch_sub(n, Ordering::AcqRel);
+        self.all.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 /// What a connection's writer task sends, in queue order.
 #[derive(Debug)]
 pub enum Outbound {
     /// A complete frame (a response, or an unsequenced event).
-    Frame(String),
+    Frame(OwnFrame),
     /// The response to a request, which took one of the connection's
     /// in-flight slots: the writer gives the slot back once it is written,
     /// so a client that does not read its responses stops being read
     /// (backpressure) instead of filling its queue.
-    Reply(String),
+    Reply(OwnFrame),
     /// A broadcast event; the writer appends this connection's next `seq`.
     Event(Arc<PreparedEvent>),
     /// The answer to the client's ping (at most 125 bytes, RFC 6455 5.5).
@@ -119,6 +191,8 @@ pub struct Connection {
     queued: Arc<AtomicUsize>,
     /// Bound on `queued` (`gateway.limits.max_buffered_bytes`).
     max_queued_bytes: usize,
+    /// The bytes of its own frames alive now (and of all connections').
+    own: Arc<OwnBytes>,
     /// SHA-256 of the token or password it authenticated with.
     pub credential: Option<[u8; 32]>,
     /// When a frame (of any kind) last arrived from the client, in ms since
@@ -164,6 +238,7 @@ impl Connection {
             close,
             queued: Arc::new(AtomicUsize::new(0)),
             max_queued_bytes: usize::MAX,
+            own: Arc::new(OwnBytes::default()),
             last_heard: AtomicU64::new(connected_at_ms),
             credential,
         }
@@ -188,6 +263,21 @@ impl Connection {
         self
     }
 
+    /// Counts its own frames' bytes in `all` too (the manager's total,
+    /// [`ConnectionManager::own_total`]).
+    pub fn with_own_total(mut self, all: Arc<AtomicUsize>) -> Self {
+        self.own = Arc::new(OwnBytes {
+            mine: AtomicUsize::new(0),
+            all,
+        });
+        self
+    }
+
+    /// The bytes of its own frames (responses) alive now.
+    pub fn own_bytes(&self) -> usize {
+        self.own.mine.load(Ordering::Acquire)
+    }
+
     /// The queued-bytes counter, for the writer to subtract what it wrote.
     pub fn queued_bytes(&self) -> Arc<AtomicUsize> {
         self.queued.clone()
@@ -199,6 +289,11 @@ impl Connection {
 
     /// Queues without waiting; refuses when the queue is full in frames or bytes.
     pub fn try_send(&self, item: Outbound) -> Result<(), EnqueueError> {
+        let item = match item {
+            Outbound::Frame(f) => Outbound::Frame(f.counted(&self.own)),
+            Outbound::Reply(f) => Outbound::Reply(f.counted(&self.own)),
+            other => other,
+        };
         let size = item.size();
         let before = self.queued.fetch_add(size, Ordering::AcqRel);
         if before > 0 && before.saturating_add(size) > self.max_queued_bytes {
@@ -297,14 +392,86 @@ struct Registry {
 }
 
 /// Every authenticated connection. Registration order is kept for presence.
-#[derive(Default)]
 pub struct ConnectionManager {
     inner: RwLock<Registry>,
+    /// The bytes of every connection's own frames alive now.
+    own_total: Arc<AtomicUsize>,
+    /// `gateway.limits.max_reply_bytes_total`.
+    own_budget: AtomicUsize,
+    /// One [`ConnectionManager::shed_own_bytes`] at a time.
+    shedding: std::sync::Mutex<()>,
+}
+
+impl Default for ConnectionManager {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            own_total: Arc::default(),
+            own_budget: AtomicUsize::new(usize::MAX),
+            shedding: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl ConnectionManager {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The total each connection's own frames count in
+    /// ([`Connection::with_own_total`]).
+    pub fn own_total(&self) -> Arc<AtomicUsize> {
+        self.own_total.clone()
+    }
+
+    /// The bytes of all connections' own frames alive now.
+    pub fn own_bytes(&self) -> usize {
+        self.own_total.load(Ordering::Acquire)
+    }
+
+    /// Sets `gateway.limits.max_reply_bytes_total`.
+    pub fn set_own_budget(&self, bytes: usize) {
+        self.own_budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// When all connections' own frames (responses waiting to be written)
+    /// hold more than the budget: the connections holding the most, largest
+    /// first, until what the others hold is within it, for the caller to
+    /// close. Connections already closing count as gone. Empty (one atomic
+    /// load) within the budget, or while another call is choosing.
+    pub fn over_own_budget(&self) -> Vec<Arc<Connection>> {
+        let total = self.own_bytes();
+        let budget = self.own_budget.load(Ordering::Relaxed);
+        if total <= budget {
+            return Vec::new();
+        }
+        let Ok(_one) = self.shedding.try_lock() else {
+            return Vec::new();
+        };
+        let mut holders = Vec::new();
+        let mut leaving = 0usize;
+        for c in self.read().by_id.values() {
+            let n = c.own_bytes();
+            if n == 0 {
+                continue;
+            }
+            if c.is_closing() {
+                leaving = leaving.saturating_add(n);
+            } else {
+                holders.push((n, c.clone()));
+            }
+        }
+        let mut left = total.saturating_sub(leaving);
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let mut chosen = Vec::new();
+        for (n, c) in holders {
+            if left <= budget {
+                break;
+            }
+            left = left.saturating_sub(n);
+            chosen.push(c);
+        }
+        chosen
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -440,7 +607,8 @@ mod tests {
         )
         .with_byte_limit(1000);
         // One item always fits an empty queue, however large.
-        c.try_send(Outbound::Frame("x".repeat(5000))).unwrap();
+        c.try_send(Outbound::Frame("x".repeat(5000).into()))
+            .unwrap();
         assert_eq!(
             c.try_send(Outbound::Frame("y".into())),
             Err(EnqueueError::Full)
@@ -448,12 +616,64 @@ mod tests {
         let first = rx.try_recv().unwrap();
         c.queued_bytes().fetch_sub(first.size(), Ordering::AcqRel);
         for _ in 0..9 {
-            c.try_send(Outbound::Frame("z".repeat(100))).unwrap();
+            c.try_send(Outbound::Frame("z".repeat(100).into())).unwrap();
         }
         assert_eq!(
-            c.try_send(Outbound::Frame("z".repeat(101))),
+            c.try_send(Outbound::Frame("z".repeat(101).into())),
             Err(EnqueueError::Full)
         );
-        c.try_send(Outbound::Frame("z".repeat(100))).unwrap();
+        c.try_send(Outbound::Frame("z".repeat(100).into())).unwrap();
+    }
+
+    /// Responses count while they live, in their connection and in the
+    /// manager's total; past the budget the largest holders are chosen
+    /// until the rest fit, and a closing connection counts as gone.
+    #[test]
+    fn own_frames_are_counted_while_they_live_and_the_largest_holders_shed() {
+        let m = ConnectionManager::new();
+        m.set_own_budget(1000);
+        let mut queues = Vec::new();
+        let mut conns = Vec::new();
+        for id in ["a", "b", "c"] {
+            let (tx, rx) = queue::channel(100);
+            let (close, close_rx) = watch::channel(None);
+            let c = Arc::new(
+                Connection::new(ConnIdentity::for_test(id, "operator", &[], None), tx, close)
+                    .with_own_total(m.own_total()),
+            );
+            m.register(c.clone());
+            queues.push((rx, close_rx));
+            conns.push(c);
+        }
+        // Events are shared: not counted.
+        let ev = Arc::new(PreparedEvent::new("tick", &serde_json::json!({}), None));
+        conns[0].try_send(Outbound::Event(ev)).unwrap();
+        assert_eq!(m.own_bytes(), 0);
+        for (c, n) in conns.iter().zip([300, 600, 500]) {
+            c.try_send(Outbound::Reply("r".repeat(n).into())).unwrap();
+        }
+        assert_eq!(conns[1].own_bytes(), 600);
+        assert_eq!(m.own_bytes(), 1400);
+        // 1400 > 1000: "b" (600) goes, and the other 800 fit.
+        let chosen: Vec<_> = m.over_own_budget().iter().map(|c| c.id.clone()).collect();
+        assert_eq!(chosen, ["b"]);
+        conns[1].close_now(Disconnect::SlowConsumer);
+        // Closing, it counts as gone: nobody more is chosen.
+        assert!(m.over_own_budget().is_empty());
+        // Written (taken and dropped) or dropped unwritten, the bytes go.
+        let written = queues[0].0.try_recv();
+        assert!(matches!(written, Some(Outbound::Event(_))));
+        drop(queues[0].0.try_recv());
+        assert_eq!(conns[0].own_bytes(), 0);
+        let (rx, _) = queues.remove(1);
+        drop(rx);
+        assert_eq!(m.own_bytes(), 500);
+        // A refused push is not counted either.
+        drop(queues.remove(0));
+        assert_eq!(
+            conns[0].try_send(Outbound::Reply("x".into())),
+            Err(EnqueueError::Closed)
+        );
+        assert_eq!(m.own_bytes(), 500);
     }
 }

@@ -30,12 +30,13 @@ pub struct Metrics {
 impl Metrics {
     /// The Prometheus text: the connections by role, every counter (and
     /// the message log's `settles`, asked for and by its timer, which it
-    /// counts itself), uptime.
+    /// counts itself), the bytes of responses waiting, uptime.
     pub fn render(
         &self,
         by_role: &HashMap<String, usize>,
         uptime_secs: u64,
         (settles_asked, settles_timer): (u64, u64),
+        reply_bytes: usize,
     ) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -153,6 +154,12 @@ impl Metrics {
             "switchboard_store_settles_total{{reason=\"timer\"}} {}",
             settles_timer
         );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_reply_bytes Bytes of responses waiting to be written, all connections together (gateway.limits.max_reply_bytes_total bounds them)."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_reply_bytes gauge");
+        let _ = writeln!(out, "switchboard_reply_bytes {reply_bytes}");
         let _ = writeln!(
             out,
             "# HELP switchboard_uptime_seconds Seconds since start."

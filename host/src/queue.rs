@@ -118,9 +118,29 @@ impl<T> Receiver<T> {
     /// Moves up to `max` items into `out`: `Some(true)` if there were
     /// any, `Some(false)` if none and the sender is gone, `None` if none.
     fn drain(&mut self, out: &mut Vec<T>, max: usize) -> Option<bool> {
+        self.drain_weighed(out, max, usize::MAX, |_| 0)
+    }
+
+    /// [`Receiver::drain`], stopping too once the items taken weigh
+    /// `max_weight` or more (at least one is taken).
+    fn drain_weighed(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        max_weight: usize,
+        weigh: impl Fn(&T) -> usize,
+    ) -> Option<bool> {
         let mut q = self.0.inner.guard();
         if !q.items.is_empty() {
-            let n = q.items.len().min(max);
+            let mut n = 0;
+            let mut weight = 0usize;
+            for item in q.items.iter().take(max) {
+                if n > 0 && weight >= max_weight {
+                    break;
+                }
+                weight = weight.saturating_add(weigh(item));
+                n += 1;
+            }
             out.extend(q.items.drain(..n));
             if q.items.is_empty() && q.items.capacity() > KEEP {
                 q.items = VecDeque::new();
@@ -133,12 +153,26 @@ impl<T> Receiver<T> {
     /// Like [`Receiver::recv_many`], but also returns (`true`, with `out`
     /// perhaps empty) when woken by [`Sender::wake`] (or by a stale
     /// wake-up: the caller re-checks what it waits for and calls again).
-    pub async fn recv_many_or_wake(&mut self, out: &mut Vec<T>, max: usize) -> bool {
-        if let Some(more) = self.drain(out, max) {
+    /// Items are taken while they weigh less than `max_weight` together
+    /// (at least one), so a batch of big items is one item.
+    pub async fn recv_many_or_wake(
+        &mut self,
+        out: &mut Vec<T>,
+        max: usize,
+        max_weight: usize,
+        weigh: impl Fn(&T) -> usize,
+    ) -> bool {
+        if let Some(more) = self.drain_weighed(out, max, max_weight, &weigh) {
             return more;
         }
         self.0.notify.notified().await;
-        self.drain(out, max).unwrap_or(true)
+        self.drain_weighed(out, max, max_weight, &weigh)
+            .unwrap_or(true)
+    }
+
+    /// Drops every item queued now (a connection closing without writing them).
+    pub fn discard(&mut self) {
+        self.0.inner.guard().items = VecDeque::new();
     }
 
     /// One item if there is one (tests).
@@ -211,11 +245,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_stops_at_its_weight_and_takes_one_item_at_least() {
+        let (tx, mut rx) = channel(10);
+        for w in [5usize, 100, 1, 1, 1] {
+            tx.try_send(w).unwrap();
+        }
+        let mut out = Vec::new();
+        rx.recv_many_or_wake(&mut out, 8, 10, |w| *w).await;
+        assert_eq!(out, [5, 100], "taken while under 10");
+        out.clear();
+        rx.recv_many_or_wake(&mut out, 2, 10, |w| *w).await;
+        assert_eq!(out, [1, 1], "and at most `max`");
+        let (tx, mut rx) = channel(10);
+        tx.try_send(1000usize).unwrap();
+        tx.try_send(1).unwrap();
+        out.clear();
+        rx.recv_many_or_wake(&mut out, 8, 10, |w| *w).await;
+        assert_eq!(out, [1000], "one item, however heavy");
+    }
+
+    #[tokio::test]
     async fn a_wake_returns_a_waiting_receiver_empty_handed() {
         let (tx, mut rx) = channel::<u8>(2);
         let waiter = tokio::spawn(async move {
             let mut out = Vec::new();
-            let got = rx.recv_many_or_wake(&mut out, 8).await;
+            let got = rx.recv_many_or_wake(&mut out, 8, usize::MAX, |_| 0).await;
             (got, out, rx)
         });
         tokio::task::yield_now().await;
@@ -229,9 +283,9 @@ mod tests {
         // Items still come first, and a gone sender still ends it.
         tx.try_send(3).unwrap();
         let mut out = Vec::new();
-        assert!(rx.recv_many_or_wake(&mut out, 8).await);
+        assert!(rx.recv_many_or_wake(&mut out, 8, usize::MAX, |_| 0).await);
         assert_eq!(out, [3]);
         drop(tx);
-        assert!(!rx.recv_many_or_wake(&mut out, 8).await);
+        assert!(!rx.recv_many_or_wake(&mut out, 8, usize::MAX, |_| 0).await);
     }
 }

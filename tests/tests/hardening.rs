@@ -284,6 +284,131 @@ async fn queues_are_bounded_by_bytes() {
     drop(stuck);
 }
 
+/// Clients that ask for large responses and never read them are each within
+/// their own `max_buffered_bytes`, but together past
+/// `max_reply_bytes_total`: those holding the most are closed as slow
+/// consumers, so what the daemon holds for all of them stays near the bound;
+/// a client that reads is served throughout, and once the hoarders are gone
+/// nothing is counted any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_held_for_all_connections_are_bounded_together() {
+    const PER_CONN: u64 = 8 << 20;
+    const TOTAL: u64 = 12 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let d = webhook_daemon(
+        dir.path(),
+        &format!(
+            "[gateway.limits]\nmax_buffered_bytes = {PER_CONN}\nmax_reply_bytes_total = {TOTAL}\n\
+             socket_send_buffer_bytes = 4096\n"
+        ),
+    );
+    // 24 messages of 40 KiB (and their raw body): each history page is
+    // about 2 MB.
+    let http = reqwest::Client::new();
+    let text = "h".repeat(40 * 1024);
+    for i in 0..24 {
+        let r = http
+            .post(d.http("/hooks/webhook/open"))
+            .body(
+                json!({"chatId": "c", "senderId": "s", "text": text, "messageId": format!("h{i}")})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Six hoarders ask for 3 pages each (about 6 MB, within their own
+    // bound) and read nothing: 36 MB together.
+    let mut hoarders = Vec::new();
+    for _ in 0..6 {
+        let mut c = stuck_client(&d, None).await;
+        for i in 0..3 {
+            c.send_request(&format!("p{i}"), "messages.history", json!({"afterSeq": 0}))
+                .await
+                .unwrap();
+        }
+        hoarders.push(c);
+    }
+    let mut closes = 0;
+    for _ in 0..100 {
+        closes = d
+            .metric("switchboard_slow_consumer_closes_total")
+            .await
+            .unwrap();
+        if closes >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closes >= 2, "{closes} hoarders closed\n{}", d.log_text());
+    assert!(d
+        .log_text()
+        .contains("pass gateway.limits.max_reply_bytes_total"));
+    // A reader is served meanwhile.
+    let (mut reader, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let r = reader
+        .request("h", "messages.history", json!({"afterSeq": 0}))
+        .await
+        .unwrap();
+    assert_eq!(r["payload"]["messages"].as_array().map(Vec::len), Some(24));
+    // Once the hoarders' requests are all answered (what is held stops
+    // changing), the connections left hold at most the bound, and each one
+    // being closed at most the one frame its last write is given a grace
+    // for (its queue is freed at once).
+    let page = r.to_string().len() as u64 + 1024;
+    let settled = |d: &Daemon| {
+        let url = d.http("/metrics");
+        async move {
+            let (mut held, mut same) = (u64::MAX, 0);
+            for _ in 0..60 {
+                let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+                let now = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("switchboard_reply_bytes "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(u64::MAX);
+                same = if now == held { same + 1 } else { 0 };
+                held = now;
+                if same == 5 {
+                    return held;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("what is held never settled ({held})");
+        }
+    };
+    let closes = d
+        .metric("switchboard_slow_consumer_closes_total")
+        .await
+        .unwrap();
+    let held = settled(&d).await;
+    assert!(
+        held <= TOTAL + closes * page,
+        "{held} bytes of responses held: past {TOTAL} and one page ({page}) for each of {closes} closed"
+    );
+    // The last writes' grace over (5 s, and 5 s for the close frame), the bound alone.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let held = settled(&d).await;
+    assert!(
+        held <= TOTAL,
+        "{held} bytes of responses held, past {TOTAL}"
+    );
+    drop(hoarders);
+    let mut held = u64::MAX;
+    for _ in 0..100 {
+        held = d.metric("switchboard_reply_bytes").await.unwrap();
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        held, 0,
+        "responses still counted after their connections went"
+    );
+}
+
 /// A client that reads everything but writes thousands of requests back to
 /// back is slowed down (not read while at its in-flight limit), never
 /// refused or closed.

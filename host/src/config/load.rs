@@ -242,6 +242,13 @@ impl Config {
         if l.max_buffered_bytes < 64 * 1024 {
             bail!("gateway.limits.max_buffered_bytes must be at least 65536");
         }
+        if l.max_reply_bytes_total < l.max_buffered_bytes {
+            bail!(
+                "gateway.limits.max_reply_bytes_total ({}) must be at least gateway.limits.max_buffered_bytes ({}): one connection may hold that much",
+                l.max_reply_bytes_total,
+                l.max_buffered_bytes
+            );
+        }
         if l.max_inflight_requests == 0 {
             bail!("gateway.limits.max_inflight_requests must be at least 1");
         }

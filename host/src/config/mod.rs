@@ -235,6 +235,10 @@ pub struct LimitsConfig {
     /// Bytes queued for one connection before it is closed as a slow
     /// consumer (advertised as `policy.maxBufferedBytes`).
     pub max_buffered_bytes: usize,
+    /// Bytes of responses waiting to be written, all connections together:
+    /// past it, the connections holding the most are closed as slow
+    /// consumers (broadcast events, shared by every connection, do not count).
+    pub max_reply_bytes_total: usize,
     /// Frames queued for one connection before it is closed as a slow consumer.
     pub send_queue_frames: usize,
     /// Kernel send buffer per WebSocket (bytes, 0 = OS default/autotuning).
@@ -260,6 +264,7 @@ impl Default for LimitsConfig {
             preauth_max_frame_bytes: 64 * 1024,
             max_payload_bytes: 25 * 1024 * 1024,
             max_buffered_bytes: 50 * 1024 * 1024,
+            max_reply_bytes_total: 512 * 1024 * 1024,
             send_queue_frames: 1024,
             socket_send_buffer_bytes: 256 * 1024,
             handshake_timeout_ms: 15_000,

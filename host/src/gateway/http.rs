@@ -223,6 +223,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             &gw.conns.count_by_role(),
             gw.started.elapsed().as_secs(),
             (settles.asked, settles.timer),
+            gw.conns.own_bytes(),
         ),
     )
         .into_response()

@@ -83,12 +83,15 @@ impl Gateway {
     /// Puts `config` in force (a reload has validated it and kept the keys
     /// that need a restart); returns the one it replaces.
     pub fn set_config(&self, config: Config) -> Arc<Config> {
+        self.conns
+            .set_own_budget(config.gateway.limits.max_reply_bytes_total);
         std::mem::replace(&mut *self.live.writer(), Arc::new(config))
     }
 
     pub fn new(config: Config, source: crate::config::Source) -> Result<Arc<Gateway>> {
         let metrics = Arc::new(Metrics::default());
         let conns = Arc::new(ConnectionManager::new());
+        conns.set_own_budget(config.gateway.limits.max_reply_bytes_total);
         let broadcaster = Arc::new(Broadcaster::new(conns.clone(), metrics.clone()));
         let health_notify = Arc::new(Notify::new());
         let limits = Limits {

@@ -250,7 +250,9 @@ where
         credential: a.credential,
     };
     let conn = Arc::new(
-        Connection::new(identity, tx, close_tx).with_byte_limit(limits.max_buffered_bytes),
+        Connection::new(identity, tx, close_tx)
+            .with_byte_limit(limits.max_buffered_bytes)
+            .with_own_total(gw.conns.own_total()),
     );
     // Register before hello so the snapshot includes this client; events
     // queued meanwhile are written after hello by the writer.
@@ -445,11 +447,13 @@ pub(super) fn protocol_close(e: &WsError) -> Option<Disconnect> {
 }
 
 pub(super) fn respond(gw: &Gateway, conn: &Connection, frame: String) {
-    enqueue(gw, conn, Outbound::Frame(frame))
+    enqueue(gw, conn, Outbound::Frame(frame.into()))
 }
 
 pub(super) fn enqueue(gw: &Gateway, conn: &Connection, item: Outbound) {
+    let own = matches!(item, Outbound::Frame(_) | Outbound::Reply(_));
     match conn.try_send(item) {
+        Ok(()) if own => crate::broadcast::shed_replies(&gw.metrics, &gw.conns),
         Ok(()) => {}
         Err(EnqueueError::Full) => crate::broadcast::close_slow_consumer(&gw.metrics, conn),
         Err(EnqueueError::Closed) => {}
@@ -521,7 +525,7 @@ fn reply(
         Some(p) => {
             // The writer gives the slot back once the reply is written.
             p.forget();
-            enqueue(gw, conn, Outbound::Reply(frame))
+            enqueue(gw, conn, Outbound::Reply(frame.into()))
         }
         None => respond(gw, conn, frame),
     }

@@ -31,6 +31,10 @@ use crate::gateway::Gateway;
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Frames written per vectored write at most (3 slices each, under IOV_MAX).
 pub(super) const BATCH: usize = 64;
+/// A batch also stops once it holds this many bytes (at least one frame):
+/// what a connection being closed holds while its last write gets its
+/// grace is about one batch.
+pub(super) const BATCH_BYTES: usize = 1024 * 1024;
 /// Buffers above these are given back after a batch: an idle connection
 /// keeps little, a busy one reallocates once per batch at most.
 const KEEP_SCRATCH: usize = 512;
@@ -249,11 +253,14 @@ where
         if let Some(c) = close_requested(&mut close_rx) {
             break c;
         }
-        let more = rx.recv_many_or_wake(&mut batch, BATCH).await;
+        let more = rx
+            .recv_many_or_wake(&mut batch, BATCH, BATCH_BYTES, Outbound::size)
+            .await;
         if let Some(c) = close_requested(&mut close_rx) {
             // What was drained is dropped unwritten, as if still queued;
             // its replies' in-flight slots are given back.
             inflight.add_permits(replies(&batch));
+            batch.clear();
             break c;
         }
         if !more {
@@ -284,6 +291,9 @@ where
                     biased;
                     r = close_rx.changed() => {
                         closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
+                        // Nothing more is written: what waits is freed now,
+                        // not after the grace below.
+                        rx.discard();
                         match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
                             Ok(r) => r,
                             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -320,6 +330,9 @@ where
             break Some(c);
         }
     };
+    // What is still queued is never written: freed before the close frame
+    // waits for a socket that may not take it.
+    drop(rx);
     // 1006 is never sent on the wire (the socket vanished).
     if let Some(r) = reason.as_ref().filter(|r| stream_ok && r.code != ABNORMAL) {
         let frame = close_frame(r);
@@ -347,7 +360,7 @@ mod tests {
             .iter()
             .map(|m| match m {
                 Outbound::Event(e) => e.with_seq(0),
-                Outbound::Frame(f) | Outbound::Reply(f) => f.clone(),
+                Outbound::Frame(f) | Outbound::Reply(f) => f.to_string(),
                 Outbound::Close(c) => c.code.to_string(),
                 Outbound::Pong(_) => "pong".into(),
                 Outbound::Ping => "ping".into(),
