@@ -573,6 +573,17 @@ mod tests {
         std::fs::write(&p, "[gateway]\nport = 1\nbogus = 2\n").unwrap();
         let e = format!("{:#}", src.load().unwrap_err());
         assert!(e.contains("line 3") && e.contains("bogus"), "{e}");
+        // The total for all connections holds at least one connection's.
+        std::fs::write(
+            &p,
+            "[gateway.limits]\nmax_buffered_bytes = 1048576\nmax_reply_bytes_total = 65536\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", src.load().unwrap_err());
+        assert!(
+            e.contains("max_reply_bytes_total (65536) must be at least gateway.limits.max_buffered_bytes (1048576)"),
+            "{e}"
+        );
     }
 
     #[test]
