@@ -237,7 +237,7 @@ async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
                     panic!("a plain TCP test connection")
                 };
                 s.write_all(&raw).await.unwrap();
-                let r = response(c, "padded").await;
+                let r = c.response("padded").await.unwrap();
                 assert_eq!(r["ok"], true, "{r}");
                 c.ws.send(Message::text(String::from_utf8(big).unwrap()))
                     .await
@@ -266,7 +266,7 @@ async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
                 }
             }
         }
-        let r = response(c, &big_id).await;
+        let r = c.response(&big_id).await.unwrap();
         assert_eq!(r["ok"], true, "{}", r["error"]);
         // The rebuilt stream reads the next request.
         let r = c.request("after", "health", json!({})).await.unwrap();
@@ -300,16 +300,6 @@ async fn idle_operators(n: usize) -> (Daemon, Vec<Client>, u64) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rss = rss_kib(d.pid());
     (d, clients, rss)
-}
-
-/// The response to request `id`, skipping events.
-async fn response(c: &mut Client, id: &str) -> serde_json::Value {
-    loop {
-        let v = c.recv().await.unwrap();
-        if v["type"] == "res" && v["id"] == id {
-            return v;
-        }
-    }
 }
 
 /// Nor one of 48 KiB, well below the big requests above: 600 connections
