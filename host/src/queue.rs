@@ -170,9 +170,9 @@ impl<T> Receiver<T> {
             .unwrap_or(true)
     }
 
-    /// Drops every item queued now (a connection closing without writing them).
-    pub fn discard(&mut self) {
-        self.0.inner.guard().items = VecDeque::new();
+    /// Takes every item queued now (a connection closing drops them unwritten).
+    pub fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.0.inner.guard().items).into()
     }
 
     /// One item if there is one (tests).

@@ -271,8 +271,8 @@ impl ChannelManager {
             chat_id: chat_id.clone(),
         };
         let text = serde_json::to_string(&receipt).unwrap_or_default();
-        let row = Inbox::sent_message(channel, account, &chat_id, &message, &delivery, key);
-        if let Err(e) = self.inbox.sent(row.clone(), key, text.clone()).await {
+        let row = || Inbox::sent_message(channel, account, &chat_id, &message, &delivery, key);
+        if let Err(e) = self.inbox.sent(row(), key, text).await {
             // The channel has sent it: answering an error would make the
             // client send it again. It is answered, retries get the same
             // answer, and the record is written once the log can be.
@@ -282,7 +282,8 @@ impl ChannelManager {
                 key,
                 "message sent but not recorded yet (retried until it is): {e}"
             );
-            self.record_later(row, key, receipt.clone(), text);
+            let text = serde_json::to_string(&receipt).unwrap_or_default();
+            self.record_later(row(), key, receipt.clone(), text);
         }
         Ok(receipt)
     }

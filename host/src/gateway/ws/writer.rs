@@ -292,8 +292,9 @@ where
                     r = close_rx.changed() => {
                         closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
                         // Nothing more is written: what waits is freed now,
-                        // not after the grace below.
-                        rx.discard();
+                        // not after the grace below (its replies' slots
+                        // given back).
+                        inflight.add_permits(replies(&rx.take_all()));
                         match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
                             Ok(r) => r,
                             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
