@@ -168,6 +168,19 @@ async fn a_message_delivered_twice_is_stored_and_broadcast_once() {
     assert_eq!(all.len(), 2, "{all:?}");
 }
 
+/// SIGKILLs `d` (`c` goes with it) and starts it again on the same state,
+/// with a client that may write and read.
+async fn kill_and_restart(d: Daemon, c: Client, dir: &Path, url: &str) -> (Daemon, Client) {
+    d.signal("KILL");
+    drop(c);
+    drop(d);
+    let d = daemon_in(dir, 0, url);
+    let (c, _) = connect(&d.url(), None, &["operator.write", "operator.read"])
+        .await
+        .unwrap();
+    (d, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_retried_after_sigkill_is_not_sent_again() {
     let (url, hits) = outbound_server(Duration::ZERO, "remote").await;
@@ -179,13 +192,7 @@ async fn a_send_retried_after_sigkill_is_not_sent_again() {
     assert_eq!(r["ok"], true, "{r}");
     let first = r["payload"]["messageId"].clone();
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    d.signal("KILL");
-    drop(c);
-    drop(d);
-    let d = daemon_in(dir.path(), 0, &url);
-    let (mut c, _) = connect(&d.url(), None, &["operator.write", "operator.read"])
-        .await
-        .unwrap();
+    let (d, mut c) = kill_and_restart(d, c, dir.path(), &url).await;
     let r = c.request("2", "send", params).await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["payload"]["messageId"], first, "{r}");
@@ -228,13 +235,7 @@ async fn a_send_cut_by_sigkill_after_its_channel_was_called_is_refused_not_sent_
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
     c.send_request("1", "send", params.clone()).await.unwrap();
     wait_hits(&hits, 1).await;
-    d.signal("KILL");
-    drop(c);
-    drop(d);
-    let d = daemon_in(dir.path(), 0, &url);
-    let (mut c, _) = connect(&d.url(), None, &["operator.write", "operator.read"])
-        .await
-        .unwrap();
+    let (d, mut c) = kill_and_restart(d, c, dir.path(), &url).await;
     let r = c.request("2", "send", params).await.unwrap();
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
