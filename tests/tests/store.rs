@@ -192,7 +192,7 @@ async fn a_send_retried_after_sigkill_is_not_sent_again() {
     assert_eq!(r["ok"], true, "{r}");
     let first = r["payload"]["messageId"].clone();
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    let (d, mut c) = kill_and_restart(d, c, dir.path(), &url).await;
+    let (_d, mut c) = kill_and_restart(d, c, dir.path(), &url).await;
     let r = c.request("2", "send", params).await.unwrap();
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["payload"]["messageId"], first, "{r}");
