@@ -298,16 +298,23 @@ impl SqliteLog {
         })
     }
 
+    /// A write whose answer (a number) the caller does not need.
+    fn submit_unit(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<u64, StoreError>>) -> Op,
+    ) -> Pending<()> {
+        let p = self.submit(make);
+        Box::pin(async move { p.await.map(|_| ()) })
+    }
+
     /// A key-value write that answers nothing.
     fn kv(&self, op: KvOp) -> Pending<()> {
-        let p = self.submit(|tx| Op::Kv(op, tx));
-        Box::pin(async move { p.await.map(|_| ()) })
+        self.submit_unit(|tx| Op::Kv(op, tx))
     }
 
     /// An outbox write that answers nothing.
     fn outbox(&self, op: OutboxOp) -> Pending<()> {
-        let p = self.submit(|tx| Op::Outbox(op, tx));
-        Box::pin(async move { p.await.map(|_| ()) })
+        self.submit_unit(|tx| Op::Outbox(op, tx))
     }
 
     /// Runs `f` on a reader connection (opened on first use, kept for reuse).
@@ -400,13 +407,11 @@ impl MessageLog for SqliteLog {
     }
 
     fn intend_send(&self, key: String, channel: String, account: String) -> Pending<()> {
-        let p = self.submit(|tx| Op::Intent(IntentOp::Begin(key, channel, account), tx));
-        Box::pin(async move { p.await.map(|_| ()) })
+        self.submit_unit(|tx| Op::Intent(IntentOp::Begin(key, channel, account), tx))
     }
 
     fn abandon_send(&self, key: String) -> Pending<()> {
-        let p = self.submit(|tx| Op::Intent(IntentOp::Abandon(key), tx));
-        Box::pin(async move { p.await.map(|_| ()) })
+        self.submit_unit(|tx| Op::Intent(IntentOp::Abandon(key), tx))
     }
 
     fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
