@@ -86,6 +86,7 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
     } else {
         None
     };
+    let mut signals = shutdown::Signals::install();
     let reloader = reload::Reloader::install(gw.clone(), tls.clone());
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     tracing::info!(
@@ -125,8 +126,8 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
         gw.shutdown_token(),
     ));
     let trimmer = tokio::spawn(memory::run_trimmer());
-    let signal = shutdown::wait_for_signal().await;
-    shutdown::run(gw.clone(), signal, acceptor).await;
+    let signal = signals.next().await;
+    shutdown::run(gw.clone(), signal, signals, acceptor).await;
     ticker.abort();
     monitor.abort();
     presence.abort();

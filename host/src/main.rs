@@ -173,7 +173,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command {
+    let code = match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Plugins(PluginsCommand::Check { file })) => {
             runtime.block_on(check_plugin(&file))
@@ -221,8 +221,17 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             runtime.block_on(serve(cli.serve))
         }
-    }
+    };
+    // Dropping the runtime would wait, without bound, for every blocking
+    // task still running (a read of a config file that is a pipe nobody
+    // writes, a query): the daemon would log its last shutdown step and
+    // never exit. What such a task was doing is not needed any more.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
 }
+
+/// How long the exit waits for blocking tasks still running.
+const RUNTIME_GRACE: Duration = Duration::from_millis(500);
 
 async fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {

@@ -248,7 +248,16 @@ impl Reloader {
     /// and listens for `SIGHUP`. Without a config file only `SIGHUP` (for TLS
     /// and the environment's overrides) is listened to.
     pub fn install(gw: Arc<Gateway>, tls: Option<Arc<Tls>>) -> Self {
-        let file = gw.source.file();
+        let mut file = gw.source.file();
+        if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+            // `--config <(…)`: read once at start; reading it again would
+            // wait for a writer that is gone.
+            tracing::warn!(
+                file = %f.display(),
+                "the config file is not a regular file (a pipe?): it is not watched, and SIGHUP re-reads only the TLS files; restart to change the configuration"
+            );
+            file = None;
+        }
         let debounce = Duration::from_millis(gw.config().plugins.debounce_ms.max(50));
         let watched = file
             .as_ref()
@@ -294,7 +303,6 @@ impl Reloader {
     /// stops. An edit made between the first load and [`Reloader::install`]
     /// is applied at once.
     pub async fn run(mut self) {
-        let read = |f: &Option<std::path::PathBuf>| f.as_ref().and_then(|p| std::fs::read(p).ok());
         let mut first = self.changed.is_some();
         loop {
             let trigger = if std::mem::take(&mut first) {
@@ -309,11 +317,20 @@ impl Reloader {
                 if let Some(t) = &self.tls {
                     crate::gateway::tls::reload_logged(t, true, "SIGHUP").await;
                 }
-            } else if read(&self.file) == self.gw.source.last_read() {
+            }
+            if self.file.is_none() && self.gw.source.file().is_some() {
                 continue;
             }
-            let g = self.gw.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || reload(&g, trigger)).await {
+            let (g, file) = (self.gw.clone(), self.file.clone());
+            // Off the async threads: the file may be slow to read.
+            let run = move || {
+                let read = file.and_then(|p| crate::config::read_config_file(&p, true).ok());
+                if trigger != "SIGHUP" && read == g.source.last_read() {
+                    return;
+                }
+                reload(&g, trigger);
+            };
+            if let Err(e) = tokio::task::spawn_blocking(run).await {
                 tracing::error!("configuration reload failed: {e}");
             }
         }

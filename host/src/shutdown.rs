@@ -5,6 +5,7 @@
 //! It is the one module below `gateway` that names `Gateway`: it orchestrates
 //! the gateway's parts.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,42 +15,121 @@ use tokio::task::JoinHandle;
 use crate::broadcast::{events, Filter};
 use crate::gateway::Gateway;
 
-/// Resolves with the signal's name when SIGINT or SIGTERM arrives.
-pub async fn wait_for_signal() -> &'static str {
+/// The stop signals, listened to from start-up to exit: the first starts
+/// the shutdown, a second during it ends the process at once.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers. Call it before the daemon says it listens, so
+    /// a signal sent as soon as it does is a graceful stop, not the default
+    /// action's kill.
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Signals {
+                    streams: Some((term, int)),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(
+                        "SIGTERM cannot be listened to ({e}); stop the daemon with SIGINT"
+                    );
+                    Signals { streams: None }
+                }
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves with the signal's name when SIGINT or SIGTERM arrives.
+    pub async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }
 }
 
-/// Runs the shutdown sequence. `acceptor` is the accept loop's task.
-pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
+/// The step the shutdown is at (1–5; 0 before it starts), for the watchdog.
+static STEP: AtomicU8 = AtomicU8::new(0);
+
+/// How long past `shutdown_timeout_ms` the watchdog waits for the process
+/// to end on its own: the sequence's own steps are bounded by the timeout;
+/// this covers what comes after them (dropping the gateway, the runtime).
+pub const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends the process with exit code 1 if it is still running `after` from
+/// now, logging the step it was stuck at. Nothing is lost by it: every
+/// acknowledged message is already in the log, and the log is built to
+/// survive a process that stops at any instant.
+fn arm_watchdog(after: Duration, exit: impl FnOnce(u8) + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("switchboard-shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            exit(STEP.load(Ordering::Relaxed));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the shutdown watchdog ({e}); the shutdown is bounded only by its own steps");
+    }
+}
+
+fn step(n: u8, started: tokio::time::Instant) -> u64 {
+    STEP.store(n, Ordering::Relaxed);
+    started.elapsed().as_millis() as u64
+}
+
+/// Runs the shutdown sequence. `acceptor` is the accept loop's task;
+/// `signals` keep listening: a second stop signal ends the process at once
+/// (exit code 1). A watchdog ends it (exit code 1) if it is still running
+/// [`WATCHDOG_GRACE`] past the bound.
+pub async fn run(gw: Arc<Gateway>, signal: &str, mut signals: Signals, acceptor: JoinHandle<()>) {
     let bound = Duration::from_millis(gw.config().gateway.limits.shutdown_timeout_ms);
-    let deadline = tokio::time::Instant::now() + bound;
-    tracing::info!(signal, "shutdown 1/5: stop accepting connections");
+    let started = tokio::time::Instant::now();
+    let deadline = started + bound;
+    arm_watchdog(bound + WATCHDOG_GRACE, move |stuck| {
+        tracing::error!(
+            step = stuck,
+            "shutdown still running {} ms after the signal (gateway.limits.shutdown_timeout_ms = {} plus {} ms of grace); exiting now",
+            (bound + WATCHDOG_GRACE).as_millis(),
+            bound.as_millis(),
+            WATCHDOG_GRACE.as_millis()
+        );
+        std::process::exit(1);
+    });
+    tokio::spawn(async move {
+        let again = signals.next().await;
+        tracing::warn!(
+            signal = again,
+            step = STEP.load(Ordering::Relaxed),
+            "second stop signal during the shutdown: exiting now without waiting for connections and channels"
+        );
+        std::process::exit(1);
+    });
+    tracing::info!(
+        signal,
+        ms = step(1, started),
+        "shutdown 1/5: stop accepting connections"
+    );
     gw.begin_shutdown();
     let _ = tokio::time::timeout_at(deadline, acceptor).await;
 
     tracing::info!(
         connections = gw.conns.count(),
+        ms = step(2, started),
         "shutdown 2/5: broadcast shutdown event"
     );
     gw.broadcaster.broadcast(
@@ -61,12 +141,14 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
     let stopped = tokio::time::timeout_at(deadline, gw.channels.stop_all()).await;
     tracing::info!(
         accounts = stopped.unwrap_or(0),
+        ms = step(3, started),
         "shutdown 3/5: channels stopped"
     );
 
     let conns = gw.conns.all();
     tracing::info!(
         connections = conns.len(),
+        ms = step(4, started),
         "shutdown 4/5: closing sockets with 1012"
     );
     for c in &conns {
@@ -83,5 +165,24 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, acceptor: JoinHandle<()>) {
             bound.as_millis()
         );
     }
-    tracing::info!("shutdown 5/5: exit");
+    tracing::info!(ms = step(5, started), "shutdown 5/5: exit");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_fires_after_its_bound_with_the_step() {
+        STEP.store(4, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = std::time::Instant::now();
+        arm_watchdog(Duration::from_millis(200), move |s| {
+            let _ = tx.send((s, t0.elapsed()));
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        let (s, at) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(s, 4);
+        assert!(at >= Duration::from_millis(200), "{at:?}");
+    }
 }

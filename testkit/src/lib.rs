@@ -206,6 +206,9 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     /// Run pinned to this CPU (`taskset -c`), for benchmarks.
     cpu: Option<usize>,
+    /// `--config` names this file, which the caller provides, instead of
+    /// one written from [`DaemonBuilder::config`].
+    config_file: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -250,6 +253,14 @@ impl DaemonBuilder {
         self
     }
 
+    /// Passes `--config path` for a file the caller provides (a pipe, say);
+    /// [`DaemonBuilder::config`] and [`DaemonBuilder::with_wasm`] are then
+    /// not written anywhere.
+    pub fn config_file(mut self, path: &Path) -> Self {
+        self.config_file = Some(path.to_path_buf());
+        self
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self
@@ -273,7 +284,13 @@ impl DaemonBuilder {
             // Last: a table opened here cannot swallow the caller's keys.
             config = format!("{config}\n\n[plugins]\ndir = \"{}\"\n", plugins.display());
         }
-        std::fs::write(&config_path, &config)?;
+        let config_path = match &self.config_file {
+            Some(p) => p.clone(),
+            None => {
+                std::fs::write(&config_path, &config)?;
+                config_path
+            }
+        };
         // Benchmarks pin every daemon they start (SWITCHBOARD_BENCH_CPU).
         let cpu = self.cpu.or_else(|| {
             std::env::var("SWITCHBOARD_BENCH_CPU")
@@ -307,7 +324,7 @@ impl DaemonBuilder {
         }
         // Never the user's own state (~/.local/state/switchboard): daemons
         // of tests running at once would share one message log.
-        if !self.config.contains("state_dir") {
+        if !self.config.contains("state_dir") && self.config_file.is_none() {
             cmd.arg("--state-dir").arg(dir.join("state"));
         }
         Ok((cmd, config_path))

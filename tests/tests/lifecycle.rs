@@ -201,6 +201,75 @@ async fn sigint_with_a_stuck_client_still_exits_in_bound() {
 }
 
 #[tokio::test]
+async fn a_second_signal_ends_a_slow_shutdown_at_once() {
+    let mut d = Daemon::builder()
+        .config("[gateway.limits]\nshutdown_timeout_ms = 60000\n")
+        .start()
+        .unwrap();
+    let _half = Client::open(&d.url()).await.unwrap();
+    let _stuck = stuck_client(&d, None).await;
+    d.signal("INT");
+    d.wait_log("shutdown 4/5", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The sequence waits for the clients, within its 60 s bound ...
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.wait_exit(Duration::from_millis(10)).is_err());
+    // ... and a second signal ends it.
+    let t0 = Instant::now();
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(5)).unwrap(), 1);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let log = d.log_text();
+    assert!(log.contains("second stop signal"), "{log}");
+    assert!(log.contains("signal=\"SIGTERM\""), "{log}");
+}
+
+#[tokio::test]
+async fn a_config_file_that_is_a_pipe_is_read_once_and_the_daemon_still_stops() {
+    // `--config <(generate-config)`: a pipe, read at start; reading it
+    // again would wait for a writer that is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("switchboard.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let text = format!(
+        "state_dir = \"{}\"\n[gateway.auth]\ntoken = \"from-the-pipe\"\n",
+        dir.path().join("state").display()
+    );
+    let f = fifo.clone();
+    let writer = std::thread::spawn(move || std::fs::write(f, text));
+    let mut d = Daemon::builder().config_file(&fifo).start().unwrap();
+    writer.join().unwrap().unwrap();
+    // The pipe's configuration is in force: its token is required.
+    let (mut c, _) = connect(&d.url(), Some("from-the-pipe"), &["operator.read"])
+        .await
+        .unwrap();
+    d.wait_log("not a regular file", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // SIGHUP does not read the pipe again: health stays ok and no error.
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let h = c.request("h", "health", json!({})).await.unwrap();
+    assert_eq!(h["ok"], true, "{h}");
+    assert!(h["payload"]["configError"].is_null(), "{h}");
+    assert!(
+        !d.log_text().contains("configuration not reloaded"),
+        "{}",
+        d.log_text()
+    );
+    drop(c);
+    let t0 = Instant::now();
+    d.signal("INT");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).unwrap(), 0);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
 async fn max_connections_is_held_for_the_socket_life() {
     let d = Daemon::builder()
         .config("[gateway.limits]\nmax_connections = 2\n")

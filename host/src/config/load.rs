@@ -57,8 +57,8 @@ impl Source {
         let text =
             match &file {
                 Some(p) => {
-                    let bytes = std::fs::read(p)
-                        .with_context(|| format!("cannot read config file {}", p.display()))?;
+                    let again = crate::sync::MutexExt::guard(&*self.read).is_some();
+                    let bytes = read_config_file(p, again)?;
                     *crate::sync::MutexExt::guard(&*self.read) = Some(bytes.clone());
                     Some(String::from_utf8(bytes).with_context(|| {
                         format!("config file {} is not UTF-8 text", p.display())
@@ -88,6 +88,45 @@ impl Source {
         }
         Ok(config)
     }
+}
+
+/// The largest config file read: a configuration is a few KiB, and this
+/// stops a wrong path (a log, `/dev/zero`) from filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Reads the config file at `p`. At start (`again` false) it may be a pipe
+/// (`--config <(…)`); read again (a reload) it must be a regular file, as
+/// reading a pipe nobody writes would never end.
+pub fn read_config_file(p: &Path, again: bool) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+    if again && !meta.is_file() {
+        bail!(
+            "config file {} is not a regular file (a pipe or a device): it was read at start, but a reload reads only a regular file; point --config at one to reload it",
+            p.display()
+        );
+    }
+    if meta.is_dir() {
+        bail!(
+            "config file {} is a directory; give the path of the file",
+            p.display()
+        );
+    }
+    let file = std::fs::File::open(p)
+        .with_context(|| format!("cannot read config file {}", p.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read config file {}", p.display()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        bail!(
+            "config file {} is larger than {} MiB; is it the right file?",
+            p.display(),
+            MAX_CONFIG_BYTES >> 20
+        );
+    }
+    Ok(bytes)
 }
 
 /// The line (1-based) of the first dotted key `msg` names, e.g.
@@ -517,6 +556,28 @@ mod tests {
             "TOK" => Some("s3cret".into()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn config_files_are_read_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "[gateway]\nport = 1\n").unwrap();
+        assert_eq!(
+            read_config_file(&ok, true).unwrap(),
+            b"[gateway]\nport = 1\n"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let e = format!("{:#}", read_config_file(&big, false).unwrap_err());
+        assert!(e.contains("larger than 4 MiB"), "{e}");
+        let e = format!("{:#}", read_config_file(dir.path(), false).unwrap_err());
+        assert!(e.contains("is a directory"), "{e}");
+        // A device is read at start, never again.
+        let dev = Path::new("/dev/null");
+        assert!(read_config_file(dev, false).unwrap().is_empty());
+        let e = format!("{:#}", read_config_file(dev, true).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 
-pub use load::{describe, lossy_path, redacted, Described, Source};
+pub use load::{
+    describe, lossy_path, read_config_file, redacted, Described, Source, MAX_CONFIG_BYTES,
+};
 
 pub const DEFAULT_PORT: u16 = 18789;
 
