@@ -681,6 +681,10 @@ async fn a_plugin_allocating_without_bound_traps_at_its_cap() {
         r["error"]["message"], "channel misbehave: plugin panicked: trapped on purpose",
         "{r}"
     );
+    // It trapped before reaching outside: it cannot have sent, so a retry
+    // with the same key calls it again (and it traps again).
+    let again = ask(&mut c, "trap").await;
+    assert_eq!(again["error"], r["error"], "{again}");
     // The guest's panic report is one WARN line in the log, not four at INFO.
     let line = s
         .daemon

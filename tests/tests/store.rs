@@ -260,6 +260,61 @@ async fn a_send_cut_by_sigkill_after_its_channel_was_called_is_refused_not_sent_
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
+/// The host ends a `send` (its deadline) while the channel's request is
+/// out: whether the message went out is unknown, so the answer says so and
+/// retries are refused by name, in this run and the next, and nothing is
+/// sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_host_cut_off_after_its_request_went_out_is_never_sent_again() {
+    let (url, hits) = outbound_server(Duration::from_secs(4), "slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let start =
+        || {
+            Daemon::builder()
+                .with_plugins(
+                    dir.path(),
+                    &[("plugins", "webhook.wasm")],
+                    &format!(
+                    "call_timeout_ms = 1000\n[channels.webhook]\nnetwork = [\"127.0.0.1:{}\"]\n\
+                     [channels.webhook.accounts.out]\nurl = \"{url}\"\n",
+                    url.split(':').nth(2).and_then(|p| p.split('/').next()).unwrap()
+                ),
+                )
+                .start()
+                .unwrap()
+        };
+    let d = start();
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "once", "idempotencyKey": "k-late"});
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let refused = |r: &Value| {
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+        assert_eq!(r["error"]["details"]["code"], "SEND_OUTCOME_UNKNOWN", "{r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains("`k-late`") && m.contains("new idempotencyKey"),
+            "{r}"
+        );
+        m.to_string()
+    };
+    let first = c.request("1", "send", params.clone()).await.unwrap();
+    let m = refused(&first);
+    assert!(m.contains("deadline"), "{first}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let again = c.request("2", "send", params.clone()).await.unwrap();
+    refused(&again);
+    // Past the stand-in's delay: a retry that had been sent would show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    d.signal("KILL");
+    drop((c, d));
+    let d = start();
+    let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    let after = c.request("3", "send", params).await.unwrap();
+    refused(&after);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+}
+
 /// The disk fills while the channel sends: the message went out, so the
 /// `send` is answered; a retry gets the same answer without sending; once
 /// there is room the record is written by itself, and after a restart the

@@ -174,6 +174,12 @@ impl Inbox {
         self.log.abandon_send(key.to_string()).await
     }
 
+    /// The channel's call was cut off after it reached out: retries of
+    /// `key` are refused from now on.
+    pub async fn cut_off(&self, key: &str) -> Result<(), StoreError> {
+        self.log.cut_off_send(key.to_string()).await
+    }
+
     pub fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {
         self.log.history(q)
     }

@@ -74,6 +74,10 @@ pub struct ChannelManager {
     /// Receipts of sends that went out and whose record the log could not
     /// take yet, by idempotency key (`send::MAX_UNRECORDED` at most).
     unrecorded: Mutex<HashMap<String, SendReceipt>>,
+    /// Sends cut off after their plugin reached out whose mark the log
+    /// could not take, by idempotency key: their retries are refused for
+    /// this run (the next start marks them interrupted anyway).
+    cut_off: Mutex<HashMap<String, send::CutOff>>,
     /// Messages `send` handed to a `run` loop (`outbox-push`/`outbox-pop`),
     /// kept on disk until taken.
     outbox: Arc<Outbox>,
@@ -120,6 +124,7 @@ impl ChannelManager {
             in_flight: Mutex::new(HashMap::new()),
             history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
             unrecorded: Mutex::new(HashMap::new()),
+            cut_off: Mutex::new(HashMap::new()),
             handles,
         })
     }

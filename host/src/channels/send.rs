@@ -49,14 +49,17 @@ pub enum SendError {
     /// written (the send's intent, before its channel is called).
     Store(String),
     /// An earlier run of the daemon called the channel for this key and
-    /// stopped before it recorded the answer: whether the message went out
-    /// is unknown, so a retry is refused rather than sent twice.
+    /// stopped before it recorded the answer, or the host ended the
+    /// plugin's call after it had reached outside the sandbox (`cut_off`:
+    /// how, when this run saw it): whether the message went out is
+    /// unknown, so a retry is refused rather than sent twice.
     OutcomeUnknown {
         key: String,
         channel: String,
         account: String,
         /// When the channel was called, ms since the epoch.
         at_ms: u64,
+        cut_off: Option<String>,
     },
     /// The message log takes no new messages now (the disk is below
     /// `store.min_free_mb`): refused before the channel was called.
@@ -86,11 +89,15 @@ impl std::fmt::Display for SendError {
                 channel,
                 account,
                 at_ms,
-            } => write!(
-                f,
-                "the send with idempotencyKey `{key}` was interrupted {}: the gateway stopped after channel {channel} (account {account}) was called and before its answer was recorded, so whether the message went out is unknown; look in the chat, and to send it again use a new idempotencyKey",
-                ago(*at_ms)
-            ),
+                cut_off,
+            } => {
+                write!(f, "the send with idempotencyKey `{key}` was interrupted {}: ", ago(*at_ms))?;
+                match cut_off {
+                    None => write!(f, "the gateway stopped after channel {channel} (account {account}) was called and before its answer was recorded")?,
+                    Some(how) => write!(f, "the plugin of channel {channel} (account {account}) had connected out or queued the message when its call was ended ({how})")?,
+                }
+                f.write_str(", so whether the message went out is unknown; look in the chat, and to send it again use a new idempotencyKey")
+            }
             SendError::LogFull(m) => f.write_str(m),
             SendError::Unsupported {
                 channel,
@@ -113,6 +120,16 @@ fn ago(at_ms: u64) -> String {
         120..=7199 => format!("{} min ago", s / 60),
         _ => format!("{} h ago", s / 3600),
     }
+}
+
+/// A send cut off after its plugin reached out, remembered in memory when
+/// the log could not mark it.
+#[derive(Debug, Clone)]
+pub struct CutOff {
+    channel: String,
+    account: String,
+    at_ms: u64,
+    how: String,
 }
 
 /// Sends that went out and whose record could not be written, at most:
@@ -177,6 +194,15 @@ impl ChannelManager {
         if let Some(r) = self.unrecorded.guard().get(key) {
             return Ok(Some(r.clone()));
         }
+        if let Some(c) = self.cut_off.guard().get(key) {
+            return Err(SendError::OutcomeUnknown {
+                key: key.to_string(),
+                channel: c.channel.clone(),
+                account: c.account.clone(),
+                at_ms: c.at_ms,
+                cut_off: Some(c.how.clone()),
+            });
+        }
         let record = self
             .inbox
             .send_record(key)
@@ -192,11 +218,13 @@ impl ChannelManager {
                 channel,
                 account,
                 at_ms,
+                cut_off,
             }) => Err(SendError::OutcomeUnknown {
                 key: key.to_string(),
                 channel,
                 account,
                 at_ms,
+                cut_off: cut_off.then(|| "it trapped, ran out of time or memory".to_string()),
             }),
         }
     }
@@ -227,7 +255,7 @@ impl ChannelManager {
                 what: what.to_string(),
             });
         }
-        let waiting = self.unrecorded.guard().len();
+        let waiting = self.unrecorded.guard().len() + self.cut_off.guard().len();
         if waiting >= MAX_UNRECORDED {
             return Err(SendError::Store(format!(
                 "{waiting} messages that went out wait to be recorded in the message log (it cannot be written; see `health`): nothing more is sent until they are"
@@ -240,8 +268,40 @@ impl ChannelManager {
             .intend(key, channel, account)
             .await
             .map_err(|e| SendError::Store(format!("{e}; nothing was sent")))?;
+        let at_ms = crate::now_ms();
         let delivery = match plugin.send(target, acct, message.clone()).await {
             Ok(d) => d,
+            Err(CallError::Interrupted(how)) => {
+                // It may have gone out: retries are refused, never sent.
+                tracing::warn!(
+                    channel,
+                    account,
+                    key,
+                    "a send was cut off after its plugin reached out ({how}): whether it went out is unknown; retries of its idempotencyKey are refused"
+                );
+                let cut = CutOff {
+                    channel: channel.to_string(),
+                    account: account.to_string(),
+                    at_ms,
+                    how,
+                };
+                if let Err(e) = self.inbox.cut_off(key).await {
+                    tracing::warn!(
+                        channel,
+                        account,
+                        key,
+                        "marking a cut-off send: {e}; remembered until the daemon stops"
+                    );
+                    self.cut_off.guard().insert(key.to_string(), cut.clone());
+                }
+                return Err(SendError::OutcomeUnknown {
+                    key: key.to_string(),
+                    channel: cut.channel,
+                    account: cut.account,
+                    at_ms,
+                    cut_off: Some(cut.how),
+                });
+            }
             Err(error) => {
                 // The channel answered that it did not send: a retry may.
                 // Kept if this fails, which refuses retries after a restart.

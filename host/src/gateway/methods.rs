@@ -523,6 +523,8 @@ fn call_error(channel: &str, e: &CallError) -> ErrorShape {
         CallError::Failed(_) | CallError::Unavailable(_) => {
             ErrorShape::unavailable(format!("channel {channel}: {e}"))
         }
+        CallError::Interrupted(_) => ErrorShape::invalid(format!("channel {channel}: {e}"))
+            .with_details(json!({"code": "SEND_OUTCOME_UNKNOWN", "channel": channel})),
     }
 }
 

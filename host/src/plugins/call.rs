@@ -32,13 +32,20 @@ pub enum CallError {
     Busy(String),
     /// The call could not run at all (the plugin runtime is stopping).
     Unavailable(String),
+    /// A `send` the host ended (a trap, its deadline, its memory cap, the
+    /// runtime stopping) after it had been granted a connection out or had
+    /// queued a message: whether the message went out is unknown.
+    Interrupted(String),
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Channel(e) => write!(f, "{e}"),
-            CallError::Failed(m) | CallError::Busy(m) | CallError::Unavailable(m) => f.write_str(m),
+            CallError::Failed(m)
+            | CallError::Busy(m)
+            | CallError::Unavailable(m)
+            | CallError::Interrupted(m) => f.write_str(m),
             CallError::NetworkDenied { destination, how } => {
                 write!(f, "network access to {destination} was denied; {how}")
             }
@@ -172,6 +179,7 @@ impl Plugin {
         ));
         let (me, imports, g) = (self.clone(), t.imports, grants.clone());
         let kv = imports.kv.clone();
+        let sending = matches!(req, Request::Send(..));
         let task = self.exec.spawn(async move {
             let _slot = slot;
             let rt = &me.runtime;
@@ -185,14 +193,37 @@ impl Plugin {
             // `deliver` that usually follows them made them durable.
             (result, kv.settle().await)
         });
-        let (result, settled) = task
-            .await
-            .map_err(|e| CallError::Unavailable(format!("plugin call task failed: {e}")))?;
+        // A send the host ended after it reached outside the sandbox may
+        // have gone out: saying it failed would have it sent again.
+        let cut = |m: String| match sending && grants.has_reached_out() {
+            true => CallError::Interrupted(m),
+            false => CallError::Failed(m),
+        };
+        let (result, settled) = match task.await {
+            Ok(done) => done,
+            Err(e) => {
+                let m = format!("plugin call task failed: {e}");
+                return Err(match cut(m) {
+                    CallError::Failed(m) => CallError::Unavailable(m),
+                    interrupted => interrupted,
+                });
+            }
+        };
+        if let Err(m) = &result {
+            if let e @ CallError::Interrupted(_) = cut(m.clone()) {
+                return Err(e);
+            }
+        }
         if let Err(e) = settled {
-            return Err(CallError::Unavailable(format!(
+            let why = format!(
                 "plugin `{}`: its key-value writes could not be made durable: {e}",
                 self.id()
-            )));
+            );
+            // It went out: the plugin's own state is what is at risk.
+            if !matches!(result, Ok(Answer::Send(Ok(_)))) {
+                return Err(CallError::Unavailable(why));
+            }
+            tracing::error!("{why}; the message it sent is answered as sent");
         }
         let failed = !matches!(
             &result,

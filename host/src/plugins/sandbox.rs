@@ -143,6 +143,10 @@ pub struct Grants {
     pub sockets: Arc<Sockets>,
     /// The first destination refused during this call, for its error.
     denied: std::sync::Mutex<Option<String>>,
+    /// The call was granted a connection out (TCP, TLS, HTTP) or queued a
+    /// message in its outbox: if the host ends it, what it did outside the
+    /// sandbox is unknown.
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl Grants {
@@ -158,7 +162,19 @@ impl Grants {
             trust,
             sockets,
             denied: Default::default(),
+            reached: Default::default(),
         }
+    }
+
+    /// Notes that the call may have acted outside the sandbox (a
+    /// connection out was granted, a message was queued).
+    pub(super) fn reached_out(&self) {
+        self.reached.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the call may have acted outside the sandbox.
+    pub fn has_reached_out(&self) -> bool {
+        self.reached.load(Ordering::Relaxed)
     }
 
     /// The first destination refused since these grants were made, if any.
@@ -266,6 +282,7 @@ impl WasiHttpHooks for GrantHooks {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) })
             }
         };
+        self.grants.reached_out();
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -640,7 +657,9 @@ impl PluginState {
                         SocketAddrUse::TcpBind => true,
                         SocketAddrUse::TcpConnect => {
                             let ok = grants.allows_addr(addr).await;
-                            if !ok {
+                            if ok {
+                                grants.reached_out();
+                            } else {
                                 grants.deny(&log, "TCP connection", &addr.to_string());
                             }
                             ok
@@ -682,6 +701,12 @@ impl PluginState {
         }
     }
 
+    /// This call's grants (shared with the caller, which reads what the
+    /// call reached).
+    pub(super) fn grants(&self) -> &Arc<Grants> {
+        &self.hooks.grants
+    }
+
     /// Whether the current call has run past its deadline.
     pub(super) fn past_deadline(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
@@ -705,6 +730,7 @@ impl PluginState {
         let log = self.hooks.log.clone();
         async move {
             let slot = grants.socket(&log, "TLS connection")?;
+            // Marked once granted (below), before a byte is written.
             let stream = grants.trust.connect(&log, &grants, &host, port).await?;
             Ok(Held {
                 stream,

@@ -152,6 +152,7 @@ impl Trust {
                 grants.how_to_allow(&dest)
             ));
         }
+        grants.reached_out();
         let built = self.0.as_ref().as_ref().map_err(|e| {
             format!("TLS connection to {dest} not attempted: the channel's tls_ca is unusable: {e}")
         })?;

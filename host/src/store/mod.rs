@@ -186,12 +186,15 @@ pub enum SendRecord {
     /// The send's answer (JSON), recorded with its outbound message.
     Receipt(String),
     /// An earlier run of the daemon called the channel and stopped before
-    /// it recorded the answer: whether the message went out is unknown.
+    /// it recorded the answer, or (`cut_off`) the host ended the plugin's
+    /// call after it had reached outside the sandbox: whether the message
+    /// went out is unknown.
     Interrupted {
         channel: String,
         account: String,
         /// When the channel was called, ms since the epoch.
         at_ms: u64,
+        cut_off: bool,
     },
 }
 
@@ -239,6 +242,12 @@ pub trait MessageLog: Send + Sync {
     /// The channel answered that it did not send: the intent goes, and a
     /// retry sends.
     fn abandon_send(&self, key: String) -> Pending<()>;
+
+    /// The host ended the channel's call after the plugin reached outside
+    /// the sandbox: the key is interrupted from now on (its retries are
+    /// refused). Not waited for on the disk: lost, the intent is marked
+    /// interrupted at the next start anyway.
+    fn cut_off_send(&self, key: String) -> Pending<()>;
 
     /// A page of history.
     fn history(&self, query: &HistoryQuery) -> Result<Page, StoreError>;

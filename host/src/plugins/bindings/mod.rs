@@ -170,7 +170,11 @@ impl PluginState {
             .imports()
             .and_then(|i| i.of(account_id))
             .map(|i| i.outbox.push(message));
-        async move { pushing?.await }
+        let grants = self.grants().clone();
+        async move {
+            // Queued: the account's `run` sends it, whatever this call does next.
+            pushing?.await.inspect(|_| grants.reached_out())
+        }
     }
 
     fn host_outbox_pop(&mut self, account_id: &str) -> Option<(u64, OutboundMessage)> {

@@ -100,7 +100,8 @@ const MIGRATIONS: &[&str] = &[
     // 2 → 3: attachments' metadata (JSON), contract 0.2.
     "ALTER TABLE messages ADD COLUMN attachments TEXT;",
     // 3 → 4: a `send` about to call its channel (gone with its record or
-    // its failure); `interrupted`: the daemon stopped before either.
+    // its failure); `interrupted`: 1, the daemon stopped before either;
+    // 2, the host ended the plugin's call after it reached outside.
     "CREATE TABLE send_intents (
         key TEXT PRIMARY KEY,
         channel TEXT NOT NULL,
@@ -392,14 +393,15 @@ impl MessageLog for SqliteLog {
                 return Ok(Some(SendRecord::Receipt(r)));
             }
             c.prepare_cached(
-                "SELECT channel, account, created_at FROM send_intents
-                 WHERE key = ?1 AND interrupted = 1",
+                "SELECT channel, account, created_at, interrupted FROM send_intents
+                 WHERE key = ?1 AND interrupted > 0",
             )?
             .query_row([key], |r| {
                 Ok(SendRecord::Interrupted {
                     channel: r.get(0)?,
                     account: r.get(1)?,
                     at_ms: uint(r.get(2)?),
+                    cut_off: r.get::<_, i64>(3)? == 2,
                 })
             })
             .optional()
@@ -412,6 +414,10 @@ impl MessageLog for SqliteLog {
 
     fn abandon_send(&self, key: String) -> Pending<()> {
         self.submit_unit(|tx| Op::Intent(IntentOp::Abandon(key), tx))
+    }
+
+    fn cut_off_send(&self, key: String) -> Pending<()> {
+        self.submit_unit(|tx| Op::Intent(IntentOp::CutOff(key), tx))
     }
 
     fn history(&self, q: &HistoryQuery) -> Result<Page, StoreError> {

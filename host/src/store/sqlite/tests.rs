@@ -440,7 +440,7 @@ async fn a_history_page_is_bounded_in_bytes() {
 async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
-    for key in ["sent", "failed", "cut"] {
+    for key in ["sent", "failed", "cut", "late"] {
         log.intend_send(key.into(), "ch".into(), "acct".into())
             .await
             .unwrap();
@@ -449,6 +449,16 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         log.send_record("cut").unwrap(),
         None,
         "in flight in this run"
+    );
+    // Cut off by the host after it reached out: interrupted at once.
+    log.cut_off_send("late".into()).await.unwrap();
+    log.flush().await.unwrap();
+    assert!(
+        matches!(
+            log.send_record("late").unwrap(),
+            Some(SendRecord::Interrupted { cut_off: true, .. })
+        ),
+        "a cut-off send is not refused in its own run"
     );
     let mut out = msg("room", "m1");
     out.direction = Direction::Outbound;
@@ -464,10 +474,15 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         Some(SendRecord::Receipt("{\"r\":1}".into()))
     );
     assert_eq!(log.send_record("failed").unwrap(), None);
+    assert!(matches!(
+        log.send_record("late").unwrap(),
+        Some(SendRecord::Interrupted { cut_off: true, .. })
+    ));
     let Some(SendRecord::Interrupted {
         channel,
         account,
         at_ms,
+        cut_off: false,
     }) = log.send_record("cut").unwrap()
     else {
         panic!("the cut send is not interrupted");
@@ -491,7 +506,7 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         idempotency_before_ms: crate::now_ms() + 1,
         ..keep
     };
-    // The receipt of "sent" and the interrupted "cut".
-    assert_eq!(log.prune(past).await.unwrap(), 2);
+    // The receipt of "sent" and the interrupted "cut" and "late".
+    assert_eq!(log.prune(past).await.unwrap(), 3);
     assert_eq!(log.send_record("cut").unwrap(), None);
 }

@@ -52,6 +52,9 @@ pub(super) enum IntentOp {
     Begin(String, String, String),
     /// key: the channel answered that it did not send.
     Abandon(String),
+    /// key: the host ended the call after the plugin reached outside the
+    /// sandbox; whether it sent is unknown.
+    CutOff(String),
 }
 
 pub(super) enum KvOp {
@@ -93,10 +96,14 @@ impl Op {
     /// Whether this op's answer waits for the disk. Key-value writes do
     /// not (see the module's doc): nothing outside the process learns of
     /// them before something that does.
-    /// An abandoned intent does not either: lost to a power cut, it leaves
-    /// the key interrupted, which refuses a retry (never sends twice).
+    /// An abandoned or cut-off intent does not either: lost to a power
+    /// cut, it leaves the key interrupted, which refuses a retry (never
+    /// sends twice).
     fn acknowledges(&self) -> bool {
-        !matches!(self, Op::Kv(..) | Op::Intent(IntentOp::Abandon(_), _))
+        !matches!(
+            self,
+            Op::Kv(..) | Op::Intent(IntentOp::Abandon(_) | IntentOp::CutOff(_), _)
+        )
     }
 }
 
@@ -495,7 +502,7 @@ fn apply(
             gone += tx
                 .prepare_cached(
                     "DELETE FROM send_intents WHERE key IN
-                     (SELECT key FROM send_intents WHERE interrupted = 1 AND created_at < ?1
+                     (SELECT key FROM send_intents WHERE interrupted > 0 AND created_at < ?1
                       LIMIT ?2)",
                 )?
                 .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
@@ -515,6 +522,13 @@ fn apply(
         Op::Intent(IntentOp::Abandon(key), _) => {
             tx.prepare_cached("DELETE FROM send_intents WHERE key = ?1")?
                 .execute(params![key])?;
+            Ok(Done::State(0))
+        }
+        Op::Intent(IntentOp::CutOff(key), _) => {
+            tx.prepare_cached(
+                "UPDATE send_intents SET interrupted = 2 WHERE key = ?1 AND interrupted = 0",
+            )?
+            .execute(params![key])?;
             Ok(Done::State(0))
         }
     }
