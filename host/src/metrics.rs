@@ -37,6 +37,7 @@ impl Metrics {
         uptime_secs: u64,
         (settles_asked, settles_timer): (u64, u64),
         reply_bytes: usize,
+        outcome_unknown: u64,
     ) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -160,6 +161,18 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE switchboard_reply_bytes gauge");
         let _ = writeln!(out, "switchboard_reply_bytes {reply_bytes}");
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_sends_outcome_unknown_total Sends whose outcome is unknown (their retries are refused with SEND_OUTCOME_UNKNOWN): those the last run left when it stopped, and those whose plugin call was ended after it reached out since this start."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE switchboard_sends_outcome_unknown_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_sends_outcome_unknown_total {outcome_unknown}"
+        );
         let _ = writeln!(
             out,
             "# HELP switchboard_uptime_seconds Seconds since start."

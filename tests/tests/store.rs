@@ -251,6 +251,12 @@ async fn a_send_cut_by_sigkill_after_its_channel_was_called_is_refused_not_sent_
         d.log_text().contains("`k-cut` (webhook / out)"),
         "the start does not name the interrupted send"
     );
+    assert_eq!(
+        d.metric("switchboard_sends_outcome_unknown_total")
+            .await
+            .unwrap(),
+        1
+    );
     assert!(c.history_after(0).await.unwrap().is_empty());
     let r = c
         .request("3", "send", json!({"channel": "webhook", "accountId": "out", "to": "x", "message": "again", "idempotencyKey": "k-new"}))
@@ -303,6 +309,12 @@ async fn a_send_the_host_cut_off_after_its_request_went_out_is_never_sent_again(
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let again = c.request("2", "send", params.clone()).await.unwrap();
     refused(&again);
+    assert_eq!(
+        d.metric("switchboard_sends_outcome_unknown_total")
+            .await
+            .unwrap(),
+        1
+    );
     // Past the stand-in's delay: a retry that had been sent would show.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");

@@ -224,6 +224,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             gw.started.elapsed().as_secs(),
             (settles.asked, settles.timer),
             gw.conns.own_bytes(),
+            gw.log.outcome_unknown(),
         ),
     )
         .into_response()

@@ -249,6 +249,10 @@ pub trait MessageLog: Send + Sync {
     /// interrupted at the next start anyway.
     fn cut_off_send(&self, key: String) -> Pending<()>;
 
+    /// Sends whose outcome became unknown since the log was opened: the
+    /// intents the last run left, and the sends cut off since.
+    fn outcome_unknown(&self) -> u64;
+
     /// A page of history.
     fn history(&self, query: &HistoryQuery) -> Result<Page, StoreError>;
 

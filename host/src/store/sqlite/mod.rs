@@ -159,6 +159,9 @@ pub struct SqliteLog {
     settles: Arc<writer::SettleCounts>,
     kv_max_bytes: Arc<std::sync::atomic::AtomicU64>,
     disk: Arc<disk::DiskFloor>,
+    /// Sends whose outcome became unknown since the log was opened: those
+    /// the last run left, and those cut off since.
+    outcome_unknown: std::sync::atomic::AtomicU64,
 }
 
 pub use writer::{KV_CLAIM_BYTES, KV_ENTRY_OVERHEAD};
@@ -234,7 +237,7 @@ impl SqliteLog {
             tracing::info!(file = %shown, schema = v + 1, "message log migrated");
         }
         super::files::import(&mut conn, state_dir, plugins)?;
-        mark_interrupted(&conn, &shown)?;
+        let interrupted = mark_interrupted(&conn, &shown)?;
         let (tx, rx) = mpsc::channel();
         let shared = Shared {
             failure: Arc::new(Mutex::new(None)),
@@ -263,6 +266,7 @@ impl SqliteLog {
             settles,
             kv_max_bytes,
             disk,
+            outcome_unknown: std::sync::atomic::AtomicU64::new(interrupted),
         })
     }
 
@@ -341,7 +345,8 @@ impl SqliteLog {
 /// Every `send` intent left by an earlier run is one whose outcome is
 /// unknown (the daemon stopped between calling its channel and recording
 /// what it answered): marked, and named in the log.
-fn mark_interrupted(conn: &Connection, shown: &str) -> Result<(), StoreError> {
+/// Returns how many it marked.
+fn mark_interrupted(conn: &Connection, shown: &str) -> Result<u64, StoreError> {
     let fail = |e: rusqlite::Error| StoreError(describe(&format!("read {shown}"), &e));
     let n = conn
         .execute(
@@ -350,7 +355,7 @@ fn mark_interrupted(conn: &Connection, shown: &str) -> Result<(), StoreError> {
         )
         .map_err(fail)?;
     if n == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let mut q = conn
         .prepare("SELECT key, channel, account FROM send_intents WHERE interrupted = 1 ORDER BY created_at DESC LIMIT ?1")
@@ -371,7 +376,7 @@ fn mark_interrupted(conn: &Connection, shown: &str) -> Result<(), StoreError> {
         "{n} send(s) were interrupted by the last stop after their channel was called and before its answer was recorded: whether they went out is unknown; a retry with the same idempotencyKey is refused (look in the chat, and send again with a new key if it is not there). Newest: {}",
         named.join(", ")
     );
-    Ok(())
+    Ok(n as u64)
 }
 
 impl MessageLog for SqliteLog {
@@ -417,6 +422,7 @@ impl MessageLog for SqliteLog {
     }
 
     fn cut_off_send(&self, key: String) -> Pending<()> {
+        self.outcome_unknown.fetch_add(1, Ordering::Relaxed);
         self.submit_unit(|tx| Op::Intent(IntentOp::CutOff(key), tx))
     }
 
@@ -494,6 +500,10 @@ impl MessageLog for SqliteLog {
 
     fn on_commit(&self, listener: Listener) {
         let _ = self.listener.set(listener);
+    }
+
+    fn outcome_unknown(&self) -> u64 {
+        self.outcome_unknown.load(Ordering::Relaxed)
     }
 
     fn settles(&self) -> crate::store::Settles {
