@@ -682,6 +682,61 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
     assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
 }
 
+/// The message log refuses messages (its disk below `store.min_free_mb`)
+/// while people talk: IRC will not send those lines again, so the plugin
+/// holds them, stays connected, and delivers them in order once the disk
+/// has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room() {
+    let irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _unmount = Tmpfs::mount(&state, "48m");
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
+             [store]\nmin_free_mb = 16\n"
+        ),
+    );
+    human.wait_member("#room", "sbbot").await;
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    human.send("PRIVMSG #room :before").await;
+    op.message_with_text("before", Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // The disk drops below the floor: new messages are refused.
+    let filler = state.join("filler");
+    std::fs::write(&filler, vec![0u8; 40 << 20]).unwrap();
+    // The log reads the free space at most every 100 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during: Vec<String> = (1..=3).map(|i| format!("during {i}")).collect();
+    for l in &during {
+        human.send(&format!("PRIVMSG #room :{l}")).await;
+    }
+    d.wait_log("holding messages in memory", Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_file(&filler).unwrap();
+    for l in &during {
+        let m = op.next_message(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(m["text"], l.as_str(), "{m}");
+    }
+    d.wait_log("takes messages again", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let a = op.account_status("irc", "default").await.unwrap();
+    assert_eq!(a["reconnectAttempts"], 0, "the bot reconnected: {a}");
+    let all = op.history_after(0).await.unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_message_is_paced_so_the_server_keeps_the_bot() {
     let net = InspNet::start();

@@ -4,7 +4,8 @@
 //! answers PING, joins the configured channels, turns every PRIVMSG into an
 //! inbound message, and sends what `send` queued in the host outbox. When the
 //! connection drops `run` fails and the host restarts it with backoff, which
-//! reconnects and rejoins.
+//! reconnects and rejoins. A message the gateway's log refuses is held in
+//! memory and offered again (`held`): the server will not send it twice.
 //!
 //! `send` runs on a fresh instance and cannot reach that connection, so it
 //! queues the message with `outbox::push`; the delivery id is the queue
@@ -12,6 +13,7 @@
 //! limit, paces the lines (`send_burst`, `send_interval_ms`) so the server
 //! does not drop the bot for flooding, and acks the message once written.
 
+mod held;
 mod line;
 mod throttle;
 
@@ -206,6 +208,11 @@ async fn session(
     let mut buf: Vec<u8> = Vec::new();
     let mut counter: u64 = 0;
     let mut chunk = [0u8; 4096];
+    let mut held = HeldFor {
+        account,
+        held: held::Held::default(),
+    };
+    let mut refusing = false;
     loop {
         let read = stream
             .read(&mut chunk)
@@ -216,6 +223,11 @@ async fn session(
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(Err(e)) => return Err(transient(format!("read from {addr}: {e}"))),
             Err(_) => {} // timeout: go check the outbox
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(transient(format!(
+                "{addr} sent a line longer than {MAX_LINE_BYTES} bytes"
+            )));
         }
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             // A line ends with \r\n, or a bare \n from lax servers.
@@ -315,7 +327,7 @@ async fn session(
                         sender.clone()
                     };
                     counter += 1;
-                    switchboard_sdk::deliver(InboundMessage {
+                    let m = InboundMessage {
                         account_id: account.to_string(),
                         chat_id: chat,
                         sender_id: sender.clone(),
@@ -327,15 +339,73 @@ async fn session(
                         reply_to_id: None,
                         raw: Some(text.clone()),
                         attachments: vec![],
-                    })
-                    .map_err(ChannelError::Transient)?;
+                    };
+                    let size = 2 * text.len() + 256;
+                    let dropped = held.held.push(m, size);
+                    if dropped > 0 {
+                        switchboard_sdk::error!(
+                            "{account}: {dropped} message(s) lost: the gateway's message log has refused them for too long and {} are held already (the most kept in memory)",
+                            held.held.len()
+                        );
+                    }
                 }
                 _ => {}
             }
         }
+        if !held.held.is_empty() {
+            offer_held(account, &mut held.held, &mut refusing);
+        }
         if registered {
             send_queued(account, &mut stream, &mut sending, &mut throttle, &nick).await?;
         }
+    }
+}
+
+/// The longest line read from the server (IRCv3 allows 8191 bytes of tags
+/// and 512 of message): a server sending more without a newline is cut off.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// One connection's held messages: those still held when it ends are
+/// lost with it (the next `run` is a new instance), and the log says so.
+struct HeldFor<'a> {
+    account: &'a str,
+    held: held::Held<InboundMessage>,
+}
+
+impl Drop for HeldFor<'_> {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            switchboard_sdk::error!(
+                "{}: {} message(s) the gateway's message log refused are lost with the connection",
+                self.account,
+                self.held.len()
+            );
+        }
+    }
+}
+
+/// Delivers the held messages, in order, unless the log refused one less
+/// than a second ago; logs when the log starts and stops refusing.
+fn offer_held(account: &str, held: &mut held::Held<InboundMessage>, refusing: &mut bool) {
+    let f = held.flush(switchboard_sdk::now_ms(), |m| {
+        switchboard_sdk::deliver(m.clone()).map(|_| ())
+    });
+    match f.refused {
+        Some(why) if !*refusing => {
+            *refusing = true;
+            switchboard_sdk::warn!(
+                "{account}: the gateway's message log refused a message ({why}); holding messages in memory (at most {} or {} MiB) and offering them again every second",
+                held::MAX_MESSAGES,
+                held::MAX_BYTES >> 20
+            );
+        }
+        None if *refusing && held.is_empty() => {
+            *refusing = false;
+            switchboard_sdk::info!(
+                "{account}: the gateway's message log takes messages again; every held message is delivered"
+            );
+        }
+        _ => {}
     }
 }
 
