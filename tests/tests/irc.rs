@@ -737,6 +737,44 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
     assert_eq!(all.len(), 4, "{all:?}");
 }
 
+/// A hostile server that sends bytes without a line end: the plugin does
+/// not buffer them without bound, it ends the connection and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_line_without_end_is_cut_off() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let junk = vec![b'a'; 8192];
+                for _ in 0..64 {
+                    if s.write_all(&junk).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let e = op
+        .wait_account_error(
+            "irc",
+            "default",
+            "longer than 65536 bytes",
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_message_is_paced_so_the_server_keeps_the_bot() {
     let net = InspNet::start();
