@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod plugins;
 pub mod presence;
@@ -99,6 +100,8 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
         state_dir = %gw.config().state_dir().display(),
         "gateway listening"
     );
+    notify::notify(&format!("READY=1\nSTATUS=listening on {scheme}://{local}"));
+    let watchdog = notify::watchdog_period().map(|p| tokio::spawn(notify::run_watchdog(p)));
     let reloader = tokio::spawn(reloader.run());
     let tls_reloader = tls
         .clone()
@@ -138,6 +141,9 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
     }
     pruner.abort();
     trimmer.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let _: Arc<gateway::Gateway> = gw;
     Ok(())
 }

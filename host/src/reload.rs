@@ -330,8 +330,16 @@ impl Reloader {
                 }
                 reload(&g, trigger);
             };
+            // systemd (`ExecReload=`) waits for the reload it asked for.
+            let asked = trigger == "SIGHUP";
+            if asked {
+                crate::notify::notify("RELOADING=1");
+            }
             if let Err(e) = tokio::task::spawn_blocking(run).await {
                 tracing::error!("configuration reload failed: {e}");
+            }
+            if asked {
+                crate::notify::notify("READY=1");
             }
         }
     }

@@ -119,6 +119,7 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, mut signals: Signals, acceptor:
         );
         std::process::exit(1);
     });
+    crate::notify::notify("STOPPING=1");
     tracing::info!(
         signal,
         ms = step(1, started),

@@ -269,6 +269,98 @@ async fn a_config_file_that_is_a_pipe_is_read_once_and_the_daemon_still_stops() 
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
 
+/// Under systemd (`Type=notify`): READY=1 once it listens, RELOADING=1 and
+/// READY=1 around a SIGHUP's reload, WATCHDOG=1 every half of
+/// `WatchdogSec=`, STOPPING=1 when it stops.
+#[tokio::test]
+async fn systemd_is_notified_of_readiness_reloads_liveness_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut d = Daemon::builder()
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start()
+        .unwrap();
+    // Everything before READY=1 is what the daemon sent first.
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=listening on ws://{}", d.addr)),
+        "{ready}"
+    );
+    // The watchdog, every 200 ms.
+    let t0 = Instant::now();
+    let mut beats = 0;
+    while beats < 3 {
+        if next() == "WATCHDOG=1" {
+            beats += 1;
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    d.signal("HUP");
+    let mut seen = Vec::new();
+    while !seen.contains(&"READY=1".to_string()) {
+        let m = next();
+        if m != "WATCHDOG=1" {
+            seen.push(m);
+        }
+    }
+    assert_eq!(seen, ["RELOADING=1", "READY=1"]);
+    d.signal("TERM");
+    loop {
+        let m = next();
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).unwrap(), 0);
+}
+
+/// The shipped unit file parses cleanly (every key known, every value
+/// valid), pointed at the binary under test.
+#[test]
+fn the_example_systemd_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let unit =
+        std::fs::read_to_string(workspace_root().join("examples/switchboard.service")).unwrap();
+    assert!(unit.contains("Type=notify"), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/switchboard",
+            &binary().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
 #[tokio::test]
 async fn max_connections_is_held_for_the_socket_life() {
     let d = Daemon::builder()
