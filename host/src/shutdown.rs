@@ -146,6 +146,20 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, mut signals: Signals, acceptor:
         "shutdown 3/5: channels stopped"
     );
 
+    // Records of sends that went out while the log could not take them:
+    // lost with the process otherwise (their keys would be refused after
+    // the restart, never sent twice).
+    match tokio::time::timeout_at(deadline, gw.channels.record_owed()).await {
+        Ok(left) if !left.is_empty() => tracing::error!(
+            count = left.len(),
+            "{} sent message(s) could not be recorded before the stop (the message log still fails); after the restart a retry of their idempotencyKey is refused as SEND_OUTCOME_UNKNOWN: {}",
+            left.len(),
+            left.iter().take(10).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("shutdown bound reached while recording sent messages"),
+    }
+
     let conns = gw.conns.all();
     tracing::info!(
         connections = conns.len(),

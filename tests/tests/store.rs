@@ -385,6 +385,48 @@ async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_h
     assert_eq!(c.history_after(0).await.unwrap().len(), 1);
 }
 
+/// The daemon is stopped (SIGTERM) while a sent message's record is still
+/// owed (the disk was full when the channel answered, and has room again
+/// before the next retry): the stop writes it, so after the restart a retry
+/// gets the first answer instead of being refused as SEND_OUTCOME_UNKNOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_still_owed_at_a_stop_is_written_by_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _unmount = Tmpfs::mount(&state, "16m");
+    let (url, hits) = outbound_server(Duration::from_millis(1500), "owed").await;
+    let start = || daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 0\n");
+    let mut d = start();
+    let text = "x".repeat(1 << 20);
+    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": text, "idempotencyKey": "k-owed"});
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    c.send_request("1", "send", params.clone()).await.unwrap();
+    wait_hits(&hits, 1).await;
+    fill(&state.join("filler"));
+    let r = c.response("1").await.unwrap();
+    assert_eq!(r["payload"]["messageId"], "owed-1", "{r}");
+    // The record's own retries (0.5 s, then 1 s later) fail on the full
+    // disk; the next is 2 s later. Room comes back, and the stop, first.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    std::fs::remove_file(state.join("filler")).unwrap();
+    drop(c);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    assert!(
+        !d.log_text()
+            .contains("could not be recorded before the stop"),
+        "{}",
+        d.log_text()
+    );
+    let d = start();
+    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let after = c.request("2", "send", params).await.unwrap();
+    assert_eq!(after["payload"], r["payload"], "{after}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    assert_eq!(c.history_after(0).await.unwrap().len(), 1);
+}
+
 /// Posts numbered messages as an upstream would (retrying until answered
 /// 200) while the daemon is SIGKILLed at random moments: every message
 /// answered 200 before a kill is in the log after the restart, and after

@@ -73,7 +73,7 @@ pub struct ChannelManager {
     history_reads: tokio::sync::Semaphore,
     /// Receipts of sends that went out and whose record the log could not
     /// take yet, by idempotency key (`send::MAX_UNRECORDED` at most).
-    unrecorded: Mutex<HashMap<String, SendReceipt>>,
+    unrecorded: Mutex<HashMap<String, send::Unrecorded>>,
     /// Sends cut off after their plugin reached out whose mark the log
     /// could not take, by idempotency key: their retries are refused for
     /// this run (the next start marks them interrupted anyway).

@@ -122,6 +122,17 @@ fn ago(at_ms: u64) -> String {
     }
 }
 
+/// A send that went out and whose record the log could not take yet: its
+/// answer for retries, and the record to write.
+pub struct Unrecorded {
+    receipt: SendReceipt,
+    row: Message,
+    text: String,
+    /// Being written now (by its task or the stop): one writer at a time,
+    /// so the outbound message is not logged twice.
+    writing: bool,
+}
+
 /// A send cut off after its plugin reached out, remembered in memory when
 /// the log could not mark it.
 #[derive(Debug, Clone)]
@@ -191,8 +202,8 @@ impl ChannelManager {
     /// The receipt for `key`: one waiting to be recorded, or the log's.
     /// A key whose send an earlier run interrupted is an error.
     fn recorded(&self, key: &str) -> Result<Option<SendReceipt>, SendError> {
-        if let Some(r) = self.unrecorded.guard().get(key) {
-            return Ok(Some(r.clone()));
+        if let Some(u) = self.unrecorded.guard().get(key) {
+            return Ok(Some(u.receipt.clone()));
         }
         if let Some(c) = self.cut_off.guard().get(key) {
             return Err(SendError::OutcomeUnknown {
@@ -349,9 +360,16 @@ impl ChannelManager {
     }
 
     /// Keeps `receipt` for retries of `key` and writes the send's record
-    /// once the log takes it (every 0.5 s at first, then up to every 10 s).
+    /// once the log takes it (every 0.5 s at first, then up to every 10 s;
+    /// and once more when the daemon stops: [`ChannelManager::record_owed`]).
     fn record_later(self: &Arc<Self>, row: Message, key: &str, receipt: SendReceipt, text: String) {
-        self.unrecorded.guard().insert(key.to_string(), receipt);
+        let owed = Unrecorded {
+            receipt,
+            row,
+            text,
+            writing: false,
+        };
+        self.unrecorded.guard().insert(key.to_string(), owed);
         let me = Arc::downgrade(self);
         let key = key.to_string();
         tokio::spawn(async move {
@@ -359,14 +377,54 @@ impl ChannelManager {
             loop {
                 tokio::time::sleep(wait).await;
                 let Some(me) = me.upgrade() else { return };
-                if me.inbox.sent(row.clone(), &key, text.clone()).await.is_ok() {
-                    me.unrecorded.guard().remove(&key);
-                    tracing::info!(key, "a sent message's record is written at last");
-                    return;
+                match me.write_owed(&key).await {
+                    Some(true) => {
+                        tracing::info!(key, "a sent message's record is written at last");
+                        return;
+                    }
+                    None => return,
+                    Some(false) => {}
                 }
                 wait = (wait * 2).min(std::time::Duration::from_secs(10));
             }
         });
+    }
+
+    /// Tries once to write the owed record of `key`: `Some(true)` written,
+    /// `Some(false)` not (or another writer has it now), `None` nothing is
+    /// owed for it any more.
+    async fn write_owed(&self, key: &str) -> Option<bool> {
+        let (row, text) = {
+            let mut owed = self.unrecorded.guard();
+            let u = owed.get_mut(key)?;
+            if u.writing {
+                return Some(false);
+            }
+            u.writing = true;
+            (u.row.clone(), u.text.clone())
+        };
+        let written = self.inbox.sent(row, key, text).await.is_ok();
+        let mut owed = self.unrecorded.guard();
+        if written {
+            owed.remove(key);
+        } else if let Some(u) = owed.get_mut(key) {
+            u.writing = false;
+        }
+        Some(written)
+    }
+
+    /// At a stop: tries once more to write every record still owed (they
+    /// are otherwise lost with the process, and their keys refused as
+    /// `SEND_OUTCOME_UNKNOWN` after the restart). Returns the keys left.
+    pub async fn record_owed(&self) -> Vec<String> {
+        let keys: Vec<String> = self.unrecorded.guard().keys().cloned().collect();
+        let mut left = Vec::new();
+        for key in keys {
+            if self.write_owed(&key).await == Some(false) {
+                left.push(key);
+            }
+        }
+        left
     }
 
     /// Refuses a call that would log messages while the log takes none
