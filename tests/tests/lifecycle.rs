@@ -326,6 +326,27 @@ async fn systemd_is_notified_of_readiness_reloads_liveness_and_stopping() {
     assert_eq!(d.wait_exit(Duration::from_secs(10)).unwrap(), 0);
 }
 
+/// `NOTIFY_SOCKET` may name a socket in Linux's abstract namespace (`@…`),
+/// as systemd does in some set-ups.
+#[test]
+fn systemd_notifications_reach_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let name = format!("switchboard-test-{}", std::process::id());
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let d = Daemon::builder()
+        .env("NOTIFY_SOCKET", &format!("@{name}"))
+        .start()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("READY=1 in time");
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("READY=1\n"), "{got}");
+    drop(d);
+}
+
 /// The shipped unit file parses cleanly (every key known, every value
 /// valid), pointed at the binary under test.
 #[test]
