@@ -327,30 +327,77 @@ async fn a_send_the_host_cut_off_after_its_request_went_out_is_never_sent_again(
     assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
 }
 
+/// A `send` whose channel answers after the log's disk filled up (a
+/// 16 MiB tmpfs, `min_free_mb = 0`): the daemon, its admin client, the
+/// request and its answer (already checked to be the stand-in's `<prefix>-1`).
+struct SentOnAFullDisk {
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    _unmount: Tmpfs,
+    url: String,
+    hits: Arc<AtomicU64>,
+    d: Daemon,
+    /// The client that sent it (`None` once closed).
+    c: Option<Client>,
+    params: Value,
+    r: Value,
+}
+
+impl SentOnAFullDisk {
+    async fn new(prefix: &'static str, key: &str) -> SentOnAFullDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let _unmount = Tmpfs::mount(&state, "16m");
+        let (url, hits) = outbound_server(Duration::from_millis(1500), prefix).await;
+        let d = Self::daemon(dir.path(), &url);
+        // A text larger than the log's WAL: its record needs new disk space.
+        let text = "x".repeat(1 << 20);
+        let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": text, "idempotencyKey": key});
+        let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+        c.send_request("1", "send", params.clone()).await.unwrap();
+        wait_hits(&hits, 1).await;
+        fill(&state.join("filler"));
+        let r = c.response("1").await.unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["payload"]["messageId"], format!("{prefix}-1"), "{r}");
+        SentOnAFullDisk {
+            dir,
+            state,
+            _unmount,
+            url,
+            hits,
+            d,
+            c: Some(c),
+            params,
+            r,
+        }
+    }
+
+    fn daemon(dir: &Path, url: &str) -> Daemon {
+        daemon_with(dir, 0, url, "[store]\nmin_free_mb = 0\n")
+    }
+
+    /// Another daemon on the same state, and an admin client of it.
+    async fn restart(&self) -> (Daemon, Client) {
+        let d = Self::daemon(self.dir.path(), &self.url);
+        let (c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+        (d, c)
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.state.join("filler")).unwrap();
+    }
+}
+
 /// The disk fills while the channel sends: the message went out, so the
 /// `send` is answered; a retry gets the same answer without sending; once
 /// there is room the record is written by itself, and after a restart the
 /// retry still gets the first answer. The message is in the log once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_has_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let _unmount = Tmpfs::mount(&state, "16m");
-    let (url, hits) = outbound_server(Duration::from_millis(1500), "late").await;
-    let start = || daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 0\n");
-    let d = start();
-    // A text larger than the log's WAL: its record needs new disk space.
-    let text = "x".repeat(1 << 20);
-    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": text, "idempotencyKey": "k-full"});
-    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    c.send_request("1", "send", params.clone()).await.unwrap();
-    wait_hits(&hits, 1).await;
-    fill(&state.join("filler"));
-    let r = c.response("1").await.unwrap();
-    assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["payload"]["messageId"], "late-1", "{r}");
-    let ready: Value = reqwest::get(d.http("/ready"))
+    let mut s = SentOnAFullDisk::new("late", "k-full").await;
+    let ready: Value = reqwest::get(s.d.http("/ready"))
         .await
         .unwrap()
         .json()
@@ -360,10 +407,11 @@ async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_h
         ready["failing"].to_string().contains("disk is full"),
         "the record did not fail: {ready}"
     );
-    let again = c.request("2", "send", params.clone()).await.unwrap();
-    assert_eq!(again["payload"], r["payload"], "{again}");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
-    std::fs::remove_file(state.join("filler")).unwrap();
+    let mut c = s.c.take().unwrap();
+    let again = c.request("2", "send", s.params.clone()).await.unwrap();
+    assert_eq!(again["payload"], s.r["payload"], "{again}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1, "sent twice");
+    s.free();
     let mut recorded = Vec::new();
     for _ in 0..60 {
         recorded = c.history_after(0).await.unwrap();
@@ -374,14 +422,12 @@ async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_h
     }
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0]["messageId"], "late-1");
-    d.signal("KILL");
-    drop(c);
-    drop(d);
-    let d = start();
-    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let after = c.request("3", "send", params).await.unwrap();
-    assert_eq!(after["payload"], r["payload"], "{after}");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    s.d.signal("KILL");
+    let _ = s.d.wait_exit(Duration::from_secs(10));
+    let (_d, mut c) = s.restart().await;
+    let after = c.request("3", "send", s.params.clone()).await.unwrap();
+    assert_eq!(after["payload"], s.r["payload"], "{after}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1, "sent twice");
     assert_eq!(c.history_after(0).await.unwrap().len(), 1);
 }
 
@@ -391,39 +437,24 @@ async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_h
 /// gets the first answer instead of being refused as SEND_OUTCOME_UNKNOWN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_still_owed_at_a_stop_is_written_by_the_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let _unmount = Tmpfs::mount(&state, "16m");
-    let (url, hits) = outbound_server(Duration::from_millis(1500), "owed").await;
-    let start = || daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 0\n");
-    let mut d = start();
-    let text = "x".repeat(1 << 20);
-    let params = json!({"channel": "webhook", "accountId": "out", "to": "x", "message": text, "idempotencyKey": "k-owed"});
-    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    c.send_request("1", "send", params.clone()).await.unwrap();
-    wait_hits(&hits, 1).await;
-    fill(&state.join("filler"));
-    let r = c.response("1").await.unwrap();
-    assert_eq!(r["payload"]["messageId"], "owed-1", "{r}");
+    let mut s = SentOnAFullDisk::new("owed", "k-owed").await;
     // The record's own retries (0.5 s, then 1 s later) fail on the full
     // disk; the next is 2 s later. Room comes back, and the stop, first.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    std::fs::remove_file(state.join("filler")).unwrap();
-    drop(c);
-    d.signal("TERM");
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    s.free();
+    s.c = None;
+    s.d.signal("TERM");
+    assert_eq!(s.d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
     assert!(
-        !d.log_text()
+        !s.d.log_text()
             .contains("could not be recorded before the stop"),
         "{}",
-        d.log_text()
+        s.d.log_text()
     );
-    let d = start();
-    let (mut c, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let after = c.request("2", "send", params).await.unwrap();
-    assert_eq!(after["payload"], r["payload"], "{after}");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
+    let (_d, mut c) = s.restart().await;
+    let after = c.request("2", "send", s.params.clone()).await.unwrap();
+    assert_eq!(after["payload"], s.r["payload"], "{after}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1, "sent twice");
     assert_eq!(c.history_after(0).await.unwrap().len(), 1);
 }
 
