@@ -168,6 +168,44 @@ async fn a_message_delivered_twice_is_stored_and_broadcast_once() {
     assert_eq!(all.len(), 2, "{all:?}");
 }
 
+/// A clean stop checkpoints the log: with `sync = normal` (commits not
+/// fsynced) everything is then in the database file, on disk, and the WAL
+/// is empty; the next start finds every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_the_whole_log_in_its_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon_with(
+        dir.path(),
+        0,
+        "http://127.0.0.1:9/out",
+        "[store]\nsync = \"normal\"\n",
+    );
+    for i in 0..20 {
+        let (st, r) = post(&d, &inbound(&format!("m{i}"))).await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let wal = dir.path().join("state/switchboard.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "nothing in the WAL to begin with"
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    assert!(
+        d.log_text().contains("message log checkpointed"),
+        "{}",
+        d.log_text()
+    );
+    let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(
+        left, 0,
+        "the WAL still holds {left} bytes after a clean stop"
+    );
+    let d = daemon_in(dir.path(), 0, "http://127.0.0.1:9/out");
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    assert_eq!(c.history_after(0).await.unwrap().len(), 20);
+}
+
 /// SIGKILLs `d` (`c` goes with it) and starts it again on the same state,
 /// with a client that may write and read.
 async fn kill_and_restart(d: Daemon, c: Client, dir: &Path, url: &str) -> (Daemon, Client) {

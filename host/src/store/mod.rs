@@ -274,6 +274,11 @@ pub trait MessageLog: Send + Sync {
     /// its listener called.
     fn flush(&self) -> Pending<()>;
 
+    /// Copies everything committed into the database file and empties the
+    /// WAL, both on disk whatever `store.sync` is: after it the database
+    /// file alone holds the log. For a clean stop.
+    fn checkpoint(&self) -> Pending<()>;
+
     /// Sets the listener called after each commit (before the commit's
     /// writes resolve).
     fn on_commit(&self, listener: Listener);

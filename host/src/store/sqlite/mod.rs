@@ -494,6 +494,10 @@ impl MessageLog for SqliteLog {
         self.disk.low()
     }
 
+    fn checkpoint(&self) -> Pending<()> {
+        self.submit(Op::Checkpoint)
+    }
+
     fn flush(&self) -> Pending<()> {
         self.submit(Op::Flush)
     }

@@ -45,6 +45,9 @@ pub(super) enum Op {
     Outbox(OutboxOp, oneshot::Sender<Result<u64, StoreError>>),
     /// A `send`'s intent; answers 0.
     Intent(IntentOp, oneshot::Sender<Result<u64, StoreError>>),
+    /// After the group's commit: copy the WAL into the database file and
+    /// empty it (SQLite fsyncs both), whatever `sync` is. For a clean stop.
+    Checkpoint(oneshot::Sender<Result<(), StoreError>>),
 }
 
 pub(super) enum IntentOp {
@@ -508,7 +511,7 @@ fn apply(
                 .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
             Ok(Done::Pruned(gone))
         }
-        Op::Flush(_) | Op::Settle(_) => Ok(Done::Flushed),
+        Op::Flush(_) | Op::Settle(_) | Op::Checkpoint(_) => Ok(Done::Flushed),
         Op::Kv(op, _) => kv.write(tx, op, kv_max),
         Op::Outbox(op, _) => outbox(tx, op).map(Done::State),
         Op::Intent(IntentOp::Begin(key, channel, account), _) => {
@@ -554,6 +557,22 @@ fn outbox(tx: &rusqlite::Transaction<'_>, op: &OutboxOp) -> rusqlite::Result<u64
             Ok(0)
         }
     }
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: every committed frame into the
+/// database file, then the WAL emptied; SQLite fsyncs the WAL before and
+/// the database file after, so nothing committed is owed an fsync.
+fn checkpoint(conn: &Connection, d: &mut Durability, shared: &Shared) -> Result<(), StoreError> {
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(|e| StoreError(describe("checkpoint the message log", &e)))?;
+    if busy != 0 {
+        return Err(StoreError(
+            "checkpoint the message log: a reader still holds it; the WAL stays as it is".into(),
+        ));
+    }
+    d.synced(shared);
+    Ok(())
 }
 
 fn write_group(
@@ -640,6 +659,10 @@ pub(super) fn writer(
                 if shared.failure.guard().take().is_some() {
                     tracing::info!("message log writes succeed again");
                 }
+                let checkpointed = ops
+                    .iter()
+                    .any(|o| matches!(o, Op::Checkpoint(_)))
+                    .then(|| checkpoint(&conn, &mut d, &shared));
                 // The listener first (the `message` events, in order), then
                 // the answers: once a write resolves, its event is queued.
                 if let Some(l) = shared.listener.get() {
@@ -663,6 +686,9 @@ pub(super) fn writer(
                         }
                         (Op::Flush(reply) | Op::Settle(reply), Done::Flushed) => {
                             let _ = reply.send(Ok(()));
+                        }
+                        (Op::Checkpoint(reply), Done::Flushed) => {
+                            let _ = reply.send(checkpointed.clone().unwrap_or(Ok(())));
                         }
                         (
                             Op::Kv(_, reply) | Op::Outbox(_, reply) | Op::Intent(_, reply),
@@ -696,7 +722,7 @@ pub(super) fn writer(
                         Op::Prune(_, reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
-                        Op::Flush(reply) | Op::Settle(reply) => {
+                        Op::Flush(reply) | Op::Settle(reply) | Op::Checkpoint(reply) => {
                             let _ = reply.send(Err(StoreError(why.clone())));
                         }
                         Op::Kv(_, reply) | Op::Outbox(_, reply) | Op::Intent(_, reply) => {
