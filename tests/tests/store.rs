@@ -423,6 +423,19 @@ impl SentOnAFullDisk {
         (d, c)
     }
 
+    /// On a restarted daemon, a retry of the send gets its first answer
+    /// without sending, and the log holds the message once.
+    async fn restarted_retry_gets_the_first_answer(&self) {
+        let (_d, mut c) = self.restart().await;
+        let after = c
+            .request("retry", "send", self.params.clone())
+            .await
+            .unwrap();
+        assert_eq!(after["payload"], self.r["payload"], "{after}");
+        assert_eq!(self.hits.load(Ordering::SeqCst), 1, "sent twice");
+        assert_eq!(c.history_after(0).await.unwrap().len(), 1);
+    }
+
     fn free(&self) {
         std::fs::remove_file(self.state.join("filler")).unwrap();
     }
@@ -462,11 +475,7 @@ async fn a_send_whose_record_fails_is_answered_once_and_recorded_when_the_disk_h
     assert_eq!(recorded[0]["messageId"], "late-1");
     s.d.signal("KILL");
     let _ = s.d.wait_exit(Duration::from_secs(10));
-    let (_d, mut c) = s.restart().await;
-    let after = c.request("3", "send", s.params.clone()).await.unwrap();
-    assert_eq!(after["payload"], s.r["payload"], "{after}");
-    assert_eq!(s.hits.load(Ordering::SeqCst), 1, "sent twice");
-    assert_eq!(c.history_after(0).await.unwrap().len(), 1);
+    s.restarted_retry_gets_the_first_answer().await;
 }
 
 /// The daemon is stopped (SIGTERM) while a sent message's record is still
@@ -489,11 +498,7 @@ async fn a_record_still_owed_at_a_stop_is_written_by_the_stop() {
         "{}",
         s.d.log_text()
     );
-    let (_d, mut c) = s.restart().await;
-    let after = c.request("2", "send", s.params.clone()).await.unwrap();
-    assert_eq!(after["payload"], s.r["payload"], "{after}");
-    assert_eq!(s.hits.load(Ordering::SeqCst), 1, "sent twice");
-    assert_eq!(c.history_after(0).await.unwrap().len(), 1);
+    s.restarted_retry_gets_the_first_answer().await;
 }
 
 /// Posts numbered messages as an upstream would (retrying until answered
