@@ -136,9 +136,7 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
-            let _ = writeln!(out, "# TYPE switchboard_{name} counter");
-            let _ = writeln!(out, "switchboard_{name} {}", v.load(Ordering::Relaxed));
+            metric(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
         }
         let _ = writeln!(
             out,
@@ -155,30 +153,34 @@ impl Metrics {
             "switchboard_store_settles_total{{reason=\"timer\"}} {}",
             settles_timer
         );
-        let _ = writeln!(
-            out,
-            "# HELP switchboard_reply_bytes Bytes of responses waiting to be written, all connections together (gateway.limits.max_reply_bytes_total bounds them)."
+        metric(
+            &mut out,
+            "reply_bytes",
+            "gauge",
+            "Bytes of responses waiting to be written, all connections together (gateway.limits.max_reply_bytes_total bounds them).",
+            reply_bytes,
         );
-        let _ = writeln!(out, "# TYPE switchboard_reply_bytes gauge");
-        let _ = writeln!(out, "switchboard_reply_bytes {reply_bytes}");
-        let _ = writeln!(
-            out,
-            "# HELP switchboard_sends_outcome_unknown_total Sends whose outcome is unknown (their retries are refused with SEND_OUTCOME_UNKNOWN): those the last run left when it stopped, and those whose plugin call was ended after it reached out since this start."
+        metric(
+            &mut out,
+            "sends_outcome_unknown_total",
+            "counter",
+            "Sends whose outcome is unknown (their retries are refused with SEND_OUTCOME_UNKNOWN): those the last run left when it stopped, and those whose plugin call was ended after it reached out since this start.",
+            outcome_unknown,
         );
-        let _ = writeln!(
-            out,
-            "# TYPE switchboard_sends_outcome_unknown_total counter"
+        metric(
+            &mut out,
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            uptime_secs,
         );
-        let _ = writeln!(
-            out,
-            "switchboard_sends_outcome_unknown_total {outcome_unknown}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP switchboard_uptime_seconds Seconds since start."
-        );
-        let _ = writeln!(out, "# TYPE switchboard_uptime_seconds gauge");
-        let _ = writeln!(out, "switchboard_uptime_seconds {uptime_secs}");
         out
     }
+}
+
+/// One unlabelled metric `switchboard_<name>` of `kind` with its help line.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+    let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+    let _ = writeln!(out, "switchboard_{name} {value}");
 }
