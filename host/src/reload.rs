@@ -241,6 +241,8 @@ pub struct Reloader {
     _watcher: Option<notify::RecommendedWatcher>,
     changed: Option<tokio::sync::mpsc::Receiver<()>>,
     hup: Option<tokio::signal::unix::Signal>,
+    /// The config file is not a regular file (a pipe): it is never re-read.
+    piped: bool,
 }
 
 impl Reloader {
@@ -249,7 +251,8 @@ impl Reloader {
     /// and the environment's overrides) is listened to.
     pub fn install(gw: Arc<Gateway>, tls: Option<Arc<Tls>>) -> Self {
         let mut file = gw.source.file();
-        if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+        let piped = file.as_ref().is_some_and(|f| !f.is_file());
+        if let Some(f) = file.as_ref().filter(|_| piped) {
             // `--config <(…)`: read once at start; reading it again would
             // wait for a writer that is gone.
             tracing::warn!(
@@ -294,6 +297,7 @@ impl Reloader {
             _watcher,
             changed,
             hup,
+            piped,
         }
     }
 
@@ -318,20 +322,20 @@ impl Reloader {
                     crate::gateway::tls::reload_logged(t, true, "SIGHUP").await;
                 }
             }
-            if self.file.is_none() && self.gw.source.file().is_some() {
+            if self.piped {
                 continue;
             }
+            let asked = trigger == "SIGHUP";
             let (g, file) = (self.gw.clone(), self.file.clone());
             // Off the async threads: the file may be slow to read.
             let run = move || {
                 let read = file.and_then(|p| crate::config::read_config_file(&p, true).ok());
-                if trigger != "SIGHUP" && read == g.source.last_read() {
+                if !asked && read == g.source.last_read() {
                     return;
                 }
                 reload(&g, trigger);
             };
             // systemd (`ExecReload=`) waits for the reload it asked for.
-            let asked = trigger == "SIGHUP";
             if asked {
                 crate::notify::notify("RELOADING=1");
             }

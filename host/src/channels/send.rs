@@ -143,6 +143,19 @@ pub struct CutOff {
     how: String,
 }
 
+impl CutOff {
+    /// What the send with `key`, and each retry of it, is answered.
+    fn refusal(&self, key: &str) -> SendError {
+        SendError::OutcomeUnknown {
+            key: key.to_string(),
+            channel: self.channel.clone(),
+            account: self.account.clone(),
+            at_ms: self.at_ms,
+            cut_off: Some(self.how.clone()),
+        }
+    }
+}
+
 /// Sends that went out and whose record could not be written, at most:
 /// past it, a `send` is refused before its channel is called.
 pub const MAX_UNRECORDED: usize = 1024;
@@ -206,13 +219,7 @@ impl ChannelManager {
             return Ok(Some(u.receipt.clone()));
         }
         if let Some(c) = self.cut_off.guard().get(key) {
-            return Err(SendError::OutcomeUnknown {
-                key: key.to_string(),
-                channel: c.channel.clone(),
-                account: c.account.clone(),
-                at_ms: c.at_ms,
-                cut_off: Some(c.how.clone()),
-            });
+            return Err(c.refusal(key));
         }
         let record = self
             .inbox
@@ -305,13 +312,7 @@ impl ChannelManager {
                     );
                     self.cut_off.guard().insert(key.to_string(), cut.clone());
                 }
-                return Err(SendError::OutcomeUnknown {
-                    key: key.to_string(),
-                    channel: cut.channel,
-                    account: cut.account,
-                    at_ms,
-                    cut_off: Some(cut.how),
-                });
+                return Err(cut.refusal(key));
             }
             Err(error) => {
                 // The channel answered that it did not send: a retry may.

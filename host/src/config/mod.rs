@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 
-pub use load::{
-    describe, lossy_path, read_config_file, redacted, Described, Source, MAX_CONFIG_BYTES,
-};
+pub use load::{describe, lossy_path, read_config_file, redacted, Described, Source};
 
 pub const DEFAULT_PORT: u16 = 18789;
 

@@ -195,23 +195,20 @@ impl Plugin {
         });
         // A send the host ended after it reached outside the sandbox may
         // have gone out: saying it failed would have it sent again.
-        let cut = |m: String| match sending && grants.has_reached_out() {
-            true => CallError::Interrupted(m),
-            false => CallError::Failed(m),
-        };
+        let cut_off = || sending && grants.has_reached_out();
         let (result, settled) = match task.await {
             Ok(done) => done,
             Err(e) => {
                 let m = format!("plugin call task failed: {e}");
-                return Err(match cut(m) {
-                    CallError::Failed(m) => CallError::Unavailable(m),
-                    interrupted => interrupted,
+                return Err(match cut_off() {
+                    true => CallError::Interrupted(m),
+                    false => CallError::Unavailable(m),
                 });
             }
         };
         if let Err(m) = &result {
-            if let e @ CallError::Interrupted(_) = cut(m.clone()) {
-                return Err(e);
+            if cut_off() {
+                return Err(CallError::Interrupted(m.clone()));
             }
         }
         if let Err(e) = settled {
