@@ -211,8 +211,8 @@ async fn session(
     let mut held = HeldFor {
         account,
         held: held::Held::default(),
+        refusing: false,
     };
-    let mut refusing = false;
     loop {
         let read = stream
             .read(&mut chunk)
@@ -352,9 +352,7 @@ async fn session(
                 _ => {}
             }
         }
-        if !held.held.is_empty() {
-            offer_held(account, &mut held.held, &mut refusing);
-        }
+        held.offer();
         if registered {
             send_queued(account, &mut stream, &mut sending, &mut throttle, &nick).await?;
         }
@@ -370,6 +368,8 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 struct HeldFor<'a> {
     account: &'a str,
     held: held::Held<InboundMessage>,
+    /// The log refused the last offer (logged once per spell).
+    refusing: bool,
 }
 
 impl Drop for HeldFor<'_> {
@@ -384,28 +384,34 @@ impl Drop for HeldFor<'_> {
     }
 }
 
-/// Delivers the held messages, in order, unless the log refused one less
-/// than a second ago; logs when the log starts and stops refusing.
-fn offer_held(account: &str, held: &mut held::Held<InboundMessage>, refusing: &mut bool) {
-    let f = held.flush(switchboard_sdk::now_ms(), |m| {
-        switchboard_sdk::deliver(m.clone()).map(|_| ())
-    });
-    match f.refused {
-        Some(why) if !*refusing => {
-            *refusing = true;
-            switchboard_sdk::warn!(
-                "{account}: the gateway's message log refused a message ({why}); holding messages in memory (at most {} or {} MiB) and offering them again every second",
-                held::MAX_MESSAGES,
-                held::MAX_BYTES >> 20
-            );
+impl HeldFor<'_> {
+    /// Delivers the held messages, in order, unless the log refused one
+    /// less than a second ago; logs when the log starts and stops refusing.
+    fn offer(&mut self) {
+        if self.held.is_empty() {
+            return;
         }
-        None if *refusing && held.is_empty() => {
-            *refusing = false;
-            switchboard_sdk::info!(
-                "{account}: the gateway's message log takes messages again; every held message is delivered"
-            );
+        let f = self.held.flush(switchboard_sdk::now_ms(), |m| {
+            switchboard_sdk::deliver(m.clone()).map(|_| ())
+        });
+        let account = self.account;
+        match f.refused {
+            Some(why) if !self.refusing => {
+                self.refusing = true;
+                switchboard_sdk::warn!(
+                    "{account}: the gateway's message log refused a message ({why}); holding messages in memory (at most {} or {} MiB) and offering them again every second",
+                    held::MAX_MESSAGES,
+                    held::MAX_BYTES >> 20
+                );
+            }
+            None if self.refusing && self.held.is_empty() => {
+                self.refusing = false;
+                switchboard_sdk::info!(
+                    "{account}: the gateway's message log takes messages again; every held message is delivered"
+                );
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 
