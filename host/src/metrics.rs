@@ -15,6 +15,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub handshake_failures: AtomicU64,
     pub connections_rejected: AtomicU64,
+    pub connections_refused_per_ip: AtomicU64,
+    pub webhook_busy_per_ip: AtomicU64,
     pub connections_total: AtomicU64,
     pub origin_rejections: AtomicU64,
     pub host_rejections: AtomicU64,
@@ -52,7 +54,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -85,6 +87,11 @@ impl Metrics {
                 &self.connections_rejected,
             ),
             (
+                "connections_refused_per_ip_total",
+                "TCP connections refused because their address had max_unauthenticated_per_ip unauthenticated connections open.",
+                &self.connections_refused_per_ip,
+            ),
+            (
                 "connections_accepted_total",
                 "TCP connections accepted.",
                 &self.connections_total,
@@ -108,6 +115,11 @@ impl Metrics {
                 "webhook_busy_total",
                 "Webhook requests refused because max_webhook_bodies were being read.",
                 &self.webhook_busy,
+            ),
+            (
+                "webhook_busy_per_ip_total",
+                "Webhook requests refused because their address had max_webhook_bodies_per_ip bodies being read.",
+                &self.webhook_busy_per_ip,
             ),
             (
                 "body_timeouts_total",

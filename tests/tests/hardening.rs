@@ -696,3 +696,140 @@ async fn a_browser_lockout_does_not_lock_out_other_origins() {
         .unwrap();
     assert_eq!(res["ok"], true, "{res}");
 }
+
+/// A TCP connection to the daemon from `from`, another loopback address
+/// (all of 127.0.0.0/8 is this machine's), so that one test can be several
+/// peers.
+async fn tcp_from(d: &Daemon, from: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(d.addr).await.unwrap()
+}
+
+async fn get_health_from(d: &Daemon, from: &str) -> String {
+    let mut s = tcp_from(d, from).await;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    read_until_eof(&mut s, Duration::from_secs(3)).await
+}
+
+/// One address holding idle, unauthenticated sockets cannot take every
+/// connection slot: past `max_unauthenticated_per_ip` it is refused 503,
+/// while other addresses, and its own authenticated WebSockets, are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_unauthenticated_slot() {
+    let d = Daemon::builder()
+        .config("[gateway.limits]\nmax_unauthenticated_per_ip = 4\n")
+        .start()
+        .unwrap();
+    // Four sockets that send nothing, as a slow-loris peer's.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tcp_from(&d, "127.0.0.2").await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = get_health_from(&d, "127.0.0.2").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("max_unauthenticated_per_ip"),
+        "the refusal names the limit: {refused}"
+    );
+    // Another address is served meanwhile.
+    let other = get_health_from(&d, "127.0.0.1").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // Authenticated WebSockets give their share back: six of them from
+    // one address, held at once, with a bound of four.
+    let mut operators = Vec::new();
+    for i in 0..6 {
+        let stream = tcp_from(&d, "127.0.0.3").await;
+        let (ws, _) = tokio_tungstenite::client_async(
+            d.url(),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("operator {i} refused: {e}"));
+        let mut c = Client::after_upgrade(ws).await.unwrap();
+        let res = c
+            .request("c1", "connect", connect_params(None, &["operator.read"]))
+            .await
+            .unwrap();
+        assert_eq!(res["ok"], true, "{res}");
+        operators.push(c);
+    }
+    let health = operators[5]
+        .request("h", "health", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(health["ok"], true, "{health}");
+    // A closed idle socket frees its slot.
+    drop(idle.pop());
+    let t0 = Instant::now();
+    loop {
+        let again = get_health_from(&d, "127.0.0.2").await;
+        if again.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{again}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        d.metric("switchboard_connections_refused_per_ip_total")
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        d.log_text()
+            .contains("unauthenticated connections already open from 127.0.0.2"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// One address cannot take every webhook body slot with stalled bodies:
+/// past `max_webhook_bodies_per_ip` it gets 503, another address's webhook
+/// is still taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_webhook_body_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = webhook_daemon(
+        dir.path(),
+        "[gateway.limits]\nmax_webhook_bodies = 16\nmax_webhook_bodies_per_ip = 2\n",
+    );
+    let host = d.addr.to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tcp_from(&d, "127.0.0.2").await;
+        s.write_all(&stalled_post(&host)).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = tcp_from(&d, "127.0.0.2").await;
+    third.write_all(&stalled_post(&host)).await.unwrap();
+    let busy = read_until_eof(&mut third, Duration::from_millis(800)).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("from your address"), "{busy}");
+    assert!(busy.contains("retry-after: 1"), "{busy}");
+    // Another peer's webhook goes in while those two stall.
+    let r = reqwest::Client::new()
+        .post(d.http("/hooks/webhook/open"))
+        .body(json!({"chatId": "c", "senderId": "s", "text": "in", "messageId": "m1"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        d.metric("switchboard_webhook_busy_per_ip_total")
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        d.log_text()
+            .contains("webhook bodies already being read from 127.0.0.2"),
+        "{}",
+        d.log_text()
+    );
+    drop(stalled);
+}

@@ -251,6 +251,13 @@ pub struct LimitsConfig {
     pub body_read_timeout_ms: u64,
     /// Webhook request bodies read at once, across all channels; more get 503.
     pub max_webhook_bodies: usize,
+    /// Webhook request bodies one remote address (an IPv6 /64) may have
+    /// being read at once; more get 503 (0: no limit but the global one).
+    pub max_webhook_bodies_per_ip: usize,
+    /// Connections one remote address (an IPv6 /64) may hold open while
+    /// they are not authenticated WebSockets (before `hello-ok`, and plain
+    /// HTTP such as webhooks); more are refused at accept (0: no limit).
+    pub max_unauthenticated_per_ip: usize,
     /// Requests one connection may have in flight at once.
     pub max_inflight_requests: usize,
     /// Bound on graceful shutdown.
@@ -271,6 +278,8 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             max_webhook_bodies: 16,
+            max_webhook_bodies_per_ip: 8,
+            max_unauthenticated_per_ip: 256,
             max_inflight_requests: 32,
             shutdown_timeout_ms: 10_000,
         }

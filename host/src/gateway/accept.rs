@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
+use super::per_ip::IpSlot;
 use super::{http, Gateway};
 
 /// Per-TCP-connection facts handed to request handlers.
@@ -28,6 +29,18 @@ pub struct ConnMeta {
     /// The `max_connections` slot, held until the socket (or the WebSocket
     /// it was upgraded to) closes.
     pub permit: Arc<OwnedSemaphorePermit>,
+    /// The remote address's `max_unauthenticated_per_ip` slot: held until
+    /// the socket closes, or given back when it becomes an authenticated
+    /// WebSocket ([`ConnMeta::authenticated`]).
+    pub unauthenticated: Arc<std::sync::Mutex<Option<IpSlot>>>,
+}
+
+impl ConnMeta {
+    /// The connection authenticated: it no longer counts against its
+    /// address's unauthenticated share.
+    pub fn authenticated(&self) {
+        drop(self.unauthenticated.guard().take());
+    }
 }
 
 /// Accepts connections until shutdown begins.
@@ -65,7 +78,23 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                         gw2.config().gateway.limits.max_connections
                     ),
                 );
-                refuse_busy(stream, tls).await;
+                refuse_busy(stream, tls, BUSY).await;
+                return;
+            };
+            let per_ip = gw2.config().gateway.limits.max_unauthenticated_per_ip;
+            let Some(ip_slot) = gw2.unauthenticated_per_ip.try_take(remote.ip(), per_ip) else {
+                gw2.metrics
+                    .connections_refused_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                gw2.refusals.note(
+                    "connection",
+                    &format!(
+                        "{} unauthenticated connections already open from {} (gateway.limits.max_unauthenticated_per_ip)",
+                        per_ip,
+                        remote.ip()
+                    ),
+                );
+                refuse_busy(stream, tls, BUSY_PER_IP).await;
                 return;
             };
             let _ = stream.set_nodelay(true);
@@ -77,6 +106,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                 remote,
                 tls: tls.is_some(),
                 permit: Arc::new(permit),
+                unauthenticated: Arc::new(std::sync::Mutex::new(Some(ip_slot))),
             };
             let header_timeout =
                 Duration::from_millis(gw2.config().gateway.limits.header_read_timeout_ms);
@@ -108,11 +138,17 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
     tracing::info!("stopped accepting connections");
 }
 
-/// Answers 503 to a connection over the limit (plain TCP only; a TLS client
+const BUSY: &str = "too many connections: gateway.limits.max_connections reached\n";
+const BUSY_PER_IP: &str = "too many unauthenticated connections from your address: gateway.limits.max_unauthenticated_per_ip reached; close some or authenticate them\n";
+
+/// Answers 503 to a connection over a limit (plain TCP only; a TLS client
 /// just sees the socket close, as there is no slot to run a handshake in).
-async fn refuse_busy(mut stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn refuse_busy(
+    mut stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    body: &str,
+) {
     if tls.is_none() {
-        let body = "too many connections: gateway.limits.max_connections reached\n";
         let resp = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
             body.len()

@@ -80,6 +80,34 @@ async fn hook(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
+    // ... and one address's share of them, so that one slow peer cannot
+    // take every slot from the others.
+    let per_ip = gw.config().gateway.limits.max_webhook_bodies_per_ip;
+    let remote = parts.extensions.get::<ConnMeta>().map(|m| m.remote.ip());
+    let ip_slot = match remote {
+        Some(ip) => match gw.webhook_bodies_per_ip.try_take(ip, per_ip) {
+            Some(s) => Some(s),
+            None => {
+                gw.metrics
+                    .webhook_busy_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                gw.refusals.note(
+                    "webhook",
+                    &format!(
+                        "{per_ip} webhook bodies already being read from {ip} (gateway.limits.max_webhook_bodies_per_ip)"
+                    ),
+                );
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many webhook requests in progress from your address; retry shortly".into(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        },
+        None => None,
+    };
     let timeout = std::time::Duration::from_millis(gw.config().gateway.limits.body_read_timeout_ms);
     let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => b,
@@ -125,7 +153,7 @@ async fn hook(
         body: Vec::from(body),
     };
     let result = gw.channels.webhook(&channel, &account, hr).await;
-    drop(slot);
+    drop((slot, ip_slot));
     if big {
         crate::memory::release_soon();
     }

@@ -10,6 +10,7 @@ pub mod accept;
 pub mod auth;
 pub mod http;
 pub mod methods;
+pub mod per_ip;
 pub mod preauth;
 pub mod refusals;
 mod send_params;
@@ -56,6 +57,12 @@ pub struct Gateway {
     pub refusals: refusals::RefusalLog,
     /// Webhook bodies being read at once (`gateway.limits.max_webhook_bodies`).
     pub webhook_bodies: Arc<Semaphore>,
+    /// Webhook bodies being read per remote address
+    /// (`gateway.limits.max_webhook_bodies_per_ip`).
+    pub webhook_bodies_per_ip: Arc<per_ip::PerIp>,
+    /// Connections per remote address that are not authenticated WebSockets
+    /// (`gateway.limits.max_unauthenticated_per_ip`).
+    pub unauthenticated_per_ip: Arc<per_ip::PerIp>,
     /// The `health` snapshot and what wakes its monitor.
     pub health: Arc<Health>,
     /// The durable message log (also held by the channels' inbox).
@@ -163,6 +170,8 @@ impl Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
             refusals: refusals::RefusalLog::default(),
             webhook_bodies: Arc::new(Semaphore::new(config.gateway.limits.max_webhook_bodies)),
+            webhook_bodies_per_ip: Arc::default(),
+            unauthenticated_per_ip: Arc::default(),
             live: std::sync::RwLock::new(Arc::new(config)),
             source,
             conns,

@@ -35,6 +35,7 @@ where
     // is done instead of sizing the future the whole connection lives in.
     let accepted = Box::pin(handshake::accept(&gw, &mut io, &meta, origin)).await;
     if let Some(accepted) = accepted {
+        meta.authenticated();
         Box::pin(reader::serve_connection(gw, io, meta, accepted)).await;
     }
 }
