@@ -202,3 +202,80 @@ async fn a_rotated_certificate_is_served_to_the_next_connection() {
         true
     );
 }
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    assert!(std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// A TLS file that is a pipe or far too large is refused by name, at start
+/// and at a reload, instead of being waited on (a pipe nobody writes) or
+/// read whole; at a reload the running certificate stays in use.
+#[tokio::test]
+async fn a_tls_file_that_is_a_pipe_or_too_large_is_refused_not_waited_on() {
+    let ca = Ca::new("server");
+    let leaf = ca.sign("localhost");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write(dir.path(), "cert.pem", &leaf.cert_pem);
+    let key = write(dir.path(), "key.pem", &leaf.key_pem);
+    let fifo = dir.path().join("key.fifo");
+    mkfifo(&fifo);
+    let config = |key: &Path| {
+        format!(
+            "[gateway.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    // At start: a pipe, then a 5 MiB file.
+    let (code, err) = Daemon::builder()
+        .config(&config(&fifo))
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("gateway.tls.key") && err.contains("is not a regular file"),
+        "{err}"
+    );
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, "x".repeat(5 << 20)).unwrap();
+    let (code, err) = Daemon::builder()
+        .config(&config(&big))
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("is larger than 4 MiB"), "{err}");
+
+    // At a reload: the certificate file becomes a pipe.
+    let d = Daemon::builder().config(&config(&key)).start().unwrap();
+    let trust = [ca.der()];
+    assert_eq!(served_cert(&d, &trust).await, leaf.der);
+    mkfifo(&cert);
+    let line = d
+        .wait_log("not a regular file", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(line.contains("gateway.tls.cert"), "{line}");
+    assert!(line.contains("previous certificate stays in use"), "{line}");
+    assert_eq!(served_cert(&d, &trust).await, leaf.der);
+    // And SIGHUP's forced re-read does not hang on it either: it reports.
+    d.signal("HUP");
+    let t0 = std::time::Instant::now();
+    while !d
+        .log_text()
+        .lines()
+        .any(|l| l.contains("SIGHUP") && l.contains("not a regular file"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = wss_connect(&d, client_config(&trust, None)).await.unwrap();
+    assert_eq!(
+        c.request("h", "health", json!({})).await.unwrap()["ok"],
+        true
+    );
+}

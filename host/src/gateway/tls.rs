@@ -6,7 +6,7 @@
 //! of files that does not load keeps the running one and says why in the
 //! log. Each connection takes the acceptor current when it arrives.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -108,8 +108,9 @@ pub async fn reload_logged(tls: &Arc<Tls>, force: bool, trigger: &str) {
     }
 }
 
-fn read(key: &str, p: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("gateway.tls.{key}: cannot read {}", p.display()))
+fn read(key: &str, p: &Path) -> Result<Vec<u8>> {
+    crate::plugins::tls_client::read_pem_file(p)
+        .map_err(|e| anyhow::anyhow!("gateway.tls.{key}: {e}"))
 }
 
 fn build(files: &TlsConfig) -> Result<TlsAcceptor> {

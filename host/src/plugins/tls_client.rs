@@ -84,9 +84,48 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
+/// Largest PEM file read (a certificate, its key, a CA bundle: a whole
+/// system bundle is about 200 KiB).
+pub const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// Reads a PEM file the configuration names: a regular file (a symlink to
+/// one is fine) of at most [`MAX_PEM_BYTES`]. It is opened without blocking
+/// and checked once open, so a pipe or a device in its place is refused
+/// rather than waited on for ever.
+pub fn read_pem_file(p: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file (a directory, a pipe or a device); give the path of a PEM file",
+            p.display()
+        ));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "{} is larger than {} MiB: not a PEM file of certificates or a key; is it the right file?",
+            p.display(),
+            MAX_PEM_BYTES >> 20
+        ));
+    }
+    Ok(pem)
+}
+
 /// The certificates of a PEM file; an error names the file and what is wrong.
 pub fn read_pem_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let pem = read_pem_file(p)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not a PEM certificate file: {e}", p.display()))?;
@@ -240,6 +279,18 @@ mod tests {
         // A channel whose CA file is unusable connects nowhere (fails closed).
         let t = Trust::new(Some(&p));
         assert!(format!("{t:?}").contains("unusable"));
+        // A directory is named as one, not read.
+        let e = read_pem_certs(dir.path()).unwrap_err();
+        assert!(e.contains("is not a regular file"), "{e}");
+        // A pipe nobody writes is refused at once, not waited on.
+        let fifo = dir.path().join("ca.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()));
+        let e = read_pem_certs(&fifo).unwrap_err();
+        assert!(
+            e.contains("ca.fifo") && e.contains("is not a regular file"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
