@@ -1007,3 +1007,104 @@ async fn an_oversized_field_is_refused_by_name_and_not_stored() {
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     assert!(c.history_after(0).await.unwrap().is_empty());
 }
+
+/// An echo daemon with its state in `dir` (echo's `act` delivers a line
+/// saying what it did, so the log counts the actions made).
+fn echo_daemon(dir: &Path) -> Daemon {
+    Daemon::builder()
+        .with_plugins(
+            dir,
+            &[("plugins", "echo.wasm")],
+            "[channels.echo.accounts.default]\ninterval_secs = 0\n",
+        )
+        .start()
+        .unwrap()
+}
+
+async fn count_text(c: &mut Client, text: &str) -> usize {
+    c.history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == text)
+        .count()
+}
+
+/// `message.action`'s react, edit and delete are keyed as `send` is: a
+/// retry of a key whose action was made (at once, after it, after a
+/// SIGKILL and restart) gets the first answer and acts no more; a key
+/// first used for another action is refused by name and acts not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_is_made_once_per_idempotency_key_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = echo_daemon(dir.path());
+    let scopes = ["operator.write", "operator.read"];
+    let (mut c, _) = connect(&d.url(), None, &scopes).await.unwrap();
+    let edit = json!({"channel": "echo", "action": "edit", "idempotencyKey": "e-1",
+        "params": {"target": "room", "messageId": "7", "message": "fixed"}});
+    // Two at once, then a third after them.
+    c.send_request("a", "message.action", edit.clone())
+        .await
+        .unwrap();
+    c.send_request("b", "message.action", edit.clone())
+        .await
+        .unwrap();
+    // Answered in either order.
+    let mut answered = 0;
+    while answered < 2 {
+        let r = c.recv().await.unwrap();
+        if r["type"] == "res" {
+            assert_eq!(r["ok"], true, "{r}");
+            assert_eq!(r["payload"]["action"], "edit", "{r}");
+            answered += 1;
+        }
+    }
+    let r = c
+        .request("c", "message.action", edit.clone())
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        count_text(&mut c, "edit fixed on 7").await,
+        1,
+        "edited twice"
+    );
+
+    d.signal("KILL");
+    drop((c, d));
+    let d = echo_daemon(dir.path());
+    let (mut c, _) = connect(&d.url(), None, &scopes).await.unwrap();
+    let r = c.request("d", "message.action", edit).await.unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        count_text(&mut c, "edit fixed on 7").await,
+        1,
+        "edited again after the restart"
+    );
+    // The key of the edit, reused for a delete.
+    let delete = |key: &str| {
+        json!({"channel": "echo", "action": "delete", "idempotencyKey": key,
+            "params": {"target": "room", "messageId": "7"}})
+    };
+    let r = c
+        .request("e", "message.action", delete("e-1"))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(
+        r["error"]["details"]["code"], "IDEMPOTENCY_KEY_REUSED",
+        "{r}"
+    );
+    let m = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("`message.action:e-1`") && m.contains("edit") && m.contains("delete"),
+        "{m}"
+    );
+    assert_eq!(count_text(&mut c, "delete on 7").await, 0);
+    let r = c
+        .request("f", "message.action", delete("d-1"))
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(count_text(&mut c, "delete on 7").await, 1);
+}

@@ -169,6 +169,11 @@ impl Inbox {
             .await
     }
 
+    /// A keyed action was made: `receipt` answers retries of `key`.
+    pub async fn acted(&self, key: &str, receipt: String) -> Result<(), StoreError> {
+        self.log.record_done(key.to_string(), receipt).await
+    }
+
     /// The channel did not send: a retry of `key` may.
     pub async fn abandon(&self, key: &str) -> Result<(), StoreError> {
         self.log.abandon_send(key.to_string()).await

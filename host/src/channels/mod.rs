@@ -51,7 +51,7 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 
 type Key = (String, String);
 /// idempotency key → the result of the call in flight, once there is one.
-type InFlight = HashMap<String, Arc<OnceCell<SendReceipt>>>;
+type InFlight = HashMap<String, Arc<OnceCell<send::Receipt>>>;
 
 /// `messages.history` pages read at once, whoever asks: each holds a
 /// blocking thread, a reader connection of the log and up to
@@ -67,7 +67,7 @@ pub struct ChannelManager {
     tasks: Mutex<HashMap<Key, tokio::task::AbortHandle>>,
     /// Accounts an operator or the config wants running.
     wanted: Mutex<std::collections::HashSet<Key>>,
-    /// `send`s in flight, by idempotency key.
+    /// Keyed calls (`send`, actions) in flight, by idempotency key.
     in_flight: Mutex<InFlight>,
     /// History pages being read at once ([`HISTORY_READS`]).
     history_reads: tokio::sync::Semaphore,

@@ -1,10 +1,11 @@
 //! Calls from outside: `send` (idempotency, the plugin's `send`, the
-//! outbound message recorded in the log) and webhooks, and their error,
+//! outbound message recorded in the log), `message.action`'s `act` (keyed
+//! the same way, with no message), webhooks, and their error,
 //! [`SendError`].
 //!
 //! Idempotency: a key's receipt is recorded in the message log in the same
-//! transaction as the outbound message, so a retry after a restart gets the
-//! first answer and sends nothing. While a first call is in flight, calls
+//! transaction as the outbound message (an action's alone), so a retry
+//! after a restart gets the first answer and sends nothing. While a first call is in flight, calls
 //! with the same key wait for it (an in-memory cell per key in flight, gone
 //! when the call ends: its cost does not grow with the records kept).
 //!
@@ -64,6 +65,13 @@ pub enum SendError {
     /// The message log takes no new messages now (the disk is below
     /// `store.min_free_mb`): refused before the channel was called.
     LogFull(String),
+    /// The idempotency key was first used for another kind of call (`first`:
+    /// "send" or an action's name) than this one (`now`).
+    KeyReused {
+        key: String,
+        first: String,
+        now: String,
+    },
     /// The channel's plugin does not declare the capability the request
     /// needs (`what` names the request's field or action).
     Unsupported {
@@ -91,14 +99,18 @@ impl std::fmt::Display for SendError {
                 at_ms,
                 cut_off,
             } => {
-                write!(f, "the send with idempotencyKey `{key}` was interrupted {}: ", ago(*at_ms))?;
+                write!(f, "the request with idempotencyKey `{key}` was interrupted {}: ", ago(*at_ms))?;
                 match cut_off {
                     None => write!(f, "the gateway stopped after channel {channel} (account {account}) was called and before its answer was recorded")?,
                     Some(how) => write!(f, "the plugin of channel {channel} (account {account}) had connected out or queued the message when its call was ended ({how})")?,
                 }
-                f.write_str(", so whether the message went out is unknown; look in the chat, and to send it again use a new idempotencyKey")
+                f.write_str(", so whether it reached the chat is unknown; look in the chat, and to try again use a new idempotencyKey")
             }
             SendError::LogFull(m) => f.write_str(m),
+            SendError::KeyReused { key, first, now } => write!(
+                f,
+                "idempotencyKey `{key}` was first used for a {first}, and this request is a {now}: give each request its own idempotencyKey"
+            ),
             SendError::Unsupported {
                 channel,
                 plugin,
@@ -122,11 +134,12 @@ fn ago(at_ms: u64) -> String {
     }
 }
 
-/// A send that went out and whose record the log could not take yet: its
-/// answer for retries, and the record to write.
+/// A keyed call whose record the log could not take yet (a send that went
+/// out, an action made): its answer for retries, and the record to write.
 pub struct Unrecorded {
-    receipt: SendReceipt,
-    row: Message,
+    receipt: Receipt,
+    /// The outbound message a send logs; `None` for an action.
+    row: Option<Message>,
     text: String,
     /// Being written now (by its task or the stop): one writer at a time,
     /// so the outbound message is not logged twice.
@@ -171,6 +184,33 @@ pub struct SendReceipt {
     pub chat_id: String,
 }
 
+/// What `message.action` answers once a channel made a react, edit or
+/// delete; kept for retries of its key as a send's receipt is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActReceipt {
+    pub action: String,
+    pub channel: String,
+}
+
+/// A key's first answer, as recorded (untagged: a send's receipt reads as
+/// it always did).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Receipt {
+    Sent(SendReceipt),
+    Acted(ActReceipt),
+}
+
+impl Receipt {
+    /// What the key was first used for: "send", or the action's name.
+    fn what(&self) -> &str {
+        match self {
+            Receipt::Sent(_) => "send",
+            Receipt::Acted(a) => &a.action,
+        }
+    }
+}
+
 impl ChannelManager {
     /// `send`: routes to the plugin's `send` on a fresh instance; the same
     /// idempotency key returns the first result without sending again.
@@ -181,6 +221,29 @@ impl ChannelManager {
         key: &str,
         message: OutboundMessage,
     ) -> Result<SendReceipt, SendError> {
+        let me = self.clone();
+        let (c, a, k) = (channel.to_string(), account.to_string(), key.to_string());
+        let first = self
+            .keyed(key, async move { me.send_once(&c, &a, &k, message).await })
+            .await?;
+        match first {
+            Receipt::Sent(r) => Ok(r),
+            other => Err(SendError::KeyReused {
+                key: key.to_string(),
+                first: other.what().to_string(),
+                now: "send".into(),
+            }),
+        }
+    }
+
+    /// A keyed call: the first answer recorded for `key`, or `once`'s.
+    /// While one call runs, calls with the same key wait for it; a failure
+    /// is not remembered, so a retry after one calls again.
+    async fn keyed(
+        self: &Arc<Self>,
+        key: &str,
+        once: impl std::future::Future<Output = Result<Receipt, SendError>>,
+    ) -> Result<Receipt, SendError> {
         if let Some(r) = self.recorded(key)? {
             return Ok(r);
         }
@@ -190,21 +253,19 @@ impl ChannelManager {
             .entry(key.to_string())
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
-        let me = self.clone();
-        let (c, a, k) = (channel.to_string(), account.to_string(), key.to_string());
         let result = cell
             .get_or_try_init(|| async move {
                 // A call that finished between the check above and this
                 // cell being made has recorded its receipt by now.
-                if let Some(r) = me.recorded(&k)? {
+                if let Some(r) = self.recorded(key)? {
                     return Ok(r);
                 }
-                me.send_once(&c, &a, &k, message).await
+                once.await
             })
             .await
             .cloned();
         // Done: later calls find the record (or, after a failure, which is
-        // not remembered, send again).
+        // not remembered, call again).
         let mut m = self.in_flight.guard();
         if m.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             m.remove(key);
@@ -213,8 +274,8 @@ impl ChannelManager {
     }
 
     /// The receipt for `key`: one waiting to be recorded, or the log's.
-    /// A key whose send an earlier run interrupted is an error.
-    fn recorded(&self, key: &str) -> Result<Option<SendReceipt>, SendError> {
+    /// A key whose call an earlier run interrupted is an error.
+    fn recorded(&self, key: &str) -> Result<Option<Receipt>, SendError> {
         if let Some(u) = self.unrecorded.guard().get(key) {
             return Ok(Some(u.receipt.clone()));
         }
@@ -253,10 +314,11 @@ impl ChannelManager {
         account: &str,
         key: &str,
         message: OutboundMessage,
-    ) -> Result<SendReceipt, SendError> {
+    ) -> Result<Receipt, SendError> {
         let (plugin, target, acct) = self.call_for(channel, account)?;
         // Its record could not be kept: nothing is sent.
         self.log_takes_messages()?;
+        let plugin_id = plugin.id().to_string();
         let caps = plugin.loaded.info.capabilities;
         let lacking = if !message.attachments.is_empty() && !caps.media {
             Some(("media", "attachments (`mediaUrl`, `mediaUrls`, `buffer`)"))
@@ -273,29 +335,77 @@ impl ChannelManager {
                 what: what.to_string(),
             });
         }
+        let at_ms = self.intend(key, channel, account).await?;
+        let called = plugin.send(target, acct, message.clone()).await;
+        let delivery = self
+            .called(key, channel, account, &plugin_id, at_ms, called)
+            .await?;
+        let chat_id = delivery
+            .chat_id
+            .clone()
+            .unwrap_or_else(|| message.to.clone());
+        let receipt = SendReceipt {
+            run_id: key.to_string(),
+            message_id: delivery.message_id.clone(),
+            channel: channel.to_string(),
+            chat_id: chat_id.clone(),
+        };
+        let receipt = Receipt::Sent(receipt);
+        let text = serde_json::to_string(&receipt).unwrap_or_default();
+        let row = || Inbox::sent_message(channel, account, &chat_id, &message, &delivery, key);
+        if let Err(e) = self.inbox.sent(row(), key, text.clone()).await {
+            // The channel has sent it: answering an error would make the
+            // client send it again. It is answered, retries get the same
+            // answer, and the record is written once the log can be.
+            tracing::error!(
+                channel,
+                account,
+                key,
+                "message sent but not recorded yet (retried until it is): {e}"
+            );
+            self.record_later(Some(row()), key, receipt.clone(), text);
+        }
+        Ok(receipt)
+    }
+
+    /// Before a keyed call reaches its channel: room to remember its
+    /// answer, and its intent durable, so that a stop between the call and
+    /// its record leaves the key interrupted, and a retry is refused
+    /// instead of made twice. Returns when the channel is called (ms).
+    async fn intend(&self, key: &str, channel: &str, account: &str) -> Result<u64, SendError> {
         let waiting = self.unrecorded.guard().len() + self.cut_off.guard().len();
         if waiting >= MAX_UNRECORDED {
             return Err(SendError::Store(format!(
-                "{waiting} messages that went out wait to be recorded in the message log (it cannot be written; see `health`): nothing more is sent until they are"
+                "{waiting} calls that went out wait to be recorded in the message log (it cannot be written; see `health`): nothing more is sent until they are"
             )));
         }
-        // Durable before the channel is called: a stop between its send and
-        // the record below leaves the key interrupted, and a retry is
-        // refused instead of sent twice.
         self.inbox
             .intend(key, channel, account)
             .await
             .map_err(|e| SendError::Store(format!("{e}; nothing was sent")))?;
-        let at_ms = crate::now_ms();
-        let delivery = match plugin.send(target, acct, message.clone()).await {
-            Ok(d) => d,
+        Ok(crate::now_ms())
+    }
+
+    /// A keyed call's outcome: a call the host cut off after its plugin
+    /// reached out is marked so (its retries are refused, never made); one
+    /// the channel failed drops its intent (a retry may call again).
+    async fn called<T>(
+        &self,
+        key: &str,
+        channel: &str,
+        account: &str,
+        plugin: &str,
+        at_ms: u64,
+        result: Result<T, CallError>,
+    ) -> Result<T, SendError> {
+        match result {
+            Ok(t) => Ok(t),
             Err(CallError::Interrupted(how)) => {
-                // It may have gone out: retries are refused, never sent.
                 tracing::warn!(
                     channel,
                     account,
                     key,
-                    "a send was cut off after its plugin reached out ({how}): whether it went out is unknown; retries of its idempotencyKey are refused"
+                    "a call was cut off after its plugin reached out ({how}): whether it went out is unknown; retries of its idempotencyKey are refused"
                 );
                 let cut = CutOff {
                     channel: channel.to_string(),
@@ -308,62 +418,42 @@ impl ChannelManager {
                         channel,
                         account,
                         key,
-                        "marking a cut-off send: {e}; remembered until the daemon stops"
+                        "marking a cut-off call: {e}; remembered until the daemon stops"
                     );
                     self.cut_off.guard().insert(key.to_string(), cut.clone());
                 }
-                return Err(cut.refusal(key));
+                Err(cut.refusal(key))
             }
             Err(error) => {
-                // The channel answered that it did not send: a retry may.
                 // Kept if this fails, which refuses retries after a restart.
                 if let Err(e) = self.inbox.abandon(key).await {
                     tracing::warn!(
                         channel,
                         account,
                         key,
-                        "dropping a failed send's intent: {e}"
+                        "dropping a failed call's intent: {e}"
                     );
                 }
-                return Err(SendError::Call {
+                Err(SendError::Call {
                     channel: channel.to_string(),
-                    plugin: plugin.id().to_string(),
+                    plugin: plugin.to_string(),
                     error,
-                });
+                })
             }
-        };
-        let chat_id = delivery
-            .chat_id
-            .clone()
-            .unwrap_or_else(|| message.to.clone());
-        let receipt = SendReceipt {
-            run_id: key.to_string(),
-            message_id: delivery.message_id.clone(),
-            channel: channel.to_string(),
-            chat_id: chat_id.clone(),
-        };
-        let text = serde_json::to_string(&receipt).unwrap_or_default();
-        let row = || Inbox::sent_message(channel, account, &chat_id, &message, &delivery, key);
-        if let Err(e) = self.inbox.sent(row(), key, text).await {
-            // The channel has sent it: answering an error would make the
-            // client send it again. It is answered, retries get the same
-            // answer, and the record is written once the log can be.
-            tracing::error!(
-                channel,
-                account,
-                key,
-                "message sent but not recorded yet (retried until it is): {e}"
-            );
-            let text = serde_json::to_string(&receipt).unwrap_or_default();
-            self.record_later(row(), key, receipt.clone(), text);
         }
-        Ok(receipt)
     }
 
-    /// Keeps `receipt` for retries of `key` and writes the send's record
-    /// once the log takes it (every 0.5 s at first, then up to every 10 s;
-    /// and once more when the daemon stops: [`ChannelManager::record_owed`]).
-    fn record_later(self: &Arc<Self>, row: Message, key: &str, receipt: SendReceipt, text: String) {
+    /// Keeps `receipt` for retries of `key` and writes the call's record
+    /// (with `row`, a send's outbound message) once the log takes it
+    /// (every 0.5 s at first, then up to every 10 s; and once more when
+    /// the daemon stops: [`ChannelManager::record_owed`]).
+    fn record_later(
+        self: &Arc<Self>,
+        row: Option<Message>,
+        key: &str,
+        receipt: Receipt,
+        text: String,
+    ) {
         let owed = Unrecorded {
             receipt,
             row,
@@ -404,7 +494,11 @@ impl ChannelManager {
             u.writing = true;
             (u.row.clone(), u.text.clone())
         };
-        let written = self.inbox.sent(row, key, text).await.is_ok();
+        let written = match row {
+            Some(row) => self.inbox.sent(row, key, text).await.map(|_| ()),
+            None => self.inbox.acted(key, text).await,
+        }
+        .is_ok();
         let mut owed = self.unrecorded.guard();
         if written {
             owed.remove(key);
@@ -438,26 +532,71 @@ impl ChannelManager {
     }
 
     /// `message.action`'s react, edit and delete: the plugin's `act`, once
-    /// its capability is checked.
-    pub async fn act(&self, channel: &str, account: &str, action: Action) -> Result<(), SendError> {
-        let (plugin, target, acct) = self.call_for(channel, account)?;
+    /// its capability is checked. Keyed as `send` is: a retry of `key`
+    /// after the action was made gets the first answer and acts no more.
+    pub async fn act(
+        self: &Arc<Self>,
+        channel: &str,
+        account: &str,
+        key: &str,
+        action: Action,
+    ) -> Result<(), SendError> {
+        let name = action_name(&action);
+        let (plugin, _, _) = self.call_for(channel, account)?;
         let capability = action.capability();
         if !plugin.loaded.info.capabilities.has(capability) {
             return Err(SendError::Unsupported {
                 channel: channel.to_string(),
                 plugin: plugin.id().to_string(),
                 capability,
-                what: format!("action {}", action_name(&action)),
+                what: format!("action {name}"),
             });
         }
-        plugin
-            .act(target, acct, action)
-            .await
-            .map_err(|error| SendError::Call {
-                channel: channel.to_string(),
-                plugin: plugin.id().to_string(),
-                error,
-            })
+        let me = self.clone();
+        let (c, a, k) = (channel.to_string(), account.to_string(), key.to_string());
+        let first = self
+            .keyed(key, async move { me.act_once(&c, &a, &k, action).await })
+            .await?;
+        match first {
+            Receipt::Acted(r) if r.action == name => Ok(()),
+            other => Err(SendError::KeyReused {
+                key: key.to_string(),
+                first: other.what().to_string(),
+                now: name.to_string(),
+            }),
+        }
+    }
+
+    async fn act_once(
+        self: &Arc<Self>,
+        channel: &str,
+        account: &str,
+        key: &str,
+        action: Action,
+    ) -> Result<Receipt, SendError> {
+        let (plugin, target, acct) = self.call_for(channel, account)?;
+        let plugin_id = plugin.id().to_string();
+        let name = action_name(&action);
+        let at_ms = self.intend(key, channel, account).await?;
+        let called = plugin.act(target, acct, action).await;
+        self.called(key, channel, account, &plugin_id, at_ms, called)
+            .await?;
+        let receipt = Receipt::Acted(ActReceipt {
+            action: name.to_string(),
+            channel: channel.to_string(),
+        });
+        let text = serde_json::to_string(&receipt).unwrap_or_default();
+        if let Err(e) = self.inbox.acted(key, text.clone()).await {
+            // Made: answering an error would make the client act again.
+            tracing::error!(
+                channel,
+                account,
+                key,
+                "{name} made but not recorded yet (retried until it is): {e}"
+            );
+            self.record_later(None, key, receipt.clone(), text);
+        }
+        Ok(receipt)
     }
 
     /// `POST /hooks/<channel>/<account>` → the plugin's `handle-webhook`.

@@ -196,9 +196,9 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
         ),
         // Webhooks need no capability and have no idempotency key; kept for
         // completeness.
-        e @ (SendError::Unsupported { .. } | SendError::OutcomeUnknown { .. }) => {
-            json_error(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        e @ (SendError::Unsupported { .. }
+        | SendError::OutcomeUnknown { .. }
+        | SendError::KeyReused { .. }) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

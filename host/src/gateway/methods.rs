@@ -322,7 +322,8 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             let Some(action) = p.act(&channel)? else {
                 return Err(unsupported());
             };
-            return match gw.channels.act(&channel, &account, action).await {
+            let key = format!("message.action:{}", p.idempotency_key);
+            return match gw.channels.act(&channel, &account, &key, action).await {
                 Ok(()) => raw(&Acted {
                     ok: true,
                     channel: &channel,
@@ -473,6 +474,8 @@ fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value
 pub fn send_error(e: &SendError) -> ErrorShape {
     match e {
         SendError::UnknownTarget(m) => ErrorShape::invalid(m.clone()),
+        SendError::KeyReused { .. } => ErrorShape::invalid(e.to_string())
+            .with_details(json!({"code": "IDEMPOTENCY_KEY_REUSED"})),
         SendError::PluginNotLoaded { .. } | SendError::Store(_) => {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }

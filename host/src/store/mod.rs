@@ -239,6 +239,11 @@ pub trait MessageLog: Send + Sync {
     /// start, and its retries are refused instead of sent twice.
     fn intend_send(&self, key: String, channel: String, account: String) -> Pending<()>;
 
+    /// A keyed call that logs no message (`message.action`'s react, edit,
+    /// delete) was made: `receipt` answers the key's retries from now on
+    /// and its intent goes. Resolves once durable.
+    fn record_done(&self, key: String, receipt: String) -> Pending<()>;
+
     /// The channel answered that it did not send: the intent goes, and a
     /// retry sends.
     fn abandon_send(&self, key: String) -> Pending<()>;

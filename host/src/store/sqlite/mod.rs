@@ -417,6 +417,10 @@ impl MessageLog for SqliteLog {
         self.submit_unit(|tx| Op::Intent(IntentOp::Begin(key, channel, account), tx))
     }
 
+    fn record_done(&self, key: String, receipt: String) -> Pending<()> {
+        self.submit_unit(|tx| Op::Intent(IntentOp::Done(key, receipt), tx))
+    }
+
     fn abandon_send(&self, key: String) -> Pending<()> {
         self.submit_unit(|tx| Op::Intent(IntentOp::Abandon(key), tx))
     }

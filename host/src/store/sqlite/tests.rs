@@ -440,7 +440,7 @@ async fn a_history_page_is_bounded_in_bytes() {
 async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
-    for key in ["sent", "failed", "cut", "late"] {
+    for key in ["sent", "failed", "cut", "late", "acted"] {
         log.intend_send(key.into(), "ch".into(), "acct".into())
             .await
             .unwrap();
@@ -467,11 +467,32 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         .await
         .unwrap();
     log.abandon_send("failed".into()).await.unwrap();
+    // An action's receipt, with no message logged.
+    let before = log
+        .history(&HistoryQuery::default())
+        .unwrap()
+        .messages
+        .len();
+    log.record_done("acted".into(), "{\"action\":\"edit\"}".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        log.history(&HistoryQuery::default())
+            .unwrap()
+            .messages
+            .len(),
+        before
+    );
     drop(log);
     let log = SqliteLog::open(dir.path(), SyncMode::Full, &[]).unwrap();
     assert_eq!(
         log.send_record("sent").unwrap(),
         Some(SendRecord::Receipt("{\"r\":1}".into()))
+    );
+    assert_eq!(
+        log.send_record("acted").unwrap(),
+        Some(SendRecord::Receipt("{\"action\":\"edit\"}".into())),
+        "an action's intent goes with its receipt"
     );
     assert_eq!(log.send_record("failed").unwrap(), None);
     assert!(matches!(
@@ -506,7 +527,7 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         idempotency_before_ms: crate::now_ms() + 1,
         ..keep
     };
-    // The receipt of "sent" and the interrupted "cut" and "late".
-    assert_eq!(log.prune(past).await.unwrap(), 3);
+    // The receipts of "sent" and "acted" and the interrupted "cut" and "late".
+    assert_eq!(log.prune(past).await.unwrap(), 4);
     assert_eq!(log.send_record("cut").unwrap(), None);
 }

@@ -58,6 +58,9 @@ pub(super) enum IntentOp {
     /// key: the host ended the call after the plugin reached outside the
     /// sandbox; whether it sent is unknown.
     CutOff(String),
+    /// key, receipt: a call that logs no message (an action) was made: its
+    /// receipt is kept for retries and its intent goes, in one transaction.
+    Done(String, String),
 }
 
 pub(super) enum KvOp {
@@ -520,6 +523,15 @@ fn apply(
                  VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![key, channel, account, int(crate::now_ms())])?;
+            Ok(Done::State(0))
+        }
+        Op::Intent(IntentOp::Done(key, receipt), _) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, int(crate::now_ms()), receipt])?;
+            tx.prepare_cached("DELETE FROM send_intents WHERE key = ?1")?
+                .execute(params![key])?;
             Ok(Done::State(0))
         }
         Op::Intent(IntentOp::Abandon(key), _) => {
