@@ -1107,4 +1107,28 @@ async fn an_action_is_made_once_per_idempotency_key_across_a_restart() {
         .unwrap();
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(count_text(&mut c, "delete on 7").await, 1);
+    // A key is an identifier, bounded: one of 513 bytes is refused by name
+    // and nothing is done.
+    let long = "k".repeat(513);
+    let r = c
+        .request("g", "message.action", delete(&long))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    let m = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("idempotencyKey is 513 bytes long; at most 512"),
+        "{m}"
+    );
+    let r = c
+        .request(
+            "h",
+            "send",
+            json!({"channel": "echo", "to": "room", "message": "long key", "idempotencyKey": long}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert_eq!(count_text(&mut c, "delete on 7").await, 1);
+    assert_eq!(count_text(&mut c, "long key").await, 0);
 }

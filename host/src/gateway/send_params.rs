@@ -54,6 +54,26 @@ const NO_FIELD: &str = "the channel contract has no such option yet; remove the 
 /// All inline attachments (`buffer`) of one message together.
 pub const MAX_INLINE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Longest `idempotencyKey` (bytes). OpenClaw's clients send a UUID; the key
+/// is kept in the log and, while its record is owed, in memory.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
+
+/// `idempotencyKey` is set and not over [`MAX_IDEMPOTENCY_KEY_BYTES`].
+fn check_key(method: &str, key: &str) -> Result<(), ErrorShape> {
+    if key.is_empty() {
+        return Err(ErrorShape::invalid(format!(
+            "{method}: idempotencyKey must not be empty"
+        )));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(ErrorShape::invalid(format!(
+            "{method}: idempotencyKey is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_BYTES} (a UUID is 36)",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The media fields of a request, as OpenClaw names them.
 #[derive(Default)]
 struct Media {
@@ -188,11 +208,7 @@ impl SendParams {
     /// cannot honour. (Whether the channel takes attachments and thread ids
     /// is the channel manager's to check: it knows the plugin.)
     pub fn outbound(self, channel: &str) -> Result<OutboundMessage, ErrorShape> {
-        if self.idempotency_key.is_empty() {
-            return Err(ErrorShape::invalid(
-                "send: idempotencyKey must not be empty",
-            ));
-        }
+        check_key("send", &self.idempotency_key)?;
         if self.to.is_empty() {
             return Err(ErrorShape::invalid("send: to must not be empty"));
         }
@@ -355,7 +371,7 @@ impl MessageActionParams {
                 "message.action: channel, action and idempotencyKey must not be empty",
             ));
         }
-        Ok(())
+        check_key("message.action", &self.idempotency_key)
     }
 
     /// The account an action is for: the request's, else its params'.
@@ -663,6 +679,32 @@ mod tests {
         let mut f = cli_frame();
         f["conversationReadOrigin"] = json!("elsewhere");
         assert!(serde_json::from_value::<MessageActionParams>(f).is_err());
+    }
+
+    #[test]
+    fn an_idempotency_key_is_bounded() {
+        let send = |key: &str| {
+            let p: SendParams =
+                serde_json::from_value(json!({"to": "c", "message": "m", "idempotencyKey": key}))
+                    .unwrap();
+            p.outbound("echo").map(|_| ())
+        };
+        assert!(send(&"k".repeat(MAX_IDEMPOTENCY_KEY_BYTES)).is_ok());
+        let e = send(&"k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1)).unwrap_err();
+        assert!(
+            e.message
+                .contains("idempotencyKey is 513 bytes long; at most 512"),
+            "{e:?}"
+        );
+        let mut f = cli_frame();
+        f["idempotencyKey"] = json!("k".repeat(4096));
+        let p: MessageActionParams = serde_json::from_value(f).unwrap();
+        let e = p.check().unwrap_err();
+        assert!(
+            e.message
+                .starts_with("message.action: idempotencyKey is 4096 bytes"),
+            "{e:?}"
+        );
     }
 
     #[test]
