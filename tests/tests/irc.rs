@@ -845,6 +845,105 @@ async fn a_message_cut_off_by_a_dropped_connection_is_sent_again() {
     human.expect_lines("#room", &lines).await;
 }
 
+/// A message is acked (leaves the outbox) only once the server answers a
+/// PING written after it: a scripted server reads the message, and drops
+/// the connection at the PING without answering; the next connection gets
+/// the message again and answers; the one after gets nothing more. (Bytes
+/// written to a socket that then dies may never have been read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_leaves_the_outbox_once_the_server_answers_the_ping_after_it() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, String)>();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((s, _)) = server.accept().await {
+            n += 1;
+            let (tx, conn) = (tx.clone(), n);
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let _ = tx.send((conn, l.clone()));
+                    if l.starts_with("USER ") {
+                        let _ = w.write_all(b":fake 001 sbbot :welcome\r\n").await;
+                    }
+                    if let Some(token) = l.strip_prefix("PING ") {
+                        if conn == 1 {
+                            return; // dies without answering
+                        }
+                        let pong = format!(":fake PONG fake {token}\r\n");
+                        let _ = w.write_all(pong.as_bytes()).await;
+                        if conn == 2 {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let r = op
+        .request(
+            "s",
+            "send",
+            json!({"to": "#room", "message": "hello", "idempotencyKey": "once"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let mut seen: Vec<(u32, String)> = Vec::new();
+    // Until the third connection has registered, and 2 s after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut third_at: Option<tokio::time::Instant> = None;
+    loop {
+        let left = match third_at {
+            Some(t) => {
+                (t + Duration::from_secs(2)).saturating_duration_since(tokio::time::Instant::now())
+            }
+            None => deadline.saturating_duration_since(tokio::time::Instant::now()),
+        };
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((conn, l))) => {
+                if conn == 3 && l.starts_with("USER ") {
+                    third_at = Some(tokio::time::Instant::now());
+                }
+                seen.push((conn, l));
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        third_at.is_some(),
+        "no third connection: {seen:?}\n{}",
+        d.log_text()
+    );
+    let on = |conn: u32| -> Vec<&str> {
+        seen.iter()
+            .filter(|(c, l)| *c == conn && (l.starts_with("PRIVMSG") || l.starts_with("PING")))
+            .map(|(_, l)| l.as_str())
+            .collect()
+    };
+    assert_eq!(on(1), ["PRIVMSG #room :hello", "PING :sb-1"], "{seen:?}");
+    assert_eq!(
+        on(2),
+        ["PRIVMSG #room :hello", "PING :sb-1"],
+        "the unconfirmed message is sent again: {seen:?}"
+    );
+    assert_eq!(
+        on(3),
+        Vec::<&str>::new(),
+        "the confirmed message left the outbox: {seen:?}"
+    );
+}
+
 /// `send`s `lines` as one multi-line message to `to`.
 async fn send_lines(op: &mut Client, to: &str, lines: &[String]) {
     let r = op

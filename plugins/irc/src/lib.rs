@@ -11,8 +11,10 @@
 //! queues the message with `outbox::push`; the delivery id is the queue
 //! number. `run` splits each message on newlines and at the 512-byte line
 //! limit, paces the lines (`send_burst`, `send_interval_ms`) so the server
-//! does not drop the bot for flooding, and acks the message once written.
+//! does not drop the bot for flooding, and acks the message once the server
+//! has read it: a PING written after it is answered (`confirm`).
 
+mod confirm;
 mod held;
 mod line;
 mod throttle;
@@ -205,6 +207,7 @@ async fn session(
     let mut throttle =
         throttle::Throttle::new(s.send_burst, s.send_interval_ms, switchboard_sdk::now_ms());
     let mut sending: Sending = None;
+    let mut confirm = confirm::Confirm::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut counter: u64 = 0;
     let mut chunk = [0u8; 4096];
@@ -245,6 +248,14 @@ async fn session(
                         &format!("PONG :{}", msg.params.last().cloned().unwrap_or_default()),
                     )
                     .await?
+                }
+                // The server has read every line before our PING: the
+                // messages written before it leave the outbox.
+                "PONG" => {
+                    let token = msg.params.last().map(String::as_str).unwrap_or_default();
+                    for seq in confirm.pong(token) {
+                        switchboard_sdk::outbox::ack(account, seq);
+                    }
                 }
                 "CAP" if msg.params.get(1).map(String::as_str) == Some("ACK") => {
                     write_line(&mut stream, "AUTHENTICATE PLAIN").await?;
@@ -354,7 +365,12 @@ async fn session(
         }
         held.offer();
         if registered {
-            send_queued(account, &mut stream, &mut sending, &mut throttle, &nick).await?;
+            let mut out = Outgoing {
+                sending: &mut sending,
+                confirm: &mut confirm,
+                throttle: &mut throttle,
+            };
+            out.send_queued(account, &mut stream, &nick).await?;
         }
     }
 }
@@ -418,39 +434,62 @@ impl HeldFor<'_> {
 /// The message being sent: its queue number and the lines still to write.
 type Sending = Option<(u64, VecDeque<String>)>;
 
-/// Writes queued messages as far as the throttle allows. A message is
-/// confirmed once all its lines are written; if the connection fails first,
-/// the host gives it to the next connection again.
-async fn send_queued(
-    account: &str,
-    stream: &mut impl AsyncWrite,
-    sending: &mut Sending,
-    throttle: &mut throttle::Throttle,
-    nick: &str,
-) -> Result<(), ChannelError> {
-    loop {
-        if sending.is_none() {
-            *sending = switchboard_sdk::outbox::pop(account).map(|(seq, m)| {
-                (
-                    seq,
-                    VecDeque::from(line::privmsg_lines(&m.to, &m.text, nick)),
-                )
-            });
+/// What one connection sends: the message being written, what the server
+/// has not confirmed reading, and the pace.
+struct Outgoing<'a> {
+    sending: &'a mut Sending,
+    confirm: &'a mut confirm::Confirm,
+    throttle: &'a mut throttle::Throttle,
+}
+
+impl Outgoing<'_> {
+    /// Writes queued messages as far as the throttle allows, then a PING
+    /// when one is due: a message is acked when the PING after it is
+    /// answered; if the connection fails first, the host gives it to the
+    /// next connection again.
+    async fn send_queued(
+        &mut self,
+        account: &str,
+        stream: &mut impl AsyncWrite,
+        nick: &str,
+    ) -> Result<(), ChannelError> {
+        loop {
+            if self.sending.is_none() {
+                *self.sending = switchboard_sdk::outbox::pop(account).map(|(seq, m)| {
+                    (
+                        seq,
+                        VecDeque::from(line::privmsg_lines(&m.to, &m.text, nick)),
+                    )
+                });
+            }
+            let Some((seq, lines)) = self.sending else {
+                return self.ask(stream, true).await;
+            };
+            match lines.front() {
+                None => {
+                    self.confirm.written(*seq);
+                    *self.sending = None;
+                    self.ask(stream, false).await?;
+                }
+                Some(l) if self.throttle.take(switchboard_sdk::now_ms()) => {
+                    write_line(stream, l).await?;
+                    lines.pop_front();
+                }
+                Some(_) => return Ok(()),
+            }
         }
-        let Some((seq, lines)) = sending else {
+    }
+
+    /// Writes a PING if one is due (`idle`: nothing more is queued) and the
+    /// pace allows it (else it goes on a later turn).
+    async fn ask(&mut self, stream: &mut impl AsyncWrite, idle: bool) -> Result<(), ChannelError> {
+        if !self.confirm.due(idle) || !self.throttle.take(switchboard_sdk::now_ms()) {
             return Ok(());
-        };
-        match lines.front() {
-            None => {
-                switchboard_sdk::outbox::ack(account, *seq);
-                *sending = None;
-            }
-            Some(l) if throttle.take(switchboard_sdk::now_ms()) => {
-                write_line(stream, l).await?;
-                lines.pop_front();
-            }
-            Some(_) => return Ok(()),
         }
+        if let Some(token) = self.confirm.ask(idle) {
+            write_line(stream, &format!("PING :{token}")).await?;
+        }
+        Ok(())
     }
 }
 
