@@ -739,30 +739,51 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
 
 /// A hostile server that sends bytes without a line end: the plugin does
 /// not buffer them without bound, it ends the connection and says why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_line_without_end_is_cut_off() {
+/// A scripted IRC "server" on a free port: `conn` runs for each connection
+/// (numbered from 1). Returns the port.
+async fn scripted_server<F, Fut>(conn: F) -> u16
+where
+    F: Fn(u32, TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = server.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = server.accept().await {
-            tokio::spawn(async move {
-                let junk = vec![b'a'; 8192];
-                for _ in 0..64 {
-                    if s.write_all(&junk).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
+        let mut n = 0;
+        while let Ok((s, _)) = server.accept().await {
+            n += 1;
+            tokio::spawn(conn(n, s));
         }
     });
-    let dir = tempfile::tempdir().unwrap();
+    port
+}
+
+/// A daemon whose IRC account `default` (nick `sbbot`) connects to
+/// `127.0.0.1:port`, and an admin operator of it.
+async fn bot_against(dir: &tempfile::TempDir, port: u16) -> (Daemon, Client) {
     let d = irc_daemon(
-        &dir,
+        dir,
         port,
         &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
     );
-    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let (op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    (d, op)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_line_without_end_is_cut_off() {
+    let port = scripted_server(|_, mut s| async move {
+        let junk = vec![b'a'; 8192];
+        for _ in 0..64 {
+            if s.write_all(&junk).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, mut op) = bot_against(&dir, port).await;
     let e = op
         .wait_account_error(
             "irc",
@@ -852,44 +873,34 @@ async fn a_message_cut_off_by_a_dropped_connection_is_sent_again() {
 /// written to a socket that then dies may never have been read.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_leaves_the_outbox_once_the_server_answers_the_ping_after_it() {
-    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = server.local_addr().unwrap().port();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, String)>();
-    tokio::spawn(async move {
-        let mut n = 0;
-        while let Ok((s, _)) = server.accept().await {
-            n += 1;
-            let (tx, conn) = (tx.clone(), n);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    let _ = tx.send((conn, l.clone()));
-                    if l.starts_with("USER ") {
-                        let _ = w.write_all(b":fake 001 sbbot :welcome\r\n").await;
+    let port = scripted_server(move |conn, s| {
+        let tx = tx.clone();
+        async move {
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send((conn, l.clone()));
+                if l.starts_with("USER ") {
+                    let _ = w.write_all(b":fake 001 sbbot :welcome\r\n").await;
+                }
+                if let Some(token) = l.strip_prefix("PING ") {
+                    if conn == 1 {
+                        return; // dies without answering
                     }
-                    if let Some(token) = l.strip_prefix("PING ") {
-                        if conn == 1 {
-                            return; // dies without answering
-                        }
-                        let pong = format!(":fake PONG fake {token}\r\n");
-                        let _ = w.write_all(pong.as_bytes()).await;
-                        if conn == 2 {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            return;
-                        }
+                    let pong = format!(":fake PONG fake {token}\r\n");
+                    let _ = w.write_all(pong.as_bytes()).await;
+                    if conn == 2 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let d = irc_daemon(
-        &dir,
-        port,
-        &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
-    );
-    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let (d, mut op) = bot_against(&dir, port).await;
     let r = op
         .request(
             "s",

@@ -37,6 +37,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// 503 with `Retry-After: 1`: a webhook refused for now, to be sent again.
+fn busy(message: &str) -> Response {
+    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, message.into());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 /// `POST /hooks/<channel>/<account>[/rest]` → the plugin's `handle-webhook`.
 async fn hook(
     State(gw): State<Arc<Gateway>>,
@@ -72,13 +80,7 @@ async fn hook(
                 gw.config().gateway.limits.max_webhook_bodies
             ),
         );
-        let mut r = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many webhook requests in progress; retry shortly".into(),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return busy("too many webhook requests in progress; retry shortly");
     };
     // ... and one address's share of them, so that one slow peer cannot
     // take every slot from the others.
@@ -97,13 +99,9 @@ async fn hook(
                         "{per_ip} webhook bodies already being read from {ip} (gateway.limits.max_webhook_bodies_per_ip)"
                     ),
                 );
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many webhook requests in progress from your address; retry shortly".into(),
+                return busy(
+                    "too many webhook requests in progress from your address; retry shortly",
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
             }
         },
         None => None,
