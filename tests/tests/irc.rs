@@ -737,8 +737,6 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
     assert_eq!(all.len(), 4, "{all:?}");
 }
 
-/// A hostile server that sends bytes without a line end: the plugin does
-/// not buffer them without bound, it ends the connection and says why.
 /// A scripted IRC "server" on a free port: `conn` runs for each connection
 /// (numbered from 1). Returns the port.
 async fn scripted_server<F, Fut>(conn: F) -> u16
@@ -770,6 +768,8 @@ async fn bot_against(dir: &tempfile::TempDir, port: u16) -> (Daemon, Client) {
     (d, op)
 }
 
+/// A hostile server that sends bytes without a line end: the plugin does
+/// not buffer them without bound, it ends the connection and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_line_without_end_is_cut_off() {
     let port = scripted_server(|_, mut s| async move {
