@@ -719,7 +719,7 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
     for l in &during {
         human.send(&format!("PRIVMSG #room :{l}")).await;
     }
-    d.wait_log("holding messages in memory", Duration::from_secs(10))
+    d.wait_log("holding messages", Duration::from_secs(10))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -735,6 +735,70 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
     assert_eq!(a["reconnectAttempts"], 0, "the bot reconnected: {a}");
     let all = op.history_after(0).await.unwrap();
     assert_eq!(all.len(), 4, "{all:?}");
+}
+
+/// Held messages outlive their connection: the server goes away while the
+/// log refuses messages, the bot reconnects, and once the disk has room
+/// the messages said before arrive, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_outlive_a_dropped_connection() {
+    let mut irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _unmount = Tmpfs::mount(&state, "48m");
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
+             [store]\nmin_free_mb = 16\n"
+        ),
+    );
+    human.wait_member("#room", "sbbot").await;
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let filler = state.join("filler");
+    std::fs::write(&filler, vec![0u8; 40 << 20]).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during: Vec<String> = (1..=3).map(|i| format!("held {i}")).collect();
+    for l in &during {
+        human.send(&format!("PRIVMSG #room :{l}")).await;
+    }
+    d.wait_log("holding messages", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The server goes away, with the messages still held; it comes back
+    // once the bot has noticed.
+    irc.kill();
+    let t0 = std::time::Instant::now();
+    while op.account_status("irc", "default").await.unwrap()["reconnectAttempts"]
+        .as_u64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the bot never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    irc.spawn();
+    d.wait_log("refused earlier are still held", Duration::from_secs(30))
+        .await
+        .unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    for l in &during {
+        let m = op.next_message(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(m["text"], l.as_str(), "{m}");
+        assert_eq!(m["chatId"], "#room", "{m}");
+    }
+    d.wait_log("takes messages again", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let all = op.history_after(0).await.unwrap();
+    assert_eq!(all.len(), 3, "each once: {all:?}");
 }
 
 /// A scripted IRC "server" on a free port: `conn` runs for each connection

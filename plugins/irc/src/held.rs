@@ -48,6 +48,11 @@ impl<M> Held<M> {
         self.queue.is_empty()
     }
 
+    /// The oldest held message.
+    pub fn front(&self) -> Option<&M> {
+        self.queue.front().map(|(m, _)| m)
+    }
+
     /// Adds `m` (of `size` bytes) behind the others; returns how many of the
     /// oldest were dropped to stay within the bounds.
     pub fn push(&mut self, m: M, size: usize) -> usize {

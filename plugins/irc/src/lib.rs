@@ -4,8 +4,9 @@
 //! answers PING, joins the configured channels, turns every PRIVMSG into an
 //! inbound message, and sends what `send` queued in the host outbox. When the
 //! connection drops `run` fails and the host restarts it with backoff, which
-//! reconnects and rejoins. A message the gateway's log refuses is held in
-//! memory and offered again (`held`): the server will not send it twice.
+//! reconnects and rejoins. A message the gateway's log refuses is held and
+//! offered again (`held`, kept across connections in the key-value store by
+//! `spill`): the server will not send it twice.
 //!
 //! `send` runs on a fresh instance and cannot reach that connection, so it
 //! queues the message with `outbox::push`; the delivery id is the queue
@@ -17,6 +18,7 @@
 mod confirm;
 mod held;
 mod line;
+mod spill;
 mod throttle;
 
 use std::collections::VecDeque;
@@ -211,11 +213,7 @@ async fn session(
     let mut buf: Vec<u8> = Vec::new();
     let mut counter: u64 = 0;
     let mut chunk = [0u8; 4096];
-    let mut held = HeldFor {
-        account,
-        held: held::Held::default(),
-        refusing: false,
-    };
+    let mut held = HeldFor::load(account);
     loop {
         let read = stream
             .read(&mut chunk)
@@ -329,35 +327,11 @@ async fn session(
                         nick = n.clone();
                     }
                 }
-                "PRIVMSG" if msg.params.len() >= 2 => {
-                    let sender = msg.nick().unwrap_or_default();
-                    let target = &msg.params[0];
-                    let chat = if target.starts_with(['#', '&']) {
-                        target.clone()
-                    } else {
-                        sender.clone()
-                    };
+                "PRIVMSG" => {
                     counter += 1;
-                    let m = InboundMessage {
-                        account_id: account.to_string(),
-                        chat_id: chat,
-                        sender_id: sender.clone(),
-                        sender_name: Some(sender),
-                        message_id: format!("{}-{counter}", switchboard_sdk::now_ms()),
-                        text: msg.params[1].clone(),
-                        timestamp_ms: switchboard_sdk::now_ms(),
-                        thread_id: None,
-                        reply_to_id: None,
-                        raw: Some(text.clone()),
-                        attachments: vec![],
-                    };
-                    let size = 2 * text.len() + 256;
-                    let dropped = held.held.push(m, size);
-                    if dropped > 0 {
-                        switchboard_sdk::error!(
-                            "{account}: {dropped} message(s) lost: the gateway's message log has refused them for too long and {} are held already (the most kept in memory)",
-                            held.held.len()
-                        );
+                    let id = format!("{}-{counter}", switchboard_sdk::now_ms());
+                    if let Some(m) = inbound(account, &text, id, switchboard_sdk::now_ms()) {
+                        held.push(m);
                     }
                 }
                 _ => {}
@@ -379,43 +353,121 @@ async fn session(
 /// and 512 of message): a server sending more without a newline is cut off.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// One connection's held messages: those still held when it ends are
-/// lost with it (the next `run` is a new instance), and the log says so.
+/// An inbound message from a PRIVMSG line (`None` for another line): in a
+/// channel its chat is the channel, in a direct message the sender.
+fn inbound(account: &str, text: &str, message_id: String, at_ms: u64) -> Option<InboundMessage> {
+    let msg = line::parse(text)?;
+    if msg.command != "PRIVMSG" || msg.params.len() < 2 {
+        return None;
+    }
+    let sender = msg.nick().unwrap_or_default();
+    let target = &msg.params[0];
+    let chat = if target.starts_with(['#', '&']) {
+        target.clone()
+    } else {
+        sender.clone()
+    };
+    Some(InboundMessage {
+        account_id: account.to_string(),
+        chat_id: chat,
+        sender_id: sender.clone(),
+        sender_name: Some(sender),
+        message_id,
+        text: msg.params[1].clone(),
+        timestamp_ms: at_ms,
+        thread_id: None,
+        reply_to_id: None,
+        raw: Some(text.to_string()),
+        attachments: vec![],
+    })
+}
+
+/// One account's inbound messages on their way to the log. Normally each
+/// goes straight through; while the log refuses them they are held, in
+/// memory and in the key-value store (`spill`), and offered again every
+/// second, so that a dropped connection or a restart does not lose them.
 struct HeldFor<'a> {
     account: &'a str,
-    held: held::Held<InboundMessage>,
+    /// Each with its number in the spill.
+    held: held::Held<(u64, InboundMessage)>,
+    spill: spill::Spill,
     /// The log refused the last offer (logged once per spell).
     refusing: bool,
 }
 
-impl Drop for HeldFor<'_> {
-    fn drop(&mut self) {
-        if !self.held.is_empty() {
+impl<'a> HeldFor<'a> {
+    /// The account's messages a previous connection or run left held.
+    fn load(account: &'a str) -> Self {
+        let (spill, entries) = spill::Spill::load(&spill::Kv, account);
+        let mut me = HeldFor {
+            account,
+            held: held::Held::default(),
+            spill,
+            refusing: false,
+        };
+        let found = entries.len();
+        for (n, entry) in entries {
+            // `<message id>\n<ms>\n<the PRIVMSG line>`
+            let mut parts = entry.splitn(3, '\n');
+            let (Some(id), Some(at), Some(raw)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if let Some(m) = inbound(account, raw, id.to_string(), at.parse().unwrap_or(0)) {
+                me.held.push((n, m), 2 * raw.len() + 256);
+            }
+        }
+        me.spill
+            .keep_from(&mut spill::Kv, me.held.front().map(|(n, _)| *n));
+        if found > 0 {
+            switchboard_sdk::warn!(
+                "{account}: {found} message(s) the gateway's message log refused earlier are still held; offering them again"
+            );
+            me.refusing = true;
+        }
+        me
+    }
+
+    /// A message from the server: to the log, behind any held ones.
+    fn push(&mut self, m: InboundMessage) {
+        if self.held.is_empty() && switchboard_sdk::deliver(m.clone()).is_ok() {
+            return;
+        }
+        let raw = m.raw.clone().unwrap_or_default();
+        let n = self.spill.push(
+            &mut spill::Kv,
+            &format!("{}\n{}\n{raw}", m.message_id, m.timestamp_ms),
+        );
+        let dropped = self.held.push((n, m), 2 * raw.len() + 256);
+        if dropped > 0 {
+            self.spill
+                .keep_from(&mut spill::Kv, self.held.front().map(|(n, _)| *n));
             switchboard_sdk::error!(
-                "{}: {} message(s) the gateway's message log refused are lost with the connection",
+                "{}: {dropped} message(s) lost: the gateway's message log has refused them for too long and {} are held already (the most kept)",
                 self.account,
                 self.held.len()
             );
         }
     }
-}
 
-impl HeldFor<'_> {
     /// Delivers the held messages, in order, unless the log refused one
     /// less than a second ago; logs when the log starts and stops refusing.
     fn offer(&mut self) {
         if self.held.is_empty() {
             return;
         }
-        let f = self.held.flush(switchboard_sdk::now_ms(), |m| {
+        let f = self.held.flush(switchboard_sdk::now_ms(), |(_, m)| {
             switchboard_sdk::deliver(m.clone()).map(|_| ())
         });
+        if f.delivered > 0 {
+            self.spill
+                .keep_from(&mut spill::Kv, self.held.front().map(|(n, _)| *n));
+        }
         let account = self.account;
         match f.refused {
             Some(why) if !self.refusing => {
                 self.refusing = true;
                 switchboard_sdk::warn!(
-                    "{account}: the gateway's message log refused a message ({why}); holding messages in memory (at most {} or {} MiB) and offering them again every second",
+                    "{account}: the gateway's message log refused a message ({why}); holding messages (at most {} or {} MiB, kept across reconnects) and offering them again every second",
                     held::MAX_MESSAGES,
                     held::MAX_BYTES >> 20
                 );
