@@ -682,6 +682,65 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
     assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
 }
 
+/// An account whose server is away queues its sends up to the outbox's
+/// 128 MiB: twelve messages of 10 MiB go in, the thirteenth is refused by
+/// name (`UNAVAILABLE`, retryable), and the daemon answers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
+    // Nothing listens on this port: the account never connects.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let text = "x".repeat(10 << 20);
+    for i in 0..12 {
+        let r = op
+            .request(
+                &format!("s{i}"),
+                "send",
+                json!({"to": "#room", "message": text, "idempotencyKey": format!("big-{i}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "message {i}: {r}");
+    }
+    let r = op
+        .request(
+            "s12",
+            "send",
+            json!({"to": "#room", "message": text, "idempotencyKey": "big-12"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    let m = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("outbox of irc/default is full") && m.contains("134217728"),
+        "{m}"
+    );
+    let h = op.request("h", "health", json!({})).await.unwrap();
+    assert_eq!(h["ok"], true, "{h}");
+    // Nor does one of 8 MiB: the bound is on bytes (13 messages are far
+    // from the 1000 the outbox holds).
+    let r = op
+        .request(
+            "s13",
+            "send",
+            json!({"to": "#room", "message": "x".repeat(8 << 20), "idempotencyKey": "big-13"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+}
+
 /// The message log refuses messages (its disk below `store.min_free_mb`)
 /// while people talk: IRC will not send those lines again, so the plugin
 /// holds them, stays connected, and delivers them in order once the disk
