@@ -741,58 +741,105 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     assert_eq!(r["ok"], false, "{r}");
 }
 
+/// ngircd, a tester in `#room` and a bot whose state directory is a 48 MiB
+/// tmpfs with `store.min_free_mb = 16`, so that the test can put the log's
+/// disk below its floor (`fill`) and give it room again (`free`).
+struct OnASmallDisk {
+    irc: Ngircd,
+    human: IrcClient,
+    d: Daemon,
+    op: Client,
+    filler: PathBuf,
+    _unmount: Tmpfs,
+    _dir: tempfile::TempDir,
+}
+
+impl OnASmallDisk {
+    async fn start() -> Self {
+        let irc = Ngircd::start();
+        let port = irc.port;
+        let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let unmount = Tmpfs::mount(&state, "48m");
+        let d = irc_daemon(
+            &dir,
+            port,
+            &format!(
+                "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
+                 [store]\nmin_free_mb = 16\n"
+            ),
+        );
+        human.wait_member("#room", "sbbot").await;
+        let (op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+        OnASmallDisk {
+            irc,
+            human,
+            d,
+            op,
+            filler: state.join("filler"),
+            _unmount: unmount,
+            _dir: dir,
+        }
+    }
+
+    /// The disk drops below the floor: new messages are refused.
+    async fn fill(&self) {
+        std::fs::write(&self.filler, vec![0u8; 40 << 20]).unwrap();
+        // The log reads the free space at most every 100 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(&self.filler).unwrap();
+    }
+
+    /// The tester says `lines` and the bot starts holding them.
+    async fn say_while_refused(&mut self, lines: &[String]) {
+        for l in lines {
+            self.human.send(&format!("PRIVMSG #room :{l}")).await;
+        }
+        self.d
+            .wait_log("holding messages", Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    /// `lines` arrive, in order, and the log says it takes messages again.
+    async fn expect_delivered(&mut self, lines: &[String]) {
+        for l in lines {
+            let m = self.op.next_message(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(m["text"], l.as_str(), "{m}");
+            assert_eq!(m["chatId"], "#room", "{m}");
+        }
+        self.d
+            .wait_log("takes messages again", Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+}
+
 /// The message log refuses messages (its disk below `store.min_free_mb`)
 /// while people talk: IRC will not send those lines again, so the plugin
 /// holds them, stays connected, and delivers them in order once the disk
 /// has room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room() {
-    let irc = Ngircd::start();
-    let port = irc.port;
-    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let _unmount = Tmpfs::mount(&state, "48m");
-    let d = irc_daemon(
-        &dir,
-        port,
-        &format!(
-            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
-             [store]\nmin_free_mb = 16\n"
-        ),
-    );
-    human.wait_member("#room", "sbbot").await;
-    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    human.send("PRIVMSG #room :before").await;
-    op.message_with_text("before", Duration::from_secs(10))
+    let mut t = OnASmallDisk::start().await;
+    t.human.send("PRIVMSG #room :before").await;
+    t.op.message_with_text("before", Duration::from_secs(10))
         .await
         .unwrap();
-
-    // The disk drops below the floor: new messages are refused.
-    let filler = state.join("filler");
-    std::fs::write(&filler, vec![0u8; 40 << 20]).unwrap();
-    // The log reads the free space at most every 100 ms.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.fill().await;
     let during: Vec<String> = (1..=3).map(|i| format!("during {i}")).collect();
-    for l in &during {
-        human.send(&format!("PRIVMSG #room :{l}")).await;
-    }
-    d.wait_log("holding messages", Duration::from_secs(10))
-        .await
-        .unwrap();
+    t.say_while_refused(&during).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::fs::remove_file(&filler).unwrap();
-    for l in &during {
-        let m = op.next_message(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(m["text"], l.as_str(), "{m}");
-    }
-    d.wait_log("takes messages again", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let a = op.account_status("irc", "default").await.unwrap();
+    t.free();
+    t.expect_delivered(&during).await;
+    let a = t.op.account_status("irc", "default").await.unwrap();
     assert_eq!(a["reconnectAttempts"], 0, "the bot reconnected: {a}");
-    let all = op.history_after(0).await.unwrap();
+    let all = t.op.history_after(0).await.unwrap();
     assert_eq!(all.len(), 4, "{all:?}");
 }
 
@@ -801,38 +848,15 @@ async fn messages_the_log_refuses_are_held_and_delivered_once_the_disk_has_room(
 /// the messages said before arrive, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_outlive_a_dropped_connection() {
-    let mut irc = Ngircd::start();
-    let port = irc.port;
-    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let _unmount = Tmpfs::mount(&state, "48m");
-    let d = irc_daemon(
-        &dir,
-        port,
-        &format!(
-            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
-             [store]\nmin_free_mb = 16\n"
-        ),
-    );
-    human.wait_member("#room", "sbbot").await;
-    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let filler = state.join("filler");
-    std::fs::write(&filler, vec![0u8; 40 << 20]).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut t = OnASmallDisk::start().await;
+    t.fill().await;
     let during: Vec<String> = (1..=3).map(|i| format!("held {i}")).collect();
-    for l in &during {
-        human.send(&format!("PRIVMSG #room :{l}")).await;
-    }
-    d.wait_log("holding messages", Duration::from_secs(10))
-        .await
-        .unwrap();
+    t.say_while_refused(&during).await;
     // The server goes away, with the messages still held; it comes back
     // once the bot has noticed.
-    irc.kill();
+    t.irc.kill();
     let t0 = std::time::Instant::now();
-    while op.account_status("irc", "default").await.unwrap()["reconnectAttempts"]
+    while t.op.account_status("irc", "default").await.unwrap()["reconnectAttempts"]
         .as_u64()
         .unwrap_or(0)
         < 1
@@ -843,20 +867,13 @@ async fn held_messages_outlive_a_dropped_connection() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    irc.spawn();
-    d.wait_log("refused earlier are still held", Duration::from_secs(30))
+    t.irc.spawn();
+    t.d.wait_log("refused earlier are still held", Duration::from_secs(30))
         .await
         .unwrap();
-    std::fs::remove_file(&filler).unwrap();
-    for l in &during {
-        let m = op.next_message(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(m["text"], l.as_str(), "{m}");
-        assert_eq!(m["chatId"], "#room", "{m}");
-    }
-    d.wait_log("takes messages again", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let all = op.history_after(0).await.unwrap();
+    t.free();
+    t.expect_delivered(&during).await;
+    let all = t.op.history_after(0).await.unwrap();
     assert_eq!(all.len(), 3, "each once: {all:?}");
 }
 
