@@ -1216,16 +1216,6 @@ async fn a_flapping_account_state_is_folded_into_few_health_events() {
     assert_eq!(acct["lastError"], "flap 200", "{acct}");
 }
 
-/// The daemon's peak resident memory (KiB).
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// What a plugin holds in the host's memory through `wasi:http` (fields,
 /// outside its own memory cap) is bounded too: an instance holds at most
 /// 1024 resources, a fields resource at most 16 KiB. A plugin creating
@@ -1248,7 +1238,7 @@ async fn a_plugin_cannot_hold_unbounded_host_memory_through_resources() {
     assert_eq!(r["ok"], false, "{r}");
     let msg = r["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("fields hold at most 16384 bytes each"), "{r}");
-    let before = peak_rss_kib(s.daemon.pid());
+    let before = s.daemon.peak_rss_kib();
     // 4000 fields of 12 KiB would be 48 MiB of the host's memory, and a
     // loop of them as much as the host has.
     let r = ask(&mut c, "fields:4000:12").await;
@@ -1258,7 +1248,7 @@ async fn a_plugin_cannot_hold_unbounded_host_memory_through_resources() {
         msg.contains("an instance holds at most 1024 resources at once"),
         "{r}"
     );
-    let grew = peak_rss_kib(s.daemon.pid()).saturating_sub(before);
+    let grew = s.daemon.peak_rss_kib().saturating_sub(before);
     assert!(
         grew < 24 * 1024,
         "the daemon's peak memory grew by {grew} KiB"

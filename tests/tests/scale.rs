@@ -34,15 +34,6 @@ fn nofile(pid: &str) -> (u64, u64) {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 async fn open(
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
@@ -97,7 +88,7 @@ async fn fifteen_thousand_sockets_at_once() {
         ))
         .start()
         .unwrap();
-    let idle = rss_kib(d.pid());
+    let idle = d.rss_kib();
     let addr = d.addr;
     let mut tasks = Vec::new();
     for t in 0..32u64 {
@@ -122,7 +113,7 @@ async fn fifteen_thousand_sockets_at_once() {
     let h = c.request("h", "health", json!({})).await.unwrap();
     assert_eq!(h["ok"], true, "{h}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let per = rss_kib(d.pid()).saturating_sub(idle) / SOCKETS;
+    let per = d.rss_kib().saturating_sub(idle) / SOCKETS;
     assert!(
         per <= MAX_KIB_PER_CONNECTION,
         "{per} KiB per connection above the idle daemon ({idle} KiB idle)"
@@ -193,7 +184,7 @@ async fn a_big_request_leaves_no_big_read_buffer_behind() {
     }
     // The trimmer returns freed memory within a second or so.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = rss_kib(d.pid());
+    let after = d.rss_kib();
     let kept = (CONNS * BIG / 1024) as u64;
     assert!(
         after.saturating_sub(before) < kept / 4,
@@ -273,7 +264,7 @@ async fn a_fragmented_or_padded_big_request_leaves_no_big_read_buffer_behind() {
         assert_eq!(r["ok"], true, "{}", r["error"]);
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = rss_kib(d.pid());
+    let after = d.rss_kib();
     // Kept buffers grow RSS by more than `kept` (86 MiB measured); freed
     // ones leave 12 to 14 MiB of the allocator's own behind.
     let kept = (CONNS / 3 * (4 + 2 + 1) * 1024) as u64;
@@ -298,7 +289,7 @@ async fn idle_operators(n: usize) -> (Daemon, Vec<Client>, u64) {
         clients.push(c);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rss = rss_kib(d.pid());
+    let rss = d.rss_kib();
     (d, clients, rss)
 }
 
@@ -317,7 +308,7 @@ async fn a_mid_sized_request_leaves_no_grown_read_buffer_behind() {
         assert_eq!(r["ok"], true, "{}", r["error"]);
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = rss_kib(d.pid());
+    let after = d.rss_kib();
     let kept = (CONNS * MID / 1024) as u64;
     assert!(
         after.saturating_sub(before) < kept / 2,

@@ -477,16 +477,6 @@ async fn declared_only(d: &Daemon, len: usize) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Unauthenticated 24 MiB POSTs (16 at once, four rounds) are refused before
 /// their bodies are read: the daemon's memory does not balloon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +486,7 @@ async fn a_flood_of_large_unsigned_posts_costs_no_memory() {
     // Warm up: one accepted request loads everything a request touches.
     let ok = r#"{"chatId":"c","senderId":"s","text":"warm"}"#;
     assert_eq!(post(&d, "default", ok, &signed(ok)).await.0, 200);
-    let before = rss_kib(d.pid());
+    let before = d.rss_kib();
     let body = bytes::Bytes::from(vec![b'x'; 24 * 1024 * 1024]);
     for _ in 0..4 {
         let mut tasks = Vec::new();
@@ -523,7 +513,7 @@ async fn a_flood_of_large_unsigned_posts_costs_no_memory() {
         }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = rss_kib(d.pid());
+    let after = d.rss_kib();
     assert!(
         after < before + 64 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
