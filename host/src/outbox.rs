@@ -1,8 +1,11 @@
 //! The host outbox behind `outbox-push`/`outbox-pop`: messages a fresh
 //! `send` instance hands to the `run` loop that owns the account's
 //! connection (IRC). Each queued message is a row of the store's `outbox`
-//! table, committed before `push` returns; the queues themselves are kept in
-//! memory. `pop` hands a message out but keeps it "in flight" until `ack`
+//! table, committed before `push` returns. Only the queues of queue numbers
+//! (and each message's size) are kept in memory: a message is read back
+//! from the store when it is handed out, so an account whose server stays
+//! away holds its queued bytes on disk, not in the daemon's memory.
+//! `pop` hands a message out but keeps it "in flight" until `ack`
 //! removes its row; `requeue_in_flight` (called
 //! before each `run` of the account starts) puts unconfirmed messages back at
 //! the front. So a message `send` accepted survives `run` failures, reloads
@@ -13,8 +16,9 @@
 //! import, and keeps its rows through `store::StateStore`.
 
 use crate::sync::MutexExt;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -26,8 +30,8 @@ use crate::store::{StateStore, StoreError};
 pub const CAPACITY: usize = 1000;
 
 /// Bytes (as stored: the message's JSON) one account's outbox holds before
-/// `push` fails: the queues are kept in memory, and a plugin may push
-/// messages of any size. Four operator `send`s of the largest frame fit
+/// `push` fails: a plugin may push messages of any size, and a disk is not
+/// endless either. Four operator `send`s of the largest frame fit
 /// (`gateway.max_payload_bytes`, 25 MiB by default).
 pub const CAPACITY_BYTES: usize = 128 * 1024 * 1024;
 
@@ -40,8 +44,10 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct Account {
-    queued: VecDeque<(u64, OutboundMessage)>,
-    in_flight: std::collections::BTreeMap<u64, OutboundMessage>,
+    /// Queue numbers waiting, oldest first (their messages are in the store).
+    queued: VecDeque<u64>,
+    /// Queue numbers handed out and not acknowledged.
+    in_flight: BTreeSet<u64>,
     /// Hand-outs without an ack so far, by queue number (this process only).
     attempts: HashMap<u64, u32>,
     /// Each message's size as stored, by queue number, and their sum
@@ -72,7 +78,13 @@ pub struct Outbox {
     queues: Arc<Mutex<Queues>>,
     /// [`CAPACITY_BYTES`] (smaller in tests).
     capacity_bytes: usize,
+    /// When a message that could not be read was last logged: a failing
+    /// disk is reported every [`REPORT_EVERY`], not at every `pop`.
+    reported: Mutex<Option<Instant>>,
 }
+
+/// How often a failing read of a queued message is logged at most.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Bytes reserved by a `push` until its message is queued: released if the
 /// write fails.
@@ -158,26 +170,15 @@ fn from_json(v: &Value) -> Option<OutboundMessage> {
 }
 
 impl Outbox {
-    /// Loads what an earlier run left queued. A row that cannot be read is
-    /// set aside and reported, not dropped.
+    /// Queues again what an earlier run left queued (its queue numbers and
+    /// sizes; the messages are read when they are handed out).
     pub fn open(store: Arc<dyn StateStore>) -> Result<Outbox, StoreError> {
         let mut by_account: HashMap<Key, Account> = HashMap::new();
         for row in store.outbox_queued()? {
-            let parsed = serde_json::from_str::<Value>(&row.message)
-                .ok()
-                .and_then(|v| from_json(&v));
-            match parsed {
-                Some(m) => {
-                    let a = by_account.entry((row.channel, row.account)).or_default();
-                    a.queued.push_back((row.seq, m));
-                    a.sizes.insert(row.seq, row.message.len());
-                    a.bytes += row.message.len();
-                }
-                None => {
-                    drop(store.outbox_set_aside(row.seq));
-                    tracing::error!(channel = %row.channel, account = %row.account, seq = row.seq, "unreadable outbox message set aside");
-                }
-            }
+            let a = by_account.entry((row.channel, row.account)).or_default();
+            a.queued.push_back(row.seq);
+            a.sizes.insert(row.seq, row.size);
+            a.bytes += row.size;
         }
         for ((channel, account), a) in &by_account {
             tracing::info!(%channel, %account, messages = a.queued.len(), "outbox messages from the last run are queued again");
@@ -186,6 +187,7 @@ impl Outbox {
             store,
             queues: Arc::new(Mutex::new(Queues { by_account })),
             capacity_bytes: CAPACITY_BYTES,
+            reported: Mutex::new(None),
         })
     }
 
@@ -199,6 +201,7 @@ impl Outbox {
     ) -> Writing<Result<u64, String>> {
         let key = (channel.to_string(), account.to_string());
         let json = to_json(&m).to_string();
+        drop(m);
         let size = json.len();
         // The size is reserved now, so that pushes racing each other cannot
         // pass the bound together.
@@ -238,8 +241,8 @@ impl Outbox {
             let a = qs.by_account.entry(key).or_default();
             a.sizes.insert(seq, size);
             // Pushes that commit together may finish in any order.
-            let at = a.queued.partition_point(|(s, _)| *s < seq);
-            a.queued.insert(at, (seq, m));
+            let at = a.queued.partition_point(|s| *s < seq);
+            a.queued.insert(at, seq);
             Ok(seq)
         });
         Box::pin(async move {
@@ -249,14 +252,56 @@ impl Outbox {
         })
     }
 
-    /// Hands out the account's oldest queued message; it stays on disk, in
-    /// flight, until [`Outbox::ack`].
+    /// Hands out the account's oldest queued message, read from the store;
+    /// it stays on disk, in flight, until [`Outbox::ack`]. A row that is not
+    /// a message is set aside and reported, and the next one handed out. One
+    /// the store cannot read now stays at the head of the queue (`None`:
+    /// the plugin asks again later).
     pub fn pop(&self, channel: &str, account: &str) -> Option<(u64, OutboundMessage)> {
-        self.with_account(channel, account, |a| {
-            let (seq, m) = a.queued.pop_front()?;
-            a.in_flight.insert(seq, m.clone());
-            Some((seq, m))
-        })?
+        loop {
+            let seq = self.with_account(channel, account, |a| {
+                let seq = a.queued.pop_front()?;
+                a.in_flight.insert(seq);
+                Some(seq)
+            })??;
+            // Read outside the lock: other accounts' pushes go on meanwhile.
+            let read = self.store.outbox_get(seq);
+            let message = match &read {
+                Ok(Some(json)) => serde_json::from_str::<Value>(json)
+                    .ok()
+                    .and_then(|v| from_json(&v)),
+                _ => None,
+            };
+            if let Some(m) = message {
+                return Some((seq, m));
+            }
+            let Err(e) = read else {
+                // Not a message (or no longer queued): out of the queue.
+                self.with_account(channel, account, |a| {
+                    a.in_flight.remove(&seq);
+                    a.attempts.remove(&seq);
+                    a.gone(seq);
+                });
+                if matches!(read, Ok(Some(_))) {
+                    drop(self.store.outbox_set_aside(seq));
+                    tracing::error!(%channel, %account, seq, "unreadable outbox message set aside (kept in the store, marked failed)");
+                } else {
+                    tracing::warn!(%channel, %account, seq, "an outbox message was no longer in the store; skipped");
+                }
+                continue;
+            };
+            self.with_account(channel, account, |a| {
+                if a.in_flight.remove(&seq) {
+                    a.queued.push_front(seq);
+                }
+            });
+            let mut reported = self.reported.guard();
+            if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                *reported = Some(Instant::now());
+                tracing::error!(%channel, %account, seq, "an outbox message could not be read; it stays queued and is tried again: {e}");
+            }
+            return None;
+        }
     }
 
     /// Runs `f` on the account's queues, under the lock, if it has any.
@@ -276,7 +321,7 @@ impl Outbox {
     pub fn ack(&self, channel: &str, account: &str, seq: u64) {
         let was_in_flight = self.with_account(channel, account, |a| {
             a.attempts.remove(&seq);
-            let was = a.in_flight.remove(&seq).is_some();
+            let was = a.in_flight.remove(&seq);
             if was {
                 a.gone(seq);
             }
@@ -298,17 +343,17 @@ impl Outbox {
     }
 
     fn requeue(&self, channel: &str, account: &str, a: &mut Account) {
-        for (seq, m) in std::mem::take(&mut a.in_flight).into_iter().rev() {
+        for seq in std::mem::take(&mut a.in_flight).into_iter().rev() {
             let n = a.attempts.entry(seq).or_insert(0);
             *n += 1;
             if *n < MAX_ATTEMPTS {
-                a.queued.push_front((seq, m));
+                a.queued.push_front(seq);
                 continue;
             }
             a.attempts.remove(&seq);
             a.gone(seq);
             drop(self.store.outbox_set_aside(seq));
-            tracing::error!(channel = %channel, account = %account, to = %m.to, seq,
+            tracing::error!(channel = %channel, account = %account, seq,
                 "outbox message set aside (kept in the store, marked failed): sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
         }
     }
@@ -490,9 +535,17 @@ mod tests {
             .await
             .unwrap();
         close(ob, log).await;
-        let (ob, _log) = open(dir.path());
+        let (ob, log) = open(dir.path());
         assert_eq!(ob.len("irc", "a"), CAPACITY);
-        assert_eq!(ob.len("irc", "b"), 0);
+        // The row is read when it is handed out: not a message, so it is
+        // set aside then, and the queue goes on.
+        assert_eq!(ob.len("irc", "b"), 1);
+        ob.push("irc", "b", msg("#y", "after")).await.unwrap();
+        assert_eq!(ob.pop("irc", "b").unwrap().1.text, "after");
+        assert_eq!(ob.len("irc", "b"), 1, "only the message handed out is left");
+        close(ob, log).await;
+        let (ob, _log) = open(dir.path());
+        assert_eq!(ob.len("irc", "b"), 1, "the bad row stays set aside");
     }
 
     /// The real store, except that its outbox pushes fail while `fail` is
@@ -500,6 +553,8 @@ mod tests {
     struct Refusing {
         inner: Arc<SqliteLog>,
         fail: std::sync::atomic::AtomicBool,
+        /// Reads of queued messages fail too (a failing disk).
+        fail_reads: std::sync::atomic::AtomicBool,
     }
 
     impl StateStore for Refusing {
@@ -536,6 +591,12 @@ mod tests {
         fn outbox_queued(&self) -> Result<Vec<crate::store::OutboxRow>, StoreError> {
             self.inner.outbox_queued()
         }
+        fn outbox_get(&self, seq: u64) -> Result<Option<String>, StoreError> {
+            if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError("disk I/O error".into()));
+            }
+            self.inner.outbox_get(seq)
+        }
     }
 
     #[tokio::test]
@@ -545,6 +606,7 @@ mod tests {
         let store = Arc::new(Refusing {
             inner,
             fail: true.into(),
+            fail_reads: false.into(),
         });
         let mut ob = Outbox::open(store.clone()).unwrap();
         let m = || msg("#x", &"t".repeat(1000));
@@ -561,6 +623,35 @@ mod tests {
             ob.push("irc", "a", m()).await.unwrap();
         }
         assert_eq!(ob.len("irc", "a"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_message_the_store_cannot_read_now_stays_at_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap());
+        let store = Arc::new(Refusing {
+            inner,
+            fail: false.into(),
+            fail_reads: false.into(),
+        });
+        let ob = Outbox::open(store.clone()).unwrap();
+        for t in ["first", "second"] {
+            ob.push("irc", "a", msg("#x", t)).await.unwrap();
+        }
+        store
+            .fail_reads
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(ob.pop("irc", "a").is_none());
+        }
+        assert_eq!(ob.len("irc", "a"), 2, "nothing lost");
+        store
+            .fail_reads
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let texts: Vec<String> = std::iter::from_fn(|| ob.pop("irc", "a"))
+            .map(|(_, m)| m.text)
+            .collect();
+        assert_eq!(texts, ["first", "second"], "in order, once each");
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use switchboard_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -684,7 +684,10 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
 
 /// An account whose server is away queues its sends up to the outbox's
 /// 128 MiB: twelve messages of 10 MiB go in, the thirteenth is refused by
-/// name (`UNAVAILABLE`, retryable), and the daemon answers meanwhile.
+/// name (`UNAVAILABLE`, retryable), and the daemon answers meanwhile. The
+/// queued messages are on disk, not in the daemon's memory: a restart with
+/// 120 MiB queued starts at the memory of an idle daemon, and still counts
+/// them against the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     // Nothing listens on this port: the account never connects.
@@ -693,11 +696,11 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    let d = irc_daemon(
-        &dir,
-        port,
-        &format!("[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"),
+    let accounts = format!(
+        "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"
     );
+    let mut d = irc_daemon(&dir, port, &accounts);
+    let idle_kib = d.rss_kib();
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     let text = "x".repeat(10 << 20);
     for i in 0..12 {
@@ -711,6 +714,15 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
             .unwrap();
         assert_eq!(r["ok"], true, "message {i}: {r}");
     }
+    let refused = |r: &Value| {
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains("outbox of irc/default is full") && m.contains("134217728"),
+            "{m}"
+        );
+    };
     let r = op
         .request(
             "s12",
@@ -719,13 +731,7 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         )
         .await
         .unwrap();
-    assert_eq!(r["ok"], false, "{r}");
-    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
-    let m = r["error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        m.contains("outbox of irc/default is full") && m.contains("134217728"),
-        "{m}"
-    );
+    refused(&r);
     let h = op.request("h", "health", json!({})).await.unwrap();
     assert_eq!(h["ok"], true, "{h}");
     // Nor does one of 8 MiB: the bound is on bytes (13 messages are far
@@ -738,7 +744,28 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         )
         .await
         .unwrap();
-    assert_eq!(r["ok"], false, "{r}");
+    refused(&r);
+    drop(op);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+
+    let d = irc_daemon(&dir, port, &accounts);
+    assert!(d.log_text().contains("queued again"), "{}", d.log_text());
+    let grew_kib = d.rss_kib().saturating_sub(idle_kib);
+    assert!(
+        grew_kib < 32 << 10,
+        "a daemon with 120 MiB queued holds {grew_kib} KiB more than an idle one: the queued messages are in its memory"
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let r = op
+        .request(
+            "s14",
+            "send",
+            json!({"to": "#room", "message": text, "idempotencyKey": "big-14"}),
+        )
+        .await
+        .unwrap();
+    refused(&r);
 }
 
 /// ngircd, a tester in `#room` and a bot whose state directory is a 48 MiB

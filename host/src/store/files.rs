@@ -270,6 +270,10 @@ mod tests {
             (q[0].seq, q[0].channel.as_str(), q[0].account.as_str()),
             (3, "irc", "default")
         );
+        assert_eq!(
+            log.outbox_get(3).unwrap().as_deref(),
+            Some(r##"{"to":"#room","text":"hi"}"##)
+        );
         // The next queue number follows the imported ones.
         assert_eq!(
             log.outbox_push("irc", "default", "{}".into())

@@ -305,14 +305,15 @@ pub struct Settles {
     pub timer: u64,
 }
 
-/// An outbox message waiting in the store.
+/// An outbox message waiting in the store, without the message itself
+/// (read with [`StateStore::outbox_get`] when it is handed out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     pub seq: u64,
     pub channel: String,
     pub account: String,
-    /// The message as JSON.
-    pub message: String,
+    /// The message's size as stored (its JSON), in bytes.
+    pub size: usize,
 }
 
 /// The daemon's other durable state, in the same database: the plugins'
@@ -340,6 +341,8 @@ pub trait StateStore: Send + Sync {
     fn outbox_set_aside(&self, seq: u64) -> Pending<()>;
     /// Every queued message (not set aside), in queue order.
     fn outbox_queued(&self) -> Result<Vec<OutboxRow>, StoreError>;
+    /// The message (JSON) queued as `seq`, if it still is.
+    fn outbox_get(&self, seq: u64) -> Result<Option<String>, StoreError>;
 }
 
 /// Prunes what `[store]` no longer keeps, in small batches, at start and then

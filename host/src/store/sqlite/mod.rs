@@ -575,17 +575,26 @@ impl super::StateStore for SqliteLog {
     fn outbox_queued(&self) -> Result<Vec<super::OutboxRow>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, channel, account, message FROM outbox WHERE failed = 0 ORDER BY seq",
+                "SELECT seq, channel, account, length(CAST(message AS BLOB)) FROM outbox \
+                 WHERE failed = 0 ORDER BY seq",
             )?;
             let rows = st.query_map([], |r| {
                 Ok(super::OutboxRow {
                     seq: uint(r.get(0)?),
                     channel: r.get(1)?,
                     account: r.get(2)?,
-                    message: r.get(3)?,
+                    size: usize::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    fn outbox_get(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT message FROM outbox WHERE seq = ?1 AND failed = 0")?
+                .query_row([i64::try_from(seq).unwrap_or(i64::MAX)], |r| r.get(0))
+                .optional()
         })
     }
 }
