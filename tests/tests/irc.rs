@@ -696,8 +696,9 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
+    // Messages of 10 MiB are far more lines than the default bound allows.
     let accounts = format!(
-        "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n"
+        "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nmax_send_lines = 0\n"
     );
     let mut d = irc_daemon(&dir, port, &accounts);
     let idle_kib = d.rss_kib();
@@ -766,6 +767,65 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         .await
         .unwrap();
     refused(&r);
+}
+
+/// A message that would be more than `max_send_lines` IRC lines (default
+/// 100) is refused by name before it is queued; one of 100 lines is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_more_lines_than_max_send_lines_is_refused_by_name() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n\
+             [channels.irc.accounts.small]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbsmall\"\nmax_send_lines = 2\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let lines = |n: usize| {
+        (0..n)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let send = |id: &'static str, account: &'static str, text: String| json!({"to": "#room", "message": text, "accountId": account, "idempotencyKey": id});
+    let cases = [
+        ("a", "default", lines(101), Some(101)),
+        // One line of 60 KiB: split at the line limit, far more than 100.
+        ("b", "default", "y".repeat(60 << 10), None),
+        ("c", "small", lines(3), Some(3)),
+    ];
+    for (id, account, text, n) in cases {
+        let r = op
+            .request(id, "send", send(id, account, text))
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains(&format!("channels.irc.accounts.{account}.max_send_lines")),
+            "{m}"
+        );
+        if let Some(n) = n {
+            assert!(m.contains(&format!("this message is {n} IRC lines")), "{m}");
+        }
+    }
+    // Those refused were not queued: the first message taken has the
+    // outbox's first queue number.
+    for (id, account, text, seq) in [("d", "default", lines(100), 1), ("e", "small", lines(2), 2)] {
+        let r = op
+            .request(id, "send", send(id, account, text))
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["payload"]["messageId"], format!("irc-out-{seq}"), "{r}");
+    }
 }
 
 /// ngircd, a tester in `#room` and a bot whose state directory is a 48 MiB

@@ -64,6 +64,11 @@ struct Settings {
     /// Flood control: then one line every this many milliseconds.
     #[serde(default = "default_send_interval_ms")]
     send_interval_ms: u64,
+    /// Lines one `send` may become (as split for the configured nick); a
+    /// longer message is refused, not sent for minutes at the paced rate
+    /// while the account's other messages wait. 0: no bound.
+    #[serde(default = "default_max_send_lines")]
+    max_send_lines: u32,
 }
 
 impl Settings {
@@ -76,6 +81,9 @@ fn default_send_burst() -> u32 {
 }
 fn default_send_interval_ms() -> u64 {
     1000
+}
+fn default_max_send_lines() -> u32 {
+    100
 }
 
 struct Irc;
@@ -149,7 +157,7 @@ impl Channel for Irc {
     }
 
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
-        let _: Settings = account.settings()?;
+        let s: Settings = account.settings()?;
         if message.to.is_empty() || message.to.contains([' ', '\r', '\n', ',']) {
             return Err(ChannelError::InvalidConfig(format!(
                 "`{}` is not a channel or nick",
@@ -174,6 +182,13 @@ impl Channel for Irc {
                     ))
                 }
             }
+        }
+        let lines = line::privmsg_lines(&to, &message.text, &s.nick).len();
+        if s.max_send_lines > 0 && lines > s.max_send_lines as usize {
+            return Err(ChannelError::InvalidConfig(format!(
+                "this message is {lines} IRC lines, more than the account's max_send_lines ({}): at the paced rate it would hold the account's other messages back; split it, or raise channels.irc.accounts.{}.max_send_lines (0: no bound)",
+                s.max_send_lines, account.id
+            )));
         }
         let n = switchboard_sdk::outbox::push(&account.id, &message)
             .map_err(ChannelError::Transient)?;
