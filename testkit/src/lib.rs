@@ -549,8 +549,19 @@ impl Client {
     }
 
     pub async fn open_with_origin(url: &str, origin: &str) -> Result<Client> {
+        Self::open_with_headers(url, &[("Origin", origin)]).await
+    }
+
+    /// Opens with extra request headers (say the `X-Forwarded-For` a
+    /// reverse proxy adds).
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Client> {
         let mut req = url.into_client_request()?;
-        req.headers_mut().insert("Origin", origin.parse()?);
+        for (k, v) in headers {
+            req.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())?,
+                v.parse()?,
+            );
+        }
         let (ws, _) = tokio_tungstenite::connect_async(req).await?;
         Self::after_upgrade(ws).await
     }
