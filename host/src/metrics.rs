@@ -20,6 +20,7 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub origin_rejections: AtomicU64,
     pub host_rejections: AtomicU64,
+    pub proxied_rejections: AtomicU64,
     pub webhook_busy: AtomicU64,
     pub body_timeouts: AtomicU64,
     pub header_timeouts: AtomicU64,
@@ -54,7 +55,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -105,6 +106,11 @@ impl Metrics {
                 "host_rejections_total",
                 "Requests refused because their Host is not a loopback or allowed name (no credentials set).",
                 &self.host_rejections,
+            ),
+            (
+                "proxied_rejections_total",
+                "Requests to the control plane refused because they came through a proxy for a client not on this machine, and the gateway has no credentials.",
+                &self.proxied_rejections,
             ),
             (
                 "tls_handshake_failures_total",

@@ -428,6 +428,143 @@ async fn failed_auth_is_rate_limited_per_ip() {
     assert_eq!(closed.code, 1008);
 }
 
+/// Fails `n` handshakes with a bad token through headers `via`; each must
+/// be refused for the token (not yet rate limited).
+async fn fail_auth(d: &Daemon, via: &[(&str, &str)], n: usize) {
+    for i in 0..n {
+        let mut c = Client::open_with_headers(&d.url(), via).await.unwrap();
+        let (res, _) = connect_refused(&mut c, connect_params(Some("bad"), &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH",
+            "failure {i} via {via:?}: {res}"
+        );
+    }
+}
+
+/// The right token through headers `via`: refused as rate limited, or not.
+async fn rate_limited(d: &Daemon, via: &[(&str, &str)]) -> bool {
+    let mut c = Client::open_with_headers(&d.url(), via).await.unwrap();
+    let res = c
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
+        .await
+        .unwrap();
+    if res["ok"] == true {
+        return false;
+    }
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("rate limited"),
+        "{res}"
+    );
+    true
+}
+
+/// A reverse proxy on the gateway's machine makes every client look like
+/// loopback. Proxy headers from a peer not in `gateway.trusted_proxies`
+/// cost the loopback exemption; through a trusted proxy each client is
+/// limited by the address the proxy names (right to left, so a client
+/// cannot name another), and shows in presence by it.
+#[tokio::test]
+async fn clients_through_a_reverse_proxy_are_limited_by_their_own_address() {
+    let d = daemon_with(
+        "max_failures_per_minute = 2
+",
+    );
+    let xff = |ip: &'static str| [("X-Forwarded-For", ip)];
+    // Loopback without proxy headers: exempt, as before.
+    fail_auth(&d, &[], 4).await;
+    assert!(!rate_limited(&d, &[]).await);
+    // The same peer with X-Forwarded-For, no proxy trusted: not exempt.
+    fail_auth(&d, &xff("203.0.113.5"), 2).await;
+    assert!(rate_limited(&d, &xff("203.0.113.5")).await);
+    // ... and not believed: every such client is the proxy's address.
+    assert!(rate_limited(&d, &xff("198.51.100.2")).await);
+    assert!(
+        d.log_text().contains("is not in gateway.trusted_proxies"),
+        "{}",
+        d.log_text()
+    );
+    drop(d);
+
+    let d = daemon_with(
+        "max_failures_per_minute = 2
+[gateway]
+trusted_proxies = [\"127.0.0.1\"]
+",
+    );
+    fail_auth(&d, &xff("203.0.113.5"), 2).await;
+    assert!(rate_limited(&d, &xff("203.0.113.5")).await);
+    // A client naming another address at the left is still itself: the
+    // proxy appends the address it saw.
+    assert!(rate_limited(&d, &xff("198.51.100.2, 203.0.113.5")).await);
+    // Another client of the proxy has its own budget, and is listed by
+    // its address.
+    let mut c = Client::open_with_headers(&d.url(), &xff("198.51.100.2"))
+        .await
+        .unwrap();
+    let res = c
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res["ok"], true, "{res}");
+    let p = c.request("p", "system-presence", json!({})).await.unwrap();
+    assert!(
+        p["payload"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["ip"] == "198.51.100.2")),
+        "{p}"
+    );
+    // A loopback client of the proxy is local, as is the machine itself.
+    fail_auth(&d, &xff("127.0.0.1"), 3).await;
+    assert!(!rate_limited(&d, &xff("127.0.0.1")).await);
+    fail_auth(&d, &[], 3).await;
+    assert!(!rate_limited(&d, &[]).await);
+}
+
+/// A gateway without credentials answers only this machine: a request
+/// through a proxy for anyone else is refused, even with a loopback `Host`
+/// (nginx sends `Host: 127.0.0.1:<port>` unless told otherwise).
+#[tokio::test]
+async fn a_gateway_without_credentials_refuses_clients_through_a_proxy() {
+    for trusted in ["", "[gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n"] {
+        let d = Daemon::builder().config(trusted).start().unwrap();
+        let err = Client::open_with_headers(&d.url(), &[("X-Forwarded-For", "203.0.113.5")])
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("403"), "{trusted}: {err}");
+        let r = reqwest::Client::new()
+            .get(d.http("/metrics"))
+            .header("X-Real-IP", "203.0.113.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{trusted}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("set a token"), "{body}");
+        // This machine, directly, is served.
+        let (_c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+        assert!(
+            d.metric("switchboard_proxied_rejections_total")
+                .await
+                .unwrap()
+                >= 2
+        );
+    }
+}
+
 #[tokio::test]
 async fn foreign_origin_gets_403_before_upgrade() {
     let d = daemon_with("[gateway]\nallowed_origins = [\"https://console.example\"]\n");

@@ -787,6 +787,87 @@ async fn one_address_cannot_hold_every_unauthenticated_slot() {
     );
 }
 
+/// A WebSocket from `from` as a reverse proxy would open it for `client`.
+async fn upgrade_through(d: &Daemon, from: &str, client: &str) -> anyhow::Result<Client> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = tcp_from(d, from).await;
+    let mut req = d.url().into_client_request()?;
+    req.headers_mut().insert("X-Forwarded-For", client.parse()?);
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    Client::after_upgrade(ws).await
+}
+
+/// Behind a trusted proxy the unauthenticated share is each client's, by
+/// the address the proxy names: the proxy itself (everyone's connections)
+/// is not one address holding too many, and one client past its share does
+/// not shut out another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_share() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway]\ntrusted_proxies = [\"127.0.0.4\"]\n[gateway.auth]\ntoken = \"{TOKEN}\"\n\
+                 [gateway.limits]\nmax_unauthenticated_per_ip = 2\n"
+        ))
+        .start()
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tcp_from(&d, "127.0.0.4").await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = get_health_from(&d, "127.0.0.4").await;
+    assert!(
+        served.starts_with("HTTP/1.1 200"),
+        "the proxy is not one peer: {served}"
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            upgrade_through(&d, "127.0.0.4", "203.0.113.5")
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = upgrade_through(&d, "127.0.0.4", "203.0.113.5")
+        .await
+        .err()
+        .expect("a third unauthenticated WebSocket of one client is refused");
+    assert!(refused.to_string().contains("503"), "{refused}");
+    let mut other = upgrade_through(&d, "127.0.0.4", "203.0.113.6")
+        .await
+        .unwrap();
+    let res = other
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res["ok"], true, "{res}");
+    // Authenticating gives the share back.
+    let res = held[0]
+        .request(
+            "c1",
+            "connect",
+            connect_params(Some(TOKEN), &["operator.read"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res["ok"], true, "{res}");
+    upgrade_through(&d, "127.0.0.4", "203.0.113.5")
+        .await
+        .unwrap();
+    assert!(
+        d.log_text()
+            .contains("203.0.113.5 (through the proxy 127.0.0.4"),
+        "{}",
+        d.log_text()
+    );
+}
+
 /// One address cannot take every webhook body slot with stalled bodies:
 /// past `max_webhook_bodies_per_ip` it gets 503, another address's webhook
 /// is still taken in.

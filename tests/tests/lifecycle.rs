@@ -33,6 +33,19 @@ fn lan_without_auth_is_refused_with_a_hint() {
 }
 
 #[test]
+fn a_trusted_proxy_that_is_not_an_address_is_named() {
+    let (code, err) = Daemon::builder()
+        .config("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"nginx.internal\"]\n")
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("gateway.trusted_proxies[1]: `nginx.internal` is not an IP address"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_env_var_in_config_is_named() {
     let (code, err) = Daemon::builder()
         .config("[gateway.auth]\ntoken = \"${SB_TEST_UNSET_VAR}\"\n")

@@ -246,6 +246,8 @@ impl Config {
                  `--password` / `[gateway.auth] password`), or bind to loopback (`--bind loopback`)"
             );
         }
+        crate::gateway::forwarded::parse_list(&self.gateway.trusted_proxies)
+            .map_err(anyhow::Error::msg)?;
         for (i, t) in self.gateway.auth.tokens.iter().enumerate() {
             if t.token.is_empty() {
                 bail!("gateway.auth.tokens[{i}] ({}) has an empty token", t.name);

@@ -107,6 +107,11 @@ pub struct GatewayConfig {
     /// reached besides loopback names and addresses. Only checked when no
     /// credentials are configured (it defeats DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Reverse proxies (addresses or networks, `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` / `X-Real-IP` name the client. A request with
+    /// proxy headers from any other peer is taken as from that peer, and
+    /// never as local.
+    pub trusted_proxies: Vec<String>,
     /// Interval of `tick` events (ms).
     pub tick_interval_ms: u64,
     /// How often the health monitor re-checks health when nothing notified it (ms).
@@ -155,6 +160,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
             tick_interval_ms: 30_000,
             health_check_interval_ms: 5_000,
             ping_interval_ms: 30_000,

@@ -25,6 +25,9 @@ use super::{http, Gateway};
 #[derive(Clone)]
 pub struct ConnMeta {
     pub remote: SocketAddr,
+    /// Who it is from: the peer, or for a WebSocket upgraded through a
+    /// trusted proxy, the client its headers name (set per request).
+    pub peer: super::forwarded::Client,
     pub tls: bool,
     /// The `max_connections` slot, held until the socket (or the WebSocket
     /// it was upgraded to) closes.
@@ -82,7 +85,13 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                 return;
             };
             let per_ip = gw2.config().gateway.limits.max_unauthenticated_per_ip;
-            let Some(ip_slot) = gw2.unauthenticated_per_ip.try_take(remote.ip(), per_ip) else {
+            // A trusted proxy carries everyone's connections: its clients
+            // take their shares once their requests name them.
+            let ip_slot = if gw2.is_trusted_proxy(remote.ip()) {
+                None
+            } else if let Some(slot) = gw2.unauthenticated_per_ip.try_take(remote.ip(), per_ip) {
+                Some(slot)
+            } else {
                 gw2.metrics
                     .connections_refused_per_ip
                     .fetch_add(1, Ordering::Relaxed);
@@ -104,9 +113,10 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
             }
             let meta = ConnMeta {
                 remote,
+                peer: super::forwarded::Client::direct(remote.ip()),
                 tls: tls.is_some(),
                 permit: Arc::new(permit),
-                unauthenticated: Arc::new(std::sync::Mutex::new(Some(ip_slot))),
+                unauthenticated: Arc::new(std::sync::Mutex::new(ip_slot)),
             };
             let header_timeout =
                 Duration::from_millis(gw2.config().gateway.limits.header_read_timeout_ms);

@@ -3,6 +3,7 @@
 //!
 //! It hands webhook bodies to `channels` and never calls a plugin itself.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -85,7 +86,10 @@ async fn hook(
     // ... and one address's share of them, so that one slow peer cannot
     // take every slot from the others.
     let per_ip = gw.config().gateway.limits.max_webhook_bodies_per_ip;
-    let remote = parts.extensions.get::<ConnMeta>().map(|m| m.remote.ip());
+    let remote = parts
+        .extensions
+        .get::<ConnMeta>()
+        .map(|m| gw.client(m.remote.ip(), &parts.headers).ip);
     let ip_slot = match remote {
         Some(ip) => match gw.webhook_bodies_per_ip.try_take(ip, per_ip) {
             Some(s) => Some(s),
@@ -217,8 +221,8 @@ fn too_large(channel: &str, limit: usize) -> Response {
     r
 }
 
-async fn ready(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = check_host(&gw, &headers) {
+async fn ready(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    if let Some(refused) = check_host(&gw, req.headers(), req.extensions().get()) {
         return refused;
     }
     let mut failing = Vec::new();
@@ -235,8 +239,8 @@ async fn ready(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     (status, Json(json!({"ready": ok, "failing": failing}))).into_response()
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = check_host(&gw, &headers) {
+async fn metrics(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    if let Some(refused) = check_host(&gw, req.headers(), req.extensions().get()) {
         return refused;
     }
     let settles = gw.log.settles();
@@ -333,15 +337,38 @@ pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> b
             .any(|a| a.eq_ignore_ascii_case(host_name(host)) || a.eq_ignore_ascii_case(host))
 }
 
-/// The refusal for a request whose `Host` is not acceptable (see [`host_allowed`]).
-pub(super) fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+/// The refusal for a control-plane request whose `Host` is not acceptable
+/// (see [`host_allowed`]), or, when the gateway has no credentials, which
+/// came through a reverse proxy for a client not on this machine: a gateway
+/// without credentials answers only this machine, and a proxy on it would
+/// otherwise pass anyone off as local.
+pub(super) fn check_host(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    meta: Option<&ConnMeta>,
+) -> Option<Response> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if host_allowed(
-        host,
-        gw.config().has_auth(),
-        &gw.config().gateway.allowed_hosts,
-    ) {
-        return None;
+    let has_auth = gw.config().has_auth();
+    if host_allowed(host, has_auth, &gw.config().gateway.allowed_hosts) {
+        let peer = match meta {
+            Some(m) if !has_auth => gw.client(m.remote.ip(), headers),
+            _ => return None,
+        };
+        if peer.is_local() {
+            return None;
+        }
+        gw.metrics
+            .proxied_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        return Some(plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this gateway has no token or password, so it answers only this machine, and this request came \
+                 through a proxy for {}: set a token ([gateway.auth] token) before serving the gateway through a \
+                 proxy (and list the proxy in gateway.trusted_proxies)",
+                peer.ip
+            ),
+        ));
     }
     gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
     let shown = host.unwrap_or("(none)");
@@ -360,7 +387,7 @@ pub(super) fn check_host(gw: &Gateway, headers: &HeaderMap) -> Option<Response> 
 
 async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let headers = req.headers();
-    if let Some(refused) = check_host(&gw, headers) {
+    if let Some(refused) = check_host(&gw, headers, req.extensions().get()) {
         return refused;
     }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
@@ -407,12 +434,34 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
             );
         }
     }
-    let Some(meta) = req.extensions().get::<ConnMeta>().cloned() else {
+    let Some(mut meta) = req.extensions().get::<ConnMeta>().cloned() else {
         return plain(
             StatusCode::INTERNAL_SERVER_ERROR,
             "connection metadata missing".into(),
         );
     };
+    meta.peer = gw.client(meta.remote.ip(), headers);
+    // Through a trusted proxy, the client takes its unauthenticated share
+    // now that its address is known (the proxy took none at accept).
+    if meta.peer.vouched && gw.is_trusted_proxy(meta.remote.ip()) {
+        let per_ip = gw.config().gateway.limits.max_unauthenticated_per_ip;
+        match gw.unauthenticated_per_ip.try_take(meta.peer.ip, per_ip) {
+            Some(slot) => *meta.unauthenticated.guard() = Some(slot),
+            None => {
+                gw.metrics
+                    .connections_refused_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                gw.refusals.note(
+                    "WebSocket upgrade",
+                    &format!(
+                        "{per_ip} unauthenticated connections already open from {} (through the proxy {}; gateway.limits.max_unauthenticated_per_ip)",
+                        meta.peer.ip, meta.remote
+                    ),
+                );
+                return busy("too many unauthenticated connections from your address: gateway.limits.max_unauthenticated_per_ip reached; close some or authenticate them");
+            }
+        }
+    }
     if gw.is_shutting_down() {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,

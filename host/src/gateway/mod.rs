@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod forwarded;
 pub mod http;
 pub mod methods;
 pub mod per_ip;
@@ -55,6 +56,10 @@ pub struct Gateway {
     pub limiter: auth::FailureLimiter,
     /// Rate-limited log of refused connections and requests.
     pub refusals: refusals::RefusalLog,
+    /// Proxy headers not believed (a proxy to add to
+    /// `gateway.trusted_proxies`): advice of their own, not drowned by the
+    /// refusals a proxied flood causes.
+    pub proxy_notes: refusals::RefusalLog,
     /// Webhook bodies being read at once (`gateway.limits.max_webhook_bodies`).
     pub webhook_bodies: Arc<Semaphore>,
     /// Webhook bodies being read per remote address
@@ -85,6 +90,52 @@ impl Gateway {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.live.reader().clone()
+    }
+
+    /// `gateway.trusted_proxies`, parsed (validated when loaded).
+    fn trusted_proxies(&self) -> Vec<forwarded::Cidr> {
+        forwarded::parse_list(&self.config().gateway.trusted_proxies).unwrap_or_default()
+    }
+
+    /// Is `peer` one of `gateway.trusted_proxies`?
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let c = self.config();
+        !c.gateway.trusted_proxies.is_empty()
+            && self.trusted_proxies().iter().any(|n| n.contains(peer))
+    }
+
+    /// Who a request from `peer` with `headers` came from (see
+    /// [`forwarded`]). Proxy headers from a peer not trusted are reported
+    /// (rate-limited): that is a proxy the gateway should be told about.
+    pub fn client(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> forwarded::Client {
+        if !forwarded::has_proxy_headers(headers) {
+            return forwarded::Client::direct(peer);
+        }
+        let trusted = self.trusted_proxies();
+        let c = forwarded::client(peer, headers, &trusted);
+        if c.vouched {
+            return c;
+        }
+        let why = if trusted.iter().any(|n| n.contains(peer)) {
+            format!(
+                "the trusted proxy {peer} sent proxy headers that name no client it vouches for (an X-Forwarded-For \
+                 entry that is not an address, or only `Forwarded`, which is not read): the request is taken as \
+                 from {}, and not as local; have the proxy set X-Forwarded-For",
+                c.ip
+            )
+        } else {
+            format!(
+                "a request from {peer} carries X-Forwarded-For, X-Real-IP or Forwarded, and {peer} is not in \
+                 gateway.trusted_proxies: it is taken as from {peer}, and not as local; if {peer} is your \
+                 reverse proxy, add it to gateway.trusted_proxies"
+            )
+        };
+        self.proxy_notes.note("proxy headers", &why);
+        c
     }
 
     /// Puts `config` in force (a reload has validated it and kept the keys
@@ -169,6 +220,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             limiter: auth::FailureLimiter::new(config.gateway.auth.max_failures_per_minute),
             refusals: refusals::RefusalLog::default(),
+            proxy_notes: refusals::RefusalLog::default(),
             webhook_bodies: Arc::new(Semaphore::new(config.gateway.limits.max_webhook_bodies)),
             webhook_bodies_per_ip: Arc::default(),
             unauthenticated_per_ip: Arc::default(),

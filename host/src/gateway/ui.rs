@@ -71,7 +71,7 @@ pub async fn asset(
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
-    if let Some(refused) = super::http::check_host(&gw, req.headers()) {
+    if let Some(refused) = super::http::check_host(&gw, req.headers(), req.extensions().get()) {
         return refused;
     }
     if !gw.config().gateway.control_ui {

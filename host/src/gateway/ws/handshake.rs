@@ -128,9 +128,12 @@ where
             c.gateway.auth.exempt_loopback,
         )
     };
-    // Loopback clients without a browser Origin are neither limited nor counted.
-    let rate_limited = !(exempt_loopback && remote.ip().is_loopback() && origin.is_none());
-    let limit_key = rate_limited.then(|| auth::LimitKey::new(remote.ip(), origin.as_deref()));
+    // Local clients without a browser Origin are neither limited nor
+    // counted; a client through a proxy is counted by its own address
+    // (`forwarded`), and is local only if a trusted proxy says so.
+    let peer = meta.peer;
+    let rate_limited = !(exempt_loopback && peer.is_local() && origin.is_none());
+    let limit_key = rate_limited.then(|| auth::LimitKey::new(peer.ip, origin.as_deref()));
     let handshake = tokio::time::timeout(
         Duration::from_millis(handshake_timeout_ms),
         handshake(gw, io, &nonce, limit_key.as_ref()),
@@ -160,7 +163,12 @@ where
             // log: one line per interval, with a count.
             gw.refusals.note(
                 "handshake",
-                &format!("from {remote}: close {} ({})", r.why.code(), r.why.reason()),
+                &format!(
+                    "from {}: close {} ({})",
+                    super::super::forwarded::shown(remote, peer),
+                    r.why.code(),
+                    r.why.reason()
+                ),
             );
             if let Some(resp) = &r.response {
                 let _ = preauth::write_text(io, resp).await;

@@ -245,7 +245,7 @@ where
         scopes: a.scopes.clone(),
         device_id: a.device_id.clone(),
         client: a.client.clone(),
-        remote_ip: meta.remote.ip(),
+        remote_ip: meta.peer.ip,
         connected_at_ms: crate::now_ms(),
         credential: a.credential,
     };
@@ -276,7 +276,7 @@ where
     tracing::info!(
         conn_id = %conn_id, client = %a.client.id, mode = %a.client.mode, role = %a.role,
         scopes = ?a.scopes, device_id = a.device_id.as_deref().unwrap_or("-"), auth = %a.via,
-        remote = %meta.remote, tls = meta.tls, "connection open"
+        remote = %crate::gateway::forwarded::shown(meta.remote, meta.peer), tls = meta.tls, "connection open"
     );
     if membership.joined_new {
         gw.presence_notify.notify_one();
