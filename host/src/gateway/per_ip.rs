@@ -68,11 +68,13 @@ impl PerIp {
     }
 
     /// Slots `ip` holds now.
+    #[cfg(test)]
     pub fn held_by(&self, ip: IpAddr) -> usize {
         self.held.guard().get(&IpKey::of(ip)).copied().unwrap_or(0)
     }
 
     /// Addresses holding a slot.
+    #[cfg(test)]
     pub fn addresses(&self) -> usize {
         self.held.guard().len()
     }
