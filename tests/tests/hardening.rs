@@ -142,9 +142,15 @@ fn webhook_daemon(dir: &std::path::Path, gateway: &str) -> Daemon {
 }
 
 fn stalled_post(host: &str) -> Vec<u8> {
+    stalled_post_with(host, "")
+}
+
+/// A webhook POST whose body stops early, with `headers` (each ending in
+/// CRLF) added.
+fn stalled_post_with(host: &str, headers: &str) -> Vec<u8> {
     format!(
         "POST /hooks/webhook/open HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: 1000\r\n\r\n{{\"chatId\":"
+         {headers}Content-Length: 1000\r\n\r\n{{\"chatId\":"
     )
     .into_bytes()
 }
@@ -909,6 +915,61 @@ async fn one_address_cannot_take_every_webhook_body_slot() {
     assert!(
         d.log_text()
             .contains("webhook bodies already being read from 127.0.0.2"),
+        "{}",
+        d.log_text()
+    );
+    drop(stalled);
+}
+
+/// Through a trusted proxy, webhook bodies are shared per client, by the
+/// address the proxy names: one client stalling its share does not refuse
+/// another client of the same proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_webhook_bodies_are_shared_per_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = webhook_daemon(
+        dir.path(),
+        "trusted_proxies = [\"127.0.0.4\"]\n\
+         [gateway.limits]\nmax_webhook_bodies = 16\nmax_webhook_bodies_per_ip = 2\n",
+    );
+    let host = d.addr.to_string();
+    let via = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tcp_from(&d, "127.0.0.4").await;
+        s.write_all(&stalled_post_with(&host, &via("198.51.100.9")))
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = tcp_from(&d, "127.0.0.4").await;
+    third
+        .write_all(&stalled_post_with(&host, &via("198.51.100.9")))
+        .await
+        .unwrap();
+    let busy = read_until_eof(&mut third, Duration::from_millis(800)).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    // Another client of the same proxy is taken in meanwhile.
+    let body = json!({"chatId": "c", "senderId": "s", "text": "in", "messageId": "m2"}).to_string();
+    let mut other = tcp_from(&d, "127.0.0.4").await;
+    other
+        .write_all(
+            format!(
+                "POST /hooks/webhook/open HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+                 {}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                via("198.51.100.10"),
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let ok = read_until_eof(&mut other, Duration::from_secs(3)).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        d.log_text()
+            .contains("webhook bodies already being read from 198.51.100.9"),
         "{}",
         d.log_text()
     );
