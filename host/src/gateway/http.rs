@@ -442,8 +442,9 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     };
     meta.peer = gw.client(meta.remote.ip(), headers);
     // Through a trusted proxy, the client takes its unauthenticated share
-    // now that its address is known (the proxy took none at accept).
-    if meta.peer.vouched && gw.is_trusted_proxy(meta.remote.ip()) {
+    // now that its address is known (the proxy took none at accept; a
+    // request naming no client counts as the proxy's own).
+    if gw.is_trusted_proxy(meta.remote.ip()) {
         let per_ip = gw.config().gateway.limits.max_unauthenticated_per_ip;
         match gw.unauthenticated_per_ip.try_take(meta.peer.ip, per_ip) {
             Some(slot) => *meta.unauthenticated.guard() = Some(slot),
