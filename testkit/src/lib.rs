@@ -664,6 +664,13 @@ impl Client {
         }
     }
 
+    /// The `connect` request with `token` and `scopes` (see
+    /// [`connect_params`]): its response, `ok` or not.
+    pub async fn hello(&mut self, token: Option<&str>, scopes: &[&str]) -> Result<Value> {
+        self.request("c1", "connect", connect_params(token, scopes))
+            .await
+    }
+
     /// Sends a request and waits for its response, collecting events meanwhile.
     pub async fn request(&mut self, id: &str, method: &str, params: Value) -> Result<Value> {
         self.send_request(id, method, params).await?;

@@ -446,14 +446,7 @@ async fn fail_auth(d: &Daemon, via: &[(&str, &str)], n: usize) {
 /// The right token through headers `via`: refused as rate limited, or not.
 async fn rate_limited(d: &Daemon, via: &[(&str, &str)]) -> bool {
     let mut c = Client::open_with_headers(&d.url(), via).await.unwrap();
-    let res = c
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
-        .await
-        .unwrap();
+    let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
     if res["ok"] == true {
         return false;
     }
@@ -510,14 +503,7 @@ trusted_proxies = [\"127.0.0.1\"]
     let mut c = Client::open_with_headers(&d.url(), &xff("198.51.100.2"))
         .await
         .unwrap();
-    let res = c
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
-        .await
-        .unwrap();
+    let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
     assert_eq!(res["ok"], true, "{res}");
     let p = c.request("p", "system-presence", json!({})).await.unwrap();
     assert!(

@@ -692,14 +692,7 @@ async fn a_browser_lockout_does_not_lock_out_other_origins() {
         "{res}"
     );
     let mut c = Client::open_with_origin(&d.url(), &ui).await.unwrap();
-    let res = c
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
-        .await
-        .unwrap();
+    let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
     assert_eq!(res["ok"], true, "{res}");
 }
 
@@ -756,10 +749,7 @@ async fn one_address_cannot_hold_every_unauthenticated_slot() {
         .await
         .unwrap_or_else(|e| panic!("operator {i} refused: {e}"));
         let mut c = Client::after_upgrade(ws).await.unwrap();
-        let res = c
-            .request("c1", "connect", connect_params(None, &["operator.read"]))
-            .await
-            .unwrap();
+        let res = c.hello(None, &["operator.read"]).await.unwrap();
         assert_eq!(res["ok"], true, "{res}");
         operators.push(c);
     }
@@ -844,22 +834,11 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_share() {
     let mut other = upgrade_through(&d, "127.0.0.4", "203.0.113.6")
         .await
         .unwrap();
-    let res = other
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
-        .await
-        .unwrap();
+    let res = other.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
     assert_eq!(res["ok"], true, "{res}");
     // Authenticating gives the share back.
     let res = held[0]
-        .request(
-            "c1",
-            "connect",
-            connect_params(Some(TOKEN), &["operator.read"]),
-        )
+        .hello(Some(TOKEN), &["operator.read"])
         .await
         .unwrap();
     assert_eq!(res["ok"], true, "{res}");

@@ -682,6 +682,17 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
     assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
 }
 
+/// `send` of `text` to `#room` with `key` as its idempotency key (and id).
+async fn send_to_room(op: &mut Client, key: &str, text: &str) -> Value {
+    op.request(
+        key,
+        "send",
+        json!({"to": "#room", "message": text, "idempotencyKey": key}),
+    )
+    .await
+    .unwrap()
+}
+
 /// An account whose server is away queues its sends up to the outbox's
 /// 128 MiB: twelve messages of 10 MiB go in, the thirteenth is refused by
 /// name (`UNAVAILABLE`, retryable), and the daemon answers meanwhile. The
@@ -705,14 +716,7 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     let text = "x".repeat(10 << 20);
     for i in 0..12 {
-        let r = op
-            .request(
-                &format!("s{i}"),
-                "send",
-                json!({"to": "#room", "message": text, "idempotencyKey": format!("big-{i}")}),
-            )
-            .await
-            .unwrap();
+        let r = send_to_room(&mut op, &format!("big-{i}"), &text).await;
         assert_eq!(r["ok"], true, "message {i}: {r}");
     }
     let refused = |r: &Value| {
@@ -724,27 +728,13 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
             "{m}"
         );
     };
-    let r = op
-        .request(
-            "s12",
-            "send",
-            json!({"to": "#room", "message": text, "idempotencyKey": "big-12"}),
-        )
-        .await
-        .unwrap();
+    let r = send_to_room(&mut op, "big-12", &text).await;
     refused(&r);
     let h = op.request("h", "health", json!({})).await.unwrap();
     assert_eq!(h["ok"], true, "{h}");
     // Nor does one of 8 MiB: the bound is on bytes (13 messages are far
     // from the 1000 the outbox holds).
-    let r = op
-        .request(
-            "s13",
-            "send",
-            json!({"to": "#room", "message": "x".repeat(8 << 20), "idempotencyKey": "big-13"}),
-        )
-        .await
-        .unwrap();
+    let r = send_to_room(&mut op, "big-13", &"x".repeat(8 << 20)).await;
     refused(&r);
     drop(op);
     d.signal("TERM");
@@ -758,14 +748,7 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
         "a daemon with 120 MiB queued holds {grew_kib} KiB more than an idle one: the queued messages are in its memory"
     );
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let r = op
-        .request(
-            "s14",
-            "send",
-            json!({"to": "#room", "message": text, "idempotencyKey": "big-14"}),
-        )
-        .await
-        .unwrap();
+    let r = send_to_room(&mut op, "big-14", &text).await;
     refused(&r);
 }
 
