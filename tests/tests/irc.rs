@@ -702,10 +702,7 @@ async fn send_to_room(op: &mut Client, key: &str, text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     // Nothing listens on this port: the account never connects.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     // Messages of 10 MiB are far more lines than the default bound allows.
     let accounts = format!(
@@ -756,10 +753,7 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
 /// 100) is refused by name before it is queued; one of 100 lines is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_of_more_lines_than_max_send_lines_is_refused_by_name() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let d = irc_daemon(
         &dir,
