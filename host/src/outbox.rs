@@ -42,6 +42,14 @@ pub const MAX_ATTEMPTS: u32 = 10;
 
 type Key = (String, String);
 
+/// Messages an account's outbox holds (queued, or handed out and not yet
+/// confirmed), and their bytes as stored.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct Depth {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
 #[derive(Default)]
 struct Account {
     /// Queue numbers waiting, oldest first (their messages are in the store).
@@ -356,6 +364,15 @@ impl Outbox {
             tracing::error!(channel = %channel, account = %account, seq,
                 "outbox message set aside (kept in the store, marked failed): sent {MAX_ATTEMPTS} times without being confirmed (the connection dropped each time)");
         }
+    }
+
+    /// What the account's outbox holds, if it has ever had one in this run
+    /// or the last.
+    pub fn depth(&self, channel: &str, account: &str) -> Option<Depth> {
+        self.with_account(channel, account, |a| Depth {
+            messages: a.len(),
+            bytes: a.bytes,
+        })
     }
 
     /// How many messages the account has queued or in flight.

@@ -727,6 +727,16 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     };
     let r = send_to_room(&mut op, "big-12", &text).await;
     refused(&r);
+    // channels.status shows what the outbox holds.
+    let depth = |a: &Value| {
+        (
+            a["outbox"]["messages"].as_u64().unwrap_or(0),
+            a["outbox"]["bytes"].as_u64().unwrap_or(0),
+        )
+    };
+    let held = depth(&op.account_status("irc", "default").await.unwrap());
+    assert_eq!(held.0, 12, "{held:?}");
+    assert!(held.1 >= 12 * (10 << 20) && held.1 <= 128 << 20, "{held:?}");
     let h = op.request("h", "health", json!({})).await.unwrap();
     assert_eq!(h["ok"], true, "{h}");
     // Nor does one of 8 MiB: the bound is on bytes (13 messages are far
@@ -747,6 +757,10 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
     let r = send_to_room(&mut op, "big-14", &text).await;
     refused(&r);
+    assert_eq!(
+        depth(&op.account_status("irc", "default").await.unwrap()),
+        held
+    );
 }
 
 /// A message that would be more than `max_send_lines` IRC lines (default

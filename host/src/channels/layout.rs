@@ -136,6 +136,7 @@ pub(super) fn fresh_account(id: &str, enabled: bool) -> AccountSnapshot {
         reconnect_attempts: 0,
         last_inbound_at: None,
         last_outbound_at: None,
+        outbox: None,
     }
 }
 

@@ -167,6 +167,18 @@ impl ChannelManager {
         }
     }
 
+    /// [`ChannelManager::snapshot`] with each account's outbox depth, for
+    /// `channels.status`.
+    pub fn status_snapshot(&self) -> ChannelsSnapshot {
+        let mut snap = self.snapshot();
+        for (channel, e) in &mut snap.channels {
+            for (account, a) in &mut e.accounts {
+                a.outbox = self.outbox.depth(channel, account);
+            }
+        }
+        snap
+    }
+
     fn update(&self, channel: &str, account: &str, f: impl FnOnce(&mut AccountSnapshot)) {
         self.board.update(channel, account, f)
     }

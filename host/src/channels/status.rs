@@ -96,6 +96,10 @@ pub struct AccountSnapshot {
     pub reconnect_attempts: u64,
     pub last_inbound_at: Option<u64>,
     pub last_outbound_at: Option<u64>,
+    /// What the account's outbox holds (accounts whose plugin queues its
+    /// sends, IRC's; filled for `channels.status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<crate::outbox::Depth>,
 }
 
 #[derive(Debug, Clone)]

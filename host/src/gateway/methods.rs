@@ -232,7 +232,7 @@ fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) ->
 
 fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
     let p: ChannelsStatusParams = parse(method, params)?;
-    let snap = gw.channels.snapshot();
+    let snap = gw.channels.status_snapshot();
     if let Some(c) = &p.channel {
         if !snap.channels.contains_key(c) {
             return Err(ErrorShape::invalid(format!(
