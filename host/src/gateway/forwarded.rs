@@ -11,8 +11,10 @@
 //! - From a peer listed in `gateway.trusted_proxies`, the client is read
 //!   from `X-Forwarded-For`, right to left, skipping trusted addresses (a
 //!   client can write anything at the left; each proxy appends the address
-//!   it saw), else from `X-Real-IP`. Such a client is local only if the
-//!   proxies say it is loopback.
+//!   it saw), else from `X-Real-IP`. Such a client is never local either,
+//!   even one named 127.0.0.1: a proxy that passes a client's own header
+//!   through instead of appending to it (nginx does, unless told otherwise)
+//!   would let anyone say so.
 //! - From any other peer the headers are not believed: the client is the
 //!   peer, and not local.
 //!
@@ -105,10 +107,10 @@ impl Client {
         }
     }
 
-    /// On this machine: a loopback peer without proxy headers, or a
-    /// loopback client a trusted proxy vouches for.
+    /// On this machine: a loopback peer without proxy headers. Nothing
+    /// that came through a proxy is, whatever address it names.
     pub fn is_local(&self) -> bool {
-        self.ip.is_loopback() && (!self.proxied || self.vouched)
+        self.ip.is_loopback() && !self.proxied
     }
 }
 
@@ -295,9 +297,14 @@ mod tests {
         assert_eq!(c.ip, ip("2001:db8::7"));
         // X-Real-IP when there is no X-Forwarded-For.
         assert_eq!(from(&[("x-real-ip", "192.0.2.9")]).ip, ip("192.0.2.9"));
-        // A local client of the proxy, vouched for all the way.
+        // A client the proxy names 127.0.0.1 is that address, but not
+        // local: a proxy passing the client's own header through would let
+        // anyone claim it.
         let c = from(&[("x-forwarded-for", "127.0.0.1")]);
-        assert!(c.is_local());
+        assert_eq!(
+            (c.ip, c.vouched, c.is_local()),
+            (ip("127.0.0.1"), true, false)
+        );
         // Garbage stops the walk: the last hop seen, and not local.
         let c = from(&[("x-forwarded-for", "evil, 127.0.0.1")]);
         assert_eq!(c.ip, ip("127.0.0.1"));

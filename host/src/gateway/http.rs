@@ -339,7 +339,7 @@ pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> b
 
 /// The refusal for a control-plane request whose `Host` is not acceptable
 /// (see [`host_allowed`]), or, when the gateway has no credentials, which
-/// came through a reverse proxy for a client not on this machine: a gateway
+/// came through a reverse proxy: a gateway
 /// without credentials answers only this machine, and a proxy on it would
 /// otherwise pass anyone off as local.
 pub(super) fn check_host(
