@@ -844,6 +844,77 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     assert_eq!(all.len(), posted.len() + 1, "and the one sent");
 }
 
+/// Near the disk's floor (within four times `store.min_free_mb`), the
+/// channel holding most of the log is refused (its webhook gets 503 naming
+/// it, the sender keeps the message) while another channel's messages are
+/// still taken; with room again, both are, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _unmount = Tmpfs::mount(&state, "64m");
+    let d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "webhook.wasm")],
+            "[store]\nmin_free_mb = 8\n[channels.webhook.accounts.open]\n\
+             [channels.quiet]\nplugin = \"webhook\"\n[channels.quiet.accounts.open]\n",
+        )
+        .start()
+        .unwrap();
+    let post_to = |channel: &'static str, id: &str, size: usize| {
+        let body = json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
+        let url = d.http(&format!("/hooks/{channel}/open"));
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for i in 0..4 {
+        let (st, v) = post_to("webhook", &format!("w{i}"), 200_000).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (st, v) = post_to("quiet", "q0", 100).await;
+    assert_eq!(st, 200, "{v}");
+    // 40 of the 64 MiB taken: between the floor (8) and four times it (32).
+    std::fs::write(state.join("filler"), vec![1u8; 40 << 20]).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (st, v) = post_to("webhook", "w4", 100).await;
+    assert_eq!(st, 503, "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("near store.min_free_mb") && e.contains("channel `webhook` holds 99% of the log"),
+        "{v}"
+    );
+    let (st, v) = post_to("quiet", "q1", 100).await;
+    assert_eq!(st, 200, "the other channel keeps the room left: {v}");
+    assert!(
+        d.log_text().contains("its new messages are refused so that the other channels"),
+        "{}",
+        d.log_text()
+    );
+    // Room again: the sender's retry is taken.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (st, v) = post_to("webhook", "w4", 100).await;
+    assert_eq!(st, 200, "{v}");
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let ids: Vec<String> = c
+        .history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["w0", "w1", "w2", "w3", "q0", "q1", "w4"]);
+}
+
 /// The echo plugin numbers its messages with a counter in its key-value
 /// store: a counter written in the earlier layout (one file per key) is
 /// moved into the database and goes on from there, across a restart.

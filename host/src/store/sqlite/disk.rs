@@ -19,13 +19,23 @@ pub const DEFAULT_MIN_FREE_MB: u64 = 256;
 /// How long a reading of the free space is used before it is taken again.
 const RECHECK: Duration = Duration::from_millis(100);
 
+/// Within this many times the floor, the disk is near it: a channel holding
+/// more than half of the log is refused then, so that the others keep the
+/// room left (see [`DiskFloor::near`]).
+pub const NEAR_FACTOR: u64 = 4;
+
+/// How often a channel refused for its share is logged at most.
+const SHARE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 pub struct DiskFloor {
     dir: PathBuf,
     /// `store.min_free_mb` in bytes; 0: no floor.
     min_free: AtomicU64,
-    /// The last reading: when, and why new messages are refused (if they
-    /// are).
-    last: Mutex<Option<(Instant, Option<String>)>>,
+    /// The last reading: when, why new messages are refused (if they
+    /// are), and the free bytes (if they could be read).
+    last: Mutex<Option<(Instant, Option<String>, Option<u64>)>>,
+    /// When a channel refused for its share was last logged.
+    share_logged: Mutex<Option<Instant>>,
 }
 
 impl DiskFloor {
@@ -34,6 +44,7 @@ impl DiskFloor {
             dir: dir.to_path_buf(),
             min_free: AtomicU64::new(DEFAULT_MIN_FREE_MB * 1024 * 1024),
             last: Mutex::new(None),
+            share_logged: Mutex::new(None),
         }
     }
 
@@ -45,17 +56,44 @@ impl DiskFloor {
     /// Why new messages are refused now, if they are: the free space is
     /// read at most every [`RECHECK`], so this is cheap to ask per write.
     pub fn low(&self) -> Option<String> {
+        self.reading().0
+    }
+
+    /// The free space (MiB) when the disk is within [`NEAR_FACTOR`] times
+    /// the floor (and there is a floor), else `None`.
+    pub fn near(&self) -> Option<u64> {
+        let min = self.min_free.load(Ordering::Relaxed);
+        match self.reading().1 {
+            Some(free) if min > 0 && free < min.saturating_mul(NEAR_FACTOR) => {
+                Some(free / (1024 * 1024))
+            }
+            _ => None,
+        }
+    }
+
+    /// Logs a channel refused for its share, at most every 10 s.
+    pub fn note_share(&self, why: &str) {
+        let mut at = self.share_logged.guard();
+        if at.is_none_or(|t| t.elapsed() >= SHARE_REPORT_EVERY) {
+            *at = Some(Instant::now());
+            tracing::error!("{why}");
+        }
+    }
+
+    /// Why new messages are refused, and the free bytes.
+    fn reading(&self) -> (Option<String>, Option<u64>) {
         let min = self.min_free.load(Ordering::Relaxed);
         if min == 0 {
-            return None;
+            return (None, None);
         }
         let mut last = self.last.guard();
-        if let Some((at, why)) = &*last {
+        if let Some((at, why, free)) = &*last {
             if at.elapsed() < RECHECK {
-                return why.clone();
+                return (why.clone(), *free);
             }
         }
-        let why = match free_bytes(&self.dir) {
+        let read = free_bytes(&self.dir);
+        let why = match read {
             Ok(free) if free < min => Some(format!(
                 "the disk holding the message log ({}) has {} MiB free, below store.min_free_mb = {}: new messages are refused until there is more (free disk space, lower store.retention_days or set store.max_bytes, or lower store.min_free_mb)",
                 self.dir.display(),
@@ -63,7 +101,7 @@ impl DiskFloor {
                 min / (1024 * 1024)
             )),
             Ok(_) => None,
-            Err(e) => {
+            Err(ref e) => {
                 // Not knowing is not a reason to refuse messages.
                 if last.is_none() {
                     tracing::warn!(dir = %self.dir.display(), "cannot read the disk's free space (store.min_free_mb is not enforced): {e}");
@@ -71,7 +109,7 @@ impl DiskFloor {
                 None
             }
         };
-        let was_low = last.as_ref().is_some_and(|(_, w)| w.is_some());
+        let was_low = last.as_ref().is_some_and(|(_, w, _)| w.is_some());
         match (&why, was_low) {
             (Some(w), false) => tracing::error!("{w}"),
             (None, true) => {
@@ -79,14 +117,15 @@ impl DiskFloor {
             }
             _ => {}
         }
-        *last = Some((Instant::now(), why.clone()));
-        why
+        let free = read.ok();
+        *last = Some((Instant::now(), why.clone(), free));
+        (why, free)
     }
 }
 
 /// Bytes an unprivileged process may still write on the file system
 /// holding `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(super) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
@@ -116,9 +155,16 @@ mod tests {
         let why = floor.low().expect("more than the disk has is refused");
         assert!(why.contains("store.min_free_mb = "), "{why}");
         assert!(why.contains(&dir.path().display().to_string()), "{why}");
+        assert!(floor.near().is_some(), "below the floor is near it too");
         floor.set_min_free_bytes(1);
         assert_eq!(floor.low(), None);
+        assert_eq!(floor.near(), None);
+        // Above the floor, within four times it: near, not low.
+        floor.set_min_free_bytes(free / 2);
+        assert_eq!(floor.low(), None);
+        assert!(floor.near().is_some());
         floor.set_min_free_bytes(0);
         assert_eq!(floor.low(), None);
+        assert_eq!(floor.near(), None);
     }
 }

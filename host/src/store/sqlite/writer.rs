@@ -410,6 +410,35 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
     Ok(uint(tx.last_insert_rowid()))
 }
 
+/// Near the disk's floor, a channel holding more than half of the log while
+/// another channel holds messages too is refused new ones, so that one
+/// channel delivering in a loop (a hostile or broken plugin) cannot take the
+/// last room from every other. Why, when it is.
+fn over_share(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &str,
+    free_mb: u64,
+) -> rusqlite::Result<Option<String>> {
+    let (held, total): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT coalesce((SELECT bytes FROM channel_bytes WHERE channel = ?1), 0),
+                    coalesce((SELECT SUM(bytes) FROM channel_bytes), 0)",
+        )?
+        .query_row([channel], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if held <= 0 || held == total || held.saturating_mul(2) <= total {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the disk holding the message log is near store.min_free_mb ({free_mb} MiB free), and channel `{channel}` \
+         holds {}% of the log ({} of {} KiB): its new messages are refused so that the other channels keep \
+         the room left (free disk space, lower store.retention_days or set store.max_bytes, or find out why \
+         `{channel}` delivers so much)",
+        held.saturating_mul(100) / total.max(1),
+        held / 1024,
+        total / 1024
+    )))
+}
+
 /// One op inside the group's transaction.
 fn apply(
     tx: &rusqlite::Transaction<'_>,
@@ -441,6 +470,12 @@ fn apply(
             // A send's record is always taken: its message has gone out.
             if let Some(why) = disk.low() {
                 return Ok(Done::Refused(why));
+            }
+            if let Some(free_mb) = disk.near() {
+                if let Some(why) = over_share(tx, &m.channel, free_mb)? {
+                    disk.note_share(&why);
+                    return Ok(Done::Refused(why));
+                }
             }
             let seq = insert(tx, m)?;
             let mut stored = m.clone();
