@@ -863,7 +863,8 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         .start()
         .unwrap();
     let post_to = |channel: &'static str, id: &str, size: usize| {
-        let body = json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
+        let body =
+            json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
         let url = d.http(&format!("/hooks/{channel}/open"));
         async move {
             let r = reqwest::Client::new()
@@ -889,13 +890,15 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     assert_eq!(st, 503, "{v}");
     let e = v["error"].as_str().unwrap_or_default();
     assert!(
-        e.contains("near store.min_free_mb") && e.contains("channel `webhook` holds 99% of the log"),
+        e.contains("near store.min_free_mb")
+            && e.contains("channel `webhook` holds 99% of the log"),
         "{v}"
     );
     let (st, v) = post_to("quiet", "q1", 100).await;
     assert_eq!(st, 200, "the other channel keeps the room left: {v}");
     assert!(
-        d.log_text().contains("its new messages are refused so that the other channels"),
+        d.log_text()
+            .contains("its new messages are refused so that the other channels"),
         "{}",
         d.log_text()
     );

@@ -27,13 +27,16 @@ pub const NEAR_FACTOR: u64 = 4;
 /// How often a channel refused for its share is logged at most.
 const SHARE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// One reading of the free space: when, why new messages are refused (if
+/// they are), and the free bytes (if they could be read).
+type Reading = (Instant, Option<String>, Option<u64>);
+
 pub struct DiskFloor {
     dir: PathBuf,
     /// `store.min_free_mb` in bytes; 0: no floor.
     min_free: AtomicU64,
-    /// The last reading: when, why new messages are refused (if they
-    /// are), and the free bytes (if they could be read).
-    last: Mutex<Option<(Instant, Option<String>, Option<u64>)>>,
+    /// The last reading.
+    last: Mutex<Option<Reading>>,
     /// When a channel refused for its share was last logged.
     share_logged: Mutex<Option<Instant>>,
 }

@@ -30,7 +30,7 @@ pub use disk::DEFAULT_MIN_FREE_MB;
 use writer::{writer, IntentOp, KvOp, Op, OutboxOp, Shared};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Writes joined into one transaction at most.
 const MAX_GROUP: usize = 1024;
 /// Rows removed per pruning batch.
@@ -109,22 +109,6 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         interrupted INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;",
-    // 4 → 5: the bytes each channel's messages hold (text, raw and
-    // attachments), kept by triggers on every insert and delete, so that a
-    // channel's share of the log is known without reading it.
-    "CREATE TABLE channel_bytes (
-        channel TEXT PRIMARY KEY,
-        bytes INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    INSERT INTO channel_bytes (channel, bytes)
-        SELECT channel, SUM(length(CAST(text AS BLOB)) + coalesce(length(CAST(raw AS BLOB)), 0) + coalesce(length(CAST(attachments AS BLOB)), 0)) FROM messages GROUP BY channel;
-    CREATE TRIGGER channel_bytes_in AFTER INSERT ON messages BEGIN
-        INSERT OR IGNORE INTO channel_bytes (channel, bytes) VALUES (NEW.channel, 0);
-        UPDATE channel_bytes SET bytes = bytes + length(CAST(NEW.text AS BLOB)) + coalesce(length(CAST(NEW.raw AS BLOB)), 0) + coalesce(length(CAST(NEW.attachments AS BLOB)), 0) WHERE channel = NEW.channel;
-    END;
-    CREATE TRIGGER channel_bytes_out AFTER DELETE ON messages BEGIN
-        UPDATE channel_bytes SET bytes = bytes - length(CAST(OLD.text AS BLOB)) + coalesce(length(CAST(OLD.raw AS BLOB)), 0) + coalesce(length(CAST(OLD.attachments AS BLOB)), 0) WHERE channel = OLD.channel;
-    END;",
 ];
 
 /// Interrupted sends named in the log line at open, at most.

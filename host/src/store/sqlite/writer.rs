@@ -410,22 +410,69 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
     Ok(uint(tx.last_insert_rowid()))
 }
 
+/// A message's bytes in the log, as [`Shares`] counts them (the SQL of
+/// `SIZE_SQL`, in Rust).
+fn size_of(m: &Message) -> u64 {
+    (m.text.len()
+        + m.raw.as_ref().map_or(0, String::len)
+        + m.attachments.as_ref().map_or(0, String::len)) as u64
+}
+
+/// A row's bytes in the log: text, raw and attachments.
+const SIZE_SQL: &str = "length(CAST(text AS BLOB)) + coalesce(length(CAST(raw AS BLOB)), 0) + coalesce(length(CAST(attachments AS BLOB)), 0)";
+
+/// The bytes each channel's messages hold in the log, counted from the
+/// table (one pass) when the disk first comes near its floor, then kept up
+/// to date by inserts and prunes while it stays near; forgotten when it is
+/// not, and when a group rolls back. Far from the floor it costs nothing.
+#[derive(Default)]
+struct Shares {
+    by_channel: Option<std::collections::HashMap<String, u64>>,
+}
+
+impl Shares {
+    fn counted(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+    ) -> rusqlite::Result<&std::collections::HashMap<String, u64>> {
+        if self.by_channel.is_none() {
+            let mut st = tx.prepare(&format!(
+                "SELECT channel, SUM({SIZE_SQL}) FROM messages GROUP BY channel"
+            ))?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, uint(r.get(1)?))))?;
+            let map = rows.collect::<rusqlite::Result<_>>()?;
+            self.by_channel = Some(map);
+        }
+        Ok(self.by_channel.get_or_insert_with(Default::default))
+    }
+
+    fn added(&mut self, channel: &str, bytes: u64) {
+        if let Some(m) = &mut self.by_channel {
+            *m.entry(channel.to_string()).or_default() += bytes;
+        }
+    }
+
+    fn removed(&mut self, channel: &str, bytes: u64) {
+        if let Some(n) = self.by_channel.as_mut().and_then(|m| m.get_mut(channel)) {
+            *n = n.saturating_sub(bytes);
+        }
+    }
+}
+
 /// Near the disk's floor, a channel holding more than half of the log while
 /// another channel holds messages too is refused new ones, so that one
 /// channel delivering in a loop (a hostile or broken plugin) cannot take the
 /// last room from every other. Why, when it is.
 fn over_share(
     tx: &rusqlite::Transaction<'_>,
+    shares: &mut Shares,
     channel: &str,
     free_mb: u64,
 ) -> rusqlite::Result<Option<String>> {
-    let (held, total): (i64, i64) = tx
-        .prepare_cached(
-            "SELECT coalesce((SELECT bytes FROM channel_bytes WHERE channel = ?1), 0),
-                    coalesce((SELECT SUM(bytes) FROM channel_bytes), 0)",
-        )?
-        .query_row([channel], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if held <= 0 || held == total || held.saturating_mul(2) <= total {
+    let counted = shares.counted(tx)?;
+    let held = counted.get(channel).copied().unwrap_or(0);
+    let total: u64 = counted.values().sum();
+    if held == 0 || held == total || held.saturating_mul(2) <= total {
         return Ok(None);
     }
     Ok(Some(format!(
@@ -439,10 +486,32 @@ fn over_share(
     )))
 }
 
+/// Deletes the messages `which` selects, taking their bytes off [`Shares`]
+/// when it counts; how many went.
+fn delete_messages(
+    tx: &rusqlite::Transaction<'_>,
+    shares: &mut Shares,
+    which: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<usize> {
+    let mut st = tx.prepare_cached(&format!(
+        "DELETE FROM messages WHERE {which} RETURNING channel, {SIZE_SQL}"
+    ))?;
+    let mut rows = st.query(p)?;
+    let mut gone = 0;
+    while let Some(row) = rows.next()? {
+        let channel: String = row.get(0)?;
+        shares.removed(&channel, uint(row.get(1)?));
+        gone += 1;
+    }
+    Ok(gone)
+}
+
 /// One op inside the group's transaction.
 fn apply(
     tx: &rusqlite::Transaction<'_>,
     op: &Op,
+    shares: &mut Shares,
     kv: &mut KvUsage,
     kv_max: u64,
     disk: &super::disk::DiskFloor,
@@ -471,19 +540,24 @@ fn apply(
             if let Some(why) = disk.low() {
                 return Ok(Done::Refused(why));
             }
-            if let Some(free_mb) = disk.near() {
-                if let Some(why) = over_share(tx, &m.channel, free_mb)? {
-                    disk.note_share(&why);
-                    return Ok(Done::Refused(why));
+            match disk.near() {
+                Some(free_mb) => {
+                    if let Some(why) = over_share(tx, shares, &m.channel, free_mb)? {
+                        disk.note_share(&why);
+                        return Ok(Done::Refused(why));
+                    }
                 }
+                None => shares.by_channel = None,
             }
             let seq = insert(tx, m)?;
+            shares.added(&m.channel, size_of(m));
             let mut stored = m.clone();
             stored.seq = seq;
             Ok(Done::Appended(Appended { seq, new: true }, Some(stored)))
         }
         Op::Send(m, key, receipt, _) => {
             let seq = insert(tx, m)?;
+            shares.added(&m.channel, size_of(m));
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO idempotency (key, created_at, receipt) VALUES (?1, ?2, ?3)",
             )?
@@ -497,12 +571,12 @@ fn apply(
         Op::Prune(r, _) => {
             let mut gone = 0;
             if r.before_ms > 0 {
-                gone += tx
-                    .prepare_cached(
-                        "DELETE FROM messages WHERE seq IN
-                         (SELECT seq FROM messages WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
-                    )?
-                    .execute(params![int(r.before_ms), PRUNE_BATCH])?;
+                gone += delete_messages(
+                    tx,
+                    shares,
+                    "seq IN (SELECT seq FROM messages WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
+                    params![int(r.before_ms), PRUNE_BATCH],
+                )?;
             }
             if r.max_bytes > 0 && gone == 0 {
                 let used: i64 = tx.query_row(
@@ -512,12 +586,12 @@ fn apply(
                     |row| row.get(0),
                 )?;
                 if uint(used) > r.max_bytes {
-                    gone += tx
-                        .prepare_cached(
-                            "DELETE FROM messages WHERE seq IN
-                             (SELECT seq FROM messages ORDER BY seq LIMIT ?1)",
-                        )?
-                        .execute(params![PRUNE_BATCH])?;
+                    gone += delete_messages(
+                        tx,
+                        shares,
+                        "seq IN (SELECT seq FROM messages ORDER BY seq LIMIT ?1)",
+                        params![PRUNE_BATCH],
+                    )?;
                 }
             }
             {
@@ -627,6 +701,7 @@ fn write_group(
     ops: &[Op],
     d: &mut Durability,
     shared: &Shared,
+    shares: &mut Shares,
     kv: &mut KvUsage,
 ) -> Result<Vec<Done>, String> {
     let kv_max = shared.kv_max_bytes.load(Ordering::Relaxed);
@@ -638,7 +713,7 @@ fn write_group(
             let tx = conn.transaction()?;
             let mut done = Vec::with_capacity(ops.len());
             for op in ops {
-                done.push(apply(&tx, op, kv, kv_max, &shared.disk)?);
+                done.push(apply(&tx, op, shares, kv, kv_max, &shared.disk)?);
             }
             tx.commit()?;
             Ok((done, conn.total_changes() != before))
@@ -646,6 +721,7 @@ fn write_group(
     let (done, changed) = commit(conn, d).map_err(|e| {
         // Rolled back: the counts may hold this group's writes.
         kv.by_channel.clear();
+        shares.by_channel = None;
         describe("write to the message log", &e)
     })?;
     d.committed(wants, changed, shared)
@@ -665,6 +741,7 @@ pub(super) fn writer(
     wal_path: PathBuf,
 ) {
     let mut kv = KvUsage::default();
+    let mut shares = Shares::default();
     let mut d = Durability {
         full,
         fsyncing: full,
@@ -701,7 +778,7 @@ pub(super) fn writer(
         if d.deadline().is_some_and(|left| left.is_zero()) {
             d.settle(&shared);
         }
-        match write_group(&mut conn, &ops, &mut d, &shared, &mut kv) {
+        match write_group(&mut conn, &ops, &mut d, &shared, &mut shares, &mut kv) {
             Ok(done) => {
                 if shared.failure.guard().take().is_some() {
                     tracing::info!("message log writes succeed again");
