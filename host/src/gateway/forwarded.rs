@@ -84,6 +84,11 @@ impl Cidr {
     }
 }
 
+/// Is `ip` in one of the `trusted` networks?
+pub fn trusts(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
 /// Where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
@@ -157,8 +162,7 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Client {
         proxied: true,
         vouched: false,
     };
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
-    if !is_trusted(peer) {
+    if !trusts(trusted, peer) {
         return untrusted;
     }
     let mut hops: Vec<&str> = headers
@@ -171,12 +175,16 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Client {
         hops.extend(headers.get("x-real-ip").and_then(|v| v.to_str().ok()));
     }
     let mut last = None;
+    // Every hop read, all of them trusted proxies: the proxies vouch for
+    // the first one named.
+    let mut whole = hops.len() <= MAX_HOPS;
     for h in hops.iter().rev().take(MAX_HOPS) {
         let Some(ip) = hop(h) else {
             // Garbage: what lies left of it cannot be followed.
+            whole = false;
             break;
         };
-        if !is_trusted(ip) {
+        if !trusts(trusted, ip) {
             return Client {
                 ip,
                 proxied: true,
@@ -186,16 +194,10 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Client {
         last = Some(ip);
     }
     match last {
-        // Every hop is a trusted proxy, all the way to the first one named.
-        Some(ip) if hops.len() <= MAX_HOPS && hops.iter().all(|h| hop(h).is_some()) => Client {
-            ip,
-            proxied: true,
-            vouched: true,
-        },
         Some(ip) => Client {
             ip,
             proxied: true,
-            vouched: false,
+            vouched: whole,
         },
         None => untrusted,
     }
@@ -307,7 +309,7 @@ mod tests {
         );
         // Garbage stops the walk: the last hop seen, and not local.
         let c = from(&[("x-forwarded-for", "evil, 127.0.0.1")]);
-        assert_eq!(c.ip, ip("127.0.0.1"));
+        assert_eq!((c.ip, c.vouched), (ip("127.0.0.1"), false));
         assert!(!c.is_local());
         let c = from(&[("x-forwarded-for", "nonsense")]);
         assert_eq!((c.ip, c.is_local()), (ip("127.0.0.1"), false));

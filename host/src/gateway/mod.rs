@@ -99,9 +99,8 @@ impl Gateway {
 
     /// Is `peer` one of `gateway.trusted_proxies`?
     pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
-        let c = self.config();
-        !c.gateway.trusted_proxies.is_empty()
-            && self.trusted_proxies().iter().any(|n| n.contains(peer))
+        !self.config().gateway.trusted_proxies.is_empty()
+            && forwarded::trusts(&self.trusted_proxies(), peer)
     }
 
     /// Who a request from `peer` with `headers` came from (see
@@ -120,7 +119,7 @@ impl Gateway {
         if c.vouched {
             return c;
         }
-        let why = if trusted.iter().any(|n| n.contains(peer)) {
+        let why = if forwarded::trusts(&trusted, peer) {
             format!(
                 "the trusted proxy {peer} sent proxy headers that name no client it vouches for (an X-Forwarded-For \
                  entry that is not an address, or only `Forwarded`, which is not read): the request is taken as \
