@@ -273,43 +273,47 @@ impl Outbox {
                 Some(seq)
             })??;
             // Read outside the lock: other accounts' pushes go on meanwhile.
-            let read = self.store.outbox_get(seq);
-            let message = match &read {
-                Ok(Some(json)) => serde_json::from_str::<Value>(json)
-                    .ok()
-                    .and_then(|v| from_json(&v)),
-                _ => None,
-            };
-            if let Some(m) = message {
-                return Some((seq, m));
-            }
-            let Err(e) = read else {
-                // Not a message (or no longer queued): out of the queue.
-                self.with_account(channel, account, |a| {
-                    a.in_flight.remove(&seq);
-                    a.attempts.remove(&seq);
-                    a.gone(seq);
-                });
-                if matches!(read, Ok(Some(_))) {
+            match self.store.outbox_get(seq) {
+                Ok(Some(json)) => {
+                    let message = serde_json::from_str::<Value>(&json)
+                        .ok()
+                        .and_then(|v| from_json(&v));
+                    if let Some(m) = message {
+                        return Some((seq, m));
+                    }
+                    self.drop_from_queue(channel, account, seq);
                     drop(self.store.outbox_set_aside(seq));
                     tracing::error!(%channel, %account, seq, "unreadable outbox message set aside (kept in the store, marked failed)");
-                } else {
+                }
+                Ok(None) => {
+                    self.drop_from_queue(channel, account, seq);
                     tracing::warn!(%channel, %account, seq, "an outbox message was no longer in the store; skipped");
                 }
-                continue;
-            };
-            self.with_account(channel, account, |a| {
-                if a.in_flight.remove(&seq) {
-                    a.queued.push_front(seq);
+                Err(e) => {
+                    self.with_account(channel, account, |a| {
+                        if a.in_flight.remove(&seq) {
+                            a.queued.push_front(seq);
+                        }
+                    });
+                    let mut reported = self.reported.guard();
+                    if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                        *reported = Some(Instant::now());
+                        tracing::error!(%channel, %account, seq, "an outbox message could not be read; it stays queued and is tried again: {e}");
+                    }
+                    return None;
                 }
-            });
-            let mut reported = self.reported.guard();
-            if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-                *reported = Some(Instant::now());
-                tracing::error!(%channel, %account, seq, "an outbox message could not be read; it stays queued and is tried again: {e}");
             }
-            return None;
         }
+    }
+
+    /// A message handed out that will not be sent (not a message, or gone
+    /// from the store) leaves the account's queue and its bound.
+    fn drop_from_queue(&self, channel: &str, account: &str, seq: u64) {
+        self.with_account(channel, account, |a| {
+            a.in_flight.remove(&seq);
+            a.attempts.remove(&seq);
+            a.gone(seq);
+        });
     }
 
     /// Runs `f` on the account's queues, under the lock, if it has any.
@@ -377,11 +381,7 @@ impl Outbox {
 
     /// How many messages the account has queued or in flight.
     pub fn len(&self, channel: &str, account: &str) -> usize {
-        self.queues
-            .guard()
-            .by_account
-            .get(&(channel.to_string(), account.to_string()))
-            .map_or(0, Account::len)
+        self.depth(channel, account).map_or(0, |d| d.messages)
     }
 }
 
