@@ -61,10 +61,22 @@ impl Health {
         let t0 = Instant::now();
         let plugins = self.plugins.health();
         // `ok` is `true` by the schema; a failing message log is named as
-        // a failed delivery queue.
-        let delivery_queues = self.channels.store_failure().map(
-            |why| json!({"failed": [{"queueName": format!("message-log: {why}"), "count": 1}]}),
-        );
+        // a failed delivery queue, and so is each channel refused for its
+        // share of the log.
+        let failed: Vec<Value> = self
+            .channels
+            .store_failure()
+            .map(|why| format!("message-log: {why}"))
+            .into_iter()
+            .chain(
+                self.channels
+                    .refused_shares()
+                    .into_iter()
+                    .map(|(channel, why)| format!("channel:{channel}: {why}")),
+            )
+            .map(|name| json!({"queueName": name, "count": 1}))
+            .collect();
+        let delivery_queues = (!failed.is_empty()).then(|| json!({ "failed": failed }));
         let config = self
             .config_error()
             .map(|why| json!({"ok": false, "error": why}));

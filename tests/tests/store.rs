@@ -902,12 +902,41 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         "{}",
         d.log_text()
     );
-    // Room again: the sender's retry is taken.
+    // `health` names the refused channel (and only it) as a failed queue;
+    // `/ready` stays ready: the other channels work.
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let failed = |h: Value| -> Vec<String> {
+        h["payload"]["deliveryQueues"]["failed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|q| q["queueName"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let q = failed(c.request("h1", "health", json!({})).await.unwrap());
+    assert!(
+        q.len() == 1
+            && q[0].starts_with("channel:webhook: ")
+            && q[0].contains("holds 99% of the log"),
+        "{q:?}"
+    );
+    assert_eq!(
+        reqwest::get(d.http("/ready"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // Room again: the sender's retry is taken, and `health` lists nothing.
     std::fs::remove_file(state.join("filler")).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     let (st, v) = post_to("webhook", "w4", 100).await;
     assert_eq!(st, 200, "{v}");
-    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let q = failed(c.request("h2", "health", json!({})).await.unwrap());
+    assert!(q.is_empty(), "{q:?}");
     let ids: Vec<String> = c
         .history_after(0)
         .await

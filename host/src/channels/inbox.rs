@@ -198,6 +198,11 @@ impl Inbox {
     pub fn refusing(&self) -> Option<String> {
         self.log.refusing()
     }
+
+    /// The channels refused for their share of the log, with why.
+    pub fn refused_shares(&self) -> Vec<(String, String)> {
+        self.log.refused_shares()
+    }
 }
 
 /// Largest id (account, chat, sender, message, thread, reply) and sender

@@ -155,6 +155,12 @@ impl ChannelManager {
         self.inbox.failure()
     }
 
+    /// The channels refused for their share of the log near the disk's
+    /// floor, with why.
+    pub fn refused_shares(&self) -> Vec<(String, String)> {
+        self.inbox.refused_shares()
+    }
+
     /// `f` on the board as it is, under its read lock (no copy): for
     /// serialising `health` straight from it.
     pub fn with_board<R>(&self, f: impl FnOnce(&BTreeMap<String, ChannelEntry>) -> R) -> R {

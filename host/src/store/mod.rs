@@ -275,6 +275,11 @@ pub trait MessageLog: Send + Sync {
     /// `send` or webhook is refused before its channel is called.
     fn refusing(&self) -> Option<String>;
 
+    /// The channels whose new messages were refused, in the last 30 s, for
+    /// holding more than half of the log near the disk's floor (and have
+    /// had none taken since), by name, with why.
+    fn refused_shares(&self) -> Vec<(String, String)>;
+
     /// Resolves once every write submitted before it is committed and
     /// its listener called.
     fn flush(&self) -> Pending<()>;

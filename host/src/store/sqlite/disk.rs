@@ -8,8 +8,9 @@
 //! sender gets `503`, a `send` is refused before the channel sends it.
 
 use crate::sync::MutexExt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,11 @@ pub const NEAR_FACTOR: u64 = 4;
 /// How often a channel refused for its share is logged at most.
 const SHARE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a channel refused for its share stays listed (in `health`)
+/// after its last refusal, when nothing else takes it off first: a message
+/// of it taken, or the disk no longer near its floor.
+const SHARE_LISTED_FOR: Duration = Duration::from_secs(30);
+
 /// One reading of the free space: when, why new messages are refused (if
 /// they are), and the free bytes (if they could be read).
 type Reading = (Instant, Option<String>, Option<u64>);
@@ -39,6 +45,11 @@ pub struct DiskFloor {
     last: Mutex<Option<Reading>>,
     /// When a channel refused for its share was last logged.
     share_logged: Mutex<Option<Instant>>,
+    /// The channels refused for their share: when they last were, and why.
+    refused: Mutex<BTreeMap<String, (Instant, String)>>,
+    /// Whether `refused` holds any: read on every new message, so that the
+    /// common case takes no lock.
+    any_refused: AtomicBool,
 }
 
 impl DiskFloor {
@@ -48,6 +59,8 @@ impl DiskFloor {
             min_free: AtomicU64::new(DEFAULT_MIN_FREE_MB * 1024 * 1024),
             last: Mutex::new(None),
             share_logged: Mutex::new(None),
+            refused: Mutex::new(BTreeMap::new()),
+            any_refused: AtomicBool::new(false),
         }
     }
 
@@ -74,13 +87,62 @@ impl DiskFloor {
         }
     }
 
-    /// Logs a channel refused for its share, at most every 10 s.
-    pub fn note_share(&self, why: &str) {
+    /// Records `channel` as refused for its share (listed by
+    /// [`DiskFloor::refused_shares`]), and logs it, at most every 10 s.
+    pub fn note_share(&self, channel: &str, why: &str) {
+        {
+            let mut refused = self.refused.guard();
+            match refused.get_mut(channel) {
+                Some(e) => *e = (Instant::now(), why.to_string()),
+                None => {
+                    refused.insert(channel.to_string(), (Instant::now(), why.to_string()));
+                }
+            }
+            self.any_refused.store(true, Ordering::Relaxed);
+        }
         let mut at = self.share_logged.guard();
         if at.is_none_or(|t| t.elapsed() >= SHARE_REPORT_EVERY) {
             *at = Some(Instant::now());
             tracing::error!("{why}");
         }
+    }
+
+    /// A new message of `channel` was taken: it is no longer refused.
+    pub fn share_taken(&self, channel: &str) {
+        if self.any_refused.load(Ordering::Relaxed) {
+            let mut refused = self.refused.guard();
+            if refused.remove(channel).is_some() {
+                tracing::info!(%channel, "channel `{channel}` is below its share of the log again: its new messages are taken");
+            }
+            self.any_refused
+                .store(!refused.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// The disk is not near its floor: no channel is refused for its share.
+    pub fn shares_cleared(&self) {
+        if self.any_refused.load(Ordering::Relaxed)
+            && self.any_refused.swap(false, Ordering::Relaxed)
+        {
+            self.refused.guard().clear();
+            tracing::info!("the message log's disk is no longer near its floor: no channel is refused for its share");
+        }
+    }
+
+    /// The channels refused for their share of the log within the last
+    /// [`SHARE_LISTED_FOR`] (and not taken since), by name, with why.
+    pub fn refused_shares(&self) -> Vec<(String, String)> {
+        if !self.any_refused.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut refused = self.refused.guard();
+        refused.retain(|_, (at, _)| at.elapsed() < SHARE_LISTED_FOR);
+        self.any_refused
+            .store(!refused.is_empty(), Ordering::Relaxed);
+        refused
+            .iter()
+            .map(|(c, (_, why))| (c.clone(), why.clone()))
+            .collect()
     }
 
     /// Why new messages are refused, and the free bytes.

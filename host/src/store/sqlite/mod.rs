@@ -498,6 +498,10 @@ impl MessageLog for SqliteLog {
         self.disk.low()
     }
 
+    fn refused_shares(&self) -> Vec<(String, String)> {
+        self.disk.refused_shares()
+    }
+
     fn checkpoint(&self) -> Pending<()> {
         self.submit(Op::Checkpoint)
     }

@@ -568,7 +568,13 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     // The smaller one grows past it: now it is refused, and the other not.
     log.append(on("small", "s4", 30_000)).await.unwrap();
     assert!(log.append(on("small", "s5", 10)).await.is_err());
+    // Both have been refused; `big` is listed until a message of it is taken.
+    let names = |log: &SqliteLog| -> Vec<String> {
+        log.refused_shares().into_iter().map(|(c, _)| c).collect()
+    };
+    assert_eq!(names(&log), ["big", "small"]);
     log.append(on("big", "3", 10)).await.unwrap();
+    assert_eq!(names(&log), ["small"]);
     // Pruned (everything), the bytes go back: each may deliver again.
     let r = Retention {
         before_ms: u64::MAX,
@@ -579,4 +585,5 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     while log.prune(r).await.unwrap() > 0 {}
     log.append(on("small", "s5", 10)).await.unwrap();
     log.append(on("big", "4", 10)).await.unwrap();
+    assert!(log.refused_shares().is_empty());
 }

@@ -543,14 +543,18 @@ fn apply(
             match disk.near() {
                 Some(free_mb) => {
                     if let Some(why) = over_share(tx, shares, &m.channel, free_mb)? {
-                        disk.note_share(&why);
+                        disk.note_share(&m.channel, &why);
                         return Ok(Done::Refused(why));
                     }
                 }
-                None => shares.by_channel = None,
+                None => {
+                    shares.by_channel = None;
+                    disk.shares_cleared();
+                }
             }
             let seq = insert(tx, m)?;
             shares.added(&m.channel, size_of(m));
+            disk.share_taken(&m.channel);
             let mut stored = m.clone();
             stored.seq = seq;
             Ok(Done::Appended(Appended { seq, new: true }, Some(stored)))
