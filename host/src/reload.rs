@@ -125,6 +125,9 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
     if o.control_ui != n.control_ui {
         c.push("gateway.control_ui".to_string());
     }
+    if o.trusted_proxies != n.trusted_proxies {
+        c.push("gateway.trusted_proxies".to_string());
+    }
     for (name, ch) in &new.channels {
         if let Some(oc) = old.channels.get(name) {
             if oc.webhook_max_body_bytes != ch.webhook_max_body_bytes {

@@ -283,3 +283,54 @@ async fn sighup_rereads_the_file_when_it_is_not_watched() {
         true
     );
 }
+
+/// `gateway.trusted_proxies` applies on reload: before, a client's
+/// `X-Forwarded-For` is not believed (it is the proxy's address); after
+/// adding the proxy, it is the client's own; after removing it, not again.
+#[tokio::test]
+async fn trusted_proxies_apply_on_reload() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "watch_config = false\n\n[gateway]\ntrusted_proxies = []\n\n[gateway.auth]\ntoken = \"{TOKEN}\"\n"
+        ))
+        .start()
+        .unwrap();
+    // The addresses presence lists while a client naming `client` is
+    // connected.
+    async fn ips_with(d: &Daemon, client: &str) -> Vec<String> {
+        let mut c = Client::open_with_headers(&d.url(), &[("X-Forwarded-For", client)])
+            .await
+            .unwrap();
+        let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
+        assert_eq!(res["ok"], true, "{res}");
+        let p = c.request("p", "system-presence", json!({})).await.unwrap();
+        p["payload"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["ip"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    let ips = ips_with(&d, "203.0.113.7").await;
+    assert!(!ips.contains(&"203.0.113.7".into()), "{ips:?}");
+    let reload = |from: &'static str, to: &'static str| {
+        rewrite(&d, |t| t.replace(from, to));
+        d.signal("HUP");
+    };
+    reload("trusted_proxies = []", "trusted_proxies = [\"127.0.0.1\"]");
+    d.wait_log("configuration reloaded", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ips = ips_with(&d, "203.0.113.8").await;
+    assert!(ips.contains(&"203.0.113.8".into()), "{ips:?}");
+    reload("trusted_proxies = [\"127.0.0.1\"]", "trusted_proxies = []");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while d.log_text().matches("configuration reloaded").count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ips = ips_with(&d, "203.0.113.9").await;
+    assert!(!ips.contains(&"203.0.113.9".into()), "{ips:?}");
+}
