@@ -46,6 +46,9 @@ pub struct Gateway {
     /// The configuration in force (swapped whole by a reload: read it with
     /// [`Gateway::config`]).
     live: std::sync::RwLock<Arc<Config>>,
+    /// `gateway.trusted_proxies` of the configuration in force, parsed once
+    /// (when it is put in force) for every accept and request to check.
+    trusted: std::sync::RwLock<Arc<[forwarded::Cidr]>>,
     /// Where the configuration is read from (again, by a reload).
     pub source: crate::config::Source,
     pub conns: Arc<ConnectionManager>,
@@ -92,15 +95,15 @@ impl Gateway {
         self.live.reader().clone()
     }
 
-    /// `gateway.trusted_proxies`, parsed (validated when loaded).
-    fn trusted_proxies(&self) -> Vec<forwarded::Cidr> {
-        forwarded::parse_list(&self.config().gateway.trusted_proxies).unwrap_or_default()
+    /// `gateway.trusted_proxies`, parsed.
+    fn trusted_proxies(&self) -> Arc<[forwarded::Cidr]> {
+        self.trusted.reader().clone()
     }
 
     /// Is `peer` one of `gateway.trusted_proxies`?
     pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
-        !self.config().gateway.trusted_proxies.is_empty()
-            && forwarded::trusts(&self.trusted_proxies(), peer)
+        let trusted = self.trusted.reader();
+        !trusted.is_empty() && forwarded::trusts(&trusted, peer)
     }
 
     /// Who a request from `peer` with `headers` came from (see
@@ -142,6 +145,7 @@ impl Gateway {
     pub fn set_config(&self, config: Config) -> Arc<Config> {
         self.conns
             .set_own_budget(config.gateway.limits.max_reply_bytes_total);
+        *self.trusted.writer() = parsed_proxies(&config);
         std::mem::replace(&mut *self.live.writer(), Arc::new(config))
     }
 
@@ -223,6 +227,7 @@ impl Gateway {
             webhook_bodies: Arc::new(Semaphore::new(config.gateway.limits.max_webhook_bodies)),
             webhook_bodies_per_ip: Arc::default(),
             unauthenticated_per_ip: Arc::default(),
+            trusted: std::sync::RwLock::new(parsed_proxies(&config)),
             live: std::sync::RwLock::new(Arc::new(config)),
             source,
             conns,
@@ -289,6 +294,14 @@ impl Gateway {
 }
 
 /// The gateway's own presence entry (always first in the list).
+/// `config`'s `gateway.trusted_proxies`, parsed (validated when it was
+/// loaded: an entry that is not an address or a network stopped the load).
+fn parsed_proxies(config: &Config) -> Arc<[forwarded::Cidr]> {
+    forwarded::parse_list(&config.gateway.trusted_proxies)
+        .unwrap_or_default()
+        .into()
+}
+
 fn self_presence(config: &Config, hostname: &str, instance_id: &str, at_ms: u64) -> Entry {
     let ip = config.bind_ip().map(|i| i.to_string()).unwrap_or_default();
     Entry {
