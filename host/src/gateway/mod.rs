@@ -293,7 +293,6 @@ impl Gateway {
     }
 }
 
-/// The gateway's own presence entry (always first in the list).
 /// `config`'s `gateway.trusted_proxies`, parsed (validated when it was
 /// loaded: an entry that is not an address or a network stopped the load).
 fn parsed_proxies(config: &Config) -> Arc<[forwarded::Cidr]> {
@@ -302,6 +301,7 @@ fn parsed_proxies(config: &Config) -> Arc<[forwarded::Cidr]> {
         .into()
 }
 
+/// The gateway's own presence entry (always first in the list).
 fn self_presence(config: &Config, hostname: &str, instance_id: &str, at_ms: u64) -> Entry {
     let ip = config.bind_ip().map(|i| i.to_string()).unwrap_or_default();
     Entry {

@@ -90,16 +90,10 @@ impl DiskFloor {
     /// Records `channel` as refused for its share (listed by
     /// [`DiskFloor::refused_shares`]), and logs it, at most every 10 s.
     pub fn note_share(&self, channel: &str, why: &str) {
-        {
-            let mut refused = self.refused.guard();
-            match refused.get_mut(channel) {
-                Some(e) => *e = (Instant::now(), why.to_string()),
-                None => {
-                    refused.insert(channel.to_string(), (Instant::now(), why.to_string()));
-                }
-            }
-            self.any_refused.store(true, Ordering::Relaxed);
-        }
+        self.refused
+            .guard()
+            .insert(channel.to_string(), (Instant::now(), why.to_string()));
+        self.any_refused.store(true, Ordering::Relaxed);
         let mut at = self.share_logged.guard();
         if at.is_none_or(|t| t.elapsed() >= SHARE_REPORT_EVERY) {
             *at = Some(Instant::now());
