@@ -105,6 +105,36 @@ fn pin_restart_keys(old: &Config, new: &mut Config) -> Vec<String> {
 
 /// The live keys (outside `[channels]`) that changed.
 fn live_changes(old: &Config, new: &Config) -> Vec<String> {
+    // Every key is either compared here, applied by `channels`, or pinned
+    // by `pin_restart_keys`. These patterns name every field (no `..`): a
+    // new key does not compile until it is placed in one of them (a key
+    // placed nowhere would be taken for no change, and ignored).
+    let Config {
+        gateway: _,
+        channels: _,
+        plugins: _,
+        store: _,
+        state_dir: _,
+        watch_config: _,
+    } = new;
+    let crate::config::GatewayConfig {
+        // Compared here.
+        auth: _,
+        allowed_origins: _,
+        allowed_hosts: _,
+        trusted_proxies: _,
+        limits: _,
+        ping_interval_ms: _,
+        idle_timeout_ms: _,
+        control_ui: _,
+        // Pinned.
+        port: _,
+        bind: _,
+        tls: _,
+        tick_interval_ms: _,
+        health_check_interval_ms: _,
+        presence: _,
+    } = &new.gateway;
     let (o, n) = (&old.gateway, &new.gateway);
     let mut c = Vec::new();
     if differs(&o.auth, &n.auth) {
