@@ -84,26 +84,14 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
                 refuse_busy(stream, tls, BUSY).await;
                 return;
             };
-            let per_ip = gw2.config().gateway.limits.max_unauthenticated_per_ip;
             // A trusted proxy carries everyone's connections: its clients
             // take their shares once their requests name them.
             let ip_slot = if gw2.is_trusted_proxy(remote.ip()) {
                 None
-            } else if let Some(slot) = gw2.unauthenticated_per_ip.try_take(remote.ip(), per_ip) {
+            } else if let Some(slot) = gw2.take_unauthenticated(remote.ip(), None, "connection") {
                 Some(slot)
             } else {
-                gw2.metrics
-                    .connections_refused_per_ip
-                    .fetch_add(1, Ordering::Relaxed);
-                gw2.refusals.note(
-                    "connection",
-                    &format!(
-                        "{} unauthenticated connections already open from {} (gateway.limits.max_unauthenticated_per_ip)",
-                        per_ip,
-                        remote.ip()
-                    ),
-                );
-                refuse_busy(stream, tls, BUSY_PER_IP).await;
+                refuse_busy(stream, tls, super::BUSY_PER_IP).await;
                 return;
             };
             let _ = stream.set_nodelay(true);
@@ -148,8 +136,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Arc<supe
     tracing::info!("stopped accepting connections");
 }
 
-const BUSY: &str = "too many connections: gateway.limits.max_connections reached\n";
-const BUSY_PER_IP: &str = "too many unauthenticated connections from your address: gateway.limits.max_unauthenticated_per_ip reached; close some or authenticate them\n";
+const BUSY: &str = "too many connections: gateway.limits.max_connections reached";
 
 /// Answers 503 to a connection over a limit (plain TCP only; a TLS client
 /// just sees the socket close, as there is no slot to run a handshake in).
@@ -160,8 +147,8 @@ async fn refuse_busy(
 ) {
     if tls.is_none() {
         let resp = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}\n",
+            body.len() + 1
         );
         let _ =
             tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;

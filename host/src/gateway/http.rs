@@ -445,22 +445,9 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     // now that its address is known (the proxy took none at accept; a
     // request naming no client counts as the proxy's own).
     if gw.is_trusted_proxy(meta.remote.ip()) {
-        let per_ip = gw.config().gateway.limits.max_unauthenticated_per_ip;
-        match gw.unauthenticated_per_ip.try_take(meta.peer.ip, per_ip) {
+        match gw.take_unauthenticated(meta.peer.ip, Some(meta.remote), "WebSocket upgrade") {
             Some(slot) => *meta.unauthenticated.guard() = Some(slot),
-            None => {
-                gw.metrics
-                    .connections_refused_per_ip
-                    .fetch_add(1, Ordering::Relaxed);
-                gw.refusals.note(
-                    "WebSocket upgrade",
-                    &format!(
-                        "{per_ip} unauthenticated connections already open from {} (through the proxy {}; gateway.limits.max_unauthenticated_per_ip)",
-                        meta.peer.ip, meta.remote
-                    ),
-                );
-                return busy("too many unauthenticated connections from your address: gateway.limits.max_unauthenticated_per_ip reached; close some or authenticate them");
-            }
+            None => return busy(super::BUSY_PER_IP),
         }
     }
     if gw.is_shutting_down() {

@@ -41,6 +41,10 @@ use crate::plugins::Limits;
 use crate::plugins::PluginManager;
 use crate::presence::{Entry, PresenceBook};
 
+/// The answer to a connection refused for its address's unauthenticated
+/// share ([`Gateway::take_unauthenticated`]).
+pub const BUSY_PER_IP: &str = "too many unauthenticated connections from your address: gateway.limits.max_unauthenticated_per_ip reached; close some or authenticate them";
+
 /// Everything the gateway's components share.
 pub struct Gateway {
     /// The configuration in force (swapped whole by a reload: read it with
@@ -104,6 +108,36 @@ impl Gateway {
     pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
         let trusted = self.trusted.reader();
         !trusted.is_empty() && forwarded::trusts(&trusted, peer)
+    }
+
+    /// A slot of `client`'s unauthenticated share
+    /// (`gateway.limits.max_unauthenticated_per_ip`), or, when it holds
+    /// them all, the refusal counted and logged (rate-limited) as `what`;
+    /// `proxy`: the trusted proxy it came through. The caller answers with
+    /// [`BUSY_PER_IP`].
+    pub fn take_unauthenticated(
+        &self,
+        client: std::net::IpAddr,
+        proxy: Option<std::net::SocketAddr>,
+        what: &str,
+    ) -> Option<per_ip::IpSlot> {
+        let max = self.config().gateway.limits.max_unauthenticated_per_ip;
+        let slot = self.unauthenticated_per_ip.try_take(client, max);
+        if slot.is_none() {
+            self.metrics
+                .connections_refused_per_ip
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let via = proxy
+                .map(|p| format!("through the proxy {p}; "))
+                .unwrap_or_default();
+            self.refusals.note(
+                what,
+                &format!(
+                    "{max} unauthenticated connections already open from {client} ({via}gateway.limits.max_unauthenticated_per_ip)"
+                ),
+            );
+        }
+        slot
     }
 
     /// Who a request from `peer` with `headers` came from (see
