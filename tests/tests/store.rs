@@ -947,6 +947,67 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     assert_eq!(ids, ["w0", "w1", "w2", "w3", "q0", "q1", "w4"]);
 }
 
+/// `store.max_bytes` prunes the channel holding the most of the log first:
+/// one channel delivering a lot evicts its own history, not a quiet
+/// channel's older messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_bound_prunes_the_busiest_channel_not_the_oldest_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |store: &str| {
+        Daemon::builder()
+            .with_plugins(
+                dir.path(),
+                &[("plugins", "webhook.wasm")],
+                &format!(
+                    "{store}[channels.webhook.accounts.open]\n\
+                     [channels.quiet]\nplugin = \"webhook\"\n[channels.quiet.accounts.open]\n"
+                ),
+            )
+            .start()
+            .unwrap()
+    };
+    let d = start("");
+    let post_to = |d: &Daemon, channel: &str, id: &str, size: usize| {
+        let body =
+            json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
+        let url = d.http(&format!("/hooks/{channel}/open"));
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+        }
+    };
+    // The quiet channel's messages are the oldest; the busy one's take 3 MB.
+    for i in 0..3 {
+        post_to(&d, "quiet", &format!("q{i}"), 100).await;
+    }
+    for i in 0..15 {
+        post_to(&d, "webhook", &format!("w{i}"), 200_000).await;
+    }
+    drop(d);
+    // Over a bound of 1 MiB, the pruner at start takes the busy channel's.
+    let d = start("[store]\nmax_bytes = 1048576\n");
+    d.wait_log("pruned the message log", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let ids: Vec<String> = c
+        .history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["q0", "q1", "q2"]);
+    // The quiet channel goes on, under the bound.
+    post_to(&d, "quiet", "q3", 100).await;
+    assert_eq!(c.history_after(0).await.unwrap().len(), 4);
+}
+
 /// The echo plugin numbers its messages with a counter in its key-value
 /// store: a counter written in the earlier layout (one file per key) is
 /// moved into the database and goes on from there, across a restart.

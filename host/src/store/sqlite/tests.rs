@@ -587,3 +587,84 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     log.append(on("big", "4", 10)).await.unwrap();
     assert!(log.refused_shares().is_empty());
 }
+
+fn of(channel: &str, id: usize) -> Message {
+    let mut m = msg("x", &id.to_string());
+    m.channel = channel.into();
+    m.received_at = 1_000 + id as u64;
+    m
+}
+
+#[tokio::test]
+async fn a_size_bound_prunes_the_channel_holding_most_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    // The quiet channel's messages are the oldest.
+    for i in 0..5 {
+        log.append(of("quiet", i)).await.unwrap();
+    }
+    for i in 0..2500 {
+        log.append(of("loud", i)).await.unwrap();
+    }
+    let mut out = of("quiet", 9);
+    out.direction = Direction::Outbound;
+    log.record_send(out, "k".into(), "{}".into()).await.unwrap();
+    let r = Retention {
+        before_ms: 0,
+        max_bytes: 1,
+        idempotency_before_ms: 0,
+        now_ms: 0,
+    };
+    let ids = |channel: &str| -> Vec<String> {
+        let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let mut st = c
+            .prepare("SELECT message_id FROM messages WHERE channel = ?1 ORDER BY seq")
+            .unwrap();
+        let rows = st.query_map([channel], |r| r.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    };
+    // Each batch takes the oldest of the channel holding the most.
+    assert_eq!(log.prune(r).await.unwrap(), PRUNE_BATCH as usize);
+    let loud = ids("loud");
+    assert_eq!((loud.len(), loud[0].as_str()), (1500, "1000"));
+    assert_eq!(log.prune(r).await.unwrap(), PRUNE_BATCH as usize);
+    assert_eq!(ids("loud")[0], "2000");
+    assert_eq!(ids("quiet"), ["0", "1", "2", "3", "4", "9"]);
+    // Counted once, the bytes are kept by each new message: the quiet
+    // channel now holds the most, and goes next.
+    for i in 10..810 {
+        log.append(of("quiet", i)).await.unwrap();
+    }
+    assert_eq!(log.prune(r).await.unwrap(), 806);
+    assert!(ids("quiet").is_empty());
+    assert_eq!(ids("loud").len(), 500);
+    while log.prune(r).await.unwrap() > 0 {}
+    assert!(ids("loud").is_empty());
+}
+
+/// [`writer::SIZE_SQL`] and the Rust that keeps the counts agree.
+#[tokio::test]
+async fn a_message_counts_the_same_bytes_in_sql_and_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    let mut full = of("c", 1);
+    full.text = "héllo".into();
+    full.sender_name = Some("Ünïcode".into());
+    full.raw = Some("{\"raw\":true}".into());
+    full.attachments = Some("[{\"url\":\"x\"}]".into());
+    full.thread_id = Some("t".into());
+    let plain = of("c", 2);
+    let want = writer::size_of(&full) + writer::size_of(&plain);
+    log.append(full).await.unwrap();
+    log.append(plain).await.unwrap();
+    let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+    let sql: i64 = c
+        .query_row(
+            &format!("SELECT SUM({}) FROM messages", writer::SIZE_SQL),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sql as u64, want);
+    assert_eq!(writer::size_of(&of("c", 3)), 64 + 6 + 1 + 1 + 1);
+}
