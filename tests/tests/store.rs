@@ -844,6 +844,27 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     assert_eq!(all.len(), posted.len() + 1, "and the one sent");
 }
 
+/// Waits (5 s at most) for a `health` event whose failed delivery queues
+/// list the channel `webhook` (`listed`) or do not; those queues' names.
+async fn webhook_in_health_event(watcher: &mut Client, listed: bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = watcher.next_event("health", left).await.unwrap();
+        let q: Vec<String> = e["payload"]["deliveryQueues"]["failed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|q| q["queueName"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if q.iter().any(|n| n.starts_with("channel:webhook: ")) == listed {
+            return q;
+        }
+    }
+}
+
 /// Near the disk's floor (within four times `store.min_free_mb`), the
 /// channel holding most of the log is refused (its webhook gets 503 naming
 /// it, the sender keeps the message) while another channel's messages are
@@ -857,11 +878,15 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         .with_plugins(
             dir.path(),
             &[("plugins", "webhook.wasm")],
-            "[store]\nmin_free_mb = 8\n[channels.webhook.accounts.open]\n\
+            // No periodic check within the test: `health` events come
+            // only when something wakes the monitor.
+            "[gateway]\nhealth_check_interval_ms = 600000\n\
+             [store]\nmin_free_mb = 8\n[channels.webhook.accounts.open]\n\
              [channels.quiet]\nplugin = \"webhook\"\n[channels.quiet.accounts.open]\n",
         )
         .start()
         .unwrap();
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let post_to = |channel: &'static str, id: &str, size: usize| {
         let body =
             json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
@@ -922,6 +947,8 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
             && q[0].contains("holds 99% of the log"),
         "{q:?}"
     );
+    // The refusal woke the health monitor: a `health` event says so.
+    assert_eq!(webhook_in_health_event(&mut watcher, true).await.len(), 1);
     assert_eq!(
         reqwest::get(d.http("/ready"))
             .await
@@ -937,6 +964,9 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     assert_eq!(st, 200, "{v}");
     let q = failed(c.request("h2", "health", json!({})).await.unwrap());
     assert!(q.is_empty(), "{q:?}");
+    assert!(webhook_in_health_event(&mut watcher, false)
+        .await
+        .is_empty());
     let ids: Vec<String> = c
         .history_after(0)
         .await

@@ -39,6 +39,7 @@ impl Inbox {
         broadcaster: Arc<Broadcaster>,
         board: Arc<StatusBoard>,
     ) -> Self {
+        log.on_health_change(board.health_notify());
         log.on_commit(Box::new(move |m: &Message| {
             broadcaster.broadcast(
                 crate::broadcast::events::MESSAGE,

@@ -27,6 +27,11 @@ impl StatusBoard {
         }
     }
 
+    /// What wakes the health monitor.
+    pub fn health_notify(&self) -> Arc<Notify> {
+        self.health.clone()
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, ChannelEntry>> {
         self.channels.reader()
     }

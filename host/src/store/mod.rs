@@ -293,6 +293,11 @@ pub trait MessageLog: Send + Sync {
     /// writes resolve).
     fn on_commit(&self, listener: Listener);
 
+    /// Sets what is woken when something `health` shows of the log changes:
+    /// the disk falls below its floor or has room again, a channel is
+    /// refused for its share of the log or no longer is.
+    fn on_health_change(&self, wake: std::sync::Arc<tokio::sync::Notify>);
+
     /// How many times the log fsynced itself to make key-value writes
     /// durable that no acknowledged write had.
     fn settles(&self) -> Settles;

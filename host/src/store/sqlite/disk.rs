@@ -11,7 +11,7 @@ use crate::sync::MutexExt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// `store.min_free_mb`'s default.
@@ -50,6 +50,8 @@ pub struct DiskFloor {
     /// Whether `refused` holds any: read on every new message, so that the
     /// common case takes no lock.
     any_refused: AtomicBool,
+    /// Woken when what `health` shows of this changes (the health monitor).
+    changed: OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl DiskFloor {
@@ -61,6 +63,19 @@ impl DiskFloor {
             share_logged: Mutex::new(None),
             refused: Mutex::new(BTreeMap::new()),
             any_refused: AtomicBool::new(false),
+            changed: OnceLock::new(),
+        }
+    }
+
+    /// Sets what is woken when the floor starts or stops refusing, or the
+    /// refused channels change.
+    pub fn on_change(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.changed.set(wake);
+    }
+
+    fn wake(&self) {
+        if let Some(n) = self.changed.get() {
+            n.notify_one();
         }
     }
 
@@ -90,10 +105,15 @@ impl DiskFloor {
     /// Records `channel` as refused for its share (listed by
     /// [`DiskFloor::refused_shares`]), and logs it, at most every 10 s.
     pub fn note_share(&self, channel: &str, why: &str) {
-        self.refused
+        let listed = self
+            .refused
             .guard()
-            .insert(channel.to_string(), (Instant::now(), why.to_string()));
+            .insert(channel.to_string(), (Instant::now(), why.to_string()))
+            .is_some();
         self.any_refused.store(true, Ordering::Relaxed);
+        if !listed {
+            self.wake();
+        }
         let mut at = self.share_logged.guard();
         if at.is_none_or(|t| t.elapsed() >= SHARE_REPORT_EVERY) {
             *at = Some(Instant::now());
@@ -105,11 +125,14 @@ impl DiskFloor {
     pub fn share_taken(&self, channel: &str) {
         if self.any_refused.load(Ordering::Relaxed) {
             let mut refused = self.refused.guard();
-            if refused.remove(channel).is_some() {
-                tracing::info!(%channel, "channel `{channel}` is below its share of the log again: its new messages are taken");
-            }
+            let taken = refused.remove(channel).is_some();
             self.any_refused
                 .store(!refused.is_empty(), Ordering::Relaxed);
+            drop(refused);
+            if taken {
+                tracing::info!(%channel, "channel `{channel}` is below its share of the log again: its new messages are taken");
+                self.wake();
+            }
         }
     }
 
@@ -120,6 +143,7 @@ impl DiskFloor {
         {
             self.refused.guard().clear();
             tracing::info!("the message log's disk is no longer near its floor: no channel is refused for its share");
+            self.wake();
         }
     }
 
@@ -170,9 +194,13 @@ impl DiskFloor {
         };
         let was_low = last.as_ref().is_some_and(|(_, w, _)| w.is_some());
         match (&why, was_low) {
-            (Some(w), false) => tracing::error!("{w}"),
+            (Some(w), false) => {
+                tracing::error!("{w}");
+                self.wake();
+            }
             (None, true) => {
-                tracing::info!("the message log's disk has room again: new messages are taken")
+                tracing::info!("the message log's disk has room again: new messages are taken");
+                self.wake();
             }
             _ => {}
         }

@@ -514,6 +514,10 @@ impl MessageLog for SqliteLog {
         let _ = self.listener.set(listener);
     }
 
+    fn on_health_change(&self, wake: Arc<tokio::sync::Notify>) {
+        self.disk.on_change(wake);
+    }
+
     fn outcome_unknown(&self) -> u64 {
         self.outcome_unknown.load(Ordering::Relaxed)
     }

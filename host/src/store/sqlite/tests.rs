@@ -548,6 +548,17 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
         m
     };
     log.append(on("big", "1", 10_000)).await.unwrap();
+    // What wakes the health monitor (a permit is kept until taken).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    log.on_health_change(wake.clone());
+    let woken = || {
+        let w = wake.clone();
+        async move {
+            tokio::time::timeout(std::time::Duration::ZERO, w.notified())
+                .await
+                .is_ok()
+        }
+    };
     // Above the floor, within four times it.
     let free = disk::free_bytes(dir.path()).unwrap();
     log.set_min_free_bytes(free / 2);
@@ -558,9 +569,15 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     let e = log.append(on("big", "3", 10)).await.unwrap_err().0;
     assert!(e.contains("channel `big` holds 99% of the log"), "{e}");
     assert!(e.contains("near store.min_free_mb"), "{e}");
+    assert!(
+        woken().await,
+        "a channel refused for its share wakes health"
+    );
     log.append(on("small", "s2", 100)).await.unwrap();
     assert!(!log.append(on("big", "1", 10_000)).await.unwrap().new);
-    // Counted again from the log when the disk comes near again.
+    assert!(log.append(on("big", "3", 10)).await.is_err());
+    assert!(!woken().await, "nothing health shows changed");
+    // The counts are kept while the disk is not near.
     log.set_min_free_bytes(1);
     log.append(on("small", "s3", 100)).await.unwrap();
     log.set_min_free_bytes(free / 2);
@@ -573,8 +590,10 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
         log.refused_shares().into_iter().map(|(c, _)| c).collect()
     };
     assert_eq!(names(&log), ["big", "small"]);
+    assert!(woken().await);
     log.append(on("big", "3", 10)).await.unwrap();
     assert_eq!(names(&log), ["small"]);
+    assert!(woken().await, "a channel taken off the list wakes health");
     // Pruned (everything), the bytes go back: each may deliver again.
     let r = Retention {
         before_ms: u64::MAX,
