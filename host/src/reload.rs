@@ -123,6 +123,7 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
         allowed_origins: _,
         allowed_hosts: _,
         trusted_proxies: _,
+        client_ip_header: _,
         limits: _,
         ping_interval_ms: _,
         idle_timeout_ms: _,
@@ -157,6 +158,9 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if o.trusted_proxies != n.trusted_proxies {
         c.push("gateway.trusted_proxies".to_string());
+    }
+    if o.client_ip_header != n.client_ip_header {
+        c.push("gateway.client_ip_header".to_string());
     }
     for (name, ch) in &new.channels {
         if let Some(oc) = old.channels.get(name) {

@@ -1,13 +1,13 @@
 //! Property-based fuzzing of what reads bytes from outside the process:
-//! the pre-auth WebSocket frame reader, the request frame parser and the
-//! config parser. Each must answer every input with a value or an error,
+//! the pre-auth WebSocket frame reader, the request frame parser, the
+//! config parser and the reading of proxy headers. Each must answer every input with a value or an error,
 //! never a panic, and never allocate more than its bound.
 //!
 //! `make test` runs a short bounded pass (proptest's default case count);
 //! `make fuzz` runs a long one (`PROPTEST_CASES`).
 
 use proptest::prelude::*;
-use switchboard::config::Config;
+use switchboard::config::{ClientIpHeader, Config};
 use switchboard::frames::RequestFrame;
 use switchboard::gateway::preauth::{read_message, PreauthRead};
 use tokio::io::AsyncWriteExt;
@@ -165,5 +165,40 @@ proptest! {
         if let Ok(mut c) = Config::from_toml_str(&text, |_| Some("v".into())) {
             let _ = c.validate();
         }
+    }
+
+    /// Any proxy headers, from a trusted proxy, in each reading: an
+    /// answer, never local, and an address named in them or the proxy's.
+    #[test]
+    fn proxy_headers_name_a_client_they_hold_or_the_proxy(
+        values in proptest::collection::vec(
+            (0..3usize, "[a-zA-Z0-9:.,;=\"\\[\\] _-]{0,60}"),
+            0..6,
+        ),
+        which in 0..3usize,
+    ) {
+        use switchboard::gateway::forwarded::{client, parse_list};
+        let names = ["x-forwarded-for", "x-real-ip", "forwarded"];
+        let mut headers = axum::http::HeaderMap::new();
+        for (h, v) in &values {
+            if let Ok(v) = v.parse() {
+                headers.append(names[*h], v);
+            }
+        }
+        let header = [
+            ClientIpHeader::XForwardedFor,
+            ClientIpHeader::XRealIp,
+            ClientIpHeader::Forwarded,
+        ][which];
+        let proxy: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let trusted = parse_list(&["127.0.0.1".into()]).unwrap();
+        let c = client(proxy, &headers, &trusted, header);
+        prop_assert!(!c.is_local() || headers.is_empty());
+        let text: String = values.iter().map(|(_, v)| v.as_str()).collect();
+        prop_assert!(
+            // (IPv6 and IPv4-mapped text has many spellings.)
+            c.ip == proxy || text.contains(&c.ip.to_string()) || c.ip.is_ipv6() || text.contains("::"),
+            "{c:?} from {values:?}"
+        );
     }
 }

@@ -334,3 +334,72 @@ async fn trusted_proxies_apply_on_reload() {
     let ips = ips_with(&d, "203.0.113.9").await;
     assert!(!ips.contains(&"203.0.113.9".into()), "{ips:?}");
 }
+
+/// A trusted proxy's client is read from `gateway.client_ip_header` alone:
+/// behind a proxy that sets `X-Real-IP`, a client's own `X-Forwarded-For`
+/// (which such a proxy passes through) names no one. The key is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_read_from_the_one_header_named_and_it_is_live() {
+    let d = Daemon::builder()
+        .config(&format!(
+            "watch_config = false\n\n[gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+             client_ip_header = \"x-real-ip\"\n\n[gateway.auth]\ntoken = \"{TOKEN}\"\n"
+        ))
+        .start()
+        .unwrap();
+    // The addresses presence lists while a client sending `headers` is
+    // connected.
+    async fn ips_with(d: &Daemon, headers: &[(&str, &str)]) -> Vec<String> {
+        let mut c = Client::open_with_headers(&d.url(), headers).await.unwrap();
+        let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
+        assert_eq!(res["ok"], true, "{res}");
+        let p = c.request("p", "system-presence", json!({})).await.unwrap();
+        p["payload"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["ip"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    let ips = ips_with(
+        &d,
+        &[
+            ("X-Forwarded-For", "198.51.100.66"),
+            ("X-Real-IP", "203.0.113.20"),
+        ],
+    )
+    .await;
+    assert!(ips.contains(&"203.0.113.20".into()), "{ips:?}");
+    assert!(!ips.contains(&"198.51.100.66".into()), "{ips:?}");
+    let ips = ips_with(&d, &[("X-Forwarded-For", "198.51.100.67")]).await;
+    assert!(!ips.contains(&"198.51.100.67".into()), "{ips:?}");
+    d.wait_log(
+        "sent x-forwarded-for but no x-real-ip header, which gateway.client_ip_header names",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // Now `Forwarded` (RFC 7239), and only it.
+    rewrite(&d, |t| {
+        t.replace(
+            "client_ip_header = \"x-real-ip\"",
+            "client_ip_header = \"forwarded\"",
+        )
+    });
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let ips = ips_with(
+        &d,
+        &[
+            ("X-Real-IP", "198.51.100.68"),
+            ("Forwarded", "for=\"203.0.113.21:5555\";proto=http"),
+        ],
+    )
+    .await;
+    assert!(ips.contains(&"203.0.113.21".into()), "{ips:?}");
+    assert!(!ips.contains(&"198.51.100.68".into()), "{ips:?}");
+}

@@ -667,6 +667,29 @@ mod tests {
     }
 
     #[test]
+    fn client_ip_header_takes_the_three_headers_in_either_spelling() {
+        use crate::config::ClientIpHeader;
+        let of = |v: &str| {
+            Config::from_toml_str(&format!("[gateway]\nclient_ip_header = \"{v}\"\n"), env)
+                .map(|c| c.gateway.client_ip_header)
+        };
+        assert_eq!(
+            Config::default().gateway.client_ip_header,
+            ClientIpHeader::XForwardedFor
+        );
+        assert_eq!(of("x-real-ip").unwrap(), ClientIpHeader::XRealIp);
+        assert_eq!(of("X-Real-IP").unwrap(), ClientIpHeader::XRealIp);
+        assert_eq!(of("forwarded").unwrap(), ClientIpHeader::Forwarded);
+        let e = format!("{:#}", of("x-client-ip").unwrap_err());
+        assert!(
+            e.contains("client_ip_header")
+                && e.contains("x-forwarded-for")
+                && e.contains("x-real-ip"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("[gateway]\nprot = 1\n", env).unwrap_err();
         assert!(format!("{e:#}").contains("prot"), "{e:#}");

@@ -108,10 +108,13 @@ pub struct GatewayConfig {
     /// credentials are configured (it defeats DNS rebinding).
     pub allowed_hosts: Vec<String>,
     /// Reverse proxies (addresses or networks, `10.0.0.0/8`) whose
-    /// `X-Forwarded-For` / `X-Real-IP` name the client. A request with
+    /// `client_ip_header` names the client. A request with
     /// proxy headers from any other peer is taken as from that peer, and
     /// never as local.
     pub trusted_proxies: Vec<String>,
+    /// The one header a trusted proxy names the client in. Only that one
+    /// is read: a proxy passes the others through as the client wrote them.
+    pub client_ip_header: ClientIpHeader,
     /// Interval of `tick` events (ms).
     pub tick_interval_ms: u64,
     /// How often the health monitor re-checks health when nothing notified it (ms).
@@ -161,6 +164,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::XForwardedFor,
             tick_interval_ms: 30_000,
             health_check_interval_ms: 5_000,
             ping_interval_ms: 30_000,
@@ -335,6 +339,35 @@ impl Default for PluginsConfig {
             call_queue_timeout_ms: 5_000,
             log_lines_per_second: 50,
             max_sockets: 256,
+        }
+    }
+}
+
+/// Where a trusted proxy names the client (`gateway.client_ip_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1`: each proxy appends the address it
+    /// saw (nginx's `$proxy_add_x_forwarded_for`, Caddy, Traefik, HAProxy's
+    /// `option forwardfor`).
+    #[serde(rename = "x-forwarded-for", alias = "X-Forwarded-For")]
+    XForwardedFor,
+    /// `X-Real-IP: client`: one address, set by the proxy (nginx's
+    /// `proxy_set_header X-Real-IP $remote_addr`).
+    #[serde(rename = "x-real-ip", alias = "X-Real-IP")]
+    XRealIp,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]"`
+    /// (HAProxy's `option forwarded`, Envoy, …).
+    #[serde(rename = "forwarded", alias = "Forwarded")]
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    /// The header's name, lowercase.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::XRealIp => "x-real-ip",
+            ClientIpHeader::Forwarded => "forwarded",
         }
     }
 }

@@ -9,12 +9,15 @@
 //! - A request carrying proxy headers (`X-Forwarded-For`, `X-Real-IP`,
 //!   `Forwarded`) is never local, whatever its peer.
 //! - From a peer listed in `gateway.trusted_proxies`, the client is read
-//!   from `X-Forwarded-For`, right to left, skipping trusted addresses (a
-//!   client can write anything at the left; each proxy appends the address
-//!   it saw), else from `X-Real-IP`. Such a client is never local either,
-//!   even one named 127.0.0.1: a proxy that passes a client's own header
-//!   through instead of appending to it (nginx does, unless told otherwise)
-//!   would let anyone say so.
+//!   from the one header `gateway.client_ip_header` names
+//!   (`X-Forwarded-For` by default, `X-Real-IP`, or RFC 7239's
+//!   `Forwarded`), right to left, skipping trusted addresses (a client can
+//!   write anything at the left; each proxy appends the address it saw).
+//!   Only that header: a proxy passes the others through as the client
+//!   wrote them, so reading a second one would let a client name itself.
+//!   Such a client is never local either, even one named 127.0.0.1: a
+//!   proxy that passes a client's own header through instead of appending
+//!   to it (nginx does, unless told otherwise) would let anyone say so.
 //! - From any other peer the headers are not believed: the client is the
 //!   peer, and not local.
 //!
@@ -23,6 +26,8 @@
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
+
+use crate::config::ClientIpHeader;
 
 /// An address or a network in `gateway.trusted_proxies`: `10.0.0.1`,
 /// `10.0.0.0/8`, `fd00::/8`.
@@ -136,8 +141,8 @@ pub fn has_proxy_headers(headers: &HeaderMap) -> bool {
         .any(|h| headers.contains_key(*h))
 }
 
-/// One `X-Forwarded-For` entry: an address, maybe with a port
-/// (`1.2.3.4:5678`, `[::1]:5678`).
+/// One hop: an address, maybe with a port (`1.2.3.4:5678`, `[::1]:5678`);
+/// `None` for anything else (`unknown`, `_hidden`, garbage).
 fn hop(s: &str) -> Option<IpAddr> {
     let s = s.trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -151,8 +156,46 @@ fn hop(s: &str) -> Option<IpAddr> {
     a.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The client of a request from `peer` (see the module's comment).
-pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Client {
+/// The `for=` of one element of a `Forwarded` header (RFC 7239 §4:
+/// `for=192.0.2.60;proto=http;by=203.0.113.43`), unquoted: `None` when the
+/// element names none. Parameter names are case-insensitive.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// The hops `header` names, leftmost first (at most [`MAX_HOPS`] + 1 of
+/// them are looked at, from the right).
+fn hops(headers: &HeaderMap, header: ClientIpHeader) -> Vec<&str> {
+    let mut values = headers
+        .get_all(header.name())
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match header {
+        ClientIpHeader::XForwardedFor => values.flat_map(|v| v.split(',')).collect(),
+        // One address; of several headers, the last (the nearest proxy's).
+        ClientIpHeader::XRealIp => values.next_back().into_iter().collect(),
+        // An element without `for=` names no one: garbage, like an entry
+        // that is not an address (the walk stops there).
+        ClientIpHeader::Forwarded => values
+            .flat_map(|v| v.split(','))
+            .map(|e| forwarded_for(e).unwrap_or(""))
+            .collect(),
+    }
+}
+
+/// The client of a request from `peer`, named in `header` when `peer` is
+/// trusted (see the module's comment).
+pub fn client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    header: ClientIpHeader,
+) -> Client {
     let peer = canonical(peer);
     if !has_proxy_headers(headers) {
         return Client::direct(peer);
@@ -165,15 +208,7 @@ pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Client {
     if !trusts(trusted, peer) {
         return untrusted;
     }
-    let mut hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    if hops.is_empty() {
-        hops.extend(headers.get("x-real-ip").and_then(|v| v.to_str().ok()));
-    }
+    let hops = hops(headers, header);
     let mut last = None;
     // Every hop read, all of them trusted proxies: the proxies vouch for
     // the first one named.
@@ -255,12 +290,14 @@ mod tests {
         );
     }
 
+    const XFF: ClientIpHeader = ClientIpHeader::XForwardedFor;
+
     #[test]
     fn without_proxy_headers_the_peer_is_the_client() {
-        let c = client(ip("127.0.0.1"), &headers(&[]), &[]);
+        let c = client(ip("127.0.0.1"), &headers(&[]), &[], XFF);
         assert_eq!(c, Client::direct(ip("127.0.0.1")));
         assert!(c.is_local());
-        assert!(!client(ip("10.0.0.1"), &headers(&[]), &[]).is_local());
+        assert!(!client(ip("10.0.0.1"), &headers(&[]), &[], XFF).is_local());
     }
 
     #[test]
@@ -270,7 +307,7 @@ mod tests {
             ("x-real-ip", "127.0.0.1"),
             ("forwarded", "for=127.0.0.1"),
         ] {
-            let c = client(ip("127.0.0.1"), &headers(&[h]), &[]);
+            let c = client(ip("127.0.0.1"), &headers(&[h]), &[], XFF);
             assert_eq!(c.ip, ip("127.0.0.1"), "{h:?}");
             assert!(
                 !c.is_local(),
@@ -282,7 +319,7 @@ mod tests {
     #[test]
     fn a_trusted_proxy_names_the_client_right_to_left() {
         let trusted = parse_list(&["127.0.0.1".into(), "10.0.0.0/8".into()]).unwrap();
-        let from = |pairs: &[(&str, &str)]| client(ip("127.0.0.1"), &headers(pairs), &trusted);
+        let from = |pairs: &[(&str, &str)]| client(ip("127.0.0.1"), &headers(pairs), &trusted, XFF);
         // nginx's $proxy_add_x_forwarded_for: what the client sent, then its address.
         let c = from(&[("x-forwarded-for", "203.0.113.5")]);
         assert_eq!((c.ip, c.is_local()), (ip("203.0.113.5"), false));
@@ -297,8 +334,15 @@ mod tests {
         assert_eq!(c.ip, ip("198.51.100.2"));
         let c = from(&[("x-forwarded-for", "[2001:db8::7]:80, 10.0.0.2")]);
         assert_eq!(c.ip, ip("2001:db8::7"));
-        // X-Real-IP when there is no X-Forwarded-For.
-        assert_eq!(from(&[("x-real-ip", "192.0.2.9")]).ip, ip("192.0.2.9"));
+        // Only X-Forwarded-For is read: X-Real-IP or Forwarded alone name
+        // no one (the proxy itself, not local).
+        for other in [("x-real-ip", "192.0.2.9"), ("forwarded", "for=192.0.2.1")] {
+            let c = from(&[other]);
+            assert_eq!(
+                (c.ip, c.vouched, c.is_local()),
+                (ip("127.0.0.1"), false, false)
+            );
+        }
         // A client the proxy names 127.0.0.1 is that address, but not
         // local: a proxy passing the client's own header through would let
         // anyone claim it.
@@ -313,14 +357,85 @@ mod tests {
         assert!(!c.is_local());
         let c = from(&[("x-forwarded-for", "nonsense")]);
         assert_eq!((c.ip, c.is_local()), (ip("127.0.0.1"), false));
-        // Only `Forwarded`, which is not read: the proxy itself, not local.
-        assert!(!from(&[("forwarded", "for=192.0.2.1")]).is_local());
         // Not from the trusted peer: the same headers are not believed.
         let c = client(
             ip("192.0.2.50"),
             &headers(&[("x-forwarded-for", "127.0.0.1")]),
             &trusted,
+            XFF,
         );
         assert_eq!((c.ip, c.is_local()), (ip("192.0.2.50"), false));
+    }
+
+    #[test]
+    fn with_x_real_ip_only_it_is_read() {
+        let trusted = parse_list(&["127.0.0.1".into()]).unwrap();
+        let from = |pairs: &[(&str, &str)]| {
+            client(
+                ip("127.0.0.1"),
+                &headers(pairs),
+                &trusted,
+                ClientIpHeader::XRealIp,
+            )
+        };
+        let c = from(&[("x-real-ip", "192.0.2.9")]);
+        assert_eq!((c.ip, c.vouched), (ip("192.0.2.9"), true));
+        // A proxy that sets X-Real-IP passes the client's X-Forwarded-For
+        // through: it is not believed.
+        let c = from(&[
+            ("x-forwarded-for", "198.51.100.66"),
+            ("x-real-ip", "192.0.2.9"),
+        ]);
+        assert_eq!(c.ip, ip("192.0.2.9"));
+        let c = from(&[("x-forwarded-for", "198.51.100.66")]);
+        assert_eq!(
+            (c.ip, c.vouched, c.is_local()),
+            (ip("127.0.0.1"), false, false)
+        );
+        // Of several, the last (the nearest proxy's).
+        let c = from(&[("x-real-ip", "198.51.100.66"), ("x-real-ip", "192.0.2.10")]);
+        assert_eq!(c.ip, ip("192.0.2.10"));
+    }
+
+    #[test]
+    fn forwarded_is_read_by_its_for_parameter_right_to_left() {
+        let trusted = parse_list(&["127.0.0.1".into(), "10.0.0.0/8".into()]).unwrap();
+        let from = |pairs: &[(&str, &str)]| {
+            client(
+                ip("127.0.0.1"),
+                &headers(pairs),
+                &trusted,
+                ClientIpHeader::Forwarded,
+            )
+        };
+        let c = from(&[("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")]);
+        assert_eq!(
+            (c.ip, c.vouched, c.is_local()),
+            (ip("192.0.2.60"), true, false)
+        );
+        // Quoted, with ports, IPv6 in brackets, names in any case; trusted
+        // hops on the right skipped; several headers are one list.
+        let c = from(&[(
+            "forwarded",
+            "for=\"[2001:db8:cafe::17]:4711\", For=\"10.0.0.9:80\";proto=https",
+        )]);
+        assert_eq!(c.ip, ip("2001:db8:cafe::17"));
+        let c = from(&[
+            ("forwarded", "for=198.51.100.3"),
+            ("forwarded", "proto=https;for=\"192.0.2.43:47011\""),
+        ]);
+        assert_eq!(c.ip, ip("192.0.2.43"));
+        // A client's own element at the left gains nothing.
+        let c = from(&[("forwarded", "for=127.0.0.1, for=192.0.2.44")]);
+        assert_eq!(c.ip, ip("192.0.2.44"));
+        // `unknown`, an obfuscated name or an element without `for=` stop
+        // the walk: the last trusted hop, not vouched, not local.
+        for v in ["for=unknown", "for=_hidden, for=10.0.0.3", "proto=https"] {
+            let c = from(&[("forwarded", v)]);
+            assert!(!c.vouched && !c.is_local(), "{v}: {c:?}");
+        }
+        // X-Forwarded-For is not read when Forwarded is the header.
+        let c = from(&[("x-forwarded-for", "198.51.100.66")]);
+        assert_eq!((c.ip, c.vouched), (ip("127.0.0.1"), false));
     }
 }

@@ -152,17 +152,31 @@ impl Gateway {
             return forwarded::Client::direct(peer);
         }
         let trusted = self.trusted_proxies();
-        let c = forwarded::client(peer, headers, &trusted);
+        let header = self.config().gateway.client_ip_header;
+        let c = forwarded::client(peer, headers, &trusted, header);
         if c.vouched {
             return c;
         }
         let why = if forwarded::trusts(&trusted, peer) {
-            format!(
-                "the trusted proxy {peer} sent proxy headers that name no client it vouches for (an X-Forwarded-For \
-                 entry that is not an address, or only `Forwarded`, which is not read): the request is taken as \
-                 from {}, and not as local; have the proxy set X-Forwarded-For",
-                c.ip
-            )
+            let name = header.name();
+            if headers.contains_key(name) {
+                format!(
+                    "the trusted proxy {peer} sent a {name} header that names no client it vouches for (an entry \
+                     that is not an address, such as `unknown`): the request is taken as from {}, and not as local",
+                    c.ip
+                )
+            } else {
+                let sent: Vec<&str> = ["x-forwarded-for", "x-real-ip", "forwarded"]
+                    .into_iter()
+                    .filter(|h| headers.contains_key(*h))
+                    .collect();
+                format!(
+                    "the trusted proxy {peer} sent {} but no {name} header, which gateway.client_ip_header names: \
+                     the request is taken as from {peer}, and not as local; set gateway.client_ip_header to the \
+                     header the proxy sets (never one it passes through from clients), or have it set {name}",
+                    sent.join(", ")
+                )
+            }
         } else {
             format!(
                 "a request from {peer} carries X-Forwarded-For, X-Real-IP or Forwarded, and {peer} is not in \
