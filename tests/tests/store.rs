@@ -710,8 +710,10 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
         dir.path(),
         0,
         "http://127.0.0.1:9/out",
-        "[store]\nmin_free_mb = 0\n",
+        // `health` events only when something wakes the monitor.
+        "[store]\nmin_free_mb = 0\n[gateway]\nhealth_check_interval_ms = 600000\n",
     );
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let mut posted = Vec::new();
     for i in 0..5 {
         let id = format!("d{i:03}");
@@ -753,6 +755,8 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
         .unwrap_or_default()
         .to_string();
     assert!(q.starts_with("message-log: "), "{h}");
+    // The failing writes woke the health monitor.
+    health_event_listing(&mut watcher, "message-log: ", true).await;
     // Space returns: the sender retries from the refused message on.
     std::fs::remove_file(state.join("filler")).unwrap();
     for i in refused_at..refused_at + 5 {
@@ -763,6 +767,9 @@ async fn a_full_disk_refuses_deliveries_and_recovers_with_nothing_lost() {
     }
     let r = reqwest::get(d.http("/ready")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    assert!(health_event_listing(&mut watcher, "message-log: ", false)
+        .await
+        .is_empty());
     let all = c.history_after(0).await.unwrap();
     let ids: Vec<String> = all
         .iter()
@@ -784,7 +791,13 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     let state = dir.path().join("state");
     let _unmount = Tmpfs::mount(&state, "64m");
     let (url, hits) = outbound_server(Duration::ZERO, "m").await;
-    let d = daemon_with(dir.path(), 0, &url, "[store]\nmin_free_mb = 32\n");
+    let d = daemon_with(
+        dir.path(),
+        0,
+        &url,
+        "[store]\nmin_free_mb = 32\n[gateway]\nhealth_check_interval_ms = 600000\n",
+    );
+    let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let mut posted = Vec::new();
     for i in 0..3 {
         let id = format!("d{i}");
@@ -823,6 +836,8 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
     let h = c.request("h", "health", json!({})).await.unwrap();
     let q = h["payload"]["deliveryQueues"]["failed"][0]["queueName"].to_string();
     assert!(q.contains("min_free_mb"), "{h}");
+    // The refusal woke the health monitor.
+    health_event_listing(&mut watcher, "message-log: ", true).await;
     // Room again: the sender's retry and the send go through.
     std::fs::remove_file(state.join("filler")).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -842,11 +857,14 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
         .collect();
     assert_eq!(inbound_ids, posted, "every accepted message once, in order");
     assert_eq!(all.len(), posted.len() + 1, "and the one sent");
+    assert!(health_event_listing(&mut watcher, "message-log: ", false)
+        .await
+        .is_empty());
 }
 
 /// Waits (5 s at most) for a `health` event whose failed delivery queues
-/// list the channel `webhook` (`listed`) or do not; those queues' names.
-async fn webhook_in_health_event(watcher: &mut Client, listed: bool) -> Vec<String> {
+/// list one starting with `prefix` (`listed`) or none; those queues' names.
+async fn health_event_listing(watcher: &mut Client, prefix: &str, listed: bool) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -859,7 +877,7 @@ async fn webhook_in_health_event(watcher: &mut Client, listed: bool) -> Vec<Stri
                     .collect()
             })
             .unwrap_or_default();
-        if q.iter().any(|n| n.starts_with("channel:webhook: ")) == listed {
+        if q.iter().any(|n| n.starts_with(prefix)) == listed {
             return q;
         }
     }
@@ -948,7 +966,12 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         "{q:?}"
     );
     // The refusal woke the health monitor: a `health` event says so.
-    assert_eq!(webhook_in_health_event(&mut watcher, true).await.len(), 1);
+    assert_eq!(
+        health_event_listing(&mut watcher, "channel:webhook: ", true)
+            .await
+            .len(),
+        1
+    );
     assert_eq!(
         reqwest::get(d.http("/ready"))
             .await
@@ -964,9 +987,11 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     assert_eq!(st, 200, "{v}");
     let q = failed(c.request("h2", "health", json!({})).await.unwrap());
     assert!(q.is_empty(), "{q:?}");
-    assert!(webhook_in_health_event(&mut watcher, false)
-        .await
-        .is_empty());
+    assert!(
+        health_event_listing(&mut watcher, "channel:webhook: ", false)
+            .await
+            .is_empty()
+    );
     let ids: Vec<String> = c
         .history_after(0)
         .await

@@ -73,7 +73,9 @@ impl DiskFloor {
         let _ = self.changed.set(wake);
     }
 
-    fn wake(&self) {
+    /// Wakes what [`DiskFloor::on_change`] set (the writer also calls it
+    /// when its writes start or stop failing).
+    pub(super) fn wake(&self) {
         if let Some(n) = self.changed.get() {
             n.notify_one();
         }

@@ -374,6 +374,7 @@ impl Durability {
             let why = format!("sync the message log's WAL: {e}");
             if shared.failure.guard().replace(why.clone()).is_none() {
                 tracing::error!("{why}");
+                shared.disk.wake();
             }
         }
     }
@@ -849,6 +850,7 @@ pub(super) fn writer(
             Ok(done) => {
                 if shared.failure.guard().take().is_some() {
                     tracing::info!("message log writes succeed again");
+                    shared.disk.wake();
                 }
                 let checkpointed = ops
                     .iter()
@@ -901,6 +903,7 @@ pub(super) fn writer(
                 let first_failure = shared.failure.guard().replace(why.clone()).is_none();
                 if first_failure {
                     tracing::error!("{why}");
+                    shared.disk.wake();
                 }
                 for op in ops {
                     match op {
