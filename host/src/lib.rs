@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod presence;
 pub mod queue;
+pub mod rate;
 pub mod reload;
 pub mod rlimit;
 pub mod scaffold;

@@ -18,8 +18,8 @@ use std::time::Instant;
 /// is said at its end.
 pub const MAX_LINE: usize = 8192;
 
-/// How many seconds of the rate a plugin may log at once (a burst).
-pub const BURST_SECONDS: u64 = 10;
+pub use crate::rate::BURST_SECONDS;
+use crate::rate::TokenBucket;
 
 /// One plugin's log budget (per load: a reload starts a fresh one).
 pub struct PluginLog {
@@ -35,8 +35,7 @@ pub struct PluginLog {
 }
 
 struct Bucket {
-    tokens: f64,
-    at: Instant,
+    tokens: TokenBucket,
     /// Lines dropped since the last one that fitted.
     dropped: u64,
 }
@@ -47,17 +46,12 @@ impl PluginLog {
             id: Arc::from(id),
             per_second,
             bucket: Mutex::new(Bucket {
-                tokens: Self::burst(per_second),
-                at: Instant::now(),
+                tokens: TokenBucket::full(per_second, Instant::now()),
                 dropped: 0,
             }),
             dropped_total: AtomicU64::new(0),
             metrics,
         })
-    }
-
-    fn burst(per_second: u32) -> f64 {
-        f64::from(per_second) * BURST_SECONDS as f64
     }
 
     /// The plugin's id (its file's name while it is being loaded).
@@ -82,10 +76,7 @@ impl PluginLog {
             return true;
         }
         let mut b = self.bucket.guard();
-        let refill = now.duration_since(b.at).as_secs_f64() * f64::from(self.per_second);
-        b.tokens = (b.tokens + refill).min(Self::burst(self.per_second));
-        b.at = now;
-        if b.tokens < 1.0 {
+        if !b.tokens.take(self.per_second, now) {
             b.dropped += 1;
             drop(b);
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
@@ -94,7 +85,6 @@ impl PluginLog {
             }
             return false;
         }
-        b.tokens -= 1.0;
         let dropped = std::mem::take(&mut b.dropped);
         drop(b);
         if dropped > 0 {
@@ -136,7 +126,7 @@ mod tests {
     #[test]
     fn a_burst_fits_then_lines_are_dropped_and_counted() {
         let log = PluginLog::new("p", 5, None);
-        let at = log.bucket.guard().at;
+        let at = log.bucket.guard().tokens.at();
         // The burst: 5 lines a second × 10 s.
         let fitted = (0..200).filter(|_| log.admit_at(at)).count();
         assert_eq!(fitted, 50);
@@ -149,7 +139,7 @@ mod tests {
     #[test]
     fn the_budget_refills_at_its_rate_up_to_the_burst() {
         let log = PluginLog::new("p", 1000, None);
-        let at = log.bucket.guard().at;
+        let at = log.bucket.guard().tokens.at();
         while log.admit_at(at) {}
         let later = |ms| at + std::time::Duration::from_millis(ms);
         // 20 ms at 1000 lines a second: 20 lines.
