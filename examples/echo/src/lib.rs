@@ -106,8 +106,12 @@ impl Channel for Echo {
             };
             // Retried until the gateway has it, as any channel would.
             let t = std::time::Instant::now();
+            // (The sleep is made inside the runtime: `wstd::task::sleep`
+            // needs its reactor when called, not only when awaited.)
             while switchboard_sdk::deliver(m.clone()).is_err() {
-                wstd::runtime::block_on(wstd::task::sleep(wstd::time::Duration::from_millis(100)));
+                wstd::runtime::block_on(async {
+                    wstd::task::sleep(wstd::time::Duration::from_millis(100)).await
+                });
             }
             took.push(t.elapsed().as_micros() as u64);
         }
