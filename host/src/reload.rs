@@ -167,6 +167,9 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
             if oc.webhook_max_body_bytes != ch.webhook_max_body_bytes {
                 c.push(format!("channels.{name}.webhook_max_body_bytes"));
             }
+            if oc.max_messages_per_second != ch.max_messages_per_second {
+                c.push(format!("channels.{name}.max_messages_per_second"));
+            }
         }
     }
     c

@@ -6,12 +6,19 @@
 //! `lastOutboundAt`. A redelivered inbound message (same channel, account,
 //! chat and message id) gets its first sequence number back and no event.
 //!
-//! [`AccountInbox`] is the `deliver` import of one account's instances.
+//! [`AccountInbox`] is the `deliver` import of one account's instances;
+//! each channel's accounts share a [`DeliveryRate`]
+//! (`channels.<name>.max_messages_per_second`).
 //!
 //! It knows the log only through [`MessageLog`]; it never names SQLite.
 
-use crate::sync::RwLockExt;
-use std::sync::{Arc, RwLock};
+use crate::sync::{MutexExt, RwLockExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::rate::{TokenBucket, BURST_SECONDS};
 
 use crate::broadcast::{Broadcaster, Filter};
 use crate::plugins::contract::{
@@ -31,6 +38,89 @@ pub struct Inbox {
     /// Held for reading across check + submit, so that `close` knows every
     /// write it must wait for.
     accepting: RwLock<bool>,
+    /// Each channel's delivery rate, kept across reloads (a reload sets its
+    /// bound; the tokens left stay).
+    rates: Mutex<HashMap<String, Arc<DeliveryRate>>>,
+}
+
+/// How often a channel over its delivery rate is logged at most.
+const RATE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// `channels.<name>.max_messages_per_second`: the new messages all the
+/// accounts of one channel may deliver, so that one (a hostile or broken
+/// plugin delivering in a loop) cannot take the message log's writer and
+/// every operator's queue from the others.
+pub struct DeliveryRate {
+    channel: String,
+    /// 0: no bound.
+    per_second: AtomicU32,
+    state: Mutex<RateState>,
+}
+
+struct RateState {
+    bucket: TokenBucket,
+    /// Refused since the last log line, and when that was.
+    refused: u64,
+    logged: Option<Instant>,
+}
+
+impl DeliveryRate {
+    fn new(channel: &str, per_second: u32) -> DeliveryRate {
+        DeliveryRate {
+            channel: channel.to_string(),
+            per_second: AtomicU32::new(per_second),
+            state: Mutex::new(RateState {
+                bucket: TokenBucket::full(per_second, Instant::now()),
+                refused: 0,
+                logged: None,
+            }),
+        }
+    }
+
+    fn why(&self, per_second: u32) -> String {
+        format!(
+            "channel `{}` delivers more than channels.{}.max_messages_per_second = {per_second} (in bursts of up \
+             to {BURST_SECONDS} s worth): this message was not stored; keep it and retry later (or raise the bound)",
+            self.channel, self.channel
+        )
+    }
+
+    /// Takes one message's room, or says why there is none (logged, at
+    /// most every 10 s, with how many were refused).
+    pub fn admit(&self) -> Result<(), String> {
+        let per_second = self.per_second.load(Ordering::Relaxed);
+        if per_second == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut st = self.state.guard();
+        if st.bucket.take(per_second, now) {
+            return Ok(());
+        }
+        st.refused += 1;
+        let why = self.why(per_second);
+        if st
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= RATE_REPORT_EVERY)
+        {
+            let refused = std::mem::take(&mut st.refused);
+            st.logged = Some(now);
+            drop(st);
+            tracing::warn!(channel = %self.channel, refused, "{why} ({refused} refused since the last such line)");
+        }
+        Err(why)
+    }
+
+    /// Why a message would be refused now, if it would, taking no room
+    /// (a webhook is refused before its plugin is called).
+    pub fn exhausted(&self) -> Option<String> {
+        let per_second = self.per_second.load(Ordering::Relaxed);
+        if per_second == 0 {
+            return None;
+        }
+        let mut st = self.state.guard();
+        (!st.bucket.has(per_second, Instant::now())).then(|| self.why(per_second))
+    }
 }
 
 impl Inbox {
@@ -54,7 +144,26 @@ impl Inbox {
         Self {
             log,
             accepting: RwLock::new(true),
+            rates: Mutex::default(),
         }
+    }
+
+    /// Channel `channel`'s delivery rate, bounded to `per_second` from now
+    /// on (the same one across reloads).
+    pub fn rate(&self, channel: &str, per_second: u32) -> Arc<DeliveryRate> {
+        let mut rates = self.rates.guard();
+        let r = rates
+            .entry(channel.to_string())
+            .or_insert_with(|| Arc::new(DeliveryRate::new(channel, per_second)));
+        r.per_second.store(per_second, Ordering::Relaxed);
+        r.clone()
+    }
+
+    /// Why channel `channel` takes no new message now, if it does not: over
+    /// its delivery rate.
+    pub fn rate_exhausted(&self, channel: &str) -> Option<String> {
+        let rate = self.rates.guard().get(channel).cloned();
+        rate.and_then(|r| r.exhausted())
     }
 
     /// From here on every `deliver` is refused (shutdown); resolves once
@@ -303,10 +412,15 @@ fn check_sizes(m: &InboundMessage) -> Result<(), String> {
 pub struct AccountInbox {
     pub inbox: Arc<Inbox>,
     pub channel: String,
+    /// Shared by the channel's accounts.
+    pub rate: Arc<DeliveryRate>,
 }
 
 impl crate::plugins::imports::Inbox for AccountInbox {
     fn deliver(&self, message: InboundMessage) -> Delivering {
+        if let Err(why) = self.rate.admit() {
+            return Box::pin(async move { Err(why) });
+        }
         self.inbox.deliver(&self.channel, message)
     }
 }

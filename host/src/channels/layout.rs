@@ -13,7 +13,7 @@ use crate::plugins::imports::Imports;
 use crate::plugins::{Network, Trust};
 use crate::store::StateStore;
 
-use super::inbox::{AccountInbox, Inbox};
+use super::inbox::{AccountInbox, DeliveryRate, Inbox};
 use super::status::{AccountSnapshot, AccountStatus, ChannelEntry, StatusBoard};
 
 /// The `[channels]` tables in force and their prepared calls. Swapped
@@ -70,10 +70,11 @@ impl Layout {
         let bound = config
             .iter()
             .map(|(name, c)| {
+                let rate = h.inbox.rate(name, c.max_messages_per_second);
                 let accounts = c
                     .accounts
                     .iter()
-                    .map(|(id, t)| (id.clone(), bind_account(name, id, t, h)))
+                    .map(|(id, t)| (id.clone(), bind_account(name, id, t, h, &rate)))
                     .collect();
                 let bc = BoundChannel {
                     plugin: plugin_id(name, c),
@@ -91,12 +92,19 @@ impl Layout {
     }
 }
 
-fn bind_account(name: &str, id: &str, t: &toml::Table, h: &Handles) -> BoundAccount {
+fn bind_account(
+    name: &str,
+    id: &str,
+    t: &toml::Table,
+    h: &Handles,
+    rate: &Arc<DeliveryRate>,
+) -> BoundAccount {
     let (name, id) = (name.to_string(), id.to_string());
     let imports = Imports {
         inbox: Arc::new(AccountInbox {
             inbox: h.inbox.clone(),
             channel: name.clone(),
+            rate: rate.clone(),
         }),
         state: Arc::new(AccountStatus {
             board: h.board.clone(),

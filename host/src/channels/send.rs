@@ -65,6 +65,9 @@ pub enum SendError {
     /// The message log takes no new messages now (the disk is below
     /// `store.min_free_mb`): refused before the channel was called.
     LogFull(String),
+    /// The channel is over `channels.<name>.max_messages_per_second`:
+    /// a webhook refused before its plugin was called.
+    RateLimited(String),
     /// The idempotency key was first used for another kind of call (`first`:
     /// "send" or an action's name) than this one (`now`).
     KeyReused {
@@ -106,7 +109,7 @@ impl std::fmt::Display for SendError {
                 }
                 f.write_str(", so whether it reached the chat is unknown; look in the chat, and to try again use a new idempotencyKey")
             }
-            SendError::LogFull(m) => f.write_str(m),
+            SendError::LogFull(m) | SendError::RateLimited(m) => f.write_str(m),
             SendError::KeyReused { key, first, now } => write!(
                 f,
                 "idempotencyKey `{key}` was first used for a {first}, and this request is a {now}: give each request its own idempotencyKey"
@@ -609,6 +612,9 @@ impl ChannelManager {
         let (plugin, target, acct) = self.call_for(channel, account)?;
         // Its messages could not be kept: the sender retries later.
         self.log_takes_messages()?;
+        if let Some(why) = self.inbox.rate_exhausted(channel) {
+            return Err(SendError::RateLimited(why));
+        }
         plugin
             .handle_webhook(target, acct, req)
             .await

@@ -73,6 +73,12 @@ pub struct ChannelConfig {
     /// Largest body accepted on `POST /hooks/<channel>/...` (bytes).
     #[serde(default = "default_webhook_body")]
     pub webhook_max_body_bytes: usize,
+    /// New messages the channel's accounts may deliver per second, all
+    /// together, in bursts of up to 10 s worth; past it `deliver` fails
+    /// (the plugin keeps the message and retries) and webhooks get `429`.
+    /// 0: no bound.
+    #[serde(default = "default_messages_per_second")]
+    pub max_messages_per_second: u32,
     /// `[channels.<name>.accounts.<id>]`: `enabled` is the host's; every
     /// other key is handed to the plugin as its settings JSON.
     #[serde(default)]
@@ -88,6 +94,15 @@ pub const DEFAULT_WEBHOOK_BODY: usize = 1024 * 1024;
 
 fn default_webhook_body() -> usize {
     DEFAULT_WEBHOOK_BODY
+}
+
+/// Default of `channels.<name>.max_messages_per_second`: far above what a
+/// chat channel receives, low enough that one channel delivering in a loop
+/// cannot take the message log and every operator's queue.
+pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 1000;
+
+fn default_messages_per_second() -> u32 {
+    DEFAULT_MESSAGES_PER_SECOND
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

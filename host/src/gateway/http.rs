@@ -188,6 +188,12 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
         SendError::Store(m) | SendError::LogFull(m) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, m)
         }
+        SendError::RateLimited(m) => {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, m);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         SendError::Call {
             error: CallError::Busy(m) | CallError::Unavailable(m),
             ..

@@ -480,6 +480,7 @@ pub fn send_error(e: &SendError) -> ErrorShape {
             ErrorShape::unavailable(e.to_string()).retry_after(1000)
         }
         SendError::LogFull(m) => ErrorShape::unavailable(m.clone()).retry_after(5000),
+        SendError::RateLimited(m) => ErrorShape::unavailable(m.clone()).retry_after(1000),
         SendError::OutcomeUnknown {
             channel, account, ..
         } => ErrorShape::invalid(e.to_string()).with_details(

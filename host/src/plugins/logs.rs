@@ -18,8 +18,8 @@ use std::time::Instant;
 /// is said at its end.
 pub const MAX_LINE: usize = 8192;
 
-pub use crate::rate::BURST_SECONDS;
 use crate::rate::TokenBucket;
+pub use crate::rate::BURST_SECONDS;
 
 /// One plugin's log budget (per load: a reload starts a fresh one).
 pub struct PluginLog {

@@ -150,6 +150,7 @@ async fn main() -> Result<()> {
     let d = Daemon::builder()
         .config(&format!(
             "state_dir = \"{}\"\n[gateway.limits]\nmax_connections = {}\n[plugins]\ndir = \"{}\"\n\
+             [channels.echo]\nmax_messages_per_second = 0\n\
              [channels.echo.accounts.default]\ninterval_secs = 0\n",
             dir.path().join("state").display(),
             conns + 100,
@@ -339,6 +340,7 @@ async fn reload_soak(reloads: usize) -> Result<()> {
     let d = Daemon::builder()
         .config(&format!(
             "state_dir = \"{}\"\n[plugins]\ndir = \"{}\"\nwatch = false\n\
+             [channels.echo]\nmax_messages_per_second = 0\n\
              [channels.echo.accounts.default]\ninterval_secs = 0\n",
             dir.path().join("state").display(),
             dir.path().display()
@@ -399,7 +401,9 @@ async fn reload_soak(reloads: usize) -> Result<()> {
 /// A daemon with echo accounts `a0..a{accounts}` (stopped until started),
 /// each delivering `burst` messages when its `run` starts.
 fn log_daemon(dir: &std::path::Path, accounts: usize, burst: usize, sync: &str) -> Result<Daemon> {
-    let mut toml = format!("[store]\nsync = \"{sync}\"\n");
+    // No delivery rate: the bursts measure the log.
+    let mut toml =
+        format!("[store]\nsync = \"{sync}\"\n[channels.echo]\nmax_messages_per_second = 0\n");
     for i in 0..accounts {
         toml.push_str(&format!(
             "[channels.echo.accounts.a{i}]\nenabled = false\nburst = {burst}\nchat = \"c{i}\"\n"

@@ -544,6 +544,7 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
         &format!(
             "[gateway.auth]\ntoken = \"{TOKEN}\"\n[gateway.limits]\nmax_connections = {}\n\
              [store]\nsync = \"{sync}\"\n\
+             [channels.echo]\nmax_messages_per_second = 0\n\
              [channels.echo.accounts.default]\ninterval_secs = 0\n",
             held + 2000
         ),
