@@ -284,6 +284,23 @@ async fn sighup_rereads_the_file_when_it_is_not_watched() {
     );
 }
 
+/// The addresses `system-presence` lists while a client sending `headers`
+/// (proxy headers) is connected.
+async fn ips_with(d: &Daemon, headers: &[(&str, &str)]) -> Vec<String> {
+    let mut c = Client::open_with_headers(&d.url(), headers).await.unwrap();
+    let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
+    assert_eq!(res["ok"], true, "{res}");
+    let p = c.request("p", "system-presence", json!({})).await.unwrap();
+    p["payload"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["ip"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `gateway.trusted_proxies` applies on reload: before, a client's
 /// `X-Forwarded-For` is not believed (it is the proxy's address); after
 /// adding the proxy, it is the client's own; after removing it, not again.
@@ -295,25 +312,7 @@ async fn trusted_proxies_apply_on_reload() {
         ))
         .start()
         .unwrap();
-    // The addresses presence lists while a client naming `client` is
-    // connected.
-    async fn ips_with(d: &Daemon, client: &str) -> Vec<String> {
-        let mut c = Client::open_with_headers(&d.url(), &[("X-Forwarded-For", client)])
-            .await
-            .unwrap();
-        let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
-        assert_eq!(res["ok"], true, "{res}");
-        let p = c.request("p", "system-presence", json!({})).await.unwrap();
-        p["payload"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["ip"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-    let ips = ips_with(&d, "203.0.113.7").await;
+    let ips = ips_with(&d, &[("X-Forwarded-For", "203.0.113.7")]).await;
     assert!(!ips.contains(&"203.0.113.7".into()), "{ips:?}");
     let reload = |from: &'static str, to: &'static str| {
         rewrite(&d, |t| t.replace(from, to));
@@ -323,7 +322,7 @@ async fn trusted_proxies_apply_on_reload() {
     d.wait_log("configuration reloaded", Duration::from_secs(5))
         .await
         .unwrap();
-    let ips = ips_with(&d, "203.0.113.8").await;
+    let ips = ips_with(&d, &[("X-Forwarded-For", "203.0.113.8")]).await;
     assert!(ips.contains(&"203.0.113.8".into()), "{ips:?}");
     reload("trusted_proxies = [\"127.0.0.1\"]", "trusted_proxies = []");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -331,7 +330,7 @@ async fn trusted_proxies_apply_on_reload() {
         assert!(tokio::time::Instant::now() < deadline, "{}", d.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ips = ips_with(&d, "203.0.113.9").await;
+    let ips = ips_with(&d, &[("X-Forwarded-For", "203.0.113.9")]).await;
     assert!(!ips.contains(&"203.0.113.9".into()), "{ips:?}");
 }
 
@@ -347,22 +346,6 @@ async fn the_client_is_read_from_the_one_header_named_and_it_is_live() {
         ))
         .start()
         .unwrap();
-    // The addresses presence lists while a client sending `headers` is
-    // connected.
-    async fn ips_with(d: &Daemon, headers: &[(&str, &str)]) -> Vec<String> {
-        let mut c = Client::open_with_headers(&d.url(), headers).await.unwrap();
-        let res = c.hello(Some(TOKEN), &["operator.read"]).await.unwrap();
-        assert_eq!(res["ok"], true, "{res}");
-        let p = c.request("p", "system-presence", json!({})).await.unwrap();
-        p["payload"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["ip"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
     let ips = ips_with(
         &d,
         &[

@@ -862,6 +862,29 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
         .is_empty());
 }
 
+/// POSTs a message of `size` bytes of text to `channel`'s account `open`:
+/// the status and the answer.
+fn post_sized(
+    d: &Daemon,
+    channel: &str,
+    id: &str,
+    size: usize,
+) -> impl std::future::Future<Output = (u16, Value)> {
+    let body =
+        json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
+    let url = d.http(&format!("/hooks/{channel}/open"));
+    async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().await.unwrap_or(Value::Null))
+    }
+}
+
 /// Waits (5 s at most) for a `health` event whose failed delivery queues
 /// list one starting with `prefix` (`listed`) or none; those queues' names.
 async fn health_event_listing(watcher: &mut Client, prefix: &str, listed: bool) -> Vec<String> {
@@ -905,21 +928,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         .start()
         .unwrap();
     let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let post_to = |channel: &'static str, id: &str, size: usize| {
-        let body =
-            json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
-        let url = d.http(&format!("/hooks/{channel}/open"));
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let post_to = |channel: &str, id: &str, size: usize| post_sized(&d, channel, id, size);
     for i in 0..4 {
         let (st, v) = post_to("webhook", &format!("w{i}"), 200_000).await;
         assert_eq!(st, 200, "{v}");
@@ -1023,17 +1032,10 @@ async fn a_size_bound_prunes_the_busiest_channel_not_the_oldest_messages() {
     };
     let d = start("");
     let post_to = |d: &Daemon, channel: &str, id: &str, size: usize| {
-        let body =
-            json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
-        let url = d.http(&format!("/hooks/{channel}/open"));
+        let post = post_sized(d, channel, id, size);
         async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+            let (st, v) = post.await;
+            assert_eq!(st, 200, "{v}");
         }
     };
     // The quiet channel's messages are the oldest; the busy one's take 3 MB.
