@@ -72,6 +72,11 @@ impl Broadcaster {
         }
     }
 
+    /// The counters it bumps, for the parts that broadcast through it.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn state_version(&self) -> StateVersion {
         StateVersion {
             presence: self.presence_version.load(Ordering::SeqCst),

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub plugin_busy: AtomicU64,
     pub plugin_log_dropped: AtomicU64,
     pub tls_failures: AtomicU64,
+    pub deliveries_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -55,7 +56,7 @@ impl Metrics {
                 by_role.get(role).copied().unwrap_or(0)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "frames_in_total",
                 "WebSocket frames received from clients.",
@@ -151,6 +152,11 @@ impl Metrics {
                 "plugin_log_dropped_total",
                 "Plugin log lines dropped over plugins.log_lines_per_second.",
                 &self.plugin_log_dropped,
+            ),
+            (
+                "deliveries_rate_limited_total",
+                "New messages refused (a deliver failed, a webhook answered 429) because their channel was over channels.<name>.max_messages_per_second.",
+                &self.deliveries_rate_limited,
             ),
         ];
         for (name, help, v) in counters {

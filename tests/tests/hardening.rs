@@ -1045,6 +1045,12 @@ async fn a_channel_delivering_in_a_loop_is_held_to_its_rate_and_loses_nothing() 
     )
     .await
     .unwrap();
+    // The webhook's 429 and echo's refused delivers, counted.
+    let refused = d
+        .metric("switchboard_deliveries_rate_limited_total")
+        .await
+        .unwrap();
+    assert!(refused >= 2, "{refused}");
     // The webhook channel's refused message is taken once there is room.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (st, _, body) = post("w10".into()).await;

@@ -41,6 +41,8 @@ pub struct Inbox {
     /// Each channel's delivery rate, kept across reloads (a reload sets its
     /// bound; the tokens left stay).
     rates: Mutex<HashMap<String, Arc<DeliveryRate>>>,
+    /// Where the rates count their refusals.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How often a channel over its delivery rate is logged at most.
@@ -52,6 +54,7 @@ const RATE_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// every operator's queue from the others.
 pub struct DeliveryRate {
     channel: String,
+    metrics: Arc<crate::metrics::Metrics>,
     /// 0: no bound.
     per_second: AtomicU32,
     state: Mutex<RateState>,
@@ -65,9 +68,10 @@ struct RateState {
 }
 
 impl DeliveryRate {
-    fn new(channel: &str, per_second: u32) -> DeliveryRate {
+    fn new(channel: &str, per_second: u32, metrics: Arc<crate::metrics::Metrics>) -> DeliveryRate {
         DeliveryRate {
             channel: channel.to_string(),
+            metrics,
             per_second: AtomicU32::new(per_second),
             state: Mutex::new(RateState {
                 bucket: TokenBucket::full(per_second, Instant::now()),
@@ -98,6 +102,9 @@ impl DeliveryRate {
             return Ok(());
         }
         st.refused += 1;
+        self.metrics
+            .deliveries_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
         let why = self.why(per_second);
         if st
             .logged
@@ -111,15 +118,23 @@ impl DeliveryRate {
         Err(why)
     }
 
-    /// Why a message would be refused now, if it would, taking no room
-    /// (a webhook is refused before its plugin is called).
+    /// Why a message would be refused now, if it would (counted as a
+    /// refusal), taking no room: a webhook is refused before its plugin is
+    /// called.
     pub fn exhausted(&self) -> Option<String> {
         let per_second = self.per_second.load(Ordering::Relaxed);
         if per_second == 0 {
             return None;
         }
         let mut st = self.state.guard();
-        (!st.bucket.has(per_second, Instant::now())).then(|| self.why(per_second))
+        if st.bucket.has(per_second, Instant::now()) {
+            return None;
+        }
+        drop(st);
+        self.metrics
+            .deliveries_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        Some(self.why(per_second))
     }
 }
 
@@ -129,6 +144,7 @@ impl Inbox {
         broadcaster: Arc<Broadcaster>,
         board: Arc<StatusBoard>,
     ) -> Self {
+        let metrics = broadcaster.metrics().clone();
         log.on_health_change(board.health_notify());
         log.on_commit(Box::new(move |m: &Message| {
             broadcaster.broadcast(
@@ -145,6 +161,7 @@ impl Inbox {
             log,
             accepting: RwLock::new(true),
             rates: Mutex::default(),
+            metrics,
         }
     }
 
@@ -152,9 +169,9 @@ impl Inbox {
     /// on (the same one across reloads).
     pub fn rate(&self, channel: &str, per_second: u32) -> Arc<DeliveryRate> {
         let mut rates = self.rates.guard();
-        let r = rates
-            .entry(channel.to_string())
-            .or_insert_with(|| Arc::new(DeliveryRate::new(channel, per_second)));
+        let r = rates.entry(channel.to_string()).or_insert_with(|| {
+            Arc::new(DeliveryRate::new(channel, per_second, self.metrics.clone()))
+        });
         r.per_second.store(per_second, Ordering::Relaxed);
         r.clone()
     }
