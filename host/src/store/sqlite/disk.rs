@@ -22,7 +22,7 @@ const RECHECK: Duration = Duration::from_millis(100);
 
 /// Within this many times the floor, the disk is near it: a channel holding
 /// more than half of the log is refused then, so that the others keep the
-/// room left (see [`DiskFloor::near`]).
+/// room left (see [`DiskFloor::state`]).
 pub const NEAR_FACTOR: u64 = 4;
 
 /// How often a channel refused for its share is logged at most.
@@ -92,16 +92,19 @@ impl DiskFloor {
         self.reading().0
     }
 
-    /// The free space (MiB) when the disk is within [`NEAR_FACTOR`] times
-    /// the floor (and there is a floor), else `None`.
-    pub fn near(&self) -> Option<u64> {
+    /// [`DiskFloor::low`], and the free space (MiB) when the disk is within
+    /// [`NEAR_FACTOR`] times the floor (and there is a floor), from one
+    /// reading (one lock): what the writer asks for each new message.
+    pub fn state(&self) -> (Option<String>, Option<u64>) {
         let min = self.min_free.load(Ordering::Relaxed);
-        match self.reading().1 {
+        let (why, free) = self.reading();
+        let near = match free {
             Some(free) if min > 0 && free < min.saturating_mul(NEAR_FACTOR) => {
                 Some(free / (1024 * 1024))
             }
             _ => None,
-        }
+        };
+        (why, near)
     }
 
     /// Records `channel` as refused for its share (listed by
@@ -244,16 +247,16 @@ mod tests {
         let why = floor.low().expect("more than the disk has is refused");
         assert!(why.contains("store.min_free_mb = "), "{why}");
         assert!(why.contains(&dir.path().display().to_string()), "{why}");
-        assert!(floor.near().is_some(), "below the floor is near it too");
+        assert!(floor.state().1.is_some(), "below the floor is near it too");
         floor.set_min_free_bytes(1);
         assert_eq!(floor.low(), None);
-        assert_eq!(floor.near(), None);
+        assert_eq!(floor.state().1, None);
         // Above the floor, within four times it: near, not low.
         floor.set_min_free_bytes(free / 2);
         assert_eq!(floor.low(), None);
-        assert!(floor.near().is_some());
+        assert!(floor.state().1.is_some());
         floor.set_min_free_bytes(0);
         assert_eq!(floor.low(), None);
-        assert_eq!(floor.near(), None);
+        assert_eq!(floor.state().1, None);
     }
 }

@@ -609,10 +609,11 @@ fn apply(
                 ));
             }
             // A send's record is always taken: its message has gone out.
-            if let Some(why) = disk.low() {
+            let (low, near) = disk.state();
+            if let Some(why) = low {
                 return Ok(Done::Refused(why));
             }
-            match disk.near() {
+            match near {
                 Some(free_mb) => {
                     if let Some(why) = over_share(tx, shares, &m.channel, free_mb)? {
                         disk.note_share(&m.channel, &why);
