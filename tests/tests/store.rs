@@ -862,6 +862,16 @@ async fn below_the_disk_floor_new_messages_are_refused_and_nothing_is_lost() {
         .is_empty());
 }
 
+/// The message ids of the whole log, oldest first.
+async fn history_ids(c: &mut Client) -> Vec<String> {
+    c.history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// POSTs a message of `size` bytes of text to `channel`'s account `open`:
 /// the status and the answer.
 fn post_sized(
@@ -1001,13 +1011,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
             .await
             .is_empty()
     );
-    let ids: Vec<String> = c
-        .history_after(0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let ids = history_ids(&mut c).await;
     assert_eq!(ids, ["w0", "w1", "w2", "w3", "q0", "q1", "w4"]);
 }
 
@@ -1052,13 +1056,7 @@ async fn a_size_bound_prunes_the_busiest_channel_not_the_oldest_messages() {
         .await
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let ids: Vec<String> = c
-        .history_after(0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let ids = history_ids(&mut c).await;
     assert_eq!(ids, ["q0", "q1", "q2"]);
     // The quiet channel goes on, under the bound.
     post_to(&d, "quiet", "q3", 100).await;
