@@ -874,25 +874,12 @@ async fn history_ids(c: &mut Client) -> Vec<String> {
 
 /// POSTs a message of `size` bytes of text to `channel`'s account `open`:
 /// the status and the answer.
-fn post_sized(
-    d: &Daemon,
-    channel: &str,
-    id: &str,
-    size: usize,
-) -> impl std::future::Future<Output = (u16, Value)> {
+async fn post_sized(d: &Daemon, channel: &str, id: &str, size: usize) -> (u16, Value) {
     let body =
         json!({"chatId": "room", "senderId": "u1", "text": "t".repeat(size), "messageId": id});
-    let url = d.http(&format!("/hooks/{channel}/open"));
-    async move {
-        let r = reqwest::Client::new()
-            .post(url)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let st = r.status().as_u16();
-        (st, r.json::<Value>().await.unwrap_or(Value::Null))
-    }
+    d.post_json(&format!("/hooks/{channel}/open"), &body)
+        .await
+        .unwrap()
 }
 
 /// Waits (5 s at most) for a `health` event whose failed delivery queues
@@ -938,17 +925,16 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
         .start()
         .unwrap();
     let (mut watcher, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
-    let post_to = |channel: &str, id: &str, size: usize| post_sized(&d, channel, id, size);
     for i in 0..4 {
-        let (st, v) = post_to("webhook", &format!("w{i}"), 200_000).await;
+        let (st, v) = post_sized(&d, "webhook", &format!("w{i}"), 200_000).await;
         assert_eq!(st, 200, "{v}");
     }
-    let (st, v) = post_to("quiet", "q0", 100).await;
+    let (st, v) = post_sized(&d, "quiet", "q0", 100).await;
     assert_eq!(st, 200, "{v}");
     // 40 of the 64 MiB taken: between the floor (8) and four times it (32).
     std::fs::write(state.join("filler"), vec![1u8; 40 << 20]).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let (st, v) = post_to("webhook", "w4", 100).await;
+    let (st, v) = post_sized(&d, "webhook", "w4", 100).await;
     assert_eq!(st, 503, "{v}");
     let e = v["error"].as_str().unwrap_or_default();
     assert!(
@@ -956,7 +942,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
             && e.contains("channel `webhook` holds 99% of the log"),
         "{v}"
     );
-    let (st, v) = post_to("quiet", "q1", 100).await;
+    let (st, v) = post_sized(&d, "quiet", "q1", 100).await;
     assert_eq!(st, 200, "the other channel keeps the room left: {v}");
     assert!(
         d.log_text()
@@ -1002,7 +988,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     // Room again: the sender's retry is taken, and `health` lists nothing.
     std::fs::remove_file(state.join("filler")).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let (st, v) = post_to("webhook", "w4", 100).await;
+    let (st, v) = post_sized(&d, "webhook", "w4", 100).await;
     assert_eq!(st, 200, "{v}");
     let q = failed(c.request("h2", "health", json!({})).await.unwrap());
     assert!(q.is_empty(), "{q:?}");
@@ -1035,19 +1021,14 @@ async fn a_size_bound_prunes_the_busiest_channel_not_the_oldest_messages() {
             .unwrap()
     };
     let d = start("");
-    let post_to = |d: &Daemon, channel: &str, id: &str, size: usize| {
-        let post = post_sized(d, channel, id, size);
-        async move {
-            let (st, v) = post.await;
-            assert_eq!(st, 200, "{v}");
-        }
-    };
     // The quiet channel's messages are the oldest; the busy one's take 3 MB.
     for i in 0..3 {
-        post_to(&d, "quiet", &format!("q{i}"), 100).await;
+        let (st, v) = post_sized(&d, "quiet", &format!("q{i}"), 100).await;
+        assert_eq!(st, 200, "{v}");
     }
     for i in 0..15 {
-        post_to(&d, "webhook", &format!("w{i}"), 200_000).await;
+        let (st, v) = post_sized(&d, "webhook", &format!("w{i}"), 200_000).await;
+        assert_eq!(st, 200, "{v}");
     }
     drop(d);
     // Over a bound of 1 MiB, the pruner at start takes the busy channel's.
@@ -1059,7 +1040,8 @@ async fn a_size_bound_prunes_the_busiest_channel_not_the_oldest_messages() {
     let ids = history_ids(&mut c).await;
     assert_eq!(ids, ["q0", "q1", "q2"]);
     // The quiet channel goes on, under the bound.
-    post_to(&d, "quiet", "q3", 100).await;
+    let (st, v) = post_sized(&d, "quiet", "q3", 100).await;
+    assert_eq!(st, 200, "{v}");
     assert_eq!(c.history_after(0).await.unwrap().len(), 4);
 }
 
