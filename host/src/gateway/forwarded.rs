@@ -134,11 +134,12 @@ pub fn shown(remote: std::net::SocketAddr, peer: Client) -> String {
     }
 }
 
+/// The headers a proxy adds (lowercase).
+pub const PROXY_HEADERS: [&str; 3] = ["x-forwarded-for", "x-real-ip", "forwarded"];
+
 /// Does the request carry any of the headers a proxy adds?
 pub fn has_proxy_headers(headers: &HeaderMap) -> bool {
-    ["x-forwarded-for", "x-real-ip", "forwarded"]
-        .iter()
-        .any(|h| headers.contains_key(*h))
+    PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
 }
 
 /// One hop: an address, maybe with a port (`1.2.3.4:5678`, `[::1]:5678`);

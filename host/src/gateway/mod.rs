@@ -166,7 +166,7 @@ impl Gateway {
                     c.ip
                 )
             } else {
-                let sent: Vec<&str> = ["x-forwarded-for", "x-real-ip", "forwarded"]
+                let sent: Vec<&str> = forwarded::PROXY_HEADERS
                     .into_iter()
                     .filter(|h| headers.contains_key(*h))
                     .collect();
