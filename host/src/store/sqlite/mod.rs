@@ -23,6 +23,7 @@ use super::{
 use crate::config::SyncMode;
 
 mod disk;
+mod shares;
 mod writer;
 
 pub use disk::DEFAULT_MIN_FREE_MB;

@@ -661,7 +661,7 @@ async fn a_size_bound_prunes_the_channel_holding_most_first() {
     assert!(ids("loud").is_empty());
 }
 
-/// [`writer::SIZE_SQL`] and the Rust that keeps the counts agree.
+/// [`shares::SIZE_SQL`] and the Rust that keeps the counts agree.
 #[tokio::test]
 async fn a_message_counts_the_same_bytes_in_sql_and_in_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -673,17 +673,17 @@ async fn a_message_counts_the_same_bytes_in_sql_and_in_memory() {
     full.attachments = Some("[{\"url\":\"x\"}]".into());
     full.thread_id = Some("t".into());
     let plain = of("c", 2);
-    let want = writer::size_of(&full) + writer::size_of(&plain);
+    let want = shares::size_of(&full) + shares::size_of(&plain);
     log.append(full).await.unwrap();
     log.append(plain).await.unwrap();
     let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
     let sql: i64 = c
         .query_row(
-            &format!("SELECT SUM({}) FROM messages", writer::SIZE_SQL),
+            &format!("SELECT SUM({}) FROM messages", shares::SIZE_SQL),
             [],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(sql as u64, want);
-    assert_eq!(writer::size_of(&of("c", 3)), 64 + 6 + 1 + 1 + 1);
+    assert_eq!(shares::size_of(&of("c", 3)), 64 + 6 + 1 + 1 + 1);
 }
