@@ -934,6 +934,15 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     // 40 of the 64 MiB taken: between the floor (8) and four times it (32).
     std::fs::write(state.join("filler"), vec![1u8; 40 << 20]).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
+    // The first message near the floor has the bytes per channel counted,
+    // on a thread of their own; it is taken meanwhile.
+    let (st, v) = post_sized(&d, "quiet", "q1", 100).await;
+    assert_eq!(st, 200, "{v}");
+    let line = d
+        .wait_log("counted the bytes per channel", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log_text()));
+    assert!(line.contains("channels=2"), "{line}");
     let (st, v) = post_sized(&d, "webhook", "w4", 100).await;
     assert_eq!(st, 503, "{v}");
     let e = v["error"].as_str().unwrap_or_default();
@@ -942,7 +951,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
             && e.contains("channel `webhook` holds 99% of the log"),
         "{v}"
     );
-    let (st, v) = post_sized(&d, "quiet", "q1", 100).await;
+    let (st, v) = post_sized(&d, "quiet", "q2", 100).await;
     assert_eq!(st, 200, "the other channel keeps the room left: {v}");
     assert!(
         d.log_text()
@@ -998,7 +1007,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
             .is_empty()
     );
     let ids = history_ids(&mut c).await;
-    assert_eq!(ids, ["w0", "w1", "w2", "w3", "q0", "q1", "w4"]);
+    assert_eq!(ids, ["w0", "w1", "w2", "w3", "q0", "q1", "q2", "w4"]);
 }
 
 /// `store.max_bytes` prunes the channel holding the most of the log first:

@@ -204,6 +204,16 @@ pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>
 /// Called after each commit with the messages it stored, in `seq` order.
 pub type Listener = Box<dyn Fn(&Message) + Send + Sync>;
 
+/// What one batch of [`MessageLog::prune`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted (messages, records, claims).
+    pub rows: usize,
+    /// The log is over `store.max_bytes`, and the bytes per channel that
+    /// choose what goes are still being counted: prune again shortly.
+    pub counting: bool,
+}
+
 /// Retention of the log (`[store]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -263,7 +273,7 @@ pub trait MessageLog: Send + Sync {
 
     /// Removes one small batch of what `retention` no longer keeps; resolves
     /// to how many rows went (0: nothing left to prune).
-    fn prune(&self, retention: Retention) -> Pending<usize>;
+    fn prune(&self, retention: Retention) -> Pending<Pruned>;
 
     /// Why writes are failing now (disk full, read-only, I/O error), if
     /// they are, cleared by the next successful commit; or why new
@@ -383,8 +393,21 @@ pub async fn run_pruner(
         let mut total = 0;
         loop {
             match log.prune(r).await {
-                Ok(0) => break,
-                Ok(n) => total += n,
+                Ok(Pruned {
+                    rows: 0,
+                    counting: false,
+                }) => break,
+                Ok(Pruned { rows, counting }) => {
+                    total += rows;
+                    if counting {
+                        // The count runs on a thread of its own; ask again
+                        // without holding up deliveries meanwhile.
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("pruning the message log failed: {e}");
                     break;

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, Direction, HistoryQuery, Listener, Message, MessageLog, Page, Pending, Retention,
-    SendRecord, StoreError,
+    Appended, Direction, HistoryQuery, Listener, Message, MessageLog, Page, Pending, Pruned,
+    Retention, SendRecord, StoreError,
 };
 use crate::config::SyncMode;
 
@@ -163,6 +163,8 @@ pub struct SqliteLog {
     /// Sends whose outcome became unknown since the log was opened: those
     /// the last run left, and those cut off since.
     outcome_unknown: std::sync::atomic::AtomicU64,
+    #[cfg(test)]
+    count_hooks: shares::CountHooks,
 }
 
 pub use writer::{KV_CLAIM_BYTES, KV_ENTRY_OVERHEAD};
@@ -247,7 +249,11 @@ impl SqliteLog {
             settles: Arc::new(writer::SettleCounts::default()),
             kv_max_bytes: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_KV_MAX_BYTES)),
             disk: Arc::new(disk::DiskFloor::new(state_dir)),
+            #[cfg(test)]
+            count_hooks: Default::default(),
         };
+        #[cfg(test)]
+        let count_hooks = shared.count_hooks.clone();
         let (failure, listener) = (shared.failure.clone(), shared.listener.clone());
         let (unsynced, settles) = (shared.unsynced.clone(), shared.settles.clone());
         let (kv_max_bytes, disk) = (shared.kv_max_bytes.clone(), shared.disk.clone());
@@ -268,6 +274,8 @@ impl SqliteLog {
             kv_max_bytes,
             disk,
             outcome_unknown: std::sync::atomic::AtomicU64::new(interrupted),
+            #[cfg(test)]
+            count_hooks,
         })
     }
 
@@ -487,7 +495,7 @@ impl MessageLog for SqliteLog {
         })
     }
 
-    fn prune(&self, retention: Retention) -> Pending<usize> {
+    fn prune(&self, retention: Retention) -> Pending<Pruned> {
         self.submit(|tx| Op::Prune(retention, tx))
     }
 

@@ -27,6 +27,33 @@ fn msg(chat: &str, id: &str) -> Message {
 
 /// The message ids of the page after `seq` (oldest first), the last one's
 /// `seq` (`seq` itself when the page is empty), and whether there is more.
+/// One batch of pruning, once the bytes per channel are counted if it
+/// needs them; the rows it deleted.
+async fn prune(log: &SqliteLog, r: Retention) -> usize {
+    loop {
+        let p = log.prune(r).await.unwrap();
+        if !p.counting {
+            return p.rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until a count of the bytes per channel has landed in the writer
+/// (the count runs on a thread of its own; the writer takes it in before
+/// its next group).
+async fn counted(log: &SqliteLog) {
+    let t = std::time::Instant::now();
+    while log.count_hooks.landed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "the bytes per channel were never counted"
+        );
+        log.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 fn ids_after(log: &SqliteLog, seq: u64, limit: usize) -> (Vec<String>, u64, bool) {
     let p = log
         .history(&HistoryQuery {
@@ -106,9 +133,9 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
     };
     // Messages received before 1003 (four of them), the old key's
     // record and the expired claim go; the rest stays.
-    let gone = log.prune(r).await.unwrap();
+    let gone = prune(&log, r).await;
     assert_eq!(gone, 4 + 1 + 1);
-    assert_eq!(log.prune(r).await.unwrap(), 0, "nothing left to prune");
+    assert_eq!(prune(&log, r).await, 0, "nothing left to prune");
     assert_eq!(ids_after(&log, 0, 100).0, ["3", "4", "out2"]);
     assert_eq!(log.send_record("old-key").unwrap(), None);
     assert_eq!(
@@ -126,7 +153,7 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
         idempotency_before_ms: 0,
         now_ms: 0,
     };
-    assert!(log.prune(r).await.unwrap() > 0);
+    assert!(prune(&log, r).await > 0);
     let left = log
         .history(&HistoryQuery {
             after: Some(0),
@@ -306,7 +333,7 @@ async fn a_channel_s_key_value_store_is_bounded_and_the_others_are_not_touched()
 
 #[tokio::test]
 async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
-    use crate::store::{MessageLog, StateStore};
+    use crate::store::StateStore;
     let dir = tempfile::tempdir().unwrap();
     let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
     log.set_kv_max_bytes(4 * KV_CLAIM_BYTES);
@@ -340,7 +367,7 @@ async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
         idempotency_before_ms: 0,
         now_ms: 6_000,
     };
-    assert_eq!(log.prune(r).await.unwrap(), 4);
+    assert_eq!(prune(&log, r).await, 4);
     for i in 5..9 {
         assert!(log
             .kv_claim("c", &format!("k{i}"), 9_000, 6_000)
@@ -522,13 +549,13 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
         idempotency_before_ms: at_ms,
         now_ms: 0,
     };
-    assert_eq!(log.prune(keep).await.unwrap(), 0);
+    assert_eq!(prune(&log, keep).await, 0);
     let past = Retention {
         idempotency_before_ms: crate::now_ms() + 1,
         ..keep
     };
     // The receipts of "sent" and "acted" and the interrupted "cut" and "late".
-    assert_eq!(log.prune(past).await.unwrap(), 4);
+    assert_eq!(prune(&log, past).await, 4);
     assert_eq!(log.send_record("cut").unwrap(), None);
 }
 
@@ -566,6 +593,8 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     // Alone, a channel is not refused for its share.
     log.append(on("big", "2", 10_000)).await.unwrap();
     log.append(on("small", "s1", 100)).await.unwrap();
+    // The shares are counted from the log meanwhile.
+    counted(&log).await;
     let e = log.append(on("big", "3", 10)).await.unwrap_err().0;
     assert!(e.contains("channel `big` holds 99% of the log"), "{e}");
     assert!(e.contains("near store.min_free_mb"), "{e}");
@@ -601,7 +630,7 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
         idempotency_before_ms: 0,
         now_ms: 0,
     };
-    while log.prune(r).await.unwrap() > 0 {}
+    while prune(&log, r).await > 0 {}
     log.append(on("small", "s5", 10)).await.unwrap();
     log.append(on("big", "4", 10)).await.unwrap();
     assert!(log.refused_shares().is_empty());
@@ -643,10 +672,10 @@ async fn a_size_bound_prunes_the_channel_holding_most_first() {
         rows.collect::<rusqlite::Result<_>>().unwrap()
     };
     // Each batch takes the oldest of the channel holding the most.
-    assert_eq!(log.prune(r).await.unwrap(), PRUNE_BATCH as usize);
+    assert_eq!(prune(&log, r).await, PRUNE_BATCH as usize);
     let loud = ids("loud");
     assert_eq!((loud.len(), loud[0].as_str()), (1500, "1000"));
-    assert_eq!(log.prune(r).await.unwrap(), PRUNE_BATCH as usize);
+    assert_eq!(prune(&log, r).await, PRUNE_BATCH as usize);
     assert_eq!(ids("loud")[0], "2000");
     assert_eq!(ids("quiet"), ["0", "1", "2", "3", "4", "9"]);
     // Counted once, the bytes are kept by each new message: the quiet
@@ -654,10 +683,10 @@ async fn a_size_bound_prunes_the_channel_holding_most_first() {
     for i in 10..810 {
         log.append(of("quiet", i)).await.unwrap();
     }
-    assert_eq!(log.prune(r).await.unwrap(), 806);
+    assert_eq!(prune(&log, r).await, 806);
     assert!(ids("quiet").is_empty());
     assert_eq!(ids("loud").len(), 500);
-    while log.prune(r).await.unwrap() > 0 {}
+    while prune(&log, r).await > 0 {}
     assert!(ids("loud").is_empty());
 }
 
@@ -686,4 +715,95 @@ async fn a_message_counts_the_same_bytes_in_sql_and_in_memory() {
         .unwrap();
     assert_eq!(sql as u64, want);
     assert_eq!(shares::size_of(&of("c", 3)), 64 + 6 + 1 + 1 + 1);
+}
+
+/// The bytes per channel are counted in steps between the writer's groups
+/// (here: one step of 1000 rows, then a pause), from the lowest `seq` up to
+/// the highest when the count began: the writer goes on meanwhile, a new
+/// message is added as it comes, and a deleted one is taken off only if a
+/// step had counted it.
+#[tokio::test]
+async fn the_bytes_per_channel_are_counted_in_steps_while_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(dir.path(), SyncMode::Normal, &[]).unwrap();
+    let sized = |channel: &str, id: usize, size: usize, received_at: u64| {
+        let mut m = of(channel, id);
+        m.text = "t".repeat(size);
+        m.received_at = received_at;
+        m
+    };
+    // seq 1..=5.
+    for i in 0..5 {
+        log.append(sized("quiet", 5000 + i, 10, 10_000))
+            .await
+            .unwrap();
+    }
+    // seq 6..=2005, about 275 bytes each; the first 100 and the last 500
+    // are old.
+    for i in 0..2000 {
+        let old = !(100..1500).contains(&i);
+        let at = if old { 100 } else { 10_000 };
+        log.append(sized("loud", i, 200, at)).await.unwrap();
+    }
+    // seq 2006.
+    log.append(sized("mid", 9000, 120_000, 10_000))
+        .await
+        .unwrap();
+    log.count_hooks.step_rows.store(1000, Ordering::SeqCst);
+    log.count_hooks.steps_left.store(1, Ordering::SeqCst);
+    let bound = Retention {
+        before_ms: 0,
+        max_bytes: 1,
+        idempotency_before_ms: 0,
+        now_ms: 0,
+    };
+    let counting = Pruned {
+        rows: 0,
+        counting: true,
+    };
+    // Over the bound: the count is asked for (its first step counts seq
+    // 0..1000), and nothing goes until it lands.
+    assert_eq!(log.prune(bound).await.unwrap(), counting);
+    // The count waits; the writer does not. `quiet` gets 330 KB more, and
+    // the old `loud` messages go: 100 counted, 500 not yet.
+    for i in 0..3 {
+        log.append(sized("quiet", 6000 + i, 110_000, 10_000))
+            .await
+            .unwrap();
+    }
+    let old = Retention {
+        before_ms: 5000,
+        max_bytes: 0,
+        idempotency_before_ms: 0,
+        now_ms: 0,
+    };
+    assert_eq!(prune(&log, old).await, 600);
+    assert_eq!(log.prune(bound).await.unwrap(), counting, "still counting");
+    assert_eq!(log.count_hooks.landed.load(Ordering::SeqCst), 0);
+    log.count_hooks.steps_left.store(i64::MAX, Ordering::SeqCst);
+    // Counted, with the writes made meanwhile: `loud` holds 1400 messages
+    // (385 KB), `quiet` 330 KB, `mid` 120 KB. Each batch takes the oldest
+    // 1000 of the largest: `loud` (110 KB left), `quiet`, `mid`, `loud`.
+    let left = |channel: &str| -> i64 {
+        let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM messages WHERE channel = ?1",
+            [channel],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(prune(&log, bound).await, 1000);
+    assert_eq!(left("loud"), 400);
+    assert_eq!(prune(&log, bound).await, 8);
+    assert_eq!(left("quiet"), 0);
+    assert_eq!(prune(&log, bound).await, 1);
+    assert_eq!(left("mid"), 0);
+    assert_eq!(prune(&log, bound).await, 400);
+    assert_eq!(prune(&log, bound).await, 0);
+    assert_eq!(
+        log.count_hooks.landed.load(Ordering::SeqCst),
+        1,
+        "counted once"
+    );
 }

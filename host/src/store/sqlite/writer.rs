@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::shares::{size_of, Shares, SIZE_SQL};
 use super::{describe, int, uint, MAX_GROUP, PRUNE_BATCH};
-use crate::store::{Appended, Direction, Listener, Message, Retention, StoreError};
+use crate::store::{Appended, Direction, Listener, Message, Pruned, Retention, StoreError};
 
 pub(super) enum Op {
     Append(Message, oneshot::Sender<Result<Appended, StoreError>>),
@@ -35,7 +35,7 @@ pub(super) enum Op {
         String,
         oneshot::Sender<Result<u64, StoreError>>,
     ),
-    Prune(Retention, oneshot::Sender<Result<usize, StoreError>>),
+    Prune(Retention, oneshot::Sender<Result<Pruned, StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Resolves once every commit so far is durable (an fsync of the WAL if
     /// a commit since the last one skipped it).
@@ -86,7 +86,7 @@ pub(super) enum OutboxOp {
 enum Done {
     Appended(Appended, Option<Message>),
     Sent(u64, Message),
-    Pruned(usize),
+    Pruned(Pruned),
     Flushed,
     State(u64),
     /// A write refused without failing its group (a channel's key-value
@@ -127,6 +127,8 @@ pub(super) struct Shared {
     pub kv_max_bytes: Arc<AtomicU64>,
     /// `store.min_free_mb`: new messages are refused below it.
     pub disk: Arc<super::disk::DiskFloor>,
+    #[cfg(test)]
+    pub count_hooks: super::shares::CountHooks,
 }
 
 /// What each entry of a key-value store counts against its channel's
@@ -416,19 +418,17 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
 /// another channel holds messages too is refused new ones, so that one
 /// channel delivering in a loop (a hostile or broken plugin) cannot take the
 /// last room from every other. Why, when it is.
-fn over_share(
-    tx: &rusqlite::Transaction<'_>,
-    shares: &mut Shares,
-    channel: &str,
-    free_mb: u64,
-) -> rusqlite::Result<Option<String>> {
-    let counted = shares.counted(tx)?;
+fn over_share(shares: &mut Shares, channel: &str, free_mb: u64) -> Option<String> {
+    let Some(counted) = shares.counts() else {
+        // Counting: nothing is refused for its share until it lands.
+        return None;
+    };
     let held = counted.get(channel).copied().unwrap_or(0);
     let total: u64 = counted.values().sum();
     if held == 0 || held >= total || held.saturating_mul(2) <= total {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(format!(
+    Some(format!(
         "the disk holding the message log is near store.min_free_mb ({free_mb} MiB free), and channel `{channel}` \
          holds {}% of the log ({} of {} KiB): its new messages are refused so that the other channels keep \
          the room left (free disk space, lower store.retention_days or set store.max_bytes, or find out why \
@@ -436,7 +436,7 @@ fn over_share(
         held.saturating_mul(100) / total.max(1),
         held / 1024,
         total / 1024
-    )))
+    ))
 }
 
 /// Deletes the messages `which` selects, taking their bytes off [`Shares`]
@@ -448,13 +448,13 @@ fn delete_messages(
     p: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<usize> {
     let mut st = tx.prepare_cached(&format!(
-        "DELETE FROM messages WHERE {which} RETURNING channel, {SIZE_SQL}"
+        "DELETE FROM messages WHERE {which} RETURNING seq, channel, {SIZE_SQL}"
     ))?;
     let mut rows = st.query(p)?;
     let mut gone = 0;
     while let Some(row) = rows.next()? {
-        let channel: String = row.get(0)?;
-        shares.removed(&channel, uint(row.get(1)?));
+        let channel: String = row.get(1)?;
+        shares.removed(&channel, row.get(0)?, uint(row.get(2)?));
         gone += 1;
     }
     Ok(gone)
@@ -496,7 +496,7 @@ fn apply(
             }
             match near {
                 Some(free_mb) => {
-                    if let Some(why) = over_share(tx, shares, &m.channel, free_mb)? {
+                    if let Some(why) = over_share(shares, &m.channel, free_mb) {
                         disk.note_share(&m.channel, &why);
                         return Ok(Done::Refused(why));
                     }
@@ -524,7 +524,7 @@ fn apply(
             Ok(Done::Sent(seq, stored))
         }
         Op::Prune(r, _) => {
-            let mut gone = 0;
+            let (mut gone, mut counting) = (0, false);
             if r.before_ms > 0 {
                 gone += delete_messages(
                     tx,
@@ -542,6 +542,7 @@ fn apply(
                 )?;
                 if uint(used) > r.max_bytes {
                     gone += shares.prune_largest(tx)?;
+                    counting = shares.counting();
                 }
             }
             {
@@ -571,7 +572,10 @@ fn apply(
                       LIMIT ?2)",
                 )?
                 .execute(params![int(r.idempotency_before_ms), PRUNE_BATCH])?;
-            Ok(Done::Pruned(gone))
+            Ok(Done::Pruned(Pruned {
+                rows: gone,
+                counting,
+            }))
         }
         Op::Flush(_) | Op::Settle(_) | Op::Checkpoint(_) => Ok(Done::Flushed),
         Op::Kv(op, _) => kv.write(tx, op, kv_max),
@@ -692,6 +696,10 @@ pub(super) fn writer(
 ) {
     let mut kv = KvUsage::default();
     let mut shares = Shares::default();
+    #[cfg(test)]
+    {
+        shares.hooks = shared.count_hooks.clone();
+    }
     let mut d = Durability {
         full,
         fsyncing: full,
@@ -700,7 +708,13 @@ pub(super) fn writer(
         wal: None,
     };
     loop {
-        let first = match d.deadline() {
+        // A count of the bytes per channel that runs takes its steps while
+        // nothing waits to be written.
+        let wait = match (d.deadline(), shares.running().then_some(Duration::ZERO)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let first = match wait {
             None => match rx.recv() {
                 Ok(op) => op,
                 Err(_) => break,
@@ -708,11 +722,16 @@ pub(super) fn writer(
             Some(left) => match rx.recv_timeout(left) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    d.settle(&shared);
+                    if d.deadline().is_some_and(|left| left.is_zero()) {
+                        d.settle(&shared);
+                    }
+                    shares.tend(&conn);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    d.settle(&shared);
+                    if d.deadline().is_some() {
+                        d.settle(&shared);
+                    }
                     break;
                 }
             },
@@ -808,5 +827,9 @@ pub(super) fn writer(
                 }
             }
         }
+        // Once every write of the group is answered: a count of the bytes
+        // per channel this group asked for starts from its commit; one that
+        // runs takes a step.
+        shares.tend(&conn);
     }
 }
