@@ -140,6 +140,9 @@ impl Shares {
                 started: Instant::now(),
             };
         }
+        if !self.running() {
+            return Ok(());
+        }
         #[cfg(test)]
         let rows = {
             if self.hooks.steps_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
