@@ -22,7 +22,8 @@
 //! Sizes: `BENCH_CONNECTIONS` (default 1000), `BENCH_MESSAGES` (200),
 //! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_RELOADS` (300),
 //! `BENCH_LOG_ROWS` (1000000). `BENCH_ONLY=log` runs only the message log's
-//! part, `BENCH_ONLY=reload` only the hot reloads.
+//! part (`BENCH_RATE` sets echo's `max_messages_per_second` there; default
+//! 0, no bound), `BENCH_ONLY=reload` only the hot reloads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -401,9 +402,12 @@ async fn reload_soak(reloads: usize) -> Result<()> {
 /// A daemon with echo accounts `a0..a{accounts}` (stopped until started),
 /// each delivering `burst` messages when its `run` starts.
 fn log_daemon(dir: &std::path::Path, accounts: usize, burst: usize, sync: &str) -> Result<Daemon> {
-    // No delivery rate: the bursts measure the log.
+    // No delivery rate by default: the bursts measure the log. `BENCH_RATE`
+    // sets one (high enough never to hold a burst back, it measures the
+    // bounded path's own cost).
+    let rate = env_usize("BENCH_RATE", 0);
     let mut toml =
-        format!("[store]\nsync = \"{sync}\"\n[channels.echo]\nmax_messages_per_second = 0\n");
+        format!("[store]\nsync = \"{sync}\"\n[channels.echo]\nmax_messages_per_second = {rate}\n");
     for i in 0..accounts {
         toml.push_str(&format!(
             "[channels.echo.accounts.a{i}]\nenabled = false\nburst = {burst}\nchat = \"c{i}\"\n"
