@@ -367,7 +367,9 @@ pub trait StateStore: Send + Sync {
 
 /// Prunes what `[store]` no longer keeps, in small batches, at start and then
 /// every `every`, until `stop`. Each batch is one short transaction of the
-/// writer, so `deliver` never waits long behind it.
+/// writer, so `deliver` never waits long behind it; while the bytes per
+/// channel that `max_bytes` needs are counted (in steps, by the writer), it
+/// asks again every 50 ms.
 pub async fn run_pruner(
     log: std::sync::Arc<dyn MessageLog>,
     retention_days: u64,
