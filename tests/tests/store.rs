@@ -935,7 +935,7 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     std::fs::write(state.join("filler"), vec![1u8; 40 << 20]).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     // The first message near the floor has the bytes per channel counted,
-    // on a thread of their own; it is taken meanwhile.
+    // in steps between the log's writes; it is taken meanwhile.
     let (st, v) = post_sized(&d, "quiet", "q1", 100).await;
     assert_eq!(st, 200, "{v}");
     let line = d

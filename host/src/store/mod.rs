@@ -272,7 +272,7 @@ pub trait MessageLog: Send + Sync {
     fn history(&self, query: &HistoryQuery) -> Result<Page, StoreError>;
 
     /// Removes one small batch of what `retention` no longer keeps; resolves
-    /// to how many rows went (0: nothing left to prune).
+    /// to how many rows went (0 and not `counting`: nothing left to prune).
     fn prune(&self, retention: Retention) -> Pending<Pruned>;
 
     /// Why writes are failing now (disk full, read-only, I/O error), if
@@ -402,8 +402,8 @@ pub async fn run_pruner(
                 Ok(Pruned { rows, counting }) => {
                     total += rows;
                     if counting {
-                        // The count runs on a thread of its own; ask again
-                        // without holding up deliveries meanwhile.
+                        // The writer counts in steps between its groups;
+                        // ask again later, deliveries go on meanwhile.
                         tokio::select! {
                             _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
                             _ = stop.cancelled() => return,

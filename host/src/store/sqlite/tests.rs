@@ -39,9 +39,8 @@ async fn prune(log: &SqliteLog, r: Retention) -> usize {
     }
 }
 
-/// Waits until a count of the bytes per channel has landed in the writer
-/// (the count runs on a thread of its own; the writer takes it in before
-/// its next group).
+/// Waits until a count of the bytes per channel is done (the writer counts
+/// in steps between its groups and while it idles).
 async fn counted(log: &SqliteLog) {
     let t = std::time::Instant::now();
     while log.count_hooks.landed.load(Ordering::SeqCst) == 0 {
