@@ -780,6 +780,13 @@ async fn the_bytes_per_channel_are_counted_in_steps_while_the_writer_goes_on() {
     assert_eq!(log.prune(bound).await.unwrap(), counting, "still counting");
     assert_eq!(log.count_hooks.landed.load(Ordering::SeqCst), 0);
     log.count_hooks.steps_left.store(i64::MAX, Ordering::SeqCst);
+    // The writer takes the steps left while nothing else is written: the
+    // count is done without another write.
+    let t = std::time::Instant::now();
+    while log.count_hooks.landed.load(Ordering::SeqCst) == 0 {
+        assert!(t.elapsed().as_secs() < 5, "an idle writer does not count");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // Counted, with the writes made meanwhile: `loud` holds 1400 messages
     // (385 KB), `quiet` 330 KB, `mid` 120 KB. Each batch takes the oldest
     // 1000 of the largest: `loud` (110 KB left), `quiet`, `mid`, `loud`.
