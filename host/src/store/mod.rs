@@ -214,8 +214,8 @@ pub struct Pruned {
     pub counting: bool,
 }
 
-/// Retention of the log (`[store]`).
-#[derive(Debug, Clone, Copy)]
+/// Retention of the log (`[store]`); the default keeps everything.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Retention {
     /// Messages recorded before this (ms since the epoch) go; 0: none.
     pub before_ms: u64,

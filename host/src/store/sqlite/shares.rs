@@ -240,8 +240,8 @@ impl Shares {
 
     /// Deletes the oldest [`PRUNE_BATCH`] messages of the channel holding
     /// the most bytes, so that one channel delivering in a loop evicts its
-    /// own history, not the others'; how many went. None while the bytes
-    /// are counted ([`Shares::counting`]).
+    /// own history, not the others'; how many went. Nothing goes while the
+    /// bytes are counted ([`Shares::counting`]).
     pub(super) fn prune_largest(
         &mut self,
         tx: &rusqlite::Transaction<'_>,

@@ -126,9 +126,9 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
     assert!(log.kv_claim("c", "k", 2_000, 1_000).await.unwrap());
     let r = Retention {
         before_ms: 1_003,
-        max_bytes: 0,
         idempotency_before_ms: 5_000,
         now_ms: 3_000,
+        ..Retention::default()
     };
     // Messages received before 1003 (four of them), the old key's
     // record and the expired claim go; the rest stays.
@@ -147,10 +147,8 @@ async fn prune_removes_old_messages_expired_records_and_claims_in_batches() {
     );
     // A size bound removes the oldest first.
     let r = Retention {
-        before_ms: 0,
         max_bytes: 1,
-        idempotency_before_ms: 0,
-        now_ms: 0,
+        ..Retention::default()
     };
     assert!(prune(&log, r).await > 0);
     let left = log
@@ -361,10 +359,8 @@ async fn claims_count_against_the_bound_until_unclaimed_or_pruned() {
     assert!(log.kv_claim("c", "k5", 5_000, 3_000).await.is_err());
     // Expired claims pruned make room too.
     let r = Retention {
-        before_ms: 0,
-        max_bytes: 0,
-        idempotency_before_ms: 0,
         now_ms: 6_000,
+        ..Retention::default()
     };
     assert_eq!(prune(&log, r).await, 4);
     for i in 5..9 {
@@ -543,10 +539,8 @@ async fn a_send_intent_left_by_a_stop_is_interrupted_at_the_next_open() {
     assert_eq!(log.send_record("new").unwrap(), None);
     // Kept as long as receipts are, then pruned (the live one stays).
     let keep = Retention {
-        before_ms: 0,
-        max_bytes: 0,
         idempotency_before_ms: at_ms,
-        now_ms: 0,
+        ..Retention::default()
     };
     assert_eq!(prune(&log, keep).await, 0);
     let past = Retention {
@@ -625,9 +619,7 @@ async fn near_the_floor_the_channel_holding_most_of_the_log_is_refused() {
     // Pruned (everything), the bytes go back: each may deliver again.
     let r = Retention {
         before_ms: u64::MAX,
-        max_bytes: 0,
-        idempotency_before_ms: 0,
-        now_ms: 0,
+        ..Retention::default()
     };
     while prune(&log, r).await > 0 {}
     log.append(on("small", "s5", 10)).await.unwrap();
@@ -657,10 +649,8 @@ async fn a_size_bound_prunes_the_channel_holding_most_first() {
     out.direction = Direction::Outbound;
     log.record_send(out, "k".into(), "{}".into()).await.unwrap();
     let r = Retention {
-        before_ms: 0,
         max_bytes: 1,
-        idempotency_before_ms: 0,
-        now_ms: 0,
+        ..Retention::default()
     };
     let ids = |channel: &str| -> Vec<String> {
         let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
@@ -751,10 +741,8 @@ async fn the_bytes_per_channel_are_counted_in_steps_while_the_writer_goes_on() {
     log.count_hooks.step_rows.store(1000, Ordering::SeqCst);
     log.count_hooks.steps_left.store(1, Ordering::SeqCst);
     let bound = Retention {
-        before_ms: 0,
         max_bytes: 1,
-        idempotency_before_ms: 0,
-        now_ms: 0,
+        ..Retention::default()
     };
     let counting = Pruned {
         rows: 0,
@@ -772,9 +760,7 @@ async fn the_bytes_per_channel_are_counted_in_steps_while_the_writer_goes_on() {
     }
     let old = Retention {
         before_ms: 5000,
-        max_bytes: 0,
-        idempotency_before_ms: 0,
-        now_ms: 0,
+        ..Retention::default()
     };
     assert_eq!(prune(&log, old).await, 600);
     assert_eq!(log.prune(bound).await.unwrap(), counting, "still counting");

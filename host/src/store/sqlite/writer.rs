@@ -420,7 +420,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, m: &Message) -> rusqlite::Result<u64> 
 /// last room from every other. Why, when it is.
 fn over_share(shares: &mut Shares, channel: &str, free_mb: u64) -> Option<String> {
     let Some(counted) = shares.counts() else {
-        // Counting: nothing is refused for its share until it lands.
+        // Counting: nothing is refused for its share until the count is done.
         return None;
     };
     let held = counted.get(channel).copied().unwrap_or(0);
