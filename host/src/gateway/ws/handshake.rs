@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::broadcast::events;
-use crate::connections::ClientInfo;
+use crate::connections::{ClientInfo, Connection};
 use crate::disconnect::Disconnect;
 use crate::frames::{self, ErrorShape, FrameError, RequestFrame, StateVersion, PROTOCOL_VERSION};
 use crate::gateway::auth::{self, ConnectAuth, DeviceProof, SignedFields};
@@ -466,12 +466,7 @@ fn features() -> &'static RawValue {
 /// serialisations of the current state (built once per change, not per
 /// connection); only the connection id, auth and uptime are this
 /// connection's own.
-pub(super) fn hello_ok_frame(
-    gw: &Gateway,
-    request_id: &str,
-    conn_id: &str,
-    a: &Accepted,
-) -> String {
+pub(super) fn hello_ok_frame(gw: &Gateway, request_id: &str, conn: &Connection) -> String {
     let config = gw.config();
     let limits = &config.gateway.limits;
     // State version first: the lists read after it are at least that new.
@@ -485,7 +480,7 @@ pub(super) fn hello_ok_frame(
             protocol: PROTOCOL_VERSION,
             server: Server {
                 version: crate::VERSION,
-                conn_id,
+                conn_id: &conn.id,
             },
             features: features(),
             snapshot: Snapshot {
@@ -495,8 +490,8 @@ pub(super) fn hello_ok_frame(
                 uptime_ms: gw.uptime_ms(),
             },
             auth: AuthOut {
-                role: &a.role,
-                scopes: &a.scopes,
+                role: &conn.role,
+                scopes: &conn.scopes,
             },
             policy: Policy {
                 max_payload: limits.max_payload_bytes,

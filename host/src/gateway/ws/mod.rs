@@ -1,7 +1,9 @@
 //! One WebSocket connection: the `connect.challenge` → `connect` → `hello-ok`
-//! handshake (read with the strict pre-auth reader), then a reader loop in
-//! this task and a writer task that owns the sink and drains the bounded
-//! queue of pre-serialised frames in batches.
+//! handshake (read with the strict pre-auth reader) in the upgrade's task,
+//! then two tasks for the connection's life: the reader loop, and a writer
+//! that owns the sink and drains the bounded queue of pre-serialised frames
+//! in batches. Both futures are kept small (an idle connection's memory is
+//! mostly theirs).
 //!
 //! `handshake` (challenge, `connect`, `hello-ok`), `reader` (the
 //! authenticated connection's read loop and close), `writer` (the task that
@@ -26,16 +28,18 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ConnMeta, Gateway};
 
-/// Runs a connection from the upgrade to the close.
+/// Runs a connection's handshake, then spawns the task that serves it to
+/// the close (this task, and its state, end with the handshake).
 pub async fn run<S>(gw: Arc<Gateway>, mut io: S, meta: ConnMeta, origin: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Boxed: the handshake's state (buffers, parsed params) is freed once it
-    // is done instead of sizing the future the whole connection lives in.
-    let accepted = Box::pin(handshake::accept(&gw, &mut io, &meta, origin)).await;
-    if let Some(accepted) = accepted {
+    // The authenticated connection gets a task of its own, sized by what
+    // it needs for its life (`serve_connection`): this one, with the
+    // handshake's state (buffers, parsed params), ends here.
+    if let Some(accepted) = handshake::accept(&gw, &mut io, &meta, origin).await {
         meta.authenticated();
-        Box::pin(reader::serve_connection(gw, io, meta, accepted)).await;
+        let tasks = gw.tasks.clone();
+        tasks.spawn(reader::serve_connection(gw, io, meta, accepted));
     }
 }

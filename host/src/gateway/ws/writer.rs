@@ -232,118 +232,130 @@ pub(super) fn close_frame(r: &CloseReason) -> Vec<u8> {
 /// Owns the write half: writes queued frames in batches (one vectored
 /// write and one flush per batch), assigning each event this connection's
 /// next `seq`. Returns the close it sent.
-pub(super) async fn writer<W>(
+///
+/// Every open connection holds this future in its writer task, so it is
+/// kept small: a function returning an `async move` block (an `async fn`
+/// keeps its arguments twice), and the waits that are rare (a write the
+/// socket cannot take at once, the close frame) are boxed instead of sizing
+/// it (checked by `reader::tests::connection_futures_stay_small`).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(super) fn writer<W>(
     mut wr: W,
     mut rx: queue::Receiver<Outbound>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     gw: Arc<Gateway>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     inflight: Arc<tokio::sync::Semaphore>,
-) -> Option<CloseReason>
+) -> impl Future<Output = Option<CloseReason>> + Send + 'static
 where
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut enc = Encoder::new();
-    let mut batch: Vec<Outbound> = Vec::new();
-    let mut stream_ok = true;
-    // The writer waits on its queue alone: a close wakes it through the
-    // queue (`Connection::close_now`), so an idle connection's wait costs
-    // no registration with the close channel per frame.
-    let reason: Option<CloseReason> = loop {
-        if let Some(c) = close_requested(&mut close_rx) {
-            break c;
-        }
-        let more = rx
-            .recv_many_or_wake(&mut batch, BATCH, BATCH_BYTES, Outbound::size)
-            .await;
-        if let Some(c) = close_requested(&mut close_rx) {
-            // What was drained is dropped unwritten, as if still queued;
-            // its replies' in-flight slots are given back.
+    async move {
+        let mut enc = Encoder::new();
+        let mut batch: Vec<Outbound> = Vec::new();
+        let mut stream_ok = true;
+        // The writer waits on its queue alone: a close wakes it through the
+        // queue (`Connection::close_now`), so an idle connection's wait costs
+        // no registration with the close channel per frame.
+        let reason: Option<CloseReason> = loop {
+            if let Some(c) = close_requested(&mut close_rx) {
+                break c;
+            }
+            let more = rx
+                .recv_many_or_wake(&mut batch, BATCH, BATCH_BYTES, Outbound::size)
+                .await;
+            if let Some(c) = close_requested(&mut close_rx) {
+                // What was drained is dropped unwritten, as if still queued;
+                // its replies' in-flight slots are given back.
+                inflight.add_permits(replies(&batch));
+                batch.clear();
+                break c;
+            }
+            if !more {
+                break None;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
+            drop_superseded_presence(&mut batch);
+            let (frames, close_after) = enc.encode(&batch);
+            // A close that arrives mid-write waits (bounded) for the batch to be
+            // written: a frame cut short would make the close frame garbage.
+            let mut closing: Option<Option<CloseReason>> = None;
+            let iov = recycle(std::mem::take(&mut enc.iov));
+            let mut slices = enc.slices(&batch, iov);
+            let res = {
+                let write = async {
+                    write_all_vectored(&mut wr, &mut slices).await?;
+                    wr.flush().await
+                };
+                tokio::pin!(write);
+                // Most writes finish at once; only one that has to wait for
+                // the socket also watches for a close.
+                match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Box::pin(async {
+                        tokio::select! {
+                        biased;
+                        r = close_rx.changed() => {
+                            closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
+                            // Nothing more is written: what waits is freed now,
+                            // not after the grace below (its replies' slots
+                            // given back).
+                            inflight.add_permits(replies(&rx.take_all()));
+                            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                                Ok(r) => r,
+                                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                            }
+                        }
+                        r = &mut write => r,
+                        }
+                    })
+                    .await,
+                }
+            };
+            enc.iov = recycle(slices);
+            // Written: responses give their in-flight slots back (even when the
+            // write failed: the reader may be waiting for one to see the close),
+            // events their shared bytes.
             inflight.add_permits(replies(&batch));
             batch.clear();
-            break c;
-        }
-        if !more {
-            break None;
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let batch_bytes: usize = batch.iter().map(Outbound::size).sum();
-        drop_superseded_presence(&mut batch);
-        let (frames, close_after) = enc.encode(&batch);
-        // A close that arrives mid-write waits (bounded) for the batch to be
-        // written: a frame cut short would make the close frame garbage.
-        let mut closing: Option<Option<CloseReason>> = None;
-        let iov = recycle(std::mem::take(&mut enc.iov));
-        let mut slices = enc.slices(&batch, iov);
-        let res = {
-            let write = async {
-                write_all_vectored(&mut wr, &mut slices).await?;
-                wr.flush().await
-            };
-            tokio::pin!(write);
-            // Most writes finish at once; only one that has to wait for
-            // the socket also watches for a close.
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(r) => r,
-                Poll::Pending => tokio::select! {
-                    biased;
-                    r = close_rx.changed() => {
-                        closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
-                        // Nothing more is written: what waits is freed now,
-                        // not after the grace below (its replies' slots
-                        // given back).
-                        inflight.add_permits(replies(&rx.take_all()));
-                        match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
-                            Ok(r) => r,
-                            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-                        }
-                    }
-                    r = &mut write => r,
-                },
+            if batch.capacity() > KEEP_ITEMS {
+                batch = Vec::new();
+            }
+            enc.trim();
+            gw.metrics
+                .frames_out
+                .fetch_add(frames as u64, Ordering::Relaxed);
+            queued.fetch_sub(batch_bytes, Ordering::AcqRel);
+            if res.is_err() {
+                // The socket failed or a frame is cut short: no close frame can
+                // follow. Report the close that was asked for, if any.
+                stream_ok = false;
+                break closing.flatten();
+            }
+            if let Some(c) = closing {
+                break c;
+            }
+            if let Some(c) = close_after {
+                break Some(c);
             }
         };
-        enc.iov = recycle(slices);
-        // Written: responses give their in-flight slots back (even when the
-        // write failed: the reader may be waiting for one to see the close),
-        // events their shared bytes.
-        inflight.add_permits(replies(&batch));
-        batch.clear();
-        if batch.capacity() > KEEP_ITEMS {
-            batch = Vec::new();
+        // What is still queued is never written: freed before the close frame
+        // waits for a socket that may not take it.
+        drop(rx);
+        // 1006 is never sent on the wire (the socket vanished).
+        if let Some(r) = reason.as_ref().filter(|r| stream_ok && r.code != ABNORMAL) {
+            let frame = close_frame(r);
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
+                wr.write_all(&frame).await?;
+                wr.flush().await
+            }))
+            .await;
         }
-        enc.trim();
-        gw.metrics
-            .frames_out
-            .fetch_add(frames as u64, Ordering::Relaxed);
-        queued.fetch_sub(batch_bytes, Ordering::AcqRel);
-        if res.is_err() {
-            // The socket failed or a frame is cut short: no close frame can
-            // follow. Report the close that was asked for, if any.
-            stream_ok = false;
-            break closing.flatten();
-        }
-        if let Some(c) = closing {
-            break c;
-        }
-        if let Some(c) = close_after {
-            break Some(c);
-        }
-    };
-    // What is still queued is never written: freed before the close frame
-    // waits for a socket that may not take it.
-    drop(rx);
-    // 1006 is never sent on the wire (the socket vanished).
-    if let Some(r) = reason.as_ref().filter(|r| stream_ok && r.code != ABNORMAL) {
-        let frame = close_frame(r);
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            wr.write_all(&frame).await?;
-            wr.flush().await
-        })
-        .await;
+        reason
     }
-    reason
 }
 
 #[cfg(test)]
