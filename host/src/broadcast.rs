@@ -170,7 +170,6 @@ mod tests {
     use super::*;
     use crate::connections::{ConnIdentity, Connection};
     use crate::queue;
-    use tokio::sync::watch;
 
     fn add(
         m: &ConnectionManager,
@@ -180,11 +179,9 @@ mod tests {
         cap: usize,
     ) -> queue::Receiver<Outbound> {
         let (tx, rx) = queue::channel(cap);
-        let (close, _) = watch::channel(None);
         m.register(Arc::new(Connection::new(
             ConnIdentity::for_test(id, role, scopes, None),
             tx,
-            close,
         )));
         rx
     }

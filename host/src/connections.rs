@@ -11,9 +11,9 @@ use crate::sync::RwLockExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::queue;
 
@@ -185,10 +185,14 @@ pub struct Connection {
     pub remote_ip: IpAddr,
     pub connected_at_ms: u64,
     tx: queue::Sender<Outbound>,
-    close: watch::Sender<Option<CloseReason>>,
-    /// Bytes queued and not yet written (shared with the writer, which
-    /// subtracts what it has written).
-    queued: Arc<AtomicUsize>,
+    /// The close asked for: set once, the first one wins.
+    close: OnceLock<CloseReason>,
+    /// Wakes the writer when a close is asked for while it waits for the
+    /// socket to take a write (an idle writer is woken through its queue).
+    close_asked: Notify,
+    /// Bytes queued and not yet written (the writer subtracts what it has
+    /// written, [`Connection::written`]).
+    queued: AtomicUsize,
     /// Bound on `queued` (`gateway.limits.max_buffered_bytes`).
     max_queued_bytes: usize,
     /// The bytes of its own frames alive now (and of all connections').
@@ -211,11 +215,7 @@ pub enum EnqueueError {
 }
 
 impl Connection {
-    pub fn new(
-        identity: ConnIdentity,
-        tx: queue::Sender<Outbound>,
-        close: watch::Sender<Option<CloseReason>>,
-    ) -> Self {
+    pub fn new(identity: ConnIdentity, tx: queue::Sender<Outbound>) -> Self {
         let ConnIdentity {
             id,
             role,
@@ -235,8 +235,9 @@ impl Connection {
             remote_ip,
             connected_at_ms,
             tx,
-            close,
-            queued: Arc::new(AtomicUsize::new(0)),
+            close: OnceLock::new(),
+            close_asked: Notify::new(),
+            queued: AtomicUsize::new(0),
             max_queued_bytes: usize::MAX,
             own: Arc::new(OwnBytes::default()),
             last_heard: AtomicU64::new(connected_at_ms),
@@ -278,9 +279,9 @@ impl Connection {
         self.own.mine.load(Ordering::Acquire)
     }
 
-    /// The queued-bytes counter, for the writer to subtract what it wrote.
-    pub fn queued_bytes(&self) -> Arc<AtomicUsize> {
-        self.queued.clone()
+    /// The writer has written (or dropped) `bytes` of what was queued.
+    pub fn written(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -316,26 +317,38 @@ impl Connection {
 
     /// Has a close been requested?
     pub fn is_closing(&self) -> bool {
-        self.close.borrow().is_some()
+        self.close.get().is_some()
+    }
+
+    /// The close asked for, if one was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close.get().cloned()
+    }
+
+    /// Completes once a close has been asked for (at once if one was).
+    /// For the writer alone: one waiter, woken by a stored permit, so a
+    /// close asked for just before the wait is not missed.
+    pub async fn close_asked(&self) {
+        while !self.is_closing() {
+            self.close_asked.notified().await;
+        }
     }
 
     /// Closes at once, dropping whatever is still queued (slow consumers).
     /// Returns false when a close was already under way.
     pub fn close_now(&self, why: Disconnect) -> bool {
-        let first = self.close.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(CloseReason {
-                    code: why.code(),
-                    reason: why.reason(),
-                });
-                true
-            } else {
-                false
-            }
-        });
-        // The writer waits on its queue, not on the close: wake it.
+        let first = self
+            .close
+            .set(CloseReason {
+                code: why.code(),
+                reason: why.reason(),
+            })
+            .is_ok();
+        // The writer waits on its queue, or on a write the socket has not
+        // taken: wake it either way.
         if first {
             self.tx.wake();
+            self.close_asked.notify_one();
         }
         first
     }
@@ -571,11 +584,9 @@ mod tests {
 
     fn conn(id: &str, role: &str, scopes: &[&str], device: Option<&str>) -> Arc<Connection> {
         let (tx, _rx) = queue::channel(1);
-        let (close, _) = watch::channel(None);
         Arc::new(Connection::new(
             ConnIdentity::for_test(id, role, scopes, device),
             tx,
-            close,
         ))
     }
 
@@ -596,16 +607,37 @@ mod tests {
         assert_eq!(m.count_by_role()["operator"], 1);
     }
 
+    /// The first close wins; a wait for it ends whether the close came
+    /// before the wait began or during it.
+    #[tokio::test]
+    async fn close_asked_is_not_missed() {
+        let c = conn("a", "operator", &[], None);
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.close_asked().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        assert!(c.close_now(Disconnect::SlowConsumer));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting writer is woken")
+            .unwrap();
+        assert!(!c.close_now(Disconnect::Policy("later".into())));
+        assert_eq!(c.close_reason().map(|r| r.code), Some(1008));
+        // Asked for before the wait: it ends at once.
+        let d = conn("b", "operator", &[], None);
+        d.close_now(Disconnect::SlowConsumer);
+        tokio::time::timeout(std::time::Duration::from_secs(5), d.close_asked())
+            .await
+            .expect("a close asked for before the wait is seen");
+    }
+
     #[test]
     fn queue_is_bounded_by_bytes() {
         let (tx, mut rx) = queue::channel(100);
-        let (close, _) = watch::channel(None);
-        let c = Connection::new(
-            ConnIdentity::for_test("a", "operator", &[], None),
-            tx,
-            close,
-        )
-        .with_byte_limit(1000);
+        let c = Connection::new(ConnIdentity::for_test("a", "operator", &[], None), tx)
+            .with_byte_limit(1000);
         // One item always fits an empty queue, however large.
         c.try_send(Outbound::Frame("x".repeat(5000).into()))
             .unwrap();
@@ -614,7 +646,7 @@ mod tests {
             Err(EnqueueError::Full)
         );
         let first = rx.try_recv().unwrap();
-        c.queued_bytes().fetch_sub(first.size(), Ordering::AcqRel);
+        c.written(first.size());
         for _ in 0..9 {
             c.try_send(Outbound::Frame("z".repeat(100).into())).unwrap();
         }
@@ -636,13 +668,12 @@ mod tests {
         let mut conns = Vec::new();
         for id in ["a", "b", "c"] {
             let (tx, rx) = queue::channel(100);
-            let (close, close_rx) = watch::channel(None);
             let c = Arc::new(
-                Connection::new(ConnIdentity::for_test(id, "operator", &[], None), tx, close)
+                Connection::new(ConnIdentity::for_test(id, "operator", &[], None), tx)
                     .with_own_total(m.own_total()),
             );
             m.register(c.clone());
-            queues.push((rx, close_rx));
+            queues.push(rx);
             conns.push(c);
         }
         // Events are shared: not counted.
@@ -661,12 +692,11 @@ mod tests {
         // Closing, it counts as gone: nobody more is chosen.
         assert!(m.over_own_budget().is_empty());
         // Written (taken and dropped) or dropped unwritten, the bytes go.
-        let written = queues[0].0.try_recv();
+        let written = queues[0].try_recv();
         assert!(matches!(written, Some(Outbound::Event(_))));
-        drop(queues[0].0.try_recv());
+        drop(queues[0].try_recv());
         assert_eq!(conns[0].own_bytes(), 0);
-        let (rx, _) = queues.remove(1);
-        drop(rx);
+        drop(queues.remove(1));
         assert_eq!(m.own_bytes(), 500);
         // A refused push is not counted either.
         drop(queues.remove(0));

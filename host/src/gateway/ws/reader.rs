@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -270,7 +270,6 @@ where
         credential,
     } = a;
     let (tx, rx) = crate::queue::channel(limits.send_queue_frames);
-    let (close_tx, close_rx) = watch::channel(None);
     let identity = ConnIdentity {
         id: uuid::Uuid::new_v4().to_string(),
         role,
@@ -282,7 +281,7 @@ where
         credential,
     };
     let conn = Arc::new(
-        Connection::new(identity, tx, close_tx)
+        Connection::new(identity, tx)
             .with_byte_limit(limits.max_buffered_bytes)
             .with_own_total(gw.conns.own_total()),
     );
@@ -333,14 +332,7 @@ where
         ))
         .await;
         let mut rebuffer = Rebuffer::default();
-        let wfut = writer(
-            wr,
-            rx,
-            close_rx,
-            gw.clone(),
-            conn.queued_bytes(),
-            inflight.clone(),
-        );
+        let wfut = writer(wr, rx, conn.clone(), gw.clone(), inflight.clone());
         let mut writer = tokio::spawn(wfut);
         // A request slot, taken before the next frame is read: a client at its
         // in-flight limit is not read from (TCP backpressure) until a request
@@ -728,11 +720,11 @@ mod tests {
         fn size4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        fn size6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        fn size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let reader = size4(serve_connection::<Io>);
-        let writer = size6(super::writer::<tokio::io::WriteHalf<Io>>);
+        let writer = size5(super::writer::<tokio::io::WriteHalf<Io>>);
         // 848 and 536 bytes on 2026-11-29 (2120 and 696 when both were
         // `async fn`s); the bounds leave room for a field or two.
         assert!(reader <= 960, "the reader's future is {reader} bytes");

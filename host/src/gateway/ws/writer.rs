@@ -17,12 +17,11 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::queue;
 
 use crate::broadcast::events;
-use crate::connections::{CloseReason, Outbound};
+use crate::connections::{CloseReason, Connection, Outbound};
 use crate::disconnect::{ABNORMAL, NO_STATUS};
 use crate::frames::PreparedEvent;
 use crate::gateway::Gateway;
@@ -172,17 +171,6 @@ fn recycle<'a, 'b>(mut v: Vec<IoSlice<'a>>) -> Vec<IoSlice<'b>> {
     v.into_iter().map(|_| IoSlice::new(&[])).collect()
 }
 
-/// The close asked for, if one was: `Some(None)` when the connection's
-/// close channel is gone without one.
-fn close_requested(
-    close_rx: &mut watch::Receiver<Option<CloseReason>>,
-) -> Option<Option<CloseReason>> {
-    match close_rx.has_changed() {
-        Ok(false) => None,
-        _ => Some(close_rx.borrow_and_update().clone()),
-    }
-}
-
 /// Responses in `batch` (each holds an in-flight slot until written).
 fn replies(batch: &[Outbound]) -> usize {
     batch
@@ -242,9 +230,8 @@ pub(super) fn close_frame(r: &CloseReason) -> Vec<u8> {
 pub(super) fn writer<W>(
     mut wr: W,
     mut rx: queue::Receiver<Outbound>,
-    mut close_rx: watch::Receiver<Option<CloseReason>>,
+    conn: Arc<Connection>,
     gw: Arc<Gateway>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
     inflight: Arc<tokio::sync::Semaphore>,
 ) -> impl Future<Output = Option<CloseReason>> + Send + 'static
 where
@@ -256,20 +243,20 @@ where
         let mut stream_ok = true;
         // The writer waits on its queue alone: a close wakes it through the
         // queue (`Connection::close_now`), so an idle connection's wait costs
-        // no registration with the close channel per frame.
+        // no registration with the close signal per frame.
         let reason: Option<CloseReason> = loop {
-            if let Some(c) = close_requested(&mut close_rx) {
-                break c;
+            if let Some(c) = conn.close_reason() {
+                break Some(c);
             }
             let more = rx
                 .recv_many_or_wake(&mut batch, BATCH, BATCH_BYTES, Outbound::size)
                 .await;
-            if let Some(c) = close_requested(&mut close_rx) {
+            if let Some(c) = conn.close_reason() {
                 // What was drained is dropped unwritten, as if still queued;
                 // its replies' in-flight slots are given back.
                 inflight.add_permits(replies(&batch));
                 batch.clear();
-                break c;
+                break Some(c);
             }
             if !more {
                 break None;
@@ -295,24 +282,26 @@ where
                 // the socket also watches for a close.
                 match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                     Poll::Ready(r) => r,
-                    Poll::Pending => Box::pin(async {
-                        tokio::select! {
-                        biased;
-                        r = close_rx.changed() => {
-                            closing = Some(if r.is_err() { None } else { close_rx.borrow().clone() });
-                            // Nothing more is written: what waits is freed now,
-                            // not after the grace below (its replies' slots
-                            // given back).
-                            inflight.add_permits(replies(&rx.take_all()));
-                            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
-                                Ok(r) => r,
-                                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                    Poll::Pending => {
+                        Box::pin(async {
+                            tokio::select! {
+                            biased;
+                            _ = conn.close_asked() => {
+                                closing = Some(conn.close_reason());
+                                // Nothing more is written: what waits is freed now,
+                                // not after the grace below (its replies' slots
+                                // given back).
+                                inflight.add_permits(replies(&rx.take_all()));
+                                match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                                    Ok(r) => r,
+                                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                                }
                             }
-                        }
-                        r = &mut write => r,
-                        }
-                    })
-                    .await,
+                            r = &mut write => r,
+                            }
+                        })
+                        .await
+                    }
                 }
             };
             enc.iov = recycle(slices);
@@ -328,7 +317,7 @@ where
             gw.metrics
                 .frames_out
                 .fetch_add(frames as u64, Ordering::Relaxed);
-            queued.fetch_sub(batch_bytes, Ordering::AcqRel);
+            conn.written(batch_bytes);
             if res.is_err() {
                 // The socket failed or a frame is cut short: no close frame can
                 // follow. Report the close that was asked for, if any.
