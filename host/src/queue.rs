@@ -11,6 +11,7 @@
 //! A leaf: it imports only `sync`.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -155,19 +156,25 @@ impl<T> Receiver<T> {
     /// wake-up: the caller re-checks what it waits for and calls again).
     /// Items are taken while they weigh less than `max_weight` together
     /// (at least one), so a batch of big items is one item.
-    pub async fn recv_many_or_wake(
-        &mut self,
-        out: &mut Vec<T>,
+    ///
+    /// Every idle connection's writer waits in this future, so it holds only
+    /// its arguments once and the wait (an `async fn` would hold them twice).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn recv_many_or_wake<'a>(
+        &'a mut self,
+        out: &'a mut Vec<T>,
         max: usize,
         max_weight: usize,
-        weigh: impl Fn(&T) -> usize,
-    ) -> bool {
-        if let Some(more) = self.drain_weighed(out, max, max_weight, &weigh) {
-            return more;
+        weigh: impl Fn(&T) -> usize + 'a,
+    ) -> impl Future<Output = bool> + 'a {
+        async move {
+            if let Some(more) = self.drain_weighed(out, max, max_weight, &weigh) {
+                return more;
+            }
+            self.0.notify.notified().await;
+            self.drain_weighed(out, max, max_weight, &weigh)
+                .unwrap_or(true)
         }
-        self.0.notify.notified().await;
-        self.drain_weighed(out, max, max_weight, &weigh)
-            .unwrap_or(true)
     }
 
     /// Takes every item queued now (a connection closing drops them unwritten).

@@ -725,10 +725,12 @@ mod tests {
         }
         let reader = size4(serve_connection::<Io>);
         let writer = size5(super::writer::<tokio::io::WriteHalf<Io>>);
-        // 848 and 536 bytes on 2026-11-29 (2120 and 696 when both were
-        // `async fn`s); the bounds leave room for a field or two.
-        assert!(reader <= 960, "the reader's future is {reader} bytes");
-        assert!(writer <= 600, "the writer's future is {writer} bytes");
+        // 832 and 408 bytes on 2026-11-29 with Rust 1.95 (2120 and 696 when
+        // both were `async fn`s), in tokio task cells of 1024 and 512 bytes
+        // (128-byte steps: a writer over about 410 bytes takes 640). The
+        // bounds leave room for a field or two.
+        assert!(reader <= 900, "the reader's future is {reader} bytes");
+        assert!(writer <= 440, "the writer's future is {writer} bytes");
     }
 
     #[test]

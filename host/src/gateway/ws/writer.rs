@@ -11,9 +11,10 @@
 
 use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -179,20 +180,24 @@ fn replies(batch: &[Outbound]) -> usize {
         .count()
 }
 
-/// Writes every byte of `bufs` with as few system calls as the socket allows.
-pub(super) async fn write_all_vectored<W: AsyncWrite + Unpin>(
+/// Writes every byte of `bufs` with as few system calls as the socket
+/// allows, then flushes; `bufs` is advanced past what is written, so the
+/// write can be polled again after `Pending`. A poll function rather than
+/// an `async fn`: its state is the two references the caller holds.
+fn poll_write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
+    bufs: &mut &mut [IoSlice<'_>],
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    IoSlice::advance_slices(bufs, 0);
     while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
+        let n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, bufs))?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
-        IoSlice::advance_slices(&mut bufs, n);
+        IoSlice::advance_slices(bufs, n);
     }
-    Ok(())
+    Pin::new(w).poll_flush(cx)
 }
 
 /// A close frame: the code and the reason (truncated to fit 125 bytes on
@@ -273,14 +278,11 @@ where
             let iov = recycle(std::mem::take(&mut enc.iov));
             let mut slices = enc.slices(&batch, iov);
             let res = {
-                let write = async {
-                    write_all_vectored(&mut wr, &mut slices).await?;
-                    wr.flush().await
-                };
-                tokio::pin!(write);
+                let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+                let mut write = std::future::poll_fn(|cx| poll_write_all(&mut wr, &mut bufs, cx));
                 // Most writes finish at once; only one that has to wait for
                 // the socket also watches for a close.
-                match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await {
                     Poll::Ready(r) => r,
                     Poll::Pending => {
                         Box::pin(async {
