@@ -444,7 +444,27 @@ struct InspNet {
 }
 
 impl InspNet {
+    /// Starts the network on free ports. A port picked free can be taken
+    /// before inspircd binds it (by another test's server, or as the source
+    /// port of a connection): inspircd then exits, and the network is
+    /// started again on other ports.
     fn start() -> InspNet {
+        for attempt in 1..=3 {
+            let mut net = InspNet::start_once();
+            std::thread::sleep(Duration::from_millis(300));
+            match net.children[0].try_wait() {
+                Ok(None) => return net,
+                status => {
+                    let err = std::fs::read_to_string(net._dir.path().join("inspircd.out"))
+                        .unwrap_or_default();
+                    eprintln!("inspircd exited at start ({status:?}, attempt {attempt}): {err}");
+                }
+            }
+        }
+        panic!("inspircd did not stay up in three attempts (its output is above)");
+    }
+
+    fn start_once() -> InspNet {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let (port, link) = (free_port(), free_port());
