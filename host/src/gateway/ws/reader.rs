@@ -231,6 +231,14 @@ impl<R: Unpin> AsyncWrite for ReadOnly<R> {
 /// How long we wait for the client's answer to our close frame.
 pub(super) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
+/// What only a connection's first steps need: its `hello-ok` answers the
+/// `connect` request's id, and its first log line names how it
+/// authenticated.
+struct Opening {
+    request_id: String,
+    via: String,
+}
+
 /// The future that serves an authenticated connection: registration,
 /// `hello-ok`, the reader loop (with the writer task it starts) and the
 /// close. The caller spawns it.
@@ -241,14 +249,6 @@ pub(super) const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// open connection. Only what the loop needs is captured: the handshake's
 /// fields go into the connection's identity here, before the future exists
 /// (its size is checked by `tests::connection_futures_stay_small`).
-/// What only a connection's first steps need: its `hello-ok` answers the
-/// `connect` request's id, and its first log line names how it
-/// authenticated.
-struct Opening {
-    request_id: String,
-    via: String,
-}
-
 pub(super) fn serve_connection<S>(
     gw: Arc<Gateway>,
     mut io: S,
