@@ -274,7 +274,7 @@ where
             let (frames, close_after) = enc.encode(&batch);
             // A close that arrives mid-write waits (bounded) for the batch to be
             // written: a frame cut short would make the close frame garbage.
-            let mut closing: Option<Option<CloseReason>> = None;
+            let mut closing: Option<CloseReason> = None;
             let iov = recycle(std::mem::take(&mut enc.iov));
             let mut slices = enc.slices(&batch, iov);
             let res = {
@@ -289,7 +289,7 @@ where
                             tokio::select! {
                             biased;
                             _ = conn.close_asked() => {
-                                closing = Some(conn.close_reason());
+                                closing = conn.close_reason();
                                 // Nothing more is written: what waits is freed now,
                                 // not after the grace below (its replies' slots
                                 // given back).
@@ -324,10 +324,10 @@ where
                 // The socket failed or a frame is cut short: no close frame can
                 // follow. Report the close that was asked for, if any.
                 stream_ok = false;
-                break closing.flatten();
+                break closing;
             }
             if let Some(c) = closing {
-                break c;
+                break Some(c);
             }
             if let Some(c) = close_after {
                 break Some(c);
