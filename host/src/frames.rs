@@ -6,7 +6,10 @@
 //!
 //! A leaf: it imports nothing of the crate.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub const PROTOCOL_VERSION: u32 = 4;
@@ -18,18 +21,44 @@ pub mod codes {
     pub const NOT_PAIRED: &str = "NOT_PAIRED";
 }
 
-/// A client request. Unknown fields are rejected.
+/// A client request, borrowed from its frame's text: no `Value` tree is
+/// built for it; its `params` stay raw JSON until the method's handler
+/// parses them into its own typed struct. Unknown fields are rejected.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestFrame {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-    pub method: String,
-    #[serde(default)]
-    pub params: Option<Value>,
-    #[serde(default)]
-    pub traceparent: Option<String>,
+pub struct RequestFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
+    /// `None` when absent or `null`.
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
+    /// Accepted (the schema has it); not used yet.
+    #[allow(dead_code)]
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+}
+
+/// A JSON error without its position: params are parsed on their own, so
+/// serde_json's "at line 1 column N" would count from the start of the
+/// params, not of the frame the client sent, and mislead.
+pub fn json_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&at) {
+        Some(message) => message.to_string(),
+        None => full,
+    }
+}
+
+/// Params parsed into a method's typed struct (`null` when absent).
+pub fn parse_params<'a, T: Deserialize<'a>>(
+    params: Option<&'a RawValue>,
+) -> Result<T, serde_json::Error> {
+    serde_json::from_str(params.map_or("null", RawValue::get))
 }
 
 /// Why a text frame is not a usable request.
@@ -41,83 +70,47 @@ pub enum FrameError {
     Malformed { id: String, message: String },
 }
 
-/// A request as it is on the wire, borrowed from the frame: the fast path
-/// of [`RequestFrame::parse`] (no `Value` tree for the frame; only the
-/// params, when there are some, are parsed into one).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireRequest<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    method: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    params: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
-    traceparent: Option<std::borrow::Cow<'a, str>>,
-}
-
-impl RequestFrame {
-    pub fn parse(text: &str) -> Result<RequestFrame, FrameError> {
-        if let Ok(w) = serde_json::from_str::<WireRequest>(text) {
-            if w.kind == "req" && !w.id.is_empty() && !w.method.is_empty() {
-                let params = match w.params {
-                    None => None,
-                    Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
-                        Ok(Value::Null) => None,
-                        Ok(v) => Some(v),
-                        Err(_) => None,
-                    },
-                };
-                return Ok(RequestFrame {
-                    kind: w.kind.into_owned(),
-                    id: w.id.into_owned(),
-                    method: w.method.into_owned(),
-                    params,
-                    traceparent: w.traceparent.map(|t| t.into_owned()),
-                });
-            }
+impl<'a> RequestFrame<'a> {
+    pub fn parse(text: &'a str) -> Result<RequestFrame<'a>, FrameError> {
+        match serde_json::from_str::<RequestFrame>(text) {
+            Ok(r) if r.kind == "req" && !r.id.is_empty() && !r.method.is_empty() => Ok(r),
+            // Anything else is looked at again, to say what is wrong.
+            parsed => Err(Self::explain(text, parsed.err())),
         }
-        // Anything else takes the slow path, which says what is wrong.
-        Self::parse_slowly(text)
     }
 
-    fn parse_slowly(text: &str) -> Result<RequestFrame, FrameError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| FrameError::NotARequest(format!("not JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| FrameError::NotARequest("frame is not a JSON object".into()))?;
+    /// What is wrong with a frame that is not a usable request (`error`:
+    /// the typed parser's, when it failed).
+    #[cold]
+    fn explain(text: &str, error: Option<serde_json::Error>) -> FrameError {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return FrameError::NotARequest(format!("not JSON: {e}")),
+        };
+        let Some(obj) = value.as_object() else {
+            return FrameError::NotARequest("frame is not a JSON object".into());
+        };
         match obj.get("type").and_then(Value::as_str) {
             Some("req") => {}
             Some(other) => {
-                return Err(FrameError::NotARequest(format!(
+                return FrameError::NotARequest(format!(
                     "frame type `{other}` cannot be sent by a client"
-                )))
+                ))
             }
-            None => return Err(FrameError::NotARequest("frame has no `type`".into())),
+            None => return FrameError::NotARequest("frame has no `type`".into()),
         }
         let id = obj.get("id").and_then(Value::as_str).unwrap_or_default();
         if id.is_empty() {
-            return Err(FrameError::NotARequest(
-                "request has no `id` string".to_string(),
-            ));
+            return FrameError::NotARequest("request has no `id` string".to_string());
         }
-        let id = id.to_string();
-        let frame: RequestFrame =
-            serde_json::from_value(value).map_err(|e| FrameError::Malformed {
-                id: id.clone(),
-                message: format!("invalid request frame: {e}"),
-            })?;
-        if frame.method.is_empty() {
-            return Err(FrameError::Malformed {
-                id,
-                message: "invalid request frame: empty `method`".into(),
-            });
+        let message = match error {
+            Some(e) => format!("invalid request frame: {e}"),
+            None => "invalid request frame: empty `method`".into(),
+        };
+        FrameError::Malformed {
+            id: id.to_string(),
+            message,
         }
-        Ok(frame)
     }
 }
 
@@ -200,8 +193,19 @@ pub fn response_err(id: &str, error: &ErrorShape) -> String {
 }
 
 /// An event frame without `seq` (e.g. `connect.challenge`).
-pub fn event_unsequenced(event: &str, payload: &Value) -> String {
-    serialize(&serde_json::json!({"type": "event", "event": event, "payload": payload}))
+pub fn event_unsequenced<P: Serialize + ?Sized>(event: &str, payload: &P) -> String {
+    #[derive(Serialize)]
+    struct Unsequenced<'a, P: ?Sized> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        event: &'a str,
+        payload: &'a P,
+    }
+    serialize(&Unsequenced {
+        kind: "event",
+        event,
+        payload,
+    })
 }
 
 fn serialize<T: Serialize + ?Sized>(v: &T) -> String {
@@ -319,6 +323,35 @@ mod tests {
         }
     }
 
+    /// A request is read where it lies in the frame: parsing one allocates
+    /// nothing unless a field has an escape to undo. A `Value` tree, or
+    /// owned copies of the id and method, would fail this.
+    #[test]
+    fn a_request_is_parsed_without_allocating() {
+        let text = r#"{"type":"req","id":"7f3c","method":"send","params":{"to":"42","message":"hi","idempotencyKey":"k"}}"#;
+        let (n, parsed) = crate::test_alloc::allocations(|| RequestFrame::parse(text).is_ok());
+        assert!(parsed);
+        assert_eq!(n, 0, "parsing a request allocated {n} times");
+        // The id's escape is undone in the parser's scratch buffer, then
+        // copied into a string of its own.
+        let text = r#"{"type":"req","id":"a\"b","method":"health"}"#;
+        let (n, id) = crate::test_alloc::allocations(|| {
+            RequestFrame::parse(text).map(|r| r.id.len()).unwrap_or(0)
+        });
+        assert_eq!((n, id), (2, 3));
+    }
+
+    #[test]
+    fn params_errors_do_not_count_from_the_params() {
+        let raw = RawValue::from_string(r#"[1, "x"]"#.into()).unwrap();
+        let e = parse_params::<Vec<u8>>(Some(&raw)).unwrap_err();
+        assert!(e.to_string().contains("line 1 column"), "{e}");
+        let m = json_error(&e);
+        assert!(!m.contains("column") && !m.is_empty(), "{m}");
+        let e = parse_params::<Vec<u8>>(None).unwrap_err();
+        assert_eq!(json_error(&e), "invalid type: null, expected a sequence");
+    }
+
     #[test]
     fn strict_parsing() {
         assert!(matches!(
@@ -346,10 +379,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.id, "a\"b");
-        assert_eq!(ok.params, Some(serde_json::json!({"x": [1]})));
+        assert_eq!(ok.params.map(RawValue::get), Some(r#"{"x":[1]}"#));
         let ok =
             RequestFrame::parse(r#"{"type":"req","id":"1","method":"m","params":null}"#).unwrap();
-        assert_eq!(ok.params, None);
+        assert!(ok.params.is_none());
         assert!(matches!(
             RequestFrame::parse(r#"{"type":"req","id":"","method":"m"}"#),
             Err(FrameError::NotARequest(_))

@@ -26,6 +26,8 @@ pub mod scopes;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod test_alloc;
 
 use std::sync::Arc;
 

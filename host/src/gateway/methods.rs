@@ -10,13 +10,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::send_params::{MessageActionParams, SendParams};
 use super::Gateway;
 use crate::channels::SendError;
 use crate::connections::Connection;
-use crate::frames::ErrorShape;
+use crate::frames::{self, ErrorShape};
 use crate::plugins::contract::ChannelError;
 use crate::plugins::CallError;
 use crate::scopes::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
@@ -55,11 +56,17 @@ fn raw<T: serde::Serialize + ?Sized>(v: &T) -> Answer {
         })
 }
 
+/// A method answered at once.
+type NowFn = fn(&Gateway, &'static str, Option<&RawValue>) -> Answer;
+/// A method answered by a task: it parses its params before it returns
+/// its future (a bad request is answered without a task).
+type LaterFn = fn(Arc<Gateway>, &'static str, Option<&RawValue>) -> Result<Pending, ErrorShape>;
+
 /// How a method is carried out: at once, or by a task that may wait (a
 /// plugin call, a directory scan).
 enum Handler {
-    Now(fn(&Gateway, &'static str, Option<Value>) -> Answer),
-    Later(fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending),
+    Now(NowFn),
+    Later(LaterFn),
 }
 
 struct Method {
@@ -68,11 +75,7 @@ struct Method {
     handler: Handler,
 }
 
-const fn now(
-    name: &'static str,
-    scope: &'static str,
-    f: fn(&Gateway, &'static str, Option<Value>) -> Answer,
-) -> Method {
+const fn now(name: &'static str, scope: &'static str, f: NowFn) -> Method {
     Method {
         name,
         scope,
@@ -80,11 +83,7 @@ const fn now(
     }
 }
 
-const fn later(
-    name: &'static str,
-    scope: &'static str,
-    f: fn(Arc<Gateway>, &'static str, Option<Value>) -> Pending,
-) -> Method {
+const fn later(name: &'static str, scope: &'static str, f: LaterFn) -> Method {
     Method {
         name,
         scope,
@@ -127,7 +126,7 @@ pub fn start(
     gw: &Arc<Gateway>,
     conn: &Connection,
     method: &str,
-    params: Option<Value>,
+    params: Option<&RawValue>,
 ) -> Dispatch {
     let Some(m) = METHODS.iter().find(|m| m.name == method) else {
         return Dispatch::Done(Err(ErrorShape::invalid(format!(
@@ -139,7 +138,10 @@ pub fn start(
     }
     match m.handler {
         Handler::Now(f) => Dispatch::Done(f(gw, m.name, params)),
-        Handler::Later(f) => Dispatch::Later(f(gw.clone(), m.name, params)),
+        Handler::Later(f) => match f(gw.clone(), m.name, params) {
+            Ok(pending) => Dispatch::Later(pending),
+            Err(e) => Dispatch::Done(Err(e)),
+        },
     }
 }
 
@@ -192,32 +194,39 @@ struct ReloadParams {
     id: Option<String>,
 }
 
-/// Parses required params (absent params are an error naming the method).
-fn parse_required<T: for<'de> Deserialize<'de>>(
+/// Parses required params into the method's typed struct, straight from
+/// the frame's text (absent params are an error naming the method).
+fn parse_required<'a, T: Deserialize<'a>>(
     method: &str,
-    params: Option<Value>,
+    params: Option<&'a RawValue>,
 ) -> Result<T, ErrorShape> {
-    serde_json::from_value(params.unwrap_or(Value::Null))
-        .map_err(|e| ErrorShape::invalid(format!("invalid {method} params: {e}")))
+    frames::parse_params(params).map_err(|e| invalid_params(method, &e))
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(
+/// Parses optional params (absent or `null`: the struct's default).
+fn parse<'a, T: Deserialize<'a> + Default>(
     method: &str,
-    params: Option<Value>,
+    params: Option<&'a RawValue>,
 ) -> Result<T, ErrorShape> {
     match params {
-        None | Some(Value::Null) => Ok(T::default()),
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| ErrorShape::invalid(format!("invalid {method} params: {e}"))),
+        None => Ok(T::default()),
+        Some(_) => parse_required(method, params),
     }
 }
 
-fn health(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn invalid_params(method: &str, e: &serde_json::Error) -> ErrorShape {
+    ErrorShape::invalid(format!(
+        "invalid {method} params: {}",
+        frames::json_error(e)
+    ))
+}
+
+fn health(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let _: HealthParams = parse(method, params)?;
     Ok(Payload::Raw(gw.health.snapshot_raw()))
 }
 
-fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn status(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let _: Empty = parse(method, params)?;
     let snap = gw.channels.snapshot();
     let config = gw.config();
@@ -225,12 +234,12 @@ fn status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
 }
 
 /// The presence list as serialised once per change, shared, not copied.
-fn system_presence(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn system_presence(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let _: Empty = parse(method, params)?;
     Ok(Payload::Shared(gw.presence.list()))
 }
 
-fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_status(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let p: ChannelsStatusParams = parse(method, params)?;
     let snap = gw.channels.status_snapshot();
     if let Some(c) = &p.channel {
@@ -248,11 +257,11 @@ fn channels_status(gw: &Gateway, method: &'static str, params: Option<Value>) ->
     raw(&snap.status_payload(p.channel.as_deref(), crate::now_ms()))
 }
 
-fn channels_start(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_start(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     start_or_stop(gw, method, params, true)
 }
 
-fn channels_stop(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn channels_stop(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     start_or_stop(gw, method, params, false)
 }
 
@@ -263,7 +272,7 @@ struct StartedOrStopped<'a> {
     account: Option<crate::channels::AccountSnapshot>,
 }
 
-fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool) -> Answer {
+fn start_or_stop(gw: &Gateway, method: &str, params: Option<&RawValue>, start: bool) -> Answer {
     let p: ChannelAccountParams = parse_required(method, params)?;
     let (channel, account) = gw
         .channels
@@ -280,9 +289,13 @@ fn start_or_stop(gw: &Gateway, method: &str, params: Option<Value>, start: bool)
     })
 }
 
-fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
-    Box::pin(async move {
-        let p: SendParams = parse_required(method, params)?;
+fn send(
+    gw: Arc<Gateway>,
+    method: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Pending, ErrorShape> {
+    let p: SendParams = parse_required(method, params)?;
+    Ok(Box::pin(async move {
         let (channel, account) = gw
             .channels
             .resolve(p.channel.as_deref(), p.account_id.as_deref())
@@ -295,7 +308,7 @@ fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pendin
             .await
             .map_err(|e| send_error(&e))?;
         raw(&receipt)
-    })
+    }))
 }
 
 /// `message.action` (what the OpenClaw CLI's `message` commands call):
@@ -303,9 +316,13 @@ fn send(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pendin
 /// apart from `send`'s); `react`, `edit` and `delete` go to the plugin's
 /// `act` when it declares the capability; anything else, or a channel
 /// without the capability, is refused in OpenClaw's words.
-fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
-    Box::pin(async move {
-        let p: MessageActionParams = parse_required(method, params)?;
+fn message_action(
+    gw: Arc<Gateway>,
+    method: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Pending, ErrorShape> {
+    let p: MessageActionParams = parse_required(method, params)?;
+    Ok(Box::pin(async move {
         p.check()?;
         let account = p.account();
         let (channel, account) = gw
@@ -352,7 +369,7 @@ fn message_action(gw: Arc<Gateway>, method: &'static str, params: Option<Value>)
             chat_id: &receipt.chat_id,
             run_id: &p.idempotency_key,
         })
-    })
+    }))
 }
 
 /// `message.action`'s answer to `react`, `edit` or `delete`.
@@ -384,7 +401,7 @@ struct ActionSent<'a> {
 /// The configuration is the one `Value` tree a method still builds: its
 /// redaction walks every key at any depth, whatever the configuration's
 /// shape becomes. It is an admin method, called by hand.
-fn config_get(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn config_get(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let _: Empty = parse(method, params)?;
     raw(&ConfigAnswer {
         path: gw.source.file().map(|p| p.display().to_string()),
@@ -419,18 +436,22 @@ fn plugins_answer(gw: &Gateway, changes: Option<&[crate::plugins::Change]>) -> A
     })
 }
 
-fn plugins_list(gw: &Gateway, method: &'static str, params: Option<Value>) -> Answer {
+fn plugins_list(gw: &Gateway, method: &'static str, params: Option<&RawValue>) -> Answer {
     let _: Empty = parse(method, params)?;
     plugins_answer(gw, None)
 }
 
-fn plugins_reload(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
-    Box::pin(async move {
-        let p: ReloadParams = parse(method, params)?;
+fn plugins_reload(
+    gw: Arc<Gateway>,
+    method: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Pending, ErrorShape> {
+    let p: ReloadParams = parse(method, params)?;
+    Ok(Box::pin(async move {
         gw.plugins.forget_failures(p.id.as_deref());
         let changes = gw.reload_plugins().await;
         plugins_answer(&gw, Some(&changes))
-    })
+    }))
 }
 
 /// `messages.history`'s answer, borrowing the page's messages.
@@ -441,9 +462,13 @@ struct HistoryPage<'a> {
     has_more: bool,
 }
 
-fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value>) -> Pending {
-    Box::pin(async move {
-        let p: HistoryParams = parse(method, params)?;
+fn messages_history(
+    gw: Arc<Gateway>,
+    method: &'static str,
+    params: Option<&RawValue>,
+) -> Result<Pending, ErrorShape> {
+    let p: HistoryParams = parse(method, params)?;
+    Ok(Box::pin(async move {
         let limit = p.limit.unwrap_or(HISTORY_LIMIT);
         if limit == 0 || limit > HISTORY_MAX {
             return Err(ErrorShape::invalid(format!(
@@ -467,7 +492,7 @@ fn messages_history(gw: Arc<Gateway>, method: &'static str, params: Option<Value
             messages: page.messages.iter().map(|m| m.event()).collect(),
             has_more: page.has_more,
         })
-    })
+    }))
 }
 
 /// The protocol error for a failed `send` (or `channels.start`/`stop`).
@@ -608,6 +633,48 @@ fn status_payload<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Params go from the frame's text into the method's typed struct:
+    /// no `Value` tree between them, so `health`'s parse allocates nothing
+    /// and `send`'s one allocation per string it keeps.
+    #[test]
+    fn params_are_parsed_into_typed_structs_without_a_value_tree() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let health = raw(r#"{"probe":true}"#);
+        let (n, p) = crate::test_alloc::allocations(|| {
+            parse::<HealthParams>("health", Some(&health)).is_ok()
+        });
+        assert!(p);
+        assert_eq!(n, 0, "health's params took {n} allocations");
+        let (n, p) = crate::test_alloc::allocations(|| parse::<Empty>("status", None).is_ok());
+        assert_eq!((n, p), (0, true));
+        let send = raw(
+            r#"{"to":"telegram:42","message":"hello","channel":"telegram","idempotencyKey":"6f1d2c1e"}"#,
+        );
+        let (n, p) = crate::test_alloc::allocations(|| {
+            parse_required::<SendParams>("send", Some(&send)).map(|p| p.to.len())
+        });
+        assert_eq!(p.ok(), Some(11));
+        assert_eq!(n, 4, "send's four strings took {n} allocations");
+        // Errors name the method and the field, without a position that
+        // would count from the start of the params.
+        let bad = raw(r#"{"to":"x","idempotencyKey":"k","colour":1}"#);
+        let e = parse_required::<SendParams>("send", Some(&bad)).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("invalid send params: unknown field `colour`"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("column"), "{}", e.message);
+        let e = parse_required::<SendParams>("send", None).unwrap_err();
+        assert!(
+            e.message
+                .contains("invalid send params: invalid type: null"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn call_errors_map_to_protocol_errors() {

@@ -548,9 +548,10 @@ pub(super) fn on_text(
     };
     let gw = gw.clone();
     let conn = conn.clone();
+    let id = req.id.into_owned();
     tokio::spawn(async move {
         let answer = pending.await;
-        reply(&gw, &conn, &req.id, answer, permit);
+        reply(&gw, &conn, &id, answer, permit);
     });
 }
 
