@@ -38,47 +38,71 @@ impl Ngircd {
     }
 
     fn start_with(global: &str, ping_timeout: u32) -> Ngircd {
-        let mut n = Ngircd {
+        Ngircd::start_checked(|| Ngircd {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             global: global.to_string(),
             ping_timeout,
             tls: None,
-        };
-        n.spawn();
-        n
+        })
+    }
+
+    /// Starts the server `make` builds, on ports picked free. A port picked
+    /// free can be taken before ngircd binds it (by another test's server,
+    /// or as the source port of a connection): `wait_listening` then sees
+    /// the other listener and ngircd exits. So a server that exits within
+    /// 300 ms is made again, on other ports (three attempts, its log shown).
+    fn start_checked(make: impl Fn() -> Ngircd) -> Ngircd {
+        for attempt in 1..=3 {
+            let mut n = make();
+            n.spawn();
+            std::thread::sleep(Duration::from_millis(300));
+            let status = n.child.as_mut().map(|c| c.try_wait());
+            match status {
+                Some(Ok(None)) => return n,
+                status => {
+                    let log = std::fs::read_to_string(n.dir.path().join("ngircd.log"))
+                        .unwrap_or_default();
+                    eprintln!("ngircd exited at start ({status:?}, attempt {attempt}): {log}");
+                }
+            }
+        }
+        panic!("ngircd did not stay up in three attempts (its log is above)");
     }
 
     /// ngircd with a TLS port as well, serving `cert_pem`/`key_pem`.
     fn start_tls(cert_pem: &str, key_pem: &str) -> Ngircd {
-        let dir = tempfile::tempdir().unwrap();
-        // ngircd drops to ServerUID before it reads them.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-        for (p, text) in [(&cert, cert_pem), (&key, key_pem)] {
-            std::fs::write(p, text).unwrap();
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let n = Ngircd::start_checked(|| {
+            let dir = tempfile::tempdir().unwrap();
+            // ngircd drops to ServerUID before it reads them.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+            for (p, text) in [(&cert, cert_pem), (&key, key_pem)] {
+                std::fs::write(p, text).unwrap();
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            let tls_port = free_port();
+            Ngircd {
+                child: None,
+                port: free_port(),
+                dir,
+                global: String::new(),
+                ping_timeout: 120,
+                tls: Some((
+                    tls_port,
+                    format!(
+                        "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )),
+            }
+        });
+        if let Some((tls_port, _)) = &n.tls {
+            wait_listening(*tls_port, "ngircd's TLS port");
         }
-        let tls_port = free_port();
-        let mut n = Ngircd {
-            child: None,
-            port: free_port(),
-            dir,
-            global: String::new(),
-            ping_timeout: 120,
-            tls: Some((
-                tls_port,
-                format!(
-                    "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
-                    cert.display(),
-                    key.display()
-                ),
-            )),
-        };
-        n.spawn();
-        wait_listening(tls_port, "ngircd's TLS port");
         n
     }
 
