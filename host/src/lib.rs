@@ -11,6 +11,7 @@ pub mod disconnect;
 pub mod frames;
 pub mod gateway;
 pub mod health;
+pub mod logsink;
 pub mod memory;
 pub mod metrics;
 pub mod notify;

@@ -146,18 +146,23 @@ struct CallArgs {
     timeout: u64,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr through a `LogSink` (a thread of its own writes the
+/// lines, so a stalled reader of stderr never blocks a task); the returned
+/// guard writes what is left at exit.
+fn init_logging(format: LogFormat) -> std::io::Result<switchboard::logsink::Flush> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (sink, flush) = switchboard::logsink::LogSink::spawn(std::io::stderr())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sink)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(flush)
 }
 
 fn main() -> ExitCode {
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut log_flush = None;
     let code = match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Plugins(PluginsCommand::Check { file })) => {
@@ -213,21 +219,37 @@ fn main() -> ExitCode {
             config,
             state_dir,
         })) => backup(&file, config, state_dir),
-        Some(Command::Serve(args)) => {
-            init_logging(cli.log_format);
-            runtime.block_on(serve(args))
-        }
-        None => {
-            init_logging(cli.log_format);
-            runtime.block_on(serve(cli.serve))
-        }
+        Some(Command::Serve(args)) => serve_logged(&runtime, cli.log_format, args, &mut log_flush),
+        None => serve_logged(&runtime, cli.log_format, cli.serve, &mut log_flush),
     };
     // Dropping the runtime would wait, without bound, for every blocking
     // task still running (a read of a config file that is a pipe nobody
     // writes, a query): the daemon would log its last shutdown step and
     // never exit. What such a task was doing is not needed any more.
     runtime.shutdown_timeout(RUNTIME_GRACE);
+    // The last lines (the shutdown's) are written before the exit.
+    drop(log_flush);
     code
+}
+
+/// Starts the log (its guard kept in `flush`, for `main` to drop after
+/// the runtime), then serves.
+fn serve_logged(
+    runtime: &tokio::runtime::Runtime,
+    format: LogFormat,
+    args: ServeArgs,
+    flush: &mut Option<switchboard::logsink::Flush>,
+) -> ExitCode {
+    match init_logging(format) {
+        Ok(f) => {
+            *flush = Some(f);
+            runtime.block_on(serve(args))
+        }
+        Err(e) => {
+            eprintln!("error: cannot start the log writer thread: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// How long the exit waits for blocking tasks still running.

@@ -191,6 +191,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// While true, the daemon's stderr is not read (see `stall_log`).
+    log_stalled: Arc<(Mutex<bool>, std::sync::Condvar)>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
 }
@@ -339,8 +341,14 @@ impl DaemonBuilder {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
         let logs2 = logs.clone();
+        let log_stalled = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let stalled = log_stalled.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (lock, resumed) = &*stalled;
+                let _open = resumed
+                    .wait_while(lock.lock().unwrap(), |stalled| *stalled)
+                    .unwrap();
                 if line.contains("gateway listening") {
                     if let Some(a) = field(&line, "addr=").and_then(|s| s.parse().ok()) {
                         let _ = tx.send(a);
@@ -367,6 +375,7 @@ impl DaemonBuilder {
             child: Some(child),
             addr,
             logs,
+            log_stalled,
             _dir: dir,
             config_path,
         })
@@ -481,6 +490,14 @@ impl Daemon {
         }
     }
 
+    /// Stops reading the daemon's stderr until the guard is dropped, as a
+    /// log reader that stopped draining (`switchboard | less` left on a
+    /// page): the pipe fills (64 KiB), then the daemon's writes to it block.
+    pub fn stall_log(&self) -> LogStall {
+        *self.log_stalled.0.lock().unwrap() = true;
+        LogStall(self.log_stalled.clone())
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -513,6 +530,16 @@ impl Daemon {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("metric {name} not found in:\n{text}"))
+    }
+}
+
+/// Reading of the daemon's stderr resumes when this is dropped.
+pub struct LogStall(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for LogStall {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap() = false;
+        self.0 .1.notify_all();
     }
 }
 

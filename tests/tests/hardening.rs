@@ -1090,3 +1090,121 @@ async fn a_channel_delivering_in_a_loop_is_held_to_its_rate_and_loses_nothing() 
         assert_eq!(st, 200, "{body}");
     }
 }
+
+/// A reader of the daemon's log that stops draining it (`switchboard | less`
+/// left on a page, a stuck log shipper) must not stop the gateway: with
+/// the log written from the tasks, the pipe fills after a few hundred
+/// lines and every task that logs blocks on it, the handshakes and the
+/// `health` below with them. Once the reader drains again, every line
+/// is there, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_does_not_stop_the_gateway() {
+    let d = Daemon::builder()
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
+        .start()
+        .unwrap();
+    let url = d.url();
+    let stall = d.stall_log();
+    // Each connection logs two lines of about 200 bytes (open, closed):
+    // 600 connections are several times what a pipe holds.
+    let n = 600;
+    for i in 0..n {
+        let step = async {
+            let (mut c, _) = connect(&url, Some(TOKEN), &["operator.read"]).await?;
+            c.ws.close(None).await?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), step)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} hung with the log's reader stalled"))
+            .unwrap();
+    }
+    let (mut c, _) = connect(&url, Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
+    let health = tokio::time::timeout(Duration::from_secs(10), c.request("h", "health", json!({})))
+        .await
+        .expect("health hung with the log's reader stalled")
+        .unwrap();
+    assert_eq!(health["payload"]["ok"], true, "{health}");
+    drop(stall);
+    // Nothing was dropped (well under the buffer's bound) and the order held.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let closed = d.log_text().matches("connection closed").count();
+        if closed >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} of {n} `connection closed` lines:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = d.log_text();
+    assert!(!log.contains("log lines were dropped"), "{log}");
+    let first_open = log.find("connection open").unwrap();
+    let first_closed = log.find("connection closed").unwrap();
+    assert!(first_open < first_closed);
+}
+
+/// Past the log's bound (1 MiB of lines held for a stalled reader), lines
+/// are dropped, not waited for, and the log says how many once its reader
+/// drains again; logging goes on after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_past_the_bound_are_dropped_and_counted() {
+    let d = Daemon::builder()
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
+        .start()
+        .unwrap();
+    let url = d.url();
+    let stall = d.stall_log();
+    // Connect with a long client id until the lines logged pass the bound
+    // and what a pipe holds (each connection logs its client id twice).
+    let id = "x".repeat(250);
+    let params = |i: usize| {
+        let mut p = connect_params(Some(TOKEN), &["operator.read"]);
+        p["client"]["id"] = json!(id);
+        p["client"]["instanceId"] = json!(format!("i{i}"));
+        p
+    };
+    let n = 1 + (1024 * 1024 + 64 * 1024) / 500;
+    for i in 0..n {
+        let step = async {
+            let (mut c, _) = connect_with(&url, params(i)).await?;
+            c.ws.close(None).await?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), step)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} hung with the log's reader stalled"))
+            .unwrap();
+    }
+    drop(stall);
+    let notice = d
+        .wait_log("log lines were dropped", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let dropped: usize = notice
+        .split("dropped=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {notice}"));
+    let kept = d.log_text().matches("connection closed").count();
+    assert!(
+        dropped > 0 && kept < n,
+        "{dropped} dropped, {kept} of {n} kept"
+    );
+    // The log goes on.
+    let (c, _) = connect(&url, Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches("connection closed").count() <= kept {
+        assert!(Instant::now() < deadline, "no line logged after the notice");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,246 @@
+//! Where the daemon's log lines go: a bounded buffer that a thread of its
+//! own writes to stderr, so that no task ever waits on the log's reader.
+//!
+//! Written straight from the tasks, a log line is a `write(2)` to stderr
+//! on the runtime's thread. When stderr is a pipe that its reader has
+//! stopped draining (`switchboard | less` left on a page, a stuck log
+//! shipper), the pipe fills (64 KiB) and every task that logs blocks, and
+//! with them the threads the whole gateway runs on: no request answered,
+//! no message delivered. Here a line is copied into a buffer of at most
+//! [`MAX_BUFFERED`] bytes, and the writer thread writes what has gathered
+//! with one `write` per batch (a burst of lines costs one system call,
+//! not one each). When the buffer is full, lines are dropped and counted;
+//! once the reader drains again, a WARN line says how many were lost.
+//! A log line is not an acknowledged message: losing some beats stopping.
+
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::sync::MutexExt;
+
+/// Most bytes of log lines held for the writer thread.
+pub const MAX_BUFFERED: usize = 1024 * 1024;
+
+/// How long the exit waits for the writer thread to write what is left.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct State {
+    /// Lines waiting for the writer thread, whole.
+    lines: Vec<u8>,
+    /// Lines dropped since the last notice.
+    dropped: u64,
+    /// The writer thread is writing a batch.
+    writing: bool,
+    /// The daemon is exiting: write what is left, then stop.
+    closing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer thread waits on it for lines; `flush` for an empty buffer.
+    changed: Condvar,
+}
+
+/// The log's destination, given to `tracing_subscriber` as its writer.
+#[derive(Clone)]
+pub struct LogSink {
+    shared: Arc<Shared>,
+}
+
+/// Writes what is left when dropped (waiting at most [`FLUSH_GRACE`]: a
+/// reader that never drains again must not keep the daemon from exiting).
+pub struct Flush {
+    shared: Arc<Shared>,
+}
+
+impl LogSink {
+    /// A sink writing to `out` from a thread of its own.
+    pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogSink, Flush)> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let for_thread = shared.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_lines(&for_thread, out))?;
+        Ok((
+            LogSink {
+                shared: shared.clone(),
+            },
+            Flush { shared },
+        ))
+    }
+
+    /// Takes one whole line (or drops it, counted, when the buffer is full).
+    fn take(&self, line: &[u8]) {
+        let mut s = self.shared.state.guard();
+        if s.lines.len() + line.len() > MAX_BUFFERED {
+            s.dropped += 1;
+            return;
+        }
+        let was_empty = s.lines.is_empty();
+        s.lines.extend_from_slice(line);
+        drop(s);
+        if was_empty {
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+/// The writer thread: takes every line gathered, writes them at once.
+fn write_lines<W: Write>(shared: &Shared, mut out: W) {
+    let mut batch = Vec::new();
+    loop {
+        let dropped = {
+            let mut s = shared.state.guard();
+            while s.lines.is_empty() && s.dropped == 0 && !s.closing {
+                s = shared
+                    .changed
+                    .wait(s)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if s.lines.is_empty() && s.dropped == 0 {
+                return; // closing, and nothing left
+            }
+            std::mem::swap(&mut batch, &mut s.lines);
+            s.writing = true;
+            std::mem::take(&mut s.dropped)
+        };
+        // A reader that went away (EPIPE) loses the lines; nothing else
+        // to do with them.
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        batch.clear();
+        // Keep the buffer a batch's size, not the largest burst's.
+        batch.shrink_to(64 * 1024);
+        shared.state.guard().writing = false;
+        shared.changed.notify_all();
+        if dropped > 0 {
+            // Through the log itself, in its format (text or JSON); this
+            // thread is not holding the buffer's lock.
+            tracing::warn!(
+                dropped,
+                "{dropped} log lines were dropped: stderr's reader stopped draining it, and at most {MAX_BUFFERED} bytes of lines wait for it"
+            );
+        }
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + FLUSH_GRACE;
+        let mut s = self.shared.state.guard();
+        s.closing = true;
+        self.shared.changed.notify_all();
+        while !s.lines.is_empty() || s.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            s = match self.shared.changed.wait_timeout(s, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// One event's writer: `tracing_subscriber` formats an event whole, then
+/// writes it with one `write_all`.
+pub struct LineWriter<'a> {
+    sink: &'a LogSink,
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sink.take(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = LineWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter { sink: self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination that blocks while `stalled` holds, like a pipe whose
+    /// reader stopped draining, and keeps what it was given.
+    #[derive(Clone, Default)]
+    struct Pipe {
+        got: Arc<Mutex<Vec<u8>>>,
+        stalled: Arc<Mutex<()>>,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _wait = self.stalled.guard();
+            self.got.guard().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn text(p: &Pipe) -> String {
+        String::from_utf8_lossy(&p.got.guard()).into_owned()
+    }
+
+    #[test]
+    fn lines_reach_the_destination_in_order_and_are_flushed_at_exit() {
+        let pipe = Pipe::default();
+        let (sink, flush) = LogSink::spawn(pipe.clone()).unwrap();
+        for i in 0..1000 {
+            sink.take(format!("line {i}\n").as_bytes());
+        }
+        drop(flush);
+        let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(text(&pipe), want);
+    }
+
+    /// A stalled reader costs a logging thread nothing but the lines past
+    /// the bound, and those are counted, not waited for.
+    #[test]
+    fn a_stalled_reader_never_blocks_the_logger_and_drops_are_counted() {
+        let pipe = Pipe::default();
+        let stall = pipe.stalled.guard();
+        let (sink, flush) = LogSink::spawn(pipe.clone()).unwrap();
+        let line = [b'x'; 99];
+        let mut line = line.to_vec();
+        line.push(b'\n');
+        let n = 3 * MAX_BUFFERED / line.len();
+        // The first line goes to the writer thread, which then blocks.
+        sink.take(&line);
+        while !sink.shared.state.guard().writing {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t0 = Instant::now();
+        for _ in 1..n {
+            sink.take(&line);
+        }
+        // Had the logger waited for the pipe, it would be waiting still.
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let (held, dropped) = {
+            let s = sink.shared.state.guard();
+            (s.lines.len(), s.dropped as usize)
+        };
+        assert_eq!(held, MAX_BUFFERED / line.len() * line.len());
+        assert_eq!(dropped, n - 1 - held / line.len());
+        drop(stall);
+        drop(flush);
+        let got = text(&pipe);
+        let written = got.lines().filter(|l| l.starts_with("xxx")).count();
+        assert_eq!(written + dropped, n);
+    }
+}
