@@ -7,9 +7,10 @@
 //! shipper), the pipe fills (64 KiB) and every task that logs blocks, and
 //! with them the threads the whole gateway runs on: no request answered,
 //! no message delivered. Here a line is copied into a buffer of at most
-//! [`MAX_BUFFERED`] bytes, and the writer thread writes what has gathered
-//! with one `write` per batch (a burst of lines costs one system call,
-//! not one each). When the buffer is full, lines are dropped and counted;
+//! [`MAX_BUFFERED`] bytes, and the writer thread, woken by the first line
+//! into an empty buffer, lets lines gather for [`GATHER`] and writes them
+//! with one `write` (a burst of lines costs one wake-up and one system
+//! call, not one each). When the buffer is full, lines are dropped and counted;
 //! once the reader drains again, a WARN line says how many were lost.
 //! A log line is not an acknowledged message: losing some beats stopping.
 
@@ -21,6 +22,10 @@ use crate::sync::MutexExt;
 
 /// Most bytes of log lines held for the writer thread.
 pub const MAX_BUFFERED: usize = 1024 * 1024;
+
+/// How long the writer thread lets lines gather once woken: a wake-up
+/// (and a switch to this thread) per batch, not per line.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// How long the exit waits for the writer thread to write what is left.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -62,6 +67,8 @@ impl LogSink {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
+        // The first sink is the daemon's (tests make more).
+        let _ = SINK.set(shared.clone());
         let for_thread = shared.clone();
         std::thread::Builder::new()
             .name("log-writer".into())
@@ -94,7 +101,7 @@ impl LogSink {
 fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
     loop {
-        let dropped = {
+        let closing = {
             let mut s = shared.state.guard();
             while s.lines.is_empty() && s.dropped == 0 && !s.closing {
                 s = shared
@@ -105,6 +112,15 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             if s.lines.is_empty() && s.dropped == 0 {
                 return; // closing, and nothing left
             }
+            s.closing
+        };
+        // Let a burst gather: the lines that come meanwhile find the
+        // buffer not empty and wake no one, and go out in this one write.
+        if !closing {
+            std::thread::sleep(GATHER);
+        }
+        let dropped = {
+            let mut s = shared.state.guard();
             std::mem::swap(&mut batch, &mut s.lines);
             s.writing = true;
             std::mem::take(&mut s.dropped)
@@ -130,20 +146,36 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        let deadline = Instant::now() + FLUSH_GRACE;
-        let mut s = self.shared.state.guard();
-        s.closing = true;
-        self.shared.changed.notify_all();
-        while !s.lines.is_empty() || s.writing {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            s = match self.shared.changed.wait_timeout(s, left) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
+        self.shared.state.guard().closing = true;
+        drained(&self.shared, FLUSH_GRACE);
+    }
+}
+
+/// The sink the daemon logs through, for [`flush`].
+static SINK: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
+
+/// Waits, at most `within`, until every line logged so far is written:
+/// for a `std::process::exit`, which runs no destructor.
+pub fn flush(within: Duration) {
+    if let Some(shared) = SINK.get() {
+        drained(shared, within);
+    }
+}
+
+/// Waits until the buffer is empty and no batch is being written.
+fn drained(shared: &Shared, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut s = shared.state.guard();
+    shared.changed.notify_all();
+    while !s.lines.is_empty() || s.writing {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
         }
+        s = match shared.changed.wait_timeout(s, left) {
+            Ok((s, _)) => s,
+            Err(p) => p.into_inner().0,
+        };
     }
 }
 

@@ -87,6 +87,10 @@ fn arm_watchdog(after: Duration, exit: impl FnOnce(u8) + Send + 'static) {
     }
 }
 
+/// How long an exit that cannot wait (a second signal, the watchdog)
+/// still waits for its log lines to be written.
+const EXIT_LOG_GRACE: Duration = Duration::from_millis(300);
+
 /// At least this long for the stop's checkpoint of the message log, past
 /// the bound if need be (the watchdog allows [`WATCHDOG_GRACE`]).
 const CHECKPOINT_GRACE: Duration = Duration::from_millis(1000);
@@ -112,6 +116,7 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, mut signals: Signals, acceptor:
             bound.as_millis(),
             WATCHDOG_GRACE.as_millis()
         );
+        crate::logsink::flush(EXIT_LOG_GRACE);
         std::process::exit(1);
     });
     tokio::spawn(async move {
@@ -121,6 +126,7 @@ pub async fn run(gw: Arc<Gateway>, signal: &str, mut signals: Signals, acceptor:
             step = STEP.load(Ordering::Relaxed),
             "second stop signal during the shutdown: exiting now without waiting for connections and channels"
         );
+        crate::logsink::flush(EXIT_LOG_GRACE);
         std::process::exit(1);
     });
     crate::notify::notify("STOPPING=1");
