@@ -1091,26 +1091,19 @@ async fn a_channel_delivering_in_a_loop_is_held_to_its_rate_and_loses_nothing() 
     }
 }
 
-/// A reader of the daemon's log that stops draining it (`switchboard | less`
-/// left on a page, a stuck log shipper) must not stop the gateway: with
-/// the log written from the tasks, the pipe fills after a few hundred
-/// lines and every task that logs blocks on it, the handshakes and the
-/// `health` below with them. Once the reader drains again, every line
-/// is there, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_log_reader_does_not_stop_the_gateway() {
-    let d = Daemon::builder()
+fn token_daemon() -> Daemon {
+    Daemon::builder()
         .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
         .start()
-        .unwrap();
-    let url = d.url();
-    let stall = d.stall_log();
-    // Each connection logs two lines of about 200 bytes (open, closed):
-    // 600 connections are several times what a pipe holds.
-    let n = 600;
+        .unwrap()
+}
+
+/// Connects `n` clients one after another (`params(i)` for the i-th) and
+/// closes each; panics when one hangs.
+async fn connect_and_close(url: &str, n: usize, params: impl Fn(usize) -> Value) {
     for i in 0..n {
         let step = async {
-            let (mut c, _) = connect(&url, Some(TOKEN), &["operator.read"]).await?;
+            let (mut c, _) = connect_with(url, params(i)).await?;
             c.ws.close(None).await?;
             anyhow::Ok(())
         };
@@ -1119,6 +1112,23 @@ async fn a_stalled_log_reader_does_not_stop_the_gateway() {
             .unwrap_or_else(|_| panic!("connection {i} hung with the log's reader stalled"))
             .unwrap();
     }
+}
+
+/// A reader of the daemon's log that stops draining it (`switchboard | less`
+/// left on a page, a stuck log shipper) must not stop the gateway: with
+/// the log written from the tasks, the pipe fills after a few hundred
+/// lines and every task that logs blocks on it, the handshakes and the
+/// `health` below with them. Once the reader drains again, every line
+/// is there, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_does_not_stop_the_gateway() {
+    let d = token_daemon();
+    let url = d.url();
+    let stall = d.stall_log();
+    // Each connection logs two lines of about 200 bytes (open, closed):
+    // 600 connections are several times what a pipe holds.
+    let n = 600;
+    connect_and_close(&url, n, |_| connect_params(Some(TOKEN), &["operator.read"])).await;
     let (mut c, _) = connect(&url, Some(TOKEN), &["operator.read"])
         .await
         .unwrap();
@@ -1154,10 +1164,7 @@ async fn a_stalled_log_reader_does_not_stop_the_gateway() {
 /// drains again; logging goes on after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_past_the_bound_are_dropped_and_counted() {
-    let d = Daemon::builder()
-        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
-        .start()
-        .unwrap();
+    let d = token_daemon();
     let url = d.url();
     let stall = d.stall_log();
     // Connect with a long client id until the lines logged pass the bound
@@ -1170,17 +1177,7 @@ async fn log_lines_past_the_bound_are_dropped_and_counted() {
         p
     };
     let n = 1 + (1024 * 1024 + 64 * 1024) / 500;
-    for i in 0..n {
-        let step = async {
-            let (mut c, _) = connect_with(&url, params(i)).await?;
-            c.ws.close(None).await?;
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(10), step)
-            .await
-            .unwrap_or_else(|_| panic!("connection {i} hung with the log's reader stalled"))
-            .unwrap();
-    }
+    connect_and_close(&url, n, params).await;
     drop(stall);
     let notice = d
         .wait_log("log lines were dropped", Duration::from_secs(20))
