@@ -193,6 +193,8 @@ pub struct Daemon {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// While true, the daemon's stderr is not read (see `stall_log`).
     log_stalled: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Set when the daemon's stderr is read to its end.
+    log_ended: Arc<std::sync::atomic::AtomicBool>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
 }
@@ -343,6 +345,8 @@ impl DaemonBuilder {
         let logs2 = logs.clone();
         let log_stalled = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let stalled = log_stalled.clone();
+        let log_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = log_ended.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let (lock, resumed) = &*stalled;
@@ -359,6 +363,7 @@ impl DaemonBuilder {
                 }
                 logs2.lock().unwrap().push(line);
             }
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(a) => a,
@@ -376,6 +381,7 @@ impl DaemonBuilder {
             addr,
             logs,
             log_stalled,
+            log_ended,
             _dir: dir,
             config_path,
         })
@@ -481,6 +487,13 @@ impl Daemon {
         loop {
             if let Some(status) = child.try_wait()? {
                 self.child = None;
+                // Its last lines are read before `log_text` is asked.
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while !self.log_ended.load(std::sync::atomic::Ordering::SeqCst)
+                    && Instant::now() < read_by
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Ok(status.code().unwrap_or(-1));
             }
             if Instant::now() > deadline {

@@ -348,9 +348,12 @@ async fn responses_held_for_all_connections_are_bounded_together() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(closes >= 2, "{closes} hoarders closed\n{}", d.log_text());
-    assert!(d
-        .log_text()
-        .contains("pass gateway.limits.max_reply_bytes_total"));
+    d.wait_log(
+        "pass gateway.limits.max_reply_bytes_total",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     // A reader is served meanwhile.
     let (mut reader, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
     let r = reader
@@ -622,6 +625,10 @@ async fn refused_connections_are_logged_once_per_interval() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(rejected >= 50, "{rejected}");
+    // The line is written by the daemon's log thread: wait for it.
+    d.wait_log("refused connection", Duration::from_secs(10))
+        .await
+        .unwrap();
     let lines = d
         .log_text()
         .lines()
@@ -652,6 +659,9 @@ async fn refused_handshakes_are_logged_once_per_interval() {
             .unwrap()
             >= 50
     );
+    d.wait_log("refused handshake", Duration::from_secs(10))
+        .await
+        .unwrap();
     let log = d.log_text();
     let lines: Vec<&str> = log
         .lines()
@@ -775,12 +785,12 @@ async fn one_address_cannot_hold_every_unauthenticated_slot() {
             .unwrap()
             >= 1
     );
-    assert!(
-        d.log_text()
-            .contains("unauthenticated connections already open from 127.0.0.2"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "unauthenticated connections already open from 127.0.0.2",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 }
 
 /// A WebSocket from `from` as a reverse proxy would open it for `client`.
@@ -845,12 +855,12 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_share() {
     upgrade_through(&d, "127.0.0.4", "203.0.113.5")
         .await
         .unwrap();
-    assert!(
-        d.log_text()
-            .contains("203.0.113.5 (through the proxy 127.0.0.4"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "203.0.113.5 (through the proxy 127.0.0.4",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 }
 
 /// One address cannot take every webhook body slot with stalled bodies:
@@ -891,12 +901,12 @@ async fn one_address_cannot_take_every_webhook_body_slot() {
             .unwrap()
             >= 1
     );
-    assert!(
-        d.log_text()
-            .contains("webhook bodies already being read from 127.0.0.2"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "webhook bodies already being read from 127.0.0.2",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     drop(stalled);
 }
 
@@ -946,12 +956,12 @@ async fn behind_a_trusted_proxy_webhook_bodies_are_shared_per_client() {
         .unwrap();
     let ok = read_until_eof(&mut other, Duration::from_secs(3)).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    assert!(
-        d.log_text()
-            .contains("webhook bodies already being read from 198.51.100.9"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "webhook bodies already being read from 198.51.100.9",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     drop(stalled);
 }
 

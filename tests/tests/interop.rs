@@ -59,14 +59,20 @@ fn official_openclaw_client_connects_and_calls() {
     assert_eq!(results[0]["label"], "token");
     assert_eq!(results[1]["label"], "token+device");
     assert_eq!(results[1]["deviceSeen"], true);
-    // The daemon verified the device proof (it logs the device id it derived).
-    let log = d.log_text();
-    assert!(
-        log.lines().any(|l| l.contains("connection open")
-            && l.contains("device_id=")
-            && !l.contains("device_id=\"-\"")),
-        "{log}"
-    );
+    // The daemon verified the device proof (it logs the device id it
+    // derived); its log thread writes the line within moments.
+    let verified = |l: &str| {
+        l.contains("connection open") && l.contains("device_id=") && !l.contains("device_id=\"-\"")
+    };
+    let t0 = std::time::Instant::now();
+    while !d.log_text().lines().any(verified) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The official schema of `@openclaw/gateway-protocol`.

@@ -723,7 +723,9 @@ async fn a_send_queued_while_the_server_is_down_survives_a_daemon_restart() {
     human
         .wait(|l| l.contains("PRIVMSG #room :queued while down"))
         .await;
-    assert!(d2.log_text().contains("queued again"), "{}", d2.log_text());
+    d2.wait_log("queued again", Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 /// `send` of `text` to `#room` with `key` as its idempotency key (and id).
@@ -792,7 +794,9 @@ async fn the_outbox_takes_128_mib_and_refuses_the_next_message_by_name() {
     assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
 
     let d = irc_daemon(&dir, port, &accounts);
-    assert!(d.log_text().contains("queued again"), "{}", d.log_text());
+    d.wait_log("queued again", Duration::from_secs(10))
+        .await
+        .unwrap();
     let grew_kib = d.rss_kib().saturating_sub(idle_kib);
     assert!(
         grew_kib < 32 << 10,

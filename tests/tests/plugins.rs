@@ -305,11 +305,10 @@ async fn kv_survives_reload_and_restart() {
         "counter lost across restart: {r}"
     );
     // The first daemon compiled echo; the restart took it from the on-disk cache.
-    assert!(
-        s.daemon.log_text().contains("cached=false"),
-        "{}",
-        s.daemon.log_text()
-    );
+    s.daemon
+        .wait_log("cached=false", Duration::from_secs(10))
+        .await
+        .unwrap();
     let line = d2
         .wait_log("plugin loaded", Duration::from_secs(1))
         .await
@@ -441,12 +440,12 @@ async fn the_compiled_plugin_cache_keeps_only_what_is_loaded() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        d.log_text()
-            .contains("removed compiled plugins no loaded plugin uses"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "removed compiled plugins no loaded plugin uses",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

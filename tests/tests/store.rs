@@ -191,11 +191,9 @@ async fn a_clean_stop_leaves_the_whole_log_in_its_database_file() {
     );
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(15)).unwrap(), 0);
-    assert!(
-        d.log_text().contains("message log checkpointed"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log("message log checkpointed", Duration::from_secs(10))
+        .await
+        .unwrap();
     let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert_eq!(
         left, 0,
@@ -285,10 +283,9 @@ async fn a_send_cut_by_sigkill_after_its_channel_was_called_is_refused_not_sent_
         "{r}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1, "sent twice");
-    assert!(
-        d.log_text().contains("`k-cut` (webhook / out)"),
-        "the start does not name the interrupted send"
-    );
+    d.wait_log("`k-cut` (webhook / out)", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         d.metric("switchboard_sends_outcome_unknown_total")
             .await
@@ -953,12 +950,12 @@ async fn near_the_disk_floor_the_channel_holding_most_of_the_log_is_refused_firs
     );
     let (st, v) = post_sized(&d, "quiet", "q2", 100).await;
     assert_eq!(st, 200, "the other channel keeps the room left: {v}");
-    assert!(
-        d.log_text()
-            .contains("its new messages are refused so that the other channels"),
-        "{}",
-        d.log_text()
-    );
+    d.wait_log(
+        "its new messages are refused so that the other channels",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     // `health` names the refused channel (and only it) as a failed queue;
     // `/ready` stays ready: the other channels work.
     let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
