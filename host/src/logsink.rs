@@ -27,9 +27,6 @@ pub const MAX_BUFFERED: usize = 1024 * 1024;
 /// (and a switch to this thread) per batch, not per line.
 const GATHER: Duration = Duration::from_millis(2);
 
-/// How long the exit waits for the writer thread to write what is left.
-const FLUSH_GRACE: Duration = Duration::from_secs(2);
-
 #[derive(Default)]
 struct State {
     /// Lines waiting for the writer thread, whole.
@@ -38,8 +35,6 @@ struct State {
     dropped: u64,
     /// The writer thread is writing a batch.
     writing: bool,
-    /// The daemon is exiting: write what is left, then stop.
-    closing: bool,
 }
 
 struct Shared {
@@ -54,15 +49,9 @@ pub struct LogSink {
     shared: Arc<Shared>,
 }
 
-/// Writes what is left when dropped (waiting at most [`FLUSH_GRACE`]: a
-/// reader that never drains again must not keep the daemon from exiting).
-pub struct Flush {
-    shared: Arc<Shared>,
-}
-
 impl LogSink {
     /// A sink writing to `out` from a thread of its own.
-    pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogSink, Flush)> {
+    pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<LogSink> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -73,12 +62,12 @@ impl LogSink {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || write_lines(&for_thread, out))?;
-        Ok((
-            LogSink {
-                shared: shared.clone(),
-            },
-            Flush { shared },
-        ))
+        Ok(LogSink { shared })
+    }
+
+    /// Waits, at most `within`, until every line taken so far is written.
+    pub fn flush(&self, within: Duration) {
+        drained(&self.shared, within);
     }
 
     /// Takes one whole line (or drops it, counted, when the buffer is full).
@@ -101,24 +90,18 @@ impl LogSink {
 fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
     loop {
-        let closing = {
+        {
             let mut s = shared.state.guard();
-            while s.lines.is_empty() && s.dropped == 0 && !s.closing {
+            while s.lines.is_empty() && s.dropped == 0 {
                 s = shared
                     .changed
                     .wait(s)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            if s.lines.is_empty() && s.dropped == 0 {
-                return; // closing, and nothing left
-            }
-            s.closing
-        };
+        }
         // Let a burst gather: the lines that come meanwhile find the
         // buffer not empty and wake no one, and go out in this one write.
-        if !closing {
-            std::thread::sleep(GATHER);
-        }
+        std::thread::sleep(GATHER);
         let dropped = {
             let mut s = shared.state.guard();
             std::mem::swap(&mut batch, &mut s.lines);
@@ -144,18 +127,12 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
     }
 }
 
-impl Drop for Flush {
-    fn drop(&mut self) {
-        self.shared.state.guard().closing = true;
-        drained(&self.shared, FLUSH_GRACE);
-    }
-}
-
 /// The sink the daemon logs through, for [`flush`].
 static SINK: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
 
-/// Waits, at most `within`, until every line logged so far is written:
-/// for a `std::process::exit`, which runs no destructor.
+/// Waits, at most `within`, until every line the daemon logged so far is
+/// written: before it exits (a reader that never drains again must not
+/// keep it from exiting, hence the bound).
 pub fn flush(within: Duration) {
     if let Some(shared) = SINK.get() {
         drained(shared, within);
@@ -166,7 +143,6 @@ pub fn flush(within: Duration) {
 fn drained(shared: &Shared, within: Duration) {
     let deadline = Instant::now() + within;
     let mut s = shared.state.guard();
-    shared.changed.notify_all();
     while !s.lines.is_empty() || s.writing {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -230,13 +206,13 @@ mod tests {
     }
 
     #[test]
-    fn lines_reach_the_destination_in_order_and_are_flushed_at_exit() {
+    fn lines_reach_the_destination_in_order_and_a_flush_waits_for_them() {
         let pipe = Pipe::default();
-        let (sink, flush) = LogSink::spawn(pipe.clone()).unwrap();
+        let sink = LogSink::spawn(pipe.clone()).unwrap();
         for i in 0..1000 {
             sink.take(format!("line {i}\n").as_bytes());
         }
-        drop(flush);
+        sink.flush(Duration::from_secs(2));
         let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
         assert_eq!(text(&pipe), want);
     }
@@ -247,7 +223,7 @@ mod tests {
     fn a_stalled_reader_never_blocks_the_logger_and_drops_are_counted() {
         let pipe = Pipe::default();
         let stall = pipe.stalled.guard();
-        let (sink, flush) = LogSink::spawn(pipe.clone()).unwrap();
+        let sink = LogSink::spawn(pipe.clone()).unwrap();
         let line = [b'x'; 99];
         let mut line = line.to_vec();
         line.push(b'\n');
@@ -270,7 +246,7 @@ mod tests {
         assert_eq!(held, MAX_BUFFERED / line.len() * line.len());
         assert_eq!(dropped, n - 1 - held / line.len());
         drop(stall);
-        drop(flush);
+        sink.flush(Duration::from_secs(2));
         let got = text(&pipe);
         let written = got.lines().filter(|l| l.starts_with("xxx")).count();
         assert_eq!(written + dropped, n);

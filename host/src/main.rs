@@ -147,13 +147,12 @@ struct CallArgs {
 }
 
 /// Logs to stderr through a `LogSink` (a thread of its own writes the
-/// lines, so a stalled reader of stderr never blocks a task); the returned
-/// guard writes what is left at exit.
-fn init_logging(format: LogFormat) -> std::io::Result<switchboard::logsink::Flush> {
+/// lines, so a stalled reader of stderr never blocks a task).
+fn init_logging(format: LogFormat) -> std::io::Result<()> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (sink, flush) = switchboard::logsink::LogSink::spawn(std::io::stderr())?;
+    let sink = switchboard::logsink::LogSink::spawn(std::io::stderr())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink)
@@ -162,7 +161,7 @@ fn init_logging(format: LogFormat) -> std::io::Result<switchboard::logsink::Flus
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(flush)
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -178,7 +177,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut log_flush = None;
     let code = match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Plugins(PluginsCommand::Check { file })) => {
@@ -219,8 +217,8 @@ fn main() -> ExitCode {
             config,
             state_dir,
         })) => backup(&file, config, state_dir),
-        Some(Command::Serve(args)) => serve_logged(&runtime, cli.log_format, args, &mut log_flush),
-        None => serve_logged(&runtime, cli.log_format, cli.serve, &mut log_flush),
+        Some(Command::Serve(args)) => serve_logged(&runtime, cli.log_format, args),
+        None => serve_logged(&runtime, cli.log_format, cli.serve),
     };
     // Dropping the runtime would wait, without bound, for every blocking
     // task still running (a read of a config file that is a pipe nobody
@@ -228,29 +226,23 @@ fn main() -> ExitCode {
     // never exit. What such a task was doing is not needed any more.
     runtime.shutdown_timeout(RUNTIME_GRACE);
     // The last lines (the shutdown's) are written before the exit.
-    drop(log_flush);
+    switchboard::logsink::flush(LOG_GRACE);
     code
 }
 
-/// Starts the log (its guard kept in `flush`, for `main` to drop after
-/// the runtime), then serves.
-fn serve_logged(
-    runtime: &tokio::runtime::Runtime,
-    format: LogFormat,
-    args: ServeArgs,
-    flush: &mut Option<switchboard::logsink::Flush>,
-) -> ExitCode {
+/// Starts the log, then serves.
+fn serve_logged(runtime: &tokio::runtime::Runtime, format: LogFormat, args: ServeArgs) -> ExitCode {
     match init_logging(format) {
-        Ok(f) => {
-            *flush = Some(f);
-            runtime.block_on(serve(args))
-        }
+        Ok(()) => runtime.block_on(serve(args)),
         Err(e) => {
             eprintln!("error: cannot start the log writer thread: {e}");
             ExitCode::from(2)
         }
     }
 }
+
+/// How long the exit waits for the log's last lines to be written.
+const LOG_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the exit waits for blocking tasks still running.
 const RUNTIME_GRACE: Duration = Duration::from_millis(500);
