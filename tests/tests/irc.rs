@@ -48,27 +48,25 @@ impl Ngircd {
         })
     }
 
-    /// Starts the server `make` builds, on ports picked free. A port picked
-    /// free can be taken before ngircd binds it (by another test's server,
-    /// or as the source port of a connection): `wait_listening` then sees
-    /// the other listener and ngircd exits. So a server that exits within
-    /// 300 ms is made again, on other ports (three attempts, its log shown).
+    /// Starts the server `make` builds, on ports picked free, again on
+    /// other ports when it exits at start (see [`stays_up`]).
     fn start_checked(make: impl Fn() -> Ngircd) -> Ngircd {
-        for attempt in 1..=3 {
-            let mut n = make();
-            n.spawn();
-            std::thread::sleep(Duration::from_millis(300));
-            let status = n.child.as_mut().map(|c| c.try_wait());
-            match status {
-                Some(Ok(None)) => return n,
-                status => {
-                    let log = std::fs::read_to_string(n.dir.path().join("ngircd.log"))
-                        .unwrap_or_default();
-                    eprintln!("ngircd exited at start ({status:?}, attempt {attempt}): {log}");
+        stays_up(
+            "ngircd",
+            || {
+                let mut n = make();
+                n.spawn();
+                n
+            },
+            |n| {
+                let status = n.child.as_mut().map(|c| c.try_wait());
+                let log = || std::fs::read_to_string(n.dir.path().join("ngircd.log"));
+                match status {
+                    Some(Ok(None)) => None,
+                    status => Some(format!("{status:?}, {}", log().unwrap_or_default())),
                 }
-            }
-        }
-        panic!("ngircd did not stay up in three attempts (its log is above)");
+            },
+        )
     }
 
     /// ngircd with a TLS port as well, serving `cert_pem`/`key_pem`.
@@ -156,6 +154,23 @@ impl Drop for Ngircd {
 /// listens on can succeed as a TCP self-connect (its source port picked
 /// equal to the destination), which would also hold the port the server
 /// is about to bind: such a connection does not count.
+/// Starts a server with `start` until it is still running 300 ms later
+/// (`exited`: why it is not, its status and output), three attempts. A
+/// port picked free can be taken before the server binds it (by another
+/// test's server, or as the source port of a connection): `wait_listening`
+/// then sees the other listener, and the server exits.
+fn stays_up<T>(what: &str, start: impl Fn() -> T, exited: impl Fn(&mut T) -> Option<String>) -> T {
+    for attempt in 1..=3 {
+        let mut server = start();
+        std::thread::sleep(Duration::from_millis(300));
+        match exited(&mut server) {
+            None => return server,
+            Some(why) => eprintln!("{what} exited at start (attempt {attempt}): {why}"),
+        }
+    }
+    panic!("{what} did not stay up in three attempts (its output is above)");
+}
+
 fn wait_listening(port: u16, what: &str) {
     let t0 = std::time::Instant::now();
     let listening = || {
@@ -468,24 +483,18 @@ struct InspNet {
 }
 
 impl InspNet {
-    /// Starts the network on free ports. A port picked free can be taken
-    /// before inspircd binds it (by another test's server, or as the source
-    /// port of a connection): inspircd then exits, and the network is
-    /// started again on other ports.
+    /// Starts the network on free ports, again on other ports when
+    /// inspircd exits at start (see [`stays_up`]).
     fn start() -> InspNet {
-        for attempt in 1..=3 {
-            let mut net = InspNet::start_once();
-            std::thread::sleep(Duration::from_millis(300));
+        stays_up("inspircd", InspNet::start_once, |net| {
             match net.children[0].try_wait() {
-                Ok(None) => return net,
+                Ok(None) => None,
                 status => {
-                    let err = std::fs::read_to_string(net._dir.path().join("inspircd.out"))
-                        .unwrap_or_default();
-                    eprintln!("inspircd exited at start ({status:?}, attempt {attempt}): {err}");
+                    let out = std::fs::read_to_string(net._dir.path().join("inspircd.out"));
+                    Some(format!("{status:?}, {}", out.unwrap_or_default()))
                 }
             }
-        }
-        panic!("inspircd did not stay up in three attempts (its output is above)");
+        })
     }
 
     fn start_once() -> InspNet {
