@@ -47,6 +47,11 @@ impl TokenBucket {
         true
     }
 
+    /// Gives back one token taken for nothing (up to the burst).
+    pub fn give_back(&mut self, per_second: u32) {
+        self.tokens = (self.tokens + 1.0).min(burst(per_second));
+    }
+
     /// Whether a token is there (`per_second` 0: always), taking none.
     pub fn has(&mut self, per_second: u32, now: Instant) -> bool {
         if per_second == 0 {

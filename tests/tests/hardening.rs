@@ -1101,6 +1101,72 @@ async fn a_channel_delivering_in_a_loop_is_held_to_its_rate_and_loses_nothing() 
     }
 }
 
+/// A redelivery (a message the log holds already: a webhook sender's
+/// retry, a plugin fetching again after a restart) does not take a new
+/// message's room in `max_messages_per_second`, up to an allowance of the
+/// same rate; past it, redeliveries count too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_do_not_take_new_messages_room_up_to_their_own_allowance() {
+    let dir = tempfile::tempdir().unwrap();
+    // A burst of 10 s × 1 = 10 new messages, and 10 redeliveries.
+    let d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "webhook.wasm")],
+            "[channels.webhook]\nmax_messages_per_second = 1\n[channels.webhook.accounts.open]\n",
+        )
+        .start()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = d.http("/hooks/webhook/open");
+    let post = |id: &str| {
+        let body = json!({"chatId": "room", "senderId": "u1", "text": "hi", "messageId": id});
+        let req = http.post(&url).body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let t0 = Instant::now();
+    let (st, body) = post("w0").await;
+    assert_eq!(st, 200, "{body}");
+    // 15 redeliveries of w0: all taken (a redelivery is never refused
+    // while there is room); the first 10 cost nothing, the last 5 count.
+    for i in 0..15 {
+        let (st, body) = post("w0").await;
+        assert_eq!(st, 200, "redelivery {i}: {body}");
+    }
+    // Room is left for 10 - 1 - 5 = 4 new messages (and whatever the rate
+    // gave back since t0, one a second).
+    let mut taken = 0;
+    loop {
+        let (st, body) = post(&format!("w{}", taken + 1)).await;
+        if st == 429 {
+            assert!(body.contains("max_messages_per_second = 1"), "{body}");
+            break;
+        }
+        assert_eq!(st, 200, "{body}");
+        taken += 1;
+        assert!(taken < 20, "never refused");
+    }
+    let refilled = t0.elapsed().as_secs_f64() as usize;
+    assert!(
+        (4..=4 + refilled).contains(&taken),
+        "{taken} new messages taken after 15 redeliveries ({refilled} s of refill)"
+    );
+    // w0 is in the log once.
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let ids: Vec<String> = op
+        .history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids.iter().filter(|i| *i == "w0").count(), 1, "{ids:?}");
+    assert_eq!(ids.len(), 1 + taken, "{ids:?}");
+}
+
 fn token_daemon() -> Daemon {
     Daemon::builder()
         .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))

@@ -62,6 +62,8 @@ pub struct DeliveryRate {
 
 struct RateState {
     bucket: TokenBucket,
+    /// Redeliveries' allowance ([`DeliveryRate::refund`]).
+    redelivered: TokenBucket,
     /// Refused since the last log line, and when that was.
     refused: u64,
     logged: Option<Instant>,
@@ -75,6 +77,7 @@ impl DeliveryRate {
             per_second: AtomicU32::new(per_second),
             state: Mutex::new(RateState {
                 bucket: TokenBucket::full(per_second, Instant::now()),
+                redelivered: TokenBucket::full(per_second, Instant::now()),
                 refused: 0,
                 logged: None,
             }),
@@ -116,6 +119,22 @@ impl DeliveryRate {
             tracing::warn!(channel = %self.channel, refused, "{why} ({refused} refused since the last such line)");
         }
         Err(why)
+    }
+
+    /// Gives back the room [`DeliveryRate::admit`] took for a message the
+    /// log already held (a redelivery): only new messages count.
+    /// Redeliveries have an allowance of their own, at the same rate: past
+    /// it they count as new, so that a plugin delivering one message in a
+    /// loop is still held to twice the rate on the log's writer.
+    fn refund(&self) {
+        let per_second = self.per_second.load(Ordering::Relaxed);
+        if per_second == 0 {
+            return;
+        }
+        let mut st = self.state.guard();
+        if st.redelivered.take(per_second, Instant::now()) {
+            st.bucket.give_back(per_second);
+        }
     }
 
     /// Why a message would be refused now, if it would (counted as a
@@ -194,11 +213,20 @@ impl Inbox {
         }
     }
 
-    /// A message received on `channel`: resolves to its sequence number once
-    /// it is durable in the log.
-    pub fn deliver(&self, channel: &str, m: InboundMessage) -> Delivering {
+    /// A message received on `channel`, within `rate`: resolves to its
+    /// sequence number once it is durable in the log. A redelivery (the
+    /// log holds it already) gives its room in `rate` back.
+    pub fn deliver(
+        &self,
+        channel: &str,
+        rate: &Arc<DeliveryRate>,
+        m: InboundMessage,
+    ) -> Delivering {
         if let Err(e) = check_sizes(&m) {
             return Box::pin(async move { Err(e) });
+        }
+        if let Err(why) = rate.admit() {
+            return Box::pin(async move { Err(why) });
         }
         let accepting = self.accepting.reader();
         if !*accepting {
@@ -226,11 +254,15 @@ impl Inbox {
             attachments: attachments_json(&m.attachments),
         });
         drop(accepting);
+        let rate = rate.clone();
         Box::pin(async move {
-            pending
-                .await
-                .map(|a| a.seq)
-                .map_err(|e| format!("the message was not stored ({e}); keep it and retry later"))
+            let appended = pending.await.map_err(|e| {
+                format!("the message was not stored ({e}); keep it and retry later")
+            })?;
+            if !appended.new {
+                rate.refund();
+            }
+            Ok(appended.seq)
         })
     }
 
@@ -435,10 +467,7 @@ pub struct AccountInbox {
 
 impl crate::plugins::imports::Inbox for AccountInbox {
     fn deliver(&self, message: InboundMessage) -> Delivering {
-        if let Err(why) = self.rate.admit() {
-            return Box::pin(async move { Err(why) });
-        }
-        self.inbox.deliver(&self.channel, message)
+        self.inbox.deliver(&self.channel, &self.rate, message)
     }
 }
 
