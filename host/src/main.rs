@@ -259,20 +259,26 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let source = switchboard::config::Source::new(args.config.clone(), overrides);
     let config = match source.load() {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e, 2),
     };
     match switchboard::serve(config, source).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e, 1),
     }
+}
+
+/// How long a failed start waits for its log line before printing the
+/// error plainly.
+const FAIL_LOG_GRACE: Duration = Duration::from_millis(300);
+
+/// A start that failed: the error is logged, then (once the log has
+/// written it, so that the two keep their order) printed plainly as the
+/// last line, which a log filter or JSON format cannot hide.
+fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
+    tracing::error!("{e:#}");
+    switchboard::logsink::flush(FAIL_LOG_GRACE);
+    eprintln!("error: {e:#}");
+    ExitCode::from(code)
 }
 
 async fn call(args: CallArgs) -> ExitCode {

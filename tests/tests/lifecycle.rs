@@ -18,6 +18,13 @@ fn unknown_config_key_is_named() {
     assert_ne!(code, 0);
     assert!(err.contains("prot"), "{err}");
     assert!(err.contains("switchboard.toml"), "{err}");
+    // Logged, then printed plainly as the last thing said.
+    let logged = err.find("ERROR switchboard: invalid config file");
+    let plain = err.rfind("\nerror: invalid config file");
+    assert!(
+        matches!((logged, plain), (Some(l), Some(p)) if l < p),
+        "the log line, then the plain one: {err}"
+    );
 }
 
 #[test]
