@@ -82,6 +82,34 @@ async fn call_inner(opts: CallOptions) -> Result<Value, CallError> {
     Ok(payload)
 }
 
+/// The URL's scheme checked before connecting: the error says what to use.
+fn check_scheme(url: &str) -> Result<(), CallError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .map_or((String::new(), url), |(s, r)| (s.to_ascii_lowercase(), r));
+    let instead = match scheme.as_str() {
+        "ws" | "wss" => return Ok(()),
+        "http" => format!("use ws://{rest}"),
+        "https" => format!("use wss://{rest}"),
+        _ => "the URL must look like ws://127.0.0.1:18789 or wss://host:port".to_string(),
+    };
+    Err(CallError::Transport(format!(
+        "cannot connect to {url}: the gateway's URL starts with ws:// or wss:// ({instead})"
+    )))
+}
+
+/// How to mend a failed connection, when it is plain from the error.
+fn hint(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            " (is the gateway running there? start it with `switchboard serve`, or pass its address with --url)"
+        }
+        _ => "",
+    }
+}
+
 /// Connects, answers the challenge and sends `connect` with `scope`.
 async fn connect(
     url: &str,
@@ -89,9 +117,10 @@ async fn connect(
     password: Option<&str>,
     scope: &str,
 ) -> Result<Ws, CallError> {
+    check_scheme(url)?;
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
-        .map_err(|e| CallError::Transport(format!("cannot connect to {url}: {e}")))?;
+        .map_err(|e| CallError::Transport(format!("cannot connect to {url}: {e}{}", hint(&e))))?;
     // Wait for the challenge.
     loop {
         let v = next_json(&mut ws).await?;
@@ -152,8 +181,12 @@ pub struct TailOptions {
 /// `switchboard tail`: prints messages (each a `message` event's payload)
 /// to `print`, oldest first, then follows; reconnects by itself, resuming
 /// after the last message printed. Returns only on a gateway error that a
-/// retry cannot fix (an unknown method, a missing scope, bad credentials).
+/// retry cannot fix (an unknown method, a missing scope, bad credentials)
+/// or on a URL that is not the gateway's (not ws:// or wss://).
 pub async fn tail(opts: TailOptions, print: &mut dyn FnMut(&Value)) -> CallError {
+    if let Err(e) = check_scheme(&opts.url) {
+        return e;
+    }
     let mut last = opts.after;
     let mut backoff = Duration::from_millis(250);
     loop {

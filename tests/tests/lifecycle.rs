@@ -560,3 +560,61 @@ fn call_subcommand() {
     assert_eq!(code, 2);
     assert!(err.contains("--params"), "{err}");
 }
+
+/// `switchboard call` (and `tail`) say how to mend an address they cannot
+/// connect to: nothing listening, an http:// URL, no URL at all.
+#[test]
+fn call_names_how_to_mend_a_bad_address() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let run = |url: &str| {
+        let out = Command::new(binary())
+            .args(["call", "health", "--url", url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&format!("ws://127.0.0.1:{port}"));
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("is the gateway running there?"), "{err}");
+    let (code, err) = run(&format!("HTTPS://127.0.0.1:{port}/"));
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains(&format!("(use wss://127.0.0.1:{port}/)")),
+        "{err}"
+    );
+    for url in ["ftp://127.0.0.1:1", "127.0.0.1:1"] {
+        let (_, err) = run(url);
+        assert!(err.contains("must look like ws://127.0.0.1:18789"), "{err}");
+    }
+    // `tail` retries what a retry can mend, not this: it exits.
+    let mut child = Command::new(binary())
+        .args(["tail", "--url", &format!("http://127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("tail kept retrying a URL that is not a gateway's");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains(&format!("(use ws://127.0.0.1:{port})")),
+        "{err}"
+    );
+}
