@@ -100,7 +100,7 @@ impl Metrics {
             ),
             (
                 "origin_rejections_total",
-                "WebSocket upgrades refused for their Origin.",
+                "WebSocket upgrades and webhooks refused for their browser Origin.",
                 &self.origin_rejections,
             ),
             (

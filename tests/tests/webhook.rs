@@ -553,3 +553,72 @@ async fn a_call_s_key_value_writes_are_on_disk_before_its_answer() {
         "an accepted request's claim needed an fsync of its own"
     );
 }
+
+/// A web page can POST to the gateway without asking (a form, `fetch` in
+/// `no-cors` mode): a webhook with a browser's `Origin` not allowed (or a
+/// cross-site `Sec-Fetch-Site` with none) is refused `403` before its
+/// plugin is called, so a page cannot put messages into a channel whose
+/// webhook needs no secret. Servers (no `Origin`), loopback pages and
+/// origins in `gateway.allowed_origins` post as before.
+#[tokio::test]
+async fn webhooks_from_web_pages_are_refused_unless_their_origin_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(
+        dir.path(),
+        "[gateway]\nallowed_origins = [\"https://dash.example\"]\n",
+    );
+    let body = |id: &str| {
+        json!({"chatId": "room", "senderId": "u1", "text": "hi", "messageId": id}).to_string()
+    };
+    let refused: &[(&str, &[(&str, &str)])] = &[
+        ("evil", &[("origin", "http://evil.example")]),
+        // A page re-pointed at 127.0.0.1 keeps its own name as its origin.
+        ("rebound", &[("origin", "http://evil.example:18789")]),
+        ("sandboxed", &[("origin", "null")]),
+        ("no-origin", &[("sec-fetch-site", "cross-site")]),
+    ];
+    for (id, headers) in refused {
+        let headers: Vec<(&str, String)> =
+            headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let (st, v) = post(&d, "open", &body(id), &headers).await;
+        assert_eq!(st, 403, "{id}: {v}");
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.contains("not taken from web pages"), "{id}: {e}");
+        assert!(e.contains("gateway.allowed_origins"), "{id}: {e}");
+    }
+    let taken: &[(&str, &[(&str, &str)])] = &[
+        ("server", &[]),
+        ("local-page", &[("origin", "http://localhost:5173")]),
+        (
+            "allowed",
+            &[
+                ("origin", "https://dash.example"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ),
+    ];
+    for (id, headers) in taken {
+        let headers: Vec<(&str, String)> =
+            headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let (st, v) = post(&d, "open", &body(id), &headers).await;
+        assert_eq!(st, 200, "{id}: {v}");
+    }
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    let ids: Vec<String> = op
+        .history_after(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["server", "local-page", "allowed"]);
+    assert_eq!(
+        d.metric("switchboard_origin_rejections_total")
+            .await
+            .unwrap(),
+        4
+    );
+    d.wait_log("refused webhook", Duration::from_secs(5))
+        .await
+        .unwrap();
+}

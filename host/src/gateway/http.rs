@@ -56,6 +56,9 @@ async fn hook(
     let account = p.get("account").cloned().unwrap_or_default();
     let path = format!("/{}", p.get("rest").cloned().unwrap_or_default());
     let (parts, body) = req.into_parts();
+    if let Some(refused) = browser_refused(&gw, &parts.headers) {
+        return refused;
+    }
     let Some(limit) = gw.channels.webhook_body_limit(&channel) else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -171,6 +174,38 @@ async fn hook(
         }
         Err(e) => webhook_error(&channel, &account, e),
     }
+}
+
+/// A webhook posted by a web page in a browser: `403` unless the page's
+/// origin is allowed as for a WebSocket (loopback, or listed in
+/// `gateway.allowed_origins`). A page can POST to any address without
+/// asking (a form, `fetch` with `no-cors`); it cannot read the answer,
+/// but without this it could put messages in a channel whose webhook
+/// needs no secret. Webhook senders are servers and send no `Origin`
+/// (nor `Sec-Fetch-Site`, which a browser sends with every request).
+fn browser_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let why = match (origin, site) {
+        (Some(o), _) if origin_allowed(o, &gw.config().gateway.allowed_origins) => return None,
+        (Some(o), _) => format!("origin `{o}` not allowed"),
+        // A browser that sent no Origin (none does for a POST today).
+        (None, Some("cross-site" | "same-site")) => {
+            "a cross-site browser request with no Origin".to_string()
+        }
+        (None, _) => return None,
+    };
+    gw.metrics.origin_rejections.fetch_add(1, Ordering::Relaxed);
+    gw.refusals.note("webhook", &why);
+    Some(json_error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "webhooks are not taken from web pages in a browser ({why}); a page's origin allowed in \
+             gateway.allowed_origins may post"
+        ),
+    ))
 }
 
 /// The HTTP answer for a webhook that did not go through. An unknown
