@@ -1255,3 +1255,97 @@ async fn a_plugin_cannot_hold_unbounded_host_memory_through_resources() {
     let r = ask(&mut c, "fine").await;
     assert_eq!(r["ok"], true, "{r}");
 }
+
+/// A plugin's webhook answer cannot frame the HTTP connection: its
+/// `Content-Length`, `Transfer-Encoding`, `Connection` and `Upgrade` are
+/// dropped (the gateway frames the body itself), a body on a 204 or 304 is
+/// not sent, and a status outside 200–599 (a `101` would hand the
+/// connection over) or a header that is not valid HTTP is a `502` naming
+/// it. Each is checked on a keep-alive connection followed by a second
+/// request, whose answer must still be read as its own.
+#[tokio::test]
+async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = misbehave("");
+    let d = &s.daemon;
+    // (what misbehave is told to answer, what the first response must
+    // hold, what it must not)
+    let big = format!("200\nx-big: {}\n\nhello", "b".repeat(70 * 1024));
+    let cases: &[(&str, &str, &str)] = &[
+        (&big, "HTTP/1.1 502 Bad Gateway\r\n", "x-big"),
+        (
+            "200\ncontent-length: 3\n\nhello world",
+            "HTTP/1.1 200 OK\r\n",
+            "content-length: 3\r\n",
+        ),
+        (
+            "200\ntransfer-encoding: chunked\n\nhello world",
+            "HTTP/1.1 200 OK\r\n",
+            "transfer-encoding",
+        ),
+        (
+            "101\nupgrade: websocket\nconnection: upgrade\n\nx",
+            "HTTP/1.1 502 Bad Gateway\r\n",
+            "101 Switching",
+        ),
+        (
+            "204\n\nbody on 204",
+            "HTTP/1.1 204 No Content\r\n",
+            "content-length",
+        ),
+        (
+            "200\nx-bad: a\rb\n\nhello",
+            "HTTP/1.1 502 Bad Gateway\r\n",
+            "x-bad",
+        ),
+        (
+            "200\nx-fine: yes\nconnection: close\n\nhello world",
+            "x-fine: yes\r\n",
+            "connection: close",
+        ),
+    ];
+    for (said, must, must_not) in cases {
+        let mut c = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        let req = format!(
+            "POST /hooks/misbehave/default HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{said}\
+             GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            said.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+            .await
+            .expect("the connection ends after the second answer")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        let said = &said[..said.len().min(60)];
+        // Two answers, each framed by its own Content-Length.
+        let second = out.find("HTTP/1.1 200 OK\r\ncontent-type: application/json");
+        let second = out.rfind("HTTP/1.1 ").filter(|i| Some(*i) == second);
+        let Some(at) = second else {
+            panic!("{said:?}: no second answer of its own in {out:?}");
+        };
+        let (first, rest) = out.split_at(at);
+        assert!(
+            rest.ends_with(r#"{"ok":true,"status":"live"}"#),
+            "{said:?}: {out:?}"
+        );
+        assert!(
+            first.starts_with(must) || first.contains(must),
+            "{said:?}: {first:?}"
+        );
+        assert!(
+            !first.to_ascii_lowercase().contains(must_not),
+            "{said:?}: {first:?}"
+        );
+        let (head, body) = first.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        assert_eq!(declared, body.len(), "{said:?}: {first:?}");
+    }
+    d.wait_log("refused a plugin's webhook answer", Duration::from_secs(5))
+        .await
+        .unwrap();
+}

@@ -163,17 +163,72 @@ async fn hook(
         crate::memory::release_soon();
     }
     match result {
-        Ok(r) => {
-            let mut b = Response::builder()
-                .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY));
-            for (k, v) in &r.headers {
-                b = b.header(k.as_str(), v.as_str());
-            }
-            b.body(axum::body::Body::from(r.body))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
+        Ok(r) => plugin_response(&gw, &channel, r),
         Err(e) => webhook_error(&channel, &account, e),
     }
+}
+
+/// Headers of a plugin's webhook answer past this many bytes (names and
+/// values) make it a `502`.
+const MAX_PLUGIN_HEADER_BYTES: usize = 64 * 1024;
+
+/// Headers that frame the message or the connection: the gateway's, never
+/// a plugin's (RFC 9110 7.6.1 and 8.6, RFC 9112 6). A plugin's
+/// `Content-Length` that does not match its body, or a `Transfer-Encoding`,
+/// would make the answer unreadable or the next one on the connection
+/// misread.
+const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+/// A plugin's webhook answer as the HTTP response: its status if it is a
+/// final one (200–599; a `1xx`, `101` included, would hand the connection
+/// over), its headers but the framing ones, its body unless the status
+/// has none (204, 205, 304). Anything else is a `502` that names it.
+fn plugin_response(
+    gw: &Gateway,
+    channel: &str,
+    r: crate::plugins::contract::HttpResponse,
+) -> Response {
+    let bad = |why: String| {
+        // Once per interval: a webhook sender could repeat it at will.
+        gw.refusals.note(
+            "a plugin's webhook answer",
+            &format!("channel {channel}: it {why}; answered 502 instead"),
+        );
+        json_error(
+            StatusCode::BAD_GATEWAY,
+            format!("channel {channel}: the plugin's answer {why}"),
+        )
+    };
+    let status = match StatusCode::from_u16(r.status) {
+        Ok(s) if (200..=599).contains(&r.status) => s,
+        _ => return bad(format!("has status {}, not one of 200–599", r.status)),
+    };
+    let header_bytes: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if header_bytes > MAX_PLUGIN_HEADER_BYTES {
+        return bad(format!(
+            "has {header_bytes} bytes of headers, more than {MAX_PLUGIN_HEADER_BYTES}"
+        ));
+    }
+    let mut b = Response::builder().status(status);
+    for (k, v) in &r.headers {
+        if FRAMING_HEADERS.iter().any(|f| k.eq_ignore_ascii_case(f)) {
+            continue;
+        }
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let no_body = matches!(status.as_u16(), 204 | 205 | 304);
+    let body = if no_body { Vec::new() } else { r.body };
+    b.body(axum::body::Body::from(body))
+        .unwrap_or_else(|e| bad(format!("has a header that is not valid HTTP ({e})")))
 }
 
 /// A webhook posted by a web page in a browser: `403` unless the page's

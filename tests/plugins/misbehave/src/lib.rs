@@ -9,11 +9,13 @@
 //! of k KiB each (host memory, outside its own), `logspam:<n>` logs
 //! n lines each way (the `log` import, stdout) and then one long line each
 //! way, anything else succeeds. `run` panics when the account sets
-//! `crash_run`.
+//! `crash_run`. A webhook is answered what its body says: a status line,
+//! `name: value` header lines, an empty line, then the response's body.
 
 use serde::Deserialize;
 use switchboard_sdk::{
-    export_channel, Account, Channel, ChannelError, Delivery, OutboundMessage, PluginInfo,
+    export_channel, Account, Channel, ChannelError, Delivery, HttpRequest, HttpResponse,
+    OutboundMessage, PluginInfo,
 };
 
 #[derive(Deserialize, Default)]
@@ -50,6 +52,25 @@ impl Channel for Misbehave {
                 .await;
             }
         })
+    }
+
+    fn handle_webhook(_account: Account, request: HttpRequest) -> HttpResponse {
+        let text = String::from_utf8_lossy(&request.body);
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(200);
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HttpResponse {
+            status,
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     fn send(_account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
