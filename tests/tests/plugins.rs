@@ -1349,3 +1349,30 @@ async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
         .await
         .unwrap();
 }
+
+/// `GET /hooks/…` reaches the plugin's `handle-webhook` too (a service
+/// that checks a webhook's address first, as Meta's `hub.challenge`),
+/// with its method, path and query; a GET a web page makes (an image, a
+/// link: cross-site, no `Origin`) is refused like a POST.
+#[tokio::test]
+async fn a_webhook_get_reaches_the_plugin_with_its_query() {
+    let s = misbehave("");
+    let d = &s.daemon;
+    let url = d.http("/hooks/misbehave/default/verify?hub.mode=subscribe&hub.challenge=1158201444");
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "GET /verify?hub.mode=subscribe&hub.challenge=1158201444"
+    );
+    let r = reqwest::Client::new()
+        .get(&url)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // Other methods are not routed.
+    let r = reqwest::Client::new().put(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+}

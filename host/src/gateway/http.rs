@@ -30,10 +30,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/hooks/{channel}/{account}", axum::routing::post(hook))
+        // GET too: some services check a webhook's address with a GET
+        // before they post to it (Meta's `hub.challenge`); the plugin
+        // answers it.
+        .route(
+            "/hooks/{channel}/{account}",
+            axum::routing::post(hook).get(hook),
+        )
         .route(
             "/hooks/{channel}/{account}/{*rest}",
-            axum::routing::post(hook),
+            axum::routing::post(hook).get(hook),
         )
         .with_state(gw)
 }
@@ -46,7 +52,8 @@ fn busy(message: &str) -> Response {
     r
 }
 
-/// `POST /hooks/<channel>/<account>[/rest]` → the plugin's `handle-webhook`.
+/// `POST` (or `GET`) `/hooks/<channel>/<account>[/rest]` → the plugin's
+/// `handle-webhook`.
 async fn hook(
     State(gw): State<Arc<Gateway>>,
     axum::extract::Path(p): axum::extract::Path<std::collections::HashMap<String, String>>,

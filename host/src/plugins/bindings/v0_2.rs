@@ -1,4 +1,4 @@
-//! Contract `switchboard:channel@0.1.0` (`sdk/wit/`): the generated bindings,
+//! Contract `switchboard:channel@0.2.0` (`sdk/wit/`): the generated bindings,
 //! the conversions between their types and [`contract`]'s, the host side of
 //! the `host` interface, and the calls into the `channel` interface.
 

@@ -10,7 +10,8 @@
 //! n lines each way (the `log` import, stdout) and then one long line each
 //! way, anything else succeeds. `run` panics when the account sets
 //! `crash_run`. A webhook is answered what its body says: a status line,
-//! `name: value` header lines, an empty line, then the response's body.
+//! `name: value` header lines, an empty line, then the response's body;
+//! one with no body is answered its method, path and query.
 
 use serde::Deserialize;
 use switchboard_sdk::{
@@ -55,6 +56,14 @@ impl Channel for Misbehave {
     }
 
     fn handle_webhook(_account: Account, request: HttpRequest) -> HttpResponse {
+        if request.body.is_empty() {
+            let said = format!("{} {}?{}", request.method, request.path, request.query);
+            return HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: said.into_bytes(),
+            };
+        }
         let text = String::from_utf8_lossy(&request.body);
         let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
         let mut lines = head.lines();
