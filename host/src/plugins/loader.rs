@@ -19,29 +19,7 @@ use super::sandbox::*;
 impl Runtime {
     /// Reads a plugin file: regular file (no symlinks), within the size limit.
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
-        let meta = std::fs::symlink_metadata(path)
-            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
-        if meta.file_type().is_symlink() {
-            return Err(LoadError::new(format!(
-                "{} is a symbolic link: plugins are loaded from regular files only (a link could point anywhere); copy the file into the plugins directory instead",
-                path.display()
-            )));
-        }
-        if !meta.file_type().is_file() {
-            return Err(LoadError::new(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        if meta.len() > self.limits.max_file_bytes {
-            return Err(LoadError::new(format!(
-                "file too large: {} bytes, the limit is {} (plugins.max_file_bytes)",
-                meta.len(),
-                self.limits.max_file_bytes
-            )));
-        }
-        std::fs::read(path)
-            .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))
+        read_plugin_file(path, self.limits.max_file_bytes)
     }
 
     /// Reads, compiles and validates a plugin file, then asks it for `info`.
@@ -287,6 +265,56 @@ impl LoadError {
     }
 }
 
+/// Reads the plugin file at `path`: a regular file (not a symbolic link, a
+/// pipe or a device), of at most `max` bytes. The checks are made on the
+/// file opened, and the read stops past `max`: a file swapped for a link
+/// or a pipe after a check, or one that grows while it is read (or
+/// reports no size, as on some file systems), cannot make the loader
+/// read without bound or wait for ever.
+pub fn read_plugin_file(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // A pipe opened for reading would wait for a writer.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => LoadError::new(format!(
+                "{} is a symbolic link: plugins are loaded from regular files only (a link could point anywhere); copy the file into the plugins directory instead",
+                path.display()
+            )),
+            _ => LoadError::new(format!("cannot read {}: {e}", path.display())),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.file_type().is_file() {
+        return Err(LoadError::new(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let too_large = |len: u64| {
+        LoadError::new(format!(
+            "file too large: {len} bytes, the limit is {max} (plugins.max_file_bytes)"
+        ))
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() as u64 > max {
+        return Err(LoadError::new(format!(
+            "file too large: more than {max} bytes (plugins.max_file_bytes); it grew while it was read"
+        )));
+    }
+    Ok(bytes)
+}
+
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -309,6 +337,38 @@ mod tests {
             network: vec!["api.example.org:443".into()],
             capabilities: Capabilities::default(),
         }
+    }
+
+    #[test]
+    fn a_plugin_file_is_read_only_when_it_is_a_regular_file_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.wasm");
+        std::fs::write(&file, b"\0asm0123").unwrap();
+        assert_eq!(read_plugin_file(&file, 8).unwrap(), b"\0asm0123");
+        let e = read_plugin_file(&file, 7).unwrap_err().0;
+        assert!(e.contains("file too large: 8 bytes, the limit is 7"), "{e}");
+        let link = dir.path().join("l.wasm");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = read_plugin_file(&link, 8).unwrap_err().0;
+        assert!(e.contains("is a symbolic link"), "{e}");
+        // A pipe: refused at once, not waited on for a writer.
+        let fifo = dir.path().join("f.wasm");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_plugin_file(&fifo, 8).unwrap_err().0;
+        assert!(e.contains("is not a regular file"), "{e}");
+        let e = read_plugin_file(&dir.path().join("none.wasm"), 8)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("cannot read"), "{e}");
+        // A regular file that reports no size but has more (procfs; some
+        // network file systems; a file growing while it is read): the
+        // read stops past the limit.
+        let e = read_plugin_file(Path::new("/proc/self/maps"), 16)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("more than 16 bytes"), "{e}");
     }
 
     #[test]
