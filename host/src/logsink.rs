@@ -47,11 +47,14 @@ struct Shared {
 #[derive(Clone)]
 pub struct LogSink {
     shared: Arc<Shared>,
+    /// The formatter colours its lines (ANSI): its own colour codes pass.
+    colours: bool,
 }
 
 impl LogSink {
-    /// A sink writing to `out` from a thread of its own.
-    pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<LogSink> {
+    /// A sink writing to `out` from a thread of its own; `colours`: the
+    /// lines come with ANSI colour codes, which are kept.
+    pub fn spawn<W: Write + Send + 'static>(out: W, colours: bool) -> std::io::Result<LogSink> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -62,7 +65,7 @@ impl LogSink {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || write_lines(&for_thread, out))?;
-        Ok(LogSink { shared })
+        Ok(LogSink { shared, colours })
     }
 
     /// Waits, at most `within`, until every line taken so far is written.
@@ -72,6 +75,8 @@ impl LogSink {
 
     /// Takes one whole line (or drops it, counted, when the buffer is full).
     fn take(&self, line: &[u8]) {
+        let line = one_line(line, self.colours);
+        let line = &line[..];
         let mut s = self.shared.state.guard();
         if s.lines.len() + line.len() > MAX_BUFFERED {
             s.dropped += 1;
@@ -125,6 +130,69 @@ fn write_lines<W: Write>(shared: &Shared, mut out: W) {
             );
         }
     }
+}
+
+/// Must `b` not reach the log as it is: a control character but the tab.
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// The length of the ANSI colour code (`ESC [ digits and ; m`) `s` starts
+/// with, if it starts with one.
+fn colour_code(s: &[u8]) -> Option<usize> {
+    if s.get(1) != Some(&b'[') {
+        return None;
+    }
+    let end = 2 + s[2..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b';')
+        .count();
+    (s.get(end) == Some(&b'm')).then_some(end + 1)
+}
+
+/// One event's text as one line of the log: control characters in it are
+/// written as escapes (`\n`, `\r`, `\x1b`, `\u{9b}` for the C1 ones), so
+/// that text from outside (a client's id, a plugin's error, a server's
+/// answer) can neither forge a line of its own nor send a terminal escape
+/// sequence. The line's own end is kept, and with `colours` so are colour
+/// codes (the formatter's). Text without any is passed as it is.
+fn one_line(line: &[u8], colours: bool) -> std::borrow::Cow<'_, [u8]> {
+    let (body, end) = match line.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (line, &b""[..]),
+    };
+    if !body.iter().any(|&b| is_control(b) || b == 0xc2) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == 0x1b && colours {
+            if let Some(n) = colour_code(&body[i..]) {
+                out.extend_from_slice(&body[i..i + n]);
+                i += n;
+                continue;
+            }
+        }
+        // U+0080..U+009F, which some terminals take as controls too.
+        if b == 0xc2 {
+            if let Some(&c1 @ 0x80..=0x9f) = body.get(i + 1) {
+                out.extend_from_slice(format!("\\u{{{c1:x}}}").as_bytes());
+                i += 2;
+                continue;
+            }
+        }
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ if is_control(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out.extend_from_slice(end);
+    std::borrow::Cow::Owned(out)
 }
 
 /// The sink the daemon logs through, for [`flush`].
@@ -208,7 +276,7 @@ mod tests {
     #[test]
     fn lines_reach_the_destination_in_order_and_a_flush_waits_for_them() {
         let pipe = Pipe::default();
-        let sink = LogSink::spawn(pipe.clone()).unwrap();
+        let sink = LogSink::spawn(pipe.clone(), false).unwrap();
         for i in 0..1000 {
             sink.take(format!("line {i}\n").as_bytes());
         }
@@ -217,13 +285,45 @@ mod tests {
         assert_eq!(text(&pipe), want);
     }
 
+    #[test]
+    fn an_event_is_one_line_whatever_text_it_carries() {
+        let one = |s: &str, colours| {
+            String::from_utf8(one_line(s.as_bytes(), colours).into_owned()).unwrap()
+        };
+        // Nothing to escape: the same bytes, not a copy.
+        let plain = "2026-11-29T00:00:00Z  INFO a: caf\u{e9}\tok\n";
+        assert!(matches!(
+            one_line(plain.as_bytes(), false),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // (U+00B0 shares its first byte with the C1 controls: looked at, kept.)
+        assert_eq!(one("18 \u{b0}C \u{a0}\n", false), "18 \u{b0}C \u{a0}\n");
+        // A forged line, a carriage return, a terminal escape, a C1 CSI.
+        assert_eq!(
+            one("INFO a: client=cli\n2026-11-29T00:00:00Z  INFO FORGED\r\x1b]0;title\x07 \u{9b}2J\n", false),
+            "INFO a: client=cli\\n2026-11-29T00:00:00Z  INFO FORGED\\r\\x1b]0;title\\x07 \\u{9b}2J\n"
+        );
+        // With colours, the formatter's colour codes pass; other escape
+        // sequences do not.
+        assert_eq!(
+            one(
+                "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m x=\x1b[2J\x1b]8;;\n",
+                true
+            ),
+            "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m x=\\x1b[2J\\x1b]8;;\n"
+        );
+        assert_eq!(one("\x1b[31m", false), "\\x1b[31m");
+        // No line end: none added.
+        assert_eq!(one("a\nb", false), "a\\nb");
+    }
+
     /// A stalled reader costs a logging thread nothing but the lines past
     /// the bound, and those are counted, not waited for.
     #[test]
     fn a_stalled_reader_never_blocks_the_logger_and_drops_are_counted() {
         let pipe = Pipe::default();
         let stall = pipe.stalled.guard();
-        let sink = LogSink::spawn(pipe.clone()).unwrap();
+        let sink = LogSink::spawn(pipe.clone(), false).unwrap();
         let line = [b'x'; 99];
         let mut line = line.to_vec();
         line.push(b'\n');

@@ -152,11 +152,12 @@ fn init_logging(format: LogFormat) -> std::io::Result<()> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let sink = switchboard::logsink::LogSink::spawn(std::io::stderr())?;
+    let colours = std::io::stderr().is_terminal() && matches!(format, LogFormat::Text);
+    let sink = switchboard::logsink::LogSink::spawn(std::io::stderr(), colours)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colours);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

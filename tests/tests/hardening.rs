@@ -1281,3 +1281,30 @@ async fn log_lines_past_the_bound_are_dropped_and_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Text from outside that reaches the log (here a client's id) cannot
+/// forge a line of its own nor send a terminal escape sequence: each
+/// event is one line, its control characters escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_log_lines() {
+    let d = Daemon::builder().config("").start().unwrap();
+    let forged = "2026-11-29T00:00:00.000000Z  INFO switchboard: FORGED";
+    let mut p = connect_params(None, &["operator.read"]);
+    p["client"]["id"] = json!(format!("cli\n{forged}\x1b]0;owned\x07\r"));
+    let (_c, hello) = connect_with(&d.url(), p).await.unwrap();
+    assert_eq!(hello["type"], "hello-ok");
+    let line = d
+        .wait_log("connection open", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        line.contains(&format!("client=cli\\n{forged}\\x1b]0;owned\\x07\\r")),
+        "{line}"
+    );
+    let log = d.log_text();
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+}
