@@ -772,6 +772,16 @@ impl Client {
         }
     }
 
+    /// The `messageId` of every message in the log, oldest first.
+    pub async fn logged_ids(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .history_after(0)
+            .await?
+            .iter()
+            .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
+            .collect())
+    }
+
     /// `send` to `to` on `channel` (its default account) with a fresh
     /// idempotency key; returns the whole response frame.
     pub async fn send_message(&mut self, channel: &str, to: &str, text: &str) -> Result<Value> {

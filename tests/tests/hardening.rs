@@ -1156,13 +1156,7 @@ async fn redeliveries_do_not_take_new_messages_room_up_to_their_own_allowance() 
     );
     // w0 is in the log once.
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let ids: Vec<String> = op
-        .history_after(0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let ids = op.logged_ids().await.unwrap();
     assert_eq!(ids.iter().filter(|i| *i == "w0").count(), 1, "{ids:?}");
     assert_eq!(ids.len(), 1 + taken, "{ids:?}");
 }

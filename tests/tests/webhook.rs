@@ -604,13 +604,7 @@ async fn webhooks_from_web_pages_are_refused_unless_their_origin_is_allowed() {
         assert_eq!(st, 200, "{id}: {v}");
     }
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let ids: Vec<String> = op
-        .history_after(0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let ids = op.logged_ids().await.unwrap();
     assert_eq!(ids, ["server", "local-page", "allowed"]);
     assert_eq!(
         d.metric("switchboard_origin_rejections_total")
