@@ -199,7 +199,8 @@ pub async fn tail(opts: TailOptions, print: &mut dyn FnMut(&Value)) -> CallError
             backoff = Duration::from_millis(250);
         }
         eprintln!(
-            "tail: {e}; reconnecting in {} ms (resuming after messageSeq {})",
+            "tail: {}; reconnecting in {} ms (resuming after messageSeq {})",
+            crate::logsink::printable(&e.to_string()),
             backoff.as_millis(),
             last.unwrap_or(0)
         );

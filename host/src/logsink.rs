@@ -195,6 +195,19 @@ fn one_line(line: &[u8], colours: bool) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `text` from outside (a plugin's info, a gateway's error) as the CLI
+/// prints it to a terminal: control characters escaped as in the log, so
+/// that it cannot clear the screen, retitle the window or fake a line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    match one_line(text.as_bytes(), false) {
+        std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(text),
+        // Escapes are ASCII, put in place of whole characters: still UTF-8.
+        std::borrow::Cow::Owned(bytes) => {
+            std::borrow::Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+}
+
 /// The sink the daemon logs through, for [`flush`].
 static SINK: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
 
@@ -315,6 +328,8 @@ mod tests {
         assert_eq!(one("\x1b[31m", false), "\\x1b[31m");
         // No line end: none added.
         assert_eq!(one("a\nb", false), "a\\nb");
+        assert_eq!(printable("ok"), "ok");
+        assert_eq!(printable("caf\u{e9}\x1b[2J\nx"), "caf\u{e9}\\x1b[2J\\nx");
     }
 
     /// A stalled reader costs a logging thread nothing but the lines past

@@ -303,12 +303,13 @@ async fn call(args: CallArgs) -> ExitCode {
             out(&serde_json::to_string_pretty(&payload).unwrap_or_else(|_| payload.to_string()));
             ExitCode::SUCCESS
         }
+        // The gateway's message may carry a plugin's or a server's text.
         Err(e @ switchboard::client::CallError::Gateway { .. }) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", switchboard::logsink::printable(&e.to_string()));
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", switchboard::logsink::printable(&e.to_string()));
             ExitCode::from(3)
         }
     }
@@ -323,7 +324,7 @@ async fn tail(args: TailArgs) -> ExitCode {
         lines: args.lines,
     };
     let e = switchboard::client::tail(opts, &mut |m| out(&m.to_string())).await;
-    eprintln!("error: {e}");
+    eprintln!("error: {}", switchboard::logsink::printable(&e.to_string()));
     ExitCode::from(1)
 }
 
@@ -362,12 +363,15 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
     };
     match rt.load(file).await {
         Ok(p) => {
+            // What the plugin says of itself is printed escaped: a hostile
+            // file must not drive the terminal of whoever checks it.
+            use switchboard::logsink::printable;
             let i = &p.info;
             println!(
                 "ok: {} {} ({}) from {}",
                 i.id,
-                i.version,
-                i.name,
+                printable(&i.version),
+                printable(&i.name),
                 file.display()
             );
             println!("  contract: switchboard:channel@{}", p.contract);
@@ -380,12 +384,12 @@ async fn check_plugin(file: &std::path::Path) -> ExitCode {
                     caps.join(", ")
                 }
             );
-            println!("  description: {}", i.description);
+            println!("  description: {}", printable(&i.description));
             println!("  sha256: {}", p.hash);
             if i.network.is_empty() {
                 println!("  network: none requested");
             } else {
-                println!("  network: {}", i.network.join(", "));
+                println!("  network: {}", printable(&i.network.join(", ")));
             }
             ExitCode::SUCCESS
         }

@@ -55,6 +55,25 @@ fn echo_plugin_passes() {
     assert!(out.contains("sha256: "), "{out}");
 }
 
+/// What a plugin says of itself is printed escaped: a hostile file's
+/// description cannot drive the terminal of whoever checks it, nor fake a
+/// line of the output.
+#[test]
+fn a_plugin_s_own_words_are_printed_escaped() {
+    let (code, out, err) = check(&built("test-plugins", "misbehave.wasm"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("description: misbehaves on purpose\\x1b]0;owned\\x07\\nok: forged\n"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok: ")).count(),
+        1,
+        "{out}"
+    );
+}
+
 #[test]
 fn broken_files_are_refused_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();

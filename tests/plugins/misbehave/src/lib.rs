@@ -33,7 +33,9 @@ impl Channel for Misbehave {
             id: "misbehave".into(),
             name: "Misbehave".into(),
             version: "0.1.0".into(),
-            description: "misbehaves on purpose".into(),
+            // With a terminal escape and a line of its own, for `plugins
+            // check` to print escaped.
+            description: "misbehaves on purpose\x1b]0;owned\x07\nok: forged".into(),
             network: vec![],
             capabilities: switchboard_sdk::Capabilities::empty(),
         }
