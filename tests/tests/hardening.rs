@@ -965,6 +965,27 @@ async fn behind_a_trusted_proxy_webhook_bodies_are_shared_per_client() {
     drop(stalled);
 }
 
+/// Posts message `id` ("hi" from u1 in room) to the webhook channel's
+/// `open` account: the status, `Retry-After` and the body.
+async fn post_hi(d: &Daemon, id: String) -> (u16, Option<String>, String) {
+    let body = json!({"chatId": "room", "senderId": "u1", "text": "hi", "messageId": id});
+    let r = reqwest::Client::new()
+        .post(d.http("/hooks/webhook/open"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    (
+        r.status().as_u16(),
+        retry,
+        r.text().await.unwrap_or_default(),
+    )
+}
+
 /// `channels.<name>.max_messages_per_second`: a plugin delivering in a loop
 /// gets its burst, then `deliver` fails until there is room again (the
 /// plugin keeps each message and retries: nothing lost, nothing doubled);
@@ -986,27 +1007,7 @@ async fn a_channel_delivering_in_a_loop_is_held_to_its_rate_and_loses_nothing() 
         .start()
         .unwrap();
     let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
-    let post = |id: String| {
-        let url = d.http("/hooks/webhook/open");
-        async move {
-            let body = json!({"chatId": "room", "senderId": "u1", "text": "hi", "messageId": id});
-            let r = reqwest::Client::new()
-                .post(url)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap_or_default().to_string());
-            (
-                r.status().as_u16(),
-                retry,
-                r.text().await.unwrap_or_default(),
-            )
-        }
-    };
+    let post = |id: String| post_hi(&d, id);
     // The webhook channel: 10 at once, then refused before its plugin.
     for i in 0..10 {
         let (st, _, body) = post(format!("w{i}")).await;
@@ -1117,30 +1118,21 @@ async fn redeliveries_do_not_take_new_messages_room_up_to_their_own_allowance() 
         )
         .start()
         .unwrap();
-    let http = reqwest::Client::new();
-    let url = d.http("/hooks/webhook/open");
-    let post = |id: &str| {
-        let body = json!({"chatId": "room", "senderId": "u1", "text": "hi", "messageId": id});
-        let req = http.post(&url).body(body.to_string());
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap_or_default())
-        }
-    };
+    let post = |id: &str| post_hi(&d, id.to_string());
     let t0 = Instant::now();
-    let (st, body) = post("w0").await;
+    let (st, _, body) = post("w0").await;
     assert_eq!(st, 200, "{body}");
     // 15 redeliveries of w0: all taken (a redelivery is never refused
     // while there is room); the first 10 cost nothing, the last 5 count.
     for i in 0..15 {
-        let (st, body) = post("w0").await;
+        let (st, _, body) = post("w0").await;
         assert_eq!(st, 200, "redelivery {i}: {body}");
     }
     // Room is left for 10 - 1 - 5 = 4 new messages (and whatever the rate
     // gave back since t0, one a second).
     let mut taken = 0;
     loop {
-        let (st, body) = post(&format!("w{}", taken + 1)).await;
+        let (st, _, body) = post(&format!("w{}", taken + 1)).await;
         if st == 429 {
             assert!(body.contains("max_messages_per_second = 1"), "{body}");
             break;
