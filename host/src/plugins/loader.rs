@@ -274,6 +274,8 @@ impl LoadError {
 pub fn read_plugin_file(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    let unreadable =
+        |e: std::io::Error| LoadError::new(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::OpenOptions::new()
         .read(true)
         // A pipe opened for reading would wait for a writer.
@@ -284,29 +286,25 @@ pub fn read_plugin_file(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
                 "{} is a symbolic link: plugins are loaded from regular files only (a link could point anywhere); copy the file into the plugins directory instead",
                 path.display()
             )),
-            _ => LoadError::new(format!("cannot read {}: {e}", path.display())),
+            _ => unreadable(e),
         })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+    let meta = file.metadata().map_err(unreadable)?;
     if !meta.file_type().is_file() {
         return Err(LoadError::new(format!(
             "{} is not a regular file",
             path.display()
         )));
     }
-    let too_large = |len: u64| {
-        LoadError::new(format!(
-            "file too large: {len} bytes, the limit is {max} (plugins.max_file_bytes)"
-        ))
-    };
     if meta.len() > max {
-        return Err(too_large(meta.len()));
+        return Err(LoadError::new(format!(
+            "file too large: {} bytes, the limit is {max} (plugins.max_file_bytes)",
+            meta.len()
+        )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(max.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| LoadError::new(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(unreadable)?;
     if bytes.len() as u64 > max {
         return Err(LoadError::new(format!(
             "file too large: more than {max} bytes (plugins.max_file_bytes); it grew while it was read"
