@@ -473,6 +473,104 @@ async fn server_password_direct_messages_and_ping_answers() {
         .unwrap();
 }
 
+/// Text cannot run IRC commands as the bot. ngircd ends a command at a lone
+/// CR, so a CR left inside a PRIVMSG would make the rest of the text a
+/// command of the bot's own: here a JOIN and a private PRIVMSG. The plugin
+/// ends a line of text there instead, drops NUL, refuses a target that
+/// would be read as more than one parameter, and refuses settings that
+/// would put a CR or LF on the wire, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_cannot_run_irc_commands_as_the_bot() {
+    let irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#room")).await;
+    human.send("JOIN #evil").await;
+    human
+        .wait(|l| l.contains(" 366 ") && l.contains("#evil"))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\nchannels = [\"#room\"]\n\
+             [channels.irc.accounts.crlf]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbcrlf\"\n\
+             channels = [\"#room\\r\\nJOIN #evil\"]\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    human.wait_member("#room", "sbbot").await;
+
+    let r = send_to_room(
+        &mut op,
+        "k1",
+        "hi\rJOIN #evil\rPRIVMSG tester :owned\0!\r\nlast",
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // Every line up to the last, as the human sees it.
+    let mut seen = Vec::new();
+    loop {
+        let l = human.wait(|_| true).await;
+        let done = l.ends_with("PRIVMSG #room :last");
+        seen.push(l);
+        if done {
+            break;
+        }
+    }
+    let texts: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_once("PRIVMSG #room :").map(|(_, t)| t))
+        .collect();
+    assert_eq!(
+        texts,
+        ["hi", "JOIN #evil", "PRIVMSG tester :owned!", "last"],
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| {
+            let w: Vec<&str> = l.split(' ').take(3).collect();
+            w.get(1) == Some(&"JOIN") || w.get(1..3) == Some(&["PRIVMSG", "tester"][..])
+        }),
+        "the text ran as commands: {seen:?}"
+    );
+    // The config's CR LF did not reach the wire either: that account is
+    // refused by name and never joins #evil.
+    let e = op
+        .wait_account_error(
+            "irc",
+            "crlf",
+            "channels.irc.accounts.crlf.channels",
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    assert!(e.contains("CR, LF or NUL"), "{e}");
+    human.send("NAMES #evil").await;
+    let names = human.wait(|l| l.contains(" 353 ")).await;
+    assert!(names.ends_with(":@tester"), "{names}");
+
+    // A target read as more than one parameter is refused, not sent.
+    for to in [":tester hi", "tester\0", "a,b"] {
+        let r = op
+            .request(
+                "t",
+                "send",
+                json!({"to": to, "message": "x", "idempotencyKey": format!("t{to}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{to:?}: {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is not a channel or nick"),
+            "{r}"
+        );
+    }
+}
+
 /// InspIRCd linked to Atheme services: a real network with accounts and SASL,
 /// and InspIRCd's flood control (a client whose unread lines pass `recvq`
 /// bytes is dropped with "RecvQ exceeded").

@@ -92,10 +92,42 @@ fn transient(e: impl std::fmt::Display) -> ChannelError {
     ChannelError::Transient(e.to_string())
 }
 
+/// Writes one IRC line. A line that holds CR, LF or NUL is refused, not
+/// written: the server would end the line there and run the rest as a
+/// command of the bot's own. (What an operator sends is split at them by
+/// `line::privmsg_lines` and settings are checked by `validate`, so this is
+/// the last guard, for what a server echoes back, such as a PING token.)
 async fn write_line(s: &mut impl AsyncWrite, line: &str) -> Result<(), ChannelError> {
+    if line.contains(['\r', '\n', '\0']) {
+        return Err(transient(format!(
+            "refused to write an IRC line holding CR, LF or NUL: {:?}",
+            line.chars().take(80).collect::<String>()
+        )));
+    }
     s.write_all(format!("{line}\r\n").as_bytes())
         .await
         .map_err(transient)
+}
+
+/// Checks that a setting can go on an IRC line as one parameter: no CR, LF
+/// or NUL anywhere (they end or cut the line), and for a `middle` parameter
+/// (`NICK x`, `JOIN x`) no space, comma or leading `:` either.
+fn check_param(account: &str, key: &str, v: &str, middle: bool) -> Result<(), ChannelError> {
+    let bad = if v.contains(['\r', '\n', '\0']) {
+        Some("a CR, LF or NUL")
+    } else if middle && v.contains([' ', ',']) {
+        Some("a space or comma")
+    } else if middle && v.starts_with(':') {
+        Some("a leading `:`")
+    } else {
+        None
+    };
+    match bad {
+        Some(what) => Err(ChannelError::InvalidConfig(format!(
+            "channels.irc.accounts.{account}.{key} holds {what}, which IRC cannot carry there: the server would read it as the end of the value or of the command"
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl Channel for Irc {
@@ -114,11 +146,26 @@ impl Channel for Irc {
 
     fn validate(account: Account) -> Result<(), ChannelError> {
         let s: Settings = account.settings()?;
-        if s.nick.is_empty() || s.nick.contains([' ', '\r', '\n']) {
+        if s.nick.is_empty() {
             return Err(ChannelError::InvalidConfig(format!(
-                "account `{}`: invalid nick",
+                "channels.irc.accounts.{}.nick is empty",
                 account.id
             )));
+        }
+        let id = &account.id;
+        check_param(id, "nick", &s.nick, true)?;
+        if let Some(u) = &s.username {
+            check_param(id, "username", u, true)?;
+        }
+        if let Some(r) = &s.realname {
+            check_param(id, "realname", r, false)?;
+        }
+        if let Some(p) = &s.password {
+            check_param(id, "password", p, true)?;
+        }
+        if let Some(sasl) = &s.sasl {
+            check_param(id, "sasl.username", &sasl.username, false)?;
+            check_param(id, "sasl.password", &sasl.password, false)?;
         }
         if s.send_burst == 0 {
             return Err(ChannelError::InvalidConfig(format!(
@@ -127,6 +174,7 @@ impl Channel for Irc {
             )));
         }
         for c in &s.channels {
+            check_param(id, "channels", c, true)?;
             if !c.starts_with(['#', '&']) {
                 return Err(ChannelError::InvalidConfig(format!(
                     "account `{}`: channel `{c}` must start with # or &",
@@ -158,9 +206,12 @@ impl Channel for Irc {
 
     fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
         let s: Settings = account.settings()?;
-        if message.to.is_empty() || message.to.contains([' ', '\r', '\n', ',']) {
+        if message.to.is_empty()
+            || message.to.starts_with(':')
+            || message.to.contains([' ', ',', '\r', '\n', '\0'])
+        {
             return Err(ChannelError::InvalidConfig(format!(
-                "`{}` is not a channel or nick",
+                "{:?} is not a channel or nick: give one name, with no space, comma, CR, LF, NUL or leading `:`",
                 message.to
             )));
         }

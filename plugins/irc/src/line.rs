@@ -65,16 +65,27 @@ pub fn parse(line: &str) -> Option<Message> {
 
 /// `PRIVMSG` lines for `text`: one per line of text, each split so the line
 /// the server relays (with our `:nick!user@host ` prefix) stays within 512 bytes.
+///
+/// A line of text ends at `\n`, `\r\n` or a lone `\r`: servers such as
+/// ngircd and InspIRCd end a command at a lone `\r`, so one left inside a
+/// PRIVMSG would run the rest of the text as a command of the bot's own
+/// (`hi\rJOIN #x`). NUL, which IRC forbids and servers cut lines at, is
+/// dropped.
 pub fn privmsg_lines(target: &str, text: &str, nick: &str) -> Vec<String> {
     // Room for ":nick!~user@host " (host up to 63) the server prepends.
     let overhead = "PRIVMSG  :\r\n".len() + target.len() + nick.len() * 2 + 66;
     let budget = 512usize.saturating_sub(overhead).max(16);
     let mut out = Vec::new();
-    for l in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+    for l in text.split(['\r', '\n']) {
+        let l: std::borrow::Cow<str> = if l.contains('\0') {
+            l.replace('\0', "").into()
+        } else {
+            l.into()
+        };
         if l.is_empty() {
             continue;
         }
-        let mut rest = l;
+        let mut rest = &*l;
         while !rest.is_empty() {
             let mut cut = rest.len().min(budget);
             while !rest.is_char_boundary(cut) {
@@ -140,6 +151,20 @@ mod tests {
         );
         let n = parse(":irc.test 433 * bot :Nickname already in use").unwrap();
         assert_eq!(n.command, "433");
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_and_nul_is_dropped() {
+        assert_eq!(
+            privmsg_lines("#c", "hi\rJOIN #evil\r\nnext\n\rn\0ul\0", "bot"),
+            [
+                "PRIVMSG #c :hi",
+                "PRIVMSG #c :JOIN #evil",
+                "PRIVMSG #c :next",
+                "PRIVMSG #c :nul"
+            ]
+        );
+        assert!(privmsg_lines("#c", "\0\r\0", "bot").is_empty());
     }
 
     #[test]
