@@ -522,3 +522,57 @@ async fn an_operator_logs_in_watches_sends_controls_and_resumes_in_a_browser() {
     let console = b.console.lock().unwrap().join("\n");
     assert!(!console.contains("exception"), "page errors:\n{console}");
 }
+
+/// A plugin's webhook answer is served on the control page's own origin,
+/// where the page keeps its token (`sessionStorage`). A page a plugin
+/// answers with must not run script there: misbehave's `/page` tries to
+/// read the token and open an operator connection. The gateway serves
+/// every plugin answer sandboxed (`Content-Security-Policy: sandbox`, an
+/// origin of its own, no script) and `nosniff`, so in a real browser,
+/// in the tab an operator is logged in on, the script does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_s_page_cannot_run_script_on_the_gateway_s_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::builder()
+        .port(port)
+        .with_plugins(
+            dir.path(),
+            &[("test-plugins", "misbehave.wasm")],
+            &format!(
+                "[gateway.auth]\ntoken = \"{TOKEN}\"\n[channels.misbehave.accounts.default]\n"
+            ),
+        )
+        .start()
+        .unwrap();
+    let page = d.http("/hooks/misbehave/default/page");
+    let r = reqwest::get(&page).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html");
+    assert_eq!(r.headers()["content-security-policy"], "sandbox");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+
+    let mut b = Browser::start(1280, 800).await.unwrap();
+    b.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+    b.type_into("#login-token", TOKEN).await.unwrap();
+    b.press("Enter").await.unwrap();
+    wait_page_connected(&mut b).await;
+    assert_eq!(
+        b.eval("sessionStorage.getItem('switchboard.token')")
+            .await
+            .unwrap(),
+        TOKEN
+    );
+    // The same tab goes to the plugin's page.
+    b.goto(&page).await.unwrap();
+    b.wait(
+        "location.pathname.endsWith('/page') && document.readyState === 'complete'",
+        T,
+    )
+    .await
+    .unwrap();
+    // Time for a script's socket to open, had it run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.eval("document.title").await.unwrap(), "plugin page");
+    assert_eq!(b.eval("self.origin").await.unwrap(), "null");
+}

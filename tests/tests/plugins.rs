@@ -1298,6 +1298,12 @@ async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
             "HTTP/1.1 502 Bad Gateway\r\n",
             "x-bad",
         ),
+        // A plugin cannot lift the sandbox nor ask for sniffing.
+        (
+            "200\nx-content-type-options: sniff\ncontent-security-policy: default-src *\n\nhello",
+            "content-security-policy: sandbox\r\n",
+            "x-content-type-options: sniff",
+        ),
         (
             "200\nx-fine: yes\nconnection: close\n\nhello world",
             "x-fine: yes\r\n",

@@ -195,10 +195,24 @@ const FRAMING_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
+/// What every plugin answer carries, whatever the plugin says: it is
+/// served on the gateway's own origin, the control page's, so a page a
+/// plugin answers with (a hostile plugin's, or one that echoes what it was
+/// sent, such as a `hub.challenge`) must not run script there, where it
+/// could open an operator connection. `sandbox` gives the page an origin of
+/// its own and no script; `nosniff` keeps a browser from reading a
+/// `text/plain` answer as HTML. (A plugin's own `Content-Security-Policy`
+/// is kept as well: a browser enforces every policy it is given.)
+const PLUGIN_ANSWER_HEADERS: &[(&str, &str)] = &[
+    ("content-security-policy", "sandbox"),
+    ("x-content-type-options", "nosniff"),
+];
+
 /// A plugin's webhook answer as the HTTP response: its status if it is a
 /// final one (200–599; a `1xx`, `101` included, would hand the connection
 /// over), its headers but the framing ones, its body unless the status
-/// has none (204, 205, 304). Anything else is a `502` that names it.
+/// has none (204, 205, 304), and [`PLUGIN_ANSWER_HEADERS`]. Anything else
+/// is a `502` that names it.
 fn plugin_response(
     gw: &Gateway,
     channel: &str,
@@ -227,10 +241,15 @@ fn plugin_response(
     }
     let mut b = Response::builder().status(status);
     for (k, v) in &r.headers {
-        if FRAMING_HEADERS.iter().any(|f| k.eq_ignore_ascii_case(f)) {
+        if FRAMING_HEADERS.iter().any(|f| k.eq_ignore_ascii_case(f))
+            || k.eq_ignore_ascii_case("x-content-type-options")
+        {
             continue;
         }
         b = b.header(k.as_str(), v.as_str());
+    }
+    for (k, v) in PLUGIN_ANSWER_HEADERS {
+        b = b.header(*k, *v);
     }
     let no_body = matches!(status.as_u16(), 204 | 205 | 304);
     let body = if no_body { Vec::new() } else { r.body };

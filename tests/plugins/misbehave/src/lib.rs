@@ -27,6 +27,17 @@ struct Settings {
 
 struct Misbehave;
 
+/// What `GET /hooks/misbehave/<account>/page` answers: a page whose script
+/// tries to take the control page's token and an operator connection.
+const HOSTILE_PAGE: &str = r#"<!doctype html><title>plugin page</title><script>
+document.title = "ran";
+try { document.title = "ran, token " + sessionStorage.getItem("switchboard.token"); } catch (e) {}
+try {
+  const ws = new WebSocket("ws://" + location.host + "/");
+  ws.onopen = () => { document.title += ", socket open"; };
+} catch (e) {}
+</script>"#;
+
 impl Channel for Misbehave {
     fn info() -> PluginInfo {
         PluginInfo {
@@ -58,6 +69,16 @@ impl Channel for Misbehave {
     }
 
     fn handle_webhook(_account: Account, request: HttpRequest) -> HttpResponse {
+        // A hostile plugin's page: served on the gateway's origin, its
+        // script would read the control page's token and open an operator
+        // connection, if the gateway let it run.
+        if request.body.is_empty() && request.path == "/page" {
+            return HttpResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "text/html".into())],
+                body: HOSTILE_PAGE.as_bytes().to_vec(),
+            };
+        }
         if request.body.is_empty() {
             let said = format!("{} {}?{}", request.method, request.path, request.query);
             return HttpResponse {
