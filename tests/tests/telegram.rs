@@ -676,6 +676,31 @@ async fn media_and_actions_go_through_the_bot_api() {
         assert_eq!(bytes, &pdf, "the upload arrives byte for byte");
     }
 
+    // A content type that would add a part of the caller's own to the
+    // upload (here a second `chat_id`: another chat) is refused by the
+    // gateway before the channel sees it.
+    let r = c
+        .request(
+            "x",
+            "send",
+            json!({"to": "-1001", "idempotencyKey": "m2x",
+            "buffer": base64::engine::general_purpose::STANDARD.encode(&pdf),
+            "filename": "report.pdf",
+            "contentType": "application/pdf\r\n\r\nx\r\n--switchboard-0000000000005eed\r\n\
+                            Content-Disposition: form-data; name=\"chat_id\"\r\n\r\n-999"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`contentType` must be a MIME type"),
+        "{r}"
+    );
+    assert_eq!(fake.sent.lock().unwrap().len(), 2, "nothing more was sent");
+
     // Two photos, one by URL and one uploaded: one media group.
     let r = c
         .request("g", "send", json!({"to": "-1001", "message": "both", "idempotencyKey": "m3",

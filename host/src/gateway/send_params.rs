@@ -74,6 +74,55 @@ fn check_key(method: &str, key: &str) -> Result<(), ErrorShape> {
     Ok(())
 }
 
+/// Longest `contentType` (RFC 6838 caps a type and a subtype at 127
+/// characters each) and `filename` (bytes).
+const MAX_CONTENT_TYPE_BYTES: usize = 255;
+const MAX_FILENAME_BYTES: usize = 1024;
+
+/// `contentType` is a MIME type (`type/subtype`, each an HTTP token,
+/// optionally `; parameters` of printable ASCII). A channel puts it in a
+/// header of its own request (a multipart part's `Content-Type`), where a
+/// CR or LF would start headers or parts of the caller's choosing.
+fn check_content_type(method: &str, ct: &str) -> Result<(), ErrorShape> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let (essence, params) = ct.split_once(';').unwrap_or((ct, ""));
+    let ok = ct.len() <= MAX_CONTENT_TYPE_BYTES
+        && essence
+            .trim()
+            .split_once('/')
+            .is_some_and(|(t, sub)| token(t) && token(sub))
+        && params.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorShape::invalid(format!(
+            "{method}: `contentType` must be a MIME type such as `image/png` (type/subtype, at most {MAX_CONTENT_TYPE_BYTES} bytes of printable ASCII), got {:?}",
+            crate::logsink::printable(&ct.chars().take(80).collect::<String>())
+        )))
+    }
+}
+
+/// `filename` and media URLs hold no control characters (CR, LF, NUL, …):
+/// a channel puts them in headers and lines of its own requests.
+fn check_no_controls(method: &str, field: &str, v: &str, max: usize) -> Result<(), ErrorShape> {
+    if v.len() > max {
+        return Err(ErrorShape::invalid(format!(
+            "{method}: `{field}` is {} bytes long; at most {max}",
+            v.len()
+        )));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ErrorShape::invalid(format!(
+            "{method}: `{field}` holds a control character (such as CR, LF or NUL); remove it"
+        )));
+    }
+    Ok(())
+}
+
 /// The media fields of a request, as OpenClaw names them.
 #[derive(Default)]
 struct Media {
@@ -105,6 +154,12 @@ impl Media {
                 )));
             }
         }
+        if let Some(ct) = &self.content_type {
+            check_content_type(method, ct)?;
+        }
+        if let Some(name) = &self.filename {
+            check_no_controls(method, "filename", name, MAX_FILENAME_BYTES)?;
+        }
         let single = self.urls.len() + usize::from(self.buffer.is_some()) == 1;
         let kind = |mime: Option<&str>, name: &str| {
             kind_of(
@@ -117,6 +172,7 @@ impl Media {
         };
         let mut out = Vec::new();
         for (field, url) in &self.urls {
+            check_no_controls(method, field, url, usize::MAX)?;
             let lower = url.to_ascii_lowercase();
             if !(lower.starts_with("https://") || lower.starts_with("http://")) {
                 return Err(ErrorShape::invalid(format!(
@@ -580,6 +636,62 @@ mod tests {
              "verbose":false,"channel":"telegram","target":"4242","message":"hi there","action":"send","to":"telegram:4242",
              "__sessionKey":"agent:main:main","__agentId":"main"},"senderIsOwner":true,"agentId":"main",
             "conversationReadOrigin":"direct-operator","idempotencyKey":"7536"})
+    }
+
+    #[test]
+    fn media_fields_that_would_reach_a_header_are_checked() {
+        let send = |extra: Value| {
+            let mut p = json!({"to": "4242", "idempotencyKey": "k", "buffer": "aGk="});
+            p.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<SendParams>(p)
+                .unwrap()
+                .outbound("telegram")
+        };
+        for ct in [
+            "image/png",
+            "text/plain; charset=utf-8",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ] {
+            send(json!({"contentType": ct})).unwrap();
+        }
+        for ct in [
+            "application/pdf\r\n\r\nx\r\n--switchboard-0000000000005eed\r\nContent-Disposition: form-data; name=\"chat_id\"",
+            "image/png\nX-Injected: 1",
+            "png",
+            "",
+            "image/",
+            "a b/c",
+            "text/plain; charset=\u{0}",
+            "image/pñg",
+        ] {
+            let e = send(json!({"contentType": ct})).unwrap_err();
+            assert!(e.message.contains("`contentType` must be a MIME type"), "{ct:?}: {}", e.message);
+            assert!(!e.message.contains(['\r', '\n', '\0']), "{:?}", e.message);
+        }
+        send(json!({"contentType": format!("a/{}", "b".repeat(254))})).unwrap_err();
+        send(json!({"filename": "résumé 2026.pdf"})).unwrap();
+        for name in ["a\r\nb.pdf", "a\0.pdf", "a\u{85}.pdf"] {
+            let e = send(json!({"filename": name})).unwrap_err();
+            assert!(
+                e.message.contains("`filename` holds a control character"),
+                "{}",
+                e.message
+            );
+        }
+        let e = send(json!({"filename": "x".repeat(1025)})).unwrap_err();
+        assert!(
+            e.message.contains("`filename` is 1025 bytes long"),
+            "{}",
+            e.message
+        );
+        let e = send(json!({"mediaUrl": "https://img.example/a.png\r\nHost: evil"})).unwrap_err();
+        assert!(
+            e.message.contains("`mediaUrl` holds a control character"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

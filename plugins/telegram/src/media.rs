@@ -159,6 +159,13 @@ pub fn multipart(params: &Value, files: &[(String, String, String, Vec<u8>)]) ->
     }
     for (field, name, mime, bytes) in files {
         let name = name.replace(['"', '\r', '\n'], "_");
+        // The gateway checks `contentType`; a type that could end the line
+        // anyway goes as bytes of no stated type, not as headers or parts.
+        let mime = if mime.contains(|c: char| c.is_control()) {
+            "application/octet-stream"
+        } else {
+            mime.as_str()
+        };
         body.extend_from_slice(
             format!(
                 "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: {mime}\r\n\r\n"
@@ -303,5 +310,30 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with(&format!("--{boundary}--\r\n")));
+    }
+
+    #[test]
+    fn a_content_type_cannot_add_parts() {
+        let (ct, body) = multipart(
+            &json!({"chat_id": "1"}),
+            &[(
+                "file0".into(),
+                "a.pdf".into(),
+                "application/pdf\r\n\r\nx\r\n--switchboard-0000000000005eed\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n-999".into(),
+                vec![1],
+            )],
+        );
+        let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(
+            text.matches(&format!("--{boundary}\r\n")).count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("-999"), "{text}");
+        assert!(
+            text.contains("Content-Type: application/octet-stream\r\n"),
+            "{text}"
+        );
     }
 }
