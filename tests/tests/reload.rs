@@ -284,6 +284,78 @@ async fn sighup_rereads_the_file_when_it_is_not_watched() {
     );
 }
 
+/// An edit refused because of a line that holds a secret does not show
+/// that secret: the error (in `health`, which every `operator.read` client
+/// may call, and in the log) gives the line and column but not the line,
+/// and leaves out what the message quotes. A refused edit elsewhere still
+/// shows its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_does_not_show_a_secret_to_readers() {
+    let d = Daemon::builder()
+        .config(&format!("[gateway.auth]\ntoken = \"{TOKEN}\"\n"))
+        .start()
+        .unwrap();
+    let (mut reader, _) = connect(&d.url(), Some(TOKEN), &["operator.read"])
+        .await
+        .unwrap();
+    let original = std::fs::read_to_string(&d.config_path).unwrap();
+    let mut last = String::new();
+    for (edit, secret) in [
+        // A numeric password (a string is expected): serde quotes the value.
+        ("password = 98127364", "98127364"),
+        // A missing quote: TOML shows the line.
+        ("password = \"hunter2-s3cret", "hunter2-s3cret"),
+        // In an inline table under a key that is not secret.
+        (
+            "[channels.irc.accounts.a]\nsasl = { username = \"u\", password = \"pw-0x5eed }",
+            "pw-0x5eed",
+        ),
+        // An unterminated `${`: the expansion quoted the string.
+        ("password = \"ab${c-d9d9\"", "c-d9d9"),
+    ] {
+        rewrite(&d, |_| format!("{original}{edit}\n"));
+        let err = loop {
+            let h = reader.request("h", "health", json!({})).await.unwrap();
+            let e = h["payload"]["config"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !e.is_empty() && e != last {
+                break e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        last = err.clone();
+        assert!(
+            err.contains("line") || err.contains("gateway.auth.password"),
+            "{edit}: {err}"
+        );
+        assert!(!err.contains(secret), "{edit}: the secret is shown: {err}");
+        d.wait_log(
+            &err.lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(40)
+                .collect::<String>(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !d.log_text().contains(secret),
+            "{edit}: the secret is in the log"
+        );
+    }
+    // Elsewhere, the line is shown as before.
+    rewrite(&d, |_| {
+        format!("{original}[gateway.limits]\nnot_a_limit = 5\n")
+    });
+    d.wait_log("not_a_limit = 5", Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
 /// The addresses `system-presence` lists while a client sending `headers`
 /// (proxy headers) is connected.
 async fn ips_with(d: &Daemon, headers: &[(&str, &str)]) -> Vec<String> {

@@ -197,10 +197,11 @@ impl Config {
         // type) carries its line: expansion only fills strings, so it cannot
         // make a valid file invalid or the reverse.
         if let Err(e) = toml::from_str::<Config>(text) {
-            anyhow::bail!("{e}");
+            anyhow::bail!("{}", toml_error(text, &e));
         }
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        expand_env(&mut value, "", &env)?;
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", toml_error(text, &e)))?;
+        expand_env(&mut value, "", false, &env)?;
         // Deserialising from the expanded Value loses line numbers but keeps the
         // key names, which is what the error needs.
         Config::deserialize(value).map_err(|e| anyhow::anyhow!("{e}"))
@@ -412,19 +413,64 @@ impl Config {
     }
 }
 
-/// Expands `${VAR}` in every string of `value`; `$${` stands for a literal `${`.
+/// A TOML error as the log, the CLI and `health` show it: TOML's own text
+/// (the line, a caret under the fault, the message), unless the line may
+/// hold a secret's value: it names a secret (`password`, `token`, … —
+/// anywhere, so `sasl = { password = … }` counts), or it is a line of a
+/// value written over several. Then the line is not shown and whatever the
+/// message quotes is left out: `health` is answered to every
+/// `operator.read` client, and a log may be shipped elsewhere, while an
+/// error on such a line (`password = 123456`, a missing quote) would quote
+/// the secret.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return e.to_string();
+    };
+    let at = (0..=at)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].split('\n').next().unwrap_or_default();
+    let t = line.trim_start();
+    let shown = if line.contains('=') {
+        !is_secret_key(line)
+    } else {
+        // A table header, a comment or a blank line holds no value; any
+        // other line without `=` is part of a value that began above.
+        t.is_empty() || t.starts_with(['[', '#'])
+    };
+    if shown {
+        return e.to_string();
+    }
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..at].chars().count() + 1;
+    // What the message quotes (`…`) may be the value.
+    let mut message = String::new();
+    for (i, part) in e.message().split('`').enumerate() {
+        message.push_str(if i % 2 == 1 { "`…`" } else { part });
+    }
+    format!(
+        "TOML parse error at line {line_no}, column {column} (the line is not shown: it may hold a secret)\n{message}"
+    )
+}
+
+/// Expands `${VAR}` in every string of `value`; `$${` stands for a literal
+/// `${`. Under a key that names a secret (`secret`), an error does not
+/// quote the string.
 fn expand_env(
     value: &mut toml::Value,
     path: &str,
+    secret: bool,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<()> {
     match value {
         toml::Value::String(s) => {
-            *s = expand_str(s, env).with_context(|| format!("in `{path}`"))?;
+            *s = expand_str(s, secret, env).with_context(|| format!("in `{path}`"))?;
         }
         toml::Value::Array(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                expand_env(v, &format!("{path}[{i}]"), env)?;
+                expand_env(v, &format!("{path}[{i}]"), secret, env)?;
             }
         }
         toml::Value::Table(t) => {
@@ -434,7 +480,7 @@ fn expand_env(
                 } else {
                     format!("{path}.{k}")
                 };
-                expand_env(v, &p, env)?;
+                expand_env(v, &p, is_secret_key(k), env)?;
             }
         }
         _ => {}
@@ -442,7 +488,7 @@ fn expand_env(
     Ok(())
 }
 
-fn expand_str(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String> {
+fn expand_str(s: &str, secret: bool, env: &impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -452,11 +498,18 @@ fn expand_str(s: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String> 
             out.push_str("${");
             rest = stripped;
         } else if let Some(stripped) = after.strip_prefix("${") {
-            let end = stripped
-                .find('}')
-                .with_context(|| format!("unterminated `${{` in \"{s}\""))?;
+            let end = stripped.find('}').with_context(|| {
+                if secret {
+                    "unterminated `${` (write `$${` for a literal `${`)".to_string()
+                } else {
+                    format!("unterminated `${{` in \"{s}\"")
+                }
+            })?;
             let name = &stripped[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if secret {
+                    bail!("a `${{…}}` reference holds more than letters, digits and `_` (write `$${{` for a literal `${{`)");
+                }
                 bail!("`${{{name}}}` is not a valid environment variable reference");
             }
             let v = env(name).with_context(|| {
@@ -647,6 +700,41 @@ mod tests {
             e.contains("max_reply_bytes_total (65536) must be at least gateway.limits.max_buffered_bytes (1048576)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_error_on_a_line_that_may_hold_a_secret_does_not_show_it() {
+        let err = |text: &str| format!("{:#}", Config::from_toml_str(text, |_| None).unwrap_err());
+        for (text, secret, line) in [
+            ("[gateway.auth]\npassword = 98127364\n", "98127364", 2),
+            ("[gateway.auth]\ntoken = \"s3cr3t\n", "s3cr3t", 2),
+            (
+                "[channels.x.accounts.a]\nsasl = { user = \"u\", password = \"pw9 }\n",
+                "pw9",
+                2,
+            ),
+            // A line of a value written over several lines.
+            (
+                "[gateway]\nallowed_origins = [\n  \"https://a\",\n  s3cr3t\n]\n",
+                "s3cr3t",
+                4,
+            ),
+        ] {
+            let e = err(text);
+            assert!(!e.contains(secret), "{text:?}: {e}");
+            assert!(
+                e.contains(&format!("line {line}, column")) && e.contains("the line is not shown"),
+                "{text:?}: {e}"
+            );
+        }
+        // Any other line is shown as TOML shows it.
+        let e = err("[gateway]\nprot = 1\n");
+        assert!(
+            e.contains("2 | prot = 1") && e.contains("unknown field `prot`"),
+            "{e}"
+        );
+        let e = err("[gateway]\nbind = \"${NOPE\"\n");
+        assert!(e.contains("unterminated `${` in \"${NOPE\""), "{e}");
     }
 
     #[test]
