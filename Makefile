@@ -54,7 +54,7 @@ build:
 test: build plugins interop-deps debian-deps py-deps
 	$(CARGO) test
 	$(CARGO) test -p switchboard-sdk -p switchboard-testkit --doc
-	$(CARGO) test -p switchboard-telegram -p switchboard-irc --lib
+	$(CARGO) test -p switchboard-sdk -p switchboard-telegram -p switchboard-irc --lib
 	$(CARGO) test -p switchboard-webhook --test daemon
 
 ## Benchmarks against the release daemon over real sockets (not part of

@@ -176,7 +176,11 @@ macro_rules! export_channel {
 
 impl Account {
     /// Parses the account's settings into `T`; a mismatch becomes
-    /// `ChannelError::InvalidConfig` naming the account and the problem.
+    /// `ChannelError::InvalidConfig` naming the account, the setting and
+    /// the problem, but not the value: serde would quote it
+    /// (``invalid type: integer `12345678` ``), it may be a secret (a
+    /// password written without quotes), and the error is shown in
+    /// `channels.status`, which every `operator.read` client can call.
     ///
     /// ```no_run
     /// # use switchboard_sdk::{Account, ChannelError};
@@ -197,8 +201,104 @@ impl Account {
     /// }
     /// ```
     pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, ChannelError> {
-        serde_json::from_str(&self.settings)
-            .map_err(|e| ChannelError::InvalidConfig(format!("account `{}`: {e}", self.id)))
+        let de = &mut serde_json::Deserializer::from_str(&self.settings);
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| ChannelError::InvalidConfig(settings_error(&self.id, e)))
+    }
+}
+
+/// `account `x`: `path`: what is wrong`, without the value serde quotes in
+/// an `invalid type` or `invalid value` (`integer `5``, `string "x"`)
+/// and without serde_json's position in the JSON the host built.
+fn settings_error(account: &str, e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let mut message = inner.to_string();
+    let at = format!(" at line {} column {}", inner.line(), inner.column());
+    if let Some(m) = message.strip_suffix(&at) {
+        message = m.to_string();
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let kind = got.split(['`', '"']).next().unwrap_or(got).trim();
+        message = if expected.is_empty() {
+            format!("{prefix}{kind}")
+        } else {
+            format!("{prefix}{kind}, expected {expected}")
+        };
+        break;
+    }
+    // An unknown field at the top names itself.
+    let top_unknown = message.starts_with("unknown field") && !path.contains('.');
+    if path == "." || path.is_empty() || top_unknown {
+        format!("account `{account}`: {message}")
+    } else {
+        format!("account `{account}`: `{path}`: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Settings {
+        server: String,
+        password: Option<String>,
+        port: Option<u16>,
+        sasl: Option<Sasl>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sasl {
+        password: String,
+    }
+
+    fn err(settings: &str) -> String {
+        let a = Account {
+            id: "a".into(),
+            settings: settings.into(),
+        };
+        match a.settings::<Settings>() {
+            Err(ChannelError::InvalidConfig(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_settings_error_names_the_setting_not_the_value() {
+        let e = err(r#"{"server": "s", "password": 98127364}"#);
+        assert_eq!(
+            e,
+            "account `a`: `password`: invalid type: integer, expected a string"
+        );
+        let e = err(r#"{"server": "s", "sasl": {"password": 4242424242}}"#);
+        assert_eq!(
+            e,
+            "account `a`: `sasl.password`: invalid type: integer, expected a string"
+        );
+        let e = err(r#"{"server": "s", "port": "s3cr3t"}"#);
+        assert_eq!(e, "account `a`: `port`: invalid type: string, expected u16");
+        let e = err(r#"{"server": "s", "port": 70000}"#);
+        assert!(
+            !e.contains("70000") && e.contains("`port`: invalid value: integer"),
+            "{e}"
+        );
+        // What names the problem stays.
+        let e = err(r#"{"server": "s", "pasword": "x"}"#);
+        assert!(
+            e.starts_with("account `a`: unknown field `pasword`, expected one of `server`"),
+            "{e}"
+        );
+        let e = err(r#"{}"#);
+        assert_eq!(e, "account `a`: missing field `server`");
     }
 }
 

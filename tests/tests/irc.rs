@@ -974,6 +974,43 @@ async fn a_message_of_more_lines_than_max_send_lines_is_refused_by_name() {
     }
 }
 
+/// A setting of the wrong type is named in `channels.status` (which every
+/// `operator.read` client may call) without its value: a server password
+/// written without quotes is a number, and serde's error quoted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_setting_is_named_without_its_value() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\npassword = 98127364\n\
+             [channels.irc.accounts.deep]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbdeep\"\n\
+             sasl = {{ username = \"u\", password = 4242424242 }}\n"
+        ),
+    );
+    let (mut reader, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    for (account, path, secret) in [
+        ("default", "`password`", "98127364"),
+        ("deep", "`sasl.password`", "4242424242"),
+    ] {
+        let e = reader
+            .wait_account_error("irc", account, path, Duration::from_secs(15))
+            .await
+            .unwrap();
+        assert!(
+            e.contains("invalid type: integer, expected a string"),
+            "{e}"
+        );
+        assert!(!e.contains(secret), "{e}");
+    }
+    assert!(
+        !d.log_text().contains("98127364"),
+        "the password is in the log"
+    );
+}
+
 /// ngircd, a tester in `#room` and a bot whose state directory is a 48 MiB
 /// tmpfs with `store.min_free_mb = 16`, so that the test can put the log's
 /// disk below its floor (`fill`) and give it room again (`free`).
