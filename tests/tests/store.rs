@@ -670,6 +670,11 @@ async fn store_backup_copies_the_log_while_the_daemon_runs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // The log and its copy hold every message: their owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&copy), 0o600);
+    assert_eq!(mode(&dir.path().join("state/switchboard.db")), 0o600);
     // The copy, as a state directory of its own, serves the history.
     let restored = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(restored.path().join("state")).unwrap();

@@ -23,6 +23,7 @@ use super::{
 use crate::config::SyncMode;
 
 mod disk;
+mod private;
 mod shares;
 mod writer;
 
@@ -182,13 +183,8 @@ impl SqliteLog {
         sync: SyncMode,
         plugins: &[(String, String)],
     ) -> Result<SqliteLog, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create the state directory {}: {e}",
-                state_dir.display()
-            ))
-        })?;
         let path = state_dir.join(FILE_NAME);
+        private::prepare(state_dir, &path)?;
         let shown = path.display().to_string();
         let mut conn = Connection::open_with_flags(
             &path,
@@ -658,19 +654,27 @@ pub fn backup(state_dir: &Path, to: &Path) -> Result<(), StoreError> {
             path.display()
         )));
     }
-    if to.exists() {
-        return Err(StoreError(format!(
-            "{} already exists; choose a new file",
-            to.display()
-        )));
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| StoreError(describe(&format!("open {}", path.display()), &e)))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(|e| StoreError(describe("set a busy timeout", &e)))?;
-    conn.execute("VACUUM INTO ?1", [to.to_string_lossy().to_string()])
-        .map_err(|e| StoreError(describe(&format!("back up into {}", to.display()), &e)))?;
-    Ok(())
+    // Created here, empty and private (VACUUM INTO writes into an empty
+    // file and keeps its mode): a backup holds every message.
+    private::create_new_private(to).map_err(|e| {
+        StoreError(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("{} already exists; choose a new file", to.display())
+        } else {
+            format!("cannot create {}: {e}", to.display())
+        })
+    })?;
+    let copy = || {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError(describe(&format!("open {}", path.display()), &e)))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| StoreError(describe("set a busy timeout", &e)))?;
+        conn.execute("VACUUM INTO ?1", [to.to_string_lossy().to_string()])
+            .map_err(|e| StoreError(describe(&format!("back up into {}", to.display()), &e)))
+    };
+    copy().map(drop).inspect_err(|_| {
+        // Not left behind half written, nor empty to block a retry.
+        let _ = std::fs::remove_file(to);
+    })
 }
 
 #[cfg(test)]

@@ -799,3 +799,44 @@ async fn the_bytes_per_channel_are_counted_in_steps_while_the_writer_goes_on() {
         "counted once"
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_state_directory_and_its_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let top = tempfile::tempdir().unwrap();
+    // Created by the log: 0700, and the database files 0600.
+    let dir = top.path().join("a/state");
+    let log = SqliteLog::open(&dir, SyncMode::Normal, &[]).unwrap();
+    log.append(msg("x", "1")).await.unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    drop(log);
+    // Files left readable by an earlier version are made private at open;
+    // a directory that exists keeps its mode.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
+        let p = dir.join(f);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let log = SqliteLog::open(&dir, SyncMode::Normal, &[]).unwrap();
+    log.append(msg("x", "2")).await.unwrap();
+    assert_eq!(mode(&dir), 0o755);
+    for f in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    // A backup is private, and one that fails leaves nothing behind.
+    let copy = top.path().join("copy.db");
+    backup(&dir, &copy).unwrap();
+    assert_eq!(mode(&copy), 0o600);
+    let e = backup(&dir, &copy).unwrap_err();
+    assert!(e.0.contains("already exists"), "{e:?}");
+    let nowhere = top.path().join("missing-dir/copy.db");
+    assert!(backup(&dir, &nowhere).is_err());
+    assert!(!nowhere.exists());
+}
