@@ -569,6 +569,68 @@ async fn broken_files_are_refused_and_the_old_version_keeps_serving() {
     }
 }
 
+/// A plugin runs with its channel's secrets and network grants: a plugin
+/// file, or a plugins directory, that every user may write is refused by
+/// name (with the `chmod` that mends it), and the version loaded keeps
+/// serving.
+#[tokio::test]
+async fn a_plugin_every_user_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
+    let mut c = op(&s.daemon).await;
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.1.0"));
+    let echo_error = |list: &Value| {
+        list["payload"]["plugins"][0]["error"]
+            .as_str()
+            .map(str::to_string)
+    };
+
+    // A new version dropped in, writable by anyone.
+    let tmp = s.plugins.join(".echo.tmp");
+    std::fs::copy(built_plugin("test-plugins", "echo-v2.wasm"), &tmp).unwrap();
+    chmod(&tmp, 0o666);
+    std::fs::rename(&tmp, s.plugins.join("echo.wasm")).unwrap();
+    let r = c.request("r", "plugins.reload", json!({})).await.unwrap();
+    let e = echo_error(&r).unwrap_or_default();
+    assert!(
+        e.contains("is writable by every user (mode 0666)") && e.contains("chmod o-w"),
+        "{r}"
+    );
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.1.0"));
+    let r = send(
+        &mut c,
+        "w1",
+        json!({"to": "x", "message": "old", "idempotencyKey": "w1"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    // Mended: it loads.
+    chmod(&s.plugins.join("echo.wasm"), 0o644);
+    c.request("r", "plugins.reload", json!({})).await.unwrap();
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
+
+    // A plugins directory anyone may write to: nothing in it is loaded anew.
+    chmod(&s.plugins, 0o1777);
+    std::fs::copy(
+        built_plugin("plugins", "echo.wasm"),
+        s.plugins.join("echo.wasm"),
+    )
+    .unwrap();
+    let r = c.request("r", "plugins.reload", json!({})).await.unwrap();
+    let e = echo_error(&r).unwrap_or_default();
+    assert!(
+        e.contains("the plugins directory") && e.contains("(mode 1777)"),
+        "{r}"
+    );
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.2.0"));
+    chmod(&s.plugins, 0o700);
+    c.request("r", "plugins.reload", json!({})).await.unwrap();
+    assert_eq!(echo_version(&mut c).await.as_deref(), Some("0.1.0"));
+}
+
 #[tokio::test]
 async fn removing_the_file_unloads_the_plugin() {
     let s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);

@@ -17,14 +17,17 @@ use super::engine::*;
 use super::sandbox::*;
 
 impl Runtime {
-    /// Reads a plugin file: regular file (no symlinks), within the size limit.
+    /// Reads a plugin file of the plugins directory: a regular file (no
+    /// symlinks), within the size limit, that not every user may write
+    /// (see [`Writers`]).
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
-        read_plugin_file(path, self.limits.max_file_bytes)
+        read_plugin_file(path, self.limits.max_file_bytes, Writers::OwnerAndGroup)
     }
 
-    /// Reads, compiles and validates a plugin file, then asks it for `info`.
+    /// Reads, compiles and validates a plugin file, then asks it for `info`
+    /// (`switchboard plugins check`: a file anywhere, as it is).
     pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let bytes = self.read_file(path)?;
+        let bytes = read_plugin_file(path, self.limits.max_file_bytes, Writers::Anyone)?;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -265,13 +268,26 @@ impl LoadError {
     }
 }
 
+/// Who may write a plugin file the daemon runs. A plugin runs with its
+/// channel's settings (bot tokens, passwords) and network grants, so a
+/// file, or a plugins directory, that every user may write would let any
+/// local user run code with them. The daemon refuses both
+/// (`OwnerAndGroup`: a group, such as an admins' one, may write);
+/// `plugins check` reads any file (`Anyone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    OwnerAndGroup,
+    Anyone,
+}
+
 /// Reads the plugin file at `path`: a regular file (not a symbolic link, a
-/// pipe or a device), of at most `max` bytes. The checks are made on the
-/// file opened, and the read stops past `max`: a file swapped for a link
-/// or a pipe after a check, or one that grows while it is read (or
-/// reports no size, as on some file systems), cannot make the loader
-/// read without bound or wait for ever.
-pub fn read_plugin_file(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
+/// pipe or a device), of at most `max` bytes, that only the `writers`
+/// allowed may write (the file and its directory). The checks are made on
+/// the file opened, and the read stops past `max`: a file swapped for a
+/// link or a pipe after a check, or one that grows while it is read (or
+/// reports no size, as on some file systems), cannot make the loader read
+/// without bound or wait for ever.
+pub fn read_plugin_file(path: &Path, max: u64, writers: Writers) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let unreadable =
@@ -294,6 +310,30 @@ pub fn read_plugin_file(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
             "{} is not a regular file",
             path.display()
         )));
+    }
+    if writers == Writers::OwnerAndGroup {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir_mode = std::fs::metadata(dir)
+            .map_err(unreadable)?
+            .permissions()
+            .mode();
+        for (what, shown, mode) in [
+            ("the plugins directory", dir, dir_mode),
+            ("the file", path, meta.permissions().mode()),
+        ] {
+            if mode & 0o002 != 0 {
+                return Err(LoadError::new(format!(
+                    "{what} {} is writable by every user (mode {:04o}): anyone could run code there with the channel's settings and network grants; `chmod o-w {}`",
+                    shown.display(),
+                    mode & 0o7777,
+                    shown.display()
+                )));
+            }
+        }
     }
     if meta.len() > max {
         return Err(LoadError::new(format!(
@@ -338,32 +378,76 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_file_every_user_may_write_is_refused_by_the_daemon() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.wasm");
+        std::fs::write(&file, b"\0asm").unwrap();
+        let daemon = || read_plugin_file(&file, 8, Writers::OwnerAndGroup);
+        chmod(&file, 0o664);
+        daemon().unwrap();
+        chmod(&file, 0o666);
+        let e = daemon().unwrap_err().0;
+        assert!(
+            e.contains("the file") && e.contains("is writable by every user (mode 0666)"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("`chmod o-w {}`", file.display())),
+            "{e}"
+        );
+        // `plugins check` reads it as it is.
+        read_plugin_file(&file, 8, Writers::Anyone).unwrap();
+        chmod(&file, 0o644);
+        for m in [0o777, 0o1777] {
+            chmod(dir.path(), m);
+            let e = daemon().unwrap_err().0;
+            assert!(e.contains("the plugins directory"), "{e}");
+            assert!(e.contains(&format!("(mode {m:04o})")), "{e}");
+        }
+        chmod(dir.path(), 0o775);
+        daemon().unwrap();
+    }
+
+    #[test]
     fn a_plugin_file_is_read_only_when_it_is_a_regular_file_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.wasm");
         std::fs::write(&file, b"\0asm0123").unwrap();
-        assert_eq!(read_plugin_file(&file, 8).unwrap(), b"\0asm0123");
-        let e = read_plugin_file(&file, 7).unwrap_err().0;
+        assert_eq!(
+            read_plugin_file(&file, 8, Writers::OwnerAndGroup).unwrap(),
+            b"\0asm0123"
+        );
+        let e = read_plugin_file(&file, 7, Writers::OwnerAndGroup)
+            .unwrap_err()
+            .0;
         assert!(e.contains("file too large: 8 bytes, the limit is 7"), "{e}");
         let link = dir.path().join("l.wasm");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        let e = read_plugin_file(&link, 8).unwrap_err().0;
+        let e = read_plugin_file(&link, 8, Writers::OwnerAndGroup)
+            .unwrap_err()
+            .0;
         assert!(e.contains("is a symbolic link"), "{e}");
         // A pipe: refused at once, not waited on for a writer.
         let fifo = dir.path().join("f.wasm");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path; mkfifo reads it only.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = read_plugin_file(&fifo, 8).unwrap_err().0;
+        let e = read_plugin_file(&fifo, 8, Writers::OwnerAndGroup)
+            .unwrap_err()
+            .0;
         assert!(e.contains("is not a regular file"), "{e}");
-        let e = read_plugin_file(&dir.path().join("none.wasm"), 8)
+        let e = read_plugin_file(&dir.path().join("none.wasm"), 8, Writers::OwnerAndGroup)
             .unwrap_err()
             .0;
         assert!(e.contains("cannot read"), "{e}");
         // A regular file that reports no size but has more (procfs; some
         // network file systems; a file growing while it is read): the
         // read stops past the limit.
-        let e = read_plugin_file(Path::new("/proc/self/maps"), 16)
+        let e = read_plugin_file(Path::new("/proc/self/maps"), 16, Writers::Anyone)
             .unwrap_err()
             .0;
         assert!(e.contains("more than 16 bytes"), "{e}");
