@@ -27,6 +27,60 @@ fn unknown_config_key_is_named() {
     );
 }
 
+/// A config file every user may write is refused at start (whoever writes
+/// it sets the credentials and the plugins run); one every user may read
+/// that holds secrets written out is started with a warning naming them
+/// (not the values); one readable by its owner only, or holding only
+/// `${VAR}` references, without.
+#[tokio::test]
+async fn a_config_file_open_to_every_user_is_refused_or_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    let write = |text: &str, mode: u32| {
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let secret = "[gateway.auth]\ntoken = \"open-s3cret\"\n";
+    write(secret, 0o666);
+    let (code, err) = Daemon::builder()
+        .config_file(&file)
+        .run_expect_exit()
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is writable by every user (mode 0666)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("`chmod o-w {}`", file.display())),
+        "{err}"
+    );
+
+    let warned =
+        "is readable by every user (mode 0644) and holds secrets written out (gateway.auth.token)";
+    write(secret, 0o644);
+    let d = Daemon::builder().config_file(&file).start().unwrap();
+    d.wait_log(warned, Duration::from_secs(5)).await.unwrap();
+    assert!(!d.log_text().contains("open-s3cret"));
+    drop(d);
+    for (text, mode) in [
+        (secret, 0o600),
+        ("[gateway.auth]\ntoken = \"${PATH}\"\n", 0o644),
+    ] {
+        write(text, mode);
+        let d = Daemon::builder().config_file(&file).start().unwrap();
+        d.wait_log("gateway listening", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            !d.log_text().contains("is readable by every user"),
+            "{}",
+            d.log_text()
+        );
+    }
+}
+
 #[test]
 fn lan_without_auth_is_refused_with_a_hint() {
     let (code, err) = Daemon::builder()

@@ -67,8 +67,12 @@ impl Source {
                 None => None,
             };
         let mut config = match (&file, &text) {
-            (Some(p), Some(t)) => Config::from_toml_str(t, |k| std::env::var(k).ok())
-                .with_context(|| format!("invalid config file {}", p.display()))?,
+            (Some(p), Some(t)) => {
+                let c = Config::from_toml_str(t, |k| std::env::var(k).ok())
+                    .with_context(|| format!("invalid config file {}", p.display()))?;
+                warn_if_secrets_are_readable(p, t);
+                c
+            }
             _ => Config::default(),
         };
         config.apply(&self.overrides);
@@ -113,6 +117,19 @@ pub fn read_config_file(p: &Path, again: bool) -> Result<Vec<u8>> {
             p.display()
         );
     }
+    #[cfg(unix)]
+    if meta.is_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        // Whoever may write it sets the credentials and the plugins loaded.
+        if mode & 0o002 != 0 {
+            bail!(
+                "config file {} is writable by every user (mode {mode:04o}): anyone could set the gateway's credentials or the plugins it runs; `chmod o-w {}`",
+                p.display(),
+                p.display()
+            );
+        }
+    }
     let file = std::fs::File::open(p)
         .with_context(|| format!("cannot read config file {}", p.display()))?;
     let mut bytes = Vec::new();
@@ -127,6 +144,67 @@ pub fn read_config_file(p: &Path, again: bool) -> Result<Vec<u8>> {
         );
     }
     Ok(bytes)
+}
+
+/// Warns when the config file can be read by every user and holds secrets
+/// written out (not `${VAR}` references): the gateway's token and password,
+/// a bot token. Not refused: the file may be shared on purpose, and it is
+/// the administrator's to keep.
+fn warn_if_secrets_are_readable(p: &Path, text: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.is_file() || mode & 0o004 == 0 {
+            return;
+        }
+        let keys = literal_secrets(text);
+        if !keys.is_empty() {
+            tracing::warn!(
+                "config file {} is readable by every user (mode {mode:04o}) and holds secrets written out ({}): `chmod o-r {}`, or give them as ${{VARIABLES}} from the environment",
+                p.display(),
+                keys.join(", "),
+                p.display()
+            );
+        }
+    }
+}
+
+/// The dotted keys of secrets written out in `text` (strings under a key
+/// that names a secret, not `${VAR}` references), at most five.
+fn literal_secrets(text: &str) -> Vec<String> {
+    fn walk(v: &toml::Value, path: &str, secret: bool, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) if secret && !s.trim().starts_with("${") && !s.is_empty() => {
+                out.push(path.to_string())
+            }
+            toml::Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), secret, out);
+                }
+            }
+            toml::Value::Table(t) => {
+                for (k, x) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(x, &p, is_secret_key(k), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = toml::from_str::<toml::Value>(text) {
+        walk(&v, "", false, &mut out);
+    }
+    out.truncate(5);
+    out
 }
 
 /// The line (1-based) of the first dotted key `msg` names, e.g.
@@ -735,6 +813,41 @@ mod tests {
         );
         let e = err("[gateway]\nbind = \"${NOPE\"\n");
         assert!(e.contains("unterminated `${` in \"${NOPE\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_written_out_are_found_and_references_are_not() {
+        let keys = literal_secrets(
+            "[gateway.auth]\ntoken = \"t0k\"\npassword = \"${PW}\"\n\
+             [[gateway.auth.tokens]]\nname = \"ro\"\ntoken = \"s2\"\n\
+             [channels.irc.accounts.a]\nnick = \"bot\"\nsasl = { username = \"u\", password = \"p\" }\n",
+        );
+        assert_eq!(
+            keys,
+            [
+                "channels.irc.accounts.a.sasl.password",
+                "gateway.auth.token",
+                "gateway.auth.tokens[0].token"
+            ]
+        );
+        assert!(literal_secrets("[gateway.auth]\ntoken = \"${T}\"\n").is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_config_file_every_user_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("switchboard.toml");
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = format!("{:#}", read_config_file(&p, false).unwrap_err());
+        assert!(
+            e.contains("is writable by every user (mode 0666)") && e.contains("chmod o-w"),
+            "{e}"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
+        read_config_file(&p, false).unwrap();
     }
 
     #[test]
