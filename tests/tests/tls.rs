@@ -158,6 +158,16 @@ async fn a_client_ca_admits_its_certificates_and_refuses_the_rest() {
     assert!(line.contains("certificate"), "{line}");
     // Plain HTTP does not get in either.
     assert!(reqwest::get(d.http("/health")).await.is_err());
+    // The key was written readable by everyone (umask 022): said, by name.
+    d.wait_log(
+        &format!(
+            "gateway.tls.key: {} is readable by every user (mode 0644)",
+            key.display()
+        ),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -79,6 +79,23 @@ impl Tls {
     }
 }
 
+/// Warns when the private key can be read by every user: whoever reads
+/// it can pose as the gateway. Not refused (a certificate tool may have
+/// written it so, and stopping would take the gateway down).
+fn warn_if_readable_by_all(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(key) {
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o004 != 0 {
+            tracing::warn!(
+                "gateway.tls.key: {} is readable by every user (mode {mode:04o}): whoever reads it can pose as this gateway; `chmod o-r {}`",
+                key.display(),
+                key.display()
+            );
+        }
+    }
+}
+
 /// Polls the files every [`TLS_POLL`] and swaps in what changed.
 pub async fn run_tls_reloader(tls: Arc<Tls>) {
     let mut every = tokio::time::interval(TLS_POLL);
@@ -116,6 +133,7 @@ fn read(key: &str, p: &Path) -> Result<Vec<u8>> {
 fn build(files: &TlsConfig) -> Result<TlsAcceptor> {
     let cert_pem = read("cert", &files.cert)?;
     let key_pem = read("key", &files.key)?;
+    warn_if_readable_by_all(&files.key);
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("gateway.tls.cert: {} is not PEM", files.cert.display()))?;
