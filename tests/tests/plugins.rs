@@ -1418,6 +1418,39 @@ async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
         .unwrap();
 }
 
+/// What a plugin's failure says reaches no one it should not: a webhook
+/// sender (not authenticated) learns that the plugin failed, not why (the
+/// panic here quotes the account's settings, a token among them); the log
+/// has the error.
+#[tokio::test]
+async fn a_plugin_s_failure_is_not_told_to_a_webhook_sender() {
+    let s = setup(
+        &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
+        "",
+        "[channels.misbehave.accounts.default]\napi_token = \"tok-5eed-cafe-0042\"\n",
+    );
+    let d = &s.daemon;
+    let r = reqwest::Client::new()
+        .post(d.http("/hooks/misbehave/default"))
+        .body("panic")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("plugin `misbehave` failed on this request; the gateway's log says why"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("tok-5eed") && !body.contains("panicked"),
+        "{body}"
+    );
+    d.wait_log("webhook panicked", Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
 /// `GET /hooks/…` reaches the plugin's `handle-webhook` too (a service
 /// that checks a webhook's address first, as Meta's `hub.challenge`),
 /// with its method, path and query; a GET a web page makes (an image, a

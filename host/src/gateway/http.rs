@@ -314,9 +314,12 @@ fn webhook_error(channel: &str, account: &str, e: SendError) -> Response {
             error: CallError::Busy(m) | CallError::Unavailable(m),
             ..
         } => json_error(StatusCode::SERVICE_UNAVAILABLE, m),
-        SendError::Call { plugin, error, .. } => json_error(
+        // The sender is not authenticated: it learns that the plugin
+        // failed, not why (a panic's message, a denied destination and the
+        // grant that would allow it). The log has the error, at WARN.
+        SendError::Call { plugin, .. } => json_error(
             StatusCode::BAD_GATEWAY,
-            format!("plugin `{plugin}`: {error}"),
+            format!("channel {channel}: plugin `{plugin}` failed on this request; the gateway's log says why"),
         ),
         // Webhooks need no capability and have no idempotency key; kept for
         // completeness.

@@ -68,7 +68,7 @@ impl Channel for Misbehave {
         })
     }
 
-    fn handle_webhook(_account: Account, request: HttpRequest) -> HttpResponse {
+    fn handle_webhook(account: Account, request: HttpRequest) -> HttpResponse {
         // A hostile plugin's page: served on the gateway's origin, its
         // script would read the control page's token and open an operator
         // connection, if the gateway let it run.
@@ -78,6 +78,11 @@ impl Channel for Misbehave {
                 headers: vec![("content-type".into(), "text/html".into())],
                 body: HOSTILE_PAGE.as_bytes().to_vec(),
             };
+        }
+        // A webhook whose handling fails, with the account's settings in
+        // the panic message (a secret the sender must not get back).
+        if request.body == b"panic" {
+            panic!("webhook panicked; settings {}", account.settings);
         }
         if request.body.is_empty() {
             let said = format!("{} {}?{}", request.method, request.path, request.query);
