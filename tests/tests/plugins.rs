@@ -1418,18 +1418,48 @@ async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
         .unwrap();
 }
 
-/// What a plugin's failure says reaches no one it should not: a webhook
-/// sender (not authenticated) learns that the plugin failed, not why (the
-/// panic here quotes the account's settings, a token among them); the log
-/// has the error.
+/// What a plugin says reaches no one it should not. A webhook sender (not
+/// authenticated) learns that the plugin failed, not why (the panic here
+/// quotes the account's settings, a token among them); the log has the
+/// error. And what a plugin says about an account (a state detail, an
+/// error) has the account's secrets hidden: `channels.status` is answered
+/// to every `operator.read` client.
 #[tokio::test]
-async fn a_plugin_s_failure_is_not_told_to_a_webhook_sender() {
+async fn a_plugin_s_words_do_not_hand_out_its_secrets() {
     let s = setup(
         &[("test-plugins", "misbehave.wasm", "misbehave.wasm")],
         "",
-        "[channels.misbehave.accounts.default]\napi_token = \"tok-5eed-cafe-0042\"\n",
+        "[channels.misbehave.accounts.default]\napi_token = \"tok-5eed-cafe-0042\"\n\
+         auth = { password = 98127364 }\nnick = \"misbot\"\n",
     );
     let d = &s.daemon;
+    let mut c = op(d).await;
+    let r = ask(&mut c, "leak").await;
+    let e = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(e.contains("failed with settings"), "{r}");
+    let (mut reader, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let detail = reader
+        .wait_account_error(
+            "misbehave",
+            "default",
+            "state with settings",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    for said in [&e, &detail] {
+        assert!(
+            !said.contains("tok-5eed") && !said.contains("98127364"),
+            "a secret is shown: {said}"
+        );
+        assert!(
+            said.contains("<redacted>") && said.contains("misbot"),
+            "{said}"
+        );
+    }
     let r = reqwest::Client::new()
         .post(d.http("/hooks/misbehave/default"))
         .body("panic")

@@ -39,6 +39,9 @@ pub(super) struct BoundAccount {
     /// `id` and the settings as the plugin gets them (JSON).
     pub account: Account,
     pub imports: Imports,
+    /// The secrets among the settings ([`crate::config::secret_values`]),
+    /// hidden in what the plugin says about the account.
+    pub secrets: Arc<[String]>,
 }
 
 /// What the import handles of an account are made from.
@@ -100,6 +103,7 @@ fn bind_account(
     rate: &Arc<DeliveryRate>,
 ) -> BoundAccount {
     let (name, id) = (name.to_string(), id.to_string());
+    let secrets: Arc<[String]> = crate::config::secret_values(t).into();
     let imports = Imports {
         inbox: Arc::new(AccountInbox {
             inbox: h.inbox.clone(),
@@ -110,6 +114,7 @@ fn bind_account(
             board: h.board.clone(),
             channel: name.clone(),
             account: id.clone(),
+            secrets: secrets.clone(),
         }),
         outbox: Arc::new(AccountQueue {
             outbox: h.outbox.clone(),
@@ -127,7 +132,11 @@ fn bind_account(
         id,
         settings: settings_json(t),
     };
-    BoundAccount { account, imports }
+    BoundAccount {
+        account,
+        imports,
+        secrets,
+    }
 }
 
 /// A fresh status-board account: configured, not running.

@@ -206,7 +206,7 @@ impl ChannelManager {
             let outcome = self.run_once(&channel, &account).await;
             let err = match outcome {
                 Ok(()) => "run returned; restarting".to_string(),
-                Err(e) => e,
+                Err(e) => self.hide_secrets(&channel, &account, e),
             };
             tracing::warn!(channel = %channel, account = %account, retry_in_ms = backoff.as_millis() as u64, "account stopped: {err}");
             if started.elapsed() >= STABLE_RUN {

@@ -221,6 +221,20 @@ impl ChannelManager {
         Ok((plugin, target, ba.account.clone()))
     }
 
+    /// `text` (a plugin's error about `account`) with the account's
+    /// secrets hidden ([`crate::config::hide_secrets`]).
+    fn hide_secrets(&self, channel: &str, account: &str, text: String) -> String {
+        let layout = self.layout();
+        match layout
+            .bound
+            .get(channel)
+            .and_then(|c| c.accounts.get(account))
+        {
+            Some(a) => crate::config::hide_secrets(text, &a.secrets),
+            None => text,
+        }
+    }
+
     /// What `plugin` may reach when it serves `channel`: the channel's
     /// `network`, else the plugin's own list (as configured, for display).
     pub fn grants_for(&self, channel: &str, plugin: &Plugin) -> Vec<String> {

@@ -440,7 +440,7 @@ impl ChannelManager {
                 Err(SendError::Call {
                     channel: channel.to_string(),
                     plugin: plugin.to_string(),
-                    error,
+                    error: error.map_message(|m| self.hide_secrets(channel, account, m)),
                 })
             }
         }

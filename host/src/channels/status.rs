@@ -67,10 +67,13 @@ pub struct AccountStatus {
     pub board: Arc<StatusBoard>,
     pub channel: String,
     pub account: String,
+    /// Hidden in the detail (every `operator.read` client sees it).
+    pub secrets: Arc<[String]>,
 }
 
 impl StateReporter for AccountStatus {
     fn report(&self, state: AccountState, detail: Option<String>) {
+        let detail = detail.map(|d| crate::config::hide_secrets(d, &self.secrets));
         self.board.update(&self.channel, &self.account, |a| {
             a.connected = matches!(state, AccountState::Connected);
             match state {

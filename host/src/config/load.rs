@@ -604,6 +604,61 @@ fn expand_str(s: &str, secret: bool, env: &impl Fn(&str) -> Option<String>) -> R
     Ok(out)
 }
 
+/// The values in an account's settings that are secrets: every string and
+/// number under a key that names one (`token`, `sasl = { password }`, …),
+/// longest first. Values under 4 characters are left out: hiding them would
+/// hide ordinary words.
+pub fn secret_values(t: &toml::Table) -> Vec<String> {
+    fn all(v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) => out.push(s.clone()),
+            toml::Value::Integer(i) => out.push(i.to_string()),
+            toml::Value::Array(a) => a.iter().for_each(|x| all(x, out)),
+            toml::Value::Table(t) => t.values().for_each(|x| all(x, out)),
+            _ => {}
+        }
+    }
+    fn walk(t: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in t {
+            match v {
+                _ if is_secret_key(k) => all(v, out),
+                toml::Value::Table(inner) => walk(inner, out),
+                toml::Value::Array(a) => {
+                    for x in a {
+                        if let toml::Value::Table(inner) = x {
+                            walk(inner, out);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(t, &mut out);
+    out.retain(|s| s.chars().count() >= 4);
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+/// `text` with each of `secrets` replaced by `<redacted>` (not copied when
+/// it holds none): what a plugin says about an account (an error, a state
+/// detail) is shown to every `operator.read` client, and a plugin may quote
+/// its settings by mistake (a URL with its token, a settings dump).
+pub fn hide_secrets(text: String, secrets: &[String]) -> String {
+    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+        return text;
+    }
+    let mut text = text;
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+    }
+    text
+}
+
 /// Does a key name a secret? (`token`, `password`, `sasl_password`,
 /// `secret_token`, `api_key`, …)
 fn is_secret_key(k: &str) -> bool {
@@ -848,6 +903,25 @@ mod tests {
         );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
         read_config_file(&p, false).unwrap();
+    }
+
+    #[test]
+    fn an_account_s_secret_values_are_found_and_hidden() {
+        let t: toml::Table = toml::from_str(
+            "token = \"123456:ABC-def\"\nnick = \"bot\"\npassword = 98127364\npin = \"abc\"\n\
+             sasl = { username = \"u\", password = \"hunter22\" }\n[[upstreams]]\napi_key = \"k-0042\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            secret_values(&t),
+            ["123456:ABC-def", "98127364", "hunter22", "k-0042"]
+        );
+        let s = secret_values(&t);
+        assert_eq!(
+            hide_secrets("GET /bot123456:ABC-def/getMe: 401 (pw 98127364)".into(), &s),
+            "GET /bot<redacted>/getMe: 401 (pw <redacted>)"
+        );
+        assert_eq!(hide_secrets("bot and abc".into(), &s), "bot and abc");
     }
 
     #[test]

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 
-pub use load::{describe, lossy_path, read_config_file, redacted, Described, Source};
+pub use load::{
+    describe, hide_secrets, lossy_path, read_config_file, redacted, secret_values, Described,
+    Source,
+};
 
 pub const DEFAULT_PORT: u16 = 18789;
 

@@ -38,6 +38,19 @@ pub enum CallError {
     Interrupted(String),
 }
 
+impl CallError {
+    /// The same error with `f` applied to the text that comes from the
+    /// plugin (its own error, a panic's message); the host's own texts
+    /// are kept.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            CallError::Channel(e) => CallError::Channel(e.map_message(f)),
+            CallError::Failed(m) => CallError::Failed(f(m)),
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -237,14 +237,18 @@ pub enum ChannelError {
 impl ChannelError {
     /// Its message cut to [`MAX_MESSAGE_BYTES`].
     pub fn bounded(self) -> Self {
-        let c = |m: String| cut_owned(m, MAX_MESSAGE_BYTES);
+        self.map_message(|m| cut_owned(m, MAX_MESSAGE_BYTES))
+    }
+
+    /// The same error with `f` applied to its message.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
         match self {
-            ChannelError::InvalidConfig(m) => ChannelError::InvalidConfig(c(m)),
-            ChannelError::Unauthorized(m) => ChannelError::Unauthorized(c(m)),
-            ChannelError::NotFound(m) => ChannelError::NotFound(c(m)),
+            ChannelError::InvalidConfig(m) => ChannelError::InvalidConfig(f(m)),
+            ChannelError::Unauthorized(m) => ChannelError::Unauthorized(f(m)),
+            ChannelError::NotFound(m) => ChannelError::NotFound(f(m)),
             ChannelError::RateLimited(ms) => ChannelError::RateLimited(ms),
-            ChannelError::Transient(m) => ChannelError::Transient(c(m)),
-            ChannelError::Fatal(m) => ChannelError::Fatal(c(m)),
+            ChannelError::Transient(m) => ChannelError::Transient(f(m)),
+            ChannelError::Fatal(m) => ChannelError::Fatal(f(m)),
         }
     }
 }

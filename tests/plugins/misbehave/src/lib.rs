@@ -110,7 +110,7 @@ impl Channel for Misbehave {
         }
     }
 
-    fn send(_account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
+    fn send(account: Account, message: OutboundMessage) -> Result<Delivery, ChannelError> {
         match message.text.as_str() {
             "spin" => {
                 let mut x: u64 = 0;
@@ -130,6 +130,19 @@ impl Channel for Misbehave {
             // the store kept (a hostile plugin filling the disk).
             // Answers and a state detail far past what the host keeps.
             "longerr" => Err(ChannelError::Fatal("e".repeat(100_000))),
+            // Quotes the account's settings (its secrets among them) in a
+            // state detail and in its error, as a careless plugin might.
+            "leak" => {
+                switchboard_sdk::set_state(
+                    &account.id,
+                    switchboard_sdk::AccountState::Error,
+                    Some(&format!("state with settings {}", account.settings)),
+                );
+                Err(ChannelError::Fatal(format!(
+                    "failed with settings {}",
+                    account.settings
+                )))
+            }
             "longid" => Ok(Delivery {
                 message_id: "i".repeat(5000),
                 chat_id: Some("c".repeat(5000)),
