@@ -17,7 +17,8 @@
 //!
 //! First the scale targets of issue 11 (`scale.rs`, each printed with its
 //! target; `BENCH_ONLY=scale` runs only those, `BENCH_HELD` sets the held
-//! connections, default 15000).
+//! connections, default 15000; `BENCH_FANOUT_MESSAGES` the messages of the
+//! fan-out row and its floor, default 200).
 //!
 //! Sizes: `BENCH_CONNECTIONS` (default 1000), `BENCH_MESSAGES` (200),
 //! `BENCH_SENDS` (500), `BENCH_HANDSHAKES` (300), `BENCH_RELOADS` (300),

@@ -700,8 +700,11 @@ async fn connections_and_fan_out(d: &Daemon, held: usize, daemon_cpu: Option<usi
 
 /// Fan-out per CPU-second, the physical floor, and latency at 50 messages/s.
 async fn fan_out_rows(d: &Daemon, daemon_cpu: Option<usize>) -> Result<()> {
-    // Fan-out as fast as the messages come.
-    let f = fan_out(d, 1000, 200, None, "fan", Hook::Echo).await?;
+    // Fan-out as fast as the messages come (`BENCH_FANOUT_MESSAGES`, 200:
+    // more for A/B runs, where 200 messages are half a CPU-second and the
+    // host's noise as large as any difference).
+    let messages = super::env_usize("BENCH_FANOUT_MESSAGES", 200);
+    let f = fan_out(d, 1000, messages, None, "fan", Hook::Echo).await?;
     let per_cpu = f.deliveries as f64 / f.server_cpu.max(1e-6);
     target_row(
         "fan-out: deliveries per server CPU-second",
@@ -709,7 +712,7 @@ async fn fan_out_rows(d: &Daemon, daemon_cpu: Option<usize>) -> Result<()> {
         "≥ 300,000",
         per_cpu >= 300_000.0,
         &format!(
-            "1000 operators × 200 webhook messages, 16 posters: {} deliveries in {:.2} s, server CPU {:.2} s, generator CPU {:.2} s",
+            "1000 operators × {messages} webhook messages, 16 posters: {} deliveries in {:.2} s, server CPU {:.2} s, generator CPU {:.2} s",
             f.deliveries,
             f.wall.as_secs_f64(),
             f.server_cpu,
@@ -717,10 +720,10 @@ async fn fan_out_rows(d: &Daemon, daemon_cpu: Option<usize>) -> Result<()> {
         ),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let fl = floor(1000, 200, None, daemon_cpu).await?;
+    let fl = floor(1000, messages, None, daemon_cpu).await?;
     let (floor_rate, floor_cpu) = (fl.rate, fl.cpu);
     println!(
-        "| physical floor: plain TCP server, one 100-byte frame per socket per event | {floor_rate:.0} per CPU-second | | | 1000 sockets × 200 events, {floor_cpu:.2} s CPU on the daemon's core: the fan-out above is {:.0}% of it |",
+        "| physical floor: plain TCP server, one 100-byte frame per socket per event | {floor_rate:.0} per CPU-second | | | 1000 sockets × {messages} events, {floor_cpu:.2} s CPU on the daemon's core: the fan-out above is {:.0}% of it |",
         per_cpu / floor_rate * 100.0
     );
 
