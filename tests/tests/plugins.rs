@@ -1422,8 +1422,9 @@ async fn a_plugin_s_webhook_answer_cannot_frame_the_connection() {
 /// authenticated) learns that the plugin failed, not why (the panic here
 /// quotes the account's settings, a token among them); the log has the
 /// error. And what a plugin says about an account (a state detail, an
-/// error) has the account's secrets hidden: `channels.status` is answered
-/// to every `operator.read` client.
+/// error, a log line, its stdout) has the account's secrets hidden:
+/// `channels.status` is answered to every `operator.read` client, and a
+/// log may be shipped elsewhere.
 #[tokio::test]
 async fn a_plugin_s_words_do_not_hand_out_its_secrets() {
     let s = setup(
@@ -1479,6 +1480,17 @@ async fn a_plugin_s_words_do_not_hand_out_its_secrets() {
     d.wait_log("webhook panicked", Duration::from_secs(5))
         .await
         .unwrap();
+    // Nor in the log: what the plugin logged and printed, its panic, the
+    // errors of its send and of its webhook call.
+    for line in ["logged settings", "printed settings", "webhook panicked"] {
+        let l = d.wait_log(line, Duration::from_secs(5)).await.unwrap();
+        assert!(l.contains("<redacted>"), "{l}");
+    }
+    let log = d.log_text();
+    assert!(
+        !log.contains("tok-5eed") && !log.contains("98127364"),
+        "a secret is in the log:\n{log}"
+    );
 }
 
 /// `GET /hooks/…` reaches the plugin's `handle-webhook` too (a service

@@ -127,6 +127,7 @@ fn bind_account(
         }),
         channel: name,
         account: id.clone(),
+        secrets: secrets.clone(),
     };
     let account = Account {
         id,

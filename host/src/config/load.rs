@@ -647,16 +647,24 @@ pub fn secret_values(t: &toml::Table) -> Vec<String> {
 /// detail) is shown to every `operator.read` client, and a plugin may quote
 /// its settings by mistake (a URL with its token, a settings dump).
 pub fn hide_secrets(text: String, secrets: &[String]) -> String {
-    if !secrets.iter().any(|s| text.contains(s.as_str())) {
-        return text;
+    match hide_secrets_in(&text, secrets) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(hidden) => hidden,
     }
-    let mut text = text;
+}
+
+/// [`hide_secrets`] of a borrowed text.
+pub fn hide_secrets_in<'a>(text: &'a str, secrets: &[String]) -> std::borrow::Cow<'a, str> {
+    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut hidden = text.to_string();
     for s in secrets {
-        if text.contains(s.as_str()) {
-            text = text.replace(s.as_str(), "<redacted>");
+        if hidden.contains(s.as_str()) {
+            hidden = hidden.replace(s.as_str(), "<redacted>");
         }
     }
-    text
+    std::borrow::Cow::Owned(hidden)
 }
 
 /// Does a key name a secret? (`token`, `password`, `sasl_password`,

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 mod load;
 
 pub use load::{
-    describe, hide_secrets, lossy_path, read_config_file, redacted, secret_values, Described,
-    Source,
+    describe, hide_secrets, hide_secrets_in, lossy_path, read_config_file, redacted, secret_values,
+    Described, Source,
 };
 
 pub const DEFAULT_PORT: u16 = 18789;

@@ -149,7 +149,7 @@ impl Plugin {
             .store(self.log.clone(), Some(t.imports), grants.clone(), None);
         let result = bindings::run(&self.loaded.pre, &mut store, account)
             .await
-            .map_err(|e| call_failure(&self.log, &e, store.data().last_panic()));
+            .map_err(|e| call_failure(&self.log, &e, store.data()));
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(denied(&grants).unwrap_or_else(|| channel_error(e))),
@@ -200,7 +200,7 @@ impl Plugin {
             let mut store = rt.store(me.log.clone(), Some(imports), g, timeout);
             let result = bindings::invoke(&me.loaded.pre, &mut store, req)
                 .await
-                .map_err(|e| call_failure(&me.log, &e, store.data().last_panic()));
+                .map_err(|e| call_failure(&me.log, &e, store.data()));
             // The call's key-value writes reach the disk before its result
             // is used (answered, recorded): almost always free, since the
             // `deliver` that usually follows them made them durable.

@@ -72,6 +72,9 @@ pub struct Imports {
     pub state: Arc<dyn StateReporter>,
     pub outbox: Arc<dyn AccountOutbox>,
     pub kv: Arc<dyn Kv>,
+    /// The account's secrets, hidden in the lines its instances log
+    /// (`crate::config::secret_values`).
+    pub secrets: Arc<[String]>,
 }
 
 impl Imports {

@@ -442,6 +442,8 @@ struct LogOutput {
     log: Arc<PluginLog>,
     stream: &'static str,
     panic: LastPanic,
+    /// The account's secrets, hidden in what the guest prints.
+    secrets: Arc<[String]>,
 }
 
 impl wasmtime_wasi::cli::IsTerminal for LogOutput {
@@ -502,7 +504,8 @@ impl LineWriter {
 
     fn emit(&mut self, line: &[u8], cut: usize) {
         let text = String::from_utf8_lossy(line);
-        let text = text.trim_end();
+        let text = crate::config::hide_secrets_in(text.trim_end(), &self.out.secrets);
+        let text = &*text;
         let cut = if cut > 0 {
             format!("… ({cut} bytes cut)")
         } else {
@@ -579,12 +582,14 @@ pub fn chain(e: &wasmtime::Error) -> String {
 /// One line for an operator about a failed call: the trap (or the panic
 /// message the guest printed), never the wasm backtrace. The whole error
 /// goes to the log at WARN.
-pub fn call_failure(log: &PluginLog, e: &wasmtime::Error, panic: Option<String>) -> String {
+pub fn call_failure(log: &PluginLog, e: &wasmtime::Error, state: &PluginState) -> String {
+    let panic = state.last_panic();
+    let secrets = state.imports().map_or(&[][..], |i| &i.secrets[..]);
     plugin_event!(
         log,
         tracing::Level::WARN,
         "plugin call failed: {}",
-        chain(e)
+        crate::config::hide_secrets_in(&chain(e), secrets)
     );
     if let Some(msg) = panic {
         return format!("plugin panicked: {msg}");
@@ -634,16 +639,21 @@ impl PluginState {
         let check_grants = grants.clone();
         let check_log = log.clone();
         let panic = LastPanic::default();
+        let secrets: Arc<[String]> = imports
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |i| i.secrets.clone());
         let wasi = WasiCtxBuilder::new()
             .stdout(LogOutput {
                 log: log.clone(),
                 stream: "stdout",
                 panic: panic.clone(),
+                secrets: secrets.clone(),
             })
             .stderr(LogOutput {
                 log: log.clone(),
                 stream: "stderr",
                 panic: panic.clone(),
+                secrets,
             })
             .allow_tcp(true)
             .allow_udp(false)

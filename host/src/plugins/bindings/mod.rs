@@ -127,7 +127,12 @@ impl PluginState {
     fn host_log(&self, level: tracing::Level, message: &str) {
         use tracing::Level;
         let log = &self.log;
-        let m = || super::logs::bounded(message);
+        // The account's secrets, should the plugin log them.
+        let message = match self.imports() {
+            Ok(i) => crate::config::hide_secrets_in(message, &i.secrets),
+            Err(_) => message.into(),
+        };
+        let m = || super::logs::bounded(&message);
         match level {
             Level::TRACE => plugin_event!(log, Level::TRACE, "{}", m()),
             Level::DEBUG => plugin_event!(log, Level::DEBUG, "{}", m()),

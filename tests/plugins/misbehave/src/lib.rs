@@ -130,9 +130,12 @@ impl Channel for Misbehave {
             // the store kept (a hostile plugin filling the disk).
             // Answers and a state detail far past what the host keeps.
             "longerr" => Err(ChannelError::Fatal("e".repeat(100_000))),
-            // Quotes the account's settings (its secrets among them) in a
-            // state detail and in its error, as a careless plugin might.
+            // Quotes the account's settings (its secrets among them) in its
+            // log, its stdout, a state detail and its error, as a careless
+            // plugin might.
             "leak" => {
+                switchboard_sdk::info!("logged settings {}", account.settings);
+                println!("printed settings {}", account.settings);
                 switchboard_sdk::set_state(
                     &account.id,
                     switchboard_sdk::AccountState::Error,
