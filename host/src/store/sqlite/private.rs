@@ -55,9 +55,16 @@ pub fn prepare(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
             };
             let mode = m.permissions().mode() & 0o777;
             if m.is_file() && mode & 0o077 != 0 {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| cannot("make private (chmod 600)", &p, e))?;
-                tracing::info!(file = %p.display(), "made private (mode {mode:04o} → 0600): it holds messages");
+                // A file system without Unix modes (some network or
+                // foreign mounts) refuses: said, not fatal.
+                match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                    Ok(()) => {
+                        tracing::info!(file = %p.display(), "made private (mode {mode:04o} → 0600): it holds messages")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), "cannot make private (mode {mode:04o}; chmod 600: {e}): it holds every message")
+                    }
+                }
             }
         }
     }
