@@ -123,6 +123,9 @@ async fn a_client_ca_admits_its_certificates_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let cert = write(dir.path(), "cert.pem", &server.cert_pem);
     let key = write(dir.path(), "key.pem", &server.key_pem);
+    // Readable by everyone, as a umask of 022 leaves it: said at load.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
     let d = Daemon::builder()
         .config(&format!(
@@ -158,7 +161,7 @@ async fn a_client_ca_admits_its_certificates_and_refuses_the_rest() {
     assert!(line.contains("certificate"), "{line}");
     // Plain HTTP does not get in either.
     assert!(reqwest::get(d.http("/health")).await.is_err());
-    // The key was written readable by everyone (umask 022): said, by name.
+    // The key is readable by everyone: said, by name.
     d.wait_log(
         &format!(
             "gateway.tls.key: {} is readable by every user (mode 0644)",
