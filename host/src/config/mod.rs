@@ -13,11 +13,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod load;
+mod secrets;
 
-pub use load::{
-    describe, hide_secrets, hide_secrets_in, lossy_path, read_config_file, redacted, secret_values,
-    Described, Source,
-};
+pub use load::{describe, lossy_path, read_config_file, Described, Source};
+pub use secrets::{hide_secrets, hide_secrets_in, redacted, secret_values};
 
 pub const DEFAULT_PORT: u16 = 18789;
 
