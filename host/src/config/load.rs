@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::secrets::{is_secret_key, literal_secrets};
+use super::secrets::{is_secret_key, literal_secrets, secret_below};
 use super::*;
 
 /// Where the configuration comes from: the file and the overrides of the
@@ -478,8 +478,11 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].split('\n').next().unwrap_or_default();
     let t = line.trim_start();
-    let shown = if line.contains('=') {
-        !is_secret_key(line)
+    let shown = if let Some((key, _)) = line.split_once('=') {
+        // The whole line (`sasl = { password = … }`), and the key alone
+        // (`pin = 1234`, whose name is a secret only as a whole word).
+        let last = key.trim().rsplit('.').next().unwrap_or_default();
+        !is_secret_key(line) && !is_secret_key(last.trim().trim_matches(['"', '\'']))
     } else {
         // A table header, a comment or a blank line holds no value; any
         // other line without `=` is part of a value that began above.
@@ -501,7 +504,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Expands `${VAR}` in every string of `value`; `$${` stands for a literal
-/// `${`. Under a key that names a secret (`secret`), an error does not
+/// `${`. Under a secret (`secret`, see `secret_below`), an error does not
 /// quote the string.
 fn expand_env(
     value: &mut toml::Value,
@@ -519,13 +522,14 @@ fn expand_env(
             }
         }
         toml::Value::Table(t) => {
+            let names_own = t.keys().any(|k| is_secret_key(k));
             for (k, v) in t.iter_mut() {
                 let p = if path.is_empty() {
                     k.clone()
                 } else {
                     format!("{path}.{k}")
                 };
-                expand_env(v, &p, is_secret_key(k), env)?;
+                expand_env(v, &p, secret_below(secret, names_own, k), env)?;
             }
         }
         _ => {}
@@ -718,6 +722,13 @@ mod tests {
                 "pw9",
                 2,
             ),
+            // A key that names a secret only as a whole word.
+            ("[channels.x.accounts.a]\npin = 98x1\n", "98x1", 2),
+            (
+                "[channels.x.accounts.a]\nlogin.\"pass\" = 98x2\n",
+                "98x2",
+                2,
+            ),
             // A line of a value written over several lines.
             (
                 "[gateway]\nallowed_origins = [\n  \"https://a\",\n  s3cr3t\n]\n",
@@ -740,6 +751,9 @@ mod tests {
         );
         let e = err("[gateway]\nbind = \"${NOPE\"\n");
         assert!(e.contains("unterminated `${` in \"${NOPE\""), "{e}");
+        // Under a secret key, everything is a secret.
+        let e = err("[channels.x.accounts.a]\ncredentials = { user = \"u-${NOPE\" }\n");
+        assert!(e.contains("unterminated `${`") && !e.contains("u-$"), "{e}");
     }
 
     #[cfg(unix)]
