@@ -62,7 +62,7 @@ async fn upgrade_status(d: &Daemon, host: &str, origin: Option<&str>) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_rebinding_is_refused_when_the_gateway_has_no_token() {
+async fn dns_rebinding_is_refused() {
     let d = Daemon::builder().config("").start().unwrap();
     let port = d.addr.port();
     let evil = format!("rebind.evil.example:{port}");
@@ -126,6 +126,57 @@ async fn dns_rebinding_is_refused_when_the_gateway_has_no_token() {
         upgrade_status(&d, &evil, Some(&format!("http://{evil}"))).await,
         403
     );
+    // But what needs no token even then (/metrics, /ready) is not read
+    // under a page's own name: only under loopback names, IP addresses
+    // and the names listed.
+    let status_of = |path: &'static str, host: String| {
+        let d = &d;
+        async move {
+            let resp = raw(
+                d,
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+                Duration::from_secs(2),
+            )
+            .await;
+            let code: u16 = resp
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no status in {resp:?}"));
+            (code, resp)
+        }
+    };
+    for path in ["/metrics", "/ready"] {
+        let (code, resp) = status_of(path, evil.clone()).await;
+        assert_eq!(code, 421, "{path}: {resp}");
+        assert!(
+            resp.contains("add the name to gateway.allowed_hosts") && resp.contains(path),
+            "{resp}"
+        );
+        for host in [format!("127.0.0.1:{port}"), format!("192.0.2.7:{port}")] {
+            let (code, resp) = status_of(path, host).await;
+            assert_eq!(code, 200, "{path}: {resp}");
+        }
+    }
+    drop(d);
+    let d = Daemon::builder()
+        .config(&format!(
+            "[gateway]\nallowed_hosts = [\"gw.internal\"]\n[gateway.auth]\ntoken = \"{TOKEN}\"\n"
+        ))
+        .start()
+        .unwrap();
+    let resp = raw(
+        &d,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: gw.internal:{}\r\nConnection: close\r\n\r\n",
+            d.addr.port()
+        )
+        .as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
 
 const WEBHOOK: &str = "[channels.webhook.accounts.open]\n";

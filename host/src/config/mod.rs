@@ -121,8 +121,10 @@ pub struct GatewayConfig {
     /// Origins naming a loopback address (`localhost`, `127.0.0.1`, `[::1]`) are always allowed.
     pub allowed_origins: Vec<String>,
     /// Names (the `Host` header, without port) under which the gateway may be
-    /// reached besides loopback names and addresses. Only checked when no
-    /// credentials are configured (it defeats DNS rebinding).
+    /// reached besides loopback names and addresses. Checked for every
+    /// request when no credentials are configured, and with credentials for
+    /// `/ready` and `/metrics` (which need none; IP addresses pass too): it
+    /// defeats DNS rebinding.
     pub allowed_hosts: Vec<String>,
     /// Reverse proxies (addresses or networks, `10.0.0.0/8`) whose
     /// `client_ip_header` names the client. A request with

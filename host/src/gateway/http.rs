@@ -347,7 +347,7 @@ fn too_large(channel: &str, limit: usize) -> Response {
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    if let Some(refused) = check_host(&gw, req.headers(), req.extensions().get()) {
+    if let Some(refused) = check_open_endpoint(&gw, &req) {
         return refused;
     }
     let mut failing = Vec::new();
@@ -365,7 +365,7 @@ async fn ready(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    if let Some(refused) = check_host(&gw, req.headers(), req.extensions().get()) {
+    if let Some(refused) = check_open_endpoint(&gw, &req) {
         return refused;
     }
     let settles = gw.log.settles();
@@ -456,10 +456,61 @@ pub fn host_allowed(host: Option<&str>, has_auth: bool, allowed: &[String]) -> b
         return true;
     }
     let Some(host) = host else { return false };
-    is_loopback_host(host)
-        || allowed
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(host_name(host)) || a.eq_ignore_ascii_case(host))
+    is_loopback_host(host) || host_listed(host, allowed)
+}
+
+/// Is `host` one of `gateway.allowed_hosts`?
+fn host_listed(host: &str, allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host_name(host)) || a.eq_ignore_ascii_case(host))
+}
+
+/// May an endpoint that needs no credentials (`/metrics`, `/ready`) answer
+/// a request whose `Host` is `host`, on a gateway that has credentials? A
+/// loopback name, an IP address or a name in `gateway.allowed_hosts` may
+/// be answered; any other name may be a web page's own, pointed at this
+/// machine (DNS rebinding), which could then read the answer. The page
+/// cannot send an IP address as its `Host`: it is reached under its name.
+pub fn open_endpoint_host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    host.is_some_and(|h| {
+        is_loopback_host(h)
+            || host_name(h).parse::<std::net::IpAddr>().is_ok()
+            || host_listed(h, allowed)
+    })
+}
+
+/// [`check_host`] for an endpoint that needs no credentials even on a
+/// gateway that has them (`/metrics`, `/ready`): there the `Host` must
+/// pass [`open_endpoint_host_allowed`] too.
+fn check_open_endpoint(gw: &Gateway, req: &Request) -> Option<Response> {
+    let headers = req.headers();
+    if let Some(refused) = check_host(gw, headers, req.extensions().get()) {
+        return Some(refused);
+    }
+    let config = gw.config();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !config.has_auth() || open_endpoint_host_allowed(host, &config.gateway.allowed_hosts) {
+        return None;
+    }
+    gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
+    let shown = host.unwrap_or("(none)");
+    gw.refusals.note(
+        "request",
+        &format!(
+            "Host `{shown}` for {} is not a loopback name, an IP address or one of gateway.allowed_hosts",
+            req.uri().path()
+        ),
+    );
+    Some(plain(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "Host `{shown}` is not allowed here: {} needs no token, so it answers only loopback names, IP \
+             addresses and the names in gateway.allowed_hosts (a web page whose name was pointed at this \
+             machine, DNS rebinding, could read it otherwise); add the name to gateway.allowed_hosts",
+            req.uri().path()
+        ),
+    ))
 }
 
 /// The refusal for a control-plane request whose `Host` is not acceptable
@@ -604,7 +655,7 @@ async fn root(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_allowed, is_loopback_host, origin_allowed};
+    use super::{host_allowed, is_loopback_host, open_endpoint_host_allowed, origin_allowed};
 
     #[test]
     fn origins() {
@@ -656,5 +707,24 @@ mod tests {
         assert!(host_allowed(Some("rebind.evil.example:18789"), true, &none));
         let list = vec!["gw.internal".to_string()];
         assert!(host_allowed(Some("gw.internal:18789"), false, &list));
+        // What needs no token answers a page's own name on no gateway.
+        for h in [
+            "127.0.0.1:1",
+            "localhost",
+            "10.0.0.5:18789",
+            "[2001:db8::7]:80",
+            "gw.internal",
+        ] {
+            assert!(open_endpoint_host_allowed(Some(h), &list), "{h}");
+        }
+        for h in [
+            "rebind.evil.example:18789",
+            "127.0.0.1.nip.io",
+            "10.0.0.5.evil",
+            "",
+        ] {
+            assert!(!open_endpoint_host_allowed(Some(h), &list), "{h}");
+        }
+        assert!(!open_endpoint_host_allowed(None, &list));
     }
 }
