@@ -585,20 +585,20 @@ pub async fn run(daemon_cpu: Option<usize>) -> Result<()> {
     println!("|---|---|---|---|---|");
 
     // BENCH_PART=rpc: only the two RPC rows (quick A/B runs);
-    // BENCH_PART=fanout: only fan-out, its floor and latency.
+    // BENCH_PART=fanout: only fan-out, its floor and latency;
+    // BENCH_PART=handshake: only the handshake row.
     match std::env::var("BENCH_PART").as_deref() {
         Ok("rpc") => {}
         Ok("fanout") => return fan_out_rows(&d, daemon_cpu).await,
+        Ok("handshake") => return handshake_row(&d).await,
         _ => connections_and_fan_out(&d, held, daemon_cpu).await?,
     }
     rpcs(&d).await
 }
 
-async fn connections_and_fan_out(d: &Daemon, held: usize, daemon_cpu: Option<usize>) -> Result<()> {
-    let pid = d.pid();
-    let spid = pid.to_string();
-    let url = d.url();
-    // Handshakes per second: token auth, 64 in flight.
+/// Handshakes per second: token auth, 64 in flight.
+async fn handshake_row(d: &Daemon) -> Result<()> {
+    let spid = d.pid().to_string();
     let hs_total = 20_000usize;
     let cpu0 = cpu_secs(&spid);
     let me0 = cpu_secs("self");
@@ -632,6 +632,14 @@ async fn connections_and_fan_out(d: &Daemon, held: usize, daemon_cpu: Option<usi
             cpu_secs("self") - me0
         ),
     );
+    Ok(())
+}
+
+async fn connections_and_fan_out(d: &Daemon, held: usize, daemon_cpu: Option<usize>) -> Result<()> {
+    let pid = d.pid();
+    let spid = pid.to_string();
+    let url = d.url();
+    handshake_row(d).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 15,000 operator.read connections held at once.
