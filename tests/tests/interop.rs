@@ -209,3 +209,61 @@ async fn send_and_message_action_take_every_field_of_the_official_schema() {
         assert!(accepted.contains(&f.to_string()), "{f}: {accepted:?}");
     }
 }
+
+/// Every frame the daemon sends follows the official schema
+/// (`conformance.mjs`, with ajv): each frame as a `GatewayFrame`,
+/// `hello-ok` as `HelloOk`, a missing scope's details, `channels.status`,
+/// `system-presence` and `presence` entries, `tick` and `shutdown`, across
+/// every method, refusals and a stop by `SIGTERM`.
+#[test]
+fn every_frame_the_daemon_sends_follows_the_official_schema() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder()
+        .with_plugins(
+            dir.path(),
+            &[("plugins", "echo.wasm")],
+            "[gateway]\ntick_interval_ms = 200\n[gateway.auth]\ntoken = \"conformance-token\"\n\
+             [channels.echo.accounts.default]\ninterval_secs = 0\n",
+        )
+        .start()
+        .unwrap();
+    let mut child = Command::new(node24())
+        .arg("conformance.mjs")
+        .arg(d.url())
+        .arg("conformance-token")
+        .current_dir(interop_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
+        if line.trim() == "READY" {
+            d.signal("TERM");
+            break;
+        }
+        line.clear();
+    }
+    stdout.read_to_string(&mut said).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let _ = d.wait_exit(std::time::Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "conformance failed\nstdout:\n{said}\nstderr:\n{stderr}\ndaemon:\n{}",
+        d.log_text()
+    );
+    assert!(said.contains("\"HelloOk\":"), "{said}");
+    eprintln!("{said}");
+}
