@@ -261,6 +261,7 @@ async fn wait_version(c: &mut Client, want: &str, limit: Duration) -> Duration {
 
 #[tokio::test]
 async fn kv_survives_reload_and_restart() {
+    use std::os::unix::fs::PermissionsExt;
     let mut s = setup(&[("plugins", "echo.wasm", "echo.wasm")], "", ECHO);
     let mut c = op(&s.daemon).await;
     let r = send(
@@ -289,7 +290,7 @@ async fn kv_survives_reload_and_restart() {
     drop(c);
     s.daemon.signal("TERM");
     assert_eq!(s.daemon.wait_exit(Duration::from_secs(15)).unwrap(), 0);
-    let d2 = Daemon::builder()
+    let mut d2 = Daemon::builder()
         .config(&config(&s.plugins, &s.state, "", ECHO))
         .start()
         .unwrap();
@@ -315,6 +316,41 @@ async fn kv_survives_reload_and_restart() {
         .unwrap();
     assert!(line.contains("cached=true"), "{line}");
     eprintln!("restart: {line}");
+    // Code in the cache that another user could have written is not run:
+    // echo is compiled again, and its new code is written private.
+    drop(c);
+    d2.signal("TERM");
+    assert_eq!(d2.wait_exit(Duration::from_secs(15)).unwrap(), 0);
+    let cache = s.state.join("cache");
+    let cwasm: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(cwasm.len(), 1, "{cwasm:?}");
+    std::fs::set_permissions(&cwasm[0], std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d3 = Daemon::builder()
+        .config(&config(&s.plugins, &s.state, "", ECHO))
+        .start()
+        .unwrap();
+    let line = d3
+        .wait_log("plugin loaded", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(line.contains("cached=false"), "{line}");
+    let warned = d3
+        .wait_log(
+            "not loading a compiled plugin from the cache",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(
+        warned.contains("may be written by others (mode 0666)"),
+        "{warned}"
+    );
+    let mode = std::fs::metadata(&cwasm[0]).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the code compiled again is not private");
 }
 
 /// A plugin that writes key after key into its key-value store fills only

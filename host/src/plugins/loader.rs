@@ -142,17 +142,29 @@ impl Runtime {
 
     /// Compiles `bytes`, or loads the code this daemon compiled for the same
     /// content and engine before. Only files in our own cache directory, named
-    /// by content hash, are ever deserialised.
+    /// by content hash, that no one else could have written
+    /// ([`written_only_by_us`]) are ever deserialised.
     fn compile_cached(&self, hash: &str, bytes: &[u8]) -> Result<(Component, bool), LoadError> {
         let path = self.cache_path(hash);
         if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
-            // SAFETY: the file is in our private cache directory, was written by
-            // `Component::serialize` in this function, and is named by the
-            // hash of the source and the engine; wasmtime still checks its header.
-            match unsafe { Component::deserialize_file(&self.engine, p) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => {
-                    tracing::warn!(file = %p.display(), "ignoring unusable cache entry: {e:#}");
+            match written_only_by_us(p) {
+                // SAFETY: the file is in our private cache directory, only
+                // this user could have written it (checked just above), it
+                // was written by `Component::serialize` in this function,
+                // and it is named by the hash of the source and the engine;
+                // wasmtime still checks its header.
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, p) } {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), "ignoring unusable cache entry: {e:#}");
+                        let _ = std::fs::remove_file(p);
+                    }
+                },
+                Err(why) => {
+                    tracing::warn!(
+                        file = %p.display(),
+                        "not loading a compiled plugin from the cache: {why}; compiling the plugin again (native code another user could write would run as this daemon)"
+                    );
                     let _ = std::fs::remove_file(p);
                 }
             }
@@ -162,7 +174,7 @@ impl Runtime {
             match component.serialize() {
                 Ok(code) => {
                     let tmp = p.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
-                    if std::fs::write(&tmp, code)
+                    if write_private(&tmp, &code)
                         .and_then(|_| std::fs::rename(&tmp, &p))
                         .is_err()
                     {
@@ -195,6 +207,64 @@ impl Runtime {
             ))
         })
     }
+}
+
+/// Could only this daemon's user have written `p`, a compiled plugin in the
+/// cache? It must be a regular file (not a link) owned by this user that no
+/// group or other user may write, in a directory of the same kind: the
+/// file is native code, run as it is.
+fn written_only_by_us(p: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let dir = p.parent().unwrap_or(Path::new("."));
+        for (what, path) in [("the file", p), ("its directory", dir)] {
+            let m = std::fs::symlink_metadata(path).map_err(|e| format!("{what}: {e}"))?;
+            let kind_ok = if what == "the file" {
+                m.file_type().is_file()
+            } else {
+                m.file_type().is_dir()
+            };
+            if !kind_ok {
+                return Err(format!(
+                    "{what} is a link or not a regular {}",
+                    if what == "the file" {
+                        "file"
+                    } else {
+                        "directory"
+                    }
+                ));
+            }
+            if m.uid() != me {
+                return Err(format!(
+                    "{what} is owned by user {}, not this daemon's user {me}",
+                    m.uid()
+                ));
+            }
+            if m.mode() & 0o022 != 0 {
+                return Err(format!(
+                    "{what} may be written by others (mode {:04o})",
+                    m.mode() & 0o7777
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new file `p` that only this user may read or write.
+fn write_private(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(p)?.write_all(bytes)
 }
 
 fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {
@@ -365,6 +435,43 @@ impl std::error::Error for LoadError {}
 mod tests {
     use super::*;
     use crate::plugins::contract::Capabilities;
+
+    #[cfg(unix)]
+    #[test]
+    fn only_code_no_one_else_could_write_is_taken_from_the_cache() {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        set(&cache, 0o700);
+        let f = cache.join("a.cwasm");
+        write_private(&f, b"code").unwrap();
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        written_only_by_us(&f).unwrap();
+        // Not a second time: a file already there is not written over.
+        assert!(write_private(&f, b"other").is_err());
+        set(&f, 0o620);
+        let e = written_only_by_us(&f).unwrap_err();
+        assert!(
+            e.contains("the file may be written by others (mode 0620)"),
+            "{e}"
+        );
+        set(&f, 0o600);
+        set(&cache, 0o777);
+        let e = written_only_by_us(&f).unwrap_err();
+        assert!(e.contains("its directory may be written by others"), "{e}");
+        set(&cache, 0o700);
+        let link = cache.join("b.cwasm");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        let e = written_only_by_us(&link).unwrap_err();
+        assert!(e.contains("is a link"), "{e}");
+    }
 
     fn info() -> PluginInfo {
         PluginInfo {
