@@ -886,6 +886,27 @@ impl Client {
     }
 }
 
+/// Asserts that `r`, the answer to a request, refused it with the error
+/// code `code` and a message holding `needle`; panics with the whole
+/// answer otherwise.
+#[track_caller]
+pub fn assert_refused(r: &Value, code: &str, needle: &str) {
+    assert_eq!(r["ok"], false, "not refused: {r}");
+    assert_eq!(r["error"]["code"], code, "{r}");
+    assert_refused_saying(r, needle);
+}
+
+/// Asserts that `r` refused its request with a message holding `needle`,
+/// whatever its code.
+#[track_caller]
+pub fn assert_refused_saying(r: &Value, needle: &str) {
+    let message = r["error"]["message"].as_str();
+    assert!(
+        r["ok"] == false && message.is_some_and(|m| m.contains(needle)),
+        "want a refusal saying {needle:?}: {r}"
+    );
+}
+
 /// `connect` params as the OpenClaw CLI sends them.
 pub fn connect_params(token: Option<&str>, scopes: &[&str]) -> Value {
     let mut p = json!({

@@ -281,13 +281,7 @@ async fn oversized_client_fields_are_refused_and_unknown_scopes_dropped() {
     p["scopes"] = json!((0..100).map(|i| format!("s{i}")).collect::<Vec<_>>());
     let mut c = Client::open(&d.url()).await.unwrap();
     let (res, _) = connect_refused(&mut c, p).await.unwrap();
-    assert!(
-        res["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("scopes has 100 entries"),
-        "{res}"
-    );
+    assert_refused_saying(&res, "scopes has 100 entries");
     // A name of normal length is fine; made-up scopes are not echoed back.
     let (_, hello) = connect_with(&d.url(), long_name_params(200)).await.unwrap();
     assert_eq!(hello["auth"]["scopes"], json!(["operator.read"]));
