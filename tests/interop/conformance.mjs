@@ -118,7 +118,7 @@ function answered(what, res, name) {
 
 async function main() {
   const admin = open("admin", ["operator.admin"]);
-  await admin.connect();
+  const hello = await admin.connect();
   const r = (method, params, name) => admin.request(method, params).then((res) => answered(method, res, name));
 
   // What `health` answers is hello-ok's snapshot.health.
@@ -158,6 +158,23 @@ async function main() {
   answered("send by a reader", refused);
   if (refused.ok || refused.error?.details?.code !== "MISSING_SCOPE") {
     problems.push(`a reader's send was not refused with MISSING_SCOPE: ${JSON.stringify(refused)}`);
+  }
+  // Each method hello-ok lists that the schema knows needs the scope the
+  // schema gives it: a reader may call the read ones and is refused the
+  // others, naming that scope. protocol.md asks `operator.admin` for
+  // config.get (the configuration, even redacted), where OpenClaw asks read.
+  const deviations = { "config.get": "operator.admin" };
+  for (const m of hello.features.methods) {
+    const want = deviations[m] ?? schema.methods[m]?.scope;
+    if (!want || m === "send") continue;
+    const res = answered(`${m} by a reader`, await reader.request(m, {}));
+    const missing = res.error?.details?.code === "MISSING_SCOPE";
+    if (want === "operator.read" && missing) {
+      problems.push(`${m} needs operator.read in the schema, but a reader was refused: ${JSON.stringify(res.error)}`);
+    }
+    if (want !== "operator.read" && (!missing || res.error.details.missingScope !== want)) {
+      problems.push(`${m} needs ${want}, but a reader got: ${JSON.stringify(res)}`);
+    }
   }
   // The reader's arrival reaches the admin as a presence event.
   const p = await admin.event("presence", seen);
