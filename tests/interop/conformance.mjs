@@ -4,9 +4,10 @@
 // schema defines its code, and the payloads the schema defines for what
 // Switchboard implements (health as hello-ok's snapshot.health, its result
 // and its event; channels.status, system-presence, tick, presence,
-// shutdown). Drives two raw WebSocket connections (Node's own WebSocket):
-// an admin that calls every method and a read-only one that is refused a
-// write. Prints `READY` once it waits for the shutdown event; the caller
+// shutdown). Connects once per property of ConnectParams (each must be
+// accepted), then drives two raw WebSocket connections (Node's own
+// WebSocket): an admin that calls every method and a read-only one that is
+// refused a write and each method the schema puts above operator.read. Prints `READY` once it waits for the shutdown event; the caller
 // then stops the daemon. Exits non-zero, listing each mismatch, on any.
 // Usage: node conformance.mjs ws://127.0.0.1:PORT TOKEN
 import fs from "node:fs";
@@ -87,21 +88,27 @@ function open(label, scopes) {
       });
     }
   };
-  const connect = async () => {
+  const connectParams = () => ({
+    minProtocol: 4,
+    maxProtocol: 4,
+    client: { id: "cli", version: "1.0.0", platform: "linux", mode: "cli", instanceId: `conformance-${label}` },
+    role: "operator",
+    scopes,
+    auth: { token },
+  });
+  // `edit` changes the params before they go; the answer is returned.
+  const tryConnect = async (edit = (p) => p) => {
     await event("connect.challenge");
-    const hello = await request("connect", {
-      minProtocol: 4,
-      maxProtocol: 4,
-      client: { id: "cli", version: "1.0.0", platform: "linux", mode: "cli", instanceId: `conformance-${label}` },
-      role: "operator",
-      scopes,
-      auth: { token },
-    });
+    const hello = await request("connect", edit(connectParams()));
+    if (hello.ok) check(`${label} hello-ok`, "HelloOk", hello.payload);
+    return hello;
+  };
+  const connect = async () => {
+    const hello = await tryConnect();
     if (!hello.ok) throw new Error(`${label}: connect refused: ${JSON.stringify(hello.error)}`);
-    check(`${label} hello-ok`, "HelloOk", hello.payload);
     return hello.payload;
   };
-  return { ws, request, event, events, connect, closed };
+  return { ws, request, event, events, connect, tryConnect, closed };
 }
 
 // An answer: checked as the schema's `name` when it is ok, and its error's
@@ -116,7 +123,70 @@ function answered(what, res, name) {
   return res;
 }
 
+// A value the schema `s` allows: a const, the first of an enum or a
+// union, each required property of an object; strings of the length and
+// pattern it asks.
+function sample(s) {
+  if (s.$ref) return sample(ajv.getSchema(`${schema.$id}${s.$ref}`).schema);
+  if ("const" in s) return s.const;
+  if (s.enum) return s.enum[0];
+  if (s.anyOf) return sample(s.anyOf[0]);
+  switch (s.type) {
+    case "boolean":
+      return true;
+    case "integer":
+    case "number":
+      return Math.max(1, s.minimum ?? 1);
+    case "array":
+      return [sample(s.items ?? {})];
+    case "object": {
+      const o = {};
+      for (const k of s.required ?? []) o[k] = sample(s.properties[k]);
+      return o;
+    }
+    default:
+      if (s.pattern === "^[a-f0-9]{64}$") return "a".repeat(64);
+      return "x".repeat(Math.max(8, s.minLength ?? 1));
+  }
+}
+
+// Every property of ConnectParams, of its client and of its auth, each in
+// turn on a connection of its own: the schema allows the value, and so
+// must the daemon (a newer client sends them all). `device` is left out:
+// a made-up proof is refused, as it should be (interop.mjs signs real ones).
+async function everyConnectField() {
+  const def = validator("ConnectParams").schema;
+  const cases = [];
+  for (const [k, s] of Object.entries(def.properties)) {
+    if (["minProtocol", "maxProtocol", "client", "auth", "device"].includes(k)) continue;
+    cases.push([k, (p) => ({ ...p, [k]: k === "role" ? "operator" : sample(s) })]);
+  }
+  for (const [k, s] of Object.entries(def.properties.client.properties)) {
+    cases.push([`client.${k}`, (p) => ({ ...p, client: { ...p.client, [k]: sample(s) } })]);
+  }
+  for (const [k, s] of Object.entries(def.properties.auth.properties)) {
+    if (k === "token") continue;
+    cases.push([`auth.${k}`, (p) => ({ ...p, auth: { ...p.auth, [k]: sample(s) } })]);
+  }
+  for (const [name, edit] of cases) {
+    const c = open(`field-${name}`, ["operator.read"]);
+    const sent = [];
+    const hello = await c.tryConnect((p) => {
+      const q = edit(p);
+      sent.push(q);
+      return q;
+    });
+    check(`connect params with ${name}`, "ConnectParams", sent[0]);
+    if (!hello.ok) problems.push(`connect with ${name} = ${JSON.stringify(sent[0])} was refused: ${JSON.stringify(hello.error)}`);
+    c.ws.close();
+    await c.closed;
+  }
+  return cases.length;
+}
+
 async function main() {
+  const fields = await everyConnectField();
+  if (fields < 25) problems.push(`only ${fields} connect fields were tried`);
   const admin = open("admin", ["operator.admin"]);
   const hello = await admin.connect();
   const r = (method, params, name) => admin.request(method, params).then((res) => answered(method, res, name));
