@@ -7,8 +7,9 @@
 // shutdown). Connects once per property of ConnectParams (each must be
 // accepted), then drives two raw WebSocket connections (Node's own
 // WebSocket): an admin that calls every method and a read-only one that is
-// refused a write and each method the schema puts above operator.read. Prints `READY` once it waits for the shutdown event; the caller
-// then stops the daemon. Exits non-zero, listing each mismatch, on any.
+// refused a write and each method the schema puts above operator.read.
+// Prints `READY` once it waits for the shutdown event; the caller then
+// stops the daemon. Exits non-zero, listing each mismatch, on any.
 // Usage: node conformance.mjs ws://127.0.0.1:PORT TOKEN
 import fs from "node:fs";
 import Ajv from "ajv";
