@@ -27,6 +27,32 @@ fn unknown_config_key_is_named() {
     );
 }
 
+/// A state directory the daemon creates is private (`0700`) under the
+/// usual umask, whichever part of the daemon creates it first (the
+/// compiled-plugin cache inside it did, with the umask's `0755`), and
+/// nothing warns about it.
+#[tokio::test]
+async fn a_state_directory_the_daemon_creates_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    // The usual umask, whatever the suite runs under: it is what leaves
+    // a directory created without a mode open to every user.
+    // SAFETY: umask has no preconditions; 022 is every test's default.
+    unsafe { libc::umask(0o022) };
+    // With no state_dir, the test kit points --state-dir at a directory
+    // that does not exist yet.
+    let d = Daemon::builder().config("").start().unwrap();
+    let state = d.config_path.parent().unwrap().join("state");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", d.log_text());
+    let cache = std::fs::metadata(state.join("cache")).unwrap();
+    assert_eq!(cache.permissions().mode() & 0o777, 0o700);
+    assert!(
+        !d.log_text().contains("open to other users"),
+        "{}",
+        d.log_text()
+    );
+}
+
 /// A config file every user may write is refused at start (whoever writes
 /// it sets the credentials and the plugins run); one every user may read
 /// that holds secrets written out is started with a warning naming them

@@ -147,12 +147,20 @@ fn ctx<T>(r: wasmtime::Result<T>, what: &str) -> Result<T> {
     r.map_err(|e| anyhow!("{what}: {e:#}"))
 }
 
+/// Creates `dir` and every missing parent `0700`: the cache lives in the
+/// state directory, which it may be the first to create, and which holds
+/// every message.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
     Ok(())
 }
