@@ -69,6 +69,8 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("create the plugins directory {}", dir.display()))?;
+        // A mistyped plugins.dir shows here, not as plugins gone missing.
+        tracing::info!(dir = %dir.display(), "created the plugins directory (it did not exist)");
     }
     let initial = gw.reload_plugins().await;
     gw.channels.start_all();
