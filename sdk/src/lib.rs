@@ -395,15 +395,18 @@ pub mod http {
     /// ```
     ///
     /// Sends `req`, allowing `timeout` to connect and again for the first
-    /// byte of the answer, and reads the whole body. A request that cannot
-    /// be sent or answered is [`ChannelError::Transient`], with `what` (say,
-    /// the method and URL with any secret left out) at the front of the
-    /// message; any status, 4xx and 5xx included, is a [`TextResponse`].
+    /// byte of the answer, and reads the whole body, up to
+    /// [`MAX_TEXT_BYTES`]. A request that cannot be sent or answered, or
+    /// whose answer is larger, is [`ChannelError::Transient`], with `what`
+    /// (say, the method and URL with any secret left out) at the front of
+    /// the message; any status, 4xx and 5xx included, is a
+    /// [`TextResponse`].
     pub async fn send_text<B: Into<Body>>(
         req: Request<B>,
         what: &str,
         timeout: Duration,
     ) -> Result<TextResponse, ChannelError> {
+        use http_body_util::BodyExt;
         let mut client = Client::new();
         client.set_connect_timeout(timeout);
         client.set_first_byte_timeout(timeout);
@@ -412,15 +415,46 @@ pub mod http {
             .await
             .map_err(|e| ChannelError::Transient(format!("{what}: {e:?}")))?;
         let status = resp.status().as_u16();
-        let body =
-            resp.body_mut().contents().await.map_err(|e| {
+        let too_large = |n: String| {
+            ChannelError::Transient(format!(
+                "{what}: the answer has {n} bytes; send_text reads at most {MAX_TEXT_BYTES}"
+            ))
+        };
+        if let Some(n) = resp
+            .body()
+            .content_length()
+            .filter(|n| *n > MAX_TEXT_BYTES as u64)
+        {
+            return Err(too_large(n.to_string()));
+        }
+        // Read in frames, so that a larger answer is refused at the bound,
+        // not after it has filled the instance's memory.
+        let mut body = std::mem::replace(resp.body_mut(), Body::empty()).into_boxed_body();
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
                 ChannelError::Transient(format!("{what}: reading the answer: {e:?}"))
             })?;
+            if let Ok(chunk) = frame.into_data() {
+                if data.len() + chunk.len() > MAX_TEXT_BYTES {
+                    return Err(too_large(format!("more than {MAX_TEXT_BYTES}")));
+                }
+                data.extend_from_slice(&chunk);
+            }
+        }
         Ok(TextResponse {
             status,
-            text: String::from_utf8_lossy(body).into_owned(),
+            text: match String::from_utf8(data) {
+                Ok(t) => t,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            },
         })
     }
+
+    /// The most [`send_text`] reads of an answer: 8 MiB (an instance has
+    /// `plugins.memory_mb`, 64 MiB by default, for the text and what is
+    /// parsed from it).
+    pub const MAX_TEXT_BYTES: usize = 8 << 20;
 }
 
 /// TLS client connections for socket channels: a [`tls::TlsStream`] reads

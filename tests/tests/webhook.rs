@@ -176,6 +176,16 @@ async fn server(seen: Seen) -> u16 {
         .route(
             "/fail",
             post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        // 9 MiB answers: one declared, one streamed without a length.
+        .route("/huge", post(|| async { vec![b'x'; 9 << 20] }))
+        .route(
+            "/huge-stream",
+            post(|| async {
+                let chunks = (0..9)
+                    .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20])));
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            }),
         );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -223,12 +233,34 @@ async fn send_posts_a_signed_request_to_the_account_url() {
             &format!(
                 "[channels.webhook]\nnetwork = [\"127.0.0.1:{port}\"]\n\
                  [channels.webhook.accounts.default]\nurl = \"http://127.0.0.1:{port}/in\"\nsecret = \"{SECRET}\"\n\
-                 [channels.webhook.accounts.failing]\nurl = \"http://127.0.0.1:{port}/fail\"\n"
+                 [channels.webhook.accounts.failing]\nurl = \"http://127.0.0.1:{port}/fail\"\n\
+                 [channels.webhook.accounts.huge]\nurl = \"http://127.0.0.1:{port}/huge\"\n\
+                 [channels.webhook.accounts.huge-stream]\nurl = \"http://127.0.0.1:{port}/huge-stream\"\n"
             ),
         )
         .start()
         .unwrap();
     let (mut c, _) = connect(&d.url(), None, &["operator.write"]).await.unwrap();
+    // An answer larger than the SDK reads is a clear error, not an
+    // instance out of memory: refused by its declared length, or at the
+    // bound while it streams in.
+    for (account, says) in [
+        (
+            "huge",
+            "the answer has 9437184 bytes; send_text reads at most 8388608",
+        ),
+        ("huge-stream", "the answer has more than 8388608 bytes"),
+    ] {
+        let r = c
+            .request(
+                account,
+                "send",
+                json!({"to": "x", "message": "m", "idempotencyKey": account, "accountId": account}),
+            )
+            .await
+            .unwrap();
+        assert_refused_saying(&r, says);
+    }
     let r = c
         .request("s", "send", json!({"to": "user-5", "message": "out we go", "idempotencyKey": "w1", "threadId": "t-1"}))
         .await
