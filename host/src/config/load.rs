@@ -478,11 +478,20 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].split('\n').next().unwrap_or_default();
     let t = line.trim_start();
+    // The table the line is in: everything in `[….credentials]` is a
+    // secret, as under a `credentials = { … }` key.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .unwrap_or_default();
     let shown = if let Some((key, _)) = line.split_once('=') {
         // The whole line (`sasl = { password = … }`), and the key alone
         // (`pin = 1234`, whose name is a secret only as a whole word).
         let last = key.trim().rsplit('.').next().unwrap_or_default();
-        !is_secret_key(line) && !is_secret_key(last.trim().trim_matches(['"', '\'']))
+        !is_secret_key(line)
+            && !is_secret_key(last.trim().trim_matches(['"', '\'']))
+            && !is_secret_key(table)
     } else {
         // A table header, a comment or a blank line holds no value; any
         // other line without `=` is part of a value that began above.
@@ -728,6 +737,12 @@ mod tests {
                 "[channels.x.accounts.a]\nlogin.\"pass\" = 98x2\n",
                 "98x2",
                 2,
+            ),
+            // A line in a table under a secret key.
+            (
+                "[channels.x.accounts.a.credentials]\nhost = \"h\"\nlogin = 98x3\n",
+                "98x3",
+                3,
             ),
             // A line of a value written over several lines.
             (

@@ -27,8 +27,8 @@ pub(super) fn literal_secrets(text: &str) -> Vec<String> {
 }
 
 /// The values in an account's settings that are secrets ([`each_secret`]:
-/// `token`, `sasl = { password }`, everything in `credentials = { user,
-/// pass }`, …), longest first. Values under 4 characters are left out:
+/// `token`, `sasl = { password }`, everything in `credentials = { login,
+/// host }`, …), longest first. Values under 4 characters are left out:
 /// hiding them would hide ordinary words.
 pub fn secret_values(t: &toml::Table) -> Vec<String> {
     let v = serde_json::to_value(t).unwrap_or_default();
@@ -93,8 +93,9 @@ pub(super) fn is_secret_key(k: &str) -> bool {
 /// Is the value under `key` in a table secret? It is when the key names a
 /// secret, and when the table is itself under such a key (`within`) unless
 /// the table names its own secrets (`names_own`): everything in
-/// `credentials = { user, pass }` is secret, while a scoped token's `name`
-/// and `scopes` stay visible beside its `token`. The one rule for all that
+/// `credentials = { login, host }` is secret, while a scoped token's `name`
+/// and `scopes` stay visible beside its `token` (and a `user` beside a
+/// `pass`). The one rule for all that
 /// hides, redacts or warns about secrets.
 pub(super) fn secret_below(within: bool, names_own: bool, key: &str) -> bool {
     is_secret_key(key) || (within && !names_own)
