@@ -5,12 +5,14 @@
 //! A reload validates the whole new file first; an invalid one changes
 //! nothing (the error, with its key and line, goes to the log, to `health`
 //! and to a `config` event). A valid one is applied as a diff: keys that
-//! need a restart keep their running values and are reported as
-//! `needs restart: <key>`; the rest take effect live — `[channels]` account
+//! need a restart keep their running values and are reported by key
+//! (`needsRestart`); the rest take effect live — `[channels]` account
 //! by account, auth (connections whose token or password is no longer
 //! accepted are closed 1008 "token revoked"), origins, hosts, limits read
 //! per connection or request, liveness. Every applied change is broadcast
-//! as a `config` event to `operator.admin` connections.
+//! as a `config` event to `operator.admin` connections, in protocol.md's
+//! shape (`{applied, changed, needsRestart, error?}`: keys) with our own
+//! `ok`, `trigger` and `changes` (a line per change) beside it.
 //!
 //! Like `shutdown`, it orchestrates the gateway and the channel manager.
 
@@ -32,7 +34,8 @@ use crate::scopes::SCOPE_ADMIN;
 pub struct Outcome {
     /// What took effect, one line each.
     pub changes: Vec<String>,
-    /// Keys that changed in the file but keep their running value.
+    /// Keys that changed in the file but keep their running value
+    /// (`gateway.port`).
     pub needs_restart: Vec<String>,
     /// Why the file was refused (nothing changed).
     pub error: Option<String>,
@@ -42,7 +45,7 @@ pub struct Outcome {
 /// notes it when the file asks for another.
 fn pin<T: Clone + Debug>(name: &str, running: &T, new: &mut T, notes: &mut Vec<String>) {
     if format!("{running:?}") != format!("{new:?}") {
-        notes.push(format!("needs restart: {name}"));
+        notes.push(name.to_string());
         *new = running.clone();
     }
 }
@@ -150,8 +153,11 @@ fn live_changes(old: &Config, new: &Config) -> Vec<String> {
     if differs(&o.limits, &n.limits) {
         c.push("gateway.limits".to_string());
     }
-    if (o.ping_interval_ms, o.idle_timeout_ms) != (n.ping_interval_ms, n.idle_timeout_ms) {
-        c.push("gateway.ping_interval_ms / idle_timeout_ms".to_string());
+    if o.ping_interval_ms != n.ping_interval_ms {
+        c.push("gateway.ping_interval_ms".to_string());
+    }
+    if o.idle_timeout_ms != n.idle_timeout_ms {
+        c.push("gateway.idle_timeout_ms".to_string());
     }
     if o.control_ui != n.control_ui {
         c.push("gateway.control_ui".to_string());
@@ -190,7 +196,8 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
             if gw.health.set_config_error(Some(why.clone())) {
                 gw.broadcaster.broadcast(
                     events::CONFIG,
-                    &json!({"ok": false, "trigger": trigger, "error": why}),
+                    &json!({"applied": false, "changed": [], "needsRestart": [], "error": why,
+                        "ok": false, "trigger": trigger}),
                     &Filter::scope(SCOPE_ADMIN),
                 );
             }
@@ -202,11 +209,14 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
     };
     let old = gw.config();
     let needs_restart = pin_restart_keys(&old, &mut new);
-    let mut changes = live_changes(&old, &new);
+    // `changed`: the keys that took effect; `changes`: the same, one line
+    // each, with what became of an account.
+    let mut changed = live_changes(&old, &new);
+    let mut changes = changed.clone();
     let channels_changed = differs(&old.channels, &new.channels);
     // A file refused before and valid now is news even if nothing else changed.
     let was_refused = gw.health.set_config_error(None);
-    if changes.is_empty() && !channels_changed && needs_restart.is_empty() && !was_refused {
+    if changed.is_empty() && !channels_changed && needs_restart.is_empty() && !was_refused {
         tracing::debug!(trigger, "configuration unchanged");
         return Outcome::default();
     }
@@ -214,7 +224,10 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
     let channels = new.channels.clone();
     gw.set_config(new);
     if channels_changed {
-        changes.extend(gw.channels.reconfigure(channels));
+        for (key, what) in gw.channels.reconfigure(channels) {
+            changes.push(format!("{key}: {what}"));
+            changed.push(key);
+        }
     }
     if auth_changed {
         let auth = gw.config().gateway.auth.clone();
@@ -235,7 +248,7 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
     for n in &needs_restart {
         tracing::warn!(
             trigger,
-            "configuration reload: {n} (the running value stays)"
+            "configuration reload: {n} needs a restart (the running value stays)"
         );
     }
     tracing::info!(
@@ -250,7 +263,8 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
     );
     gw.broadcaster.broadcast(
         events::CONFIG,
-        &json!({"ok": true, "trigger": trigger, "changes": changes, "needsRestart": needs_restart}),
+        &json!({"applied": true, "changed": changed, "needsRestart": needs_restart,
+            "ok": true, "trigger": trigger, "changes": changes}),
         &Filter::scope(SCOPE_ADMIN),
     );
     Outcome {
@@ -402,13 +416,7 @@ mod tests {
         )
         .unwrap();
         let n = pin_restart_keys(&old, &mut new);
-        assert_eq!(
-            n,
-            vec![
-                "needs restart: gateway.port",
-                "needs restart: gateway.limits.max_connections"
-            ]
-        );
+        assert_eq!(n, vec!["gateway.port", "gateway.limits.max_connections"]);
         assert_eq!(new.gateway.port, 1000);
         assert_eq!(
             new.gateway.limits.max_connections,

@@ -121,6 +121,8 @@ async fn edits_apply_account_by_account_under_a_live_send_load() {
         .unwrap();
     let err = ev["payload"]["error"].as_str().unwrap().to_string();
     assert_eq!(ev["payload"]["ok"], false, "{ev}");
+    assert_eq!(ev["payload"]["applied"], false, "{ev}");
+    assert_eq!(ev["payload"]["changed"], json!([]), "{ev}");
     assert!(err.contains("not_a_limit") && err.contains("line"), "{err}");
     let h = admin.request("h", "health", json!({})).await.unwrap();
     assert_eq!(h["payload"]["config"]["error"], err.as_str(), "{h}");
@@ -165,10 +167,18 @@ async fn edits_apply_account_by_account_under_a_live_send_load() {
         "{changes:?}"
     );
     assert!(!changes.iter().any(|c| c.contains("keep")), "{changes:?}");
-    assert_eq!(
-        p["needsRestart"],
-        json!(["needs restart: gateway.tick_interval_ms"])
-    );
+    assert_eq!(p["needsRestart"], json!(["gateway.tick_interval_ms"]));
+    // protocol.md's shape: applied, and the keys that took effect.
+    assert_eq!(p["applied"], true, "{ev}");
+    let changed = p["changed"].as_array().unwrap();
+    for key in [
+        "channels.echo.accounts.changed",
+        "channels.echo.accounts.gone",
+        "channels.echo.accounts.fresh",
+    ] {
+        assert!(changed.contains(&json!(key)), "{key}: {ev}");
+    }
+    assert_eq!(changed.len(), changes.len(), "{ev}");
 
     until_running(&mut admin, "echo", "fresh").await;
     assert!(account(&mut admin, "echo", "gone").await.is_none());

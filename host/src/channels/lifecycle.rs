@@ -64,8 +64,12 @@ impl ChannelManager {
     /// changed starts, stops or restarts alone (nothing else is touched);
     /// calls that start from now on use the new settings and grants. An
     /// account an operator stopped (`channels.stop`) stays stopped when only
-    /// its settings change. Returns one line per account changed.
-    pub fn reconfigure(self: &Arc<Self>, config: BTreeMap<String, ChannelConfig>) -> Vec<String> {
+    /// its settings change. Returns each account changed, by key
+    /// (`channels.<c>.accounts.<a>`), with what became of it.
+    pub fn reconfigure(
+        self: &Arc<Self>,
+        config: BTreeMap<String, ChannelConfig>,
+    ) -> Vec<(String, String)> {
         let old = self.layout();
         let changes = layout::diff(&old.config, &config);
         let enabled_in = |cfg: &BTreeMap<String, ChannelConfig>, c: &str, a: &str| {
@@ -125,7 +129,7 @@ impl ChannelManager {
                 }
             };
             tracing::info!(channel = %c, account = %a, "configuration reload: {what}");
-            lines.push(format!("channels.{c}.accounts.{a}: {what}"));
+            lines.push((format!("channels.{c}.accounts.{a}"), what));
         }
         // Drop what the new configuration no longer has.
         self.board.reshape(|b| {
