@@ -391,6 +391,36 @@ async fn a_plugin_cannot_fill_the_disk_through_its_key_value_store() {
     assert_eq!(r["payload"]["messageId"], "kept 10 of 12", "{r}");
 }
 
+/// `plugins.cache_dir` puts the compiled-plugin cache where it says, made
+/// private, and nothing in the state directory.
+#[tokio::test]
+async fn plugins_cache_dir_puts_the_cache_where_it_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cache = elsewhere.path().join("compiled");
+    let s = setup(
+        &[("plugins", "echo.wasm", "echo.wasm")],
+        &format!("cache_dir = \"{}\"", cache.display()),
+        ECHO,
+    );
+    s.daemon
+        .wait_log("plugin loaded", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let cwasm: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    assert_eq!(cwasm.len(), 1, "{cwasm:?}");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(
+        !s.state.join("cache").exists(),
+        "the default cache was used too"
+    );
+}
+
 /// The compiled-plugin cache keeps only the code of the plugins loaded now:
 /// a replaced build, a removed plugin, code an older daemon left and a
 /// crash's temporary file are removed, so that plugin builds dropped in one

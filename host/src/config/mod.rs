@@ -343,6 +343,9 @@ pub struct PluginsConfig {
     /// together: TCP sockets, TLS connections, HTTP requests, and DNS
     /// lookups while their answer is read.
     pub max_sockets: usize,
+    /// Where compiled plugins are cached, a directory of their own (made
+    /// `0700`). Default: `<state_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -358,6 +361,7 @@ impl Default for PluginsConfig {
             call_queue_timeout_ms: 5_000,
             log_lines_per_second: 50,
             max_sockets: 256,
+            cache_dir: None,
         }
     }
 }

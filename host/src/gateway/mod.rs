@@ -214,7 +214,11 @@ impl Gateway {
         };
         let plugins = Arc::new(PluginManager::new(
             config.plugins.dir.clone(),
-            config.state_dir().join("cache"),
+            config
+                .plugins
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| config.state_dir().join("cache")),
             limits,
             metrics.clone(),
         )?);
