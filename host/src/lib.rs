@@ -65,6 +65,7 @@ pub async fn serve(config: config::Config, source: config::Source) -> Result<()>
     })?;
     let local = listener.local_addr().context("listener address")?;
     let gw = gateway::Gateway::new(config, source)?;
+    let _ = gw.listening.set(local);
     let dir = gw.plugins.dir().clone();
     if !dir.exists() {
         std::fs::create_dir_all(&dir)

@@ -202,6 +202,17 @@ async fn http_endpoints() {
     assert_eq!(r.status(), 200);
 }
 
+/// `status` shows the port the gateway listens on, also when the system
+/// chose it (`--port 0`).
+#[tokio::test]
+async fn status_shows_the_port_bound() {
+    let d = Daemon::builder().port(0).start().unwrap();
+    assert_ne!(d.addr.port(), 0);
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let s = c.request("1", "status", json!({})).await.unwrap();
+    assert_eq!(s["payload"]["gateway"]["port"], d.addr.port(), "{s}");
+}
+
 #[tokio::test]
 async fn methods_answer_with_their_shapes() {
     let d = Daemon::builder().start().unwrap();

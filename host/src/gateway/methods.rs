@@ -626,7 +626,14 @@ fn status_payload<'a>(
             dir: gw.plugins.dir(),
             loaded: gw.plugins.loaded_count(),
         },
-        gateway: crate::config::describe(config),
+        gateway: {
+            let mut d = crate::config::describe(config);
+            // The port bound, which `port = 0` leaves to the system.
+            if let Some(a) = gw.listening.get() {
+                d.port = a.port();
+            }
+            d
+        },
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Gateway {
     pub presence_notify: Arc<Notify>,
     pub started: Instant,
     pub started_at_ms: u64,
+    /// The address the gateway listens on, once bound (`status` shows its
+    /// port, which `gateway.port = 0` leaves to the system).
+    pub listening: std::sync::OnceLock<std::net::SocketAddr>,
     pub instance_id: String,
     pub hostname: String,
     /// Every connection task (HTTP and WebSocket), awaited at shutdown.
@@ -293,6 +296,7 @@ impl Gateway {
             presence_notify: Arc::new(Notify::new()),
             started: Instant::now(),
             started_at_ms,
+            listening: std::sync::OnceLock::new(),
             instance_id,
             hostname,
             tasks: TaskTracker::new(),
