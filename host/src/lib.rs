@@ -18,6 +18,7 @@ pub mod notify;
 pub mod outbox;
 pub mod plugins;
 pub mod presence;
+pub mod private_fs;
 pub mod queue;
 pub mod rate;
 pub mod reload;

@@ -151,16 +151,11 @@ fn ctx<T>(r: wasmtime::Result<T>, what: &str) -> Result<T> {
 /// state directory, which it may be the first to create, and which holds
 /// every message.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    crate::private_fs::create_dir(dir)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir)?;
     Ok(())
 }

@@ -257,14 +257,7 @@ fn written_only_by_us(p: &Path) -> Result<(), String> {
 /// Writes `bytes` to a new file `p` that only this user may read or write.
 fn write_private(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(p)?.write_all(bytes)
+    crate::private_fs::create_new(p)?.write_all(bytes)
 }
 
 fn validate_info(info: &PluginInfo) -> Result<(), LoadError> {

@@ -20,12 +20,9 @@ pub fn prepare(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
     };
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         if !state_dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
+            crate::private_fs::create_dir(state_dir)
                 .map_err(|e| cannot("create the state directory", state_dir, e))?;
         } else if let Ok(m) = std::fs::metadata(state_dir) {
             let mode = m.permissions().mode() & 0o777;
@@ -38,12 +35,7 @@ pub fn prepare(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
             }
         }
         if !db.exists() {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(db)
-                .map_err(|e| cannot("create", db, e))?;
+            crate::private_fs::create_new(db).map_err(|e| cannot("create", db, e))?;
         }
         for suffix in ["", "-wal", "-shm"] {
             let p = db.with_file_name(format!(
@@ -80,12 +72,5 @@ pub fn prepare(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
 /// Creates `to`, which must not exist, readable by its owner only: the
 /// file a backup is written into.
 pub fn create_new_private(to: &Path) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(to).map(drop)
+    crate::private_fs::create_new(to).map(drop)
 }
