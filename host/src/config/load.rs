@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::secrets::{is_secret_key, literal_secrets, secret_below};
+use super::secrets::{is_secret_key, literal_secrets, names_own, secret_below};
 use super::*;
 
 /// Where the configuration comes from: the file and the overrides of the
@@ -531,14 +531,14 @@ fn expand_env(
             }
         }
         toml::Value::Table(t) => {
-            let names_own = t.keys().any(|k| is_secret_key(k));
+            let own = names_own(t.keys());
             for (k, v) in t.iter_mut() {
                 let p = if path.is_empty() {
                     k.clone()
                 } else {
                     format!("{path}.{k}")
                 };
-                expand_env(v, &p, secret_below(secret, names_own, k), env)?;
+                expand_env(v, &p, secret_below(secret, own, k), env)?;
             }
         }
         _ => {}

@@ -101,6 +101,12 @@ pub(super) fn secret_below(within: bool, names_own: bool, key: &str) -> bool {
     is_secret_key(key) || (within && !names_own)
 }
 
+/// Does a table with these keys name its own secrets (`names_own` of
+/// [`secret_below`])?
+pub(super) fn names_own<'a>(mut keys: impl Iterator<Item = &'a String>) -> bool {
+    keys.any(|k| is_secret_key(k))
+}
+
 /// One step of the path to a value: a table's key or an array's index.
 #[derive(Clone, Copy)]
 enum Step<'a> {
@@ -127,10 +133,10 @@ fn each_secret<'a>(v: &'a Value, found: &mut dyn FnMut(&[Step<'a>], &'a Value)) 
                 }
             }
             Value::Object(o) => {
-                let names_own = o.keys().any(|k| is_secret_key(k));
+                let own = names_own(o.keys());
                 for (k, x) in o {
                     path.push(Step::Key(k));
-                    walk(x, secret_below(secret, names_own, k), path, found);
+                    walk(x, secret_below(secret, own, k), path, found);
                     path.pop();
                 }
             }
