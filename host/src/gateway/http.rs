@@ -493,24 +493,26 @@ fn check_open_endpoint(gw: &Gateway, req: &Request) -> Option<Response> {
     if !config.has_auth() || open_endpoint_host_allowed(host, &config.gateway.allowed_hosts) {
         return None;
     }
-    gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
-    let shown = host.unwrap_or("(none)");
-    gw.refusals.note(
-        "request",
+    let (shown, path) = (host.unwrap_or("(none)"), req.uri().path());
+    Some(misdirected(
+        gw,
         &format!(
-            "Host `{shown}` for {} is not a loopback name, an IP address or one of gateway.allowed_hosts",
-            req.uri().path()
+            "Host `{shown}` for {path} is not a loopback name, an IP address or one of gateway.allowed_hosts"
         ),
-    );
-    Some(plain(
-        StatusCode::MISDIRECTED_REQUEST,
         format!(
-            "Host `{shown}` is not allowed here: {} needs no token, so it answers only loopback names, IP \
+            "Host `{shown}` is not allowed here: {path} needs no token, so it answers only loopback names, IP \
              addresses and the names in gateway.allowed_hosts (a web page whose name was pointed at this \
-             machine, DNS rebinding, could read it otherwise); add the name to gateway.allowed_hosts",
-            req.uri().path()
+             machine, DNS rebinding, could read it otherwise); add the name to gateway.allowed_hosts"
         ),
     ))
+}
+
+/// `421` for a `Host` the gateway does not answer: counted, noted in the
+/// refusal log (`why`), and told to the client (`message`).
+fn misdirected(gw: &Gateway, why: &str, message: String) -> Response {
+    gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
+    gw.refusals.note("request", why);
+    plain(StatusCode::MISDIRECTED_REQUEST, message)
 }
 
 /// The refusal for a control-plane request whose `Host` is not acceptable
@@ -546,14 +548,10 @@ pub(super) fn check_host(
             ),
         ));
     }
-    gw.metrics.host_rejections.fetch_add(1, Ordering::Relaxed);
     let shown = host.unwrap_or("(none)");
-    gw.refusals.note(
-        "request",
+    Some(misdirected(
+        gw,
         &format!("Host `{shown}` is not a loopback name and the gateway has no credentials"),
-    );
-    Some(plain(
-        StatusCode::MISDIRECTED_REQUEST,
         format!(
             "Host `{shown}` is not allowed: this gateway has no token, so it answers only to loopback names \
              (localhost, 127.0.0.1, [::1]); add the name to gateway.allowed_hosts or set a token"
