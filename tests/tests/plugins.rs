@@ -1545,7 +1545,8 @@ async fn a_plugin_s_words_do_not_hand_out_its_secrets() {
 /// `GET /hooks/…` reaches the plugin's `handle-webhook` too (a service
 /// that checks a webhook's address first, as Meta's `hub.challenge`),
 /// with its method, path and query; a GET a web page makes (an image, a
-/// link: cross-site, no `Origin`) is refused like a POST.
+/// link: cross-site, no `Origin`; or same-origin under a rebound name) is
+/// refused like a POST.
 #[tokio::test]
 async fn a_webhook_get_reaches_the_plugin_with_its_query() {
     let s = misbehave("");
@@ -1564,6 +1565,34 @@ async fn a_webhook_get_reaches_the_plugin_with_its_query() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+    // A page whose name was pointed at this machine (DNS rebinding) is
+    // same-origin with the gateway under that name, and its GET carries
+    // no Origin: it would read the plugin's answer.
+    let page = |host: &str, site: &str| {
+        reqwest::Client::new()
+            .get(&url)
+            .header("host", host.to_string())
+            .header("sec-fetch-site", site.to_string())
+            .send()
+    };
+    let r = page("evil.example:18789", "same-origin").await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("evil.example:18789") && body.contains("gateway.allowed_hosts"),
+        "{body}"
+    );
+    assert!(!body.contains("hub.challenge"), "{body}");
+    // Under a loopback name the page is the gateway's own; a navigation
+    // the user made (`none`) is taken under any name.
+    for (host, site) in [
+        (format!("127.0.0.1:{}", d.port()), "same-origin"),
+        ("localhost".to_string(), "same-origin"),
+        ("hooks.example".to_string(), "none"),
+    ] {
+        let r = page(&host, site).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host} {site}");
+    }
     // Other methods are not routed.
     let r = reqwest::Client::new().put(&url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);

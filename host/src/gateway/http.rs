@@ -264,17 +264,41 @@ fn plugin_response(
 /// but without this it could put messages in a channel whose webhook
 /// needs no secret. Webhook senders are servers and send no `Origin`
 /// (nor `Sec-Fetch-Site`, which a browser sends with every request).
+///
+/// A page whose name was pointed at this machine (DNS rebinding) is
+/// same-origin with the gateway under that name, and a browser sends no
+/// `Origin` with its `GET`s: it could read a plugin's answer to one. So a
+/// same-origin browser request is taken only under a `Host` a rebinding
+/// page cannot have (see [`open_endpoint_host_allowed`]). A navigation
+/// the user made (`Sec-Fetch-Site: none`) is taken.
 fn browser_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     let origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("(not text)"));
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let why = match (origin, site) {
-        (Some(o), _) if origin_allowed(o, &gw.config().gateway.allowed_origins) => return None,
-        (Some(o), _) => format!("origin `{o}` not allowed"),
+    let config = gw.config();
+    let origins = "a page's origin allowed in gateway.allowed_origins may post";
+    let (why, how) = match (origin, site) {
+        (Some(o), _) if origin_allowed(o, &config.gateway.allowed_origins) => return None,
+        (Some(o), _) => (format!("origin `{o}` not allowed"), origins),
         // A browser that sent no Origin (none does for a POST today).
-        (None, Some("cross-site" | "same-site")) => {
-            "a cross-site browser request with no Origin".to_string()
+        (None, Some("cross-site" | "same-site")) => (
+            "a cross-site browser request with no Origin".to_string(),
+            origins,
+        ),
+        (None, Some("same-origin")) => {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            if open_endpoint_host_allowed(host, &config.gateway.allowed_hosts) {
+                return None;
+            }
+            (
+                format!(
+                    "a page under Host `{}`, which is not a loopback name, an IP address or one of \
+                     gateway.allowed_hosts (a name pointed at this machine: DNS rebinding)",
+                    host.unwrap_or("(none)")
+                ),
+                "a page served under a name in gateway.allowed_hosts may call",
+            )
         }
         (None, _) => return None,
     };
@@ -282,10 +306,7 @@ fn browser_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     gw.refusals.note("webhook", &why);
     Some(json_error(
         StatusCode::FORBIDDEN,
-        format!(
-            "webhooks are not taken from web pages in a browser ({why}); a page's origin allowed in \
-             gateway.allowed_origins may post"
-        ),
+        format!("webhooks are not taken from web pages in a browser ({why}); {how}"),
     ))
 }
 
