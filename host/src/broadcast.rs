@@ -108,7 +108,7 @@ impl Broadcaster {
         let mut sent = 0;
         self.conns.for_each(|c| {
             if let Some(r) = &filter.role {
-                if &c.role != r {
+                if &c.who.role != r {
                     return;
                 }
             }
@@ -118,11 +118,11 @@ impl Broadcaster {
                 }
             }
             if let Some(inc) = &filter.include {
-                if !inc.iter().any(|i| i == &c.id) {
+                if !inc.iter().any(|i| i == &c.who.id) {
                     return;
                 }
             }
-            if filter.exclude.iter().any(|i| i == &c.id) || c.is_closing() {
+            if filter.exclude.iter().any(|i| i == &c.who.id) || c.is_closing() {
                 return;
             }
             match c.try_send(Outbound::Event(prepared.clone())) {
@@ -144,8 +144,8 @@ pub fn shed_replies(metrics: &Metrics, conns: &ConnectionManager) {
         if c.close_now(crate::disconnect::Disconnect::SlowConsumer) {
             metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                conn_id = %c.id,
-                client = %c.client.id,
+                conn_id = %c.who.id,
+                client = %c.who.client.id,
                 holds = c.own_bytes(),
                 all = conns.own_bytes(),
                 "closing slow consumer: the responses waiting for all connections pass gateway.limits.max_reply_bytes_total, and it holds the most"
@@ -161,7 +161,7 @@ pub fn close_slow_consumer(metrics: &Metrics, c: &crate::connections::Connection
         // Its queue is dropped when the writer ends: give that memory back.
         crate::memory::release_soon();
         let (frames, bytes) = c.queued();
-        tracing::warn!(conn_id = %c.id, client = %c.client.id, queued_frames = frames, queued_bytes = bytes, "closing slow consumer: send queue full");
+        tracing::warn!(conn_id = %c.who.id, client = %c.who.client.id, queued_frames = frames, queued_bytes = bytes, "closing slow consumer: send queue full");
     }
 }
 

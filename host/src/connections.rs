@@ -177,13 +177,8 @@ impl ConnIdentity {
 }
 
 pub struct Connection {
-    pub id: String,
-    pub role: String,
-    pub scopes: Vec<String>,
-    pub device_id: Option<String>,
-    pub client: ClientInfo,
-    pub remote_ip: IpAddr,
-    pub connected_at_ms: u64,
+    /// Who it is, as its handshake established.
+    pub who: ConnIdentity,
     tx: queue::Sender<Outbound>,
     /// The close asked for: set once, the first one wins.
     close: OnceLock<CloseReason>,
@@ -197,8 +192,6 @@ pub struct Connection {
     max_queued_bytes: usize,
     /// The bytes of its own frames alive now (and of all connections').
     own: Arc<OwnBytes>,
-    /// SHA-256 of the token or password it authenticated with.
-    pub credential: Option<[u8; 32]>,
     /// When a frame (of any kind) last arrived from the client, in ms since
     /// the Unix epoch: the liveness check closes a connection silent for
     /// `gateway.idle_timeout_ms`.
@@ -216,32 +209,15 @@ pub enum EnqueueError {
 
 impl Connection {
     pub fn new(identity: ConnIdentity, tx: queue::Sender<Outbound>) -> Self {
-        let ConnIdentity {
-            id,
-            role,
-            scopes,
-            device_id,
-            client,
-            remote_ip,
-            connected_at_ms,
-            credential,
-        } = identity;
         Self {
-            id,
-            role,
-            scopes,
-            device_id,
-            client,
-            remote_ip,
-            connected_at_ms,
+            last_heard: AtomicU64::new(identity.connected_at_ms),
+            who: identity,
             tx,
             close: OnceLock::new(),
             close_asked: Notify::new(),
             queued: AtomicUsize::new(0),
             max_queued_bytes: usize::MAX,
             own: Arc::new(OwnBytes::default()),
-            last_heard: AtomicU64::new(connected_at_ms),
-            credential,
         }
     }
 
@@ -285,7 +261,7 @@ impl Connection {
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
-        scope_satisfies(&self.scopes, scope)
+        scope_satisfies(&self.who.scopes, scope)
     }
 
     /// Queues without waiting; refuses when the queue is full in frames or bytes.
@@ -367,31 +343,32 @@ impl Connection {
 
     /// This connection's entry in `system-presence`.
     pub fn presence_entry(&self) -> crate::presence::Entry {
-        let host = self
+        let w = &self.who;
+        let host = w
             .client
             .display_name
             .clone()
-            .unwrap_or_else(|| self.client.id.clone());
+            .unwrap_or_else(|| w.client.id.clone());
         let text = format!(
             "{} ({}) · {} · mode {} · {}",
-            host, self.remote_ip, self.client.version, self.client.mode, self.role
+            host, w.remote_ip, w.client.version, w.client.mode, w.role
         );
         crate::presence::Entry {
             host,
-            ip: self.remote_ip.to_string(),
-            version: self.client.version.clone(),
-            platform: self.client.platform.clone(),
-            mode: self.client.mode.clone(),
+            ip: w.remote_ip.to_string(),
+            version: w.client.version.clone(),
+            platform: w.client.platform.clone(),
+            mode: w.client.mode.clone(),
             reason: "connect",
-            instance_id: self.client.instance_id.clone(),
+            instance_id: w.client.instance_id.clone(),
             text,
-            ts: self.connected_at_ms,
-            online_since: self.connected_at_ms,
-            device_id: self.device_id.clone(),
-            device_family: self.client.device_family.clone(),
-            model_identifier: self.client.model_identifier.clone(),
-            roles: vec![self.role.clone()],
-            scopes: Some(self.scopes.clone()),
+            ts: w.connected_at_ms,
+            online_since: w.connected_at_ms,
+            device_id: w.device_id.clone(),
+            device_family: w.client.device_family.clone(),
+            model_identifier: w.client.model_identifier.clone(),
+            roles: vec![w.role.clone()],
+            scopes: Some(w.scopes.clone()),
             refreshed: 0,
             json: None,
         }
@@ -497,19 +474,19 @@ impl ConnectionManager {
 
     pub fn register(&self, conn: Arc<Connection>) {
         let mut r = self.write();
-        if let Some(d) = &conn.device_id {
+        if let Some(d) = &conn.who.device_id {
             r.by_device
                 .entry(d.clone())
                 .or_default()
-                .insert(conn.id.clone());
+                .insert(conn.who.id.clone());
         }
-        r.by_id.insert(conn.id.clone(), conn);
+        r.by_id.insert(conn.who.id.clone(), conn);
     }
 
     pub fn unregister(&self, id: &str) -> Option<Arc<Connection>> {
         let mut r = self.write();
         let conn = r.by_id.remove(id)?;
-        if let Some(d) = &conn.device_id {
+        if let Some(d) = &conn.who.device_id {
             if let Some(set) = r.by_device.get_mut(d) {
                 set.remove(id);
                 if set.is_empty() {
@@ -529,7 +506,7 @@ impl ConnectionManager {
     }
 
     pub fn by_role(&self, role: &str) -> Vec<Arc<Connection>> {
-        self.filter(|c| c.role == role)
+        self.filter(|c| c.who.role == role)
     }
 
     pub fn by_scope(&self, scope: &str) -> Vec<Arc<Connection>> {
@@ -551,7 +528,7 @@ impl ConnectionManager {
     pub fn count_by_role(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for c in self.read().by_id.values() {
-            *m.entry(c.role.clone()).or_insert(0) += 1;
+            *m.entry(c.who.role.clone()).or_insert(0) += 1;
         }
         m
     }
@@ -686,7 +663,11 @@ mod tests {
         assert_eq!(conns[1].own_bytes(), 600);
         assert_eq!(m.own_bytes(), 1400);
         // 1400 > 1000: "b" (600) goes, and the other 800 fit.
-        let chosen: Vec<_> = m.over_own_budget().iter().map(|c| c.id.clone()).collect();
+        let chosen: Vec<_> = m
+            .over_own_budget()
+            .iter()
+            .map(|c| c.who.id.clone())
+            .collect();
         assert_eq!(chosen, ["b"]);
         conns[1].close_now(Disconnect::SlowConsumer);
         // Closing, it counts as gone: nobody more is chosen.

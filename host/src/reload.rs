@@ -233,7 +233,7 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
         let auth = gw.config().gateway.auth.clone();
         let mut revoked = 0;
         gw.conns.for_each(|c| {
-            if !crate::gateway::auth::still_accepts(&auth, &c.credential)
+            if !crate::gateway::auth::still_accepts(&auth, &c.who.credential)
                 && c.close_now(Disconnect::Policy("token revoked".into()))
             {
                 revoked += 1;

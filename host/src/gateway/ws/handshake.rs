@@ -493,7 +493,7 @@ pub(super) fn hello_ok_frame(gw: &Gateway, request_id: &str, conn: &Connection) 
             protocol: PROTOCOL_VERSION,
             server: Server {
                 version: crate::VERSION,
-                conn_id: &conn.id,
+                conn_id: &conn.who.id,
             },
             features: features(),
             snapshot: Snapshot {
@@ -503,8 +503,8 @@ pub(super) fn hello_ok_frame(gw: &Gateway, request_id: &str, conn: &Connection) 
                 uptime_ms: gw.uptime_ms(),
             },
             auth: AuthOut {
-                role: &conn.role,
-                scopes: &conn.scopes,
+                role: &conn.who.role,
+                scopes: &conn.who.scopes,
             },
             policy: Policy {
                 max_payload: limits.max_payload_bytes,

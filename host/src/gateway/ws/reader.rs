@@ -307,14 +307,14 @@ where
         .await
         .is_err()
         {
-            gw.conns.unregister(&conn.id);
+            gw.conns.unregister(&conn.who.id);
             membership.leave(&gw);
             return;
         }
         gw.metrics.frames_out.fetch_add(2, Ordering::Relaxed);
         tracing::info!(
-            conn_id = %conn.id, client = %conn.client.id, mode = %conn.client.mode, role = %conn.role,
-            scopes = ?conn.scopes, device_id = conn.device_id.as_deref().unwrap_or("-"), auth = %opening.via,
+            conn_id = %conn.who.id, client = %conn.who.client.id, mode = %conn.who.client.mode, role = %conn.who.role,
+            scopes = ?conn.who.scopes, device_id = conn.who.device_id.as_deref().unwrap_or("-"), auth = %opening.via,
             remote = %crate::gateway::forwarded::shown(meta.remote, meta.peer), tls = meta.tls, "connection open"
         );
         drop(opening);
@@ -362,10 +362,10 @@ where
                             match protocol_close(&e) {
                                 Some(why) => {
                                     gw.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                                    tracing::info!(conn_id = %conn.id, "protocol error: {e}");
+                                    tracing::info!(conn_id = %conn.who.id, "protocol error: {e}");
                                     let _ = conn.close_now(why);
                                 }
-                                None => tracing::debug!(conn_id = %conn.id, "read error: {e}"),
+                                None => tracing::debug!(conn_id = %conn.who.id, "read error: {e}"),
                             }
                             break;
                         }
@@ -440,7 +440,7 @@ where
                 }
             }
         };
-        gw.conns.unregister(&conn.id);
+        gw.conns.unregister(&conn.who.id);
         membership.leave(&gw);
         let code = if we_closed {
             our_close.as_ref().map(|c| c.code).unwrap_or(ABNORMAL)
@@ -448,7 +448,7 @@ where
             client_close.unwrap_or(ABNORMAL)
         };
         tracing::info!(
-            conn_id = %conn.id, client = %conn.client.id, role = %conn.role, close_code = code,
+            conn_id = %conn.who.id, client = %conn.who.client.id, role = %conn.who.role, close_code = code,
             by = if we_closed { "server" } else { "client" },
             reason = our_close.as_ref().map(|c| c.reason.as_str()).unwrap_or(""),
             "connection closed"
@@ -517,7 +517,7 @@ pub(super) fn on_text(
     let req = match RequestFrame::parse(text) {
         Ok(r) => r,
         Err(FrameError::NotARequest(why)) => {
-            tracing::info!(conn_id = %conn.id, "invalid frame: {why}");
+            tracing::info!(conn_id = %conn.who.id, "invalid frame: {why}");
             let _ = conn.close_now(Disconnect::Policy("invalid request frame".into()));
             return;
         }
