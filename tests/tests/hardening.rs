@@ -264,7 +264,7 @@ fn long_name_params(len: usize) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_client_fields_are_refused_and_unknown_scopes_dropped() {
+async fn oversized_or_control_character_client_fields_are_refused_and_unknown_scopes_dropped() {
     let d = Daemon::builder().config("").start().unwrap();
     let mut c = Client::open(&d.url()).await.unwrap();
     let (res, closed) = connect_refused(&mut c, long_name_params(60_000))
@@ -282,6 +282,26 @@ async fn oversized_client_fields_are_refused_and_unknown_scopes_dropped() {
     let mut c = Client::open(&d.url()).await.unwrap();
     let (res, _) = connect_refused(&mut c, p).await.unwrap();
     assert_refused_saying(&res, "scopes has 100 entries");
+    // Control characters: an escape sequence to redraw an operator's
+    // terminal, a line break to forge a log line.
+    let mut p = connect_params(None, &["operator.read"]);
+    p["client"]["displayName"] = json!("desk\u{1b}[2J");
+    let mut c = Client::open(&d.url()).await.unwrap();
+    let (res, _) = connect_refused(&mut c, p).await.unwrap();
+    assert_refused_saying(
+        &res,
+        "client.displayName holds a control character (U+001B at byte 4)",
+    );
+    let mut p = connect_params(None, &["operator.read", "operator.write\nINFO forged"]);
+    p["client"]["id"] = json!("cli");
+    let mut c = Client::open(&d.url()).await.unwrap();
+    let (res, _) = connect_refused(&mut c, p).await.unwrap();
+    assert_refused_saying(&res, "an entry of scopes holds a control character (U+000A");
+    // Any other character is a name's own.
+    let mut p = connect_params(None, &["operator.read"]);
+    p["client"]["displayName"] = json!("Zoë’s Mac — 東京 🖥");
+    let (_, hello) = connect_with(&d.url(), p).await.unwrap();
+    assert_eq!(hello["type"], "hello-ok");
     // A name of normal length is fine; made-up scopes are not echoed back.
     let (_, hello) = connect_with(&d.url(), long_name_params(200)).await.unwrap();
     assert_eq!(hello["auth"]["scopes"], json!(["operator.read"]));

@@ -266,7 +266,7 @@ where
             ))
         }
     };
-    if let Err(e) = check_field_sizes(&params) {
+    if let Err(e) = check_fields(&params) {
         return Err(Refusal::answer(
             &id,
             ErrorShape::invalid(format!("invalid connect params: {e}")),
@@ -373,8 +373,9 @@ pub const MAX_LIST_ENTRIES: usize = 64;
 
 /// Bounds the fields a connection keeps for its life (and shows in
 /// presence to every operator): a display name of 60,000 characters is
-/// not a display name.
-pub(super) fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
+/// not a display name, and one with an escape sequence or a line break
+/// in it is a way to redraw an operator's terminal or forge a log line.
+pub(super) fn check_fields(p: &ConnectParams) -> Result<(), String> {
     let c = &p.client;
     let fields: [(&str, Option<&str>); 10] = [
         ("client.id", Some(&c.id)),
@@ -389,11 +390,8 @@ pub(super) fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
         ("role", p.role.as_deref()),
     ];
     for (name, v) in fields {
-        if let Some(v) = v.filter(|v| v.len() > MAX_FIELD_BYTES) {
-            return Err(format!(
-                "{name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
-                v.len()
-            ));
+        if let Some(v) = v {
+            check_field(name, v)?;
         }
     }
     let lists: [(&str, Option<&Vec<String>>); 3] = [
@@ -409,14 +407,30 @@ pub(super) fn check_field_sizes(p: &ConnectParams) -> Result<(), String> {
                 list.len()
             ));
         }
-        if let Some(v) = list.iter().find(|v| v.len() > MAX_FIELD_BYTES) {
-            return Err(format!(
-                "an entry of {name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
-                v.len()
-            ));
+        for v in list {
+            check_field(name, v).map_err(|e| format!("an entry of {e}"))?;
         }
     }
     Ok(())
+}
+
+/// One field of `connect`: at most [`MAX_FIELD_BYTES`], and no control
+/// character (C0, DEL, C1).
+fn check_field(name: &str, v: &str) -> Result<(), String> {
+    if v.len() > MAX_FIELD_BYTES {
+        return Err(format!(
+            "{name} is {} bytes long; at most {MAX_FIELD_BYTES} are accepted",
+            v.len()
+        ));
+    }
+    match v.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => Err(format!(
+            "{name} holds a control character (U+{:04X} at byte {at}); the client's names are shown to \
+             operators and written to the log, and may hold none",
+            c as u32
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Serialize)]
