@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::connections::{ConnectionManager, EnqueueError, Outbound};
 use crate::frames::{PreparedEvent, StateVersion};
 use crate::metrics::Metrics;
+use crate::scopes::Scope;
 
 /// Names of the events this gateway emits (advertised in `hello-ok`).
 pub mod events {
@@ -37,7 +38,7 @@ pub mod events {
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub role: Option<String>,
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Only these connection ids.
     pub include: Option<Vec<String>>,
     /// Never these connection ids.
@@ -45,9 +46,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn scope(scope: &str) -> Self {
+    pub fn scope(scope: Scope) -> Self {
         Self {
-            scope: Some(scope.to_string()),
+            scope: Some(scope),
             ..Self::default()
         }
     }
@@ -112,8 +113,8 @@ impl Broadcaster {
                     return;
                 }
             }
-            if let Some(s) = &filter.scope {
-                if !c.has_scope(s) {
+            if let Some(s) = filter.scope {
+                if !c.allows(s) {
                     return;
                 }
             }

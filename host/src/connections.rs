@@ -19,7 +19,7 @@ use crate::queue;
 
 use crate::disconnect::Disconnect;
 use crate::frames::PreparedEvent;
-use crate::scopes::scope_satisfies;
+use crate::scopes::{scope_satisfies, Granted, Scope};
 
 /// A frame that is one connection's own (a response, an unsequenced event:
 /// bytes no other connection shares). Once queued, its bytes are counted
@@ -179,6 +179,8 @@ impl ConnIdentity {
 pub struct Connection {
     /// Who it is, as its handshake established.
     pub who: ConnIdentity,
+    /// Its scopes as the broadcaster filters on them.
+    granted: Granted,
     tx: queue::Sender<Outbound>,
     /// The close asked for: set once, the first one wins.
     close: OnceLock<CloseReason>,
@@ -211,6 +213,7 @@ impl Connection {
     pub fn new(identity: ConnIdentity, tx: queue::Sender<Outbound>) -> Self {
         Self {
             last_heard: AtomicU64::new(identity.connected_at_ms),
+            granted: Granted::of(&identity.scopes),
             who: identity,
             tx,
             close: OnceLock::new(),
@@ -262,6 +265,12 @@ impl Connection {
 
     pub fn has_scope(&self, scope: &str) -> bool {
         scope_satisfies(&self.who.scopes, scope)
+    }
+
+    /// [`Connection::has_scope`] for a scope as a value, without comparing
+    /// a string (the broadcaster's filter).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.granted.allows(scope)
     }
 
     /// Queues without waiting; refuses when the queue is full in frames or bytes.

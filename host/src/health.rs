@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broadcast::{events, Broadcaster, Filter};
 use crate::channels::{ChannelLabels, ChannelManager, ChannelOrder, HealthChannels};
 use crate::plugins::{PluginManager, PluginsHealth};
-use crate::scopes::SCOPE_READ;
+use crate::scopes::Scope;
 
 /// The `health` result, borrowed from where its parts live.
 #[derive(serde::Serialize)]
@@ -195,7 +195,7 @@ pub async fn run_monitor(
             let now = health.share(now);
             broadcaster.bump_health();
             tracing::info!("health changed; broadcasting health event");
-            broadcaster.broadcast(events::HEALTH, &*now, &Filter::scope(SCOPE_READ));
+            broadcaster.broadcast(events::HEALTH, &*now, &Filter::scope(Scope::Read));
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::disconnect::Disconnect;
 use crate::gateway::tls::Tls;
 use crate::gateway::Gateway;
-use crate::scopes::SCOPE_ADMIN;
+use crate::scopes::Scope;
 
 /// What a reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
                     events::CONFIG,
                     &json!({"applied": false, "changed": [], "needsRestart": [], "error": why,
                         "ok": false, "trigger": trigger}),
-                    &Filter::scope(SCOPE_ADMIN),
+                    &Filter::scope(Scope::Admin),
                 );
             }
             return Outcome {
@@ -265,7 +265,7 @@ pub fn reload(gw: &Arc<Gateway>, trigger: &str) -> Outcome {
         events::CONFIG,
         &json!({"applied": true, "changed": changed, "needsRestart": needs_restart,
             "ok": true, "trigger": trigger, "changes": changes}),
-        &Filter::scope(SCOPE_ADMIN),
+        &Filter::scope(Scope::Admin),
     );
     Outcome {
         changes,

@@ -26,7 +26,7 @@ use crate::plugins::contract::{
     OutboundMessage,
 };
 use crate::plugins::imports::Delivering;
-use crate::scopes::SCOPE_READ;
+use crate::scopes::Scope;
 use crate::store::{Direction, HistoryQuery, Message, MessageLog, Page, SendRecord, StoreError};
 
 use super::status::StatusBoard;
@@ -169,7 +169,7 @@ impl Inbox {
             broadcaster.broadcast(
                 crate::broadcast::events::MESSAGE,
                 &m.event(),
-                &Filter::scope(SCOPE_READ),
+                &Filter::scope(Scope::Read),
             );
             board.update(&m.channel, &m.account, |a| match m.direction {
                 Direction::Inbound => a.last_inbound_at = Some(m.received_at),

@@ -313,7 +313,7 @@ impl Gateway {
             self.broadcaster.broadcast(
                 crate::broadcast::events::PLUGINS,
                 c,
-                &crate::broadcast::Filter::scope(auth::SCOPE_READ),
+                &crate::broadcast::Filter::scope(crate::scopes::Scope::Read),
             );
         }
         if !changes.is_empty() {

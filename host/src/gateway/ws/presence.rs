@@ -9,7 +9,6 @@ use serde_json::value::RawValue;
 
 use crate::broadcast::{events, Filter};
 use crate::connections::Connection;
-use crate::gateway::auth;
 use crate::gateway::Gateway;
 
 /// A connection's place in the presence list: its key and when it last
@@ -89,7 +88,7 @@ pub async fn run_presence(gw: Arc<Gateway>) {
     // Operators that may read get presence (nodes do not track it).
     let filter = Filter {
         role: Some("operator".into()),
-        scope: Some(auth::SCOPE_READ.into()),
+        scope: Some(crate::scopes::Scope::Read),
         ..Filter::default()
     };
     let mut prune = tokio::time::interval(gw.presence.refresh_every());
