@@ -61,6 +61,8 @@ async fn upgrade_status(d: &Daemon, host: &str, origin: Option<&str>) -> u16 {
         .unwrap_or_else(|| panic!("no status in {resp:?}"))
 }
 
+/// DNS rebinding: a page whose name was pointed at 127.0.0.1 sends its own
+/// name as `Host` (and as its origin).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_rebinding_is_refused() {
     let d = Daemon::builder().config("").start().unwrap();
@@ -99,6 +101,24 @@ async fn dns_rebinding_is_refused() {
     assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
     assert!(resp.contains("gateway.allowed_hosts"), "{resp}");
     assert!(d.metric("switchboard_host_rejections_total").await.unwrap() >= 3);
+    // A request with two Host headers is refused whatever their order: the
+    // checks here read the first, a proxy in front may have read the other.
+    for (path, first, second) in [
+        ("/", &local, &evil),
+        ("/ready", &local, &evil),
+        ("/hooks/webhook/open", &evil, &local),
+    ] {
+        let resp = raw(
+            &d,
+            format!("GET {path} HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+        assert!(resp.contains("2 Host headers"), "{path}: {resp}");
+    }
+    assert_eq!(upgrade_status(&d, &local, None).await, 101);
     drop(d);
 
     // A configured name is served without a token.

@@ -167,11 +167,19 @@ async fn serve_http<I>(
     let remote = meta.remote;
     let spare = Arc::new(std::sync::Mutex::new(spare));
     let spare2 = spare.clone();
+    let gw2 = gw.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         // Headers arrived: the spare handle is no longer needed.
         spare2.guard().take();
         req.extensions_mut().insert(meta.clone());
-        router.clone().oneshot(req)
+        let refused = http::malformed(&gw2, req.headers());
+        let router = router.clone();
+        async move {
+            match refused {
+                Some(r) => Ok(r),
+                None => router.oneshot(req).await,
+            }
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -528,6 +528,22 @@ fn check_open_endpoint(gw: &Gateway, req: &Request) -> Option<Response> {
     ))
 }
 
+/// `400` for a request no route may see: one with more than one `Host`
+/// (RFC 9112 §3.2: a server answers it 400). Each check here reads the
+/// first; a proxy in front may have read another.
+pub(super) fn malformed(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts <= 1 {
+        return None;
+    }
+    gw.refusals
+        .note("request", &format!("{hosts} Host headers in one request"));
+    Some(plain(
+        StatusCode::BAD_REQUEST,
+        format!("the request has {hosts} Host headers; a request names exactly one host"),
+    ))
+}
+
 /// `421` for a `Host` the gateway does not answer: counted, noted in the
 /// refusal log (`why`), and told to the client (`message`).
 fn misdirected(gw: &Gateway, why: &str, message: String) -> Response {
