@@ -420,6 +420,65 @@ fn irc_daemon(dir: &tempfile::TempDir, port: u16, accounts: &str) -> Daemon {
         .unwrap()
 }
 
+/// A channel with a key (mode `+k`): the bot joins it with the key from
+/// `channel_passwords`, hidden in `config.get`; without the key the account
+/// says which channel it could not join and what to set, and the bot stays
+/// on for the rest. A password for a channel not in `channels` is refused
+/// by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_with_a_key_is_joined_with_its_password() {
+    let irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#vault")).await;
+    human.send("MODE #vault +k sesame").await;
+    human.wait(|l| l.contains("MODE #vault +k")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let account = |name: &str, extra: &str| {
+        format!(
+            "[channels.irc.accounts.{name}]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sb{name}\"\n\
+             channels = [\"#vault\", \"#open\"]\n{extra}"
+        )
+    };
+    let d = irc_daemon(
+        &dir,
+        port,
+        &[
+            account("keyed", "channel_passwords = { \"#VAULT\" = \"sesame\" }\n"),
+            account("nokey", ""),
+            account("stray", "channel_passwords = { \"#elsewhere\" = \"x\" }\n"),
+        ]
+        .concat(),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.admin"]).await.unwrap();
+    human.wait_member("#vault", "sbkeyed").await;
+    human.wait_member("#open", "sbnokey").await;
+    let e = op
+        .wait_account_error("irc", "nokey", "#vault", Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(
+        e.contains("could not join #vault") && e.contains("channel_passwords.\"#vault\""),
+        "{e}"
+    );
+    let e = op
+        .wait_account_error("irc", "stray", "#elsewhere", Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(e.contains("not in channels"), "{e}");
+    // The keyed account relays the channel; its key is not shown.
+    human.send("PRIVMSG #vault :behind the door").await;
+    let m = op
+        .message_with_text("behind the door", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(m["chatId"], "#vault");
+    assert_eq!(m["accountId"], "keyed");
+    let config = op.request("c", "config.get", json!({})).await.unwrap();
+    assert!(!config.to_string().contains("sesame"), "{config}");
+    let a = op.account_status("irc", "nokey").await.unwrap();
+    assert_eq!(a["running"], true, "{a}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_password_direct_messages_and_ping_answers() {
     // ngircd requires a password and PINGs anyone silent for 5 s, dropping

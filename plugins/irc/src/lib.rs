@@ -21,7 +21,7 @@ mod line;
 mod spill;
 mod throttle;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Deserialize;
 use switchboard_sdk::wstd;
@@ -54,6 +54,10 @@ struct Settings {
     realname: Option<String>,
     #[serde(default)]
     channels: Vec<String>,
+    /// The keys (mode `+k`) of channels in `channels` that have one, by
+    /// channel (a name with `password` in it, so the gateway hides them).
+    #[serde(default)]
+    channel_passwords: BTreeMap<String, String>,
     /// Server password (PASS).
     password: Option<String>,
     /// SASL PLAIN credentials.
@@ -181,6 +185,14 @@ impl Channel for Irc {
                     account.id
                 )));
             }
+        }
+        for (c, key) in &s.channel_passwords {
+            if !s.channels.iter().any(|j| j.eq_ignore_ascii_case(c)) {
+                return Err(ChannelError::InvalidConfig(format!(
+                    "channels.irc.accounts.{id}.channel_passwords names `{c}`, which is not in channels: add it there, or drop its password"
+                )));
+            }
+            check_param(id, &format!("channel_passwords.\"{c}\""), key, true)?;
         }
         Ok(())
     }
@@ -370,8 +382,8 @@ async fn session(
                     if let Some(n) = msg.params.first() {
                         nick = n.clone();
                     }
-                    if !s.channels.is_empty() {
-                        write_line(&mut stream, &format!("JOIN {}", s.channels.join(","))).await?;
+                    for join in joins(s) {
+                        write_line(&mut stream, &join).await?;
                     }
                     switchboard_sdk::set_state(account, AccountState::Connected, None);
                     switchboard_sdk::info!("{account}: registered as {nick} on {addr}");
@@ -387,6 +399,23 @@ async fn session(
                     )));
                 }
                 "ERROR" => return Err(transient(format!("{addr}: {text}"))),
+                // A configured channel the server would not let us into: the
+                // bot stays on (direct messages and other channels work),
+                // and the account says which channel and why.
+                "403" | "405" | "471" | "473" | "474" | "475" if registered => {
+                    let channel = msg.params.get(1).map(String::as_str).unwrap_or("?");
+                    let hint = match msg.command.as_str() {
+                        "475" => {
+                            format!("; set channel_passwords.\"{channel}\" to the channel's key")
+                        }
+                        "473" => "; invite the bot, or drop the channel from channels".into(),
+                        _ => String::new(),
+                    };
+                    let reason = msg.params.last().map(String::as_str).unwrap_or("");
+                    let why = format!("could not join {channel}: {reason}{hint}");
+                    switchboard_sdk::warn!("{account}: {why}");
+                    switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
+                }
                 // The server renamed us (or confirmed our NICK).
                 "NICK" if msg.nick().is_some_and(|n| n.eq_ignore_ascii_case(&nick)) => {
                     if let Some(n) = msg.params.first() {
@@ -413,6 +442,32 @@ async fn session(
             out.send_queued(account, &mut stream, &nick).await?;
         }
     }
+}
+
+/// The JOIN lines for the configured channels: one for each that has a
+/// key (`JOIN #c key`), one for all the others.
+fn joins(s: &Settings) -> Vec<String> {
+    let key = |c: &String| {
+        s.channel_passwords
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(c))
+            .map(|(_, v)| v)
+    };
+    let mut lines: Vec<String> = s
+        .channels
+        .iter()
+        .filter_map(|c| key(c).map(|k| format!("JOIN {c} {k}")))
+        .collect();
+    let open: Vec<&str> = s
+        .channels
+        .iter()
+        .filter(|c| key(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if !open.is_empty() {
+        lines.push(format!("JOIN {}", open.join(",")));
+    }
+    lines
 }
 
 /// The longest line read from the server (IRCv3 allows 8191 bytes of tags
