@@ -1353,23 +1353,27 @@ async fn log_lines_past_the_bound_are_dropped_and_counted() {
     }
 }
 
-/// Text from outside that reaches the log (here a client's id) cannot
+/// Text from outside that reaches the log (here the `type` of a frame a
+/// client sent, quoted in the line that says why it was refused) cannot
 /// forge a line of its own nor send a terminal escape sequence: each
-/// event is one line, its control characters escaped.
+/// event is one line, its control characters escaped. (A client's names,
+/// which every line about its connection carries, may hold none at all:
+/// `connect` refuses them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_forge_log_lines() {
     let d = Daemon::builder().config("").start().unwrap();
     let forged = "2026-11-29T00:00:00.000000Z  INFO switchboard: FORGED";
-    let mut p = connect_params(None, &["operator.read"]);
-    p["client"]["id"] = json!(format!("cli\n{forged}\x1b]0;owned\x07\r"));
-    let (_c, hello) = connect_with(&d.url(), p).await.unwrap();
-    assert_eq!(hello["type"], "hello-ok");
+    let (mut c, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let kind = format!("x\n{forged}\x1b]0;owned\x07\r");
+    c.send_text(&json!({"type": kind, "id": "1"}).to_string())
+        .await
+        .unwrap();
     let line = d
-        .wait_log("connection open", Duration::from_secs(5))
+        .wait_log("invalid frame", Duration::from_secs(5))
         .await
         .unwrap();
     assert!(
-        line.contains(&format!("client=cli\\n{forged}\\x1b]0;owned\\x07\\r")),
+        line.contains(&format!("`x\\n{forged}\\x1b]0;owned\\x07\\r`")),
         "{line}"
     );
     let log = d.log_text();
