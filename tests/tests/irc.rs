@@ -479,6 +479,54 @@ async fn a_channel_with_a_key_is_joined_with_its_password() {
     assert_eq!(a["running"], true, "{a}");
 }
 
+/// An invite-only channel (mode `+i`): the account says it could not join
+/// it and that the bot needs an invitation; an INVITE from the channel's
+/// operator has the bot join, and the account is well again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_only_channel_is_joined_once_the_bot_is_invited() {
+    let irc = Ngircd::start();
+    let port = irc.port;
+    let mut human = IrcClient::connect(port, "tester", Some("#club")).await;
+    human.send("MODE #club +i").await;
+    human.wait(|l| l.contains("MODE #club +i")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = irc_daemon(
+        &dir,
+        port,
+        &format!(
+            "[channels.irc.accounts.default]\nserver = \"127.0.0.1\"\nport = {port}\nnick = \"sbbot\"\n\
+             channels = [\"#club\", \"#open\"]\n"
+        ),
+    );
+    let (mut op, _) = connect(&d.url(), None, &["operator.read"]).await.unwrap();
+    let e = op
+        .wait_account_error("irc", "default", "#club", Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(
+        e.contains("could not join #club") && e.contains("invite the bot"),
+        "{e}"
+    );
+    human.wait_member("#open", "sbbot").await;
+    human.send("INVITE sbbot #club").await;
+    human.wait_member("#club", "sbbot").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = op.account_status("irc", "default").await.unwrap();
+        if a["connected"] == true && a["lastError"].is_null() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still unwell: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    human.send("PRIVMSG #club :members only").await;
+    let m = op
+        .message_with_text("members only", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(m["chatId"], "#club");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_password_direct_messages_and_ping_answers() {
     // ngircd requires a password and PINGs anyone silent for 5 s, dropping

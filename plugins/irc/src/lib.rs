@@ -284,6 +284,9 @@ async fn session(
 
     let mut registered = false;
     let mut sasl_done = false;
+    // Configured channels the server would not let us into, by lower-case
+    // name, with why: the account shows an error while any is left.
+    let mut unjoined: BTreeMap<String, String> = BTreeMap::new();
     let mut throttle =
         throttle::Throttle::new(s.send_burst, s.send_interval_ms, switchboard_sdk::now_ms());
     let mut sending: Sending = None;
@@ -415,6 +418,33 @@ async fn session(
                     let why = format!("could not join {channel}: {reason}{hint}");
                     switchboard_sdk::warn!("{account}: {why}");
                     switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
+                    unjoined.insert(channel.to_ascii_lowercase(), why);
+                }
+                // Invited into a configured channel (one that is invite
+                // only): join it now.
+                "INVITE" if registered => {
+                    let channel = msg.params.get(1).map(String::as_str).unwrap_or("");
+                    if let Some(c) = s.channels.iter().find(|c| c.eq_ignore_ascii_case(channel)) {
+                        switchboard_sdk::info!("{account}: invited into {c}; joining");
+                        write_line(&mut stream, &join_line(s, &[c.as_str()])).await?;
+                    }
+                }
+                // We joined a channel that had refused us: once none is
+                // left, the account is well again.
+                "JOIN" if msg.nick().is_some_and(|n| n.eq_ignore_ascii_case(&nick)) => {
+                    let channel = msg.params.first().map(|c| c.to_ascii_lowercase());
+                    if channel.is_some_and(|c| unjoined.remove(&c).is_some()) {
+                        match unjoined.values().next() {
+                            Some(why) => switchboard_sdk::set_state(
+                                account,
+                                AccountState::Error,
+                                Some(why.as_str()),
+                            ),
+                            None => {
+                                switchboard_sdk::set_state(account, AccountState::Connected, None)
+                            }
+                        }
+                    }
                 }
                 // The server renamed us (or confirmed our NICK).
                 "NICK" if msg.nick().is_some_and(|n| n.eq_ignore_ascii_case(&nick)) => {
@@ -447,27 +477,34 @@ async fn session(
 /// The JOIN lines for the configured channels: one for each that has a
 /// key (`JOIN #c key`), one for all the others.
 fn joins(s: &Settings) -> Vec<String> {
-    let key = |c: &String| {
-        s.channel_passwords
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(c))
-            .map(|(_, v)| v)
-    };
-    let mut lines: Vec<String> = s
+    let (keyed, open): (Vec<&str>, Vec<&str>) = s
         .channels
         .iter()
-        .filter_map(|c| key(c).map(|k| format!("JOIN {c} {k}")))
-        .collect();
-    let open: Vec<&str> = s
-        .channels
-        .iter()
-        .filter(|c| key(c).is_none())
         .map(String::as_str)
-        .collect();
+        .partition(|c| key_of(s, c).is_some());
+    let mut lines: Vec<String> = keyed.iter().map(|c| join_line(s, &[c])).collect();
     if !open.is_empty() {
-        lines.push(format!("JOIN {}", open.join(",")));
+        lines.push(join_line(s, &open));
     }
     lines
+}
+
+/// `JOIN` for `channels`, with the key of the first if it has one (the
+/// caller gives a keyed channel alone).
+fn join_line(s: &Settings, channels: &[&str]) -> String {
+    let list = channels.join(",");
+    match channels.first().and_then(|c| key_of(s, c)) {
+        Some(k) => format!("JOIN {list} {k}"),
+        None => format!("JOIN {list}"),
+    }
+}
+
+/// The key (`channel_passwords`) of `channel`, if it has one.
+fn key_of<'a>(s: &'a Settings, channel: &str) -> Option<&'a str> {
+    s.channel_passwords
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(channel))
+        .map(|(_, v)| v.as_str())
 }
 
 /// The longest line read from the server (IRCv3 allows 8191 bytes of tags
