@@ -228,6 +228,17 @@ impl IrcClient {
         c
     }
 
+    /// `tester`, who creates `channel` (so is its operator) and sets
+    /// `mode` on it (`+k key`, `+i`).
+    async fn with_mode(port: u16, channel: &str, mode: &str) -> IrcClient {
+        let mut c = IrcClient::connect(port, "tester", Some(channel)).await;
+        c.send(&format!("MODE {channel} {mode}")).await;
+        let flag = mode.split(' ').next().unwrap_or(mode).to_string();
+        c.wait(|l| l.contains(&format!("MODE {channel} {flag}")))
+            .await;
+        c
+    }
+
     async fn send(&mut self, line: &str) {
         self.w
             .write_all(format!("{line}\r\n").as_bytes())
@@ -429,9 +440,7 @@ fn irc_daemon(dir: &tempfile::TempDir, port: u16, accounts: &str) -> Daemon {
 async fn a_channel_with_a_key_is_joined_with_its_password() {
     let irc = Ngircd::start();
     let port = irc.port;
-    let mut human = IrcClient::connect(port, "tester", Some("#vault")).await;
-    human.send("MODE #vault +k sesame").await;
-    human.wait(|l| l.contains("MODE #vault +k")).await;
+    let mut human = IrcClient::with_mode(port, "#vault", "+k sesame").await;
     let dir = tempfile::tempdir().unwrap();
     let account = |name: &str, extra: &str| {
         format!(
@@ -486,9 +495,7 @@ async fn a_channel_with_a_key_is_joined_with_its_password() {
 async fn an_invite_only_channel_is_joined_once_the_bot_is_invited() {
     let irc = Ngircd::start();
     let port = irc.port;
-    let mut human = IrcClient::connect(port, "tester", Some("#club")).await;
-    human.send("MODE #club +i").await;
-    human.wait(|l| l.contains("MODE #club +i")).await;
+    let mut human = IrcClient::with_mode(port, "#club", "+i").await;
     let dir = tempfile::tempdir().unwrap();
     let d = irc_daemon(
         &dir,
