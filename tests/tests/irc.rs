@@ -490,7 +490,8 @@ async fn a_channel_with_a_key_is_joined_with_its_password() {
 
 /// An invite-only channel (mode `+i`): the account says it could not join
 /// it and that the bot needs an invitation; an INVITE from the channel's
-/// operator has the bot join, and the account is well again.
+/// operator has the bot join, and the account is well again. A KICK is
+/// an error too, until the bot is invited back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_only_channel_is_joined_once_the_bot_is_invited() {
     let irc = Ngircd::start();
@@ -517,21 +518,36 @@ async fn an_invite_only_channel_is_joined_once_the_bot_is_invited() {
     human.wait_member("#open", "sbbot").await;
     human.send("INVITE sbbot #club").await;
     human.wait_member("#club", "sbbot").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = op.account_status("irc", "default").await.unwrap();
-        if a["connected"] == true && a["lastError"].is_null() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still unwell: {a}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_well(&mut op).await;
     human.send("PRIVMSG #club :members only").await;
     let m = op
         .message_with_text("members only", Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(m["chatId"], "#club");
+    // Kicked, the bot says so; invited back, it joins and is well again.
+    human.send("KICK #club sbbot :out you go").await;
+    let e = op
+        .wait_account_error("irc", "default", "kicked", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(e.contains("kicked from #club by tester: out you go"), "{e}");
+    human.send("INVITE sbbot #club").await;
+    human.wait_member("#club", "sbbot").await;
+    wait_well(&mut op).await;
+}
+
+/// Waits until the `default` IRC account is connected with no error.
+async fn wait_well(op: &mut Client) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = op.account_status("irc", "default").await.unwrap();
+        if a["connected"] == true && a["lastError"].is_null() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still unwell: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -420,6 +420,25 @@ async fn session(
                     switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
                     unjoined.insert(channel.to_ascii_lowercase(), why);
                 }
+                // Kicked from a configured channel: the account says so
+                // until the bot is back in it (an INVITE, or the next
+                // connection).
+                "KICK"
+                    if msg
+                        .params
+                        .get(1)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(&nick)) =>
+                {
+                    let channel = msg.params.first().map(String::as_str).unwrap_or("?");
+                    let by = msg.nick().unwrap_or_else(|| "the server".into());
+                    let reason = msg.params.get(2).map(String::as_str).unwrap_or("");
+                    let why = format!(
+                        "kicked from {channel} by {by}: {reason}; invite the bot back, or stop and start the account"
+                    );
+                    switchboard_sdk::warn!("{account}: {why}");
+                    switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
+                    unjoined.insert(channel.to_ascii_lowercase(), why);
+                }
                 // Invited into a configured channel (one that is invite
                 // only): join it now.
                 "INVITE" if registered => {
