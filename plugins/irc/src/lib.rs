@@ -187,7 +187,7 @@ impl Channel for Irc {
             }
         }
         for (c, key) in &s.channel_passwords {
-            if !s.channels.iter().any(|j| j.eq_ignore_ascii_case(c)) {
+            if configured(&s, c).is_none() {
                 return Err(ChannelError::InvalidConfig(format!(
                     "channels.irc.accounts.{id}.channel_passwords names `{c}`, which is not in channels: add it there, or drop its password"
                 )));
@@ -405,7 +405,13 @@ async fn session(
                 // A configured channel the server would not let us into: the
                 // bot stays on (direct messages and other channels work),
                 // and the account says which channel and why.
-                "403" | "405" | "471" | "473" | "474" | "475" if registered => {
+                "403" | "405" | "471" | "473" | "474" | "475"
+                    if registered
+                        && msg
+                            .params
+                            .get(1)
+                            .is_some_and(|c| configured(s, c).is_some()) =>
+                {
                     let channel = msg.params.get(1).map(String::as_str).unwrap_or("?");
                     let hint = match msg.command.as_str() {
                         "475" => {
@@ -416,9 +422,7 @@ async fn session(
                     };
                     let reason = msg.params.last().map(String::as_str).unwrap_or("");
                     let why = format!("could not join {channel}: {reason}{hint}");
-                    switchboard_sdk::warn!("{account}: {why}");
-                    switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
-                    unjoined.insert(channel.to_ascii_lowercase(), why);
+                    out_of(account, &mut unjoined, channel, why);
                 }
                 // Kicked from a configured channel: the account says so
                 // until the bot is back in it (an INVITE, or the next
@@ -427,7 +431,11 @@ async fn session(
                     if msg
                         .params
                         .get(1)
-                        .is_some_and(|v| v.eq_ignore_ascii_case(&nick)) =>
+                        .is_some_and(|v| v.eq_ignore_ascii_case(&nick))
+                        && msg
+                            .params
+                            .first()
+                            .is_some_and(|c| configured(s, c).is_some()) =>
                 {
                     let channel = msg.params.first().map(String::as_str).unwrap_or("?");
                     let by = msg.nick().unwrap_or_else(|| "the server".into());
@@ -435,15 +443,13 @@ async fn session(
                     let why = format!(
                         "kicked from {channel} by {by}: {reason}; invite the bot back, or stop and start the account"
                     );
-                    switchboard_sdk::warn!("{account}: {why}");
-                    switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
-                    unjoined.insert(channel.to_ascii_lowercase(), why);
+                    out_of(account, &mut unjoined, channel, why);
                 }
                 // Invited into a configured channel (one that is invite
                 // only): join it now.
                 "INVITE" if registered => {
                     let channel = msg.params.get(1).map(String::as_str).unwrap_or("");
-                    if let Some(c) = s.channels.iter().find(|c| c.eq_ignore_ascii_case(channel)) {
+                    if let Some(c) = configured(s, channel) {
                         switchboard_sdk::info!("{account}: invited into {c}; joining");
                         write_line(&mut stream, &join_line(s, &[c.as_str()])).await?;
                     }
@@ -491,6 +497,22 @@ async fn session(
             out.send_queued(account, &mut stream, &nick).await?;
         }
     }
+}
+
+/// `channel` as `channels` spells it, if it is one of them (IRC channel
+/// names are case-insensitive).
+fn configured<'a>(s: &'a Settings, channel: &str) -> Option<&'a String> {
+    s.channels.iter().find(|c| c.eq_ignore_ascii_case(channel))
+}
+
+/// The bot is not in `channel`, a configured one, for `why`: logged, shown
+/// as the account's error, and kept in `unjoined` until it is back in it.
+/// (Only configured channels are kept, so the map is bounded by the
+/// configuration, whatever the server sends.)
+fn out_of(account: &str, unjoined: &mut BTreeMap<String, String>, channel: &str, why: String) {
+    switchboard_sdk::warn!("{account}: {why}");
+    switchboard_sdk::set_state(account, AccountState::Error, Some(&why));
+    unjoined.insert(channel.to_ascii_lowercase(), why);
 }
 
 /// The JOIN lines for the configured channels: one for each that has a
